@@ -1,0 +1,75 @@
+"""Schema checks for the virsh recordings in fixtures/ (written by tools/record_fixtures.py)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FILES = sorted(FIXTURES.glob("*.yaml"))
+REQUIRED = {"description", "virsh_version", "uri", "argv", "exit", "stdout", "stderr", "subjects"}
+OPTIONAL = {"env"}
+UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def load(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
+        doc = yaml.safe_load(f)
+    assert isinstance(doc, dict), path
+    return doc
+
+
+def test_there_are_fixtures() -> None:
+    assert len(FILES) >= 50
+    drivers = {p.name.split("-", 1)[0] for p in FILES}
+    assert {"test", "nohost"} <= drivers
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_fixture_schema(path: Path) -> None:
+    doc = load(path)
+    assert set(doc) >= REQUIRED, f"missing keys: {REQUIRED - set(doc)}"
+    assert set(doc) <= REQUIRED | OPTIONAL, f"unknown keys: {set(doc) - REQUIRED - OPTIONAL}"
+    driver = path.stem.split("-", 1)[0]
+    assert driver in ("test", "qemu", "nohost")
+    assert isinstance(doc["description"], str) and doc["description"]
+    assert isinstance(doc["virsh_version"], str)
+    assert re.match(r"^\d+\.\d+\.\d+$", doc["virsh_version"])
+    assert doc["uri"] is None or isinstance(doc["uri"], str)
+    if driver == "test":
+        assert doc["uri"].startswith("test://")
+    assert isinstance(doc["argv"], list) and doc["argv"]
+    assert all(isinstance(a, str) for a in doc["argv"])
+    assert isinstance(doc["exit"], int) and not isinstance(doc["exit"], bool)
+    assert isinstance(doc["stdout"], str)
+    assert isinstance(doc["stderr"], str)
+    if doc["exit"] == 0:
+        assert "error:" not in doc["stderr"]
+    else:
+        assert doc["stderr"].startswith("error: ")
+    assert isinstance(doc["subjects"], list)
+    for subject in doc["subjects"]:
+        assert set(subject) == {"name", "uuid"}
+        assert isinstance(subject["name"], str) and subject["name"]
+        assert UUID_RE.match(subject["uuid"])
+    if "env" in doc:
+        assert isinstance(doc["env"], dict)
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in doc["env"].items())
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_fixture_paths_are_stable(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert str(FIXTURES) not in text
+
+
+def test_test_hosts_exist() -> None:
+    for path in FILES:
+        doc = load(path)
+        uri = doc["uri"] or ""
+        if uri.startswith("test:///FIXTURES/"):
+            assert (FIXTURES / uri[len("test:///FIXTURES/") :]).is_file(), uri

@@ -1,0 +1,592 @@
+#!/usr/bin/env python3
+"""Record virsh fixtures from a *real* virsh binary.
+
+Usage (``make fixtures``)::
+
+    python tools/record_fixtures.py [--qemu-uri URI] [--test-uri URI] [--out DIR]
+
+Every recording runs the real ``virsh`` (env ``LC_ALL=C`` unless the spec says
+otherwise, stdin ``/dev/null``, a timeout per call) and is written verbatim to
+``fixtures/<driver>-<slug>.yaml``.  Nothing in those files is typed by hand.
+
+* ``test`` recordings use libvirt's test driver with the host definitions in
+  ``fixtures/hosts/*.xml`` (``virsh -c test:///abs/path/host.xml``, no daemon).
+  Every virsh process is a fresh connection, so each recording starts from the
+  state written in the XML file.
+* ``nohost`` recordings talk to URIs where no daemon listens.
+* ``qemu`` recordings (only with ``--qemu-uri``) drive a live libvirtd with QEMU
+  guests: they pick a running guest from that URI and record the qemu-only
+  forms (domjobinfo during a managedsave, restore reasons, guest-agent errors).
+
+In the written files the absolute path of this ``fixtures`` directory is
+replaced by ``/FIXTURES`` (so ``test:///FIXTURES/hosts/basic.xml``) and the
+files are stable across checkouts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+TIMEOUT = 30.0
+UNREACHABLE_URI = "qemu+unix:///system?socket=/nonexistent/sock"
+
+
+@dataclass
+class Guest:
+    name: str
+    uuid: str
+
+
+@dataclass
+class Spec:
+    slug: str
+    description: str
+    argv: list[str]
+    host: Optional[str] = None  # fixtures/hosts/<host>.xml for test recordings
+    subjects: Optional[list[str]] = None  # guest names; None = guests named in argv
+    env: dict[str, str] = field(default_factory=dict)
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    # multi-line output as one double-quoted scalar: "\n" stays visible and exact
+    style = '"' if "\n" in data or data.endswith(" ") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+class Recorder:
+    def __init__(self, out: Path, virsh: str) -> None:
+        self.out = out
+        self.virsh = virsh
+        self.version = self._version()
+        self.written: list[Path] = []
+
+    def _version(self) -> str:
+        proc = subprocess.run(
+            [self.virsh, "--version"],
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=TIMEOUT,
+            env=self.env(),
+            check=True,
+        )
+        return proc.stdout.decode().strip()
+
+    @staticmethod
+    def env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LC_")}
+        env.pop("LANG", None)
+        env.pop("LIBVIRT_DEFAULT_URI", None)
+        env.pop("VIRSH_DEFAULT_CONNECT_URI", None)
+        env["LC_ALL"] = "C"
+        env.update(extra or {})
+        return env
+
+    def run(
+        self, uri: Optional[str], argv: list[str], env: Optional[dict[str, str]] = None
+    ) -> tuple[int, str, str]:
+        cmd = [self.virsh] + (["-c", uri] if uri is not None else []) + argv
+        proc = subprocess.run(
+            cmd,
+            capture_output=True,
+            stdin=subprocess.DEVNULL,
+            timeout=TIMEOUT,
+            env=self.env(env),
+        )
+        return (
+            proc.returncode,
+            proc.stdout.decode("utf-8", "surrogateescape"),
+            proc.stderr.decode("utf-8", "surrogateescape"),
+        )
+
+    def stable(self, text: str) -> str:
+        return text.replace(str(REPO / "fixtures"), "/FIXTURES")
+
+    def write(
+        self,
+        driver: str,
+        slug: str,
+        description: str,
+        uri: Optional[str],
+        argv: list[str],
+        result: tuple[int, str, str],
+        subjects: list[Guest],
+        env: Optional[dict[str, str]] = None,
+    ) -> None:
+        rc, out, err = result
+        doc: dict[str, Any] = {
+            "description": description,
+            "virsh_version": self.version,
+            "uri": self.stable(uri) if uri is not None else None,
+            "argv": argv,
+            "exit": rc,
+            "stdout": self.stable(out),
+            "stderr": self.stable(err),
+            "subjects": [{"name": g.name, "uuid": g.uuid} for g in subjects],
+        }
+        if env:
+            doc["env"] = dict(env)
+        path = self.out / f"{driver}-{slug}.yaml"
+        with path.open("w", encoding="utf-8") as f:
+            f.write("# recorded by tools/record_fixtures.py from real virsh; do not edit\n")
+            yaml.dump(doc, f, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000)
+        self.written.append(path)
+        print(f"  {path.name}: exit {rc}", file=sys.stderr)
+
+
+def host_guests(xml_path: Path) -> list[Guest]:
+    root = ET.parse(xml_path).getroot()
+    guests = []
+    for dom in root.findall("domain"):
+        guests.append(Guest(dom.findtext("name", ""), dom.findtext("uuid", "")))
+    return guests
+
+
+# ---------------------------------------------------------------------------
+# test-driver recordings
+# ---------------------------------------------------------------------------
+W = "11111111-2222-3333-4444-555555555555"  # web1, running (basic.xml, one.xml)
+D = "22222222-3333-4444-5555-666666666666"  # db1, paused
+T = "33333333-4444-5555-6666-777777777777"  # tr1, transient running
+O = "44444444-5555-6666-7777-888888888888"  # old1, shut off  # noqa: E741
+S = "55555555-6666-7777-8888-999999999999"  # saved1, shut off with managed save
+MISSING = "99999999-8888-7777-6666-555555555555"
+UNI = "a0000000-0000-4000-8000-000000000003"  # names.xml unicode guest
+
+
+def test_specs() -> list[Spec]:
+    s: list[Spec] = []
+
+    def add(slug: str, desc: str, host: str, *argv: str, **kw: Any) -> None:
+        s.append(Spec(slug, desc, list(argv), host=host, **kw))
+
+    add("connect", "connect succeeds", "basic", "connect")
+    add("connect-quiet", "connect with -q", "basic", "-q", "connect")
+    add("uri", "uri prints the URI given with -c", "basic", "uri")
+    # list: tables
+    for host in ("empty", "one", "basic", "names"):
+        add(f"list-{host}", f"list (table, active guests), host {host}", host, "list")
+        add(f"list-all-{host}", f"list --all (table), host {host}", host, "list", "--all")
+        add(f"list-all-{host}-quiet", f"-q list --all, host {host}", host, "-q", "list", "--all")
+        add(f"list-uuid-{host}", f"list --uuid, host {host}", host, "list", "--uuid")
+        add(f"list-name-{host}", f"list --name, host {host}", host, "list", "--name")
+        add(
+            f"list-uuid-name-{host}",
+            f"list --uuid --name, host {host}",
+            host,
+            "list",
+            "--uuid",
+            "--name",
+        )
+        add(
+            f"list-uuid-name-all-{host}",
+            f"list --uuid --name --all, host {host}",
+            host,
+            "list",
+            "--uuid",
+            "--name",
+            "--all",
+        )
+    add("list-quiet-basic", "-q list (no header)", "basic", "-q", "list")
+    add("list-uuid-quiet-basic", "-q list --uuid", "basic", "-q", "list", "--uuid")
+    add(
+        "list-all-names-utf8",
+        "list --all with unicode names under LC_ALL=C.UTF-8",
+        "names",
+        "list",
+        "--all",
+        env={"LC_ALL": "C.UTF-8"},
+    )
+    combos = [
+        ("persistent", ["--persistent"]),
+        ("persistent-all", ["--persistent", "--all"]),
+        ("transient", ["--transient"]),
+        ("transient-all", ["--transient", "--all"]),
+        ("with-managed-save", ["--with-managed-save"]),
+        ("with-managed-save-all", ["--with-managed-save", "--all"]),
+        ("state-running", ["--state-running"]),
+        ("state-running-all", ["--state-running", "--all"]),
+        ("state-shutoff", ["--state-shutoff"]),
+        ("state-shutoff-running", ["--state-shutoff", "--state-running"]),
+        ("inactive", ["--inactive"]),
+    ]
+    for slug, extra in combos:
+        add(
+            f"list-uuid-name-{slug}",
+            f"list --uuid --name {' '.join(extra)}",
+            "basic",
+            "list",
+            "--uuid",
+            "--name",
+            *extra,
+        )
+    add(
+        "list-uuid-persistent",
+        "list --uuid --persistent",
+        "basic",
+        "list",
+        "--uuid",
+        "--persistent",
+    )
+    add(
+        "list-name-all-state-shutoff",
+        "list --name --all --state-shutoff",
+        "basic",
+        "list",
+        "--name",
+        "--all",
+        "--state-shutoff",
+    )
+    add(
+        "list-all-state-shutoff-table",
+        "list --all --state-shutoff (table)",
+        "basic",
+        "list",
+        "--all",
+        "--state-shutoff",
+    )
+    add(
+        "list-table-uuid-error",
+        "list --table --uuid is rejected",
+        "basic",
+        "list",
+        "--table",
+        "--uuid",
+    )
+    add(
+        "list-table-name-error",
+        "list --table --name is rejected",
+        "basic",
+        "list",
+        "--table",
+        "--name",
+    )
+    # lookups
+    add("domname-uuid", "domname UUID", "basic", "domname", W)
+    add("domname-id", "domname ID", "basic", "domname", "2", subjects=["db1"])
+    add("domname-name-error", "domname does not accept a name", "basic", "domname", "web1")
+    add("domname-unicode", "domname UUID of a unicode-named guest", "names", "domname", UNI)
+    add("domname-quiet", "-q domname UUID", "basic", "-q", "domname", W)
+    add("domid-running", "domid UUID (running)", "basic", "domid", W)
+    add("domid-paused-name", "domid NAME (paused)", "basic", "domid", "db1")
+    add("domid-shutoff", "domid UUID (shut off prints -)", "basic", "domid", O)
+    add("domid-id-error", "domid does not accept an id", "basic", "domid", "1", subjects=[])
+    add("domuuid-name", "domuuid NAME", "basic", "domuuid", "web1")
+    add("domuuid-id", "domuuid ID", "basic", "domuuid", "1", subjects=["web1"])
+    add("domuuid-uuid-error", "domuuid does not accept a uuid", "basic", "domuuid", W)
+    for slug, uuid in (("running", W), ("paused", D), ("shutoff", O), ("saved", S)):
+        add(f"domstate-{slug}", f"domstate UUID ({slug})", "basic", "domstate", uuid)
+        add(
+            f"domstate-reason-{slug}",
+            f"domstate --reason UUID ({slug})",
+            "basic",
+            "domstate",
+            "--reason",
+            uuid,
+        )
+    add("domstate-id", "domstate ID", "basic", "domstate", "2", subjects=["db1"])
+    add(
+        "domstate-reason-unicode-name",
+        "domstate --reason NAME (unicode)",
+        "names",
+        "domstate",
+        "--reason",
+        "ünïcødé-日本",
+    )
+    add("domstate-missing-arg", "domstate without a domain", "basic", "domstate")
+    add("dominfo-running", "dominfo UUID (running; CPU time varies)", "basic", "dominfo", W)
+    add("dominfo-saved", "dominfo UUID (shut off, managed save)", "basic", "dominfo", S)
+    # managedsave
+    add("managedsave-ok", "managedsave UUID (running guest)", "basic", "managedsave", W)
+    add(
+        "managedsave-bypass-cache-ok",
+        "managedsave --bypass-cache UUID",
+        "basic",
+        "managedsave",
+        "--bypass-cache",
+        W,
+    )
+    add("managedsave-ok-name", "managedsave NAME", "basic", "managedsave", "web1")
+    add("managedsave-paused-ok", "managedsave UUID (paused guest)", "basic", "managedsave", D)
+    add("managedsave-quiet", "-q managedsave UUID", "basic", "-q", "managedsave", W)
+    add("managedsave-transient", "managedsave UUID of a transient guest", "basic", "managedsave", T)
+    add(
+        "managedsave-not-running", "managedsave UUID of a shut off guest", "basic", "managedsave", O
+    )
+    add("managedsave-remove", "managedsave-remove UUID", "basic", "managedsave-remove", S)
+    add(
+        "domjobinfo-running", "domjobinfo UUID (test driver: unsupported)", "basic", "domjobinfo", W
+    )
+    add(
+        "domjobinfo-shutoff",
+        "domjobinfo UUID shut off (test driver: unsupported)",
+        "basic",
+        "domjobinfo",
+        O,
+    )
+    # shutdown / destroy / start
+    add("shutdown-ok", "shutdown UUID (running)", "basic", "shutdown", W)
+    add("shutdown-ok-name", "shutdown NAME (running)", "basic", "shutdown", "web1")
+    add("shutdown-quiet", "-q shutdown UUID", "basic", "-q", "shutdown", W)
+    add("shutdown-not-running", "shutdown UUID of a shut off guest", "basic", "shutdown", O)
+    add("destroy-ok", "destroy UUID", "basic", "destroy", W)
+    add("destroy-not-running", "destroy UUID of a shut off guest", "basic", "destroy", O)
+    add("start-name", "start NAME", "basic", "start", "old1")
+    add("start-uuid", "start UUID", "basic", "start", O)
+    add("start-saved", "start UUID of a managed-saved guest", "basic", "start", S)
+    add(
+        "start-bypass-cache",
+        "start --bypass-cache UUID (test driver: unsupported flag)",
+        "basic",
+        "start",
+        "--bypass-cache",
+        S,
+    )
+    add("start-active", "start UUID of a running guest", "basic", "start", W)
+    add("start-quiet", "-q start UUID", "basic", "-q", "start", O)
+    add("domtime-sync", "domtime --sync NAME (test driver)", "basic", "domtime", "--sync", "web1")
+    add(
+        "domtime-sync-shutoff",
+        "domtime --sync UUID of a shut off guest",
+        "basic",
+        "domtime",
+        "--sync",
+        O,
+    )
+    # missing guests
+    for cmd in ("domid", "domname", "domstate", "start", "managedsave", "shutdown"):
+        add(f"{cmd}-missing-uuid", f"{cmd} on an unknown uuid", "basic", cmd, MISSING)
+        add(f"{cmd}-missing-name", f"{cmd} on an unknown name", "basic", cmd, "nosuch")
+    add("unknown-command", "an unknown virsh command", "basic", "frobnicate")
+    add("unknown-option", "an unknown list option", "basic", "list", "--frobnicate")
+    return s
+
+
+def record_test(rec: Recorder) -> None:
+    hosts = REPO / "fixtures" / "hosts"
+    for spec in test_specs():
+        assert spec.host is not None
+        xml = hosts / f"{spec.host}.xml"
+        uri = f"test://{xml}"
+        guests = host_guests(xml)
+        if spec.subjects is not None:
+            subjects = [g for g in guests if g.name in spec.subjects]
+        elif spec.argv and spec.argv[0 if spec.argv[0] != "-q" else 1] == "list":
+            subjects = guests
+        else:
+            subjects = [g for g in guests if g.name in spec.argv or g.uuid in spec.argv]
+        result = rec.run(uri, spec.argv, spec.env)
+        rec.write("test", spec.slug, spec.description, uri, spec.argv, result, subjects, spec.env)
+
+
+def record_extra_test_uri(rec: Recorder, uri: str) -> None:
+    """A few list forms against another test-driver URI (e.g. test:///default)."""
+    _rc, out, _ = rec.run(uri, ["-q", "list", "--uuid", "--name", "--all"])
+    guests = [Guest(*reversed(line.split(" ", 1))) for line in out.splitlines() if line]
+    for argv in (["uri"], ["list", "--all"], ["list", "--uuid", "--name", "--all"]):
+        slug = "custom-" + "-".join(a.lstrip("-") for a in argv)
+        rec.write("test", slug, f"{' '.join(argv)} on {uri}", uri, argv, rec.run(uri, argv), guests)
+
+
+def record_nohost(rec: Recorder) -> None:
+    for argv in (["connect"], ["list", "--all"], ["-q", "list", "--uuid"]):
+        slug = "-".join(a.lstrip("-") for a in argv)
+        rec.write(
+            "nohost",
+            slug,
+            f"{' '.join(argv)} against a URI where no daemon listens",
+            UNREACHABLE_URI,
+            argv,
+            rec.run(UNREACHABLE_URI, argv),
+            [],
+        )
+    # the default system URI, only if nothing is listening there on this machine
+    result = rec.run("qemu:///system", ["connect"])
+    if result[0] != 0:
+        rec.write(
+            "nohost",
+            "system-connect",
+            "connect to qemu:///system with no libvirtd",
+            "qemu:///system",
+            ["connect"],
+            result,
+            [],
+        )
+    else:
+        print("  skipped nohost-system-connect: a daemon answers qemu:///system", file=sys.stderr)
+    rc, out, err = rec.run(None, ["--version"])
+    rec.write(
+        "nohost",
+        "version",
+        "virsh --version (no connection)",
+        None,
+        ["--version"],
+        (rc, out, err),
+        [],
+    )
+
+
+# ---------------------------------------------------------------------------
+# qemu recordings (live private libvirtd)
+# ---------------------------------------------------------------------------
+def wait_state(rec: Recorder, uri: str, uuid: str, want: str, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    state = ""
+    while time.monotonic() < deadline:
+        _, state, _ = rec.run(uri, ["-q", "domstate", uuid])
+        if state.strip() == want:
+            return state.strip()
+        time.sleep(0.2)
+    raise RuntimeError(f"guest {uuid} did not reach {want!r} (last: {state.strip()!r})")
+
+
+def record_qemu(rec: Recorder, uri: str) -> None:
+    rc, out, err = rec.run(uri, ["-q", "list", "--uuid", "--name", "--state-running"])
+    if rc != 0 or not out.strip():
+        raise SystemExit(f"--qemu-uri {uri}: no running guest to record with ({err.strip()})")
+    uuid, _, name = out.splitlines()[0].partition(" ")
+    g = Guest(name, uuid)
+    print(f"recording qemu forms with guest {name} ({uuid}) at {uri}", file=sys.stderr)
+
+    def rec1(slug: str, desc: str, *argv: str) -> tuple[int, str, str]:
+        result = rec.run(uri, list(argv))
+        rec.write("qemu", slug, desc, uri, list(argv), result, [g])
+        return result
+
+    rec1("list-all", "list --all on a qemu host", "list", "--all")
+    rec1(
+        "domstate-reason-running", "domstate --reason UUID (running)", "domstate", "--reason", uuid
+    )
+    rec1("domjobinfo-none", "domjobinfo UUID with no job", "domjobinfo", uuid)
+    rec1("domtime-sync", "domtime --sync NAME (guest agent)", "domtime", "--sync", name)
+    # managedsave in the background, domjobinfo while it runs
+    cmd = [rec.virsh, "-c", uri, "managedsave", uuid]
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=rec.env()
+    )
+    got_job = False
+    deadline = time.monotonic() + TIMEOUT
+    while proc.poll() is None and time.monotonic() < deadline:
+        result = rec.run(uri, ["domjobinfo", uuid])
+        if result[0] == 0 and "Data processed:" in result[1]:
+            if not got_job:
+                rec.write(
+                    "qemu",
+                    "domjobinfo-saving",
+                    "domjobinfo UUID during managedsave",
+                    uri,
+                    ["domjobinfo", uuid],
+                    result,
+                    [g],
+                )
+                rs = rec.run(uri, ["domstate", "--reason", uuid])
+                rec.write(
+                    "qemu",
+                    "domstate-reason-saving",
+                    "domstate --reason during managedsave",
+                    uri,
+                    ["domstate", "--reason", uuid],
+                    rs,
+                    [g],
+                )
+            got_job = True
+        time.sleep(0.05)
+    out_b, err_b = proc.communicate(timeout=TIMEOUT)
+    rec.write(
+        "qemu",
+        "managedsave-ok",
+        "managedsave UUID (running qemu guest)",
+        uri,
+        ["managedsave", uuid],
+        (proc.returncode, out_b.decode(), err_b.decode()),
+        [g],
+    )
+    if not got_job:
+        print(
+            "  warning: the save finished before domjobinfo saw it (guest too small?)",
+            file=sys.stderr,
+        )
+    rec1(
+        "domstate-reason-saved", "domstate --reason after managedsave", "domstate", "--reason", uuid
+    )
+    rec1("domjobinfo-shutoff", "domjobinfo UUID of a shut off guest", "domjobinfo", uuid)
+    rec1("managedsave-not-running", "managedsave UUID of a shut off guest", "managedsave", uuid)
+    rec1("shutdown-not-running", "shutdown UUID of a shut off guest", "shutdown", uuid)
+    rec1(
+        "list-uuid-name-with-managed-save",
+        "list --uuid --name --all --with-managed-save",
+        "list",
+        "--uuid",
+        "--name",
+        "--all",
+        "--with-managed-save",
+    )
+    rec1("start-saved", "start UUID of a managed-saved guest", "start", uuid)
+    rec1(
+        "domstate-reason-restored", "domstate --reason after restore", "domstate", "--reason", uuid
+    )
+    rec1("start-active", "start UUID of a running guest", "start", uuid)
+    rec1("shutdown-ok", "shutdown UUID (running qemu guest)", "shutdown", uuid)
+    try:
+        wait_state(rec, uri, uuid, "shut off")
+        rec1(
+            "domstate-reason-shutdown",
+            "domstate --reason after shutdown",
+            "domstate",
+            "--reason",
+            uuid,
+        )
+    except RuntimeError as exc:
+        print(f"  warning: {exc}; destroying", file=sys.stderr)
+        rec.run(uri, ["destroy", uuid])
+    rec1("start-bypass-cache", "start --bypass-cache UUID", "start", "--bypass-cache", uuid)
+    rec1("destroy-ok", "destroy UUID", "destroy", uuid)
+    rec1(
+        "domstate-reason-destroyed", "domstate --reason after destroy", "domstate", "--reason", uuid
+    )
+    rec.run(uri, ["start", uuid])  # leave the guest running as we found it
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--qemu-uri", help="live libvirtd URI with a running QEMU guest")
+    ap.add_argument(
+        "--test-uri",
+        help="also record list forms from this test:/// URI (e.g. test:///default); "
+        "the main recordings always use fixtures/hosts/*.xml",
+    )
+    ap.add_argument("--out", type=Path, default=REPO / "fixtures")
+    ap.add_argument("--virsh", default="virsh")
+    ns = ap.parse_args(argv)
+    ns.out.mkdir(parents=True, exist_ok=True)
+    rec = Recorder(ns.out, ns.virsh)
+    print(f"virsh {rec.version}", file=sys.stderr)
+    record_test(rec)
+    if ns.test_uri:
+        record_extra_test_uri(rec, ns.test_uri)
+    record_nohost(rec)
+    if ns.qemu_uri:
+        record_qemu(rec, ns.qemu_uri)
+    print(f"wrote {len(rec.written)} fixtures to {ns.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
