@@ -1,0 +1,3 @@
+from virtguests.cli import console_main
+
+console_main()

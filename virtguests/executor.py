@@ -1,0 +1,474 @@
+"""Carry out a plan: run the virsh commands, wait for guests, escalate, report.
+
+Each URI runs in its own thread (URIs are often different hosts), with its
+own timeout accounting.  Waiting for shutdowns asks virsh once per URI per
+tick which guests are still active, instead of once per guest.  A guest's
+action chain (suspend -> shutdown -> poweroff) moves to the next step when a
+step fails or times out.  After a stop request (SIGTERM/SIGINT) nothing new is
+started; calls in flight finish or time out.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import threading
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Optional
+
+from virtguests import observe, virshout
+from virtguests.clock import Clock
+from virtguests.config import Config
+from virtguests.plan import (
+    POWEROFF,
+    SHUTDOWN,
+    SUSPEND,
+    GuestStart,
+    GuestStop,
+    StartPlan,
+    StopPlan,
+    UriStart,
+    UriStop,
+    action_args,
+    start_args,
+)
+from virtguests.report import Outcome, Reporter
+from virtguests.virsh import Interrupted, Virsh, VirshError
+
+POLL = 0.1
+"""Seconds between two "which guests are still active" checks (one virsh call)."""
+
+PROGRESS_EVERY = 5.0
+"""The reference prints save and shutdown progress every 5 seconds."""
+
+STAGES = (SUSPEND, SHUTDOWN, POWEROFF)
+
+
+class Executor:
+    def __init__(
+        self,
+        virsh: Virsh,
+        config: Config,
+        reporter: Reporter,
+        clock: Clock,
+        *,
+        checkpoint: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.virsh = virsh
+        self.config = config
+        self.report = reporter
+        self.clock = clock
+        self.checkpoint = checkpoint
+        self.deadline: Optional[float] = None
+        self.status = 0
+        self.not_resumed: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    # -- shared helpers -------------------------------------------------------
+
+    @property
+    def cancelled(self) -> bool:
+        return self.clock.cancel.is_set()
+
+    def _fail(self) -> None:
+        with self._lock:
+            self.status = 1
+        self.report.failed()
+
+    def _remaining(self) -> float:
+        if self.deadline is None:
+            return math.inf
+        return self.deadline - self.clock.now()
+
+    def _run_concurrently(self, jobs: Sequence[Callable[[], None]]) -> None:
+        """Run one job per URI in its own thread; the main thread stays signal-ready."""
+        if len(jobs) == 1:
+            jobs[0]()
+            return
+        threads = [threading.Thread(target=job, daemon=True) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+
+    # -- stop -----------------------------------------------------------------
+
+    def stop(self, plan: StopPlan) -> int:
+        if self.config.stop_deadline > 0:
+            self.deadline = self.clock.now() + self.config.stop_deadline
+        self._run_concurrently([functools.partial(self._stop_uri, item)
+                                for item in plan.uris if item.guests])
+        return self.status
+
+    def _stop_uri(self, item: UriStop) -> None:
+        if self.config.suspending:
+            self.report.say(f"Suspending guests on {item.uri} URI...")
+        else:
+            self.report.say(f"Shutting down guests on {item.uri} URI...")
+        for group in item.groups():
+            self._stop_group(item.uri, group)
+
+    def _stop_group(self, uri: str, steps: Sequence[GuestStop]) -> None:
+        queues: dict[str, list[GuestStop]] = {stage: [] for stage in STAGES}
+        for step in steps:
+            queues[step.actions[0]].append(step)
+        for stage in STAGES:
+            todo = queues[stage]
+            if not todo:
+                continue
+            if self.cancelled:
+                for step in todo:
+                    self._interrupted(uri, step)
+                continue
+            if stage == SUSPEND:
+                failed = self._suspend_all(uri, todo)
+            elif stage == SHUTDOWN:
+                failed = self._shutdown_all(uri, todo)
+            else:
+                failed = self._poweroff_all(uri, todo)
+            for step in failed:
+                following = _next_action(step, stage)
+                if following is not None:
+                    queues[following].append(step)
+
+    def _outcome(self, uri: str, step: GuestStop) -> Outcome:
+        return self.report.outcome(uri, step.guest.uuid, step.guest.name)
+
+    def _interrupted(self, uri: str, step: GuestStop) -> None:
+        self.report.step(self._outcome(uri, step), "none", "interrupted", 0.0,
+                         "stop requested before this guest was handled")
+        self.checkpoint()
+
+    def _escalating(self, step: GuestStop, action: str) -> str:
+        following = _next_action(step, action)
+        return f"; trying {following}" if following else ""
+
+    # suspend ---------------------------------------------------------------
+
+    def _suspend_all(self, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+        workers = self.config.parallel_suspend
+        if workers <= 1 or len(steps) == 1:
+            return [s for s in steps if not self._suspend(uri, s)]
+        with ThreadPoolExecutor(max_workers=min(workers, len(steps))) as pool:
+            results = list(pool.map(lambda s: self._suspend(uri, s), steps))
+        return [s for s, ok in zip(steps, results) if not ok]
+
+    def _suspend(self, uri: str, step: GuestStop) -> bool:
+        """managedsave one guest, printing progress every 5 s; True if saved."""
+        name, uuid = step.guest.name, step.guest.uuid
+        outcome = self._outcome(uri, step)
+        label = f"Suspending {name}: "
+        if self.cancelled:
+            self._interrupted(uri, step)
+            return True
+        budget = min(float(self.config.save_timeout), self._remaining())
+        if budget <= 0:
+            self.report.error(f"no time left before STOP_DEADLINE to save guest {name}"
+                              f"{self._escalating(step, SUSPEND)}")
+            self.report.step(outcome, SUSPEND, "skipped", 0.0, "STOP_DEADLINE reached")
+            return False
+        self.report.say(f"{label}...")
+        started = self.clock.now()
+        done = threading.Event()
+        errors: list[VirshError] = []
+
+        def save() -> None:
+            try:
+                self.virsh.run(uri, action_args(SUSPEND, uuid, self.config), timeout=budget,
+                               ignore_interrupt=True)
+            except VirshError as err:
+                errors.append(err)
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=save, daemon=True)
+        worker.start()
+        next_progress = started + PROGRESS_EVERY
+        while not self.clock.wait(done, max(next_progress - self.clock.now(), 0.0)):
+            if self.clock.now() >= next_progress:
+                next_progress += PROGRESS_EVERY
+                self.report.say(f"{label}{self._save_progress(uri, uuid)}")
+        worker.join()
+        seconds = self.clock.now() - started
+        if errors:
+            self._fail()
+            self.report.error(f"saving guest {name} failed: {errors[0].detail}"
+                              f"{self._escalating(step, SUSPEND)}")
+            self.report.step(outcome, SUSPEND, "failed", seconds, errors[0].detail)
+            self.checkpoint()
+            return False
+        self.report.say(f"{label}done")
+        self.report.step(outcome, SUSPEND, "saved", seconds)
+        self.checkpoint()
+        return True
+
+    def _save_progress(self, uri: str, uuid: str) -> str:
+        try:
+            result = self.virsh.run(uri, ["domjobinfo", uuid],
+                                    timeout=self.config.query_timeout)
+        except (VirshError, Interrupted):
+            return "..."
+        return virshout.data_processed(result.stdout) or "..."
+
+    # shutdown --------------------------------------------------------------
+
+    def _shutdown_all(self, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+        if self.config.parallel_shutdown > 1:
+            return self._shutdown_parallel(uri, steps)
+        failed: list[GuestStop] = []
+        for index, step in enumerate(steps):
+            if self.cancelled:
+                self._interrupted(uri, step)
+                continue
+            share = self._remaining() / (len(steps) - index)
+            if not self._shutdown_serial(uri, step, share):
+                failed.append(step)
+        return failed
+
+    def _request_shutdown(self, uri: str, step: GuestStop) -> bool:
+        self.report.say(f"Starting shutdown on guest: {step.guest.name}")
+        try:
+            self.virsh.run(uri, action_args(SHUTDOWN, step.guest.uuid, self.config),
+                           timeout=self.config.query_timeout, ignore_interrupt=True)
+        except VirshError as err:
+            self._fail()
+            self.report.error(f"shutdown of guest {step.guest.name} failed: {err.detail}"
+                              f"{self._escalating(step, SHUTDOWN)}")
+            self.report.step(self._outcome(uri, step), SHUTDOWN, "failed", 0.0, err.detail)
+            self.checkpoint()
+            return False
+        return True
+
+    def _shutdown_serial(self, uri: str, step: GuestStop, share: float) -> bool:
+        """One guest at a time, with its own timeout (the reference's serial mode)."""
+        name = step.guest.name
+        outcome = self._outcome(uri, step)
+        if not self._request_shutdown(uri, step):
+            return False
+        started = self.clock.now()
+        limit = step.timeout if step.timeout > 0 else math.inf
+        limit = min(limit, share)
+        next_progress = started + PROGRESS_EVERY
+        while True:
+            try:
+                still = step.guest.uuid in observe.active_uuids(self.virsh, uri, self.config)
+            except (VirshError, Interrupted) as err:
+                self._fail()
+                self.report.say(f"Failed to determine state of guest: {step.guest.uuid}. "
+                                "Not tracking it anymore.")
+                self.report.step(outcome, SHUTDOWN, "unknown", self.clock.now() - started,
+                                 str(err))
+                self.checkpoint()
+                return True
+            elapsed = self.clock.now() - started
+            if not still:
+                self.report.say(f"Shutdown of guest {name} complete.")
+                self.report.step(outcome, SHUTDOWN, "shut off", elapsed)
+                self.checkpoint()
+                return True
+            if elapsed >= limit or self.cancelled:
+                break
+            if self.clock.now() >= next_progress:
+                next_progress += PROGRESS_EVERY
+                if math.isinf(limit):
+                    self.report.say(f"Waiting for guest {name} to shut down")
+                else:
+                    left = max(round(limit - elapsed), 0)
+                    self.report.say(f"Waiting for guest {name} to shut down, "
+                                    f"{left} seconds left")
+            self.clock.sleep(min(POLL, max(limit - elapsed, 0.0)))
+        self.report.say(f"Shutdown of guest {name} failed to complete in time.")
+        self.report.step(outcome, SHUTDOWN, "timed out", self.clock.now() - started)
+        self.checkpoint()
+        return False
+
+    def _shutdown_parallel(self, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+        """Up to PARALLEL_SHUTDOWN guests in flight; the timeout covers the whole URI."""
+        queue = deque(steps)
+        inflight: dict[str, tuple[GuestStop, float]] = {}
+        failed: list[GuestStop] = []
+        started = self.clock.now()
+        timeout = self.config.shutdown_timeout
+        uri_deadline = min(started + timeout if timeout > 0 else math.inf,
+                           started + self._remaining())
+        next_progress = started + PROGRESS_EVERY
+        poll_failures = 0
+        while queue or inflight:
+            while queue and len(inflight) < self.config.parallel_shutdown \
+                    and not self.cancelled:
+                step = queue.popleft()
+                if self._request_shutdown(uri, step):
+                    own = self.clock.now() + step.timeout if step.timeout > 0 else math.inf
+                    inflight[step.guest.uuid] = (step, min(own, uri_deadline))
+                else:
+                    failed.append(step)
+            if self.cancelled:
+                for step in queue:
+                    self._interrupted(uri, step)
+                queue.clear()
+            if not inflight:
+                continue
+            self.clock.sleep(POLL)
+            now = self.clock.now()
+            try:
+                active = observe.active_uuids(self.virsh, uri, self.config)
+                poll_failures = 0
+            except (VirshError, Interrupted) as err:
+                poll_failures += 1
+                timed_out = isinstance(err, VirshError) and err.timed_out
+                if poll_failures < 3 and not timed_out and not self.cancelled:
+                    continue
+                self._fail()
+                for uuid, (step, _) in inflight.items():
+                    self.report.say(f"Failed to determine state of guest: {uuid}. "
+                                    "Not tracking it anymore.")
+                    self.report.step(self._outcome(uri, step), SHUTDOWN, "unknown",
+                                     now - started, str(err))
+                inflight.clear()
+                self.checkpoint()
+                continue
+            for uuid in [u for u in inflight if u not in active]:
+                step, _ = inflight.pop(uuid)
+                self.report.say(f"Shutdown of guest {step.guest.name} complete.")
+                self.report.step(self._outcome(uri, step), SHUTDOWN, "shut off", now - started)
+                self.checkpoint()
+            if now >= next_progress and (inflight or queue):
+                next_progress += PROGRESS_EVERY
+                count = len(inflight) + len(queue)
+                if math.isinf(uri_deadline):
+                    self.report.say(f"Waiting for {count} guests to shut down")
+                else:
+                    left = max(round(uri_deadline - now), 0)
+                    self.report.say(f"Waiting for {count} guests to shut down, "
+                                    f"{left} seconds left")
+            if now >= uri_deadline and (inflight or queue):
+                self.report.say("Timeout expired while shutting down domains")
+                self._fail()
+                # Unlike the reference, guests still queued get a shutdown request too.
+                for step in list(queue):
+                    if self._request_shutdown(uri, step):
+                        inflight[step.guest.uuid] = (step, now)
+                    else:
+                        failed.append(step)
+                queue.clear()
+            if self.cancelled and inflight:
+                for step, _ in inflight.values():
+                    self.report.step(self._outcome(uri, step), SHUTDOWN, "interrupted",
+                                     now - started, "stop requested while waiting")
+                inflight.clear()
+                self.checkpoint()
+                continue
+            for uuid in [u for u, (_, due) in inflight.items() if now >= due]:
+                step, _ = inflight.pop(uuid)
+                self.report.step(self._outcome(uri, step), SHUTDOWN, "timed out",
+                                 now - started)
+                failed.append(step)
+                self.checkpoint()
+        return failed
+
+    # poweroff --------------------------------------------------------------
+
+    def _poweroff_all(self, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+        for step in steps:
+            outcome = self._outcome(uri, step)
+            started = self.clock.now()
+            try:
+                self.virsh.run(uri, action_args(POWEROFF, step.guest.uuid, self.config),
+                               timeout=self.config.query_timeout, ignore_interrupt=True)
+            except VirshError as err:
+                self._fail()
+                self.report.error(f"powering off guest {step.guest.name} failed: {err.detail}")
+                self.report.step(outcome, POWEROFF, "failed", 0.0, err.detail)
+            else:
+                self.report.say(f"Powering off guest {step.guest.name}: done")
+                self.report.step(outcome, POWEROFF, "powered off",
+                                 self.clock.now() - started)
+            self.checkpoint()
+        return []
+
+    # -- start ----------------------------------------------------------------
+
+    def start(self, plan: StartPlan) -> int:
+        self._run_concurrently([functools.partial(self._start_uri, item)
+                                for item in plan.uris])
+        return self.status
+
+    def _start_uri(self, item: UriStart) -> None:
+        self.report.say(f"Resuming guests on {item.uri} URI...")
+        groups = sorted({g.group for g in item.guests})
+        first = True
+        for group in groups:
+            members = [g for g in item.guests if g.group == group]
+            parallel = (self.config.start_delay == 0 and self.config.parallel_start > 1
+                        and all(g.delay_after is None for g in members))
+            if parallel:
+                with ThreadPoolExecutor(max_workers=self.config.parallel_start) as pool:
+                    list(pool.map(lambda g: self._start_guest(item.uri, g), members))
+                continue
+            for guest in members:
+                if guest.start and not first and not self.cancelled:
+                    delay = self.config.start_delay
+                    if delay:
+                        self.clock.sleep(delay)
+                started = self._start_guest(item.uri, guest)
+                if started:
+                    first = False
+                    if guest.delay_after:
+                        self.clock.sleep(guest.delay_after)
+
+    def _start_guest(self, uri: str, guest: GuestStart) -> bool:
+        """Start (resume) one guest; True if a start was issued and succeeded."""
+        outcome = self.report.outcome(uri, guest.uuid, guest.name)
+        issued = False
+        if not guest.start:
+            self.report.say(f"Resuming guest {guest.name}: {guest.reason}")
+            self.report.step(outcome, "start", guest.reason, 0.0)
+        elif self.cancelled:
+            self._keep(uri, guest.uuid)
+            self.report.step(outcome, "start", "interrupted", 0.0,
+                             "stop requested before this guest was started")
+        else:
+            began = self.clock.now()
+            try:
+                self.virsh.run(uri, start_args(guest.uuid, self.config),
+                               timeout=self.config.save_timeout, ignore_interrupt=True)
+            except VirshError as err:
+                self._fail()
+                self._keep(uri, guest.uuid)
+                self.report.say(f"Resuming guest {guest.name}: failed")
+                self.report.error(f"starting guest {guest.name} failed: {err.detail}; "
+                                  "it stays recorded for the next start")
+                self.report.step(outcome, "start", "failed", self.clock.now() - began,
+                                 err.detail)
+                self.checkpoint()
+                return False
+            issued = True
+            self.report.say(f"Resuming guest {guest.name}: done")
+            self.report.step(outcome, "start", "resumed", self.clock.now() - began)
+        if self.config.sync_time and guest.reason != "skipped by policy" \
+                and not self.cancelled:
+            self._sync_time(uri, guest)
+        self.checkpoint()
+        return issued
+
+    def _sync_time(self, uri: str, guest: GuestStart) -> None:
+        try:
+            self.virsh.run(uri, ["domtime", "--sync", guest.uuid],
+                           timeout=self.config.query_timeout, ignore_interrupt=True)
+        except VirshError as err:
+            self.report.warn(f"could not sync the time of guest {guest.name}: {err.detail}")
+
+    def _keep(self, uri: str, uuid: str) -> None:
+        with self._lock:
+            self.not_resumed.setdefault(uri, []).append(uuid)
+
+
+def _next_action(step: GuestStop, after: str) -> Optional[str]:
+    actions = step.actions
+    if after not in actions:
+        return None
+    index = actions.index(after)
+    return actions[index + 1] if index + 1 < len(actions) else None

@@ -1,0 +1,270 @@
+"""Decide what to do: pure functions from config + observed host state to a plan.
+
+Nothing here talks to virsh or the disk, so every decision is testable with
+plain data, and ``--dry-run`` prints exactly what the executor would run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from virtguests.config import Config
+
+SUSPEND, SHUTDOWN, POWEROFF = "suspend", "shutdown", "poweroff"
+
+
+@dataclass(frozen=True)
+class Guest:
+    """One guest as seen on a URI."""
+
+    uuid: str
+    name: str
+    active: bool = True
+    persistent: bool = True
+    managed_save: bool = False
+
+
+@dataclass(frozen=True)
+class UriView:
+    """What one URI looked like, or why it could not be seen."""
+
+    uri: str
+    guests: tuple[Guest, ...] = ()
+    error: Optional[str] = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.error is None
+
+    def find(self, uuid: str) -> Optional[Guest]:
+        for guest in self.guests:
+            if guest.uuid == uuid:
+                return guest
+        return None
+
+
+@dataclass(frozen=True)
+class GuestPolicy:
+    """Per-guest overrides (from the policy file); None means "use the config"."""
+
+    actions: Optional[tuple[str, ...]] = None
+    group: int = 0
+    shutdown_timeout: Optional[int] = None
+    start_delay: Optional[int] = None
+    skip_start: bool = False
+
+
+PolicyLookup = Callable[[str, Guest], GuestPolicy]
+
+
+def no_policy(uri: str, guest: Guest) -> GuestPolicy:
+    return GuestPolicy()
+
+
+@dataclass(frozen=True)
+class GuestStop:
+    guest: Guest
+    actions: tuple[str, ...]
+    timeout: int
+    group: int = 0
+    record: bool = True
+
+
+@dataclass(frozen=True)
+class UriStop:
+    uri: str
+    running: tuple[Guest, ...]
+    transient_skipped: tuple[Guest, ...]
+    guests: tuple[GuestStop, ...]
+
+    def groups(self) -> list[list[GuestStop]]:
+        """Order groups for stopping: highest first."""
+        keys = sorted({g.group for g in self.guests}, reverse=True)
+        return [[g for g in self.guests if g.group == k] for k in keys]
+
+
+@dataclass(frozen=True)
+class StopPlan:
+    suspending: bool
+    uris: tuple[UriStop, ...]
+    unreachable: tuple[UriView, ...]
+    earlier: Mapping[str, Sequence[str]] = field(default_factory=dict)
+
+    def record(self) -> dict[str, list[str]]:
+        """The list-file entries: what `start` must bring back."""
+        out: dict[str, list[str]] = {}
+        for uri, ids in self.earlier.items():
+            out.setdefault(uri, []).extend(ids)
+        for item in self.uris:
+            ids = out.setdefault(item.uri, [])
+            ids.extend(g.guest.uuid for g in item.guests
+                       if g.record and g.guest.uuid not in ids)
+        return {uri: ids for uri, ids in out.items() if ids}
+
+
+def action_args(action: str, uuid: str, config: Config) -> list[str]:
+    """The virsh arguments for one step of a guest's action chain."""
+    if action == SUSPEND:
+        return ["managedsave", *(["--bypass-cache"] if config.bypass_cache else []), uuid]
+    if action == SHUTDOWN:
+        return ["shutdown", uuid]
+    if action == POWEROFF:
+        return ["destroy", uuid]
+    raise ValueError(f"unknown action {action!r}")
+
+
+def start_args(uuid: str, config: Config) -> list[str]:
+    return ["start", *(["--bypass-cache"] if config.bypass_cache else []), uuid]
+
+
+def plan_stop(
+    config: Config,
+    views: Sequence[UriView],
+    earlier: Optional[Mapping[str, Sequence[str]]] = None,
+    policy: PolicyLookup = no_policy,
+) -> StopPlan:
+    """Which running guests get which action chain, per reachable URI."""
+    uris: list[UriStop] = []
+    for view in views:
+        if not view.reachable:
+            continue
+        running = tuple(g for g in view.guests if g.active)
+        steps: list[GuestStop] = []
+        skipped: list[Guest] = []
+        for guest in running:
+            rule = policy(view.uri, guest)
+            actions = rule.actions if rule.actions is not None else config.on_shutdown
+            if not actions:
+                continue
+            if not guest.persistent:
+                if not _acts_on_transient(config, actions):
+                    skipped.append(guest)
+                    continue
+                actions = tuple(a for a in actions if a != SUSPEND)
+                if not actions:
+                    skipped.append(guest)
+                    continue
+            timeout = (rule.shutdown_timeout if rule.shutdown_timeout is not None
+                       else config.shutdown_timeout)
+            steps.append(GuestStop(guest, actions, timeout, rule.group, guest.persistent))
+        uris.append(UriStop(view.uri, running, tuple(skipped), tuple(steps)))
+    unreachable = tuple(v for v in views if not v.reachable)
+    return StopPlan(config.suspending, tuple(uris), unreachable, dict(earlier or {}))
+
+
+def _acts_on_transient(config: Config, actions: Sequence[str]) -> bool:
+    """PERSISTENT_ONLY as the reference defines it; a chain past suspend can stop them."""
+    if config.persistent_only == "true":
+        return False
+    if config.persistent_only == "false":
+        return True
+    return actions[0] != SUSPEND or len(actions) > 1
+
+
+def stop_commands(plan: StopPlan, config: Config,
+                  argv: Callable[[str, Sequence[str]], list[str]]) -> list[list[str]]:
+    """The virsh command lines that change something, in execution order per URI.
+
+    Only each guest's first action is certain; fallbacks are listed by
+    ``describe_fallbacks``.
+    """
+    out: list[list[str]] = []
+    for item in plan.uris:
+        for group in item.groups():
+            for step in group:
+                out.append(argv(item.uri, action_args(step.actions[0], step.guest.uuid, config)))
+    return out
+
+
+@dataclass(frozen=True)
+class GuestStart:
+    uuid: str
+    name: str
+    start: bool
+    reason: str = ""
+    group: int = 0
+    delay_after: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class UriStart:
+    uri: str
+    guests: tuple[GuestStart, ...]
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    uris: tuple[UriStart, ...]
+    ignored: tuple[str, ...]
+    unreachable: tuple[UriView, ...]
+    missing: tuple[tuple[str, str], ...]
+    keep: Mapping[str, Sequence[str]]
+    """Entries that stay recorded for the next start (unreachable URIs)."""
+
+
+def plan_start(
+    config: Config,
+    recorded: Mapping[str, Sequence[str]],
+    views: Mapping[str, UriView],
+    policy: PolicyLookup = no_policy,
+    uri_for_entry: Optional[Mapping[str, str]] = None,
+) -> StartPlan:
+    """Which recorded guests to start, per configured URI, in list order.
+
+    *recorded* maps list-file URIs to UUIDs; *uri_for_entry* maps a list-file
+    URI token to the configured URI it stands for (absent = not configured).
+    """
+    mapping = uri_for_entry if uri_for_entry is not None else {u: u for u in config.uris}
+    uris: list[UriStart] = []
+    ignored: list[str] = []
+    unreachable: list[UriView] = []
+    missing: list[tuple[str, str]] = []
+    keep: dict[str, list[str]] = {}
+    for token, ids in recorded.items():
+        uri = mapping.get(token)
+        if uri is None:
+            ignored.append(token)
+            continue
+        view = views.get(uri)
+        if view is None or not view.reachable:
+            unreachable.append(view or UriView(uri, error="not contacted"))
+            keep.setdefault(token, []).extend(ids)
+            continue
+        guests: list[GuestStart] = []
+        for uuid in ids:
+            guest = view.find(uuid)
+            if guest is None:
+                missing.append((uri, uuid))
+                continue
+            rule = policy(uri, guest)
+            if rule.skip_start:
+                guests.append(GuestStart(uuid, guest.name, False, "skipped by policy",
+                                         rule.group, rule.start_delay))
+            elif guest.active:
+                guests.append(GuestStart(uuid, guest.name, False, "already active",
+                                         rule.group, rule.start_delay))
+            else:
+                guests.append(GuestStart(uuid, guest.name, True, "", rule.group,
+                                         rule.start_delay))
+        uris.append(UriStart(uri, tuple(guests)))
+    return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(missing), keep)
+
+
+def orphans(config: Config, view: UriView, recorded: Sequence[str]) -> list[str]:
+    """Inactive guests with a managed-save image that no list file mentions."""
+    return [g.uuid for g in view.guests
+            if g.managed_save and not g.active and g.uuid not in recorded]
+
+
+def start_commands(plan: StartPlan, config: Config,
+                   argv: Callable[[str, Sequence[str]], list[str]]) -> list[list[str]]:
+    out: list[list[str]] = []
+    for item in plan.uris:
+        for guest in sorted(item.guests, key=lambda g: g.group):
+            if guest.start:
+                out.append(argv(item.uri, start_args(guest.uuid, config)))
+            if config.sync_time and guest.reason != "skipped by policy":
+                out.append(argv(item.uri, ["domtime", "--sync", guest.uuid]))
+    return out

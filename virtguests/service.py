@@ -1,0 +1,404 @@
+"""The service commands: config -> observe -> plan -> execute -> report.
+
+Each command reads the host, asks ``plan`` what to do, prints the plan
+(``--dry-run``) or hands it to the executor, and keeps the on-disk state
+(list file, leftovers, marker, run report) true at every step.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Optional, TypeVar
+
+from virtguests import observe, plan, state
+from virtguests.clock import Clock
+from virtguests.config import Config, Loaded
+from virtguests.executor import Executor
+from virtguests.report import Reporter
+from virtguests.virsh import Virsh, VirshError, format_argv
+
+T = TypeVar("T")
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_STOPPED, EXIT_CONFIG = 0, 1, 2, 3, 6
+
+
+@dataclass
+class Context:
+    loaded: Loaded
+    paths: state.Paths
+    virsh: Virsh
+    report: Reporter
+    clock: Clock
+    dry_run: bool = False
+    json: bool = False
+    lock_wait: float = 3600.0
+    policy: plan.PolicyLookup = plan.no_policy
+
+    @property
+    def config(self) -> Config:
+        return self.loaded.config
+
+
+def for_each_uri(uris: Sequence[str], job: Callable[[str], T]) -> dict[str, T]:
+    """Ask every URI at once: one slow or wedged host never delays the others."""
+    results: dict[str, T] = {}
+    lock = threading.Lock()
+
+    def run(uri: str) -> None:
+        value = job(uri)
+        with lock:
+            results[uri] = value
+
+    threads = [threading.Thread(target=run, args=(uri,), daemon=True) for uri in uris]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            thread.join(0.2)
+    return {uri: results[uri] for uri in uris if uri in results}
+
+
+def _unique(uris: Sequence[str]) -> list[str]:
+    return list(dict.fromkeys(uris))
+
+
+def report_config(ctx: Context) -> None:
+    for warning in ctx.loaded.warnings:
+        ctx.report.warn(warning)
+    for problem in ctx.loaded.problems:
+        ctx.report.error(str(problem))
+
+
+# -- stop ----------------------------------------------------------------------
+
+
+def stop(ctx: Context, *, force_shutdown: bool = False) -> int:
+    config = ctx.config
+    if force_shutdown:
+        chain = config.on_shutdown
+        chain = chain[chain.index("shutdown"):] if "shutdown" in chain else ("shutdown",)
+        config = replace(config, on_shutdown=chain)
+    report_config(ctx)
+    status = _stop(ctx, config) if ctx.dry_run else _locked(ctx, lambda: _stop(ctx, config))
+    if ctx.loaded.problems:
+        return EXIT_CONFIG
+    return status
+
+
+def _locked(ctx: Context, body: Callable[[], int]) -> int:
+    try:
+        with state.exclusive(ctx.paths.lock, wait=ctx.lock_wait, on_wait=ctx.report.warn):
+            return body()
+    except state.LockBusy as err:
+        ctx.report.error(str(err))
+        return EXIT_FAIL
+
+
+def _recorded_earlier(ctx: Context, *, stale_warning: bool) -> dict[str, list[str]]:
+    """Entries still on disk from an earlier stop or failed start; never dropped."""
+    entries, bad = state.read_list(ctx.paths.list_file)
+    for line in bad:
+        ctx.report.error(str(line))
+    if entries and stale_warning:
+        count = sum(len(v) for v in entries.values())
+        ctx.report.warn(
+            f"{ctx.paths.list_file} from an earlier stop was never resumed by a start; "
+            f"its {count} guest(s) stay recorded, and running guests are protected now"
+        )
+    pending, bad = state.read_list(ctx.paths.pending)
+    for line in bad:
+        ctx.report.error(str(line))
+    return state.merge(entries, pending)
+
+
+def _stop(ctx: Context, config: Config) -> int:
+    earlier = _recorded_earlier(ctx, stale_warning=True)
+    uris = _unique(config.uris)
+    views = for_each_uri(uris, lambda uri: observe.view_running(ctx.virsh, uri, config,
+                                                                ctx.clock))
+    status = EXIT_OK
+    last = _last_run_names(ctx)
+    encoded_earlier = {_config_uri(config, token) or token: ids for token, ids in earlier.items()}
+    the_plan = plan.plan_stop(config, [views[u] for u in uris], encoded_earlier, ctx.policy)
+    for uri in uris:
+        view = views[uri]
+        if not view.reachable:
+            status = EXIT_FAIL
+            ctx.report.say(f"Can't connect to {uri}. Skipping.")
+            known = last.get(uri)
+            names = f" (last seen running there: {', '.join(known)})" if known else ""
+            ctx.report.error(f"cannot list guests on {uri}: {view.error}; its guests are not "
+                             f"protected{names}")
+            continue
+        item = next(i for i in the_plan.uris if i.uri == uri)
+        names = ", ".join(g.name for g in item.running) or "no running guests."
+        ctx.report.say(f"Running guests on {uri} URI: {names}")
+        if item.transient_skipped:
+            verb = "suspending" if config.suspending else "shutting down"
+            ctx.report.say(f"Not {verb} transient guests on URI: {uri}: "
+                           + ", ".join(g.name for g in item.transient_skipped))
+    if ctx.dry_run:
+        for argv in plan.stop_commands(the_plan, config, ctx.virsh.argv):
+            ctx.report.say(format_argv(argv))
+        for item in the_plan.uris:
+            for step in item.guests:
+                if len(step.actions) > 1:
+                    ctx.report.say(f"# {step.guest.name}: if {step.actions[0]} fails: "
+                                   + " -> ".join(step.actions[1:]))
+        return status
+    record = {state.encode_uri(uri): ids for uri, ids in the_plan.record().items()}
+    state.write_list(ctx.paths.list_file, record)
+    state.remove(ctx.paths.pending)
+    executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
+                        checkpoint=lambda: _write_report(ctx, "stop", None))
+    result = executor.stop(the_plan)
+    state.remove(ctx.paths.marker)
+    status = max(status, result)
+    if ctx.clock.cancel.is_set():
+        status = _interrupted_summary(ctx, "stop")
+    _write_report(ctx, "stop", status)
+    return status
+
+
+def _config_uri(config: Config, token: str) -> Optional[str]:
+    for uri in config.uris:
+        if token in (uri, state.encode_uri(uri)):
+            return uri
+    return None
+
+
+def _last_run_names(ctx: Context) -> dict[str, list[str]]:
+    document = state.read_json(ctx.paths.report)
+    names: dict[str, list[str]] = {}
+    if isinstance(document, dict):
+        for guest in document.get("guests", []):
+            if isinstance(guest, dict) and isinstance(guest.get("uri"), str):
+                names.setdefault(guest["uri"], []).append(str(guest.get("name")))
+    return names
+
+
+def _write_report(ctx: Context, command: str, status: Optional[int]) -> None:
+    if ctx.dry_run:
+        return
+    try:
+        state.write_json(ctx.paths.report, ctx.report.document(command, status
+                                                                if status is not None else -1))
+    except OSError as err:
+        ctx.report.warn(f"cannot write the run report {ctx.paths.report}: {err}")
+
+
+def _interrupted_summary(ctx: Context, command: str) -> int:
+    counts: dict[str, int] = {}
+    for outcome in ctx.report.outcomes.values():
+        counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
+    summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing done"
+    ctx.report.error(f"{command} interrupted by a signal: {summary}")
+    return EXIT_FAIL
+
+
+# -- start ---------------------------------------------------------------------
+
+
+def start(ctx: Context) -> int:
+    if refuse_bad_config(ctx):
+        return EXIT_CONFIG
+    if ctx.dry_run:
+        return _start(ctx)
+    return _locked(ctx, lambda: _start(ctx))
+
+
+def refuse_bad_config(ctx: Context) -> bool:
+    report_config(ctx)
+    if ctx.loaded.problems:
+        ctx.report.error("refusing to act with an invalid configuration (see above); "
+                         "`virtguests check` lists every problem")
+        return True
+    return False
+
+
+def _start(ctx: Context) -> int:
+    config = ctx.config
+    list_entries, bad = state.read_list(ctx.paths.list_file)
+    pending, bad_pending = state.read_list(ctx.paths.pending)
+    status = EXIT_OK
+    for line in (*bad, *bad_pending):
+        ctx.report.error(str(line))
+        status = EXIT_FAIL
+    recorded = state.merge(list_entries, pending)
+    orphans_wanted = config.resume_orphans and config.on_boot == "start"
+    if not recorded and not orphans_wanted:
+        _started(ctx)
+        return status
+    if config.on_boot != "start":
+        ctx.report.say("libvirt-guests is configured not to start any guests on boot")
+        if not ctx.dry_run:
+            state.remove(ctx.paths.list_file)
+            state.remove(ctx.paths.pending)
+            _started(ctx)
+        return status
+    mapping = {token: uri for token in recorded
+               if (uri := _config_uri(config, token)) is not None}
+    wanted = _unique(list(mapping.values()) + (list(config.uris) if orphans_wanted else []))
+    views = for_each_uri(wanted, lambda uri: observe.view_all(
+        ctx.virsh, uri, config, ctx.clock, managed_save=orphans_wanted))
+    if orphans_wanted:
+        for uri, view in views.items():
+            token = state.encode_uri(uri)
+            known = recorded.get(token, [])
+            extra = plan.orphans(config, view, known)
+            for uuid in extra:
+                guest = view.find(uuid)
+                ctx.report.warn(f"guest {guest.name if guest else uuid} on {uri} has a "
+                                "managed-save image but was not recorded; resuming it "
+                                "(RESUME_ORPHANS)")
+            if extra:
+                recorded[token] = [*known, *extra]
+                mapping[token] = uri
+    the_plan = plan.plan_start(config, recorded, views, ctx.policy, mapping)
+    for token in the_plan.ignored:
+        ctx.report.say(f"Ignoring guests on {token} URI")
+    for view in the_plan.unreachable:
+        status = EXIT_FAIL
+        ctx.report.say(f"Can't connect to {view.uri}. Skipping.")
+        ids = the_plan.keep.get(state.encode_uri(view.uri), [])
+        ctx.report.error(f"cannot reach {view.uri}: {view.error}; its {len(ids)} guest(s) "
+                         f"stay recorded for the next start: {' '.join(ids)}")
+    for uri, uuid in the_plan.missing:
+        status = EXIT_FAIL
+        ctx.report.error(f"recorded guest {uuid} no longer exists on {uri}; dropped")
+    if ctx.dry_run:
+        for argv in plan.start_commands(the_plan, config, ctx.virsh.argv):
+            ctx.report.say(format_argv(argv))
+        return status
+    executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
+                        checkpoint=lambda: _write_report(ctx, "start", None))
+    result = executor.start(the_plan)
+    keep = state.merge(the_plan.keep, {state.encode_uri(u): ids
+                                       for u, ids in executor.not_resumed.items()})
+    if executor.not_resumed:
+        names = [o.name for o in ctx.report.outcomes.values()
+                 if o.uuid in {i for ids in executor.not_resumed.values() for i in ids}]
+        ctx.report.error("not resumed, kept for the next start: " + ", ".join(names))
+    state.write_list(ctx.paths.pending, keep)
+    state.remove(ctx.paths.list_file)
+    _started(ctx)
+    status = max(status, result)
+    if ctx.clock.cancel.is_set():
+        status = _interrupted_summary(ctx, "start")
+    _write_report(ctx, "start", status)
+    return status
+
+
+def _started(ctx: Context) -> None:
+    if not ctx.dry_run:
+        state.touch(ctx.paths.marker)
+
+
+# -- status, gueststatus, check -----------------------------------------------------
+
+
+def status(ctx: Context) -> int:
+    if refuse_bad_config(ctx):
+        return EXIT_CONFIG
+    entries, bad = state.read_list(ctx.paths.list_file)
+    pending, bad_pending = state.read_list(ctx.paths.pending)
+    if ctx.paths.list_file.exists():
+        word, code = "stopped, with saved guests", EXIT_STOPPED
+    elif ctx.paths.marker.exists():
+        word, code = "started", EXIT_OK
+    else:
+        word, code = "stopped, with no saved guests", EXIT_STOPPED
+    if ctx.json:
+        document: dict[str, Any] = {
+            "state": word,
+            "exit_status": code,
+            "list_file": {"path": str(ctx.paths.list_file), "entries": entries,
+                          "bad_lines": [str(b) for b in (*bad,)]},
+            "not_resumed": {"path": str(ctx.paths.pending), "entries": pending,
+                            "bad_lines": [str(b) for b in bad_pending]},
+            "last_run": state.read_json(ctx.paths.report),
+        }
+        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        return code
+    ctx.report.say(word)
+    for uri, ids in pending.items():
+        ctx.report.say(f"Not resumed at the last start, kept for the next one: {uri}: "
+                       + " ".join(ids))
+    for line in (*bad, *bad_pending):
+        ctx.report.error(str(line))
+    return code
+
+
+def gueststatus(ctx: Context) -> int:
+    if refuse_bad_config(ctx):
+        return EXIT_CONFIG
+    from virtguests import virshout
+
+    config = ctx.config
+    uris = _unique(config.uris)
+    if ctx.json:
+        views = for_each_uri(uris, lambda uri: _describe_uri(ctx, uri))
+        ctx.report.out.write(json.dumps({"uris": [views[u] for u in uris]}, indent=2,
+                                        sort_keys=True) + "\n")
+        return EXIT_FAIL if any(v.get("error") for v in views.values()) else EXIT_OK
+
+    def table(uri: str) -> Optional[str]:
+        try:
+            return ctx.virsh.run(uri, ["list"], timeout=config.query_timeout).stdout
+        except VirshError as err:
+            ctx.report.error(str(err))
+            return None
+
+    tables = for_each_uri(uris, table)
+    code = EXIT_OK
+    for uri in uris:
+        ctx.report.say(f"* {uri} URI:")
+        text = tables.get(uri)
+        if text is None:
+            code = EXIT_FAIL
+            ctx.report.say("")
+        else:
+            ctx.report.out.write(virshout.table_without_domain0(text))
+            ctx.report.out.flush()
+    return code
+
+
+def _describe_uri(ctx: Context, uri: str) -> dict[str, Any]:
+    config = ctx.config
+    view = observe.view_all(ctx.virsh, uri, config, ctx.clock, managed_save=True)
+    if not view.reachable:
+        return {"uri": uri, "error": view.error, "guests": []}
+    persistent: Optional[set[str]] = None
+    try:
+        result = ctx.virsh.run(uri, ["list", "--all", "--uuid", "--persistent"],
+                               timeout=config.query_timeout)
+        from virtguests import virshout
+
+        persistent = set(virshout.uuids(result.argv, result.stdout))
+    except VirshError as err:
+        return {"uri": uri, "error": str(err), "guests": []}
+    return {"uri": uri, "error": None, "guests": [
+        {"uuid": g.uuid, "name": g.name, "active": g.active,
+         "persistent": g.uuid in persistent, "managed_save": g.managed_save}
+        for g in view.guests]}
+
+
+def check(ctx: Context) -> int:
+    report_config(ctx)
+    where = str(ctx.loaded.path) if ctx.loaded.path else "no config file (defaults)"
+    if ctx.loaded.problems:
+        ctx.report.error(f"{where}: {len(ctx.loaded.problems)} problem(s)")
+        return EXIT_CONFIG
+    ctx.report.say(f"{where}: OK")
+    return EXIT_OK
+
+
+def marker_exists(ctx: Context) -> bool:
+    return ctx.paths.marker.exists()
+
+
+def entries_summary(entries: Mapping[str, Sequence[str]]) -> int:
+    return sum(len(v) for v in entries.values())

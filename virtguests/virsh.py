@@ -1,0 +1,199 @@
+"""The one place that starts processes: virsh, with argv lists and a timeout.
+
+Every call gets stdin closed, ``LC_ALL=C`` merged into a copy of the
+environment (we parse the output), its own session so a timeout kills virsh
+and anything it started (ssh for remote URIs), and the full stderr kept for
+the error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Optional
+
+log = logging.getLogger("virtguests.virsh")
+
+
+@dataclass(frozen=True)
+class Result:
+    argv: tuple[str, ...]
+    exit_code: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+class VirshError(Exception):
+    """A virsh call failed, timed out, could not start, or printed nonsense."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        message: str,
+        *,
+        exit_code: Optional[int] = None,
+        stderr: str = "",
+        timed_out: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.argv = tuple(argv)
+        self.message = message
+        self.exit_code = exit_code
+        self.stderr = stderr
+        self.timed_out = timed_out
+
+    @property
+    def detail(self) -> str:
+        """virsh's own words (``error: ...`` lines), or our description."""
+        lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
+        return "; ".join(lines) if lines else self.message
+
+    def __str__(self) -> str:
+        return f"{format_argv(self.argv)}: {self.detail}"
+
+
+class Interrupted(Exception):
+    """No new virsh call is started once a stop was requested (SIGTERM/SIGINT)."""
+
+
+def format_argv(argv: Sequence[str]) -> str:
+    """Quote argv the way a shell would need it, for logs and --dry-run."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def resolve_path(explicit: Optional[str], environ: Mapping[str, str]) -> str:
+    """--virsh, then $VIRSH, then virsh on PATH (looked up per run, never frozen)."""
+    if explicit:
+        return explicit
+    if environ.get("VIRSH"):
+        return environ["VIRSH"]
+    return shutil.which("virsh", path=environ.get("PATH")) or "virsh"
+
+
+class Virsh:
+    """Runs virsh for one invocation of virtguests.
+
+    Counts calls so reports and benchmarks can say how much work was done,
+    and refuses to start new calls after ``interrupt()``.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        environ: Optional[Mapping[str, str]] = None,
+        default_timeout: float = 10.0,
+    ) -> None:
+        self.path = path
+        env = dict(os.environ if environ is None else environ)
+        env["LC_ALL"] = "C"
+        self._env = env
+        self.default_timeout = default_timeout
+        self.calls = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    def argv(self, uri: str, args: Sequence[str]) -> list[str]:
+        """The full command line for *args* on *uri* (``default`` means no ``-c``)."""
+        if uri == "default":
+            return [self.path, *args]
+        return [self.path, "-c", uri, *args]
+
+    def interrupt(self) -> None:
+        self._stopping.set()
+
+    @property
+    def interrupted(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(
+        self,
+        uri: str,
+        args: Sequence[str],
+        *,
+        timeout: Optional[float] = None,
+        check: bool = True,
+        ignore_interrupt: bool = False,
+    ) -> Result:
+        """Run one virsh command; raise VirshError on failure when *check*."""
+        if self._stopping.is_set() and not ignore_interrupt:
+            raise Interrupted(format_argv(self.argv(uri, args)))
+        argv = self.argv(uri, args)
+        limit = self.default_timeout if timeout is None else timeout
+        with self._lock:
+            self.calls += 1
+        result = self._spawn(argv, limit)
+        log.debug(
+            "%s (%.2fs, exit %s)", format_argv(argv), result.seconds, result.exit_code
+        )
+        if check and result.exit_code != 0:
+            raise VirshError(
+                argv,
+                f"exit status {result.exit_code}",
+                exit_code=result.exit_code,
+                stderr=result.stderr,
+            )
+        return result
+
+    def _spawn(self, argv: list[str], limit: float) -> Result:
+        import sh  # imported lazily: status and check never start virsh
+
+        started = time.monotonic()
+        try:
+            command = sh.Command(argv[0])
+        except sh.CommandNotFound:
+            raise VirshError(argv, f"cannot run {argv[0]!r}: not found") from None
+        try:
+            proc: Any = command(
+                *argv[1:],
+                _env=self._env,
+                _tty_out=False,
+                _bg=True,
+                _bg_exc=False,
+                _new_session=True,
+                _return_cmd=True,
+                _ok_code=list(range(256)),
+                _decode_errors="replace",
+            )
+        except (OSError, sh.ForkException) as err:
+            raise VirshError(argv, f"cannot run {argv[0]!r}: {err}") from None
+        try:
+            proc.wait(timeout=limit if limit > 0 else None)
+        except sh.TimeoutException:
+            _kill_session(proc)
+            raise VirshError(
+                argv,
+                f"timed out after {limit:g}s and was killed",
+                timed_out=True,
+                stderr="",
+            ) from None
+        except sh.SignalException as err:
+            raise VirshError(argv, f"killed by a signal ({err.exit_code})") from None
+        stdout = _text(proc.stdout)
+        stderr = _text(proc.stderr)
+        return Result(tuple(argv), int(proc.exit_code), stdout, stderr,
+                      time.monotonic() - started)
+
+
+def _text(data: Any) -> str:
+    if isinstance(data, bytes):
+        return data.decode("utf-8", errors="replace")
+    return str(data or "")
+
+
+def _kill_session(proc: Any) -> None:
+    """Kill virsh and everything in its session, then reap it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=5)

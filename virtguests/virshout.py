@@ -1,0 +1,84 @@
+"""Parsers for the virsh output forms we read (see fixtures/ for recordings).
+
+Each parser is strict: output we do not understand raises ``OutputError``
+naming the command, instead of being half-read into a wrong guest list.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Optional
+
+from virtguests.virsh import VirshError
+
+ZERO_UUID = "00000000-0000-0000-0000-000000000000"
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+class OutputError(VirshError):
+    """virsh exited 0 but printed something we cannot trust."""
+
+
+@dataclass(frozen=True)
+class Listed:
+    uuid: str
+    name: str
+
+
+def is_uuid(text: str) -> bool:
+    return bool(_UUID.match(text))
+
+
+def uuid_names(argv: Sequence[str], text: str) -> list[Listed]:
+    """``virsh list --uuid --name [...]``: one ``UUID NAME`` per line.
+
+    Names may contain spaces, so only the first space separates.  Xen's
+    Domain-0 (all-zero UUID) is never a guest we act on.
+    """
+    out: list[Listed] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        uuid, sep, name = line.partition(" ")
+        if not sep or not is_uuid(uuid) or not name:
+            raise OutputError(
+                argv, f"unexpected output line {number}: {line[:120]!r} (expected 'UUID NAME')"
+            )
+        if uuid == ZERO_UUID:
+            continue
+        out.append(Listed(uuid.lower(), name))
+    return out
+
+
+def uuids(argv: Sequence[str], text: str) -> list[str]:
+    """``virsh list --uuid [...]``: one UUID per line."""
+    out: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        item = line.strip()
+        if not item:
+            continue
+        if not is_uuid(item):
+            raise OutputError(
+                argv, f"unexpected output line {number}: {line[:120]!r} (expected a UUID)"
+            )
+        if item != ZERO_UUID:
+            out.append(item.lower())
+    return out
+
+
+def data_processed(text: str) -> Optional[str]:
+    """The ``Data processed:`` value of ``domjobinfo`` (e.g. ``1.2 GiB``), if any."""
+    for line in text.splitlines():
+        if line.startswith("Data processed:"):
+            value = " ".join(line.split()[2:4])
+            return value or None
+    return None
+
+
+def table_without_domain0(text: str) -> str:
+    """``virsh list`` table for gueststatus, minus the Xen Domain-0 row."""
+    return "".join(
+        line for line in text.splitlines(keepends=True) if "Domain-0" not in line
+    )
