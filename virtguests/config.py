@@ -55,14 +55,6 @@ class Config:
         """True when the first action is a managed save (the reference's "suspend" mode)."""
         return self.on_shutdown[0] == "suspend"
 
-    def acts_on_transient(self) -> bool:
-        """Whether transient guests are included, as PERSISTENT_ONLY defines it."""
-        if self.persistent_only == "true":
-            return False
-        if self.persistent_only == "false":
-            return True
-        return not self.suspending
-
 
 @dataclass(frozen=True)
 class Problem:
@@ -156,6 +148,9 @@ def _chain(raw: str) -> tuple[str, ...]:
             )
     if len(set(words)) != len(words):
         raise _Invalid(f"an action is repeated in {raw!r} (allowed: each action at most once)")
+    if list(words) != sorted(words, key=ACTIONS.index):
+        raise _Invalid(f"actions out of order in {raw!r} (allowed: in the order "
+                       f"{' -> '.join(ACTIONS)}, each optional)")
     return words
 
 
