@@ -1,0 +1,1013 @@
+"""A fake ``virsh`` that simulates a libvirt host described by a YAML file.
+
+Tests and benchmarks put it on ``PATH`` as ``virsh`` (see :func:`write_shim`).
+It answers in the formats of the real virsh recordings in ``fixtures/``
+(tables, messages and errors are rendered from those recordings, with the
+guest names/uuids substituted) and keeps the host state in a JSON file that
+concurrent fake processes update under an ``flock``.
+
+Environment:
+
+``VIRTGUESTS_FAKE_HOST``
+    path of the host YAML (required).
+``VIRTGUESTS_FAKE_STATE``
+    state file (default ``<host>.state.json``); rebuilt from the host YAML
+    when missing or when the YAML changed.
+``VIRTGUESTS_FAKE_LOG``
+    append one JSON line per call:
+    ``{"argv": [...], "pid": N, "start": t, "end": t, "exit": rc}``.
+``VIRTGUESTS_FAKE_NOW_FILE``
+    "now" is the float in that file instead of ``time.time()``; waiting for
+    virtual time polls the file every 0.01 s.
+``VIRTGUESTS_FIXTURES``
+    directory of the recordings (default: ``fixtures/`` next to the package,
+    else ``sys.prefix/share/virtguests/fixtures``).
+
+The hot path imports only ``json``, ``os``, ``sys``, ``time`` and ``fcntl``;
+YAML is read only when the state file is (re)built.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import TYPE_CHECKING, Any, NoReturn, Optional
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+VERSION_FALLBACK = "9.0.0"
+STATE_FORMAT = 3
+DEFAULT_SOCKET = "/var/run/libvirt/libvirt-sock"
+MIB = 1024 * 1024
+
+# markers used in templates compiled from the recordings
+ARG = "\x00ARG\x00"
+NAME = "\x00NAME\x00"
+UUID = "\x00UUID\x00"
+SOCK = "\x00SOCK\x00"
+CMD = "\x00CMD\x00"
+OPT = "\x00OPT\x00"
+
+GUEST_DEFAULTS: dict[str, Any] = {
+    "state": "running",
+    "persistent": True,
+    "managed_save": False,
+    "save_seconds": 0.05,
+    "shutdown_seconds": 1.0,
+    "ignore_shutdown": False,
+    "fail_save": False,
+    "fail_start": False,
+    "fail_shutdown": False,
+    "start_seconds": 0.0,
+    "hang": [],
+    "agent": False,
+    "memory_mib": 1024,
+}
+GUEST_KEYS = set(GUEST_DEFAULTS) | {"name", "uuid", "reason", "id"}
+URI_KEYS = {
+    "unreachable",
+    "unreachable_until",
+    "unreachable_calls",
+    "hang",
+    "guests",
+    "driver",
+    "uri",
+}
+STATES = {"running", "paused", "shutoff"}
+STATE_TEXT = {"running": "running", "paused": "paused", "shutoff": "shut off"}
+
+
+class Unsupported(Exception):
+    """The fake does not implement this argv: exit 2, loudly."""
+
+
+class Failure(Exception):
+    """A virsh error: exit 1 with this stderr text."""
+
+    def __init__(self, stderr: str, extra_newline: bool = True) -> None:
+        super().__init__(stderr)
+        self.stderr = stderr
+        self.extra_newline = extra_newline
+
+
+# ---------------------------------------------------------------------------
+# templates compiled from the recordings
+# ---------------------------------------------------------------------------
+# role -> (driver, candidate fixture stems, stream, builtin fallback).  The
+# recorded text is turned into a template by replacing the domain argument,
+# the subject's name and uuid with markers.  The trailing newline that virsh
+# prints after every command (suppressed by -q) is stripped from stdout.
+TEMPLATE_SOURCES: dict[str, tuple[list[str], str, str]] = {
+    "unreachable": (
+        ["nohost-connect"],
+        "stderr",
+        "error: failed to connect to the hypervisor\n"
+        f"error: Failed to connect socket to '{SOCK}': No such file or directory\n",
+    ),
+    "missing": (["test-domid-missing-uuid"], "stderr", f"error: failed to get domain '{ARG}'\n"),
+    "requires_domain": (
+        ["test-domstate-missing-arg"],
+        "stderr",
+        f"error: command '{CMD}' requires <domain> option\n",
+    ),
+    "table_exclusive": (
+        ["test-list-table-uuid-error"],
+        "stderr",
+        f"error: Options --table and --{OPT} are mutually exclusive\n",
+    ),
+    "managedsave_ok": (
+        ["qemu-managedsave-ok", "test-managedsave-ok"],
+        "stdout",
+        f"\nDomain '{ARG}' state saved by libvirt\n",
+    ),
+    "managedsave_transient": (
+        ["test-managedsave-transient"],
+        "stderr",
+        f"error: Failed to save domain '{ARG}' state\nerror: Requested operation is not valid: "
+        "cannot do managed save for transient domain\n",
+    ),
+    "managedsave_not_running": (
+        ["qemu-managedsave-not-running", "test-managedsave-not-running"],
+        "stderr",
+        f"error: Failed to save domain '{ARG}' state\n"
+        "error: Requested operation is not valid: domain is not running\n",
+    ),
+    "shutdown_ok": (
+        ["qemu-shutdown-ok", "test-shutdown-ok"],
+        "stdout",
+        f"Domain '{ARG}' is being shutdown\n",
+    ),
+    "test:shutdown_not_running": (
+        ["test-shutdown-not-running"],
+        "stderr",
+        f"error: Failed to shutdown domain '{ARG}'\n"
+        f"error: internal error: domain '{NAME}' not running\n",
+    ),
+    "qemu:shutdown_not_running": (
+        ["qemu-shutdown-not-running"],
+        "stderr",
+        f"error: Failed to shutdown domain '{ARG}'\n"
+        "error: Requested operation is not valid: domain is not running\n",
+    ),
+    "destroy_ok": (["qemu-destroy-ok", "test-destroy-ok"], "stdout", f"Domain '{ARG}' destroyed\n"),
+    "destroy_not_running": (
+        ["test-destroy-not-running"],
+        "stderr",
+        f"error: Failed to destroy domain '{ARG}'\n"
+        "error: Requested operation is not valid: domain is not running\n",
+    ),
+    "start_ok": (["qemu-start-saved", "test-start-uuid"], "stdout", f"Domain '{NAME}' started\n"),
+    "start_active": (
+        ["qemu-start-active", "test-start-active"],
+        "stderr",
+        "error: Domain is already active\n",
+    ),
+    "test:start_bypass_cache": (
+        ["test-start-bypass-cache"],
+        "stderr",
+        f"error: Failed to start domain '{NAME}'\n"
+        "error: unsupported flags (0x4) in function testDomainCreateWithFlags\n",
+    ),
+    "test:domjobinfo": (
+        ["test-domjobinfo-running"],
+        "stderr",
+        "error: this function is not supported by the connection driver: virDomainGetJobInfo\n",
+    ),
+    "qemu:domjobinfo_none": (
+        ["qemu-domjobinfo-none"],
+        "stdout",
+        "Job type:         None        \n",
+    ),
+    "qemu:domjobinfo_saving": (
+        ["qemu-domjobinfo-saving"],
+        "stdout",
+        # virsh cmdDomjobinfo: "%-17s %-12s\n", "%-17s %-12llu ms\n", "%-17s %-.3lf %s\n"
+        "Job type:         Unbounded   \n"
+        "Operation:        Save        \n"
+        "Time elapsed:     0            ms\n"
+        "Data processed:   0.000 B\n"
+        "Data remaining:   0.000 B\n"
+        "Data total:       0.000 B\n"
+        "Memory processed: 0.000 B\n"
+        "Memory remaining: 0.000 B\n"
+        "Memory total:     0.000 B\n"
+        "Memory bandwidth: 0.000 B/s\n",
+    ),
+    "qemu:domjobinfo_not_running": (
+        ["qemu-domjobinfo-shutoff"],
+        "stderr",
+        "error: Requested operation is not valid: domain is not running\n",
+    ),
+    "domtime_not_running": (
+        ["test-domtime-sync-shutoff"],
+        "stderr",
+        "error: Requested operation is not valid: domain is not running\n",
+    ),
+    "qemu:domtime_no_agent": (
+        ["qemu-domtime-sync"],
+        "stderr",
+        "error: argument unsupported: QEMU guest agent is not configured\n",
+    ),
+    "managedsave_remove_ok": (
+        ["test-managedsave-remove"],
+        "stdout",
+        f"Removed managedsave image for domain '{ARG}'",
+    ),
+}
+# builtin messages (no recording can produce them with the test driver)
+BUILTIN = {
+    "managedsave_none": f"Domain '{ARG}' has no manage save image; removal skipped",
+    "fail_save": f"error: Failed to save domain '{ARG}' state\n"
+    "error: operation failed: domain save job: unexpectedly failed\n",
+    "fail_start": f"error: Failed to start domain '{NAME}'\n"
+    "error: internal error: qemu unexpectedly closed the monitor\n",
+    "fail_shutdown": f"error: Failed to shutdown domain '{ARG}'\n"
+    "error: operation failed: guest shutdown request failed\n",
+    "job_busy": f"error: Failed to {CMD} domain '{ARG}'\n"
+    "error: Timed out during operation: cannot acquire state change lock "
+    "(held by monitor=remoteDispatchDomainManagedSave)\n",
+}
+
+
+def fixtures_dir() -> str:
+    env = os.environ.get("VIRTGUESTS_FIXTURES")
+    if env:
+        return env
+    here = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+    if os.path.isdir(here):
+        return here
+    return os.path.join(sys.prefix, "share", "virtguests", "fixtures")
+
+
+def _load_yaml(path: str) -> Any:
+    try:
+        import yaml
+    except ImportError:  # the shim runs python -S: enable site-packages now
+        import site
+
+        site.main()
+        import yaml
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with open(path, encoding="utf-8") as f:
+        return yaml.load(f, Loader=loader)
+
+
+def _template_from_fixture(doc: dict[str, Any], stream: str) -> str:
+    text: str = doc[stream]
+    if stream == "stdout" and text.endswith("\n") and doc["argv"][0] != "-q":
+        text = text[:-1]  # the newline virsh prints after each command
+    argv = [a for a in doc["argv"] if not a.startswith("-")]
+    arg = argv[1] if len(argv) > 1 else None
+    subjects = doc.get("subjects") or []
+    if arg is not None:
+        text = text.replace(f"'{arg}'", f"'{ARG}'")
+    if len(subjects) == 1:
+        text = text.replace(f"'{subjects[0]['name']}'", f"'{NAME}'")
+    text = text.replace("'/nonexistent/sock'", f"'{SOCK}'")
+    if doc["argv"][:1] == ["domstate"]:
+        text = text.replace("'domstate'", f"'{CMD}'")
+    text = text.replace("--uuid are", f"--{OPT} are")
+    return text
+
+
+def compile_templates(fdir: str) -> dict[str, Any]:
+    templates: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    for role, (stems, stream, fallback) in TEMPLATE_SOURCES.items():
+        templates[role] = fallback
+        sources[role] = "builtin"
+        for stem in stems:
+            path = os.path.join(fdir, stem + ".yaml")
+            if not os.path.exists(path):
+                continue
+            doc = _load_yaml(path)
+            if stream == "stderr" and doc["exit"] == 0:
+                continue  # e.g. qemu domtime --sync succeeded: the guest has an agent
+            templates[role] = _template_from_fixture(doc, stream)
+            sources[role] = stem
+            break
+    templates.update(BUILTIN)
+    return {"templates": templates, "sources": sources}
+
+
+# ---------------------------------------------------------------------------
+# host YAML -> state
+# ---------------------------------------------------------------------------
+def _bad_host(msg: str) -> NoReturn:
+    raise Unsupported(f"host file: {msg}")
+
+
+def build_state(host_path: str, sig: list[int]) -> dict[str, Any]:
+    import uuid as uuidmod
+
+    doc = _load_yaml(host_path)
+    if not isinstance(doc, dict) or not isinstance(doc.get("uris"), dict):
+        _bad_host(f"{host_path}: expected a mapping with a 'uris' mapping")
+    uris: dict[str, Any] = {}
+    for key, conf in doc["uris"].items():
+        conf = conf or {}
+        if not isinstance(conf, dict):
+            _bad_host(f"uri {key!r}: expected a mapping")
+        unknown = set(conf) - URI_KEYS
+        if unknown:
+            _bad_host(f"uri {key!r}: unknown keys {sorted(unknown)}")
+        driver = conf.get("driver") or ("test" if str(key).startswith("test:") else "qemu")
+        if driver not in ("test", "qemu"):
+            _bad_host(f"uri {key!r}: driver must be test or qemu")
+        u: dict[str, Any] = {
+            "driver": driver,
+            "uri": conf.get("uri") or ("qemu:///system" if key == "default" else str(key)),
+            "unreachable": bool(conf.get("unreachable", False)),
+            "unreachable_until": float(conf.get("unreachable_until") or 0),
+            "unreachable_calls": int(conf.get("unreachable_calls") or 0),
+            "hang": bool(conf.get("hang", False)),
+            "calls": 0,
+            "guests": [],
+        }
+        next_id = 1
+        for g in conf.get("guests") or []:
+            if not isinstance(g, dict) or "name" not in g:
+                _bad_host(f"uri {key!r}: every guest needs a name")
+            unknown = set(g) - GUEST_KEYS
+            if unknown:
+                _bad_host(f"guest {g['name']!r}: unknown keys {sorted(unknown)}")
+            guest = dict(GUEST_DEFAULTS)
+            guest.update(g)
+            guest["name"] = str(g["name"])
+            guest["uuid"] = str(
+                g.get("uuid") or uuidmod.uuid5(uuidmod.NAMESPACE_URL, f"{key}/{g['name']}")
+            ).lower()
+            if guest["state"] not in STATES:
+                _bad_host(f"guest {g['name']!r}: state must be one of {sorted(STATES)}")
+            guest["hang"] = list(guest["hang"] or [])
+            if guest["state"] == "shutoff":
+                guest["id"] = None
+            else:
+                guest["id"] = int(g.get("id") or next_id)
+                next_id = max(next_id, guest["id"]) + 1
+            if "reason" not in g:
+                if driver == "qemu":
+                    guest["reason"] = {
+                        "running": "booted",
+                        "paused": "user",
+                        "shutoff": "saved" if guest["managed_save"] else "unknown",
+                    }[guest["state"]]
+                else:
+                    guest["reason"] = "unknown"
+            guest["job"] = None
+            guest["shutdown_at"] = None
+            u["guests"].append(guest)
+        u["next_id"] = next_id
+        uris[str(key)] = u
+    fdir = fixtures_dir()
+    return {
+        "format": STATE_FORMAT,
+        "host": host_path,
+        "sig": sig,
+        "fixtures": fdir,
+        **compile_templates(fdir),
+        "uris": uris,
+    }
+
+
+# ---------------------------------------------------------------------------
+# runtime helpers
+# ---------------------------------------------------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.path = os.environ.get("VIRTGUESTS_FAKE_NOW_FILE") or None
+
+    def now(self) -> float:
+        if self.path is None:
+            return time.time()
+        for _ in range(100):
+            try:
+                with open(self.path) as f:
+                    return float(f.read().strip())
+            except (OSError, ValueError):  # being rewritten: retry
+                time.sleep(0.001)
+        raise Unsupported(f"cannot read a float from VIRTGUESTS_FAKE_NOW_FILE={self.path}")
+
+    def wait_until(self, t: float) -> None:
+        if self.path is None:
+            delay = t - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            return
+        while self.now() < t:
+            time.sleep(0.01)
+
+
+def hang_forever() -> NoReturn:
+    while True:
+        time.sleep(3600)
+
+
+class StateFile:
+    """The JSON state, read and written under an exclusive flock."""
+
+    def __init__(self, host: str, path: str) -> None:
+        self.host = host
+        self.path = path
+        self.fd = -1
+        self.data: dict[str, Any] = {}
+
+    def __enter__(self) -> dict[str, Any]:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            st = os.stat(self.host)
+        except OSError as exc:
+            raise Unsupported(f"VIRTGUESTS_FAKE_HOST={self.host}: {exc.strerror}") from None
+        sig = [st.st_mtime_ns, st.st_size]
+        raw = b""
+        while True:
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                break
+            raw += chunk
+        data: Optional[dict[str, Any]] = json.loads(raw) if raw else None
+        if (
+            data is None
+            or data.get("format") != STATE_FORMAT
+            or data.get("sig") != sig
+            or data.get("host") != self.host
+        ):
+            data = build_state(self.host, sig)
+            self._write(data)
+        self.data = data
+        return data
+
+    def _write(self, data: dict[str, Any]) -> None:
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, raw)
+
+    def save(self) -> None:
+        self._write(self.data)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # releases the flock
+        self.fd = -1
+
+
+def advance(u: dict[str, Any], now: float) -> bool:
+    """Apply the transitions that are due at ``now``; True if anything changed."""
+    changed = False
+    keep = []
+    for g in u["guests"]:
+        job = g["job"]
+        if job is not None and now >= job["end"]:
+            changed = True
+            g["job"] = None
+            if job["op"] == "save":
+                g.update(state="shutoff", reason="saved", id=None, managed_save=True)
+                g["shutdown_at"] = None
+            elif job["op"] == "start":
+                g.update(state="running", id=u["next_id"], managed_save=False)
+                g["reason"] = job["reason"]
+                u["next_id"] += 1
+        sd = g["shutdown_at"]
+        if sd is not None and g["state"] == "running" and g["job"] is None and now >= sd:
+            changed = True
+            g.update(state="shutoff", reason="shutdown", id=None, shutdown_at=None)
+        if g["state"] == "shutoff" and not g["persistent"] and g["job"] is None:
+            changed = True  # transient guests vanish when they stop
+            continue
+        keep.append(g)
+    u["guests"] = keep
+    return changed
+
+
+def _is_uuid(s: str) -> bool:
+    t = s.replace("-", "")
+    return len(t) == 32 and all(c in "0123456789abcdefABCDEF" for c in t)
+
+
+def _norm_uuid(s: str) -> str:
+    t = s.replace("-", "").lower()
+    return f"{t[:8]}-{t[8:12]}-{t[12:16]}-{t[16:20]}-{t[20:]}"
+
+
+def lookup(u: dict[str, Any], arg: str, by: str) -> Optional[dict[str, Any]]:
+    """virsh's lookup: by id (if allowed and numeric), then uuid, then name."""
+    guests: list[dict[str, Any]] = u["guests"]
+    if "i" in by and arg.isdigit():
+        for g in guests:
+            if g["id"] is not None and g["id"] == int(arg):
+                return g
+    if "u" in by and _is_uuid(arg):
+        want = _norm_uuid(arg)
+        for g in guests:
+            if g["uuid"] == want:
+                return g
+    if "n" in by:
+        for g in guests:
+            if g["name"] == arg:
+                return g
+    return None
+
+
+def _c_locale() -> bool:
+    for var in ("LC_ALL", "LC_CTYPE", "LANG"):
+        val = os.environ.get(var)
+        if val:
+            low = val.lower()
+            return not ("utf-8" in low or "utf8" in low)
+    return True
+
+
+def _cell(text: str, c_locale: bool) -> tuple[str, int]:
+    """vshTableSafeEncode: the cell text and its display width."""
+    if text.isascii():
+        return text, len(text)
+    if c_locale:
+        # libvirt 9.0 in the C locale prints every non-ASCII byte as "\xff"
+        out = "".join(c if c.isascii() else "\\xff" * len(c.encode()) for c in text)
+        return out, len(out)
+    import unicodedata
+
+    width = 0
+    for c in text:
+        if unicodedata.combining(c):
+            continue
+        width += 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+    return text, width
+
+
+def render_table(header: list[str], rows: list[list[str]], quiet: bool) -> str:
+    c_locale = _c_locale()
+    cells = [[_cell(c, c_locale) for c in row] for row in rows]
+    hcells = [(h, len(h)) for h in header]
+    all_rows = cells if quiet else [hcells, *cells]
+    widths = [max([r[i][1] for r in all_rows] or [0]) for i in range(len(header))]
+    lines = []
+    for row in all_rows:
+        parts = []
+        for i, (text, width) in enumerate(row):
+            pad = " " * (widths[i] - width) if i < len(row) - 1 else ""
+            parts.append(text + pad)
+        lines.append(" " + "   ".join(parts) + "\n")
+        if not quiet and row is hcells:
+            lines.append("-" * (sum(widths) + 3 * len(widths)) + "\n")
+    return "".join(lines)
+
+
+def _pretty(val: float) -> str:
+    """vshPrettyCapacity + "%-.3lf %s"."""
+    units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"]
+    i = 0
+    while val >= 1024 and i < len(units) - 1:
+        val /= 1024
+        i += 1
+    return f"{val:.3f} {units[i]}"
+
+
+def domjobinfo_saving(template: str, g: dict[str, Any], now: float) -> str:
+    job = g["job"]
+    elapsed = max(0.0, now - job["start"])
+    duration = max(job["end"] - job["start"], 1e-9)
+    total = float(g["memory_mib"]) * MIB
+    done = total * min(1.0, elapsed / duration)
+    bandwidth = total / duration
+    values = {
+        "Time elapsed:": f"{int(elapsed * 1000):<12} ms",
+        "Data processed:": _pretty(done),
+        "Data remaining:": _pretty(total - done),
+        "Data total:": _pretty(total),
+        "Memory processed:": _pretty(done),
+        "Memory remaining:": _pretty(total - done),
+        "Memory total:": _pretty(total),
+        "Memory bandwidth:": _pretty(bandwidth) + "/s",
+    }
+    lines = []
+    for line in template.splitlines(keepends=True):
+        label = line[:17].rstrip()
+        if label in values:
+            line = f"{label:<17} {values[label]}\n"
+        lines.append(line)
+    return "".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# the command line
+# ---------------------------------------------------------------------------
+# command -> (boolean options, lookup order: i=id u=uuid n=name)
+COMMANDS: dict[str, tuple[set[str], str]] = {
+    "connect": (set(), ""),
+    "uri": (set(), ""),
+    "list": (
+        {
+            "all",
+            "inactive",
+            "uuid",
+            "name",
+            "table",
+            "persistent",
+            "transient",
+            "with-managed-save",
+            "without-managed-save",
+            "state-running",
+            "state-paused",
+            "state-shutoff",
+        },
+        "",
+    ),
+    "domname": (set(), "iu"),
+    "domid": (set(), "un"),
+    "domuuid": (set(), "in"),
+    "domstate": ({"reason"}, "iun"),
+    "managedsave": ({"bypass-cache"}, "iun"),
+    "managedsave-remove": (set(), "iun"),
+    "domjobinfo": (set(), "iun"),
+    "shutdown": (set(), "iun"),
+    "destroy": (set(), "iun"),
+    "start": ({"bypass-cache"}, "un"),
+    "domtime": ({"sync"}, "iun"),
+}
+
+
+class Call:
+    def __init__(self, argv: list[str]) -> None:
+        self.argv = argv
+        self.uri_arg: Optional[str] = None
+        self.quiet = False
+        self.version = False
+        self.cmd = ""
+        self.opts: set[str] = set()
+        self.domain: Optional[str] = None
+        self._parse()
+
+    def unsupported(self, why: str) -> NoReturn:
+        raise Unsupported(f"{why}; argv={self.argv!r}")
+
+    def _parse(self) -> None:
+        args = list(self.argv)
+        while args and args[0].startswith("-"):
+            a = args.pop(0)
+            if a in ("-c", "--connect"):
+                if not args:
+                    self.unsupported(f"{a} needs a URI")
+                self.uri_arg = args.pop(0)
+            elif a.startswith("--connect="):
+                self.uri_arg = a.split("=", 1)[1]
+            elif a in ("-q", "--quiet"):
+                self.quiet = True
+            elif a in ("-r", "--readonly"):
+                pass
+            elif a == "--version":
+                self.version = True
+            else:
+                self.unsupported(f"unsupported global option {a!r}")
+        if self.version:
+            if args:
+                self.unsupported("--version takes no command")
+            return
+        if not args:
+            self.unsupported("no command (interactive virsh is not simulated)")
+        self.cmd = args.pop(0)
+        if self.cmd not in COMMANDS:
+            self.unsupported(f"unsupported command {self.cmd!r}")
+        allowed, by = COMMANDS[self.cmd]
+        while args:
+            a = args.pop(0)
+            if a == "--domain" and by:
+                if not args:
+                    self.unsupported("--domain needs a value")
+                a = args.pop(0)
+                if self.domain is not None:
+                    self.unsupported("more than one domain")
+                self.domain = a
+            elif a.startswith("--") and a[2:] in allowed:
+                self.opts.add(a[2:])
+            elif a.startswith("-"):
+                self.unsupported(f"unsupported option {a!r} for {self.cmd}")
+            elif by and self.domain is None:
+                self.domain = a
+            else:
+                self.unsupported(f"unexpected argument {a!r} for {self.cmd}")
+        if self.cmd == "domtime" and "sync" not in self.opts:
+            self.unsupported("only 'domtime --sync' is simulated")
+
+
+class Runner:
+    def __init__(self, call: Call, st: dict[str, Any], u: dict[str, Any], clock: Clock) -> None:
+        self.call = call
+        self.st = st
+        self.u = u
+        self.clock = clock
+        self.tpl: dict[str, str] = st["templates"]
+        self.out = ""  # printed also with -q
+        self.extra = ""  # suppressed by -q
+
+    def t(self, role: str, g: Optional[dict[str, Any]] = None, **kw: str) -> str:
+        driver = self.u["driver"]
+        text = self.tpl.get(f"{driver}:{role}") or self.tpl[role]
+        if self.call.domain is not None:
+            text = text.replace(ARG, self.call.domain)
+        if g is not None:
+            text = text.replace(NAME, g["name"]).replace(UUID, g["uuid"])
+        for key, val in kw.items():
+            text = text.replace(f"\x00{key.upper()}\x00", val)
+        return text
+
+    def fail(self, role: str, g: Optional[dict[str, Any]] = None, **kw: str) -> NoReturn:
+        raise Failure(self.t(role, g, **kw))
+
+
+def unreachable_error(st: dict[str, Any], uri: str) -> str:
+    sock = DEFAULT_SOCKET
+    if "socket=" in uri:
+        sock = uri.split("socket=", 1)[1].split("&", 1)[0]
+    text: str = st["templates"]["unreachable"]
+    return text.replace(SOCK, sock)
+
+
+def run_list(r: Runner) -> None:
+    o = r.call.opts
+    if "table" in o:
+        for other in ("name", "uuid"):
+            if other in o:
+                raise Failure(r.t("table_exclusive", OPT=other))
+    shutoff_filter = "state-shutoff" in o
+    want_active = "all" in o or not ("inactive" in o or shutoff_filter)
+    want_inactive = "all" in o or "inactive" in o or shutoff_filter
+    states = {s for s in ("running", "paused", "shutoff") if f"state-{s}" in o}
+    picked = []
+    for g in r.u["guests"]:
+        active = g["state"] != "shutoff"
+        if not (want_active if active else want_inactive):
+            continue
+        if states and g["state"] not in states:
+            continue
+        persistent, transient = "persistent" in o, "transient" in o
+        if persistent != transient and g["persistent"] != persistent:
+            continue
+        with_ms, without_ms = "with-managed-save" in o, "without-managed-save" in o
+        if with_ms != without_ms and g["managed_save"] != with_ms:
+            continue
+        picked.append(g)
+
+    def key(g: dict[str, Any]) -> tuple[int, int, bytes]:
+        if g["id"] is not None:
+            return (0, g["id"], b"")
+        return (1, 0, g["name"].encode().lower())
+
+    picked.sort(key=key)
+    if "uuid" in o or "name" in o:
+        lines = []
+        for g in picked:
+            fields = []
+            if "uuid" in o:
+                fields.append(g["uuid"])
+            if "name" in o:
+                fields.append(g["name"])
+            lines.append(" ".join(fields) + "\n")
+        r.out += "".join(lines)
+    else:
+        rows = [
+            ["-" if g["id"] is None else str(g["id"]), g["name"], STATE_TEXT[g["state"]]]
+            for g in picked
+        ]
+        r.out += render_table(["Id", "Name", "State"], rows, r.call.quiet)
+
+
+def run_guest_command(r: Runner, g: dict[str, Any], now: float) -> bool:
+    """Run a domain command; True if the state changed."""
+    cmd = r.call.cmd
+    o = r.call.opts
+    driver = r.u["driver"]
+    active = g["state"] != "shutoff"
+    if cmd == "domname":
+        r.out += g["name"] + "\n"
+    elif cmd == "domid":
+        r.out += ("-" if g["id"] is None else str(g["id"])) + "\n"
+    elif cmd == "domuuid":
+        r.out += g["uuid"] + "\n"
+    elif cmd == "domstate":
+        text = STATE_TEXT[g["state"]]
+        if "reason" in o:
+            text += f" ({g['reason']})"
+        r.out += text + "\n"
+    elif cmd == "domjobinfo":
+        if driver == "test":
+            r.fail("domjobinfo", g)
+        if not active:
+            r.fail("domjobinfo_not_running", g)
+        if g["job"] is not None and g["job"]["op"] == "save":
+            r.out += domjobinfo_saving(r.t("domjobinfo_saving", g), g, now)
+        else:
+            r.out += r.t("domjobinfo_none", g)
+    elif cmd == "domtime":
+        if not active:
+            r.fail("domtime_not_running", g)
+        if driver == "qemu" and not g["agent"]:
+            r.fail("domtime_no_agent", g)
+    elif cmd == "managedsave-remove":
+        if g["managed_save"] and not active:
+            g["managed_save"] = False
+            r.extra += r.t("managedsave_remove_ok", g)
+            return True
+        r.extra += r.t("managedsave_none", g)
+    elif cmd == "destroy":
+        if not active:
+            r.fail("destroy_not_running", g)
+        g.update(state="shutoff", reason="destroyed", id=None, job=None, shutdown_at=None)
+        r.extra += r.t("destroy_ok", g)
+        return True
+    elif cmd == "shutdown":
+        if not active:
+            r.fail("shutdown_not_running", g)
+        if g["job"] is not None:
+            r.fail("job_busy", g, CMD="shutdown")
+        if g["fail_shutdown"]:
+            r.fail("fail_shutdown", g)
+        r.extra += r.t("shutdown_ok", g)
+        if not g["ignore_shutdown"] and g["shutdown_at"] is None:
+            g["shutdown_at"] = now + float(g["shutdown_seconds"])
+            return True
+    elif cmd == "start":
+        if active or g["job"] is not None:
+            r.fail("start_active", g)
+        if driver == "test" and "bypass-cache" in o:
+            r.fail("start_bypass_cache", g)
+        if g["fail_start"]:
+            r.fail("fail_start", g)
+        reason = "restored" if g["managed_save"] else "booted"
+        end = now + float(g["start_seconds"])
+        g["job"] = {"op": "start", "start": now, "end": end, "reason": reason}
+        r.extra += r.t("start_ok", g)
+        return True
+    elif cmd == "managedsave":
+        if not g["persistent"]:
+            r.fail("managedsave_transient", g)
+        if not active:
+            r.fail("managedsave_not_running", g)
+        if g["job"] is not None:
+            r.fail("job_busy", g, CMD="save")
+        if g["fail_save"]:
+            r.fail("fail_save", g)
+        g["job"] = {"op": "save", "start": now, "end": now + float(g["save_seconds"])}
+        if driver == "qemu":
+            g.update(state="paused", reason="saving")
+        r.extra += r.t("managedsave_ok", g)
+        return True
+    return False
+
+
+def execute(call: Call, state_file: StateFile, clock: Clock) -> tuple[int, str, str]:
+    """Run one virsh call: everything under one lock, then hang/wait outside it."""
+    wait_job: Optional[dict[str, Any]] = None
+    hang = False
+    blank = "" if call.quiet else "\n"
+    with state_file as st:
+        key = call.uri_arg
+        if key is None:
+            env_uri = os.environ.get("VIRSH_DEFAULT_CONNECT_URI") or os.environ.get(
+                "LIBVIRT_DEFAULT_URI"
+            )
+            key = env_uri if env_uri and env_uri in st["uris"] else "default"
+        u = st["uris"].get(key)
+        if u is None:
+            call.unsupported(f"URI {key!r} is not in the host file {state_file.host}")
+        now = clock.now()
+        dirty = advance(u, now)
+        down = u["unreachable"] or now < u["unreachable_until"]
+        if u["unreachable_calls"]:
+            u["calls"] += 1
+            dirty = True
+            down = down or u["calls"] <= u["unreachable_calls"]
+        r = Runner(call, st, u, clock)
+        try:
+            if down:
+                raise Failure(unreachable_error(st, u["uri"]), extra_newline=False)
+            if u["hang"]:
+                hang = True
+            elif call.cmd == "uri":
+                r.out += u["uri"] + "\n"
+            elif call.cmd == "list":
+                run_list(r)
+            elif call.cmd != "connect":
+                if call.domain is None:
+                    tpl = st["templates"]["requires_domain"].replace(CMD, call.cmd)
+                    raise Failure(tpl, extra_newline=False)
+                g = lookup(u, call.domain, COMMANDS[call.cmd][1])
+                if g is None:
+                    r.fail("missing")
+                if call.cmd in g["hang"]:
+                    hang = True
+                else:
+                    dirty = run_guest_command(r, g, now) or dirty
+                    if g["job"] is not None and call.cmd in ("managedsave", "start"):
+                        wait_job = g["job"]
+        except Failure as f:
+            if dirty:
+                state_file.save()
+            return 1, blank if f.extra_newline else "", f.stderr
+        if dirty:
+            state_file.save()
+    if hang:
+        hang_forever()
+    if wait_job is not None:
+        clock.wait_until(wait_job["end"])
+        with state_file as st:
+            if advance(st["uris"][key], clock.now()):
+                state_file.save()
+    if call.quiet:
+        return 0, r.out, ""
+    return 0, r.out + r.extra + "\n", ""
+
+
+# ---------------------------------------------------------------------------
+# entry points
+# ---------------------------------------------------------------------------
+def _log(argv: list[str], start: float, rc: int) -> None:
+    path = os.environ.get("VIRTGUESTS_FAKE_LOG")
+    if not path:
+        return
+    line = json.dumps(
+        {"argv": argv, "pid": os.getpid(), "start": start, "end": time.time(), "exit": rc}
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _write(stream: Any, text: str) -> None:
+    if text:
+        stream.buffer.write(text.encode("utf-8", "surrogateescape"))
+        stream.flush()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str]) -> int:
+    start = time.time()
+    rc = 2
+    try:
+        import signal
+
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            call = Call(argv)
+            if call.version:
+                out = VERSION_FALLBACK + "\n"
+                rc, err = 0, ""
+            else:
+                host = os.environ.get("VIRTGUESTS_FAKE_HOST")
+                if not host:
+                    raise Unsupported("VIRTGUESTS_FAKE_HOST is not set (path of the host YAML)")
+                host = os.path.abspath(host)
+                state_path = os.environ.get("VIRTGUESTS_FAKE_STATE") or host + ".state.json"
+                rc, out, err = execute(call, StateFile(host, state_path), Clock())
+        except Unsupported as exc:
+            rc, out, err = 2, "", f"fakevirsh: {exc}\n"
+        _write(sys.stdout, out)
+        _write(sys.stderr, err)
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        _log(argv, start, rc)
+    return rc
+
+
+def console_main() -> int:
+    return main(sys.argv[1:])
+
+
+def write_shim(bin_dir: Path) -> Path:
+    """Create ``bin_dir/virsh``: an executable that runs this fake with sys.executable.
+
+    The shim starts Python with ``-S`` (no site import: much faster startup) and
+    puts this package's parent directory on ``sys.path`` itself.
+    """
+    from pathlib import Path as _Path
+
+    bin_dir = _Path(bin_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    pkg_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shim = bin_dir / "virsh"
+    shim.write_text(
+        f"#!{sys.executable} -S\n"
+        "import sys\n"
+        f"sys.path.insert(0, {pkg_parent!r})\n"
+        "from virtguests.fakevirsh import console_main\n"
+        "sys.exit(console_main())\n",
+        encoding="utf-8",
+    )
+    shim.chmod(0o755)
+    return shim
+
+
+if __name__ == "__main__":
+    sys.exit(console_main())
