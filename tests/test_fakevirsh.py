@@ -1,0 +1,457 @@
+"""The fake virsh: (a) it replays the real-virsh recordings byte for byte,
+(b) its simulated host behaves (timing on a virtual clock, failures, hangs,
+unreachable hosts, the call log, concurrency)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+import yaml
+
+from virtguests.fakevirsh import write_shim
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "fixtures"
+TEST_NS = "{http://libvirt.org/schemas/domain/test/1.0}"
+
+# recordings the fake deliberately does not reproduce
+NOT_REPLAYED = {
+    "test-unknown-command": "unknown commands fail loudly with exit 2 in the fake",
+    "test-unknown-option": "unknown options fail loudly with exit 2 in the fake",
+    "test-dominfo-running": "dominfo is not simulated (CPU time varies anyway)",
+    "test-dominfo-saved": "dominfo is not simulated",
+}
+
+
+@pytest.fixture(scope="session")
+def virsh(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_shim(tmp_path_factory.mktemp("bin"))
+
+
+def base_env() -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("VIRTGUESTS_", "LC_", "LIBVIRT_")) and k != "LANG"
+    }
+    env["LC_ALL"] = "C"
+    env["VIRTGUESTS_FIXTURES"] = str(FIXTURES)
+    return env
+
+
+def run(
+    virsh: Path, env: dict[str, str], *argv: str, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(virsh), *argv],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+# ---------------------------------------------------------------------------
+# (a) replay the recordings
+# ---------------------------------------------------------------------------
+def host_from_test_xml(xml_path: Path, uri: str) -> dict[str, Any]:
+    """The fake host equivalent to a libvirt test-driver host XML."""
+    guests = []
+    for dom in ET.parse(xml_path).getroot().findall("domain"):
+        runstate = dom.findtext(f"{TEST_NS}runstate")
+        guests.append(
+            {
+                "name": dom.findtext("name"),
+                "uuid": dom.findtext("uuid"),
+                "state": {None: "running", "1": "running", "3": "paused", "5": "shutoff"}[runstate],
+                "persistent": dom.find(f"{TEST_NS}transient") is None,
+                "managed_save": dom.findtext(f"{TEST_NS}hasmanagedsave") == "yes",
+            }
+        )
+    return {"uris": {uri: {"driver": "test", "guests": guests}}}
+
+
+def load_fixture(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
+        doc: dict[str, Any] = yaml.safe_load(f)
+    return doc
+
+
+REPLAY = sorted(
+    p
+    for p in FIXTURES.glob("test-*.yaml")
+    if p.stem not in NOT_REPLAYED
+    and (load_fixture(p)["uri"] or "").startswith("test:///FIXTURES/hosts/")
+)
+NOHOST = sorted(p for p in FIXTURES.glob("nohost-*.yaml") if p.stem != "nohost-version")
+
+
+def test_replay_covers_the_recordings() -> None:
+    assert len(REPLAY) >= 100
+    assert not set(NOT_REPLAYED) - {p.stem for p in FIXTURES.glob("*.yaml")}
+
+
+@pytest.mark.parametrize("path", REPLAY, ids=[p.stem for p in REPLAY])
+def test_replay_test_driver_recording(path: Path, virsh: Path, tmp_path: Path) -> None:
+    doc = load_fixture(path)
+    uri = doc["uri"].replace("/FIXTURES", str(FIXTURES))
+    xml = FIXTURES / doc["uri"][len("test:///FIXTURES/") :]
+    host = tmp_path / "host.yaml"
+    host.write_text(yaml.safe_dump(host_from_test_xml(xml, uri), allow_unicode=True))
+    env = base_env()
+    env.update(doc.get("env") or {})
+    env["VIRTGUESTS_FAKE_HOST"] = str(host)
+    proc = subprocess.run(
+        [str(virsh), "-c", uri, *doc["argv"]],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=20,
+    )
+    expected_out = doc["stdout"].replace("/FIXTURES", str(FIXTURES))
+    assert proc.stdout.decode("utf-8", "surrogateescape") == expected_out
+    assert proc.stderr.decode("utf-8", "surrogateescape") == doc["stderr"]
+    assert proc.returncode == doc["exit"]
+
+
+@pytest.mark.parametrize("path", NOHOST, ids=[p.stem for p in NOHOST])
+def test_replay_unreachable_recording(path: Path, virsh: Path, tmp_path: Path) -> None:
+    doc = load_fixture(path)
+    host = tmp_path / "host.yaml"
+    host.write_text(yaml.safe_dump({"uris": {doc["uri"]: {"unreachable": True}}}))
+    env = base_env() | {"VIRTGUESTS_FAKE_HOST": str(host)}
+    proc = run(virsh, env, "-c", doc["uri"], *doc["argv"])
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        doc["exit"],
+        doc["stdout"],
+        doc["stderr"],
+    )
+
+
+def test_version_matches_recording(virsh: Path) -> None:
+    doc = load_fixture(FIXTURES / "nohost-version.yaml")
+    proc = run(virsh, base_env(), "--version")
+    assert (proc.returncode, proc.stdout) == (0, doc["stdout"])
+
+
+# ---------------------------------------------------------------------------
+# (b) behaviour
+# ---------------------------------------------------------------------------
+class Host:
+    """A fake host in tmp_path, with a virtual clock and a call log."""
+
+    def __init__(self, virsh: Path, tmp: Path, spec: dict[str, Any], clock: bool = True) -> None:
+        self.virsh = virsh
+        self.path = tmp / "host.yaml"
+        self.path.write_text(yaml.safe_dump(spec))
+        self.log = tmp / "calls.jsonl"
+        self.now_file: Optional[Path] = tmp / "now" if clock else None
+        self.env = base_env() | {
+            "VIRTGUESTS_FAKE_HOST": str(self.path),
+            "VIRTGUESTS_FAKE_LOG": str(self.log),
+        }
+        if self.now_file is not None:
+            self.set_now(1000.0)
+            self.env["VIRTGUESTS_FAKE_NOW_FILE"] = str(self.now_file)
+
+    def set_now(self, t: float) -> None:
+        assert self.now_file is not None
+        tmp = self.now_file.with_suffix(".tmp")
+        tmp.write_text(repr(t))
+        tmp.replace(self.now_file)
+
+    def __call__(self, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        return run(self.virsh, self.env, *argv, timeout=timeout)
+
+    def popen(self, *argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [str(self.virsh), *argv],
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def state(self, dom: str) -> str:
+        return self("-q", "domstate", "--reason", dom).stdout.strip()
+
+    def calls(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines()]
+
+
+def one_uri(*guests: dict[str, Any], **conf: Any) -> dict[str, Any]:
+    return {"uris": {"default": {"guests": list(guests), **conf}}}
+
+
+def wait_for(pred: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def data_processed(out: str) -> float:
+    m = re.search(r"^Data processed:\s+([\d.]+) (B|KiB|MiB|GiB)$", out, re.M)
+    assert m, out
+    return float(m.group(1)) * {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[m.group(2)]
+
+
+def test_managedsave_takes_save_seconds_of_virtual_time(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "save_seconds": 10, "memory_mib": 2048}))
+    job = h("domjobinfo", "g")
+    assert job.stdout == "Job type:         None        \n\n"
+    saver = h.popen("managedsave", "g")
+    wait_for(lambda: h.state("g") == "paused (saving)")
+    h.set_now(1002.0)
+    first = h("domjobinfo", "g").stdout
+    assert first.startswith("Job type:         Unbounded   \nOperation:        Save        \n")
+    assert "Time elapsed:     2000         ms\n" in first
+    h.set_now(1005.0)
+    second = h("domjobinfo", "g").stdout
+    assert data_processed(first) < data_processed(second) < 2 * 2**30
+    assert data_processed(second) == pytest.approx(2**30, rel=1e-3)
+    time.sleep(0.2)
+    assert saver.poll() is None, "managedsave returned before its virtual time"
+    h.set_now(1010.0)
+    out, err = saver.communicate(timeout=10)
+    assert (saver.returncode, out, err) == (0, "\nDomain 'g' state saved by libvirt\n\n", "")
+    assert h.state("g") == "shut off (saved)"
+    assert h("-q", "list", "--all", "--with-managed-save", "--name").stdout == "g\n"
+    assert h("start", "g").stdout == "Domain 'g' started\n\n"
+    assert h.state("g") == "running (restored)"
+    assert h("-q", "list", "--with-managed-save", "--all", "--name").stdout == ""
+
+
+def test_start_from_uuid_and_ids_increment(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "a"}, {"name": "b", "state": "shutoff"}))
+    uuid = h("domuuid", "b").stdout.strip()
+    assert h("domid", uuid).stdout == "-\n\n"
+    assert h("start", "--bypass-cache", uuid).stdout == "Domain 'b' started\n\n"
+    assert h("domid", "b").stdout == "2\n\n"
+    assert h("destroy", "a").returncode == 0
+    assert h("start", "a").returncode == 0
+    assert h("domid", "a").stdout == "3\n\n"
+    assert h("domname", "3").stdout == "a\n\n"
+    r = h("start", "a")
+    assert (r.returncode, r.stderr) == (1, "error: Domain is already active\n")
+
+
+def test_shutdown_takes_shutdown_seconds(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "shutdown_seconds": 30}))
+    r = h("shutdown", "g")
+    assert (r.returncode, r.stdout) == (0, "Domain 'g' is being shutdown\n\n")
+    h.set_now(1029.9)
+    assert h.state("g") == "running (booted)"
+    assert h("-q", "list", "--state-running", "--name").stdout == "g\n"
+    h.set_now(1030.0)
+    assert h.state("g") == "shut off (shutdown)"
+    r = h("shutdown", "g")
+    assert r.returncode == 1
+    assert "domain is not running" in r.stderr
+
+
+def test_ignore_shutdown(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "ignore_shutdown": True}))
+    assert h("shutdown", "g").returncode == 0
+    h.set_now(99999.0)
+    assert h.state("g") == "running (booted)"
+    assert h("destroy", "g").stdout == "Domain 'g' destroyed\n\n"
+    assert h.state("g") == "shut off (destroyed)"
+
+
+def test_transient_guest_disappears_when_it_stops(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "t", "persistent": False, "shutdown_seconds": 1}))
+    r = h("managedsave", "t")
+    assert r.returncode == 1
+    assert "cannot do managed save for transient domain" in r.stderr
+    assert h("shutdown", "t").returncode == 0
+    h.set_now(1001.0)
+    assert h("-q", "list", "--all", "--name").stdout == ""
+    r = h("domstate", "t")
+    assert (r.returncode, r.stderr) == (1, "error: failed to get domain 't'\n")
+
+
+@pytest.mark.parametrize(
+    ("key", "argv", "message"),
+    [
+        ("fail_save", ["managedsave", "g"], "error: Failed to save domain 'g' state\n"),
+        ("fail_shutdown", ["shutdown", "g"], "error: Failed to shutdown domain 'g'\n"),
+        ("fail_start", ["start", "g"], "error: Failed to start domain 'g'\n"),
+    ],
+)
+def test_fail_flags(virsh: Path, tmp_path: Path, key: str, argv: list[str], message: str) -> None:
+    state = "shutoff" if key == "fail_start" else "running"
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "state": state, key: True}))
+    r = h(*argv)
+    assert r.returncode == 1
+    assert r.stdout == "\n"
+    assert r.stderr.startswith(message)
+    assert len(r.stderr.splitlines()) == 2
+    assert h("-q", "domstate", "g").stdout == ("shut off\n" if state == "shutoff" else "running\n")
+
+
+def test_domtime_sync_needs_an_agent(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g"}, {"name": "a", "agent": True}))
+    r = h("domtime", "--sync", "g")
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: ") and "agent" in r.stderr
+    assert h("domtime", "--sync", "a").returncode == 0
+
+
+def test_guest_hang_is_killable(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "hang": ["managedsave"]}))
+    proc = h.popen("managedsave", "g")
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=1.0)
+    proc.kill()
+    proc.wait(timeout=5)
+    assert h.state("g") == "running (booted)"  # other commands are not blocked
+
+
+def test_uri_hang_and_sigterm_is_logged(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g"}, hang=True))
+    with pytest.raises(subprocess.TimeoutExpired):
+        h("list", timeout=1.0)
+    proc = h.popen("list")
+    time.sleep(0.5)
+    proc.terminate()
+    assert proc.wait(timeout=5) == 143
+    assert [c["exit"] for c in h.calls()] == [143]  # the killed (SIGKILL) one left no line
+
+
+def test_unreachable_variants(virsh: Path, tmp_path: Path) -> None:
+    spec = {
+        "uris": {
+            "default": {"unreachable": True},
+            "qemu+ssh://h2/system": {"unreachable_calls": 2, "guests": [{"name": "x"}]},
+            "qemu:///session": {"unreachable_until": 1010, "guests": [{"name": "y"}]},
+        }
+    }
+    h = Host(virsh, tmp_path, spec)
+    r = h("list")
+    assert r.returncode == 1
+    assert r.stdout == ""
+    assert "Failed to connect socket to '/var/run/libvirt/libvirt-sock'" in r.stderr
+    codes = [h("-c", "qemu+ssh://h2/system", "connect").returncode for _ in range(3)]
+    assert codes == [1, 1, 0]
+    assert h("-c", "qemu:///session", "list", "--name").returncode == 1
+    h.set_now(1010.0)
+    assert h("-c", "qemu:///session", "list", "--name").stdout == "y\n\n"
+
+
+def test_log_lines(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g"}))
+    h("list", "--uuid")
+    h("domstate", "nosuch")
+    h("frobnicate")
+    calls = h.calls()
+    assert [c["argv"] for c in calls] == [
+        ["list", "--uuid"],
+        ["domstate", "nosuch"],
+        ["frobnicate"],
+    ]
+    assert [c["exit"] for c in calls] == [0, 1, 2]
+    for c in calls:
+        assert set(c) == {"argv", "pid", "start", "end", "exit"}
+        assert c["start"] <= c["end"]
+
+
+def test_unknown_argv_fails_loudly(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g"}))
+    for argv in (["frobnicate"], ["list", "--title"], ["--debug", "list"], ["domtime", "g"], []):
+        r = h(*argv)
+        assert r.returncode == 2, argv
+        assert r.stderr.startswith("fakevirsh: ") and repr(argv) in r.stderr
+    r = h("-c", "qemu:///nowhere", "list")
+    assert r.returncode == 2 and "qemu:///nowhere" in r.stderr
+
+
+def test_missing_host_env_is_a_clear_error(virsh: Path) -> None:
+    r = run(virsh, base_env(), "list")
+    assert r.returncode == 2
+    assert "VIRTGUESTS_FAKE_HOST" in r.stderr
+
+
+def test_bad_host_keys_are_rejected(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "save_secs": 3}))
+    r = h("list")
+    assert r.returncode == 2 and "save_secs" in r.stderr
+
+
+def test_default_uri_from_environment(virsh: Path, tmp_path: Path) -> None:
+    spec = {
+        "uris": {"default": {"guests": []}, "qemu+ssh://h2/system": {"guests": [{"name": "x"}]}}
+    }
+    h = Host(virsh, tmp_path, spec)
+    assert h("-q", "list", "--name").stdout == ""
+    h.env["LIBVIRT_DEFAULT_URI"] = "qemu+ssh://h2/system"
+    assert h("-q", "list", "--name").stdout == "x\n"
+    assert h("uri").stdout == "qemu+ssh://h2/system\n\n"
+
+
+def test_host_file_change_rebuilds_state(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g"}))
+    assert h("-q", "list", "--name").stdout == "g\n"
+    time.sleep(0.01)
+    h.path.write_text(yaml.safe_dump(one_uri({"name": "g"}, {"name": "h2"})))
+    assert h("-q", "list", "--name").stdout == "g\nh2\n"
+
+
+def test_concurrent_processes_do_not_corrupt_state(virsh: Path, tmp_path: Path) -> None:
+    n = 12
+    guests = [{"name": f"g{i}", "state": "shutoff"} for i in range(n)]
+    h = Host(virsh, tmp_path, one_uri(*guests), clock=False)
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda i: h("start", f"g{i}"), range(n)))
+    assert [r.returncode for r in results] == [0] * n
+    ids = sorted(int(h("domid", f"g{i}").stdout) for i in range(n))
+    assert ids == list(range(1, n + 1))
+    # parallel saves overlap in time (the lock is not held while a save runs)
+    spec = one_uri(*[{"name": f"g{i}", "save_seconds": 0.5} for i in range(n)])
+    (tmp_path / "saves").mkdir()
+    h2 = Host(virsh, tmp_path / "saves", spec, clock=False)
+    with ThreadPoolExecutor(n) as pool:
+        results = list(pool.map(lambda i: h2("managedsave", f"g{i}"), range(n)))
+    assert [r.returncode for r in results] == [0] * n
+    assert h2("-q", "list", "--all", "--with-managed-save", "--name").stdout.split() == sorted(
+        f"g{i}" for i in range(n)
+    )
+    saves = [c for c in h2.calls() if c["argv"][0] == "managedsave"]
+    events = sorted([(c["start"], 1) for c in saves] + [(c["end"], -1) for c in saves])
+    peak = cur = 0
+    for _, d in events:
+        cur += d
+        peak = max(peak, cur)
+    assert peak >= 2
+
+
+def test_per_call_time(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri(*[{"name": f"g{i}"} for i in range(20)]), clock=False)
+    h("list")  # builds the state file
+    n = 20
+    t0 = time.perf_counter()
+    for _ in range(n):
+        assert h("-q", "list", "--uuid").returncode == 0
+    per_call = (time.perf_counter() - t0) / n
+    t0 = time.perf_counter()
+    for _ in range(n):
+        subprocess.run([sys.executable, "-S", "-c", "pass"], check=True)
+    baseline = (time.perf_counter() - t0) / n
+    print(
+        f"fake virsh: {per_call * 1000:.1f} ms/call (python -S baseline {baseline * 1000:.1f} ms)"
+    )
+    assert per_call < baseline + 0.1
