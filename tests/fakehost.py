@@ -1,0 +1,136 @@
+"""A simulated libvirt host for end-to-end tests: the fake virsh on PATH.
+
+virtguests runs as a real subprocess (or through ``main()`` when a test
+injects a virtual clock), and talks to ``virtguests-fake-virsh`` installed as
+``virsh`` on PATH: the same code paths as production.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from virtguests import cli, fakevirsh
+from virtguests.clock import FakeClock
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def lines(self) -> list[str]:
+        return self.out.splitlines()
+
+
+class FakeHost:
+    def __init__(self, root: Path, host: dict[str, Any], config: str = "") -> None:
+        self.root = root
+        self.bin = root / "bin"
+        self.state_dir = root / "state"
+        self.host_file = root / "host.yaml"
+        self.log_file = root / "virsh-calls.jsonl"
+        self.config_file = root / "libvirt-guests"
+        self.now_file: Optional[Path] = None
+        fakevirsh.write_shim(self.bin)
+        self.state_dir.mkdir()
+        self.set_host(host)
+        self.set_config(config)
+
+    def set_host(self, host: dict[str, Any]) -> None:
+        """Describe the host; the fake rebuilds its state when the YAML changes."""
+        self.host_file.write_text(yaml.safe_dump(host))
+
+    def set_config(self, text: str) -> None:
+        self.config_file.write_text(text)
+
+    @property
+    def list_file(self) -> Path:
+        return self.state_dir / "libvirt-guests"
+
+    @property
+    def pending_file(self) -> Path:
+        return self.state_dir / "virtguests-pending"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            PATH=f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
+            VIRTGUESTS_FAKE_HOST=str(self.host_file),
+            VIRTGUESTS_FAKE_LOG=str(self.log_file),
+            PYTHONPATH=str(REPO),
+        )
+        env.pop("VIRSH", None)
+        env.pop("VIRTGUESTS_CONFIG", None)
+        env.pop("VIRTGUESTS_STATE_DIR", None)
+        if self.now_file is not None:
+            env["VIRTGUESTS_FAKE_NOW_FILE"] = str(self.now_file)
+        return env
+
+    def argv(self, *args: str) -> list[str]:
+        return ["--config", str(self.config_file), "--state-dir", str(self.state_dir), *args]
+
+    def run(self, *args: str, timeout: float = 60) -> Run:
+        """virtguests as a separate process, exactly as systemd would start it."""
+        proc = subprocess.run(
+            [sys.executable, "-m", "virtguests", *self.argv(*args)],
+            env=self.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+            timeout=timeout,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    def run_virtual(self, *args: str) -> tuple[Run, FakeClock]:
+        """virtguests in-process with a virtual clock shared with the fake virsh."""
+        self.now_file = self.root / "now"
+        clock = FakeClock(now_file=self.now_file)
+        out, err = io.StringIO(), io.StringIO()
+        code = cli.main(self.argv(*args), environ=self.env(), out=out, err=err, clock=clock)
+        return Run(code, out.getvalue(), err.getvalue()), clock
+
+    def calls(self) -> list[dict[str, Any]]:
+        if not self.log_file.exists():
+            return []
+        return [json.loads(line) for line in self.log_file.read_text().splitlines()]
+
+    def commands(self) -> list[list[str]]:
+        """The argv of every virsh call, without the leading -c URI."""
+        out = []
+        for call in self.calls():
+            argv = list(call["argv"])
+            if argv[:1] in (["-c"], ["--connect"]):
+                argv = argv[2:]
+            out.append(argv)
+        return out
+
+    def virsh(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """Ask the simulated host directly (not logged as virtguests' work)."""
+        env = self.env()
+        env.pop("VIRTGUESTS_FAKE_LOG")
+        return subprocess.run([str(self.bin / "virsh"), *args], env=env, capture_output=True,
+                              text=True, timeout=30, stdin=subprocess.DEVNULL)
+
+    def active(self, uri: str = "default") -> set[str]:
+        args = ["list", "--name"] if uri == "default" else ["-c", uri, "list", "--name"]
+        return {n for n in self.virsh(*args).stdout.splitlines() if n}
+
+    def managed_saved(self, uri: str = "default") -> set[str]:
+        args = ["list", "--all", "--name", "--with-managed-save"]
+        if uri != "default":
+            args = ["-c", uri, *args]
+        return {n for n in self.virsh(*args).stdout.splitlines() if n}
+
+    def uuid(self, name: str, uri: str = "default") -> str:
+        args = ["domuuid", name] if uri == "default" else ["-c", uri, "domuuid", name]
+        return self.virsh(*args).stdout.strip()

@@ -1,0 +1,220 @@
+"""The command line: usage, exit codes, status, check, dry-run, JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+
+import pytest
+
+from tests.fakehost import FakeHost
+
+USAGE = ("Usage: virtguests {start|stop|status|restart|condrestart|try-restart|reload|"
+         "force-reload|gueststatus|shutdown}")
+
+Make = Callable[..., FakeHost]
+
+
+def two_guests() -> dict[str, object]:
+    return {"uris": {"default": {"guests": [{"name": "web"}, {"name": "db"}]}}}
+
+
+@pytest.mark.parametrize("args", [[], ["bogus"], ["start", "stop"]])
+def test_bad_or_missing_command_prints_usage_and_exits_2(fake_host: Make,
+                                                         args: list[str]) -> None:
+    host = fake_host(two_guests())
+    run = host.run(*args)
+    assert (run.code, run.out.strip()) == (2, USAGE)
+    assert host.calls() == []
+
+
+def test_help_exits_0_and_documents_every_command(fake_host: Make) -> None:
+    run = fake_host(two_guests()).run("--help")
+    assert run.code == 0 and run.lines[0] == USAGE
+    for word in ("start", "stop", "shutdown", "gueststatus", "condrestart", "check",
+                 "--dry-run", "--state-dir", "--virsh", "--json"):
+        assert word in run.out
+
+
+def test_unknown_option_is_a_usage_error(fake_host: Make) -> None:
+    run = fake_host(two_guests()).run("--frobnicate", "status")
+    assert run.code == 2 and "--frobnicate" in run.err and USAGE in run.out
+
+
+def test_python_dash_m_and_console_script_agree(fake_host: Make) -> None:
+    proc = subprocess.run([sys.executable, "-m", "virtguests", "--help"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith(USAGE)
+
+
+def test_status_lifecycle(fake_host: Make) -> None:
+    host = fake_host(two_guests())
+    first = host.run("status")
+    assert (first.code, first.out) == (3, "stopped, with no saved guests\n")
+    assert host.run("stop").code == 0
+    assert (host.run("status").code, host.run("status").out) == (3,
+                                                                "stopped, with saved guests\n")
+    assert host.run("start").code == 0
+    assert (host.run("status").code, host.run("status").out) == (0, "started\n")
+
+
+def test_status_json(fake_host: Make) -> None:
+    host = fake_host(two_guests())
+    host.run("stop")
+    run = host.run("--json", "status")
+    doc = json.loads(run.out)
+    assert run.code == 3 and doc["state"] == "stopped, with saved guests"
+    assert doc["list_file"]["entries"] == {"default": [host.uuid("web"), host.uuid("db")]}
+    assert [g["outcome"] for g in doc["last_run"]["guests"]] == ["saved", "saved"]
+
+
+def test_reload_does_nothing(fake_host: Make) -> None:
+    host = fake_host(two_guests())
+    for command in ("reload", "force-reload"):
+        run = host.run(command)
+        assert (run.code, run.out) == (0, "")
+    assert host.calls() == []
+
+
+def test_condrestart_only_when_started(fake_host: Make) -> None:
+    host = fake_host(two_guests())
+    assert host.run("condrestart").code == 0
+    assert host.calls() == []
+    host.run("start")
+    run = host.run("try-restart")
+    assert run.code == 0
+    assert "Suspending web: done" in run.lines and "Resuming guest web: done" in run.lines
+    assert host.active() == {"web", "db"}
+
+
+def test_restart_stops_then_starts(fake_host: Make) -> None:
+    host = fake_host(two_guests())
+    run = host.run("restart")
+    assert run.code == 0
+    assert run.lines.index("Suspending db: done") < run.lines.index("Resuming guest web: done")
+    assert not host.list_file.exists() and host.active() == {"web", "db"}
+
+
+def test_check_reports_every_problem_and_exits_6(fake_host: Make) -> None:
+    host = fake_host(two_guests(), "ON_BOOT=maybe\nSTART_DELAY=-3\nFOO=1\n")
+    run = host.run("check")
+    assert run.code == 6
+    path = host.config_file
+    assert f"{path}:1: ON_BOOT: invalid value 'maybe' (allowed: start, ignore)" in run.err
+    assert f"{path}:2: START_DELAY: must be equal or greater than 0" in run.err
+    assert f"{path}:3: FOO: unknown variable, ignored" in run.err
+    host.set_config("ON_BOOT=ignore\n")
+    ok = host.run("check")
+    assert ok.code == 0 and ok.out == f"{path}: OK\n"
+
+
+@pytest.mark.parametrize("command", ["start", "status", "gueststatus", "restart", "reload",
+                                     "condrestart"])
+def test_invalid_config_makes_other_commands_refuse(fake_host: Make, command: str) -> None:
+    host = fake_host(two_guests(), "ON_SHUTDOWN=hibernate\n")
+    host.run("stop")  # leaves a list file for start to refuse to act on
+    before = host.list_file.read_text()
+    calls = len(host.calls())
+    run = host.run(command)
+    assert run.code == 6
+    assert "ON_SHUTDOWN: invalid action 'hibernate'" in run.err
+    assert len(host.calls()) == calls and host.list_file.read_text() == before
+
+
+def test_stop_with_invalid_config_still_protects_guests_then_exits_6(fake_host: Make) -> None:
+    host = fake_host(two_guests(), "ON_SHUTDOWN=hibernate\nSHUTDOWN_TIMEOUT=-1\n")
+    run = host.run("stop")
+    assert run.code == 6
+    assert "Suspending web: done" in run.lines and "Suspending db: done" in run.lines
+    assert "SHUTDOWN_TIMEOUT: must be equal or greater than 0" in run.err
+    assert host.managed_saved() == {"web", "db"}
+
+
+def test_missing_explicit_config_is_an_error(fake_host: Make) -> None:
+    host = fake_host(two_guests())
+    host.config_file.unlink()
+    run = host.run("status")
+    assert run.code == 6 and f"{host.config_file}: config file does not exist" in run.err
+
+
+def test_dry_run_stop_prints_exact_commands_and_changes_nothing(fake_host: Make) -> None:
+    host = fake_host(two_guests(), "BYPASS_CACHE=1\n")
+    run = host.run("--dry-run", "stop")
+    web, db = host.uuid("web"), host.uuid("db")
+    assert run.code == 0
+    virsh = host.bin / "virsh"
+    assert run.lines[-2:] == [f"{virsh} managedsave --bypass-cache {web}",
+                              f"{virsh} managedsave --bypass-cache {db}"]
+    assert not host.list_file.exists() and host.active() == {"web", "db"}
+    assert all(c[0] == "list" for c in host.commands())
+
+
+def test_dry_run_start(fake_host: Make) -> None:
+    host = fake_host(two_guests(), "SYNC_TIME=1\n")
+    host.run("stop")
+    run = host.run("-n", "start")
+    web, db = host.uuid("web"), host.uuid("db")
+    virsh = host.bin / "virsh"
+    assert run.lines[-4:] == [f"{virsh} start {web}", f"{virsh} domtime --sync {web}",
+                              f"{virsh} start {db}", f"{virsh} domtime --sync {db}"]
+    assert host.list_file.exists() and host.active() == set()
+
+
+def test_gueststatus_prints_each_uri_table(fake_host: Make) -> None:
+    host = fake_host({"uris": {
+        "default": {"guests": [{"name": "web"}]},
+        "test:///other": {"guests": [{"name": "x"}, {"name": "y", "state": "shutoff"}]},
+        "test:///down": {"unreachable": True}}},
+        'URIS="default test:///other test:///down"\nCONNECT_RETRIES=0\n')
+    run = host.run("gueststatus")
+    table_web = host.virsh("list").stdout
+    table_other = host.virsh("-c", "test:///other", "list").stdout
+    assert run.out == ("* default URI:\n" + table_web + "* test:///other URI:\n" + table_other
+                       + "* test:///down URI:\n\n")
+    assert run.code == 1 and "test:///down" in run.err
+
+
+def test_gueststatus_json(fake_host: Make) -> None:
+    host = fake_host({"uris": {"default": {"guests": [
+        {"name": "web"}, {"name": "gone", "state": "shutoff", "managed_save": True},
+        {"name": "tmp", "persistent": False}]}}})
+    doc = json.loads(host.run("--json", "gueststatus").out)
+    guests = {g["name"]: g for g in doc["uris"][0]["guests"]}
+    assert guests["web"]["active"] and guests["web"]["persistent"]
+    assert guests["gone"]["managed_save"] and not guests["gone"]["active"]
+    assert not guests["tmp"]["persistent"]
+
+
+def test_virsh_path_option_and_env(fake_host: Make) -> None:
+    host = fake_host(two_guests())
+    shim = str(host.bin / "virsh")
+    env = host.env()
+    env["PATH"] = "/usr/bin:/bin"
+    for extra_args, extra_env in ((["--virsh", shim], {}), ([], {"VIRSH": shim})):
+        proc = subprocess.run([sys.executable, "-m", "virtguests", *host.argv(*extra_args,
+                                                                              "-n", "stop")],
+                              env={**env, **extra_env}, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
+        assert "Running guests on default URI: web, db" in proc.stdout
+
+
+def test_missing_virsh_is_a_clear_error(fake_host: Make) -> None:
+    host = fake_host(two_guests(), "CONNECT_RETRIES=0\n")
+    run = host.run("--virsh", "/nonexistent/virsh", "stop")
+    assert run.code == 1
+    assert "cannot run '/nonexistent/virsh'" in run.err and "Traceback" not in run.err
+
+
+def test_quiet_prints_only_errors(fake_host: Make) -> None:
+    host = fake_host(two_guests(), "FOO=1\n")
+    run = host.run("-q", "stop")
+    assert run.code == 0 and run.out == "" and run.err == ""
+
+
+def test_verbose_logs_each_virsh_command(fake_host: Make) -> None:
+    host = fake_host(two_guests())
+    run = host.run("-v", "stop")
+    assert f"virtguests: virsh: {host.bin / 'virsh'} list --uuid --name (" in run.err
+    assert f"managedsave {host.uuid('web')} (" in run.err
