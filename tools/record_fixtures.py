@@ -347,6 +347,15 @@ def test_specs() -> list[Spec]:
     add("shutdown-quiet", "-q shutdown UUID", "basic", "-q", "shutdown", W)
     add("shutdown-not-running", "shutdown UUID of a shut off guest", "basic", "shutdown", O)
     add("destroy-ok", "destroy UUID", "basic", "destroy", W)
+    add("destroy-quiet", "-q destroy UUID", "basic", "-q", "destroy", W)
+    add(
+        "domjobinfo-quiet",
+        "-q domjobinfo UUID (test driver: unsupported)",
+        "basic",
+        "-q",
+        "domjobinfo",
+        W,
+    )
     add("destroy-not-running", "destroy UUID of a shut off guest", "basic", "destroy", O)
     add("start-name", "start NAME", "basic", "start", "old1")
     add("start-uuid", "start UUID", "basic", "start", O)

@@ -23,6 +23,37 @@ Environment:
     directory of the recordings (default: ``fixtures/`` next to the package,
     else ``sys.prefix/share/virtguests/fixtures``).
 
+Host YAML (unknown keys are rejected)::
+
+    uris:
+      default:                  # virsh without -c (or $LIBVIRT_DEFAULT_URI if listed)
+        driver: qemu            # test | qemu (default: test for test:... URIs)
+        uri: qemu:///system     # what `virsh uri` prints (default: the key)
+        unreachable: false      # every call fails like the recorded connect error
+        unreachable_until: 0    # ... until now >= this (virtual) epoch time
+        unreachable_calls: 0    # ... for the first N calls
+        hang: false             # every call sleeps until killed
+        guests:
+          - name: web1
+            uuid: ...           # default: uuid5(NAMESPACE_URL, "<uri key>/<name>")
+            state: running      # running | paused | shutoff
+            id: 1               # default: assigned 1, 2, ... to active guests
+            reason: booted      # domstate --reason (default by driver and state)
+            persistent: true
+            managed_save: false
+            save_seconds: 0.05  # managedsave blocks this long (guest "paused (saving)")
+            shutdown_seconds: 1 # shut off this long after `shutdown`
+            ignore_shutdown: false
+            fail_save: false    # managedsave / start / shutdown fail (exit 1)
+            fail_start: false
+            fail_shutdown: false
+            start_seconds: 0    # start blocks this long
+            hang: []            # subcommands that hang for this guest
+            agent: false        # domtime --sync works (qemu driver)
+            memory_mib: 1024    # sizes in domjobinfo during a save
+
+Unsupported argv (commands, options) exit 2 with a "fakevirsh:" message.
+
 The hot path imports only ``json``, ``os``, ``sys``, ``time`` and ``fcntl``;
 YAML is read only when the state file is (re)built.
 """
