@@ -75,12 +75,6 @@ def test_failed_write_leaves_the_old_file_and_no_temp(tmp_path: Path,
     assert os.listdir(tmp_path) == ["libvirt-guests"]
 
 
-def test_uris_with_spaces_are_escaped() -> None:
-    assert state.encode_uri("qemu+unix:///system?socket=/tmp/a b") == \
-        "qemu+unix:///system?socket=/tmp/a%20b"
-    assert state.encode_uri("qemu:///system") == "qemu:///system"
-
-
 def test_merge_keeps_order_and_drops_duplicates() -> None:
     assert state.merge({"a": [U1]}, {"a": [U1, U2], "b": []}) == {"a": [U1, U2]}
 

@@ -209,28 +209,24 @@ def plan_start(
     recorded: Mapping[str, Sequence[str]],
     views: Mapping[str, UriView],
     policy: PolicyLookup = no_policy,
-    uri_for_entry: Optional[Mapping[str, str]] = None,
 ) -> StartPlan:
     """Which recorded guests to start, per configured URI, in list order.
 
-    *recorded* maps list-file URIs to UUIDs; *uri_for_entry* maps a list-file
-    URI token to the configured URI it stands for (absent = not configured).
+    *recorded* maps list-file URIs to UUIDs; URIs no longer in URIS are ignored.
     """
-    mapping = uri_for_entry if uri_for_entry is not None else {u: u for u in config.uris}
     uris: list[UriStart] = []
     ignored: list[str] = []
     unreachable: list[UriView] = []
     missing: list[tuple[str, str]] = []
     keep: dict[str, list[str]] = {}
-    for token, ids in recorded.items():
-        uri = mapping.get(token)
-        if uri is None:
-            ignored.append(token)
+    for uri, ids in recorded.items():
+        if uri not in config.uris:
+            ignored.append(uri)
             continue
         view = views.get(uri)
         if view is None or not view.reachable:
             unreachable.append(view or UriView(uri, error="not contacted"))
-            keep.setdefault(token, []).extend(ids)
+            keep.setdefault(uri, []).extend(ids)
             continue
         guests: list[GuestStart] = []
         for uuid in ids:

@@ -121,8 +121,7 @@ def _stop(ctx: Context, config: Config) -> int:
                                                                 ctx.clock))
     status = EXIT_OK
     last = _last_run_names(ctx)
-    encoded_earlier = {_config_uri(config, token) or token: ids for token, ids in earlier.items()}
-    the_plan = plan.plan_stop(config, [views[u] for u in uris], encoded_earlier, ctx.policy)
+    the_plan = plan.plan_stop(config, [views[u] for u in uris], earlier, ctx.policy)
     for uri in uris:
         view = views[uri]
         if not view.reachable:
@@ -149,8 +148,7 @@ def _stop(ctx: Context, config: Config) -> int:
                     ctx.report.say(f"# {step.guest.name}: if {step.actions[0]} fails: "
                                    + " -> ".join(step.actions[1:]))
         return status
-    record = {state.encode_uri(uri): ids for uri, ids in the_plan.record().items()}
-    state.write_list(ctx.paths.list_file, record)
+    state.write_list(ctx.paths.list_file, the_plan.record())
     state.remove(ctx.paths.pending)
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=lambda: _write_report(ctx, "stop", None))
@@ -161,13 +159,6 @@ def _stop(ctx: Context, config: Config) -> int:
         status = _interrupted_summary(ctx, "stop")
     _write_report(ctx, "stop", status)
     return status
-
-
-def _config_uri(config: Config, token: str) -> Optional[str]:
-    for uri in config.uris:
-        if token in (uri, state.encode_uri(uri)):
-            return uri
-    return None
 
 
 def _last_run_names(ctx: Context) -> dict[str, list[str]]:
@@ -239,15 +230,13 @@ def _start(ctx: Context) -> int:
             state.remove(ctx.paths.pending)
             _started(ctx)
         return status
-    mapping = {token: uri for token in recorded
-               if (uri := _config_uri(config, token)) is not None}
-    wanted = _unique(list(mapping.values()) + (list(config.uris) if orphans_wanted else []))
+    wanted = _unique([u for u in recorded if u in config.uris]
+                     + (list(config.uris) if orphans_wanted else []))
     views = for_each_uri(wanted, lambda uri: observe.view_all(
         ctx.virsh, uri, config, ctx.clock, managed_save=orphans_wanted))
     if orphans_wanted:
         for uri, view in views.items():
-            token = state.encode_uri(uri)
-            known = recorded.get(token, [])
+            known = recorded.get(uri, [])
             extra = plan.orphans(config, view, known)
             for uuid in extra:
                 guest = view.find(uuid)
@@ -255,15 +244,14 @@ def _start(ctx: Context) -> int:
                                 "managed-save image but was not recorded; resuming it "
                                 "(RESUME_ORPHANS)")
             if extra:
-                recorded[token] = [*known, *extra]
-                mapping[token] = uri
-    the_plan = plan.plan_start(config, recorded, views, ctx.policy, mapping)
+                recorded[uri] = [*known, *extra]
+    the_plan = plan.plan_start(config, recorded, views, ctx.policy)
     for token in the_plan.ignored:
         ctx.report.say(f"Ignoring guests on {token} URI")
     for view in the_plan.unreachable:
         status = EXIT_FAIL
         ctx.report.say(f"Can't connect to {view.uri}. Skipping.")
-        ids = the_plan.keep.get(state.encode_uri(view.uri), [])
+        ids = the_plan.keep.get(view.uri, [])
         ctx.report.error(f"cannot reach {view.uri}: {view.error}; its {len(ids)} guest(s) "
                          f"stay recorded for the next start: {' '.join(ids)}")
     for uri, uuid in the_plan.missing:
@@ -276,8 +264,7 @@ def _start(ctx: Context) -> int:
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=lambda: _write_report(ctx, "start", None))
     result = executor.start(the_plan)
-    keep = state.merge(the_plan.keep, {state.encode_uri(u): ids
-                                       for u, ids in executor.not_resumed.items()})
+    keep = state.merge(the_plan.keep, executor.not_resumed)
     if executor.not_resumed:
         names = [o.name for o in ctx.report.outcomes.values()
                  if o.uuid in {i for ids in executor.not_resumed.values() for i in ids}]

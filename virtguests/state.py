@@ -62,12 +62,6 @@ Entries = dict[str, list[str]]
 """URI (as written in the file) -> UUIDs, in file order."""
 
 
-def encode_uri(uri: str) -> str:
-    """Whitespace cannot appear in a list-file token; libvirt accepts %-escapes."""
-    return uri.replace("%", "%25").replace(" ", "%20").replace("\t", "%09").replace("\n", "%0A") \
-        if any(c in uri for c in " \t\n") else uri
-
-
 def read_list(path: Path) -> tuple[Entries, list[BadLine]]:
     """Parse a list file; bad lines or tokens are reported and skipped, never fatal."""
     try:

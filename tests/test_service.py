@@ -1,0 +1,276 @@
+"""stop and start end to end on a simulated host: messages, files, exit codes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tests.fakehost import FakeHost
+
+Make = Callable[..., FakeHost]
+
+
+def guests(*items: dict[str, Any], uri: str = "default") -> dict[str, Any]:
+    return {"uris": {uri: {"guests": list(items)}}}
+
+
+def test_suspend_saves_persistent_skips_transient_and_records(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}, {"name": "scratch", "persistent": False},
+                            {"name": "db"}, {"name": "off", "state": "shutoff"}))
+    run = host.run("stop")
+    assert run.code == 0, run.err
+    assert run.lines == [
+        "Running guests on default URI: web, scratch, db",
+        "Not suspending transient guests on URI: default: scratch",
+        "Suspending guests on default URI...",
+        "Suspending web: ...",
+        "Suspending web: done",
+        "Suspending db: ...",
+        "Suspending db: done",
+    ]
+    assert host.list_file.read_text() == f"default {host.uuid('web')} {host.uuid('db')}\n"
+    assert host.managed_saved() == {"web", "db"} and host.active() == {"scratch"}
+    assert ["managedsave", host.uuid("web")] in host.commands()
+
+
+def test_start_resumes_by_uuid_and_cleans_up(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}, {"name": "db"}), "BYPASS_CACHE=1\n")
+    host.run("stop")
+    run = host.run("start")
+    assert run.code == 0, run.err
+    assert run.lines == ["Resuming guests on default URI...",
+                         "Resuming guest web: done", "Resuming guest db: done"] or \
+        sorted(run.lines) == sorted(["Resuming guests on default URI...",
+                                     "Resuming guest web: done", "Resuming guest db: done"])
+    assert host.active() == {"web", "db"} and host.managed_saved() == set()
+    assert not host.list_file.exists() and (host.state_dir / "libvirt-guests.started").exists()
+    assert ["start", "--bypass-cache", host.uuid("web")] in host.commands()
+
+
+def test_no_running_guests(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "off", "state": "shutoff"}))
+    run = host.run("stop")
+    assert run.lines == ["Running guests on default URI: no running guests."]
+    assert run.code == 0 and not host.list_file.exists()
+    assert (host.run("start").code, host.run("status").out) == (0, "started\n")
+
+
+def test_start_without_list_file_only_marks_started(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}))
+    run = host.run("start")
+    assert (run.code, run.out) == (0, "")
+    assert host.calls() == []
+
+
+def test_on_boot_ignore_drops_the_list(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}), "ON_BOOT=ignore\n")
+    host.run("stop")
+    run = host.run("start")
+    assert run.lines == ["libvirt-guests is configured not to start any guests on boot"]
+    assert not host.list_file.exists() and host.active() == set()
+
+
+def test_already_active_guest_is_not_started_again(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}, {"name": "db"}), "PARALLEL_START=1\n")
+    host.run("stop")
+    host.virsh("start", "db")
+    run = host.run("start")
+    assert run.lines == ["Resuming guests on default URI...", "Resuming guest web: done",
+                         "Resuming guest db: already active"]
+    assert ["start", host.uuid("db")] not in host.commands()
+
+
+def test_uri_no_longer_configured_is_ignored(fake_host: Make) -> None:
+    host = fake_host({"uris": {"default": {"guests": [{"name": "web"}]},
+                               "test:///old": {"guests": [{"name": "x"}]}}},
+                     'URIS="default test:///old"\n')
+    host.run("stop")
+    host.set_config("URIS=default\n")
+    run = host.run("start")
+    assert "Ignoring guests on test:///old URI" in run.lines
+    assert host.active() == {"web"}
+
+
+def test_guest_renamed_between_stop_and_start_is_still_resumed(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}))
+    host.run("stop")
+    uuid = host.uuid("web")
+    host.set_host(guests({"name": "web-renamed", "uuid": uuid, "state": "shutoff",
+                          "managed_save": True}))
+    run = host.run("start")
+    assert "Resuming guest web-renamed: done" in run.lines
+    assert host.active() == {"web-renamed"}
+
+
+def test_save_failure_is_reported_and_guest_still_recorded(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "gpu", "fail_save": True}, {"name": "db"}))
+    run = host.run("stop")
+    assert run.code == 1
+    assert "Suspending gpu: done" not in run.lines and "Suspending db: done" in run.lines
+    assert "saving guest gpu failed: error:" in run.err
+    assert host.uuid("gpu") in host.list_file.read_text()
+
+
+def test_escalation_suspend_then_shutdown_then_poweroff(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "gpu", "fail_save": True, "shutdown_seconds": 0.2},
+                            {"name": "stuck", "fail_save": True, "ignore_shutdown": True},
+                            {"name": "db"}),
+                     'ON_SHUTDOWN="suspend shutdown poweroff"\nSHUTDOWN_TIMEOUT=1\n')
+    run = host.run("stop")
+    assert "Suspending db: done" in run.lines
+    assert "Starting shutdown on guest: gpu" in run.lines
+    assert "Shutdown of guest gpu complete." in run.lines
+    assert "Shutdown of guest stuck failed to complete in time." in run.lines
+    assert "Powering off guest stuck: done" in run.lines
+    assert "saving guest gpu failed" in run.err and "trying shutdown" in run.err
+    assert host.active() == set()
+    commands = host.commands()
+    assert ["destroy", host.uuid("stuck")] in commands
+    assert ["destroy", host.uuid("gpu")] not in commands
+    doc = __import__("json").loads(host.run("--json", "status").out)
+    outcomes = {g["name"]: g["outcome"] for g in doc["last_run"]["guests"]}
+    assert outcomes == {"gpu": "shut off", "stuck": "powered off", "db": "saved"}
+    # every guest is still recorded so start brings it back
+    assert host.run("start").code == 0 and host.active() == {"gpu", "stuck", "db"}
+
+
+def test_serial_shutdown_messages(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web", "shutdown_seconds": 0.2},
+                            {"name": "db", "shutdown_seconds": 0.1},
+                            {"name": "tmp", "persistent": False, "shutdown_seconds": 0.1}),
+                     "ON_SHUTDOWN=shutdown\n")
+    run = host.run("stop")
+    assert run.code == 0
+    assert run.lines == [
+        "Running guests on default URI: web, db, tmp",
+        "Shutting down guests on default URI...",
+        "Starting shutdown on guest: web", "Shutdown of guest web complete.",
+        "Starting shutdown on guest: db", "Shutdown of guest db complete.",
+        "Starting shutdown on guest: tmp", "Shutdown of guest tmp complete.",
+    ]
+    # transient guests cannot come back, so they are not recorded
+    assert host.list_file.read_text() == f"default {host.uuid('web')} {host.uuid('db')}\n"
+
+
+def test_shutdown_command_forces_shutdown_mode(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web", "shutdown_seconds": 0.1}))
+    run = host.run("shutdown")
+    assert "Starting shutdown on guest: web" in run.lines and host.managed_saved() == set()
+
+
+def test_parallel_shutdown_keeps_n_in_flight(fake_host: Make) -> None:
+    host = fake_host(guests(*({"name": f"g{i}", "shutdown_seconds": 0.3 + 0.05 * i}
+                              for i in range(5))),
+                     "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=2\n")
+    run = host.run("stop")
+    assert run.code == 0, run.err
+    first_done = next(i for i, line in enumerate(run.lines) if line.endswith("complete."))
+    assert sum(1 for line in run.lines[:first_done]
+               if line.startswith("Starting shutdown on guest:")) == 2
+    assert sum(1 for line in run.lines if line.endswith("complete.")) == 5
+    assert host.active() == set()
+
+
+def test_stale_list_file_is_reported_and_running_guests_still_protected(
+        fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}, {"name": "db"}))
+    host.run("stop")
+    host.virsh("start", "db")  # an admin started one by hand; no `start` ran
+    run = host.run("stop")
+    assert "was never resumed by a start" in run.err
+    assert "Suspending db: done" in run.lines
+    assert host.list_file.read_text() == f"default {host.uuid('web')} {host.uuid('db')}\n"
+    host.run("start")
+    assert host.active() == {"web", "db"}
+
+
+def test_unreachable_uri_at_stop_is_an_error_and_others_are_protected(fake_host: Make) -> None:
+    host = fake_host({"uris": {"default": {"guests": [{"name": "web"}]},
+                               "test:///down": {"unreachable": True}}},
+                     'URIS="test:///down default"\nCONNECT_RETRIES=1\nRETRIES_SLEEP=0\n')
+    run = host.run("stop")
+    assert run.code == 1
+    assert "Can't connect to test:///down. Skipping." in run.lines
+    assert "Suspending web: done" in run.lines
+    assert "test:///down" in run.err and "not protected" in run.err
+
+
+def test_unreachable_uri_at_start_is_kept_for_the_next_start(fake_host: Make) -> None:
+    two = {"default": {"guests": [{"name": "web"}]},
+           "test:///far": {"guests": [{"name": "x"}, {"name": "y"}]}}
+    host = fake_host({"uris": two}, 'URIS="default test:///far"\nCONNECT_RETRIES=0\n')
+    host.run("stop")
+    x, y = host.uuid("x", "test:///far"), host.uuid("y", "test:///far")
+    down = {"uris": {**two, "test:///far": {**two["test:///far"], "unreachable": True}}}
+    saved_state = host.host_file.with_name("host.yaml.state.json").read_text()
+    host.set_host(down)
+    host.host_file.with_name("host.yaml.state.json").write_text(saved_state)
+    run = host.run("start")
+    assert run.code == 1
+    assert "Can't connect to test:///far. Skipping." in run.lines
+    assert f"stay recorded for the next start: {x} {y}" in run.err
+    assert host.pending_file.read_text() == f"test:///far {x} {y}\n"
+    status = host.run("status")
+    assert status.lines == ["started",
+                            f"Not resumed at the last start, kept for the next one: "
+                            f"test:///far: {x} {y}"]
+    host.set_host({"uris": two})
+    host.host_file.with_name("host.yaml.state.json").write_text(
+        saved_state.replace('"unreachable": true', '"unreachable": false'))
+    again = host.run("start")
+    assert again.code == 0, again.err
+    assert host.active("test:///far") == {"x", "y"} and not host.pending_file.exists()
+
+
+def test_failed_start_is_kept_and_named(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}, {"name": "broken", "fail_start": True}))
+    host.run("stop")
+    run = host.run("start")
+    assert run.code == 1
+    assert "Resuming guest broken: failed" in run.lines
+    assert "not resumed, kept for the next start: broken" in run.err
+    assert host.pending_file.read_text() == f"default {host.uuid('broken')}\n"
+
+
+def test_sync_time_failure_is_reported_cleanly(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}), "SYNC_TIME=1\n")
+    host.run("stop")
+    run = host.run("start")
+    assert run.code == 0 and "Resuming guest web: done" in run.lines
+    assert "could not sync the time of guest web: error:" in run.err
+    assert ["domtime", "--sync", host.uuid("web")] in host.commands()
+
+
+def test_resume_orphans(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web", "state": "shutoff", "managed_save": True},
+                            {"name": "plain", "state": "shutoff"}),
+                     "RESUME_ORPHANS=1\n")
+    run = host.run("start")
+    assert "Resuming guest web: done" in run.lines
+    assert "has a managed-save image but was not recorded" in run.err
+    assert host.active() == {"web"}
+
+
+def test_hostile_guest_names(fake_host: Make) -> None:
+    names = ["with space", "quote'\"s", "$(touch /tmp/pwned-virtguests)", "ünïcødé-✓", "-dash"]
+    host = fake_host(guests(*({"name": n} for n in names)))
+    run = host.run("stop")
+    assert run.code == 0, run.err
+    for name in names:
+        assert f"Suspending {name}: done" in run.lines
+    assert host.run("start").code == 0
+    assert host.active() == set(names)
+    import os
+    assert not os.path.exists("/tmp/pwned-virtguests")
+
+
+def test_uri_with_spaces_and_socket_query(fake_host: Make) -> None:
+    # URIS is whitespace-separated (as in the reference): a space is written %20,
+    # which libvirt decodes, so the list file's one-token URI stays intact.
+    uri = "qemu+unix:///system?socket=/tmp/dir%20with%20space/sock"
+    host = fake_host({"uris": {uri: {"guests": [{"name": "web"}]}}}, f"URIS='{uri}'\n")
+    assert host.run("stop").code == 0
+    assert host.list_file.read_text() == f"{uri} {host.uuid('web', uri)}\n"
+    run = host.run("start")
+    assert run.code == 0, run.err
+    assert host.active(uri) == {"web"}
