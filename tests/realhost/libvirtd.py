@@ -1,0 +1,419 @@
+"""A private libvirtd for end-to-end tests, isolated from any libvirtd on the host.
+
+Why: the tests start, save and shut down real guests; doing that against the
+machine's own libvirtd would touch real VMs.  The private daemon runs in its
+own mount namespace with tmpfs over libvirt's state directories and a temp
+config dir bound over /etc/libvirt, and listens on a socket in a temp dir.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Optional
+
+# State directories hidden behind a per-daemon tmpfs.
+_TMPFS_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt")
+# Where QEMU capabilities are cached inside the namespace (see ``caps_cache``).
+_CAPS_CACHE = "/var/cache/libvirt/qemu/capabilities"
+# Directories libvirtd (Debian build) expects to exist below the tmpfs mounts.
+_STATE_SUBDIRS = (
+    "/var/lib/libvirt/qemu/save",
+    "/var/lib/libvirt/qemu/snapshot",
+    "/var/lib/libvirt/qemu/dump",
+    "/var/lib/libvirt/qemu/checkpoint",
+    "/var/lib/libvirt/qemu/nvram",
+    "/var/lib/libvirt/qemu/ram",
+    "/var/lib/libvirt/images",
+    "/var/lib/libvirt/boot",
+    "/var/cache/libvirt/qemu",
+    "/var/log/libvirt/qemu",
+)
+QEMU_USER = "libvirt-qemu"
+
+# Runs libvirtd as its child and reaps every orphan below it.  Why: QEMU
+# daemonizes, so it is reparented to the nearest subreaper or PID 1; libvirt
+# waits for a killed QEMU to vanish, and under a lazy PID 1 (containers,
+# micro-VMs) the zombie lingers ~1.5 s per guest stop.
+_REAPER = r"""
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+child = os.fork()
+if child == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+def forward(sig, frame):
+    try:
+        os.kill(child, sig)
+    except ProcessLookupError:
+        pass
+for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(s, forward)
+code = 0
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        break
+    if pid == child:
+        code = os.waitstatus_to_exitcode(status)
+        break
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+class LibvirtdError(RuntimeError):
+    """The private libvirtd could not be started (message includes its log tail)."""
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"<cannot read {path}: {exc}>"
+
+
+def ensure_qemu_user() -> None:
+    """Create the libvirt-qemu system user if missing.
+
+    Why: the Debian qemu driver resolves its built-in default user/group
+    (libvirt-qemu) before reading qemu.conf and fails to load without it; the
+    user is normally created by libvirt-daemon-system's postinst, which we do
+    not require.
+    """
+    try:
+        pwd.getpwnam(QEMU_USER)
+        return
+    except KeyError:
+        pass
+    subprocess.run(
+        [
+            "useradd", "--system", "--user-group", "--no-create-home",
+            "--home-dir", "/var/lib/libvirt", "--shell", "/usr/sbin/nologin", QEMU_USER,
+        ],
+        check=True,
+        timeout=60,
+        stdout=subprocess.DEVNULL,
+    )
+
+
+class PrivateLibvirtd:
+    """Run a throwaway libvirtd; use as a context manager or call start()/stop().
+
+    ``qemu_uri`` and ``test_uri`` point at its socket.  Nothing of the host's
+    libvirt state (sockets, /etc/libvirt, /var/lib/libvirt, ...) is used.
+    """
+
+    def __init__(
+        self,
+        workdir: Optional[Path] = None,
+        start_timeout: float = 30.0,
+        caps_cache: Optional[Path] = None,
+    ) -> None:
+        """``caps_cache``: optional persistent host dir for libvirt's QEMU capabilities.
+
+        Why: probing QEMU takes ~8 s on the first qemu-URI call of every fresh
+        daemon; libvirt revalidates the cache itself (QEMU/libvirtd binary
+        ctimes, kernel version, ...), so sharing it between runs is safe.
+        """
+        # Short path: unix socket paths are limited to 107 bytes and libvirt
+        # appends names such as libvirt-admin-sock.
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vg-libvirtd-", dir="/tmp"))
+        self.start_timeout = start_timeout
+        self.confdir = self.workdir / "etc"
+        self.sockdir = self.workdir / "sock"
+        self.logdir = self.workdir / "log"
+        self.log_path = self.workdir / "libvirtd.log"
+        self.stderr_path = self.workdir / "libvirtd.stderr"
+        self.pid_path = self.workdir / "libvirtd.pid"
+        self._proc: Optional[subprocess.Popen[bytes]] = None
+        self._event_proc: Optional[subprocess.Popen[bytes]] = None
+        self._stderr_f: Optional[object] = None
+        self.caps_cache = Path(caps_cache) if caps_cache else None
+
+    # -- URIs -------------------------------------------------------------
+
+    @property
+    def socket(self) -> Path:
+        return self.sockdir / "libvirt-sock"
+
+    @property
+    def qemu_uri(self) -> str:
+        return f"qemu+unix:///system?socket={self.socket}"
+
+    @property
+    def test_uri(self) -> str:
+        return f"test+unix:///default?socket={self.socket}"
+
+    @property
+    def pid(self) -> Optional[int]:
+        """PID of libvirtd itself (its parent is our reaper), or None if not running."""
+        if not self._proc or self._proc.poll() is not None:
+            return None
+        try:
+            return int(self.pid_path.read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def virsh(
+        self, *args: str, uri: Optional[str] = None, timeout: float = 60, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run ``virsh -c URI ARGS`` (qemu URI by default) and capture its output."""
+        argv = ["virsh", "-q", "-c", uri or self.qemu_uri, *args]
+        proc = subprocess.run(
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise subprocess.CalledProcessError(
+                proc.returncode, argv, proc.stdout, proc.stderr
+            )
+        return proc
+
+    def ns_path(self, path: str) -> Path:
+        """Host path of a file inside the daemon's mount namespace (e.g. under /run/libvirt)."""
+        if not self._proc:
+            raise LibvirtdError("libvirtd is not running")
+        return Path(f"/proc/{self._proc.pid}/root") / path.lstrip("/")
+
+    def qemu_log(self, domain: str) -> str:
+        """QEMU's per-domain log (stdio_handler=file), for failure messages."""
+        return _tail(self.logdir / "qemu" / f"{domain}.log", 60)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def _write_config(self) -> None:
+        for d in (self.confdir, self.sockdir, self.logdir, self.confdir / "qemu"):
+            d.mkdir(parents=True, exist_ok=True)
+        (self.confdir / "libvirtd.conf").write_text(
+            f'unix_sock_dir = "{self.sockdir}"\n'
+            'unix_sock_group = "root"\n'
+            'unix_sock_ro_perms = "0777"\n'
+            'unix_sock_rw_perms = "0770"\n'
+            'auth_unix_ro = "none"\n'
+            'auth_unix_rw = "none"\n'
+            'listen_tls = 0\n'
+            'listen_tcp = 0\n'
+            'log_level = 3\n'
+            f'log_outputs = "3:file:{self.log_path}"\n'
+        )
+        (self.confdir / "qemu.conf").write_text(
+            'user = "root"\n'
+            'group = "root"\n'
+            'dynamic_ownership = 0\n'
+            'remember_owner = 0\n'
+            'security_driver = "none"\n'
+            'stdio_handler = "file"\n'
+            'cgroup_controllers = [ ]\n'
+            'namespaces = [ ]\n'
+        )
+        # libvirt.conf for clients run inside the namespace (none expected).
+        (self.confdir / "libvirt.conf").write_text("")
+
+    def _script(self) -> str:
+        q = shlex.quote
+        lines = ["set -e"]
+        for d in _TMPFS_DIRS:
+            lines.append(f"mount -t tmpfs -o mode=0755 vg-libvirtd {q(d)}")
+        lines.append(f"mount --bind {q(str(self.logdir))} /var/log/libvirt")
+        if self.caps_cache:
+            lines.append(f"mkdir -p {q(_CAPS_CACHE)}")
+            lines.append(f"mount --bind {q(str(self.caps_cache))} {q(_CAPS_CACHE)}")
+        lines.append(f"mount --bind {q(str(self.confdir))} /etc/libvirt")
+        lines.append("mkdir -p " + " ".join(q(d) for d in _STATE_SUBDIRS))
+        lines.append(
+            f"exec {q(sys.executable)} -c {q(_REAPER)}"
+            f" libvirtd -f /etc/libvirt/libvirtd.conf -p {q(str(self.pid_path))}"
+        )
+        return "\n".join(lines)
+
+    def start(self) -> PrivateLibvirtd:
+        """Start libvirtd and wait until the qemu URI answers (bounded by start_timeout)."""
+        if self._proc:
+            return self
+        ensure_qemu_user()
+        self._write_config()
+        # Mount points must exist on the host file system; empty dirs are harmless
+        # (the libvirt packages normally create them) and are never removed, since
+        # other namespaces may be using them.
+        for d in (*_TMPFS_DIRS, "/var/log/libvirt", "/etc/libvirt"):
+            os.makedirs(d, exist_ok=True)
+        if self.caps_cache:
+            self.caps_cache.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env.pop("LIBVIRT_DEFAULT_URI", None)
+        stderr_f = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._stderr_f = stderr_f
+        self._proc = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c", self._script()],
+            stdin=subprocess.DEVNULL,
+            stdout=stderr_f,
+            stderr=stderr_f,
+            env=env,
+            start_new_session=True,
+        )
+        try:
+            self._wait_ready()
+            self._start_event_loop()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _failure(self, why: str) -> LibvirtdError:
+        return LibvirtdError(
+            f"private libvirtd {why}\n--- {self.stderr_path} ---\n{_tail(self.stderr_path)}"
+            f"\n--- {self.log_path} ---\n{_tail(self.log_path)}"
+        )
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        last = ""
+        while True:
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise self._failure(f"exited with status {self._proc.returncode}")
+            if self.socket.exists():
+                try:
+                    res = self.virsh("uri", timeout=10, check=False)
+                    if res.returncode == 0:
+                        return
+                    last = res.stderr.strip()
+                except subprocess.TimeoutExpired:
+                    last = "virsh uri timed out"
+            if time.monotonic() > deadline:
+                raise self._failure(
+                    f"did not answer within {self.start_timeout:.0f}s (last: {last})"
+                )
+            time.sleep(0.1)
+
+    def _start_event_loop(self) -> None:
+        """Hold a test-driver connection open: its state only lives while one is open."""
+        self._event_proc = subprocess.Popen(
+            ["virsh", "-c", self.test_uri, "event", "--all", "--loop"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._event_proc.poll() is not None:
+                raise self._failure("test-driver event loop (virsh event) exited")
+            try:
+                res = self.virsh("list", "--all", "--name", uri=self.test_uri,
+                                 timeout=10, check=False)
+            except subprocess.TimeoutExpired:
+                continue
+            if res.returncode == 0:
+                return
+            time.sleep(0.1)
+        raise self._failure("test driver did not answer")
+
+    def _qemu_pids(self) -> list[int]:
+        """PIDs of QEMU processes this daemon started (from its private pid files)."""
+        pids: list[int] = []
+        if not self._proc:
+            return pids
+        pattern = str(self.ns_path("/run/libvirt/qemu")) + "/*.pid"
+        for f in glob.glob(pattern):
+            try:
+                pids.append(int(Path(f).read_text().strip()))
+            except (OSError, ValueError):
+                pass
+        return pids
+
+    def destroy_all(self) -> None:
+        """Destroy every running domain and undefine persistent ones (best effort)."""
+        try:
+            res = self.virsh("list", "--all", "--name", timeout=30, check=False)
+        except subprocess.TimeoutExpired:
+            return
+        for name in res.stdout.split():
+            try:
+                self.virsh("destroy", name, timeout=30, check=False)
+                self.virsh("undefine", "--managed-save", "--nvram", name,
+                           timeout=30, check=False)
+            except subprocess.TimeoutExpired:
+                pass
+
+    def stop(self) -> None:
+        """Destroy domains, stop libvirtd and the event loop; leave no processes."""
+        if self._event_proc:
+            _kill(self._event_proc)
+            self._event_proc = None
+        if self._proc:
+            qemu_pids: list[int] = []
+            if self._proc.poll() is None:
+                self.destroy_all()
+                qemu_pids = self._qemu_pids()
+            _kill(self._proc, signal.SIGTERM, grace=10)
+            for pid in qemu_pids:
+                _kill_pid(pid)
+            self._proc = None
+        if self._stderr_f is not None:
+            self._stderr_f.close()  # type: ignore[attr-defined]
+            self._stderr_f = None
+
+    def cleanup(self) -> None:
+        """Remove the work dir (only if we created it)."""
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateLibvirtd:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.stop()
+
+
+def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 5) -> None:
+    """Signal a child we started, escalating to SIGKILL after ``grace`` seconds."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(sig)
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+
+def _kill_pid(pid: int, grace: float = 5) -> None:
+    """Kill a non-child pid (a leftover QEMU) and wait for it to vanish."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
