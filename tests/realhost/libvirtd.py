@@ -8,6 +8,7 @@ config dir bound over /etc/libvirt, and listens on a socket in a temp dir.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -172,8 +173,7 @@ class PrivateLibvirtd:
         argv = ["virsh", "-q", "-c", uri or self.qemu_uri, *args]
         proc = subprocess.run(
             argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
@@ -332,10 +332,8 @@ class PrivateLibvirtd:
             return pids
         pattern = str(self.ns_path("/run/libvirt/qemu")) + "/*.pid"
         for f in glob.glob(pattern):
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 pids.append(int(Path(f).read_text().strip()))
-            except (OSError, ValueError):
-                pass
         return pids
 
     def destroy_all(self) -> None:
@@ -413,7 +411,65 @@ def _kill_pid(pid: int, grace: float = 5) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+
+
+class Guest:
+    """A domain on a PrivateLibvirtd plus its serial console log, with polling helpers."""
+
+    def __init__(self, daemon: PrivateLibvirtd, name: str, console_log: Path,
+                 persistent: bool) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.console_log = console_log
+        self.persistent = persistent
+
+    def virsh(self, *args: str, timeout: float = 60,
+              check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``virsh CMD NAME ARGS...`` on the qemu URI."""
+        return self.daemon.virsh(args[0], self.name, *args[1:], timeout=timeout, check=check)
+
+    def console(self) -> str:
+        try:
+            return self.console_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def state(self) -> str:
+        """``virsh domstate --reason``, e.g. ``running (restored)`` or ``shut off (saved)``."""
+        res = self.virsh("domstate", "--reason", check=False, timeout=30)
+        return res.stdout.strip() if res.returncode == 0 else f"<error: {res.stderr.strip()}>"
+
+    def describe(self) -> str:
+        """Everything useful for a failure message."""
+        return (f"domain {self.name}: {self.state()}\n--- console ---\n{self.console()}"
+                f"\n--- qemu log ---\n{self.daemon.qemu_log(self.name)}")
+
+    def wait_console(self, text: str, occurrence: int = 1, timeout: float = 60) -> float:
+        """Wait for the ``occurrence``-th ``text`` on the console; return seconds waited."""
+        start = time.monotonic()
+        while self.console().count(text) < occurrence:
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(
+                    f"{text!r} (#{occurrence}) not on console after {timeout}s\n"
+                    + self.describe()
+                )
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def wait_state(self, prefix: str, timeout: float = 60) -> float:
+        """Wait until domstate starts with ``prefix`` (e.g. ``shut off``); return seconds waited."""
+        start = time.monotonic()
+        while not self.state().startswith(prefix):
+            if time.monotonic() - start > timeout:
+                raise TimeoutError(f"state {prefix!r} not reached after {timeout}s\n"
+                                   + self.describe())
+            time.sleep(0.05)
+        return time.monotonic() - start
+
+    def remove(self) -> None:
+        """Destroy and undefine (with its managed save image); ignore 'no such domain'."""
+        self.virsh("destroy", check=False, timeout=60)
+        if self.persistent:
+            self.virsh("undefine", "--managed-save", "--nvram", check=False, timeout=60)

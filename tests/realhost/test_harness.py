@@ -1,0 +1,116 @@
+"""Prove the real-host harness itself: private daemon, booting guests, ACPI, save/restore."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .conftest import DefineGuest, record_timing
+from .guestimage import GuestImage, cache_dir, domain_xml
+from .libvirtd import Guest, PrivateLibvirtd
+
+
+def test_guest_boots_and_reports_ready(define_guest: DefineGuest) -> None:
+    guest = define_guest("vg-boot")
+    assert guest.state().startswith("running (booted)")
+    assert "vg: ready" in guest.console()
+    assert "buttons=event" in guest.console(), guest.describe()
+
+
+def test_acpi_shutdown_honours_delay(define_guest: DefineGuest) -> None:
+    guest = define_guest("vg-delay1", delay=1)
+    began = time.monotonic()
+    guest.virsh("shutdown")
+    guest.wait_state("shut off", timeout=30)
+    elapsed = time.monotonic() - began
+    record_timing("ACPI shutdown (delay=1)", elapsed)
+    assert guest.state() == "shut off (shutdown)"
+    assert "powering off in 1s" in guest.console()
+    # vg.delay=1 must really delay, and a power-off must not take long after it.
+    assert 0.9 <= elapsed < 10, guest.describe()
+
+
+def test_acpi_shutdown_without_delay(define_guest: DefineGuest) -> None:
+    guest = define_guest("vg-delay0")
+    began = time.monotonic()
+    guest.virsh("shutdown")
+    guest.wait_state("shut off", timeout=30)
+    record_timing("ACPI shutdown (delay=0)", time.monotonic() - began)
+
+
+def test_ignoring_guest_stays_running(define_guest: DefineGuest) -> None:
+    guest = define_guest("vg-ignore", ignore=True)
+    guest.virsh("shutdown")
+    guest.wait_console("power button pressed, ignoring", timeout=30)
+    time.sleep(2)
+    assert guest.state().startswith("running"), guest.describe()
+    assert "vg: poweroff" not in guest.console()
+
+
+def test_managedsave_restore_then_acpi_shutdown(define_guest: DefineGuest) -> None:
+    guest = define_guest("vg-save")
+    began = time.monotonic()
+    guest.virsh("managedsave", timeout=120)
+    record_timing("managedsave", time.monotonic() - began)
+    assert guest.state() == "shut off (saved)"
+    assert "Managed save:   yes" in guest.virsh("dominfo").stdout
+
+    began = time.monotonic()
+    guest.virsh("start", timeout=120)
+    record_timing("restore (virsh start)", time.monotonic() - began)
+    assert guest.state() == "running (restored)"
+    # The console was appended to, not truncated, by the restore.
+    assert guest.console().count("vg: ready") == 1
+
+    began = time.monotonic()
+    guest.virsh("shutdown")
+    guest.wait_state("shut off", timeout=30)
+    record_timing("ACPI shutdown after restore", time.monotonic() - began)
+    assert guest.state() == "shut off (shutdown)"
+    assert "vg: poweroff" in guest.console()
+
+
+def test_transient_guest(define_guest: DefineGuest, libvirtd: PrivateLibvirtd) -> None:
+    guest = define_guest("vg-transient", persistent=False)
+    assert "yes" not in guest.virsh("dominfo").stdout.split("Persistent:")[1].split("\n")[0]
+    guest.virsh("shutdown")
+    deadline = time.monotonic() + 30
+    while "vg-transient" in libvirtd.virsh("list", "--all", "--name").stdout.split():
+        assert time.monotonic() < deadline, guest.describe()
+        time.sleep(0.05)
+
+
+def test_test_uri_lists_default_domain(libvirtd: PrivateLibvirtd) -> None:
+    names = libvirtd.virsh("list", "--all", "--name", uri=libvirtd.test_uri).stdout.split()
+    assert "test" in names
+    # And the qemu driver of the same daemon does not see it.
+    assert "test" not in libvirtd.virsh("list", "--all", "--name").stdout.split()
+
+
+def test_daemon_is_private(libvirtd: PrivateLibvirtd) -> None:
+    assert libvirtd.pid is not None
+    assert os.readlink(f"/proc/{libvirtd.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    # Its sockets live in its temp dir, nothing appears in the host's /run/libvirt.
+    assert libvirtd.socket.is_socket()
+    assert not list(Path("/run/libvirt").glob("*sock*"))
+
+
+def test_stop_leaves_no_processes(guest_image: GuestImage, tmp_path: Path) -> None:
+    daemon = PrivateLibvirtd(caps_cache=cache_dir() / "libvirt-caps")
+    with daemon:
+        console = tmp_path / "leftover.console.log"
+        xml = tmp_path / "leftover.xml"
+        xml.write_text(domain_xml("vg-leftover", image=guest_image, console_log=console))
+        daemon.virsh("define", str(xml))
+        daemon.virsh("start", "vg-leftover", timeout=120)
+        Guest(daemon, "vg-leftover", console, persistent=True).wait_console("vg: ready")
+        daemon_pid = daemon.pid
+        qemu_pids = daemon._qemu_pids()
+        assert daemon_pid and qemu_pids
+    began = time.monotonic()
+    for pid in [daemon_pid, *qemu_pids]:
+        while Path(f"/proc/{pid}").exists():
+            assert time.monotonic() - began < 10, f"pid {pid} still alive after stop()"
+            time.sleep(0.05)
+    daemon.cleanup()
