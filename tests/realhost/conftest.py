@@ -36,7 +36,10 @@ def record_timing(name: str, seconds: float) -> None:
 
 def realhost_required() -> bool:
     """CI must never silently skip the real-host tests."""
-    return bool(os.environ.get("CI")) or os.environ.get("VIRTGUESTS_REQUIRE_REALHOST") == "1"
+    ci = os.environ.get("CI", "").strip().lower()
+    return ci not in ("", "0", "false", "no") or os.environ.get(
+        "VIRTGUESTS_REQUIRE_REALHOST"
+    ) == "1"
 
 
 def unavailable(reason: str) -> NoReturn:
