@@ -70,10 +70,16 @@ class FakeClock(Clock):
         return not self.cancel.is_set()
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
-        if event.wait(0.02):
-            return True
-        self.advance(seconds)
-        return event.is_set()
+        """Advance in small steps, giving real processes a moment to react to each."""
+        left = seconds
+        while True:
+            if event.wait(0.02):
+                return True
+            if left <= 0:
+                return False
+            step = min(left, 0.25)
+            self.advance(step)
+            left -= step
 
     def _publish(self) -> None:
         if self.now_file is not None:

@@ -40,6 +40,16 @@ from virtguests.virsh import Interrupted, Virsh, VirshError
 POLL = 0.1
 """Seconds between two "which guests are still active" checks (one virsh call)."""
 
+SLOW_POLL = 1.0
+"""Long waits (a guest that ignores ACPI) back off to this, to spare libvirtd."""
+
+
+def poll_interval(waited: float) -> float:
+    """Fast checks while shutdowns are fresh (most finish in seconds), slower later."""
+    if waited <= 5:
+        return POLL
+    return min(SLOW_POLL, POLL + (waited - 5) / 50)
+
 PROGRESS_EVERY = 5.0
 """The reference prints save and shutdown progress every 5 seconds."""
 
@@ -279,7 +289,7 @@ class Executor:
                     left = max(round(limit - elapsed), 0)
                     self.report.say(f"Waiting for guest {name} to shut down, "
                                     f"{left} seconds left")
-            self.clock.sleep(min(POLL, max(limit - elapsed, 0.0)))
+            self.clock.sleep(min(poll_interval(elapsed), max(limit - elapsed, 0.0)))
         self.report.say(f"Shutdown of guest {name} failed to complete in time.")
         self.report.step(outcome, SHUTDOWN, "timed out", self.clock.now() - started)
         self.checkpoint()
@@ -296,12 +306,14 @@ class Executor:
                            started + self._remaining())
         next_progress = started + PROGRESS_EVERY
         poll_failures = 0
+        last_request = started
         while queue or inflight:
             while queue and len(inflight) < self.config.parallel_shutdown \
                     and not self.cancelled:
                 step = queue.popleft()
                 if self._request_shutdown(uri, step):
-                    own = self.clock.now() + step.timeout if step.timeout > 0 else math.inf
+                    last_request = self.clock.now()
+                    own = last_request + step.timeout if step.timeout > 0 else math.inf
                     inflight[step.guest.uuid] = (step, min(own, uri_deadline))
                 else:
                     failed.append(step)
@@ -311,7 +323,7 @@ class Executor:
                 queue.clear()
             if not inflight:
                 continue
-            self.clock.sleep(POLL)
+            self.clock.sleep(poll_interval(self.clock.now() - last_request))
             now = self.clock.now()
             try:
                 active = observe.active_uuids(self.virsh, uri, self.config)

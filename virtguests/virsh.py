@@ -167,18 +167,29 @@ class Virsh:
             )
         except (OSError, sh.ForkException) as err:
             raise VirshError(argv, f"cannot run {argv[0]!r}: {err}") from None
+        # Our own timer, not sh's _timeout: sh polls for it every 0.1 s (adding that
+        # much to every call) and kills only virsh, not the ssh it may have started.
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            _kill_session(proc.pid)
+
+        timer = threading.Timer(limit, expire) if limit > 0 else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
-            proc.wait(timeout=limit if limit > 0 else None)
-        except sh.TimeoutException:
-            _kill_session(proc)
-            raise VirshError(
-                argv,
-                f"timed out after {limit:g}s and was killed",
-                timed_out=True,
-                stderr="",
-            ) from None
-        except sh.SignalException as err:
-            raise VirshError(argv, f"killed by a signal ({err.exit_code})") from None
+            proc.wait()
+        except sh.ErrorReturnCode as err:
+            if not expired.is_set():
+                raise VirshError(argv, f"killed ({err.exit_code})") from None
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if expired.is_set():
+            raise VirshError(argv, f"timed out after {limit:g}s and was killed",
+                             timed_out=True)
         stdout = _text(proc.stdout)
         stderr = _text(proc.stderr)
         return Result(tuple(argv), int(proc.exit_code), stdout, stderr,
@@ -191,9 +202,7 @@ def _text(data: Any) -> str:
     return str(data or "")
 
 
-def _kill_session(proc: Any) -> None:
-    """Kill virsh and everything in its session, then reap it."""
+def _kill_session(pid: int) -> None:
+    """Kill virsh and everything in its session (it was started as session leader)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(Exception):
-        proc.wait(timeout=5)
+        os.killpg(pid, signal.SIGKILL)

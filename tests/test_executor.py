@@ -1,0 +1,118 @@
+"""Waiting and timeouts on a virtual clock: the production loops, finishing instantly.
+
+The fake virsh reads the same virtual time (VIRTGUESTS_FAKE_NOW_FILE), so a
+guest that takes 12 s to save or ignores a 300 s shutdown timeout costs no
+real time here.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.fakehost import FakeHost
+
+Make = Callable[..., FakeHost]
+
+
+def guests(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"uris": {"default": {"guests": list(items)}}}
+
+
+def test_long_save_prints_progress_every_5_seconds(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "big", "save_seconds": 12}))
+    began = time.monotonic()
+    run, clock = host.run_virtual("stop")
+    assert run.code == 0, run.err
+    progress = [ln for ln in run.lines if ln.startswith("Suspending big: ")]
+    assert progress[0] == "Suspending big: ..." and progress[-1] == "Suspending big: done"
+    middle = progress[1:-1]
+    assert len(middle) == 2
+    assert all(re.fullmatch(r"Suspending big: (\d+(\.\d+)? [KMGT]?i?B|\.\.\.)", ln)
+               for ln in middle), middle
+    assert time.monotonic() - began < 10
+    assert sum(1 for c in host.commands() if c[0] == "domjobinfo") == 2
+
+
+def test_serial_shutdown_timeout_counts_down_and_does_not_fail(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "stubborn", "ignore_shutdown": True},
+                            {"name": "quick", "shutdown_seconds": 2}),
+                     "ON_SHUTDOWN=shutdown\nSHUTDOWN_TIMEOUT=30\n")
+    began = time.monotonic()
+    run, _ = host.run_virtual("stop")
+    assert time.monotonic() - began < 20
+    assert run.code == 0  # as in the reference, a serial timeout is not an error
+    waits = [ln for ln in run.lines if ln.startswith("Waiting for guest stubborn")]
+    assert waits == [f"Waiting for guest stubborn to shut down, {n} seconds left"
+                     for n in (25, 20, 15, 10, 5)]
+    assert "Shutdown of guest stubborn failed to complete in time." in run.lines
+    assert "Shutdown of guest quick complete." in run.lines
+
+
+def test_no_timeout_waits_without_countdown(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "slow", "shutdown_seconds": 11}),
+                     "ON_SHUTDOWN=shutdown\nSHUTDOWN_TIMEOUT=0\n")
+    run, _ = host.run_virtual("stop")
+    assert [ln for ln in run.lines if ln.startswith("Waiting")] == [
+        "Waiting for guest slow to shut down", "Waiting for guest slow to shut down"]
+    assert run.lines[-1] == "Shutdown of guest slow complete."
+
+
+def test_parallel_timeout_is_per_uri_and_queued_guests_still_get_a_request(
+        fake_host: Make) -> None:
+    host = fake_host(guests(*({"name": f"s{i}", "ignore_shutdown": True} for i in range(3)),
+                            {"name": "queued", "ignore_shutdown": True}),
+                     "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=3\nSHUTDOWN_TIMEOUT=20\n")
+    run, _ = host.run_virtual("stop")
+    assert run.code == 1
+    assert "Waiting for 4 guests to shut down, 15 seconds left" in run.lines
+    assert run.lines.count("Timeout expired while shutting down domains") == 1
+    # the reference never asks the queued guest to shut down; we do
+    assert "Starting shutdown on guest: queued" in run.lines
+    assert ["shutdown", host.uuid("queued")] in host.commands()
+
+
+def test_parallel_timeout_escalates_to_poweroff(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "hung", "ignore_shutdown": True},
+                            {"name": "fine", "shutdown_seconds": 3}),
+                     'ON_SHUTDOWN="shutdown poweroff"\nPARALLEL_SHUTDOWN=4\n'
+                     "SHUTDOWN_TIMEOUT=10\n")
+    run, _ = host.run_virtual("stop")
+    assert "Shutdown of guest fine complete." in run.lines
+    assert "Powering off guest hung: done" in run.lines
+    assert host.active() == set()
+
+
+def test_polling_is_one_virsh_call_per_uri_per_tick(fake_host: Make) -> None:
+    host = fake_host(guests(*({"name": f"g{i}", "shutdown_seconds": 2} for i in range(6))),
+                     "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=6\n")
+    run, clock = host.run_virtual("stop")
+    assert run.code == 0
+    polls = [c for c in host.commands() if c == ["list", "--uuid"]]
+    ticks = sum(1 for s in clock.slept if abs(s - 0.1) < 1e-9)
+    assert len(polls) == ticks
+    assert not any(c[0] in ("domid", "domname", "domstate") for c in host.commands())
+
+
+def test_start_delay_spaces_starts_but_not_before_the_first(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "a"}, {"name": "b"}, {"name": "c"}),
+                     "START_DELAY=7\n")
+    host.run("stop")
+    host.virsh("start", "b")
+    run, clock = host.run_virtual("start")
+    assert run.code == 0
+    assert [s for s in clock.slept if s == 7] == [7]  # a, (b already active), c
+    assert run.lines[1:] == ["Resuming guest a: done", "Resuming guest b: already active",
+                             "Resuming guest c: done"]
+
+
+def test_stop_deadline_budgets_serial_timeouts(fake_host: Make) -> None:
+    host = fake_host(guests(*({"name": f"h{i}", "ignore_shutdown": True} for i in range(3))),
+                     'ON_SHUTDOWN="shutdown poweroff"\nSHUTDOWN_TIMEOUT=300\n'
+                     "STOP_DEADLINE=60\n")
+    run, clock = host.run_virtual("stop")
+    assert run.lines.count("Powering off guest h0: done") == 1
+    assert sum(clock.slept) <= 61
+    assert host.active() == set()
