@@ -28,7 +28,7 @@ How: for each of ``/etc/default``, ``/var/lib`` and ``/run/lock`` (the target
 of the ``/var/lock`` symlink), a temporary "shadow" directory is bind-mounted
 over it.  The shadow holds the entry we redirect (``libvirt-guests`` as a
 file, ``libvirt`` as a symlink to ``host.state_dir``) plus a symlink for every
-other original entry, pointing into a bind mount of the original directory, so
+other original entry, pointing into a (recursive) bind mount of the original, so
 the rest of the system still looks the same to the script.  This works
 whether or not ``/var/lib/libvirt`` exists on the machine.
 
@@ -69,7 +69,7 @@ _MOUNT_SCRIPT = r"""
 set -eu
 n=$1; shift
 while [ "$n" -gt 0 ]; do
-    mount --bind "$1" "$2" && mount --bind "$3" "$1" || {
+    mount --rbind "$1" "$2" && mount --bind "$3" "$1" || {
         echo "mount-shadows: cannot shadow $1" >&2; exit 125; }
     shift 3; n=$((n - 1))
 done
