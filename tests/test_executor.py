@@ -24,7 +24,7 @@ def guests(*items: dict[str, Any]) -> dict[str, Any]:
 def test_long_save_prints_progress_every_5_seconds(fake_host: Make) -> None:
     host = fake_host(guests({"name": "big", "save_seconds": 12}))
     began = time.monotonic()
-    run, clock = host.run_virtual("stop")
+    run, _ = host.run_virtual("stop")
     assert run.code == 0, run.err
     progress = [ln for ln in run.lines if ln.startswith("Suspending big: ")]
     assert progress[0] == "Suspending big: ..." and progress[-1] == "Suspending big: done"

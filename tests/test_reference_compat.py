@@ -461,6 +461,8 @@ def test_empty_config_uses_upstream_defaults_unlike_debians_build(twins: Any) ->
     t.run("start")
     assert t.ours.active() == {"web"}
 
+
+def test_debians_defaults_set_explicitly_behave_the_same(twins: Any) -> None:
     t = twins(one_uri(*guests("web")), "ON_SHUTDOWN=shutdown\nON_BOOT=ignore\n")
     ref, ours = t.run("stop")
     assert_same(ref, ours)
