@@ -33,3 +33,6 @@ fixtures: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+bench: $(STAMP)
+	$(PY) tools/bench.py $(BENCH_ARGS)

@@ -240,6 +240,9 @@ class Executor:
 
     def _request_shutdown(self, uri: str, step: GuestStop) -> bool:
         self.report.say(f"Starting shutdown on guest: {step.guest.name}")
+        return self._send_shutdown(uri, step)
+
+    def _send_shutdown(self, uri: str, step: GuestStop) -> bool:
         try:
             self.virsh.run(uri, action_args(SHUTDOWN, step.guest.uuid, self.config),
                            timeout=self.config.query_timeout, ignore_interrupt=True)
@@ -251,6 +254,15 @@ class Executor:
             self.checkpoint()
             return False
         return True
+
+    def _request_shutdowns(self, uri: str, steps: Sequence[GuestStop]) -> list[bool]:
+        """Announce, then send several shutdown requests at once (each is one virsh call)."""
+        for step in steps:
+            self.report.say(f"Starting shutdown on guest: {step.guest.name}")
+        if len(steps) == 1:
+            return [self._send_shutdown(uri, steps[0])]
+        with ThreadPoolExecutor(max_workers=len(steps)) as pool:
+            return list(pool.map(lambda s: self._send_shutdown(uri, s), steps))
 
     def _shutdown_serial(self, uri: str, step: GuestStop, share: float) -> bool:
         """One guest at a time, with its own timeout (the reference's serial mode)."""
@@ -308,15 +320,17 @@ class Executor:
         poll_failures = 0
         last_request = started
         while queue or inflight:
-            while queue and len(inflight) < self.config.parallel_shutdown \
-                    and not self.cancelled:
-                step = queue.popleft()
-                if self._request_shutdown(uri, step):
-                    last_request = self.clock.now()
-                    own = last_request + step.timeout if step.timeout > 0 else math.inf
-                    inflight[step.guest.uuid] = (step, min(own, uri_deadline))
-                else:
-                    failed.append(step)
+            free = self.config.parallel_shutdown - len(inflight)
+            if queue and free > 0 and not self.cancelled:
+                batch = [queue.popleft() for _ in range(min(free, len(queue)))]
+                sent = self._request_shutdowns(uri, batch)
+                last_request = self.clock.now()
+                for step, ok in zip(batch, sent):
+                    if ok:
+                        own = last_request + step.timeout if step.timeout > 0 else math.inf
+                        inflight[step.guest.uuid] = (step, min(own, uri_deadline))
+                    else:
+                        failed.append(step)
             if self.cancelled:
                 for step in queue:
                     self._interrupted(uri, step)
@@ -360,12 +374,13 @@ class Executor:
                 self.report.say("Timeout expired while shutting down domains")
                 self._fail()
                 # Unlike the reference, guests still queued get a shutdown request too.
-                for step in list(queue):
-                    if self._request_shutdown(uri, step):
+                late = list(queue)
+                queue.clear()
+                for step, ok in zip(late, self._request_shutdowns(uri, late) if late else []):
+                    if ok:
                         inflight[step.guest.uuid] = (step, now)
                     else:
                         failed.append(step)
-                queue.clear()
             if self.cancelled and inflight:
                 for step, _ in inflight.values():
                     self.report.step(self._outcome(uri, step), SHUTDOWN, "interrupted",
