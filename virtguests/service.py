@@ -72,6 +72,13 @@ def report_config(ctx: Context) -> None:
         ctx.report.error(str(problem))
 
 
+def report_conflicts(ctx: Context) -> None:
+    from virtguests import conflicts
+
+    for warning in conflicts.warnings():
+        ctx.report.warn(warning)
+
+
 # -- stop ----------------------------------------------------------------------
 
 
@@ -82,6 +89,7 @@ def stop(ctx: Context, *, force_shutdown: bool = False) -> int:
         chain = chain[chain.index("shutdown"):] if "shutdown" in chain else ("shutdown",)
         config = replace(config, on_shutdown=chain)
     report_config(ctx)
+    report_conflicts(ctx)
     status = _stop(ctx, config) if ctx.dry_run else _locked(ctx, lambda: _stop(ctx, config))
     if ctx.loaded.problems:
         return EXIT_CONFIG
@@ -196,6 +204,7 @@ def _interrupted_summary(ctx: Context, command: str) -> int:
 def start(ctx: Context) -> int:
     if refuse_bad_config(ctx):
         return EXIT_CONFIG
+    report_conflicts(ctx)
     if ctx.dry_run:
         return _start(ctx)
     return _locked(ctx, lambda: _start(ctx))
@@ -375,6 +384,7 @@ def _describe_uri(ctx: Context, uri: str) -> dict[str, Any]:
 
 def check(ctx: Context) -> int:
     report_config(ctx)
+    report_conflicts(ctx)
     where = str(ctx.loaded.path) if ctx.loaded.path else "no config file (defaults)"
     if ctx.loaded.problems:
         ctx.report.error(f"{where}: {len(ctx.loaded.problems)} problem(s)")
