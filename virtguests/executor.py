@@ -203,6 +203,8 @@ class Executor:
                 self.report.say(f"{label}{self._save_progress(uri, uuid)}")
         worker.join()
         seconds = self.clock.now() - started
+        if errors and self._saved_anyway(uri, uuid):
+            errors.clear()
         if errors:
             self._fail()
             self.report.error(f"saving guest {name} failed: {errors[0].detail}"
@@ -214,6 +216,15 @@ class Executor:
         self.report.step(outcome, SUSPEND, "saved", seconds)
         self.checkpoint()
         return True
+
+    def _saved_anyway(self, uri: str, uuid: str) -> bool:
+        """A save can "fail" because another process saved the guest meanwhile."""
+        try:
+            result = self.virsh.run(uri, ["list", "--all", "--uuid", "--with-managed-save"],
+                                    timeout=self.config.query_timeout, ignore_interrupt=True)
+            return uuid in virshout.uuids(result.argv, result.stdout)
+        except VirshError:
+            return False
 
     def _save_progress(self, uri: str, uuid: str) -> str:
         try:

@@ -46,7 +46,7 @@ def view_running(virsh: Virsh, uri: str, config: Config, clock: Clock) -> UriVie
             persistent = {g.uuid for g in _listing(
                 virsh, uri, ["list", "--uuid", "--name", "--persistent"], config)}
     except VirshError as err:
-        return UriView(uri, error=err.detail if not err.timed_out else str(err))
+        return UriView(uri, error=str(err))
     return UriView(uri, tuple(
         Guest(g.uuid, g.name, active=True, persistent=g.uuid in persistent) for g in active))
 
@@ -68,7 +68,7 @@ def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
                     virsh, uri, ["list", "--all", "--uuid", "--name", "--with-managed-save"],
                     config)}
     except VirshError as err:
-        return UriView(uri, error=err.detail if not err.timed_out else str(err))
+        return UriView(uri, error=str(err))
     return UriView(uri, tuple(
         Guest(g.uuid, g.name, active=g.uuid in active, managed_save=g.uuid in saved)
         for g in every))
