@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 COMMANDS = ("start", "stop", "status", "restart", "condrestart", "try-restart", "reload",
             "force-reload", "gueststatus", "shutdown")
-EXTRA_COMMANDS = ("check",)
+EXTRA_COMMANDS = ("check", "plan", "report")
+NO_POLICY = ("status", "gueststatus", "report", "reload", "force-reload")
 
 HELP = """\
 Save or shut down libvirt guests when the host stops; bring them back when it boots.
@@ -38,7 +39,11 @@ commands:
                 restart only when started
   reload, force-reload
                 nothing to do: the config is read on every run
-  check         validate the config file; exit 6 on any problem
+  check         validate the config file (and the guest policy); exit 6 on any problem
+  plan [stop|start]
+                show what stop (default) or start would do to each guest now, and the
+                virsh commands; changes nothing (--json: one JSON document)
+  report        the last run's per-guest results (--json for monitoring)
 
 options:
   --config PATH     config file (env VIRTGUESTS_CONFIG; default: the first of
@@ -48,7 +53,7 @@ options:
                     (env VIRTGUESTS_STATE_DIR; default /var/lib/libvirt and /var/lock)
   --virsh PATH      virsh to run (env VIRSH; default: virsh on PATH)
   -n, --dry-run     print the virsh commands that would change something; change nothing
-  --json            status and gueststatus print one JSON document
+  --json            status, gueststatus, plan and report print one JSON document
   -v, --verbose     also print each virsh command with its duration (stderr)
   -q, --quiet       print only errors
   -h, --help        this help
@@ -104,10 +109,13 @@ def main(
     if args.help:
         stdout.write(_usage(prog) + "\n\n" + HELP)
         return 0
-    if len(args.command) != 1 or args.command[0] not in (*COMMANDS, *EXTRA_COMMANDS):
+    words = args.command
+    plan_of = words[1] if len(words) == 2 and words[0] == "plan" else "stop"
+    if not words or words[0] not in (*COMMANDS, *EXTRA_COMMANDS) \
+            or (len(words) != 1 and not (words[0] == "plan" and plan_of in ("stop", "start"))):
         stdout.write(_usage(prog) + "\n")
         return 2
-    command = args.command[0]
+    command = words[0]
 
     from virtguests import config as config_mod
     from virtguests import service, state
@@ -122,6 +130,14 @@ def main(
         logger.handlers[:] = [handler]
         logger.setLevel(logging.DEBUG)
     loaded = config_mod.load(args.config, env)
+    guest_policy = None
+    if command not in NO_POLICY:
+        from dataclasses import replace
+
+        from virtguests import policy
+
+        guest_policy, problems = policy.load(loaded.config.guest_policy)
+        loaded = replace(loaded, problems=(*loaded.problems, *problems))
     state_dir = args.state_dir or env.get("VIRTGUESTS_STATE_DIR")
     paths = state.Paths.in_dir(Path(state_dir)) if state_dir else state.Paths.default()
     real_clock = clock if clock is not None else Clock()
@@ -130,7 +146,11 @@ def main(
                   default_timeout=loaded.config.query_timeout)
     ctx = service.Context(loaded, paths, virsh, reporter, real_clock,
                           dry_run=args.dry_run, json=args.json)
+    if guest_policy is not None:
+        ctx.policy = guest_policy.lookup
     with _signals_stop(real_clock.cancel, virsh.interrupt, reporter):
+        if command == "plan":
+            return service.plan_command(ctx, plan_of)
         return _dispatch(ctx, command)
 
 
@@ -149,6 +169,8 @@ def _dispatch(ctx: Context, command: str) -> int:
         return service.gueststatus(ctx)
     if command == "check":
         return service.check(ctx)
+    if command == "report":
+        return service.report_command(ctx)
     if command in ("reload", "force-reload"):
         return service.EXIT_CONFIG if service.refuse_bad_config(ctx) else service.EXIT_OK
     if command in ("condrestart", "try-restart") and not service.marker_exists(ctx):

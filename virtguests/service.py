@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TypeVar
 
@@ -397,5 +397,126 @@ def marker_exists(ctx: Context) -> bool:
     return ctx.paths.marker.exists()
 
 
-def entries_summary(entries: Mapping[str, Sequence[str]]) -> int:
-    return sum(len(v) for v in entries.values())
+# -- plan and report -----------------------------------------------------------------
+
+
+def plan_command(ctx: Context, which: str) -> int:
+    """What stop or start would do to each guest right now; changes nothing."""
+    if refuse_bad_config(ctx):
+        return EXIT_CONFIG
+    config = ctx.config
+    uris = _unique(config.uris)
+    entries: list[dict[str, Any]] = []
+    if which == "stop":
+        views = for_each_uri(uris, lambda uri: observe.view_running(ctx.virsh, uri, config,
+                                                                    ctx.clock))
+        the_plan = plan.plan_stop(config, [views[u] for u in uris], {}, ctx.policy)
+        for uri in uris:
+            entries.append(_stop_entry(ctx, views[uri], the_plan))
+    else:
+        recorded = _recorded_earlier(ctx, stale_warning=False)
+        wanted = [u for u in uris if u in recorded]
+        views = for_each_uri(wanted, lambda uri: observe.view_all(ctx.virsh, uri, config,
+                                                                  ctx.clock))
+        start_plan = plan.plan_start(config, recorded, views, ctx.policy)
+        for uri in wanted:
+            entries.append(_start_entry(ctx, views[uri], start_plan))
+    document = {"command": which, "uris": entries}
+    if ctx.json:
+        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    else:
+        _print_plan(ctx, document)
+    return EXIT_FAIL if any(e["error"] for e in entries) else EXIT_OK
+
+
+def _stop_entry(ctx: Context, view: plan.UriView, the_plan: plan.StopPlan) -> dict[str, Any]:
+    entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": []}
+    item = next((i for i in the_plan.uris if i.uri == view.uri), None)
+    if item is None:
+        return entry
+    planned = {s.guest.uuid: s for s in item.guests}
+    for group in item.groups():
+        for step in group:
+            entry["guests"].append({
+                "name": step.guest.name, "uuid": step.guest.uuid, "order": step.group,
+                "actions": list(step.actions),
+                "timeout": step.timeout if plan.SHUTDOWN in step.actions else None,
+                "commands": [format_argv(ctx.virsh.argv(view.uri, plan.action_args(
+                    a, step.guest.uuid, ctx.config))) for a in step.actions],
+            })
+    for guest in item.running:
+        if guest.uuid not in planned:
+            why = ("transient: not suspended" if guest in item.transient_skipped
+                   else "left running by policy")
+            entry["guests"].append({"name": guest.name, "uuid": guest.uuid, "order": None,
+                                    "actions": [], "timeout": None, "commands": [],
+                                    "note": why})
+    return entry
+
+
+def _start_entry(ctx: Context, view: plan.UriView,
+                 start_plan: plan.StartPlan) -> dict[str, Any]:
+    entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": []}
+    item = next((i for i in start_plan.uris if i.uri == view.uri), None)
+    for guest in sorted(item.guests if item else (), key=lambda g: g.group):
+        commands = []
+        if guest.start:
+            commands.append(format_argv(ctx.virsh.argv(view.uri,
+                                                       plan.start_args(guest.uuid, ctx.config))))
+        entry["guests"].append({
+            "name": guest.name, "uuid": guest.uuid, "order": guest.group,
+            "actions": ["start"] if guest.start else [], "note": guest.reason or None,
+            "delay_after": guest.delay_after, "commands": commands})
+    for uri, uuid in start_plan.missing:
+        if uri == view.uri:
+            entry["guests"].append({"name": None, "uuid": uuid, "order": None, "actions": [],
+                                    "note": "recorded but no longer exists", "commands": []})
+    return entry
+
+
+def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
+    for entry in document["uris"]:
+        ctx.report.say(f"{entry['uri']}:")
+        if entry["error"]:
+            ctx.report.say(f"  cannot list guests: {entry['error']}")
+            continue
+        rows = [("GUEST", "ORDER", "ACTIONS", "TIMEOUT", "COMMAND")]
+        for guest in entry["guests"]:
+            actions = " -> ".join(guest["actions"]) or guest.get("note") or "none"
+            timeout = guest.get("timeout")
+            rows.append((str(guest["name"] or guest["uuid"]),
+                         "" if guest["order"] is None else str(guest["order"]),
+                         actions, "" if timeout is None else f"{timeout}s",
+                         guest["commands"][0] if guest["commands"] else ""))
+        if len(rows) == 1:
+            ctx.report.say("  no guests to act on")
+            continue
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            cells = [row[i].ljust(widths[i]) for i in range(4)]
+            ctx.report.say("  " + "  ".join([*cells, row[4]]).rstrip())
+
+
+def report_command(ctx: Context) -> int:
+    """The last run's per-guest results, for people and for monitoring."""
+    document = state.read_json(ctx.paths.report)
+    if ctx.json:
+        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    elif not isinstance(document, dict):
+        ctx.report.say(f"no run recorded yet ({ctx.paths.report})")
+        return EXIT_OK
+    else:
+        ctx.report.say(f"last run: {document.get('command')}, exit status "
+                       f"{document.get('exit_status')}")
+        rows = [("GUEST", "URI", "OUTCOME", "STEPS", "SECONDS")]
+        for guest in document.get("guests", []):
+            steps = " -> ".join(f"{s['action']}:{s['result']}" for s in guest.get("steps", []))
+            seconds = sum(float(s.get("seconds", 0)) for s in guest.get("steps", []))
+            rows.append((str(guest.get("name")), str(guest.get("uri")),
+                         str(guest.get("outcome")), steps, f"{seconds:.1f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            ctx.report.say("  ".join([*(row[i].ljust(widths[i]) for i in range(4)), row[4]]))
+    if not isinstance(document, dict):
+        return EXIT_OK
+    return EXIT_OK if document.get("exit_status") in (0, None) else EXIT_FAIL
