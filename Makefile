@@ -36,3 +36,6 @@ clean:
 
 bench: $(STAMP)
 	$(PY) tools/bench.py $(BENCH_ARGS)
+
+soak: $(STAMP)
+	$(PY) tools/soak.py $(SOAK_ARGS)
