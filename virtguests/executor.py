@@ -306,12 +306,7 @@ class Executor:
                 break
             if self.clock.now() >= next_progress:
                 next_progress += PROGRESS_EVERY
-                if math.isinf(limit):
-                    self.report.say(f"Waiting for guest {name} to shut down")
-                else:
-                    left = max(round(limit - elapsed), 0)
-                    self.report.say(f"Waiting for guest {name} to shut down, "
-                                    f"{left} seconds left")
+                self.report.say(_waiting(f"guest {name}", limit - elapsed))
             self.clock.sleep(min(poll_interval(elapsed), max(limit - elapsed, 0.0)))
         self.report.say(f"Shutdown of guest {name} failed to complete in time.")
         self.report.step(outcome, SHUTDOWN, "timed out", self.clock.now() - started)
@@ -374,13 +369,8 @@ class Executor:
                 self.checkpoint()
             if now >= next_progress and (inflight or queue):
                 next_progress += PROGRESS_EVERY
-                count = len(inflight) + len(queue)
-                if math.isinf(uri_deadline):
-                    self.report.say(f"Waiting for {count} guests to shut down")
-                else:
-                    left = max(round(uri_deadline - now), 0)
-                    self.report.say(f"Waiting for {count} guests to shut down, "
-                                    f"{left} seconds left")
+                self.report.say(_waiting(f"{len(inflight) + len(queue)} guests",
+                                         uri_deadline - now))
             if now >= uri_deadline and (inflight or queue):
                 self.report.say("Timeout expired while shutting down domains")
                 self._fail()
@@ -502,6 +492,13 @@ class Executor:
     def _keep(self, uri: str, uuid: str) -> None:
         with self._lock:
             self.not_resumed.setdefault(uri, []).append(uuid)
+
+
+def _waiting(who: str, left: float) -> str:
+    """The reference's progress line, with or without a countdown."""
+    if math.isinf(left):
+        return f"Waiting for {who} to shut down"
+    return f"Waiting for {who} to shut down, {max(round(left), 0)} seconds left"
 
 
 def _next_action(step: GuestStop, after: str) -> Optional[str]:
