@@ -274,3 +274,46 @@ def test_uri_with_spaces_and_socket_query(fake_host: Make) -> None:
     run = host.run("start")
     assert run.code == 0, run.err
     assert host.active(uri) == {"web"}
+
+
+def peak(host: FakeHost, verb: str) -> int:
+    """Most calls of *verb* that overlapped in time (from the fake's call log)."""
+    events = []
+    for call in host.calls():
+        argv = call["argv"][2:] if call["argv"][:1] == ["-c"] else call["argv"]
+        if argv[0] == verb:
+            events += [(call["start"], 1), (call["end"], -1)]
+    level = best = 0
+    for _, delta in sorted(events, key=lambda e: (e[0], e[1])):
+        level += delta
+        best = max(best, level)
+    return best
+
+
+def test_parallel_suspend_saves_n_at_once(fake_host: Make) -> None:
+    host = fake_host(guests(*({"name": f"g{i}", "save_seconds": 0.6} for i in range(6))),
+                     "PARALLEL_SUSPEND=3\n")
+    run = host.run("stop")
+    assert run.code == 0, run.err
+    assert sum(1 for ln in run.lines if ln.endswith(": done")) == 6
+    assert peak(host, "managedsave") == 3
+
+
+def test_serial_suspend_is_the_default(fake_host: Make) -> None:
+    host = fake_host(guests(*({"name": f"g{i}", "save_seconds": 0.2} for i in range(3))))
+    host.run("stop")
+    assert peak(host, "managedsave") == 1
+
+
+def test_parallel_start_bounded_and_start_delay_serialises(fake_host: Make) -> None:
+    host = fake_host(guests(*({"name": f"g{i}", "start_seconds": 0.5} for i in range(5))),
+                     "PARALLEL_START=2\n")
+    host.run("stop")
+    run = host.run("start")
+    assert run.code == 0, run.err
+    assert peak(host, "start") == 2
+    host.run("stop")
+    host.log_file.unlink()
+    host.set_config("START_DELAY=1\n")
+    assert host.run("start").code == 0
+    assert peak(host, "start") == 1
