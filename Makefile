@@ -39,3 +39,53 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(PY) tools/soak.py $(SOAK_ARGS)
+
+# -- man page, install, uninstall (see dist/README.md) ---------------------------
+# make install [DESTDIR=...] [PREFIX=/usr/local] [PYTHON=python3]: the package goes
+# into its own directory LIBDIR (with its dependencies, unless PIP_FLAGS=--no-deps),
+# run by a small BINDIR/virtguests wrapper. Never starts, stops or restarts a service.
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib/virtguests
+MANDIR ?= $(PREFIX)/share/man
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+INITDIR ?= /etc/init.d
+PIP_FLAGS ?=
+
+.PHONY: uninstall
+
+man: build/virtguests.8
+
+build/virtguests.8: doc/virtguests.8.md tools/mkman.py virtguests/__init__.py
+	$(PYTHON) tools/mkman.py doc/virtguests.8.md -o $@
+
+install: build/virtguests.8
+	@case '$(LIBDIR)' in */virtguests) ;; *) echo "LIBDIR must end in /virtguests" >&2; exit 1;; esac
+	rm -rf '$(DESTDIR)$(LIBDIR)'
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile \
+		--target='$(DESTDIR)$(LIBDIR)' $(PIP_FLAGS) .
+	$(PYTHON) -m compileall -q -d '$(LIBDIR)' '$(DESTDIR)$(LIBDIR)'
+	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(INITDIR)' \
+		'$(DESTDIR)$(MANDIR)/man8'
+	{ printf '#!%s -I\n' "$$($(PYTHON) -c 'import sys; print(sys.executable)')"; \
+	  printf '%s\n' '# virtguests: installed by make install; the package is in $(LIBDIR)' \
+		'import sys' 'sys.path.insert(0, "$(LIBDIR)")' \
+		'from virtguests.cli import console_main' 'console_main()'; \
+	} > build/virtguests.wrapper
+	install -m 0755 build/virtguests.wrapper '$(DESTDIR)$(BINDIR)/virtguests'
+	sed 's|@BINDIR@|$(BINDIR)|g' dist/virtguests.service > build/virtguests.service
+	install -m 0644 build/virtguests.service '$(DESTDIR)$(UNITDIR)/virtguests.service'
+	sed 's|@BINDIR@|$(BINDIR)|g' dist/virtguests.init > build/virtguests.init
+	install -m 0755 build/virtguests.init '$(DESTDIR)$(INITDIR)/virtguests'
+	install -m 0644 build/virtguests.8 '$(DESTDIR)$(MANDIR)/man8/virtguests.8'
+	@echo "Installed. No service was started, stopped or restarted. To use it:"
+	@echo "  systemctl daemon-reload; systemctl disable libvirt-guests.service;"
+	@echo "  systemctl enable virtguests.service   (takes over at the next boot; see dist/README.md)"
+
+uninstall:
+	@case '$(LIBDIR)' in */virtguests) ;; *) echo "LIBDIR must end in /virtguests" >&2; exit 1;; esac
+	rm -rf '$(DESTDIR)$(LIBDIR)'
+	rm -f '$(DESTDIR)$(BINDIR)/virtguests' '$(DESTDIR)$(UNITDIR)/virtguests.service' \
+		'$(DESTDIR)$(INITDIR)/virtguests' '$(DESTDIR)$(MANDIR)/man8/virtguests.8'
+	@echo "Removed the files; the list file and state in /var/lib/libvirt are kept."
+	@echo "Disable virtguests.service first (systemctl disable virtguests.service), or"
+	@echo "its stop at the next shutdown fails and no guest is saved."
