@@ -60,7 +60,7 @@ build/virtguests.8: doc/virtguests.8.md tools/mkman.py virtguests/__init__.py
 
 install: build/virtguests.8
 	@case '$(LIBDIR)' in */virtguests) ;; *) echo "LIBDIR must end in /virtguests" >&2; exit 1;; esac
-	rm -rf '$(DESTDIR)$(LIBDIR)'
+	rm -rf '$(DESTDIR)$(LIBDIR)' build/lib build/bdist.*
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile \
 		--target='$(DESTDIR)$(LIBDIR)' $(PIP_FLAGS) .
 	$(PYTHON) -m compileall -q -d '$(LIBDIR)' '$(DESTDIR)$(LIBDIR)'

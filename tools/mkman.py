@@ -51,11 +51,9 @@ def _escape(text: str, *, literal: bool = False) -> str:
     """Escape for roff text; in literal (code) text every '-' is a real minus/hyphen."""
     text = text.replace("\\", "\\e")
     if literal:
-        text = text.replace("-", "\\-")
-    else:
-        # an option-like word in prose ("-v") is a minus sign as well
-        text = re.sub(r"(?<![\w-])-", r"\\-", text)
-    return text
+        return text.replace("-", "\\-")
+    # an option-like word in prose ("-v") is a minus sign as well
+    return re.sub(r"(?<![\w-])-", r"\\-", text)
 
 
 def inline(text: str, lineno: int) -> str:
