@@ -1,0 +1,88 @@
+"""`make soak` in CI size, and the soak's findings reduced to deterministic cases.
+
+tools/soak.py runs random stop / power cycle / start cycles with injected faults
+on the fake host and checks that no guest is lost (see its docstring).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import pytest
+
+from tests.fakehost import REPO, FakeHost
+
+Make = Callable[..., FakeHost]
+
+
+def test_tiny_soak_loses_no_guest() -> None:
+    # seed 4: URI outages at stop and start, failed/hung saves and starts, SIGKILL of
+    # start; no SIGTERM (see the xfail below) and no repeated outage of one URI
+    began = time.monotonic()
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "soak.py"), "--cycles", "3",
+                           "--seed", "4"], capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    elapsed = time.monotonic() - began
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("soak: 3 cycles, seed 4")
+    assert sum(1 for ln in lines if ln.startswith("cycle ")) == 3
+    assert lines[-1] == "3 cycles, 0 guests lost"
+    assert elapsed < 60, elapsed
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "virtguests bug found by the soak (seed 1, cycle 3): SIGTERM while a URI's first "
+    "listing is being retried (CONNECT_RETRIES) raises Interrupted in the listing thread; "
+    "_stop then fails with KeyError on views[uri], prints tracebacks, writes no list file "
+    "and protects no guest on any URI"))
+def test_sigterm_during_connect_retries_still_protects_the_reachable_uri(
+        fake_host: Make) -> None:
+    host = fake_host({"uris": {
+        "default": {"guests": [{"name": "web"}, {"name": "db"}]},
+        "test:///flaky": {"unreachable_calls": 5, "guests": [{"name": "far"}]}}},
+        'URIS="default test:///flaky"\nCONNECT_RETRIES=5\nRETRIES_SLEEP=1\n')
+    proc = subprocess.Popen([sys.executable, "-m", "virtguests", *host.argv("stop")],
+                            env=host.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the flaky URI failed once: now in its retry sleep
+        if any(c["argv"][:2] == ["-c", "test:///flaky"] for c in host.calls()):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "Traceback" not in err, err
+    assert host.list_file.exists(), err  # the README: the list file is written
+    assert "stop interrupted by a signal" in err
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "found by the soak: the names in 'its guests are not protected (last seen running "
+    "there: ...)' come only from the last run's report, so a URI unreachable at two stops "
+    "in a row (or after a start that had nothing recorded there) is reported without "
+    "naming any of its guests"))
+def test_second_outage_of_a_uri_still_names_its_guests(fake_host: Make) -> None:
+    def host_doc(down: bool, far_state: str = "running") -> dict[str, object]:
+        return {"uris": {"default": {"guests": [{"name": "web"}]},
+                         "test:///far": {"unreachable": down, "guests": [
+                             {"name": "far1", "state": far_state},
+                             {"name": "far2", "state": far_state}]}}}
+
+    host = fake_host(host_doc(False), 'URIS="default test:///far"\nCONNECT_RETRIES=0\n')
+    assert host.run("stop").code == 0  # virtguests sees far1 and far2 running
+    assert host.run("start").code == 0
+    host.set_host(host_doc(True))
+    first = host.run("stop")
+    assert "not protected (last seen running there: far1, far2)" in first.err
+    host.set_host(host_doc(False, "shutoff"))  # power cycle: far1, far2 were never saved
+    assert host.run("start").code == 0
+    host.set_host(host_doc(True, "running"))  # started by hand; the URI fails again
+    second = host.run("stop")
+    assert second.code == 1
+    assert "far1" in second.err and "far2" in second.err, second.err
