@@ -28,6 +28,8 @@ lint: $(STAMP)
 demo: $(STAMP)
 	$(PY) tools/demo.py
 
+# Needs root: records QEMU forms from a private libvirtd it starts and stops itself.
+FIXTURE_ARGS ?= --test-uri test:///default --private-libvirtd
 fixtures: $(STAMP)
 	$(PY) tools/record_fixtures.py $(FIXTURE_ARGS)
 

@@ -247,7 +247,7 @@ def _permission_warnings(path: Path) -> tuple[str, ...]:
         mode = path.stat().st_mode
     except OSError:
         return ()
-    if mode & stat.S_IWOTH:
+    if stat.S_ISREG(mode) and mode & stat.S_IWOTH:
         return (f"{path}: warning: world-writable config file: anyone on this host can "
                 "change what happens to every guest",)
     return ()
