@@ -36,10 +36,11 @@ def test_tiny_soak_loses_no_guest() -> None:
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "virtguests bug found by the soak (seed 1, cycle 3): SIGTERM while a URI's first "
-    "listing is being retried (CONNECT_RETRIES) raises Interrupted in the listing thread; "
-    "_stop then fails with KeyError on views[uri], prints tracebacks, writes no list file "
-    "and protects no guest on any URI"))
+    "virtguests bug found by the soak (e.g. seed 1 cycle 3, seed 20240 cycles 18 and 28): "
+    "SIGTERM while stop lists the URIs (in a CONNECT_RETRIES sleep, or before the "
+    "`list --persistent` call) raises virsh.Interrupted in the listing thread, which "
+    "observe.view_running does not catch; _stop then dies with KeyError on views[uri]: "
+    "tracebacks, exit 1, no list file, no guest on any URI saved or recorded"))
 def test_sigterm_during_connect_retries_still_protects_the_reachable_uri(
         fake_host: Make) -> None:
     host = fake_host({"uris": {
