@@ -12,8 +12,6 @@ import sys
 import time
 from collections.abc import Callable
 
-import pytest
-
 from tests.fakehost import REPO, FakeHost
 
 Make = Callable[..., FakeHost]
@@ -21,7 +19,7 @@ Make = Callable[..., FakeHost]
 
 def test_tiny_soak_loses_no_guest() -> None:
     # seed 4: URI outages at stop and start, failed/hung saves and starts, SIGKILL of
-    # start; no SIGTERM (see the xfail below) and no repeated outage of one URI
+    # start
     began = time.monotonic()
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "soak.py"), "--cycles", "3",
                            "--seed", "4"], capture_output=True, text=True, timeout=120,
@@ -35,12 +33,6 @@ def test_tiny_soak_loses_no_guest() -> None:
     assert elapsed < 60, elapsed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "virtguests bug found by the soak (e.g. seed 1 cycle 3, seed 20240 cycles 18 and 28): "
-    "SIGTERM while stop lists the URIs (in a CONNECT_RETRIES sleep, or before the "
-    "`list --persistent` call) raises virsh.Interrupted in the listing thread, which "
-    "observe.view_running does not catch; _stop then dies with KeyError on views[uri]: "
-    "tracebacks, exit 1, no list file, no guest on any URI saved or recorded"))
 def test_sigterm_during_connect_retries_still_protects_the_reachable_uri(
         fake_host: Make) -> None:
     host = fake_host({"uris": {
@@ -63,11 +55,6 @@ def test_sigterm_during_connect_retries_still_protects_the_reachable_uri(
     assert "stop interrupted by a signal" in err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "found by the soak: the names in 'its guests are not protected (last seen running "
-    "there: ...)' come only from the last run's report, so a URI unreachable at two stops "
-    "in a row (or after a start that had nothing recorded there) is reported without "
-    "naming any of its guests"))
 def test_second_outage_of_a_uri_still_names_its_guests(fake_host: Make) -> None:
     def host_doc(down: bool, far_state: str = "running") -> dict[str, object]:
         return {"uris": {"default": {"guests": [{"name": "web"}]},
@@ -80,10 +67,15 @@ def test_second_outage_of_a_uri_still_names_its_guests(fake_host: Make) -> None:
     assert host.run("start").code == 0
     host.set_host(host_doc(True))
     first = host.run("stop")
-    assert "not protected (last seen running there: far1, far2)" in first.err
+    assert "not protected; last seen running there: " in first.err
+    assert "far1" in first.err and "far2" in first.err
+    # recorded too, so the start after the power cycle brings them back
+    recorded = dict(line.split(" ", 1) for line in host.list_file.read_text().splitlines())
+    assert len(recorded["test:///far"].split()) == 2
     host.set_host(host_doc(False, "shutoff"))  # power cycle: far1, far2 were never saved
     assert host.run("start").code == 0
-    host.set_host(host_doc(True, "running"))  # started by hand; the URI fails again
+    assert host.active("test:///far") == {"far1", "far2"}
+    host.set_host(host_doc(True, "running"))  # the URI fails again
     second = host.run("stop")
     assert second.code == 1
     assert "far1" in second.err and "far2" in second.err, second.err

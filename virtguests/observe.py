@@ -22,7 +22,7 @@ def list_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Confi
     attempt = 0
     while True:
         try:
-            return virsh.run(uri, args, timeout=config.query_timeout)
+            return virsh.run(uri, args, timeout=config.query_timeout, ignore_interrupt=True)
         except VirshError as err:
             if err.timed_out or attempt >= config.connect_retries:
                 raise
@@ -32,7 +32,7 @@ def list_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Confi
 
 
 def _listing(virsh: Virsh, uri: str, args: list[str], config: Config) -> list[virshout.Listed]:
-    result = virsh.run(uri, args, timeout=config.query_timeout)
+    result = virsh.run(uri, args, timeout=config.query_timeout, ignore_interrupt=True)
     return virshout.uuid_names(result.argv, result.stdout)
 
 
@@ -45,7 +45,7 @@ def view_running(virsh: Virsh, uri: str, config: Config, clock: Clock) -> UriVie
         if active:
             persistent = {g.uuid for g in _listing(
                 virsh, uri, ["list", "--uuid", "--name", "--persistent"], config)}
-    except VirshError as err:
+    except (VirshError, Interrupted) as err:
         return UriView(uri, error=str(err))
     return UriView(uri, tuple(
         Guest(g.uuid, g.name, active=True, persistent=g.uuid in persistent) for g in active))
@@ -61,13 +61,14 @@ def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
         active: set[str] = set()
         saved: set[str] = set()
         if every:
-            result = virsh.run(uri, ["list", "--uuid"], timeout=config.query_timeout)
+            result = virsh.run(uri, ["list", "--uuid"], timeout=config.query_timeout,
+                               ignore_interrupt=True)
             active = set(virshout.uuids(result.argv, result.stdout))
             if managed_save:
                 saved = {g.uuid for g in _listing(
                     virsh, uri, ["list", "--all", "--uuid", "--name", "--with-managed-save"],
                     config)}
-    except VirshError as err:
+    except (VirshError, Interrupted) as err:
         return UriView(uri, error=str(err))
     return UriView(uri, tuple(
         Guest(g.uuid, g.name, active=g.uuid in active, managed_save=g.uuid in saved)

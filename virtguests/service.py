@@ -45,10 +45,16 @@ class Context:
 def for_each_uri(uris: Sequence[str], job: Callable[[str], T]) -> dict[str, T]:
     """Ask every URI at once: one slow or wedged host never delays the others."""
     results: dict[str, T] = {}
+    errors: list[BaseException] = []
     lock = threading.Lock()
 
     def run(uri: str) -> None:
-        value = job(uri)
+        try:
+            value = job(uri)
+        except BaseException as err:  # re-raised below, in the caller's thread
+            with lock:
+                errors.append(err)
+            return
         with lock:
             results[uri] = value
 
@@ -58,7 +64,9 @@ def for_each_uri(uris: Sequence[str], job: Callable[[str], T]) -> dict[str, T]:
     for thread in threads:
         while thread.is_alive():
             thread.join(0.2)
-    return {uri: results[uri] for uri in uris if uri in results}
+    if errors:
+        raise errors[0]
+    return {uri: results[uri] for uri in uris}
 
 
 def _unique(uris: Sequence[str]) -> list[str]:
@@ -128,15 +136,20 @@ def _stop(ctx: Context, config: Config) -> int:
     views = for_each_uri(uris, lambda uri: observe.view_running(ctx.virsh, uri, config,
                                                                 ctx.clock))
     status = EXIT_OK
-    last = _last_run_names(ctx)
+    seen = _update_seen(ctx, [views[u] for u in uris])
+    for uri in uris:
+        if not views[uri].reachable and seen.get(uri):
+            # Keep them recorded, so the next start brings back whatever was powered off.
+            earlier = state.merge(earlier, {uri: list(seen[uri])})
     the_plan = plan.plan_stop(config, [views[u] for u in uris], earlier, ctx.policy)
     for uri in uris:
         view = views[uri]
         if not view.reachable:
             status = EXIT_FAIL
             ctx.report.say(f"Can't connect to {uri}. Skipping.")
-            known = last.get(uri)
-            names = f" (last seen running there: {', '.join(known)})" if known else ""
+            known = seen.get(uri, {})
+            names = (f"; last seen running there: {', '.join(known.values())} (recorded, so "
+                     "start brings them back)") if known else ""
             ctx.report.error(f"cannot list guests on {uri}: {view.error}; its guests are not "
                              f"protected{names}")
             continue
@@ -169,14 +182,26 @@ def _stop(ctx: Context, config: Config) -> int:
     return status
 
 
-def _last_run_names(ctx: Context) -> dict[str, list[str]]:
-    document = state.read_json(ctx.paths.report)
-    names: dict[str, list[str]] = {}
+def _update_seen(ctx: Context, views: Sequence[plan.UriView]) -> dict[str, dict[str, str]]:
+    """Remember each reachable URI's running persistent guests (UUID -> name).
+
+    When a URI cannot be reached at the next stop, these are the guests we can
+    still name, and record for the next start.
+    """
+    document = state.read_json(ctx.paths.seen)
+    seen: dict[str, dict[str, str]] = {}
     if isinstance(document, dict):
-        for guest in document.get("guests", []):
-            if isinstance(guest, dict) and isinstance(guest.get("uri"), str):
-                names.setdefault(guest["uri"], []).append(str(guest.get("name")))
-    return names
+        seen = {uri: {str(k): str(v) for k, v in guests.items()}
+                for uri, guests in document.items() if isinstance(guests, dict)}
+    for view in views:
+        if view.reachable:
+            seen[view.uri] = {g.uuid: g.name for g in view.guests if g.active and g.persistent}
+    if not ctx.dry_run:
+        try:
+            state.write_json(ctx.paths.seen, seen)
+        except OSError as err:
+            ctx.report.warn(f"cannot write {ctx.paths.seen}: {err}")
+    return seen
 
 
 def _write_report(ctx: Context, command: str, status: Optional[int]) -> None:

@@ -32,6 +32,7 @@ class Paths:
     pending: Path
     report: Path
     lock: Path
+    seen: Path
 
     @classmethod
     def default(cls) -> Paths:
@@ -39,13 +40,14 @@ class Paths:
         marker = subsys / "libvirt-guests" if subsys.is_dir() else Path("/var/lock/libvirt-guests")
         base = DEFAULT_LIST.parent
         return cls(DEFAULT_LIST, marker, base / "virtguests-pending",
-                   base / "virtguests-last-run.json", base / "virtguests.lock")
+                   base / "virtguests-last-run.json", base / "virtguests.lock",
+                   base / "virtguests-seen.json")
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> Paths:
         return cls(state_dir / "libvirt-guests", state_dir / "libvirt-guests.started",
                    state_dir / "virtguests-pending", state_dir / "virtguests-last-run.json",
-                   state_dir / "virtguests.lock")
+                   state_dir / "virtguests.lock", state_dir / "virtguests-seen.json")
 
 
 @dataclass(frozen=True)
