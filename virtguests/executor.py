@@ -37,7 +37,7 @@ from virtguests.plan import (
 from virtguests.report import Outcome, Reporter
 from virtguests.virsh import Interrupted, Virsh, VirshError
 
-POLL = 0.1
+POLL = 0.05
 """Seconds between two "which guests are still active" checks (one virsh call)."""
 
 SLOW_POLL = 1.0
@@ -46,9 +46,11 @@ SLOW_POLL = 1.0
 
 def poll_interval(waited: float) -> float:
     """Fast checks while shutdowns are fresh (most finish in seconds), slower later."""
-    if waited <= 5:
+    if waited <= 2:
         return POLL
-    return min(SLOW_POLL, POLL + (waited - 5) / 50)
+    if waited <= 5:
+        return 2 * POLL
+    return min(SLOW_POLL, 2 * POLL + (waited - 5) / 50)
 
 PROGRESS_EVERY = 5.0
 """The reference prints save and shutdown progress every 5 seconds."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TypeVar
@@ -172,7 +173,7 @@ def _stop(ctx: Context, config: Config) -> int:
     state.write_list(ctx.paths.list_file, the_plan.record())
     state.remove(ctx.paths.pending)
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
-                        checkpoint=lambda: _write_report(ctx, "stop", None))
+                        checkpoint=_Checkpoint(ctx, "stop"))
     result = executor.stop(the_plan)
     state.remove(ctx.paths.marker)
     status = max(status, result)
@@ -212,6 +213,31 @@ def _write_report(ctx: Context, command: str, status: Optional[int]) -> None:
                                                                 if status is not None else -1))
     except OSError as err:
         ctx.report.warn(f"cannot write the run report {ctx.paths.report}: {err}")
+
+
+class _Checkpoint:
+    """Rewrite the run report as guests are handled, at most once a second.
+
+    Rewriting it after every guest made large runs quadratic; the list file,
+    which is what `start` needs, is already on disk before anything is done.
+    """
+
+    EVERY = 1.0
+
+    def __init__(self, ctx: Context, command: str) -> None:
+        self.ctx = ctx
+        self.command = command
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last < self.EVERY or not self.lock.acquire(blocking=False):
+            return
+        try:
+            _write_report(self.ctx, self.command, None)
+            self.last = time.monotonic()
+        finally:
+            self.lock.release()
 
 
 def _interrupted_summary(ctx: Context, command: str) -> int:
@@ -296,7 +322,7 @@ def _start(ctx: Context) -> int:
             ctx.report.say(format_argv(argv))
         return status
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
-                        checkpoint=lambda: _write_report(ctx, "start", None))
+                        checkpoint=_Checkpoint(ctx, "start"))
     result = executor.start(the_plan)
     keep = state.merge(the_plan.keep, executor.not_resumed)
     if executor.not_resumed:
