@@ -168,3 +168,14 @@ def test_kill_9_during_stop_then_rerun_protects_everyone(fake_host: Make) -> Non
     assert host.run("start").code == 0
     assert len(host.active()) == 8
 
+
+
+def test_unwritable_state_dir_at_shutdown_still_protects_guests(fake_host: Make) -> None:
+    host = fake_host({"uris": {"default": {"guests": [{"name": "web"}, {"name": "db"}]}}})
+    run = host.run("--state-dir", "/dev/null/state", "stop")  # mkdir fails: ENOTDIR
+    assert run.code == 1
+    assert "cannot lock /dev/null/state/virtguests.lock" in run.err
+    assert "cannot write the list file /dev/null/state/libvirt-guests" in run.err
+    assert "Traceback" not in run.err
+    assert run.lines[-2:] == ["Suspending db: ...", "Suspending db: done"]
+    assert host.managed_saved() == {"web", "db"}

@@ -106,12 +106,30 @@ def stop(ctx: Context, *, force_shutdown: bool = False) -> int:
 
 
 def _locked(ctx: Context, body: Callable[[], int]) -> int:
+    lock = state.exclusive(ctx.paths.lock, wait=ctx.lock_wait, on_wait=ctx.report.warn)
     try:
-        with state.exclusive(ctx.paths.lock, wait=ctx.lock_wait, on_wait=ctx.report.warn):
-            return body()
+        lock.__enter__()
     except state.LockBusy as err:
         ctx.report.error(str(err))
         return EXIT_FAIL
+    except OSError as err:
+        # A read-only or full /var at shutdown must not stop us protecting guests.
+        ctx.report.error(f"cannot lock {ctx.paths.lock}: {err}; going on without the lock")
+        return body()
+    try:
+        return body()
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _disk(ctx: Context, what: str, action: Callable[[], None]) -> bool:
+    """Do one state-file write; a failure is reported, never fatal to the guests."""
+    try:
+        action()
+    except OSError as err:
+        ctx.report.error(f"cannot {what}: {err}")
+        return False
+    return True
 
 
 def _recorded_earlier(ctx: Context, *, stale_warning: bool) -> dict[str, list[str]]:
@@ -170,12 +188,17 @@ def _stop(ctx: Context, config: Config) -> int:
                     ctx.report.say(f"# {step.guest.name}: if {step.actions[0]} fails: "
                                    + " -> ".join(step.actions[1:]))
         return status
-    state.write_list(ctx.paths.list_file, the_plan.record())
-    state.remove(ctx.paths.pending)
+    if _disk(ctx, f"write the list file {ctx.paths.list_file} (guests are still protected, "
+             "but start will not know them)",
+             lambda: state.write_list(ctx.paths.list_file, the_plan.record())):
+        _disk(ctx, f"remove {ctx.paths.pending}", lambda: state.remove(ctx.paths.pending))
+    else:
+        status = EXIT_FAIL
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=_Checkpoint(ctx, "stop"))
     result = executor.stop(the_plan)
-    state.remove(ctx.paths.marker)
+    _disk(ctx, f"remove the started marker {ctx.paths.marker}",
+          lambda: state.remove(ctx.paths.marker))
     status = max(status, result)
     if ctx.clock.cancel.is_set():
         status = _interrupted_summary(ctx, "stop")
@@ -286,8 +309,8 @@ def _start(ctx: Context) -> int:
     if config.on_boot != "start":
         ctx.report.say("libvirt-guests is configured not to start any guests on boot")
         if not ctx.dry_run:
-            state.remove(ctx.paths.list_file)
-            state.remove(ctx.paths.pending)
+            _disk(ctx, f"remove {ctx.paths.list_file}", lambda: state.remove(ctx.paths.list_file))
+            _disk(ctx, f"remove {ctx.paths.pending}", lambda: state.remove(ctx.paths.pending))
             _started(ctx)
         return status
     wanted = _unique([u for u in recorded if u in config.uris]
@@ -329,8 +352,11 @@ def _start(ctx: Context) -> int:
         names = [o.name for o in ctx.report.outcomes.values()
                  if o.uuid in {i for ids in executor.not_resumed.values() for i in ids}]
         ctx.report.error("not resumed, kept for the next start: " + ", ".join(names))
-    state.write_list(ctx.paths.pending, keep)
-    state.remove(ctx.paths.list_file)
+    if _disk(ctx, f"write {ctx.paths.pending}", lambda: state.write_list(ctx.paths.pending, keep)):
+        _disk(ctx, f"remove the list file {ctx.paths.list_file}",
+              lambda: state.remove(ctx.paths.list_file))
+    else:
+        status = EXIT_FAIL  # the list file stays: the next start retries everything
     _started(ctx)
     status = max(status, result)
     if ctx.clock.cancel.is_set():
@@ -341,7 +367,8 @@ def _start(ctx: Context) -> int:
 
 def _started(ctx: Context) -> None:
     if not ctx.dry_run:
-        state.touch(ctx.paths.marker)
+        _disk(ctx, f"create the started marker {ctx.paths.marker}",
+              lambda: state.touch(ctx.paths.marker))
 
 
 # -- status, gueststatus, check -----------------------------------------------------
