@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -29,29 +30,29 @@ class Run:
     code: int
     out: str
     err: str
+    seconds: float = 0.0
 
     @property
     def lines(self) -> list[str]:
         return self.out.splitlines()
 
+    def __str__(self) -> str:
+        return (f"exit {self.code} after {self.seconds:.2f}s\n--- stdout ---\n{self.out}"
+                f"--- stderr ---\n{self.err}")
 
-class FakeHost:
-    def __init__(self, root: Path, host: dict[str, Any], config: str = "") -> None:
+
+class CliHarness:
+    """A config file and a state dir under *root*; ``run(COMMAND)`` starts virtguests.
+
+    Shared by the simulated host (below) and the real-libvirt tests.
+    """
+
+    def __init__(self, root: Path, config: str = "") -> None:
         self.root = root
-        self.bin = root / "bin"
         self.state_dir = root / "state"
-        self.host_file = root / "host.yaml"
-        self.log_file = root / "virsh-calls.jsonl"
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_file = root / "libvirt-guests"
-        self.now_file: Optional[Path] = None
-        fakevirsh.write_shim(self.bin)
-        self.state_dir.mkdir()
-        self.set_host(host)
         self.set_config(config)
-
-    def set_host(self, host: dict[str, Any]) -> None:
-        """Describe the host; the fake rebuilds its state when the YAML changes."""
-        self.host_file.write_text(yaml.safe_dump(host))
 
     def set_config(self, text: str) -> None:
         self.config_file.write_text(text)
@@ -64,32 +65,57 @@ class FakeHost:
     def pending_file(self) -> Path:
         return self.state_dir / "virtguests-pending"
 
+    @property
+    def marker(self) -> Path:
+        return self.state_dir / "libvirt-guests.started"
+
     def env(self) -> dict[str, str]:
+        """The caller's environment, minus anything that would redirect virtguests."""
         env = dict(os.environ)
-        env.update(
-            PATH=f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
-            VIRTGUESTS_FAKE_HOST=str(self.host_file),
-            VIRTGUESTS_FAKE_LOG=str(self.log_file),
-            PYTHONPATH=str(REPO),
-        )
-        env.pop("VIRSH", None)
-        env.pop("VIRTGUESTS_CONFIG", None)
-        env.pop("VIRTGUESTS_STATE_DIR", None)
-        if self.now_file is not None:
-            env["VIRTGUESTS_FAKE_NOW_FILE"] = str(self.now_file)
+        env["PYTHONPATH"] = str(REPO)
+        for key in ("VIRSH", "VIRTGUESTS_CONFIG", "VIRTGUESTS_STATE_DIR",
+                    "LIBVIRT_DEFAULT_URI", "VIRSH_DEFAULT_CONNECT_URI"):
+            env.pop(key, None)
         return env
 
     def argv(self, *args: str) -> list[str]:
         return ["--config", str(self.config_file), "--state-dir", str(self.state_dir), *args]
 
-    def run(self, *args: str, timeout: float = 60) -> Run:
+    def run(self, *args: str, timeout: float = 180) -> Run:
         """virtguests as a separate process, exactly as systemd would start it."""
+        began = time.monotonic()
         proc = subprocess.run(
             [sys.executable, "-m", "virtguests", *self.argv(*args)],
             env=self.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
             timeout=timeout,
         )
-        return Run(proc.returncode, proc.stdout, proc.stderr)
+        return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - began)
+
+
+class FakeHost(CliHarness):
+    def __init__(self, root: Path, host: dict[str, Any], config: str = "") -> None:
+        super().__init__(root, config)
+        self.bin = root / "bin"
+        self.host_file = root / "host.yaml"
+        self.log_file = root / "virsh-calls.jsonl"
+        self.now_file: Optional[Path] = None
+        fakevirsh.write_shim(self.bin)
+        self.set_host(host)
+
+    def set_host(self, host: dict[str, Any]) -> None:
+        """Describe the host; the fake rebuilds its state when the YAML changes."""
+        self.host_file.write_text(yaml.safe_dump(host))
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.update(
+            PATH=f"{self.bin}{os.pathsep}{env.get('PATH', '')}",
+            VIRTGUESTS_FAKE_HOST=str(self.host_file),
+            VIRTGUESTS_FAKE_LOG=str(self.log_file),
+        )
+        if self.now_file is not None:
+            env["VIRTGUESTS_FAKE_NOW_FILE"] = str(self.now_file)
+        return env
 
     def run_virtual(self, *args: str) -> tuple[Run, FakeClock]:
         """virtguests in-process with a virtual clock shared with the fake virsh."""

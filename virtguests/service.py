@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TypeVar
 
@@ -155,7 +155,9 @@ def _stop(ctx: Context, config: Config) -> int:
     views = for_each_uri(uris, lambda uri: observe.view_running(ctx.virsh, uri, config,
                                                                 ctx.clock))
     status = EXIT_OK
-    seen = _update_seen(ctx, [views[u] for u in uris])
+    seen = _update_seen(ctx, {u: {g.uuid: g.name for g in views[u].guests
+                                  if g.active and g.persistent}
+                              for u in uris if views[u].reachable}, replace_uris=True)
     for uri in uris:
         if not views[uri].reachable and seen.get(uri):
             # Keep them recorded, so the next start brings back whatever was powered off.
@@ -206,20 +208,21 @@ def _stop(ctx: Context, config: Config) -> int:
     return status
 
 
-def _update_seen(ctx: Context, views: Sequence[plan.UriView]) -> dict[str, dict[str, str]]:
-    """Remember each reachable URI's running persistent guests (UUID -> name).
+def _update_seen(ctx: Context, running: Mapping[str, Mapping[str, str]], *,
+                 replace_uris: bool) -> dict[str, dict[str, str]]:
+    """Remember the persistent guests each URI was running (URI -> UUID -> name).
 
     When a URI cannot be reached at the next stop, these are the guests we can
-    still name, and record for the next start.
+    still name, and record for the next start.  `stop` sees everything running
+    (*replace_uris*); `start` adds what it resumed or found already running.
     """
     document = state.read_json(ctx.paths.seen)
     seen: dict[str, dict[str, str]] = {}
     if isinstance(document, dict):
         seen = {uri: {str(k): str(v) for k, v in guests.items()}
                 for uri, guests in document.items() if isinstance(guests, dict)}
-    for view in views:
-        if view.reachable:
-            seen[view.uri] = {g.uuid: g.name for g in view.guests if g.active and g.persistent}
+    for uri, guests in running.items():
+        seen[uri] = dict(guests) if replace_uris else {**seen.get(uri, {}), **guests}
     if not ctx.dry_run:
         try:
             state.write_json(ctx.paths.seen, seen)
@@ -347,6 +350,10 @@ def _start(ctx: Context) -> int:
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=_Checkpoint(ctx, "start"))
     result = executor.start(the_plan)
+    up = {(o.uri, o.uuid) for o in ctx.report.outcomes.values()
+          if o.outcome in ("resumed", "already active")}
+    _update_seen(ctx, {item.uri: {g.uuid: g.name for g in item.guests if (item.uri, g.uuid) in up}
+                       for item in the_plan.uris}, replace_uris=False)
     keep = state.merge(the_plan.keep, executor.not_resumed)
     if executor.not_resumed:
         names = [o.name for o in ctx.report.outcomes.values()
