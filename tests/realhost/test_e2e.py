@@ -518,3 +518,40 @@ def test_status_and_gueststatus(
     assert doc["state"] == "started" and doc["list_file"]["entries"] == {}
     assert json_guests()["st-run"] == {"uuid": uuid, "name": "st-run", "active": True,
                                        "persistent": True, "managed_save": False}
+
+
+# ---------------------------------------------------------------------------
+# per-guest policy on real libvirt
+# ---------------------------------------------------------------------------
+def test_policy_orders_groups_and_per_guest_actions(
+    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, cli: VirtGuestsCli, tmp_path: Path
+) -> None:
+    uri = libvirtd.qemu_uri
+    db, app, pet = boot(define_guest, ("pol-db", {"delay": 0}), ("pol-app", {}),
+                        ("pol-pet", {}))
+    policy = tmp_path / "guests.yaml"
+    policy.write_text(
+        "guests:\n"
+        "  - match: pol-db\n    order: 0\n    actions: shutdown\n    shutdown_timeout: 20\n"
+        "  - match: 'pol-a*'\n    order: 5\n"
+        "  - match: pol-pet\n    actions: none\n    skip_start: true\n")
+    cli.config(ON_SHUTDOWN="suspend", GUEST_POLICY=str(policy))
+
+    plan = cli.run("plan")
+    assert plan.code == 0, plan
+    assert [ln.split()[0] for ln in plan.lines[2:]] == ["pol-app", "pol-db", "pol-pet"], plan
+
+    stop = cli.run("stop")
+    assert stop.code == 0, stop
+    acted = [ln for ln in stop.lines if ln.endswith(("done", "complete."))]
+    assert acted == ["Suspending pol-app: done", "Shutdown of guest pol-db complete."], stop
+    assert app.state() == "shut off (saved)" and db.state() == "shut off (shutdown)"
+    assert pet.state().startswith("running"), "actions: none leaves it running"
+    recorded = cli.list_file.read_text().split()
+    assert recorded[0] == uri and set(recorded[1:]) == {uuid_of(app), uuid_of(db)}
+
+    start = cli.run("start")
+    assert start.code == 0, start
+    assert [ln for ln in start.lines if ln.endswith("done")] == [
+        "Resuming guest pol-db: done", "Resuming guest pol-app: done"], start
+    assert app.state() == "running (restored)" and db.state().startswith("running")
