@@ -179,3 +179,23 @@ def test_unwritable_state_dir_at_shutdown_still_protects_guests(fake_host: Make)
     assert "Traceback" not in run.err
     assert run.lines[-2:] == ["Suspending db: ...", "Suspending db: done"]
     assert host.managed_saved() == {"web", "db"}
+
+
+def test_sigterm_while_waiting_for_a_shutdown_is_not_a_timeout(fake_host: Make) -> None:
+    host = fake_host({"uris": {"default": {"guests": [
+        {"name": "slow", "shutdown_seconds": 30}, {"name": "next"}]}}},
+        "ON_SHUTDOWN=shutdown\n")
+    proc = subprocess.Popen([sys.executable, "-m", "virtguests", *host.argv("stop")],
+                            env=host.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, stdin=subprocess.DEVNULL)
+    while not any(c[0] == "shutdown" for c in host.commands()):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "failed to complete in time" not in out and "Not tracking" not in out
+    assert "Starting shutdown on guest: next" not in out  # nothing new after the signal
+    assert "stop interrupted by a signal: 2 interrupted" in err
+    report = json.loads((host.state_dir / "virtguests-last-run.json").read_text())
+    assert {g["name"]: g["outcome"] for g in report["guests"]} == {
+        "slow": "interrupted", "next": "interrupted"}

@@ -304,7 +304,12 @@ class Executor:
                 self.report.step(outcome, SHUTDOWN, "shut off", elapsed)
                 self.checkpoint()
                 return True
-            if elapsed >= limit or self.cancelled:
+            if self.cancelled:
+                self.report.step(outcome, SHUTDOWN, "interrupted", elapsed,
+                                 "stop requested while waiting")
+                self.checkpoint()
+                return True
+            if elapsed >= limit:
                 break
             if self.clock.now() >= next_progress:
                 next_progress += PROGRESS_EVERY

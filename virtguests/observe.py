@@ -77,5 +77,6 @@ def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
 
 def active_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:
     """One call answers "which of them are still running?" for a whole URI."""
-    result = virsh.run(uri, ["list", "--uuid"], timeout=config.query_timeout)
+    result = virsh.run(uri, ["list", "--uuid"], timeout=config.query_timeout,
+                       ignore_interrupt=True)
     return set(virshout.uuids(result.argv, result.stdout))
