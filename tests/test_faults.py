@@ -199,3 +199,16 @@ def test_sigterm_while_waiting_for_a_shutdown_is_not_a_timeout(fake_host: Make) 
     report = json.loads((host.state_dir / "virtguests-last-run.json").read_text())
     assert {g["name"]: g["outcome"] for g in report["guests"]} == {
         "slow": "interrupted", "next": "interrupted"}
+
+
+def test_closed_stdout_and_stderr_do_not_interrupt_a_stop(fake_host: Make) -> None:
+    host = fake_host({"uris": {"default": {"guests": [{"name": "web"}, {"name": "db"}]}}})
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like a journal that went away: every write fails with EPIPE
+    proc = subprocess.run([sys.executable, "-m", "virtguests", *host.argv("stop")],
+                          env=host.env(), stdout=write_end, stderr=write_end,
+                          stdin=subprocess.DEVNULL, timeout=60, check=False)
+    os.close(write_end)
+    assert proc.returncode == 0
+    assert host.managed_saved() == {"web", "db"}
+    assert len(host.list_file.read_text().split()) == 3

@@ -58,8 +58,7 @@ class Reporter:
         if self.quiet:
             return
         with self._lock:
-            self.out.write(line + "\n")
-            self.out.flush()
+            _write(self.out, line)
 
     def warn(self, line: str) -> None:
         if self.quiet:
@@ -71,8 +70,7 @@ class Reporter:
 
     def _stderr(self, line: str) -> None:
         with self._lock:
-            self.err.write(line + "\n")
-            self.err.flush()
+            _write(self.err, line)
 
     def failed(self) -> None:
         with self._lock:
@@ -100,3 +98,12 @@ class Reporter:
                 "exit_status": status,
                 "guests": [o.to_json() for o in self.outcomes.values()],
             }
+
+
+def _write(stream: TextIO, line: str) -> None:
+    """A closed journal or console must never interrupt protecting the guests."""
+    try:
+        stream.write(line + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass
