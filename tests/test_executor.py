@@ -115,3 +115,26 @@ def test_stop_deadline_budgets_serial_timeouts(fake_host: Make) -> None:
     assert run.lines.count("Powering off guest h0: done") == 1
     assert sum(clock.slept) <= 61
     assert host.active() == set()
+
+
+def test_a_bug_on_one_uri_fails_the_run_but_not_the_other_uris() -> None:
+    import io
+
+    from virtguests.clock import Clock
+    from virtguests.config import Config
+    from virtguests.executor import Executor
+    from virtguests.report import Reporter
+    from virtguests.virsh import Virsh
+
+    out, err = io.StringIO(), io.StringIO()
+    executor = Executor(Virsh("virsh"), Config(), Reporter(out, err), Clock())
+    done: list[str] = []
+
+    def broken() -> None:
+        raise KeyError("surprise")
+
+    executor._run_concurrently([broken, lambda: done.append("other URI")])
+    assert done == ["other URI"]
+    assert executor.status == 1
+    assert "internal error, please report it" in err.getvalue()
+    assert "KeyError: 'surprise'" in err.getvalue()

@@ -95,16 +95,31 @@ class Executor:
         return self.deadline - self.clock.now()
 
     def _run_concurrently(self, jobs: Sequence[Callable[[], None]]) -> None:
-        """Run one job per URI in its own thread; the main thread stays signal-ready."""
+        """Run one job per URI in its own thread; the main thread stays signal-ready.
+
+        A bug hit on one URI is reported and fails the run, but never stops the
+        other URIs' guests from being handled.
+        """
         if len(jobs) == 1:
-            jobs[0]()
+            self._guarded(jobs[0])
             return
-        threads = [threading.Thread(target=job, daemon=True) for job in jobs]
+        threads = [threading.Thread(target=self._guarded, args=(job,), daemon=True)
+                   for job in jobs]
         for thread in threads:
             thread.start()
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.2)
+
+    def _guarded(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception:
+            import traceback
+
+            self._fail()
+            self.report.error("internal error, please report it:\n"
+                              + traceback.format_exc().rstrip())
 
     # -- stop -----------------------------------------------------------------
 
