@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tests.fakehost import FakeHost
@@ -85,14 +86,34 @@ def test_parallel_timeout_escalates_to_poweroff(fake_host: Make) -> None:
     assert host.active() == set()
 
 
-def test_polling_is_one_virsh_call_per_uri_per_tick(fake_host: Make) -> None:
+def test_waiting_is_woken_by_lifecycle_events_not_by_polling(fake_host: Make) -> None:
     host = fake_host(guests(*({"name": f"g{i}", "shutdown_seconds": 2} for i in range(6))),
                      "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=6\n")
-    run, clock = host.run_virtual("stop")
+    run, _ = host.run_virtual("stop")
+    assert run.code == 0
+    commands = host.commands()
+    assert ["event", "--all", "--loop", "--event", "lifecycle"] in commands
+    polls = [c for c in commands if c == ["list", "--uuid"]]
+    assert 1 <= len(polls) <= 4, polls  # one per burst of events (+ the first look)
+    assert run.lines.count("Shutdown of guest g0 complete.") == 1
+    assert not any(c[0] in ("domid", "domname", "domstate") for c in commands)
+
+
+def test_without_events_it_polls_one_virsh_call_per_uri_per_tick(
+        fake_host: Make, tmp_path: Path) -> None:
+    host = fake_host(guests(*({"name": f"g{i}", "shutdown_seconds": 2} for i in range(6))),
+                     "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=6\n")
+    old = tmp_path / "old-virsh"
+    old.write_text("#!/bin/sh\n"
+                   "for a in \"$@\"; do [ \"$a\" = event ] && "
+                   "{ echo \"error: unknown command: 'event'\" >&2; exit 1; }; done\n"
+                   f"exec {host.bin / 'virsh'} \"$@\"\n")
+    old.chmod(0o755)
+    run, clock = host.run_virtual("--virsh", str(old), "stop")
     assert run.code == 0
     polls = [c for c in host.commands() if c == ["list", "--uuid"]]
     assert len(polls) == len(clock.slept)  # every sleep here is one tick of the wait loop
-    assert not any(c[0] in ("domid", "domname", "domstate") for c in host.commands())
+    assert run.lines.count("Shutdown of guest g5 complete.") == 1
 
 
 def test_start_delay_spaces_starts_but_not_before_the_first(fake_host: Make) -> None:

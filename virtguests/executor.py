@@ -35,7 +35,7 @@ from virtguests.plan import (
     start_args,
 )
 from virtguests.report import Outcome, Reporter
-from virtguests.virsh import Interrupted, Virsh, VirshError
+from virtguests.virsh import Interrupted, Virsh, VirshError, Watch
 
 POLL = 0.05
 """Seconds between two "which guests are still active" checks (one virsh call)."""
@@ -56,6 +56,39 @@ PROGRESS_EVERY = 5.0
 """The reference prints save and shutdown progress every 5 seconds."""
 
 STAGES = (SUSPEND, SHUTDOWN, POWEROFF)
+
+SAFETY_POLL = 1.0
+"""With a lifecycle event stream, checks run on each event, and at least this often."""
+
+
+class Doorbell:
+    """``virsh event --loop`` on a URI, used only as a wake-up call.
+
+    Any lifecycle event makes the wait loop check right away (one ``list``);
+    the listing stays the source of truth, so a missed or unparsable event
+    costs at most SAFETY_POLL.  Where events are unavailable the loop simply
+    polls.
+    """
+
+    def __init__(self, virsh: Virsh, uri: str) -> None:
+        self.rung = threading.Event()
+        self.watch: Optional[Watch] = None
+        try:
+            self.watch = virsh.watch(uri, ["event", "--all", "--loop", "--event", "lifecycle"],
+                                     lambda line: self.rung.set())
+        except VirshError:
+            self.watch = None
+
+    def wait(self, clock: Clock, poll: float, limit: float) -> None:
+        """Until an event, or *poll* seconds (SAFETY_POLL while events flow), or *limit*."""
+        if self.watch is not None and self.watch.alive():
+            clock.wait(self.rung, max(min(max(poll, SAFETY_POLL), limit), 0.0))
+        else:
+            clock.sleep(max(min(poll, limit), 0.0))
+
+    def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
 
 
 class Executor:
@@ -254,17 +287,21 @@ class Executor:
     # shutdown --------------------------------------------------------------
 
     def _shutdown_all(self, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
-        if self.config.parallel_shutdown > 1:
-            return self._shutdown_parallel(uri, steps)
-        failed: list[GuestStop] = []
-        for index, step in enumerate(steps):
-            if self.cancelled:
-                self._interrupted(uri, step)
-                continue
-            share = self._remaining() / (len(steps) - index)
-            if not self._shutdown_serial(uri, step, share):
-                failed.append(step)
-        return failed
+        bell = Doorbell(self.virsh, uri)
+        try:
+            if self.config.parallel_shutdown > 1:
+                return self._shutdown_parallel(uri, steps, bell)
+            failed: list[GuestStop] = []
+            for index, step in enumerate(steps):
+                if self.cancelled:
+                    self._interrupted(uri, step)
+                    continue
+                share = self._remaining() / (len(steps) - index)
+                if not self._shutdown_serial(uri, step, share, bell):
+                    failed.append(step)
+            return failed
+        finally:
+            bell.close()
 
     def _request_shutdown(self, uri: str, step: GuestStop) -> bool:
         self.report.say(f"Starting shutdown on guest: {step.guest.name}")
@@ -292,7 +329,8 @@ class Executor:
         with ThreadPoolExecutor(max_workers=len(steps)) as pool:
             return list(pool.map(lambda s: self._send_shutdown(uri, s), steps))
 
-    def _shutdown_serial(self, uri: str, step: GuestStop, share: float) -> bool:
+    def _shutdown_serial(self, uri: str, step: GuestStop, share: float,
+                         bell: Doorbell) -> bool:
         """One guest at a time, with its own timeout (the reference's serial mode)."""
         name = step.guest.name
         outcome = self._outcome(uri, step)
@@ -303,6 +341,7 @@ class Executor:
         limit = min(limit, share)
         next_progress = started + PROGRESS_EVERY
         while True:
+            bell.rung.clear()
             try:
                 still = step.guest.uuid in observe.active_uuids(self.virsh, uri, self.config)
             except (VirshError, Interrupted) as err:
@@ -329,13 +368,14 @@ class Executor:
             if self.clock.now() >= next_progress:
                 next_progress += PROGRESS_EVERY
                 self.report.say(_waiting(f"guest {name}", limit - elapsed))
-            self.clock.sleep(min(poll_interval(elapsed), max(limit - elapsed, 0.0)))
+            bell.wait(self.clock, poll_interval(elapsed), limit - elapsed)
         self.report.say(f"Shutdown of guest {name} failed to complete in time.")
         self.report.step(outcome, SHUTDOWN, "timed out", self.clock.now() - started)
         self.checkpoint()
         return False
 
-    def _shutdown_parallel(self, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+    def _shutdown_parallel(self, uri: str, steps: Sequence[GuestStop],
+                           bell: Doorbell) -> list[GuestStop]:
         """Up to PARALLEL_SHUTDOWN guests in flight; the timeout covers the whole URI."""
         queue = deque(steps)
         inflight: dict[str, tuple[GuestStop, float]] = {}
@@ -365,7 +405,9 @@ class Executor:
                 queue.clear()
             if not inflight:
                 continue
-            self.clock.sleep(poll_interval(self.clock.now() - last_request))
+            bell.wait(self.clock, poll_interval(self.clock.now() - last_request),
+                      uri_deadline - self.clock.now())
+            bell.rung.clear()
             now = self.clock.now()
             try:
                 active = observe.active_uuids(self.virsh, uri, self.config)

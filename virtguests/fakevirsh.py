@@ -632,6 +632,7 @@ def domjobinfo_saving(template: str, g: dict[str, Any], now: float) -> str:
 # ---------------------------------------------------------------------------
 # command -> (boolean options, lookup order: i=id u=uuid n=name)
 COMMANDS: dict[str, tuple[set[str], str]] = {
+    "event": ({"all", "loop", "timestamp"}, ""),
     "connect": (set(), ""),
     "uri": (set(), ""),
     "list": (
@@ -709,6 +710,11 @@ class Call:
         allowed, by = COMMANDS[self.cmd]
         while args:
             a = args.pop(0)
+            if a == "--event" and self.cmd == "event":
+                if not args or args[0] != "lifecycle":
+                    self.unsupported("only '--event lifecycle' is simulated")
+                args.pop(0)
+                continue
             if a == "--domain" and by:
                 if not args:
                     self.unsupported("--domain needs a value")
@@ -724,6 +730,8 @@ class Call:
                 self.domain = a
             else:
                 self.unsupported(f"unexpected argument {a!r} for {self.cmd}")
+        if self.cmd == "event" and not {"all", "loop"} <= self.opts:
+            self.unsupported("only 'event --all --loop --event lifecycle' is simulated")
         if self.cmd == "domtime" and "sync" not in self.opts:
             self.unsupported("only 'domtime --sync' is simulated")
 
@@ -893,6 +901,40 @@ def run_guest_command(r: Runner, g: dict[str, Any], now: float) -> bool:
     return False
 
 
+def event_loop(call: Call, state_file: StateFile, clock: Clock) -> int:
+    """``virsh event --all --loop --event lifecycle``: one line per start or stop.
+
+    Like real virsh it runs until killed; it looks at the host every 20 ms and
+    applies due transitions itself, so stops are reported as they happen.
+    """
+    seen: Optional[dict[str, tuple[str, bool]]] = None
+    while True:
+        with state_file as st:
+            u = st["uris"].get(call.uri_arg or "default")
+            if u is None:
+                call.unsupported(f"URI {call.uri_arg!r} is not in the host file")
+            now = clock.now()
+            if advance(u, now):
+                state_file.save()
+            if u["unreachable"] or now < u["unreachable_until"]:
+                _write(sys.stderr, unreachable_error(st, u["uri"]))
+                return 1
+            if u["hang"]:
+                hang_forever()
+            current = {g["uuid"]: (g["name"], g["state"] != "shutoff") for g in u["guests"]}
+        if seen is not None:
+            for uuid, (name, was_active) in seen.items():
+                is_active = current.get(uuid, (name, False))[1]
+                if was_active != is_active:
+                    what = "Started Booted" if is_active else "Stopped Shutdown"
+                    _write(sys.stdout, f"event 'lifecycle' for domain '{name}': {what}\n")
+            for uuid, (name, is_active) in current.items():
+                if uuid not in seen and is_active:
+                    _write(sys.stdout, f"event 'lifecycle' for domain '{name}': Started Booted\n")
+        seen = current
+        time.sleep(0.02)
+
+
 def execute(call: Call, state_file: StateFile, clock: Clock) -> tuple[int, str, str]:
     """Run one virsh call: everything under one lock, then hang/wait outside it."""
     wait_job: Optional[dict[str, Any]] = None
@@ -1001,6 +1043,8 @@ def main(argv: list[str]) -> int:
                     raise Unsupported("VIRTGUESTS_FAKE_HOST is not set (path of the host YAML)")
                 host = os.path.abspath(host)
                 state_path = os.environ.get("VIRTGUESTS_FAKE_STATE") or host + ".state.json"
+                if call.cmd == "event":
+                    return event_loop(call, StateFile(host, state_path), Clock())
                 rc, out, err = execute(call, StateFile(host, state_path), Clock())
         except Unsupported as exc:
             rc, out, err = 2, "", f"fakevirsh: {exc}\n"

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 log = logging.getLogger("virtguests.virsh")
 
@@ -145,6 +145,23 @@ class Virsh:
             )
         return result
 
+    def watch(self, uri: str, args: Sequence[str], on_line: Callable[[str], None]) -> Watch:
+        """Start a virsh that keeps running; *on_line* gets each line it prints."""
+        import sh
+
+        argv = self.argv(uri, args)
+        with self._lock:
+            self.calls += 1
+        try:
+            proc = sh.Command(argv[0])(
+                *argv[1:], _env=self._env, _bg=True, _bg_exc=False, _new_session=True,
+                _out=lambda line: on_line(_text(line)), _err=lambda line: None,
+                _tty_out=False, _ok_code=list(range(256)), _decode_errors="replace")
+        except (sh.CommandNotFound, OSError, sh.ForkException) as err:
+            raise VirshError(argv, f"cannot run {argv[0]!r}: {err}") from None
+        log.debug("%s (watching)", format_argv(argv))
+        return Watch(argv, proc)
+
     def _spawn(self, argv: list[str], limit: float) -> Result:
         import sh  # imported lazily: status and check never start virsh
 
@@ -194,6 +211,31 @@ class Virsh:
         stderr = _text(proc.stderr)
         return Result(tuple(argv), int(proc.exit_code), stdout, stderr,
                       time.monotonic() - started)
+
+
+class Watch:
+    """A long-running virsh (e.g. ``event --loop``) feeding lines to a callback."""
+
+    def __init__(self, argv: Sequence[str], proc: Any) -> None:
+        self.argv = tuple(argv)
+        self.proc = proc
+
+    def alive(self) -> bool:
+        try:
+            return bool(self.proc.is_alive())
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        """Ask it to exit (SIGTERM), then kill its whole session if it lingers."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 1.0
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        _kill_session(self.proc.pid)
+        with contextlib.suppress(Exception):
+            self.proc.wait()
 
 
 def _text(data: Any) -> str:
