@@ -159,3 +159,21 @@ def test_a_bug_on_one_uri_fails_the_run_but_not_the_other_uris() -> None:
     assert executor.status == 1
     assert "internal error, please report it" in err.getvalue()
     assert "KeyError: 'surprise'" in err.getvalue()
+
+
+def test_doorbell_reads_stopped_events_and_rings_on_any_line() -> None:
+    from virtguests.executor import Doorbell
+    from virtguests.virsh import VirshError
+
+    class NoEvents:
+        def watch(self, *args: object) -> None:
+            raise VirshError(["virsh", "event"], "not available")
+
+    bell = Doorbell(NoEvents(), "default")  # type: ignore[arg-type]
+    assert bell.watch is None
+    bell._line("event 'lifecycle' for domain 'db main': Stopped Shutdown\n")
+    bell._line("event 'lifecycle' for domain 'it's': Stopped Destroyed\n")
+    bell._line("event 'lifecycle' for domain 'web': Started Booted\n")
+    assert bell.rung.is_set()
+    assert bell.take_stopped() == {"db main", "it's"}
+    assert bell.take_stopped() == set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -61,23 +62,40 @@ SAFETY_POLL = 1.0
 """With a lifecycle event stream, checks run on each event, and at least this often."""
 
 
-class Doorbell:
-    """``virsh event --loop`` on a URI, used only as a wake-up call.
+_STOPPED = re.compile(r"^event 'lifecycle' for domain '(?P<name>.*)': Stopped\b")
 
-    Any lifecycle event makes the wait loop check right away (one ``list``);
-    the listing stays the source of truth, so a missed or unparsable event
-    costs at most SAFETY_POLL.  Where events are unavailable the loop simply
-    polls.
+
+class Doorbell:
+    """``virsh event --loop`` on a URI: wakes the wait loop when guests stop.
+
+    A ``Stopped`` event for a guest we wait for counts as its stop; any other
+    line makes the loop check right away with one ``list``.  A missed or
+    unparsable event costs at most SAFETY_POLL; where events are unavailable
+    the loop simply polls.
     """
 
     def __init__(self, virsh: Virsh, uri: str) -> None:
         self.rung = threading.Event()
+        self._stopped: list[str] = []
+        self._lock = threading.Lock()
         self.watch: Optional[Watch] = None
         try:
             self.watch = virsh.watch(uri, ["event", "--all", "--loop", "--event", "lifecycle"],
-                                     lambda line: self.rung.set())
+                                     self._line)
         except VirshError:
             self.watch = None
+
+    def _line(self, line: str) -> None:
+        match = _STOPPED.match(line.rstrip("\n"))
+        if match:
+            with self._lock:
+                self._stopped.append(match.group("name"))
+        self.rung.set()
+
+    def take_stopped(self) -> set[str]:
+        with self._lock:
+            names, self._stopped = set(self._stopped), []
+        return names
 
     def wait(self, clock: Clock, poll: float, limit: float) -> None:
         """Until an event, or *poll* seconds (SAFETY_POLL while events flow), or *limit*."""
@@ -409,8 +427,13 @@ class Executor:
                       uri_deadline - self.clock.now())
             bell.rung.clear()
             now = self.clock.now()
+            by_name = {step.guest.name: uuid for uuid, (step, _) in inflight.items()}
+            stopped = {by_name[n] for n in bell.take_stopped() if n in by_name}
             try:
-                active = observe.active_uuids(self.virsh, uri, self.config)
+                if stopped:  # the event stream said so: no need to ask
+                    active = set(inflight) - stopped
+                else:
+                    active = observe.active_uuids(self.virsh, uri, self.config)
                 poll_failures = 0
             except (VirshError, Interrupted) as err:
                 poll_failures += 1
