@@ -66,7 +66,7 @@ _STOPPED = re.compile(r"^event 'lifecycle' for domain '(?P<name>.*)': Stopped\b"
 
 
 class Doorbell:
-    """``virsh event --loop`` on a URI: wakes the wait loop when guests stop.
+    """``virsh event --loop --event lifecycle`` on a URI: wakes the wait loop when guests stop.
 
     A ``Stopped`` event for a guest we wait for counts as its stop; any other
     line makes the loop check right away with one ``list``.  A missed or
@@ -78,18 +78,20 @@ class Doorbell:
         self.rung = threading.Event()
         self._stopped: list[str] = []
         self._lock = threading.Lock()
+        self.proven = False
         self.watch: Optional[Watch] = None
         try:
-            self.watch = virsh.watch(uri, ["event", "--all", "--loop", "--event", "lifecycle"],
+            self.watch = virsh.watch(uri, ["event", "--loop", "--event", "lifecycle"],
                                      self._line)
         except VirshError:
             self.watch = None
 
     def _line(self, line: str) -> None:
-        match = _STOPPED.match(line.rstrip("\n"))
+        match = _STOPPED.match(line.rstrip("\r\n"))
         if match:
             with self._lock:
                 self._stopped.append(match.group("name"))
+                self.proven = True
         self.rung.set()
 
     def take_stopped(self) -> set[str]:
@@ -98,9 +100,14 @@ class Doorbell:
         return names
 
     def wait(self, clock: Clock, poll: float, limit: float) -> None:
-        """Until an event, or *poll* seconds (SAFETY_POLL while events flow), or *limit*."""
+        """Until an event, or the next check, or *limit* seconds.
+
+        Checks stay as frequent as without events until the stream has proven
+        itself by reporting a stop; from then on they are only a safety net.
+        """
         if self.watch is not None and self.watch.alive():
-            clock.wait(self.rung, max(min(max(poll, SAFETY_POLL), limit), 0.0))
+            every = max(poll, SAFETY_POLL) if self.proven else poll
+            clock.wait(self.rung, max(min(every, limit), 0.0))
         else:
             clock.sleep(max(min(poll, limit), 0.0))
 

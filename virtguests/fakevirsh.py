@@ -632,7 +632,7 @@ def domjobinfo_saving(template: str, g: dict[str, Any], now: float) -> str:
 # ---------------------------------------------------------------------------
 # command -> (boolean options, lookup order: i=id u=uuid n=name)
 COMMANDS: dict[str, tuple[set[str], str]] = {
-    "event": ({"all", "loop", "timestamp"}, ""),
+    "event": ({"loop", "timestamp"}, ""),
     "connect": (set(), ""),
     "uri": (set(), ""),
     "list": (
@@ -713,7 +713,7 @@ class Call:
             if a == "--event" and self.cmd == "event":
                 if not args or args[0] != "lifecycle":
                     self.unsupported("only '--event lifecycle' is simulated")
-                args.pop(0)
+                self.opts.add(args.pop(0))
                 continue
             if a == "--domain" and by:
                 if not args:
@@ -730,8 +730,9 @@ class Call:
                 self.domain = a
             else:
                 self.unsupported(f"unexpected argument {a!r} for {self.cmd}")
-        if self.cmd == "event" and not {"all", "loop"} <= self.opts:
-            self.unsupported("only 'event --all --loop --event lifecycle' is simulated")
+        if self.cmd == "event" and self.opts != {"loop", "lifecycle"}:
+            self.unsupported("only 'event --loop --event lifecycle' is simulated "
+                             "(real virsh refuses --all with --event)")
         if self.cmd == "domtime" and "sync" not in self.opts:
             self.unsupported("only 'domtime --sync' is simulated")
 
@@ -902,7 +903,7 @@ def run_guest_command(r: Runner, g: dict[str, Any], now: float) -> bool:
 
 
 def event_loop(call: Call, state_file: StateFile, clock: Clock) -> int:
-    """``virsh event --all --loop --event lifecycle``: one line per start or stop.
+    """``virsh event --loop --event lifecycle``: one line per start or stop.
 
     Like real virsh it runs until killed; it looks at the host every 20 ms and
     applies due transitions itself, so stops are reported as they happen.

@@ -156,7 +156,7 @@ class Virsh:
             proc = sh.Command(argv[0])(
                 *argv[1:], _env=self._env, _bg=True, _bg_exc=False, _new_session=True,
                 _out=lambda line: on_line(_text(line)), _err=lambda line: None,
-                _tty_out=False, _ok_code=list(range(256)), _decode_errors="replace")
+                _tty_out=True, _ok_code=list(range(256)), _decode_errors="replace")
         except (sh.CommandNotFound, OSError, sh.ForkException) as err:
             raise VirshError(argv, f"cannot run {argv[0]!r}: {err}") from None
         log.debug("%s (watching)", format_argv(argv))
