@@ -121,4 +121,4 @@ def test_orphans_are_saved_inactive_unrecorded_guests() -> None:
     view = UriView("default", (Guest(U1, "a", active=False, managed_save=True),
                                Guest(U2, "b", active=False, managed_save=True),
                                Guest(U3, "c", active=True, managed_save=False)))
-    assert orphans(Config(), view, [U2]) == [U1]
+    assert orphans(view, [U2]) == [U1]

@@ -145,7 +145,6 @@ class Executor:
     def _fail(self) -> None:
         with self._lock:
             self.status = 1
-        self.report.failed()
 
     def _remaining(self) -> float:
         if self.deadline is None:

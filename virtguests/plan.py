@@ -248,7 +248,7 @@ def plan_start(
     return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(missing), keep)
 
 
-def orphans(config: Config, view: UriView, recorded: Sequence[str]) -> list[str]:
+def orphans(view: UriView, recorded: Sequence[str]) -> list[str]:
     """Inactive guests with a managed-save image that no list file mentions."""
     return [g.uuid for g in view.guests
             if g.managed_save and not g.active and g.uuid not in recorded]

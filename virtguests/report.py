@@ -50,7 +50,6 @@ class Reporter:
         self.quiet = quiet
         self._lock = threading.Lock()
         self.outcomes: dict[tuple[str, str], Outcome] = {}
-        self.failures = 0
         self.started = time.time()
 
     def say(self, line: str) -> None:
@@ -71,10 +70,6 @@ class Reporter:
     def _stderr(self, line: str) -> None:
         with self._lock:
             _write(self.err, line)
-
-    def failed(self) -> None:
-        with self._lock:
-            self.failures += 1
 
     def outcome(self, uri: str, uuid: str, name: str) -> Outcome:
         with self._lock:

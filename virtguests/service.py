@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TypeVar
 
-from virtguests import observe, plan, state
+from virtguests import observe, plan, state, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded
 from virtguests.executor import Executor
@@ -132,9 +132,16 @@ def _disk(ctx: Context, what: str, action: Callable[[], None]) -> bool:
     return True
 
 
+def _read_recorded(ctx: Context) -> tuple[state.Entries, state.Entries, list[state.BadLine]]:
+    """The list file, the leftovers of failed starts, and their damaged lines."""
+    entries, bad = state.read_list(ctx.paths.list_file)
+    pending, bad_pending = state.read_list(ctx.paths.pending)
+    return entries, pending, [*bad, *bad_pending]
+
+
 def _recorded_earlier(ctx: Context, *, stale_warning: bool) -> dict[str, list[str]]:
     """Entries still on disk from an earlier stop or failed start; never dropped."""
-    entries, bad = state.read_list(ctx.paths.list_file)
+    entries, pending, bad = _read_recorded(ctx)
     for line in bad:
         ctx.report.error(str(line))
     if entries and stale_warning:
@@ -143,9 +150,6 @@ def _recorded_earlier(ctx: Context, *, stale_warning: bool) -> dict[str, list[st
             f"{ctx.paths.list_file} from an earlier stop was never resumed by a start; "
             f"its {count} guest(s) stay recorded, and running guests are protected now"
         )
-    pending, bad = state.read_list(ctx.paths.pending)
-    for line in bad:
-        ctx.report.error(str(line))
     return state.merge(entries, pending)
 
 
@@ -298,10 +302,9 @@ def refuse_bad_config(ctx: Context) -> bool:
 
 def _start(ctx: Context) -> int:
     config = ctx.config
-    list_entries, bad = state.read_list(ctx.paths.list_file)
-    pending, bad_pending = state.read_list(ctx.paths.pending)
+    list_entries, pending, bad = _read_recorded(ctx)
     status = EXIT_OK
-    for line in (*bad, *bad_pending):
+    for line in bad:
         ctx.report.error(str(line))
         status = EXIT_FAIL
     recorded = state.merge(list_entries, pending)
@@ -323,7 +326,7 @@ def _start(ctx: Context) -> int:
     if orphans_wanted:
         for uri, view in views.items():
             known = recorded.get(uri, [])
-            extra = plan.orphans(config, view, known)
+            extra = plan.orphans(view, known)
             for uuid in extra:
                 guest = view.find(uuid)
                 ctx.report.warn(f"guest {guest.name if guest else uuid} on {uri} has a "
@@ -384,8 +387,7 @@ def _started(ctx: Context) -> None:
 def status(ctx: Context) -> int:
     if refuse_bad_config(ctx):
         return EXIT_CONFIG
-    entries, bad = state.read_list(ctx.paths.list_file)
-    pending, bad_pending = state.read_list(ctx.paths.pending)
+    entries, pending, bad = _read_recorded(ctx)
     if ctx.paths.list_file.exists():
         word, code = "stopped, with saved guests", EXIT_STOPPED
     elif ctx.paths.marker.exists():
@@ -397,9 +399,9 @@ def status(ctx: Context) -> int:
             "state": word,
             "exit_status": code,
             "list_file": {"path": str(ctx.paths.list_file), "entries": entries,
-                          "bad_lines": [str(b) for b in (*bad,)]},
+                          "bad_lines": [str(b) for b in bad if b.path == ctx.paths.list_file]},
             "not_resumed": {"path": str(ctx.paths.pending), "entries": pending,
-                            "bad_lines": [str(b) for b in bad_pending]},
+                            "bad_lines": [str(b) for b in bad if b.path == ctx.paths.pending]},
             "last_run": state.read_json(ctx.paths.report),
         }
         ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -408,7 +410,7 @@ def status(ctx: Context) -> int:
     for uri, ids in pending.items():
         ctx.report.say(f"Not resumed at the last start, kept for the next one: {uri}: "
                        + " ".join(ids))
-    for line in (*bad, *bad_pending):
+    for line in bad:
         ctx.report.error(str(line))
     return code
 
@@ -416,8 +418,6 @@ def status(ctx: Context) -> int:
 def gueststatus(ctx: Context) -> int:
     if refuse_bad_config(ctx):
         return EXIT_CONFIG
-    from virtguests import virshout
-
     config = ctx.config
     uris = _unique(config.uris)
     if ctx.json:
@@ -456,8 +456,6 @@ def _describe_uri(ctx: Context, uri: str) -> dict[str, Any]:
     try:
         result = ctx.virsh.run(uri, ["list", "--all", "--uuid", "--persistent"],
                                timeout=config.query_timeout)
-        from virtguests import virshout
-
         persistent = set(virshout.uuids(result.argv, result.stdout))
     except VirshError as err:
         return {"uri": uri, "error": str(err), "guests": []}

@@ -38,16 +38,19 @@ class Paths:
     def default(cls) -> Paths:
         subsys = Path("/var/lock/subsys")
         marker = subsys / "libvirt-guests" if subsys.is_dir() else Path("/var/lock/libvirt-guests")
-        base = DEFAULT_LIST.parent
-        return cls(DEFAULT_LIST, marker, base / "virtguests-pending",
-                   base / "virtguests-last-run.json", base / "virtguests.lock",
-                   base / "virtguests-seen.json")
+        return cls._beside(DEFAULT_LIST, marker)
 
     @classmethod
     def in_dir(cls, state_dir: Path) -> Paths:
-        return cls(state_dir / "libvirt-guests", state_dir / "libvirt-guests.started",
-                   state_dir / "virtguests-pending", state_dir / "virtguests-last-run.json",
-                   state_dir / "virtguests.lock", state_dir / "virtguests-seen.json")
+        return cls._beside(state_dir / "libvirt-guests", state_dir / "libvirt-guests.started")
+
+    @classmethod
+    def _beside(cls, list_file: Path, marker: Path) -> Paths:
+        """virtguests' own files live next to the list file."""
+        base = list_file.parent
+        return cls(list_file, marker, base / "virtguests-pending",
+                   base / "virtguests-last-run.json", base / "virtguests.lock",
+                   base / "virtguests-seen.json")
 
 
 @dataclass(frozen=True)
