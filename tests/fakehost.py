@@ -91,6 +91,12 @@ class CliHarness:
         )
         return Run(proc.returncode, proc.stdout, proc.stderr, time.monotonic() - began)
 
+    def spawn(self, *args: str) -> subprocess.Popen[str]:
+        """virtguests in the background, for tests that signal or race it."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "virtguests", *self.argv(*args)], env=self.env(),
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
 
 class FakeHost(CliHarness):
     def __init__(self, root: Path, host: dict[str, Any], config: str = "") -> None:

@@ -47,9 +47,7 @@ def test_hung_uri_is_given_up_with_defaults_while_others_finish(fake_host: Make)
 def test_sigterm_mid_stop_then_start_resumes_exactly_the_saved(fake_host: Make) -> None:
     host = fake_host({"uris": {"default": {"guests": [
         {"name": f"g{i:02d}", "save_seconds": 0.3} for i in range(20)]}}})
-    proc = subprocess.Popen([sys.executable, "-m", "virtguests", *host.argv("stop")],
-                            env=host.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+    proc = host.spawn("stop")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         if sum(1 for c in host.commands() if c[0] == "managedsave") >= 3:
@@ -77,9 +75,7 @@ def test_sigterm_mid_stop_then_start_resumes_exactly_the_saved(fake_host: Make) 
 def test_two_concurrent_stops_never_act_twice(fake_host: Make) -> None:
     host = fake_host({"uris": {"default": {"guests": [
         {"name": f"g{i}", "save_seconds": 0.2} for i in range(5)]}}})
-    procs = [subprocess.Popen([sys.executable, "-m", "virtguests", *host.argv("stop")],
-                              env=host.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, stdin=subprocess.DEVNULL) for _ in range(2)]
+    procs = [host.spawn("stop") for _ in range(2)]
     results = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     saves = Counter(c[1] for c in host.commands() if c[0] == "managedsave")
@@ -150,13 +146,11 @@ def test_hung_save_times_out_and_escalates(fake_host: Make) -> None:
 def test_kill_9_during_stop_then_rerun_protects_everyone(fake_host: Make) -> None:
     host = fake_host({"uris": {"default": {"guests": [
         {"name": f"g{i}", "save_seconds": 0.3} for i in range(8)]}}})
-    proc = subprocess.Popen([sys.executable, "-m", "virtguests", *host.argv("stop")],
-                            env=host.env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    proc = host.spawn("stop")
     while sum(1 for c in host.commands() if c[0] == "managedsave") < 2:
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    proc.communicate(timeout=30)
     rerun = host.run("stop")  # systemd runs stop again (or the next boot's start follows)
     assert "was never resumed by a start" in rerun.err
     # the save that was in flight when we died may still hold the guest's job lock:
@@ -185,9 +179,7 @@ def test_sigterm_while_waiting_for_a_shutdown_is_not_a_timeout(fake_host: Make) 
     host = fake_host({"uris": {"default": {"guests": [
         {"name": "slow", "shutdown_seconds": 30}, {"name": "next"}]}}},
         "ON_SHUTDOWN=shutdown\n")
-    proc = subprocess.Popen([sys.executable, "-m", "virtguests", *host.argv("stop")],
-                            env=host.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+    proc = host.spawn("stop")
     while not any(c[0] == "shutdown" for c in host.commands()):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)

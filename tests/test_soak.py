@@ -39,9 +39,7 @@ def test_sigterm_during_connect_retries_still_protects_the_reachable_uri(
         "default": {"guests": [{"name": "web"}, {"name": "db"}]},
         "test:///flaky": {"unreachable_calls": 5, "guests": [{"name": "far"}]}}},
         'URIS="default test:///flaky"\nCONNECT_RETRIES=5\nRETRIES_SLEEP=1\n')
-    proc = subprocess.Popen([sys.executable, "-m", "virtguests", *host.argv("stop")],
-                            env=host.env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, stdin=subprocess.DEVNULL)
+    proc = host.spawn("stop")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the flaky URI failed once: now in its retry sleep
         if any(c["argv"][:2] == ["-c", "test:///flaky"] for c in host.calls()):
