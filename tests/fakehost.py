@@ -146,6 +146,11 @@ class FakeHost(CliHarness):
             out.append(argv)
         return out
 
+    def verbs(self) -> list[str]:
+        """The virsh command of every call, each command of a command string counted."""
+        return [command[0] for argv in self.commands()
+                for command in (fakevirsh.split_commands(argv[0]) if len(argv) == 1 else [argv])]
+
     def virsh(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Ask the simulated host directly (not logged as virtguests' work)."""
         env = self.env()

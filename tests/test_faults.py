@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.fakehost import FakeHost
+from virtguests import observe
 
 Make = Callable[..., FakeHost]
 
@@ -120,7 +121,8 @@ def test_connect_retries_survive_a_libvirtd_that_is_still_starting(fake_host: Ma
     run = host.run("stop")
     assert run.code == 0, run.err
     assert "Suspending web: done" in run.lines
-    assert [c[0] for c in host.commands()][:4] == ["list"] * 4
+    assert host.commands()[:5] == [[observe.batch(observe.RUNNING)]] * 4 + [
+        ["managedsave", host.uuid("web")]]
 
 
 def test_timed_out_calls_are_not_retried(fake_host: Make) -> None:

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virtguests import virshout
+from virtguests import observe, virshout
 from virtguests.virshout import OutputError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -84,3 +84,44 @@ def test_fuzz_parsers_only_raise_output_errors(text: str) -> None:
             assert str(err).startswith("virsh list: ")
     virshout.data_processed(text)
     virshout.table_without_domain0(text)
+
+
+def _recording(stem: str) -> dict[str, object]:
+    doc: dict[str, object] = yaml.safe_load((FIXTURES / f"{stem}.yaml").read_text())
+    return doc
+
+
+@pytest.mark.parametrize("host", ["empty", "basic", "names"])
+def test_a_recorded_command_string_splits_into_the_standalone_outputs(host: str) -> None:
+    """Real virsh prints ``a; echo MARK; b`` as a's output, the mark, b's output."""
+    batch = _recording(f"test-batch-every-{host}")
+    assert batch["argv"] == [observe.batch([*observe.EVERY, observe.MANAGED_SAVE])]
+    assert (batch["exit"], batch["stderr"]) == (0, "")
+    parts = virshout.batch_parts(str(batch["stdout"]), observe.BATCH_MARK)
+    alone = [_recording(f"test-list-uuid-name-all-{host}"), _recording(f"test-list-uuid-{host}")]
+    assert parts[:2] == [str(doc["stdout"]) for doc in alone]
+    running = _recording(f"test-batch-running-{host}")
+    assert running["argv"] == [observe.batch(observe.RUNNING)]
+    first, persistent = virshout.batch_parts(str(running["stdout"]), observe.BATCH_MARK)
+    assert first == _recording(f"test-list-uuid-name-{host}")["stdout"]
+    if host == "basic":
+        assert persistent == _recording("test-list-uuid-name-persistent")["stdout"]
+        assert parts[2] == _recording("test-list-uuid-name-with-managed-save-all")["stdout"]
+
+
+def test_recorded_qemu_command_strings_parse() -> None:
+    for stem in ("qemu-batch-running-both-running", "qemu-batch-every-one-saved"):
+        doc = _recording(stem)
+        parts = virshout.batch_parts(str(doc["stdout"]), observe.BATCH_MARK)
+        assert len(parts) == str(doc["argv"][0]).count(";") // 2 + 1  # type: ignore[index]
+        assert virshout.uuid_names(["list"], parts[0])
+    saved = virshout.batch_parts(str(_recording("qemu-batch-every-one-saved")["stdout"]),
+                                 observe.BATCH_MARK)
+    assert [g.name for g in virshout.uuid_names(["list"], saved[2])] == ["vg-fixture"]
+
+
+def test_a_failed_command_inside_a_command_string_shows_only_on_stderr() -> None:
+    """Why a batch with any stderr is not trusted: the exit status hides the failure."""
+    doc = _recording("test-batch-failed-command")
+    assert doc["exit"] == 0 and "failed to get domain" in str(doc["stderr"])
+    assert virshout.batch_parts(str(doc["stdout"]), observe.BATCH_MARK)[0] == "\n"

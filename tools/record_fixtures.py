@@ -52,6 +52,13 @@ from typing import Any, Optional
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from virtguests import observe  # noqa: E402  (the listings exactly as virtguests runs them)
+
+BATCHES = {
+    "running": observe.batch(observe.RUNNING),
+    "every": observe.batch([*observe.EVERY, observe.MANAGED_SAVE]),
+}
 TIMEOUT = 30.0
 TEST_TIMEOUT = 5.0  # test-driver calls are instant; a hung one is retried sooner
 RETRIES = 3
@@ -320,6 +327,14 @@ def test_specs() -> list[Spec]:
         "--table",
         "--name",
     )
+    # command strings: several commands in one virsh process
+    for host in ("empty", "basic", "names"):
+        for what, text in BATCHES.items():
+            add(f"batch-{what}-{host}", f"command string: {text}, host {host}", host, text)
+    add("batch-failed-command", "a failing command inside a command string", "basic",
+        f"domname 1234; echo {observe.BATCH_MARK}; list --uuid")
+    add("echo", "echo", "basic", "echo", "a", "b")
+    add("echo-quiet", "-q echo", "basic", "-q", "echo", "a", "b")
     # lookups
     add("domname-uuid", "domname UUID", "basic", "domname", W)
     add("domname-id", "domname ID", "basic", "domname", "2", subjects=["db1"])
@@ -439,7 +454,7 @@ def record_test(rec: Recorder) -> None:
         guests = host_guests(xml)
         if spec.subjects is not None:
             subjects = [g for g in guests if g.name in spec.subjects]
-        elif spec.argv and spec.argv[0 if spec.argv[0] != "-q" else 1] == "list":
+        elif spec.argv and spec.argv[0 if spec.argv[0] != "-q" else 1].split()[0] == "list":
             subjects = guests
         else:
             subjects = [g for g in guests if g.name in spec.argv or g.uuid in spec.argv]
@@ -457,8 +472,9 @@ def record_extra_test_uri(rec: Recorder, uri: str) -> None:
 
 
 def record_nohost(rec: Recorder) -> None:
-    for argv in (["connect"], ["list", "--all"], ["-q", "list", "--uuid"]):
-        slug = "-".join(a.lstrip("-") for a in argv)
+    for slug, argv in (("connect", ["connect"]), ("list-all", ["list", "--all"]),
+                       ("q-list-uuid", ["-q", "list", "--uuid"]),
+                       ("batch-running", [BATCHES["running"]])):
         rec.write(
             "nohost",
             slug,
@@ -557,6 +573,9 @@ def record_qemu(rec: Recorder, uri: str, guest: Optional[str] = None) -> None:
             slug = "-".join(a.lstrip("-") for a in argv) + f"-{when}"
             rec1(slug, f"{' '.join(argv)} ({when.replace('-', ' ')})", *argv,
                  subjects=everyone)
+        for what, text in BATCHES.items():
+            rec1(f"batch-{what}-{when}", f"command string: {text} ({when.replace('-', ' ')})",
+                 text, subjects=everyone)
 
     rec1("list-all", "list --all on a qemu host", "list", "--all", subjects=everyone)
     rec_lists("both-running")

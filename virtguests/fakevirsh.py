@@ -666,6 +666,38 @@ COMMANDS: dict[str, tuple[set[str], str]] = {
 }
 
 
+def split_commands(text: str) -> list[list[str]]:
+    """A virsh command string (``"list --uuid; echo x"``) as one argv per command.
+
+    Like virsh's own parser: blanks separate words, ``;`` separates commands,
+    single or double quotes group a word.
+    """
+    commands: list[list[str]] = [[]]
+    word: Optional[str] = None
+    quote = ""
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+            else:
+                word = (word or "") + ch
+        elif ch in "'\"":
+            quote, word = ch, word or ""
+        elif ch.isspace() or ch == ";":
+            if word is not None:
+                commands[-1].append(word)
+                word = None
+            if ch == ";":
+                commands.append([])
+        else:
+            word = (word or "") + ch
+    if quote:
+        raise Unsupported(f"unterminated quote in command string {text!r}")
+    if word is not None:
+        commands[-1].append(word)
+    return [c for c in commands if c]
+
+
 class Call:
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
@@ -675,6 +707,9 @@ class Call:
         self.cmd = ""
         self.opts: set[str] = set()
         self.domain: Optional[str] = None
+        self.words: list[str] = []
+        self.script: list[Call] = []
+        """Set when the command is a command string: each of its commands."""
         self._parse()
 
     def unsupported(self, why: str) -> NoReturn:
@@ -704,7 +739,16 @@ class Call:
             return
         if not args:
             self.unsupported("no command (interactive virsh is not simulated)")
+        if len(args) == 1 and (";" in args[0] or any(c.isspace() for c in args[0])):
+            options = self.argv[: len(self.argv) - 1]
+            self.script = [Call(options + argv) for argv in split_commands(args[0])]
+            if not self.script:
+                self.unsupported("empty command string")
+            return
         self.cmd = args.pop(0)
+        if self.cmd == "echo":
+            self.words = args
+            return
         if self.cmd not in COMMANDS:
             self.unsupported(f"unsupported command {self.cmd!r}")
         allowed, by = COMMANDS[self.cmd]
@@ -760,6 +804,9 @@ class Runner:
 
     def fail(self, role: str, g: Optional[dict[str, Any]] = None, **kw: str) -> NoReturn:
         raise Failure(self.t(role, g, **kw))
+
+
+CONNECT_FAILED = "error: failed to connect to the hypervisor"
 
 
 def unreachable_error(st: dict[str, Any], uri: str) -> str:
@@ -936,8 +983,30 @@ def event_loop(call: Call, state_file: StateFile, clock: Clock) -> int:
         time.sleep(0.02)
 
 
-def execute(call: Call, state_file: StateFile, clock: Clock) -> tuple[int, str, str]:
-    """Run one virsh call: everything under one lock, then hang/wait outside it."""
+def execute_script(call: Call, state_file: StateFile, clock: Clock) -> tuple[int, str, str]:
+    """A command string: its commands in order on one connection, as virsh runs them.
+
+    The exit status is the last command's; a failed command does not stop the
+    rest, but a failed connection ends the whole run (nothing else is printed).
+    """
+    rc, out, err = 0, "", ""
+    for number, part in enumerate(call.script):
+        if part.cmd == "event":
+            part.unsupported("'event' inside a command string is not simulated")
+        rc, text, error = execute(part, state_file, clock, count_call=number == 0)
+        if rc != 0 and error.startswith(CONNECT_FAILED):
+            return rc, "", error
+        out, err = out + text, err + error
+    return rc, out, err
+
+
+def execute(call: Call, state_file: StateFile, clock: Clock, *,
+            count_call: bool = True) -> tuple[int, str, str]:
+    """Run one virsh call: everything under one lock, then hang/wait outside it.
+
+    *count_call* is False for the later commands of a command string, which
+    share the first one's process (``unreachable_calls`` counts processes).
+    """
     wait_job: Optional[dict[str, Any]] = None
     hang = False
     blank = "" if call.quiet else "\n"
@@ -954,7 +1023,7 @@ def execute(call: Call, state_file: StateFile, clock: Clock) -> tuple[int, str, 
         now = clock.now()
         dirty = advance(u, now)
         down = u["unreachable"] or now < u["unreachable_until"]
-        if u["unreachable_calls"]:
+        if u["unreachable_calls"] and count_call:
             u["calls"] += 1
             dirty = True
             down = down or u["calls"] <= u["unreachable_calls"]
@@ -966,6 +1035,8 @@ def execute(call: Call, state_file: StateFile, clock: Clock) -> tuple[int, str, 
                 hang = True
             elif call.cmd == "uri":
                 r.out += u["uri"] + "\n"
+            elif call.cmd == "echo":
+                r.out += " ".join(call.words)
             elif call.cmd == "list":
                 run_list(r)
             elif call.cmd != "connect":
@@ -1046,7 +1117,10 @@ def main(argv: list[str]) -> int:
                 state_path = os.environ.get("VIRTGUESTS_FAKE_STATE") or host + ".state.json"
                 if call.cmd == "event":
                     return event_loop(call, StateFile(host, state_path), Clock())
-                rc, out, err = execute(call, StateFile(host, state_path), Clock())
+                if call.script:
+                    rc, out, err = execute_script(call, StateFile(host, state_path), Clock())
+                else:
+                    rc, out, err = execute(call, StateFile(host, state_path), Clock())
         except Unsupported as exc:
             rc, out, err = 2, "", f"fakevirsh: {exc}\n"
         _write(sys.stdout, out)

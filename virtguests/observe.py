@@ -1,13 +1,15 @@
-"""Look at a URI: a couple of ``virsh list`` calls give every guest's facts.
+"""Look at a URI: one virsh process lists every guest's facts.
 
-One listing per question per URI (names, UUIDs, persistence, managed save),
-never one virsh process per guest.  Connection failures are retried a
+The listings a question needs (names, UUIDs, persistence, managed save) run
+as one virsh command string, so a URI costs one virsh process, never one per
+guest.  Connection failures are retried a
 bounded number of times (libvirtd may still be starting at boot); a call that
 *timed out* is not retried, so a wedged URI is given up quickly.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 from virtguests import virshout
@@ -15,6 +17,8 @@ from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.plan import Guest, UriView
 from virtguests.virsh import Interrupted, Result, Virsh, VirshError
+
+log = logging.getLogger(__name__)
 
 
 def list_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config,
@@ -31,20 +35,47 @@ def list_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Confi
             raise Interrupted(f"connecting to {uri}")
 
 
-def _listing(virsh: Virsh, uri: str, args: list[str], config: Config) -> list[virshout.Listed]:
-    result = virsh.run(uri, args, timeout=config.query_timeout, ignore_interrupt=True)
-    return virshout.uuid_names(result.argv, result.stdout)
+RUNNING = (["list", "--uuid", "--name"], ["list", "--uuid", "--name", "--persistent"])
+"""What stop needs: running guests, and which of them are persistent."""
+
+EVERY = (["list", "--all", "--uuid", "--name"], ["list", "--uuid"])
+"""What start and status need: every guest, and which are active."""
+
+MANAGED_SAVE = ["list", "--all", "--uuid", "--name", "--with-managed-save"]
+
+BATCH_MARK = "virtguests-next"
+
+
+def batch(forms: Sequence[Sequence[str]]) -> str:
+    """Several listings as one virsh command string (virsh runs ``a; b`` itself)."""
+    return f"; echo {BATCH_MARK}; ".join(" ".join(form) for form in forms)
+
+
+def listings(virsh: Virsh, uri: str, forms: Sequence[Sequence[str]], config: Config,
+             clock: Clock) -> list[str]:
+    """The output of each listing in *forms*, from one virsh process.
+
+    virsh keeps going after a failed command and reports only the last exit
+    status, so a batch that printed any error, or whose parts do not add up,
+    is not trusted: each listing is then run on its own and fails loudly.
+    """
+    result = list_with_retries(virsh, uri, [batch(forms)], config, clock)
+    parts = virshout.batch_parts(result.stdout, BATCH_MARK)
+    if not result.stderr.strip() and len(parts) == len(forms):
+        return parts
+    log.warning("virsh -c %s: combined listing not usable (%s); listing one by one", uri,
+                result.stderr.strip() or f"{len(parts)} parts for {len(forms)} listings")
+    return [virsh.run(uri, form, timeout=config.query_timeout, ignore_interrupt=True).stdout
+            for form in forms]
 
 
 def view_running(virsh: Virsh, uri: str, config: Config, clock: Clock) -> UriView:
     """Active guests with names and persistence (for stop)."""
     try:
-        first = list_with_retries(virsh, uri, ["list", "--uuid", "--name"], config, clock)
-        active = virshout.uuid_names(first.argv, first.stdout)
-        persistent: set[str] = set()
-        if active:
-            persistent = {g.uuid for g in _listing(
-                virsh, uri, ["list", "--uuid", "--name", "--persistent"], config)}
+        active_text, persistent_text = listings(virsh, uri, RUNNING, config, clock)
+        active = virshout.uuid_names(virsh.argv(uri, RUNNING[0]), active_text)
+        persistent = {g.uuid for g in virshout.uuid_names(virsh.argv(uri, RUNNING[1]),
+                                                          persistent_text)}
     except (VirshError, Interrupted) as err:
         return UriView(uri, error=str(err))
     return UriView(uri, tuple(
@@ -53,21 +84,14 @@ def view_running(virsh: Virsh, uri: str, config: Config, clock: Clock) -> UriVie
 
 def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
              *, managed_save: bool = False) -> UriView:
-    """Every guest, active or not (for start)."""
+    """Every guest, active or not (for start and status)."""
+    forms = [*EVERY, MANAGED_SAVE] if managed_save else list(EVERY)
     try:
-        first = list_with_retries(virsh, uri, ["list", "--all", "--uuid", "--name"], config,
-                                  clock)
-        every = virshout.uuid_names(first.argv, first.stdout)
-        active: set[str] = set()
-        saved: set[str] = set()
-        if every:
-            result = virsh.run(uri, ["list", "--uuid"], timeout=config.query_timeout,
-                               ignore_interrupt=True)
-            active = set(virshout.uuids(result.argv, result.stdout))
-            if managed_save:
-                saved = {g.uuid for g in _listing(
-                    virsh, uri, ["list", "--all", "--uuid", "--name", "--with-managed-save"],
-                    config)}
+        texts = listings(virsh, uri, forms, config, clock)
+        every = virshout.uuid_names(virsh.argv(uri, forms[0]), texts[0])
+        active = set(virshout.uuids(virsh.argv(uri, forms[1]), texts[1]))
+        saved = ({g.uuid for g in virshout.uuid_names(virsh.argv(uri, forms[2]), texts[2])}
+                 if managed_save else set())
     except (VirshError, Interrupted) as err:
         return UriView(uri, error=str(err))
     return UriView(uri, tuple(

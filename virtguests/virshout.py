@@ -68,6 +68,47 @@ def uuids(argv: Sequence[str], text: str) -> list[str]:
     return out
 
 
+def batch_parts(text: str, mark: str) -> list[str]:
+    """Split the output of ``a; echo MARK; b`` into the output of a and of b.
+
+    A guest line always starts with a UUID, so a line that is exactly *mark*
+    can only come from the echo.
+    """
+    parts = [""]
+    for line in text.splitlines(keepends=True):
+        if line.rstrip("\n") == mark:
+            parts.append("")
+        else:
+            parts[-1] += line
+    return parts
+
+
+_STARTED = re.compile(r"^Domain '(?P<name>.*)' started$", re.MULTILINE)
+
+START_REFUSALS = {
+    "already active": ("error: Domain is already active",),
+    "missing": ("error: failed to get domain ",),
+    "unreachable": ("error: failed to connect to the hypervisor",),
+}
+"""virsh start's refusals as recorded (fixtures/*start-active, *start-missing-uuid,
+nohost-connect); any other failure is a failed start."""
+
+
+def started_name(text: str) -> Optional[str]:
+    """The guest's current name from ``virsh start``'s ``Domain 'NAME' started``."""
+    match = _STARTED.search(text)
+    return match.group("name") if match else None
+
+
+def start_refusal(stderr: str) -> Optional[str]:
+    """Why ``virsh start`` refused, if it is a reason we act on (see START_REFUSALS)."""
+    for line in stderr.splitlines():
+        for reason, prefixes in START_REFUSALS.items():
+            if line.startswith(prefixes):
+                return reason
+    return None
+
+
 def data_processed(text: str) -> Optional[str]:
     """The ``Data processed:`` value of ``domjobinfo`` (e.g. ``1.2 GiB``), if any."""
     for line in text.splitlines():
