@@ -156,12 +156,18 @@ def test_dry_run_stop_prints_exact_commands_and_changes_nothing(fake_host: Make)
 def test_dry_run_start(fake_host: Make) -> None:
     host = fake_host(two_guests(), "SYNC_TIME=1\n")
     host.run("stop")
+    after_stop = len(host.commands())
     run = host.run("-n", "start")
     web, db = host.uuid("web"), host.uuid("db")
     virsh = host.bin / "virsh"
     assert run.lines[-4:] == [f"{virsh} start {web}", f"{virsh} domtime --sync {web}",
                               f"{virsh} start {db}", f"{virsh} domtime --sync {db}"]
     assert host.list_file.exists() and host.active() == set()
+    assert len(host.commands()) == after_stop, "names from the stop: nothing to list"
+    plan = host.run("plan", "start")
+    assert plan.lines[:2] == ["default:", "  (not listed: names from the last stop; virsh "
+                              "start reports guests already running)"]
+    assert f"{virsh} start {web}" in plan.out
 
 
 def test_gueststatus_prints_each_uri_table(fake_host: Make) -> None:

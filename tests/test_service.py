@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from tests.fakehost import FakeHost
+from virtguests import observe
 
 Make = Callable[..., FakeHost]
 
@@ -70,14 +72,65 @@ def test_on_boot_ignore_drops_the_list(fake_host: Make) -> None:
     assert not host.list_file.exists() and host.active() == set()
 
 
-def test_already_active_guest_is_not_started_again(fake_host: Make) -> None:
+def test_already_active_guest_is_left_alone(fake_host: Make) -> None:
+    """Our own stop named the guests, so start asks virsh to start each by UUID and
+    virsh itself refuses a running one: no listing, and no race with autostart."""
     host = fake_host(guests({"name": "web"}, {"name": "db"}), "PARALLEL_START=1\n")
     host.run("stop")
     host.virsh("start", "db")
+    before = len(host.commands())
+    run = host.run("start")
+    assert run.code == 0, run.err
+    assert run.lines == ["Resuming guests on default URI...", "Resuming guest web: done",
+                         "Resuming guest db: already active"]
+    assert host.commands()[before:] == [["start", host.uuid("web")], ["start", host.uuid("db")]]
+    assert host.active() == {"web", "db"} and not host.pending_file.exists()
+    doc = json.loads(host.run("--json", "status").out)
+    assert {g["name"]: g["outcome"] for g in doc["last_run"]["guests"]} == {
+        "web": "resumed", "db": "already active"}
+
+
+def test_a_list_file_from_libvirt_guests_is_listed_first(fake_host: Make) -> None:
+    """Guests we cannot name (libvirt-guests wrote the list) cost one listing, as before."""
+    host = fake_host(guests({"name": "web", "state": "shutoff", "managed_save": True},
+                            {"name": "db"}), "PARALLEL_START=1\n")
+    web, db = host.uuid("web"), host.uuid("db")
+    host.list_file.write_text(f"default {web} {db}\n")
     run = host.run("start")
     assert run.lines == ["Resuming guests on default URI...", "Resuming guest web: done",
                          "Resuming guest db: already active"]
-    assert ["start", host.uuid("db")] not in host.commands()
+    assert host.commands() == [[observe.batch(observe.EVERY)], ["start", web]]
+
+
+def test_a_named_guest_undefined_since_the_stop_is_dropped_with_an_error(
+        fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}, {"name": "gone"}), "PARALLEL_START=1\n")
+    host.run("stop")
+    web, gone = host.uuid("web"), host.uuid("gone")
+    host.set_host(guests({"name": "web", "uuid": web, "state": "shutoff",
+                          "managed_save": True}))
+    run = host.run("start")
+    assert run.code == 1
+    assert run.lines == ["Resuming guests on default URI...", "Resuming guest web: done"]
+    assert f"recorded guest {gone} no longer exists on default; dropped" in run.err
+    assert not host.list_file.exists() and not host.pending_file.exists()
+
+
+def test_the_first_start_waits_for_a_libvirtd_that_is_still_starting(fake_host: Make) -> None:
+    host = fake_host(guests({"name": "web"}, {"name": "db"}),
+                     "PARALLEL_START=1\nRETRIES_SLEEP=0.05\n")
+    host.run("stop")
+    saved = {"state": "shutoff", "managed_save": True}
+    host.set_host({"uris": {"default": {"unreachable_calls": 2, "guests": [
+        {"name": "web", "uuid": host.uuid("web"), **saved},
+        {"name": "db", "uuid": host.uuid("db"), **saved}]}}})
+    before = len(host.commands())
+    run = host.run("start")
+    assert run.code == 0, run.err
+    assert run.lines == ["Resuming guests on default URI...", "Resuming guest web: done",
+                         "Resuming guest db: done"]
+    assert host.commands()[before:] == [["start", host.uuid("web")]] * 3 + [
+        ["start", host.uuid("db")]]
 
 
 def test_uri_no_longer_configured_is_ignored(fake_host: Make) -> None:
@@ -127,7 +180,7 @@ def test_escalation_suspend_then_shutdown_then_poweroff(fake_host: Make) -> None
     commands = host.commands()
     assert ["destroy", host.uuid("stuck")] in commands
     assert ["destroy", host.uuid("gpu")] not in commands
-    doc = __import__("json").loads(host.run("--json", "status").out)
+    doc = json.loads(host.run("--json", "status").out)
     outcomes = {g["name"]: g["outcome"] for g in doc["last_run"]["guests"]}
     assert outcomes == {"gpu": "shut off", "stuck": "powered off", "db": "saved"}
     # every guest is still recorded so start brings it back

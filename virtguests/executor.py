@@ -17,6 +17,7 @@ import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 from virtguests import observe, virshout
@@ -518,57 +519,105 @@ class Executor:
         return self.status
 
     def _start_uri(self, item: UriStart) -> None:
+        order = sorted(item.guests, key=lambda g: g.group)  # stable: list order within a group
+        tried: dict[str, _Attempt] = {}
+        if item.probe and not self.cancelled:
+            lead = next((g for g in order if g.start), None)
+            if lead is not None:
+                attempt = self._first_start(item.uri, lead)
+                if attempt.refusal == "unreachable":
+                    self._fail()
+                    for guest in item.guests:
+                        self._keep(item.uri, guest.uuid)
+                    self.report.cannot_resume_uri(item.uri, attempt.detail,
+                                                  [g.uuid for g in item.guests])
+                    return
+                tried[lead.uuid] = attempt
         self.report.say(f"Resuming guests on {item.uri} URI...")
-        groups = sorted({g.group for g in item.guests})
         first = True
-        for group in groups:
-            members = [g for g in item.guests if g.group == group]
+        for group in sorted({g.group for g in order}):
+            members = [g for g in order if g.group == group]
             parallel = (self.config.start_delay == 0 and self.config.parallel_start > 1
                         and all(g.delay_after is None for g in members))
             if parallel:
                 with ThreadPoolExecutor(max_workers=self.config.parallel_start) as pool:
-                    list(pool.map(lambda g: self._start_guest(item.uri, g), members))
+                    list(pool.map(lambda g: self._start_guest(item.uri, g, tried.get(g.uuid)),
+                                  members))
                 continue
             for guest in members:
-                if guest.start and not first and not self.cancelled:
+                if guest.start and not first and not self.cancelled \
+                        and guest.uuid not in tried:
                     delay = self.config.start_delay
                     if delay:
                         self.clock.sleep(delay)
-                started = self._start_guest(item.uri, guest)
+                started = self._start_guest(item.uri, guest, tried.get(guest.uuid))
                 if started:
                     first = False
                     if guest.delay_after:
                         self.clock.sleep(guest.delay_after)
 
-    def _start_guest(self, uri: str, guest: GuestStart) -> bool:
+    def _attempt(self, uri: str, guest: GuestStart) -> _Attempt:
+        began = self.clock.now()
+        try:
+            result = self.virsh.run(uri, start_args(guest.uuid, self.config),
+                                    timeout=self.config.save_timeout, ignore_interrupt=True)
+        except VirshError as err:
+            return _Attempt(self.clock.now() - began, error=err)
+        return _Attempt(self.clock.now() - began, name=virshout.started_name(result.stdout))
+
+    def _first_start(self, uri: str, guest: GuestStart) -> _Attempt:
+        """The first start on a URI that was not listed doubles as its connection check,
+        retried like a listing while libvirtd may still be starting."""
+        tries = 0
+        while True:
+            attempt = self._attempt(uri, guest)
+            if attempt.refusal != "unreachable" or attempt.timed_out \
+                    or tries >= self.config.connect_retries:
+                return attempt
+            tries += 1
+            if not self.clock.sleep(self.config.retries_sleep):
+                return attempt
+
+    def _start_guest(self, uri: str, guest: GuestStart,
+                     attempt: Optional[_Attempt] = None) -> bool:
         """Start (resume) one guest; True if a start was issued and succeeded."""
         outcome = self.report.outcome(uri, guest.uuid, guest.name)
         issued = False
         if not guest.start:
             self.report.say(f"Resuming guest {guest.name}: {guest.reason}")
             self.report.step(outcome, "start", guest.reason, 0.0)
-        elif self.cancelled:
+        elif self.cancelled and attempt is None:
             self._keep(uri, guest.uuid)
             self.report.step(outcome, "start", "interrupted", 0.0,
                              "stop requested before this guest was started")
         else:
-            began = self.clock.now()
-            try:
-                self.virsh.run(uri, start_args(guest.uuid, self.config),
-                               timeout=self.config.save_timeout, ignore_interrupt=True)
-            except VirshError as err:
+            attempt = attempt or self._attempt(uri, guest)
+            name = attempt.name or guest.name
+            if attempt.refusal == "already active":
+                self.report.say(f"Resuming guest {name}: already active")
+                self.report.step(outcome, "start", "already active", attempt.seconds)
+            elif attempt.refusal == "missing":
                 self._fail()
-                self._keep(uri, guest.uuid)
-                self.report.say(f"Resuming guest {guest.name}: failed")
-                self.report.error(f"starting guest {guest.name} failed: {err.detail}; "
-                                  "it stays recorded for the next start")
-                self.report.step(outcome, "start", "failed", self.clock.now() - began,
-                                 err.detail)
+                self.report.error(f"recorded guest {guest.uuid} no longer exists on {uri}; "
+                                  "dropped")
+                self.report.step(outcome, "start", "no longer exists", attempt.seconds,
+                                 attempt.detail)
                 self.checkpoint()
                 return False
-            issued = True
-            self.report.say(f"Resuming guest {guest.name}: done")
-            self.report.step(outcome, "start", "resumed", self.clock.now() - began)
+            elif attempt.error is not None:
+                self._fail()
+                self._keep(uri, guest.uuid)
+                self.report.say(f"Resuming guest {name}: failed")
+                self.report.error(f"starting guest {name} failed: {attempt.detail}; "
+                                  "it stays recorded for the next start")
+                self.report.step(outcome, "start", "failed", attempt.seconds, attempt.detail)
+                self.checkpoint()
+                return False
+            else:
+                issued = True
+                outcome.name = name
+                self.report.say(f"Resuming guest {name}: done")
+                self.report.step(outcome, "start", "resumed", attempt.seconds)
         if self.config.sync_time and guest.reason != "skipped by policy" \
                 and not self.cancelled:
             self._sync_time(uri, guest)
@@ -585,6 +634,27 @@ class Executor:
     def _keep(self, uri: str, uuid: str) -> None:
         with self._lock:
             self.not_resumed.setdefault(uri, []).append(uuid)
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One ``virsh start``: its time, and either the name virsh printed or the error."""
+
+    seconds: float
+    name: Optional[str] = None
+    error: Optional[VirshError] = None
+
+    @property
+    def refusal(self) -> Optional[str]:
+        return virshout.start_refusal(self.error.stderr) if self.error else None
+
+    @property
+    def timed_out(self) -> bool:
+        return self.error is not None and self.error.timed_out
+
+    @property
+    def detail(self) -> str:
+        return self.error.detail if self.error else ""
 
 
 def _waiting(who: str, left: float) -> str:

@@ -33,6 +33,9 @@ class UriView:
     uri: str
     guests: tuple[Guest, ...] = ()
     error: Optional[str] = None
+    listed: bool = True
+    """False for guests known by name from our own records, not listed now:
+    whether each is active (or still exists) is unknown until virsh start says."""
 
     @property
     def reachable(self) -> bool:
@@ -192,6 +195,8 @@ class GuestStart:
 class UriStart:
     uri: str
     guests: tuple[GuestStart, ...]
+    probe: bool = False
+    """The URI was not listed: the first start is also the connection check."""
 
 
 @dataclass(frozen=True)
@@ -238,13 +243,13 @@ def plan_start(
             if rule.skip_start:
                 guests.append(GuestStart(uuid, guest.name, False, "skipped by policy",
                                          rule.group, rule.start_delay))
-            elif guest.active:
+            elif view.listed and guest.active:
                 guests.append(GuestStart(uuid, guest.name, False, "already active",
                                          rule.group, rule.start_delay))
             else:
                 guests.append(GuestStart(uuid, guest.name, True, "", rule.group,
                                          rule.start_delay))
-        uris.append(UriStart(uri, tuple(guests)))
+        uris.append(UriStart(uri, tuple(guests), probe=not view.listed))
     return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(missing), keep)
 
 

@@ -71,6 +71,11 @@ class Reporter:
         with self._lock:
             _write(self.err, line)
 
+    def cannot_resume_uri(self, uri: str, why: str, uuids: list[str]) -> None:
+        self.say(f"Can't connect to {uri}. Skipping.")
+        self.error(f"cannot reach {uri}: {why}; its {len(uuids)} guest(s) stay recorded for "
+                   f"the next start: {' '.join(uuids)}")
+
     def outcome(self, uri: str, uuid: str, name: str) -> Outcome:
         with self._lock:
             key = (uri, uuid)

@@ -220,11 +220,7 @@ def _update_seen(ctx: Context, running: Mapping[str, Mapping[str, str]], *,
     still name, and record for the next start.  `stop` sees everything running
     (*replace_uris*); `start` adds what it resumed or found already running.
     """
-    document = state.read_json(ctx.paths.seen)
-    seen: dict[str, dict[str, str]] = {}
-    if isinstance(document, dict):
-        seen = {uri: {str(k): str(v) for k, v in guests.items()}
-                for uri, guests in document.items() if isinstance(guests, dict)}
+    seen = _read_seen(ctx)
     for uri, guests in running.items():
         seen[uri] = dict(guests) if replace_uris else {**seen.get(uri, {}), **guests}
     if not ctx.dry_run:
@@ -233,6 +229,14 @@ def _update_seen(ctx: Context, running: Mapping[str, Mapping[str, str]], *,
         except OSError as err:
             ctx.report.warn(f"cannot write {ctx.paths.seen}: {err}")
     return seen
+
+
+def _read_seen(ctx: Context) -> dict[str, dict[str, str]]:
+    document = state.read_json(ctx.paths.seen)
+    if not isinstance(document, dict):
+        return {}
+    return {uri: {str(k): str(v) for k, v in guests.items()}
+            for uri, guests in document.items() if isinstance(guests, dict)}
 
 
 def _write_report(ctx: Context, command: str, status: Optional[int]) -> None:
@@ -321,8 +325,7 @@ def _start(ctx: Context) -> int:
         return status
     wanted = _unique([u for u in recorded if u in config.uris]
                      + (list(config.uris) if orphans_wanted else []))
-    views = for_each_uri(wanted, lambda uri: observe.view_all(
-        ctx.virsh, uri, config, ctx.clock, managed_save=orphans_wanted))
+    views = _start_views(ctx, recorded, wanted, managed_save=orphans_wanted)
     if orphans_wanted:
         for uri, view in views.items():
             known = recorded.get(uri, [])
@@ -339,10 +342,8 @@ def _start(ctx: Context) -> int:
         ctx.report.say(f"Ignoring guests on {token} URI")
     for view in the_plan.unreachable:
         status = EXIT_FAIL
-        ctx.report.say(f"Can't connect to {view.uri}. Skipping.")
-        ids = the_plan.keep.get(view.uri, [])
-        ctx.report.error(f"cannot reach {view.uri}: {view.error}; its {len(ids)} guest(s) "
-                         f"stay recorded for the next start: {' '.join(ids)}")
+        ctx.report.cannot_resume_uri(view.uri, str(view.error),
+                                     list(the_plan.keep.get(view.uri, [])))
     for uri, uuid in the_plan.missing:
         status = EXIT_FAIL
         ctx.report.error(f"recorded guest {uuid} no longer exists on {uri}; dropped")
@@ -353,10 +354,11 @@ def _start(ctx: Context) -> int:
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=_Checkpoint(ctx, "start"))
     result = executor.start(the_plan)
-    up = {(o.uri, o.uuid) for o in ctx.report.outcomes.values()
-          if o.outcome in ("resumed", "already active")}
-    _update_seen(ctx, {item.uri: {g.uuid: g.name for g in item.guests if (item.uri, g.uuid) in up}
-                       for item in the_plan.uris}, replace_uris=False)
+    up: dict[str, dict[str, str]] = {}
+    for done in ctx.report.outcomes.values():
+        if done.outcome in ("resumed", "already active"):
+            up.setdefault(done.uri, {})[done.uuid] = done.name
+    _update_seen(ctx, up, replace_uris=False)
     keep = state.merge(the_plan.keep, executor.not_resumed)
     if executor.not_resumed:
         names = [o.name for o in ctx.report.outcomes.values()
@@ -373,6 +375,31 @@ def _start(ctx: Context) -> int:
         status = _interrupted_summary(ctx, "start")
     _write_report(ctx, "start", status)
     return status
+
+
+def _start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Sequence[str],
+                 *, managed_save: bool = False) -> dict[str, plan.UriView]:
+    """What start needs to know about each URI, listing only where it must.
+
+    A URI whose recorded guests all have names in our records is not listed:
+    starting them by UUID tells which are already active or gone, and the
+    first start checks the connection.  Guests we cannot name (a list file
+    written by libvirt-guests), a search for unrecorded saved guests, or
+    START_DELAY (no delay is spent on a guest that is already running) need a
+    listing.
+    """
+    seen = _read_seen(ctx)
+
+    def view(uri: str) -> plan.UriView:
+        names = seen.get(uri, {})
+        ids = recorded.get(uri, [])
+        if managed_save or ctx.config.start_delay or not all(uuid in names for uuid in ids):
+            return observe.view_all(ctx.virsh, uri, ctx.config, ctx.clock,
+                                    managed_save=managed_save)
+        return plan.UriView(uri, tuple(plan.Guest(uuid, names[uuid], active=False)
+                                       for uuid in ids), listed=False)
+
+    return for_each_uri(wanted, view)
 
 
 def _started(ctx: Context) -> None:
@@ -499,8 +526,7 @@ def plan_command(ctx: Context, which: str) -> int:
     else:
         recorded = _recorded_earlier(ctx, stale_warning=False)
         wanted = [u for u in uris if u in recorded]
-        views = for_each_uri(wanted, lambda uri: observe.view_all(ctx.virsh, uri, config,
-                                                                  ctx.clock))
+        views = _start_views(ctx, recorded, wanted)
         start_plan = plan.plan_start(config, recorded, views, ctx.policy)
         for uri in wanted:
             entries.append(_start_entry(ctx, views[uri], start_plan))
@@ -539,7 +565,8 @@ def _stop_entry(ctx: Context, view: plan.UriView, the_plan: plan.StopPlan) -> di
 
 def _start_entry(ctx: Context, view: plan.UriView,
                  start_plan: plan.StartPlan) -> dict[str, Any]:
-    entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": []}
+    entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": [],
+                             "listed": view.listed}
     item = next((i for i in start_plan.uris if i.uri == view.uri), None)
     for guest in sorted(item.guests if item else (), key=lambda g: g.group):
         commands = []
@@ -563,6 +590,9 @@ def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
         if entry["error"]:
             ctx.report.say(f"  cannot list guests: {entry['error']}")
             continue
+        if entry.get("listed") is False:
+            ctx.report.say("  (not listed: names from the last stop; virsh start reports "
+                           "guests already running)")
         rows = [("GUEST", "ORDER", "ACTIONS", "TIMEOUT", "COMMAND")]
         for guest in entry["guests"]:
             actions = " -> ".join(guest["actions"]) or guest.get("note") or "none"
