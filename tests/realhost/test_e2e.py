@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shlex
 import subprocess
 import threading
 import time
@@ -206,6 +207,31 @@ def test_suspend_saves_persistent_guests_and_start_restores_them(
         assert guest.state() == "running (restored)", guest.describe()
     for guest in (a, b, c):
         assert_acpi_alive(guest)
+
+
+def test_start_after_our_stop_lists_nothing_and_real_virsh_tells_what_is_running(
+    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, cli: VirtGuestsCli
+) -> None:
+    """virsh start by UUID: real refusals for a guest already running and one undefined."""
+    uri = libvirtd.qemu_uri
+    a, b, c = boot(define_guest, ("nl-a", {}), ("nl-b", {}), ("nl-c", {}))
+    cli.config(ON_SHUTDOWN="suspend", PARALLEL_START=1)
+    assert cli.run("stop").code == 0
+    b.virsh("start", timeout=120)  # resumed behind our back (an admin, or autostart)
+    gone = uuid_of(c)
+    c.virsh("undefine", "--managed-save")
+    start = cli.run("-v", "start")
+    assert start.code == 1, start
+    assert start.lines == [f"Resuming guests on {uri} URI...", "Resuming guest nl-a: done",
+                           "Resuming guest nl-b: already active"], start
+    assert f"recorded guest {gone} no longer exists on {uri}; dropped" in start.err
+    calls = [ln for ln in start.err.splitlines() if ln.startswith("virtguests: virsh: ")]
+    assert len(calls) == 3 and all(f" -c {shlex.quote(uri)} start " in ln for ln in calls), calls
+    assert active(libvirtd) == {"nl-a", "nl-b"}
+    assert a.state() == "running (restored)", a.describe()
+    assert outcomes(cli) == {"nl-a": "resumed", "nl-b": "already active",
+                             "nl-c": "no longer exists"}
+    assert not cli.list_file.exists() and not cli.pending_file.exists()
 
 
 # ---------------------------------------------------------------------------
