@@ -455,8 +455,9 @@ def report(args: argparse.Namespace, rows: tuple[list[Row], ...], status: dict[s
                         f"overhead above it {overhead:.2f} s ({overhead / n * 1000:.1f} ms/guest); "
                         f"CPU: run {r.ours.cpu:.2f} s, of which ~{fake_cpu:.2f} s the fake virsh "
                         f"({r.ours.calls} x {costs[n][1] * 1000:.0f} ms) -> CPU floor "
-                        f"{cpu_floor:.2f} s on {cores} cores; check: <= 1.25 x max(floors) + "
-                        f"start-up {fixed:.2f} s = {limit:.2f} s"))
+                        f"{cpu_floor:.2f} s on {cores} cores (the whole run's CPU, virtguests "
+                        f"included, is {r.ours.cpu / cores:.2f} s on {cores} cores); check: "
+                        f"<= 1.25 x max(floors) + start-up {fixed:.2f} s = {limit:.2f} s"))
     r = find(shutdown, 100)
     if r and r.ours and r.floor is not None:
         ok1 = r.ours.ok and r.ours.wall <= 1.2 * r.floor
