@@ -524,7 +524,7 @@ class Executor:
         if item.probe and not self.cancelled:
             lead = next((g for g in order if g.start), None)
             if lead is not None:
-                attempt = self._first_start(item.uri, lead)
+                attempt = self._attempt(item.uri, lead, first=True)
                 if attempt.refusal == "unreachable":
                     self._fail()
                     for guest in item.guests:
@@ -556,27 +556,19 @@ class Executor:
                     if guest.delay_after:
                         self.clock.sleep(guest.delay_after)
 
-    def _attempt(self, uri: str, guest: GuestStart) -> _Attempt:
+    def _attempt(self, uri: str, guest: GuestStart, *, first: bool = False) -> _Attempt:
+        """One ``virsh start``.  The *first* on a URI that was not listed doubles as its
+        connection check, retried like a listing while libvirtd may still be starting."""
         began = self.clock.now()
         try:
-            result = self.virsh.run(uri, start_args(guest.uuid, self.config),
-                                    timeout=self.config.save_timeout, ignore_interrupt=True)
+            result = observe.run_with_retries(
+                self.virsh, uri, start_args(guest.uuid, self.config), self.config, self.clock,
+                timeout=self.config.save_timeout,
+                retry_if=lambda err: first
+                and virshout.start_refusal(err.stderr) == "unreachable")
         except VirshError as err:
             return _Attempt(self.clock.now() - began, error=err)
         return _Attempt(self.clock.now() - began, name=virshout.started_name(result.stdout))
-
-    def _first_start(self, uri: str, guest: GuestStart) -> _Attempt:
-        """The first start on a URI that was not listed doubles as its connection check,
-        retried like a listing while libvirtd may still be starting."""
-        tries = 0
-        while True:
-            attempt = self._attempt(uri, guest)
-            if attempt.refusal != "unreachable" or attempt.timed_out \
-                    or tries >= self.config.connect_retries:
-                return attempt
-            tries += 1
-            if not self.clock.sleep(self.config.retries_sleep):
-                return attempt
 
     def _start_guest(self, uri: str, guest: GuestStart,
                      attempt: Optional[_Attempt] = None) -> bool:
@@ -598,8 +590,7 @@ class Executor:
                 self.report.step(outcome, "start", "already active", attempt.seconds)
             elif attempt.refusal == "missing":
                 self._fail()
-                self.report.error(f"recorded guest {guest.uuid} no longer exists on {uri}; "
-                                  "dropped")
+                self.report.gone(uri, guest.uuid)
                 self.report.step(outcome, "start", "no longer exists", attempt.seconds,
                                  attempt.detail)
                 self.checkpoint()

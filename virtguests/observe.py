@@ -2,37 +2,46 @@
 
 The listings a question needs (names, UUIDs, persistence, managed save) run
 as one virsh command string, so a URI costs one virsh process, never one per
-guest.  Connection failures are retried a
-bounded number of times (libvirtd may still be starting at boot); a call that
-*timed out* is not retried, so a wedged URI is given up quickly.
+guest.  Connection failures are retried a bounded number of times (libvirtd
+may still be starting at boot); a call that *timed out* is not retried, so a
+wedged URI is given up quickly.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 from virtguests import virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.plan import Guest, UriView
-from virtguests.virsh import Interrupted, Result, Virsh, VirshError
+from virtguests.virsh import Result, Virsh, VirshError
 
 log = logging.getLogger(__name__)
 
 
-def list_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config,
-                      clock: Clock) -> Result:
+def run_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config,
+                     clock: Clock, *, timeout: Optional[float] = None,
+                     retry_if: Callable[[VirshError], bool] = lambda err: True) -> Result:
+    """The first call to a URI, retried while libvirtd may still be starting (boot).
+
+    A failure *retry_if* accepts is retried CONNECT_RETRIES times, RETRIES_SLEEP
+    apart; a timed-out call is not, and a stop request ends the waiting with
+    the last error.
+    """
     attempt = 0
     while True:
         try:
-            return virsh.run(uri, args, timeout=config.query_timeout, ignore_interrupt=True)
+            return virsh.run(uri, args, ignore_interrupt=True,
+                             timeout=config.query_timeout if timeout is None else timeout)
         except VirshError as err:
-            if err.timed_out or attempt >= config.connect_retries:
+            if err.timed_out or attempt >= config.connect_retries or not retry_if(err):
                 raise
-        attempt += 1
-        if not clock.sleep(config.retries_sleep):
-            raise Interrupted(f"connecting to {uri}")
+            attempt += 1
+            if not clock.sleep(config.retries_sleep):
+                raise
 
 
 RUNNING = (["list", "--uuid", "--name"], ["list", "--uuid", "--name", "--persistent"])
@@ -59,7 +68,7 @@ def listings(virsh: Virsh, uri: str, forms: Sequence[Sequence[str]], config: Con
     status, so a batch that printed any error, or whose parts do not add up,
     is not trusted: each listing is then run on its own and fails loudly.
     """
-    result = list_with_retries(virsh, uri, [batch(forms)], config, clock)
+    result = run_with_retries(virsh, uri, [batch(forms)], config, clock)
     parts = virshout.batch_parts(result.stdout, BATCH_MARK)
     if not result.stderr.strip() and len(parts) == len(forms):
         return parts
@@ -76,7 +85,7 @@ def view_running(virsh: Virsh, uri: str, config: Config, clock: Clock) -> UriVie
         active = virshout.uuid_names(virsh.argv(uri, RUNNING[0]), active_text)
         persistent = {g.uuid for g in virshout.uuid_names(virsh.argv(uri, RUNNING[1]),
                                                           persistent_text)}
-    except (VirshError, Interrupted) as err:
+    except VirshError as err:
         return UriView(uri, error=str(err))
     return UriView(uri, tuple(
         Guest(g.uuid, g.name, active=True, persistent=g.uuid in persistent) for g in active))
@@ -92,7 +101,7 @@ def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
         active = set(virshout.uuids(virsh.argv(uri, forms[1]), texts[1]))
         saved = ({g.uuid for g in virshout.uuid_names(virsh.argv(uri, forms[2]), texts[2])}
                  if managed_save else set())
-    except (VirshError, Interrupted) as err:
+    except VirshError as err:
         return UriView(uri, error=str(err))
     return UriView(uri, tuple(
         Guest(g.uuid, g.name, active=g.uuid in active, managed_save=g.uuid in saved)

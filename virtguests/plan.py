@@ -243,7 +243,7 @@ def plan_start(
             if rule.skip_start:
                 guests.append(GuestStart(uuid, guest.name, False, "skipped by policy",
                                          rule.group, rule.start_delay))
-            elif view.listed and guest.active:
+            elif guest.active:
                 guests.append(GuestStart(uuid, guest.name, False, "already active",
                                          rule.group, rule.start_delay))
             else:

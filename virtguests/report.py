@@ -76,6 +76,9 @@ class Reporter:
         self.error(f"cannot reach {uri}: {why}; its {len(uuids)} guest(s) stay recorded for "
                    f"the next start: {' '.join(uuids)}")
 
+    def gone(self, uri: str, uuid: str) -> None:
+        self.error(f"recorded guest {uuid} no longer exists on {uri}; dropped")
+
     def outcome(self, uri: str, uuid: str, name: str) -> Outcome:
         with self._lock:
             key = (uri, uuid)

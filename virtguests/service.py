@@ -346,7 +346,7 @@ def _start(ctx: Context) -> int:
                                      list(the_plan.keep.get(view.uri, [])))
     for uri, uuid in the_plan.missing:
         status = EXIT_FAIL
-        ctx.report.error(f"recorded guest {uuid} no longer exists on {uri}; dropped")
+        ctx.report.gone(uri, uuid)
     if ctx.dry_run:
         for argv in plan.start_commands(the_plan, config, ctx.virsh.argv):
             ctx.report.say(format_argv(argv))
