@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
@@ -183,49 +183,34 @@ def close_and_check(bell: RecordingDoorbell) -> float:
 # ---------------------------------------------------------------------------
 # tests
 # ---------------------------------------------------------------------------
-def test_shutdown_is_reported_as_stopped_through_the_pty(
-    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, open_bell: OpenBell
+@pytest.mark.parametrize(("verb", "reason", "guest_kw", "state"), [
+    ("shutdown", "Shutdown", {}, "shut off (shutdown)"),
+    ("destroy", "Destroyed", {"ignore": True}, "shut off (destroyed)"),
+], ids=["shutdown", "destroy"])
+def test_a_stop_is_reported_as_stopped_through_the_pty(
+    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, open_bell: OpenBell,
+    verb: str, reason: str, guest_kw: dict[str, Any], state: str,
 ) -> None:
-    """ACPI shutdown: the Stopped line arrives, proves the stream, and the guest is off."""
-    (guest,) = boot(define_guest, ("ev-shut", {}))
+    """ACPI shutdown, or ``virsh destroy`` (the poweroff step) of a guest that ignores
+    the power button: the Stopped line arrives, proves the stream, and the guest is off."""
+    (guest,) = boot(define_guest, (f"ev-{verb}", guest_kw))
     bell = open_bell()
     assert not bell.proven
     began = time.monotonic()
-    guest.virsh("shutdown")
+    guest.virsh(verb)
     seen = wait_stopped(bell, {guest.name})
     assert seen == {guest.name}, (
-        f"no Stopped line within {EVENT_TIMEOUT:g}s of `virsh shutdown`; "
+        f"no Stopped line within {EVENT_TIMEOUT:g}s of `virsh {verb}`; "
         f"{bell.report(began)}\n{guest.describe()}")
     assert bell.proven
-    arrived = bell.arrival(stopped_line(guest.name, "Shutdown"))
+    arrived = bell.arrival(stopped_line(guest.name, reason))
     assert len(arrived) == 1, bell.report(began)
-    record_timing("shutdown -> Stopped line", arrived[0] - began)
+    record_timing(f"{verb} -> Stopped line", arrived[0] - began)
     # The executor counts the event as the stop without asking: libvirt must agree at once.
     assert guest.name not in active(libvirtd), bell.report(began)
-    assert guest.state() == "shut off (shutdown)", guest.describe()
-    assert "vg: poweroff" in guest.console(), guest.describe()
-    print(bell.report(began))  # shown with -rP: what virsh really printed
-    record_timing("Doorbell.close()", close_and_check(bell))
-
-
-def test_destroy_is_reported_as_stopped_destroyed(
-    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, open_bell: OpenBell
-) -> None:
-    """``virsh destroy`` (the poweroff step) ends in a ``Stopped Destroyed`` line."""
-    (guest,) = boot(define_guest, ("ev-destroy", {"ignore": True}))
-    bell = open_bell()
-    began = time.monotonic()
-    guest.virsh("destroy")
-    seen = wait_stopped(bell, {guest.name})
-    assert seen == {guest.name}, (
-        f"no Stopped line within {EVENT_TIMEOUT:g}s of `virsh destroy`; "
-        f"{bell.report(began)}\n{guest.describe()}")
-    assert bell.proven
-    arrived = bell.arrival(stopped_line(guest.name, "Destroyed"))
-    assert len(arrived) == 1, bell.report(began)
-    record_timing("destroy -> Stopped line", arrived[0] - began)
-    assert guest.name not in active(libvirtd), bell.report(began)
-    assert guest.state() == "shut off (destroyed)", guest.describe()
+    assert guest.state() == state, guest.describe()
+    if verb == "shutdown":
+        assert "vg: poweroff" in guest.console(), guest.describe()
     print(bell.report(began))  # shown with -rP: what virsh really printed
     record_timing("Doorbell.close()", close_and_check(bell))
 
