@@ -221,3 +221,16 @@ def test_no_name_can_split_or_forge_a_line(name: str) -> None:
     assert "\n" not in shown and "\r" not in shown
     assert all((ord(c) >= 0x20 and ord(c) != 0x7F) or c == "\t" for c in shown)
     assert shown.startswith("Suspending ") and shown.endswith(": done")
+
+
+def test_sys_stdout_and_stderr_none_in_process(fake_host: Make,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Python gives a program started with fds 1 and 2 closed: sys.stdout is None."""
+    from virtguests import cli
+
+    host = host_of(fake_host)
+    monkeypatch.setattr(sys, "stdout", None)
+    monkeypatch.setattr(sys, "stderr", None)
+    assert cli.main(host.argv("stop"), environ=host.env()) == 0
+    assert cli.main(host.argv("status"), environ=host.env()) == 3
+    assert host.managed_saved() == set(NAMES)
