@@ -227,3 +227,40 @@ def test_verbose_logs_each_virsh_command(fake_host: Make) -> None:
     listing = shlex.quote(observe.batch(observe.RUNNING))
     assert f"virtguests: virsh: {host.bin / 'virsh'} {listing} (" in run.err
     assert f"managedsave {host.uuid('web')} (" in run.err
+
+
+@pytest.mark.parametrize("args", [
+    ["--state-dir", "", "status"], ["--config", "", "status"], ["--virsh", "", "stop"],
+    ["--state-dir=", "stop"], ["plan", "start", "extra"], ["plan", "later"],
+    ["status", "now"], ["stop", "--", "extra"], ["gueststatus", "all"]])
+def test_what_the_cli_cannot_mean_is_a_usage_error(fake_host: Make, args: list[str]) -> None:
+    host = fake_host(two_guests())
+    proc = subprocess.run([sys.executable, "-m", "virtguests", *args], env=host.env(),
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                          timeout=60, check=False)
+    assert (proc.returncode, proc.stdout.strip()) == (2, USAGE), proc.stderr
+    assert proc.stderr.startswith("virtguests: error: ") and "Traceback" not in proc.stderr
+    assert host.calls() == []
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_an_unexpected_error_is_one_line_and_exit_1_traceback_only_with_v(
+        fake_host: Make, monkeypatch: pytest.MonkeyPatch, verbose: bool) -> None:
+    import io
+
+    from virtguests import cli, service
+
+    def broken(ctx: object) -> int:
+        raise OverflowError("timeout value is too large")
+
+    monkeypatch.setattr(service, "status", broken)
+    host = fake_host(two_guests())
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(host.argv(*(["-v"] if verbose else []), "status"), environ=host.env(),
+                    out=out, err=err)
+    assert code == 1
+    first = err.getvalue().splitlines()[0]
+    assert first.startswith("virtguests: error: internal error ")
+    assert "OverflowError: timeout value is too large; please report it" in first
+    assert ("Traceback" in err.getvalue()) is verbose
+    assert ("(run with -v for the traceback)" in first) is not verbose

@@ -152,13 +152,15 @@ def test_a_bug_on_one_uri_fails_the_run_but_not_the_other_uris() -> None:
     from virtguests.virsh import Virsh
 
     out, err = io.StringIO(), io.StringIO()
-    executor = Executor(Virsh("virsh"), Config(), Reporter(out, err), Clock())
+    reporter = Reporter(out, err)
+    executor = Executor(Virsh("virsh"), Config(), reporter, Clock())
     done: list[str] = []
 
     def broken() -> None:
         raise KeyError("surprise")
 
     executor._run_concurrently([broken, lambda: done.append("other URI")])
+    reporter.close()
     assert done == ["other URI"]
     assert executor.status == 1
     assert "internal error, please report it" in err.getvalue()

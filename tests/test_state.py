@@ -82,13 +82,13 @@ def test_merge_keeps_order_and_drops_duplicates() -> None:
 def test_lock_makes_a_second_holder_wait_then_give_up(tmp_path: Path) -> None:
     lock = tmp_path / "lock"
     waits: list[str] = []
-    with state.exclusive(lock, wait=1, on_wait=waits.append):
+    with state.exclusive(lock, wait=1, on_wait=waits.append, sleep=lambda s: True):
         inner: list[BaseException] = []
 
         def second() -> None:
             try:
                 with state.exclusive(lock, wait=0.4, on_wait=waits.append,
-                                     sleep=lambda s: None):
+                                     sleep=lambda s: True):
                     pass
             except state.LockBusy as err:
                 inner.append(err)
@@ -98,7 +98,37 @@ def test_lock_makes_a_second_holder_wait_then_give_up(tmp_path: Path) -> None:
         thread.join()
     assert inner and f"pid {os.getpid()}" in str(inner[0])
     assert waits and "waiting for another virtguests" in waits[0]
-    with state.exclusive(lock, wait=0, on_wait=waits.append):
+    with state.exclusive(lock, wait=0, on_wait=waits.append, sleep=lambda s: True):
+        pass
+
+
+def test_a_stop_request_ends_the_wait_for_the_lock_at_once(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    naps: list[float] = []
+
+    def sleep(seconds: float) -> bool:
+        naps.append(seconds)
+        return len(naps) < 3  # the third nap is cut short by SIGTERM
+
+    with state.exclusive(lock, wait=3600, on_wait=lambda line: None, sleep=lambda s: True), \
+            pytest.raises(state.LockInterrupted, match="stop requested while waiting"), \
+            state.exclusive(lock, wait=3600, on_wait=lambda line: None, sleep=sleep):
+        pass
+    assert len(naps) == 3
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
+def test_a_lock_path_that_is_not_a_regular_file_is_refused_not_waited_on(
+        tmp_path: Path, kind: str) -> None:
+    lock = tmp_path / "lock"
+    if kind == "fifo":
+        os.mkfifo(lock)
+    elif kind == "directory":
+        lock.mkdir()
+    else:
+        lock.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError), \
+            state.exclusive(lock, wait=0, on_wait=lambda line: None, sleep=lambda s: True):
         pass
 
 

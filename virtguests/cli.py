@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Any, Callable, NoReturn, Optional, TextIO
+from typing import TYPE_CHECKING, Callable, NoReturn, Optional, TextIO
+
+from virtguests.signals import StopRequests
 
 if TYPE_CHECKING:
     from virtguests.clock import Clock
     from virtguests.report import Reporter
     from virtguests.service import Context
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 COMMANDS = ("start", "stop", "status", "restart", "condrestart", "try-restart", "reload",
             "force-reload", "gueststatus", "shutdown")
@@ -66,6 +69,10 @@ def _usage(prog: str) -> str:
     return f"Usage: {prog} {{{'|'.join(COMMANDS)}}}"
 
 
+ARGUMENTS = {"plan": ("stop", "start")}
+"""Commands that take a word after them, and the words they accept (the first is the default)."""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     parser.add_argument("--config")
@@ -84,6 +91,25 @@ class _UsageError(Exception):
     pass
 
 
+def _command(args: argparse.Namespace) -> tuple[str, Optional[str]]:
+    """The command and its argument, or _UsageError for anything we cannot mean."""
+    for option in ("config", "state_dir", "virsh"):
+        if getattr(args, option) == "":
+            raise _UsageError(f"--{option.replace('_', '-')} needs a non-empty value")
+    words = args.command
+    if not words:
+        raise _UsageError("no command given")
+    command, rest = words[0], words[1:]
+    if command not in (*COMMANDS, *EXTRA_COMMANDS):
+        raise _UsageError(f"unknown command {command!r}")
+    allowed = ARGUMENTS.get(command, ())
+    if len(rest) > (1 if allowed else 0):
+        raise _UsageError(f"too many arguments for {command}: {' '.join(rest)!r}")
+    if rest and rest[0] not in allowed:
+        raise _UsageError(f"{command} takes one of {', '.join(allowed)}, not {rest[0]!r}")
+    return command, (rest[0] if rest else allowed[0] if allowed else None)
+
+
 def main(
     argv: Optional[Sequence[str]] = None,
     *,
@@ -93,42 +119,69 @@ def main(
     clock: Optional[Clock] = None,
     prog: str = "virtguests",
 ) -> int:
-    """Run one command; returns the exit status (never raises for user errors)."""
+    """Run one command; returns the exit status (never raises, never prints a traceback
+    unless -v)."""
+    from virtguests.clock import Clock
+    from virtguests.report import Reporter
+
     args_in = list(sys.argv[1:] if argv is None else argv)
-    stdout = out if out is not None else sys.stdout
-    stderr = err if err is not None else sys.stderr
-    env = os.environ if environ is None else environ
+    reporter = Reporter(out if out is not None else sys.stdout,
+                        err if err is not None else sys.stderr,
+                        verbose="-v" in args_in or "--verbose" in args_in)
+    real_clock = clock if clock is not None else Clock()
+    requests = StopRequests(_on_stop_request(real_clock, reporter))
+    try:
+        with requests:
+            return _main(args_in, environ if environ is not None else os.environ,
+                         reporter, real_clock, requests, prog)
+    except Exception as exc:
+        reporter.internal_error("while running virtguests", exc)
+        return EXIT_FAIL
+    finally:
+        reporter.close()
+
+
+def _on_stop_request(clock: Clock, reporter: Reporter) -> Callable[[int, bool], None]:
+    def react(signum: int, first: bool) -> None:
+        clock.cancel.set()
+        name = signal.Signals(signum).name
+        if first:
+            reporter.error(f"got {name}: finishing what is in flight, starting nothing new")
+        else:
+            reporter.error(f"got {name} again: still finishing what is in flight (every "
+                           "virsh call ends within its timeout)")
+
+    return react
+
+
+def _main(args_in: list[str], env: Mapping[str, str], reporter: Reporter, clock: Clock,
+          requests: StopRequests, prog: str) -> int:
     parser = _parser()
     parser.error = _raise_usage  # type: ignore[method-assign]
     try:
         args = parser.parse_args(args_in)
+        if args.help:
+            reporter.out.write(_usage(prog) + "\n\n" + HELP)
+            return EXIT_OK
+        command, plan_of = _command(args)
     except _UsageError as problem:
-        stderr.write(f"virtguests: {problem}\n")
-        stdout.write(_usage(prog) + "\n")
-        return 2
-    if args.help:
-        stdout.write(_usage(prog) + "\n\n" + HELP)
-        return 0
-    words = args.command
-    plan_of = words[1] if len(words) == 2 and words[0] == "plan" else "stop"
-    if not words or words[0] not in (*COMMANDS, *EXTRA_COMMANDS) \
-            or (len(words) != 1 and not (words[0] == "plan" and plan_of in ("stop", "start"))):
-        stdout.write(_usage(prog) + "\n")
-        return 2
-    command = words[0]
+        reporter.error(str(problem))
+        reporter.out.write(_usage(prog) + "\n")
+        return EXIT_USAGE
+    reporter.quiet = args.quiet
 
     from virtguests import config as config_mod
     from virtguests import service, state
-    from virtguests.clock import Clock
-    from virtguests.report import Reporter
+    from virtguests.report import LogHandler
     from virtguests.virsh import Virsh, resolve_path
 
     if args.verbose:
-        handler = logging.StreamHandler(stderr)
+        handler = LogHandler(reporter)
         handler.setFormatter(logging.Formatter("virtguests: virsh: %(message)s"))
         logger = logging.getLogger("virtguests")
         logger.handlers[:] = [handler]
         logger.setLevel(logging.DEBUG)
+        logger.propagate = False
     loaded = config_mod.load(args.config, env)
     guest_policy = None
     if command not in NO_POLICY:
@@ -140,18 +193,31 @@ def main(
         loaded = replace(loaded, problems=(*loaded.problems, *problems))
     state_dir = args.state_dir or env.get("VIRTGUESTS_STATE_DIR")
     paths = state.Paths.in_dir(Path(state_dir)) if state_dir else state.Paths.default()
-    real_clock = clock if clock is not None else Clock()
-    reporter = Reporter(stdout, stderr, quiet=args.quiet)
     virsh = Virsh(resolve_path(args.virsh, env), environ=env,
                   default_timeout=loaded.config.query_timeout)
-    ctx = service.Context(loaded, paths, virsh, reporter, real_clock,
+    if clock.cancel.is_set():
+        virsh.interrupt()
+    requests.on_signal = _and_then(requests.on_signal, virsh.interrupt)
+    ctx = service.Context(loaded, paths, virsh, reporter, clock,
                           dry_run=args.dry_run, json=args.json)
     if guest_policy is not None:
         ctx.policy = guest_policy.lookup
-    with _signals_stop(real_clock.cancel, virsh.interrupt, reporter):
+    try:
         if command == "plan":
-            return service.plan_command(ctx, plan_of)
+            return service.plan_command(ctx, plan_of or "stop")
         return _dispatch(ctx, command)
+    finally:
+        if args.verbose:
+            logging.getLogger("virtguests").handlers[:] = []
+
+
+def _and_then(first: Callable[[int, bool], None],
+              then: Callable[[], None]) -> Callable[[int, bool], None]:
+    def both(signum: int, is_first: bool) -> None:
+        first(signum, is_first)
+        then()
+
+    return both
 
 
 def _dispatch(ctx: Context, command: str) -> int:
@@ -185,34 +251,44 @@ def _raise_usage(message: str) -> NoReturn:
     raise _UsageError(message)
 
 
-class _signals_stop:
-    """SIGTERM/SIGINT: start nothing new, let calls in flight end, then exit non-zero."""
+def _standard_fds() -> None:
+    """Started with stdin, stdout or stderr closed (``>&-``): put /dev/null there.
 
-    def __init__(self, cancel: threading.Event, interrupt: Callable[[], None],
-                 reporter: Reporter) -> None:
-        self.cancel = cancel
-        self.interrupt = interrupt
-        self.reporter = reporter
-        self.previous: dict[int, Any] = {}
+    Otherwise the next file we open (the lock, a state file) would get fd 1 or
+    2, and a progress line would be written into it.
+    """
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
-    def _handler(self, signum: int, frame: Optional[FrameType]) -> None:
-        if not self.cancel.is_set():
-            self.reporter.error(f"got {signal.Signals(signum).name}: finishing what is "
-                                "in flight, starting nothing new")
-        self.cancel.set()
-        self.interrupt()
 
-    def __enter__(self) -> _signals_stop:
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self.previous[sig] = signal.signal(sig, self._handler)
-        return self
+def _quiet_exit_flush() -> None:
+    """Nothing left buffered in sys.stdout/stderr may fail at interpreter exit.
 
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
+    Python turns a failed final flush (a closed or broken stdout) into exit
+    status 120; ours is decided already.
+    """
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is None:
+            continue
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, stream.fileno())
+                os.close(null)
 
 
 def console_main() -> None:
+    _standard_fds()
     name = os.path.basename(sys.argv[0])
-    sys.exit(main(prog="virtguests" if name in ("", "__main__.py") else name))
+    code = main(prog="virtguests" if name in ("", "__main__.py") else name)
+    _quiet_exit_flush()
+    sys.exit(code)

@@ -1,18 +1,24 @@
-"""Output: the reference's message lines on stdout, problems on stderr.
+"""Reporting: the reference's message lines on stdout, problems on stderr.
 
 Admins and test suites grep libvirt-guests' exact English lines, so the
-wording of every ``say`` call matches the reference.  Lines are written whole
-under a lock, because URIs are handled concurrently.  Per-guest outcomes are
-collected here too, for the run report.
+wording of every ``say`` call matches the reference.  Lines go out whole and
+in order through ``output.Output``, which never lets a slow, full or closed
+stream hold up the guests.  Per-guest outcomes are collected here too, for
+the run report.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import threading
 import time
+import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, TextIO
+
+from virtguests.output import Output, printable
 
 
 @dataclass
@@ -44,32 +50,47 @@ class Reporter:
         err: Optional[TextIO] = None,
         *,
         quiet: bool = False,
+        verbose: bool = False,
     ) -> None:
-        self.out = out if out is not None else sys.stdout
-        self.err = err if err is not None else sys.stderr
+        self.output = Output(out if out is not None else sys.stdout,
+                             err if err is not None else sys.stderr)
+        self.out = _Writer(self.output, 0)
+        self.err = _Writer(self.output, 1)
         self.quiet = quiet
+        self.verbose = verbose
         self._lock = threading.Lock()
         self.outcomes: dict[tuple[str, str], Outcome] = {}
         self.started = time.time()
 
     def say(self, line: str) -> None:
         """A progress line, worded like libvirt-guests."""
-        if self.quiet:
-            return
-        with self._lock:
-            _write(self.out, line)
+        if not self.quiet:
+            self.output.line(0, line)
 
     def warn(self, line: str) -> None:
-        if self.quiet:
-            return
-        self._stderr(f"virtguests: warning: {line}")
+        if not self.quiet:
+            self.output.line(1, f"virtguests: warning: {line}")
 
     def error(self, line: str) -> None:
-        self._stderr(f"virtguests: error: {line}")
+        self.output.line(1, f"virtguests: error: {line}")
 
-    def _stderr(self, line: str) -> None:
-        with self._lock:
-            _write(self.err, line)
+    def internal_error(self, where: str, exc: BaseException) -> None:
+        """A bug: one line naming it; the traceback only with ``-v``."""
+        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        hint = "" if self.verbose else " (run with -v for the traceback)"
+        self.error(f"internal error {where}: {what}; please report it{hint}")
+        if self.verbose:
+            for line in traceback.format_exception(type(exc), exc, exc.__traceback__):
+                for part in line.rstrip("\n").splitlines():
+                    self.output.line(1, f"virtguests: {part}")
+
+    def flush(self) -> None:
+        """Wait (a bounded time) until every line so far is out."""
+        self.output.drain()
+
+    def close(self) -> None:
+        """End of the run: give the output a bounded time to drain, then stop it."""
+        self.output.close()
 
     def cannot_resume_uri(self, uri: str, why: str, uuids: list[str]) -> None:
         self.say(f"Can't connect to {uri}. Skipping.")
@@ -103,10 +124,29 @@ class Reporter:
             }
 
 
-def _write(stream: TextIO, line: str) -> None:
-    """A closed journal or console must never interrupt protecting the guests."""
-    try:
-        stream.write(line + "\n")
-        stream.flush()
-    except (OSError, ValueError):
+class _Writer:
+    """File-like access for whole documents (JSON, virsh tables), through the same queue."""
+
+    def __init__(self, output: Output, which: int) -> None:
+        self.output = output
+        self.which = which
+
+    def write(self, text: str) -> int:
+        lines = text.split("\n")
+        self.output.text(self.which, "\n".join(printable(line) for line in lines))
+        return len(text)
+
+    def flush(self) -> None:
         pass
+
+
+class LogHandler(logging.Handler):
+    """``-v`` logging through the reporter, so it shares its order and its safety."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        super().__init__()
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):  # logging must never break a run
+            self.reporter.output.line(1, self.format(record))

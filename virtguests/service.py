@@ -7,6 +7,7 @@ Each command reads the host, asks ``plan`` what to do, prints the plan
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -106,20 +107,18 @@ def stop(ctx: Context, *, force_shutdown: bool = False) -> int:
 
 
 def _locked(ctx: Context, body: Callable[[], int]) -> int:
-    lock = state.exclusive(ctx.paths.lock, wait=ctx.lock_wait, on_wait=ctx.report.warn)
-    try:
-        lock.__enter__()
-    except state.LockBusy as err:
-        ctx.report.error(str(err))
-        return EXIT_FAIL
-    except OSError as err:
-        # A read-only or full /var at shutdown must not stop us protecting guests.
-        ctx.report.error(f"cannot lock {ctx.paths.lock}: {err}; going on without the lock")
+    """Run *body* holding the lock; a second virtguests waits for the first."""
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(state.exclusive(ctx.paths.lock, wait=ctx.lock_wait,
+                                               on_wait=ctx.report.warn, sleep=ctx.clock.sleep))
+        except (state.LockBusy, state.LockInterrupted) as err:
+            ctx.report.error(str(err))
+            return EXIT_FAIL
+        except OSError as err:
+            # A read-only or full /var at shutdown must not stop us protecting guests.
+            ctx.report.error(f"cannot lock {ctx.paths.lock}: {err}; going on without the lock")
         return body()
-    try:
-        return body()
-    finally:
-        lock.__exit__(None, None, None)
 
 
 def _disk(ctx: Context, what: str, action: Callable[[], None]) -> bool:

@@ -12,8 +12,8 @@ import errno
 import fcntl
 import json
 import os
+import stat
 import tempfile
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -198,7 +198,14 @@ def _ignore_missing() -> Iterator[None]:
 
 
 class LockBusy(Exception):
-    pass
+    """Another virtguests held the lock for longer than we may wait."""
+
+
+class LockInterrupted(Exception):
+    """A stop was requested (SIGTERM/SIGINT) while waiting for the lock."""
+
+
+LOCK_POLL = 0.2
 
 
 @contextmanager
@@ -207,12 +214,21 @@ def exclusive(
     *,
     wait: float,
     on_wait: Callable[[str], None],
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], bool],
 ) -> Iterator[None]:
-    """Hold an flock on *path*; another virtguests run waits up to *wait* seconds."""
+    """Hold an flock on *path*; another virtguests run waits up to *wait* seconds.
+
+    *sleep* returns False when a stop was requested: then we give up at once
+    (LockInterrupted), so a queued run never outlives its SIGTERM.  The lock
+    file is opened without blocking and must be a regular file: a FIFO or a
+    device planted there is refused (OSError), never waited on.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                 | os.O_CLOEXEC, 0o644)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file")
         waited = 0.0
         told = False
         while True:
@@ -230,8 +246,10 @@ def exclusive(
             if not told:
                 on_wait(f"waiting for another virtguests (pid {holder}) to finish ({path})")
                 told = True
-            sleep(0.2)
-            waited += 0.2
+            if not sleep(LOCK_POLL):
+                raise LockInterrupted(f"stop requested while waiting for another virtguests "
+                                      f"(pid {holder}) to release {path}")
+            waited += LOCK_POLL
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
