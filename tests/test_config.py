@@ -199,7 +199,7 @@ def test_every_integer_has_its_documented_range(key: str) -> None:
 def test_every_decimal_integer_in_range_is_accepted(n: int) -> None:
     try:
         value = config.strict_int(str(n), -5, 10**12)
-    except config._Invalid:
+    except config.Invalid:
         assert not -5 <= n <= 10**12
     else:
         assert value == n
@@ -210,7 +210,7 @@ def test_whatever_is_accepted_is_the_plain_decimal_spelling_of_its_value(raw: st
     """With the test above: exactly the canonical decimal strings in range are integers."""
     try:
         value = config.strict_int(raw, 0, config.YEAR)
-    except config._Invalid as err:
+    except config.Invalid as err:
         assert "(allowed: integers 0 to 31536000 (one year))" in str(err)
     else:
         assert str(value) == raw and 0 <= value <= config.YEAR

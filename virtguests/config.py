@@ -116,14 +116,14 @@ def blocks(command: Optional[str], problem: Problem) -> bool:
     return not known or problem.key in used
 
 
-class _Invalid(Exception):
-    pass
+class Invalid(Exception):
+    """A value a converter refuses; the message ends with ``(allowed: ...)``."""
 
 
 def _enum(*allowed: str) -> Callable[[str], str]:
     def convert(raw: str) -> str:
         if raw not in allowed:
-            raise _Invalid(f"invalid value {raw!r} (allowed: {', '.join(allowed)})")
+            raise Invalid(f"invalid value {raw!r} (allowed: {', '.join(allowed)})")
         return raw
 
     return convert
@@ -146,20 +146,20 @@ def strict_int(raw: str, minimum: int, maximum: int) -> int:
     allowed = f"(allowed: integers {minimum} to {maximum}{_unit(maximum)})"
     match = _DECIMAL.fullmatch(raw)
     if match is None:
-        raise _Invalid(f"not an integer: {raw!r} {allowed}")
+        raise Invalid(f"not an integer: {raw!r} {allowed}")
     sign, digits = match.groups()
     if len(digits) > 1 and digits.startswith("0"):
-        raise _Invalid(f"leading zero in {raw!r}: bash arithmetic reads it as octal "
+        raise Invalid(f"leading zero in {raw!r}: bash arithmetic reads it as octal "
                        f"(010 is 8); write it without {allowed}")
     if sign and digits == "0":
-        raise _Invalid(f"not an integer: {raw!r} {allowed}")
+        raise Invalid(f"not an integer: {raw!r} {allowed}")
     if len(digits) > 18:
-        raise _Invalid(f"out of range: {raw[:40]!r}{'...' if len(raw) > 40 else ''} {allowed}")
+        raise Invalid(f"out of range: {raw[:40]!r}{'...' if len(raw) > 40 else ''} {allowed}")
     value = int(raw, 10)
     if value < minimum:
-        raise _Invalid(f"must be equal or greater than {minimum}, got {value} {allowed}")
+        raise Invalid(f"must be equal or greater than {minimum}, got {value} {allowed}")
     if value > maximum:
-        raise _Invalid(f"must be at most {maximum}{_unit(maximum)}, got {value} {allowed}")
+        raise Invalid(f"must be at most {maximum}{_unit(maximum)}, got {value} {allowed}")
     return value
 
 
@@ -181,10 +181,10 @@ def _seconds(raw: str) -> float:
     """A plain decimal number of seconds: ``1``, ``0.5``; never nan, inf, 1e9 or 1_0."""
     allowed = f"(allowed: decimal seconds 0 to {YEAR} (one year), e.g. 0.5)"
     if _SECONDS.fullmatch(raw) is None:
-        raise _Invalid(f"not a number of seconds: {raw[:40]!r} {allowed}")
+        raise Invalid(f"not a number of seconds: {raw[:40]!r} {allowed}")
     value = float(raw)
     if value > YEAR:
-        raise _Invalid(f"must be at most {YEAR} (one year), got {raw} {allowed}")
+        raise Invalid(f"must be at most {YEAR} (one year), got {raw} {allowed}")
     return value
 
 
@@ -201,25 +201,25 @@ def ifs_split(raw: str) -> list[str]:
 def _uris(raw: str) -> tuple[str, ...]:
     uris = tuple(ifs_split(raw))
     if not uris:
-        raise _Invalid("empty (allowed: whitespace-separated libvirt URIs, or 'default')")
+        raise Invalid("empty (allowed: whitespace-separated libvirt URIs, or 'default')")
     return uris
 
 
 def _chain(raw: str) -> tuple[str, ...]:
     words = tuple(ifs_split(raw))
     if not words:
-        raise _Invalid(f"empty (allowed: {', '.join(ACTIONS)}, or a chain such as "
+        raise Invalid(f"empty (allowed: {', '.join(ACTIONS)}, or a chain such as "
                        "'suspend shutdown poweroff')")
     for word in words:
         if word not in ACTIONS:
-            raise _Invalid(
+            raise Invalid(
                 f"invalid action {word!r} (allowed: {', '.join(ACTIONS)}, or a chain "
                 "such as 'suspend shutdown poweroff')"
             )
     if len(set(words)) != len(words):
-        raise _Invalid(f"an action is repeated in {raw!r} (allowed: each action at most once)")
+        raise Invalid(f"an action is repeated in {raw!r} (allowed: each action at most once)")
     if list(words) != sorted(words, key=ACTIONS.index):
-        raise _Invalid(f"actions out of order in {raw!r} (allowed: in the order "
+        raise Invalid(f"actions out of order in {raw!r} (allowed: in the order "
                        f"{' -> '.join(ACTIONS)}, each optional)")
     return words
 
@@ -362,9 +362,9 @@ def parse_text(text: str, path: str, environ: Mapping[str, str]) -> Loaded:
         attr, convert = spec
         try:
             if _has_undecodable(item.value):
-                raise _Invalid("not valid UTF-8 (allowed: UTF-8 text)")
+                raise Invalid("not valid UTF-8 (allowed: UTF-8 text)")
             values[attr] = convert(item.value)
-        except _Invalid as err:
+        except Invalid as err:
             problems.append((item.line, Problem(path, item.line, item.key, str(err))))
             values.pop(attr, None)
             if item.key == "URIS":
