@@ -355,3 +355,16 @@ def test_fuzz_every_problem_has_a_line(text: str) -> None:
     loaded = parse_text(text, "fuzz", {})
     for problem in loaded.problems:
         assert problem.line >= 1
+
+
+@given(st.binary(max_size=400))
+def test_any_bytes_as_a_config_file_are_read_or_refused(tmp_path_factory: pytest.TempPathFactory,
+                                                        data: bytes) -> None:
+    path = tmp_path_factory.mktemp("c") / "libvirt-guests"
+    path.write_bytes(data)
+    loaded = load(str(path), {})
+    assert isinstance(loaded.config, Config)
+    for problem in loaded.problems:
+        assert problem.line >= 1 and str(problem).startswith(f"{path}:{problem.line}: ")
+    for text in [*map(str, loaded.problems), *loaded.warnings]:
+        text.encode("utf-8")  # printable: undecodable bytes are never echoed raw

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fakehost import FakeHost
@@ -180,6 +180,21 @@ def test_missing_named_policy_file(fake_host: Make, tmp_path: Path) -> None:
 # -- bad files are refused, never followed (issue 10, item 4) ---------------------------
 
 
+@pytest.fixture(params=["libyaml", "pure"])
+def yaml_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test below runs with LibYAML's parser and with PyYAML's own (the fallback)."""
+    import yaml
+
+    from virtguests import policy
+
+    if request.param == "pure":
+        monkeypatch.setattr(policy, "_loader", lambda: yaml.SafeLoader)
+    elif not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("PyYAML was built without LibYAML")
+    return str(request.param)
+
+
+
 @pytest.mark.parametrize("value, why", [
     ("!foo x", "YAML tag !foo is not allowed"),
     ("!!int ten", "YAML tag !!int is not allowed"),
@@ -196,7 +211,7 @@ def test_missing_named_policy_file(fake_host: Make, tmp_path: Path) -> None:
     ("[1]", "not a list or mapping"),
     ("", "not an integer"),
 ])
-def test_start_delay_values_are_refused_with_line_and_key(value: str, why: str) -> None:
+def test_start_delay_values_are_refused_with_line_and_key(value: str, why: str, yaml_parser: str) -> None:
     text = f"guests:\n  - match: web\n    skip_start: true\n    start_delay: {value}\n"
     policy, problems = parse(text, "p.yaml")
     assert [(p.line, p.key) for p in problems] == [(4, "start_delay")], problems
@@ -217,7 +232,7 @@ def test_start_delay_values_are_refused_with_line_and_key(value: str, why: str) 
     ("actions", "[shutdown, [poweroff]]", "must be a word or a list of words"),
     ("actions", "hibernate", "invalid chain"),
 ])
-def test_wrong_types_are_problems_and_the_rule_keeps_its_other_fields(key: str, value: str,
+def test_wrong_types_are_problems_and_the_rule_keeps_its_other_fields(yaml_parser: str, key: str, value: str,
                                                                       why: str) -> None:
     text = f"guests:\n  - match: web\n    order: 3\n    {key}: {value}\n" \
         if key != "order" else f"guests:\n  - match: web\n    start_delay: 3\n    {key}: {value}\n"
@@ -228,14 +243,14 @@ def test_wrong_types_are_problems_and_the_rule_keeps_its_other_fields(key: str, 
     assert rule.policy != GuestPolicy()
 
 
-def test_a_rule_without_a_valid_match_or_uri_is_left_out() -> None:
+def test_a_rule_without_a_valid_match_or_uri_is_left_out(yaml_parser: str) -> None:
     policy, problems = parse("guests:\n  - match: [a]\n  - match: b\n    uri: ~\n"
                              "  - match: c\n    match: d\n  - match: e\n", "p.yaml")
     assert [(p.line, p.key) for p in problems] == [(2, "match"), (4, "uri"), (6, "match")]
     assert [r.match for r in policy.rules] == ["e"]
 
 
-def test_aliases_are_never_expanded() -> None:
+def test_aliases_are_never_expanded(yaml_parser: str) -> None:
     """A billion laughs: nine levels of ten aliases each would be 10**9 nodes."""
     lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     for i in range(1, 10):
@@ -248,7 +263,7 @@ def test_aliases_are_never_expanded() -> None:
     assert [r.match for r in policy.rules] == ["web"]
 
 
-def test_tags_anchors_and_aliases_on_structure_are_refused() -> None:
+def test_tags_anchors_and_aliases_on_structure_are_refused(yaml_parser: str) -> None:
     for text, line in [("!!map {guests: []}\n", 1), ("guests: !!seq []\n", 1),
                        ("guests:\n  - !r {match: a}\n", 2), ("guests:\n  - &r {match: a}\n", 2),
                        ("guests:\n  - {match: a}\n  - *r\n", 3), ("guests: &g []\n", 1)]:
@@ -257,20 +272,20 @@ def test_tags_anchors_and_aliases_on_structure_are_refused() -> None:
         assert "YAML" in problems[0].message, problems
 
 
-def test_absurd_nesting_is_one_problem_not_a_recursion_error() -> None:
+def test_absurd_nesting_is_one_problem_not_a_recursion_error(yaml_parser: str) -> None:
     for text in ("guests: " + "[" * 100_000, "guests:\n  - match: " + "[" * 50 + "]" * 50,
                  "a:\n" + "".join(" " * i + "b:\n" for i in range(1, 200))):
         _, problems = parse(text, "p.yaml")
         assert len(problems) == 1 and problems[0].line >= 1, problems[:3]
 
 
-def test_more_than_one_document_is_refused() -> None:
+def test_more_than_one_document_is_refused(yaml_parser: str) -> None:
     _, problems = parse("guests: []\n---\nguests: []\n", "p.yaml")
     assert [(p.line, p.message.split(" (")[0]) for p in problems] == [
         (2, "more than one YAML document")]
 
 
-def test_special_characters_and_bad_utf8(tmp_path: Path) -> None:
+def test_special_characters_and_bad_utf8(tmp_path: Path, yaml_parser: str) -> None:
     _, problems = parse("guests:\n  - match: a\x00\n", "p.yaml")
     assert problems[0].line == 2 and "not valid YAML" in problems[0].message
     path = tmp_path / "guests.yaml"
@@ -298,8 +313,12 @@ YAMLISH = st.lists(st.sampled_from([
 ]), max_size=40).map("".join)
 
 
-@given(st.one_of(YAMLISH, st.text(max_size=200)))
-def test_fuzz_parse_never_raises_and_every_problem_has_a_line(text: str) -> None:
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(YAMLISH, st.text(max_size=200),
+                 st.integers(30, 3000).map(lambda n: "guests: " + "[" * n + "]" * n),
+                 st.integers(30, 300).map(lambda n: "g:\n" + "".join(
+                     " " * i + "k:\n" for i in range(1, n)))))
+def test_fuzz_parse_never_raises_and_every_problem_has_a_line(yaml_parser: str, text: str) -> None:
     policy, problems = parse(text, "p.yaml")
     for problem in problems:
         assert problem.line >= 1 and str(problem).startswith("p.yaml:"), problem
@@ -321,3 +340,15 @@ def test_a_uri_rule_matches_default_once_it_is_resolved() -> None:
     assert resolving(lookup, {"default": "qemu:///session"})("default", db) == GuestPolicy()
     plain, _ = parse("guests:\n  - match: db-*\n    order: 1\n", "p.yaml")
     assert not wants_canonical(plain.lookup, "default")
+
+
+def test_virsh_uri_output_as_recorded_from_real_virsh() -> None:
+    import yaml
+
+    from tests.fakehost import REPO
+    from virtguests import observe
+
+    recorded = yaml.safe_load((REPO / "fixtures" / "test-custom-uri.yaml").read_text())
+    assert recorded["argv"] == ["uri"]
+    assert observe.parse_uri(recorded["stdout"]) == "test:///default"
+    assert observe.parse_uri("") is None and observe.parse_uri("a\nb\n") is None

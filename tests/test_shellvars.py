@@ -235,3 +235,13 @@ def test_what_we_accept_bash_reads_the_same(tmp_path_factory: pytest.TempPathFac
     a_set, a, b_set, b = (work / "out").read_bytes().decode().split("\0")
     theirs = {k: v for k, v, is_set in (("A", a, a_set), ("B", b, b_set)) if is_set}
     assert {k: v for k, v in ours.items() if k in ("A", "B")} == theirs, text
+
+
+@given(st.text(max_size=400))
+def test_any_text_is_read_or_refused_line_by_line(text: str) -> None:
+    assignments, problems = parse(text, {"HOME": "/root", "X": "p q"})
+    lines = text.count("\n") + 1
+    for item in assignments:
+        assert item.key.isidentifier() and 1 <= item.line <= lines
+    for problem in problems:
+        assert 1 <= problem.line <= lines and problem.message

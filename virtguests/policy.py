@@ -166,6 +166,7 @@ def _tree(text: str, path: str, problems: list[Problem]) -> Optional[_Node]:
 
     Aliases stay leaves (never expanded), so no alias bomb can grow here; the
     depth is checked as the events come, so no nesting can exhaust the stack.
+    LibYAML's parser when PyYAML has it (25 times faster on a large file).
     """
     import yaml
 
@@ -173,7 +174,7 @@ def _tree(text: str, path: str, problems: list[Problem]) -> Optional[_Node]:
     root: Optional[_Node] = None
     documents = 0
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=_loader()):
             mark = event.start_mark
             line = int(mark.line) + 1 if mark is not None else 1
             if isinstance(event, yaml.DocumentStartEvent):
@@ -190,7 +191,7 @@ def _tree(text: str, path: str, problems: list[Problem]) -> Optional[_Node]:
                 node = _Node("alias", line, anchor=event.anchor)
             elif isinstance(event, yaml.ScalarEvent):
                 node = _Node("scalar", line, event.tag, event.anchor, event.value,
-                             plain=event.style is None)
+                             plain=not event.style)  # LibYAML says "", PyYAML None
             elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
                 kind = "seq" if isinstance(event, yaml.SequenceStartEvent) else "map"
                 node = _Node(kind, line, event.tag, event.anchor)
@@ -211,6 +212,12 @@ def _tree(text: str, path: str, problems: list[Problem]) -> Optional[_Node]:
         problems.append(Problem(path, _error_line(err, text), "", f"not valid YAML: {err}"))
         return None
     return root
+
+
+def _loader() -> Any:
+    import yaml
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _error_line(err: Exception, text: str) -> int:
