@@ -211,7 +211,8 @@ def yaml_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch)
     ("[1]", "not a list or mapping"),
     ("", "not an integer"),
 ])
-def test_start_delay_values_are_refused_with_line_and_key(value: str, why: str, yaml_parser: str) -> None:
+def test_start_delay_values_are_refused_with_line_and_key(value: str, why: str,
+                                                         yaml_parser: str) -> None:
     text = f"guests:\n  - match: web\n    skip_start: true\n    start_delay: {value}\n"
     policy, problems = parse(text, "p.yaml")
     assert [(p.line, p.key) for p in problems] == [(4, "start_delay")], problems
@@ -232,8 +233,8 @@ def test_start_delay_values_are_refused_with_line_and_key(value: str, why: str, 
     ("actions", "[shutdown, [poweroff]]", "must be a word or a list of words"),
     ("actions", "hibernate", "invalid chain"),
 ])
-def test_wrong_types_are_problems_and_the_rule_keeps_its_other_fields(yaml_parser: str, key: str, value: str,
-                                                                      why: str) -> None:
+def test_wrong_types_are_problems_and_the_rule_keeps_its_other_fields(
+        yaml_parser: str, key: str, value: str, why: str) -> None:
     text = f"guests:\n  - match: web\n    order: 3\n    {key}: {value}\n" \
         if key != "order" else f"guests:\n  - match: web\n    start_delay: 3\n    {key}: {value}\n"
     policy, problems = parse(text, "p.yaml")
