@@ -368,3 +368,18 @@ def test_any_bytes_as_a_config_file_are_read_or_refused(tmp_path_factory: pytest
         assert problem.line >= 1 and str(problem).startswith(f"{path}:{problem.line}: ")
     for text in [*map(str, loaded.problems), *loaded.warnings]:
         text.encode("utf-8")  # printable: undecodable bytes are never echoed raw
+
+
+def test_readme_and_man_page_state_the_same_ranges() -> None:
+    repo = Path(__file__).resolve().parent.parent
+    readme = (repo / "README.md").read_text()
+    man = " ".join((repo / "doc" / "virtguests.8.md").read_text().split())
+    ranges = {**NUMERIC, "RETRIES_SLEEP": (0, config.YEAR)}
+    for key, (low, high) in ranges.items():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{key}` |"))
+        kind = "decimal seconds" if key == "RETRIES_SLEEP" else "integer"
+        assert f"{kind} {low} to {high}" in row, row
+        definition = man.split(f"`{key}` (default", 1)[1][:80]
+        assert f"{kind.capitalize()} {low} to {high}" in definition, (key, definition)
+        problem = parse_text(f"{key}=x\n", "f", {}).problems[0]
+        assert f"{low} to {high}" in problem.message
