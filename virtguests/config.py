@@ -149,8 +149,9 @@ def strict_int(raw: str, minimum: int, maximum: int) -> int:
         raise Invalid(f"not an integer: {raw!r} {allowed}")
     sign, digits = match.groups()
     if len(digits) > 1 and digits.startswith("0"):
-        raise Invalid(f"leading zero in {raw!r}: bash arithmetic reads it as octal "
-                       f"(010 is 8); write it without {allowed}")
+        plain = sign + (digits.lstrip("0") or "0")
+        raise Invalid(f"leading zero in {raw!r} (bash arithmetic reads it as octal: 010 is "
+                      f"8); write {plain} {allowed}")
     if sign and digits == "0":
         raise Invalid(f"not an integer: {raw!r} {allowed}")
     if len(digits) > 18:
