@@ -42,3 +42,16 @@ def test_warnings_name_the_files(tmp_path: Path) -> None:
     assert str(conf) in out[0] and 'auto_shutdown_try_save = "all"' in out[0]
     assert "libvirt-guests is also enabled" in out[1]
     assert conflicts.warnings(tmp_path / "none", [tmp_path / "nothing"], []) == []
+
+
+def test_a_qemu_conf_that_is_not_a_regular_file_is_a_warning_not_a_hang(tmp_path: Path) -> None:
+    import os
+
+    from tests.test_files import within_deadline
+
+    fifo = tmp_path / "qemu.conf"
+    os.mkfifo(fifo)
+    out = within_deadline(lambda: conflicts.warnings(fifo, [], []))
+    assert out == [f"cannot check {fifo} for libvirt's own auto-shutdown: a FIFO (named pipe), "
+                   "not a regular file: refused"]
+    assert within_deadline(lambda: conflicts.auto_shutdown(Path("/dev/zero"))) == []

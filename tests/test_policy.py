@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tests.fakehost import FakeHost
 from virtguests.plan import Guest, GuestPolicy
-from virtguests.policy import EXAMPLE, parse
+from virtguests.policy import EXAMPLE, load, parse, resolving, wants_canonical
 
 Make = Callable[..., FakeHost]
 UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"
@@ -55,18 +60,22 @@ extra: 1
 """
     policy, problems = parse(text, "/etc/virtguests/guests.yaml")
     assert [str(p) for p in problems] == [
-        "/etc/virtguests/guests.yaml:13: extra: unknown key (allowed: guests)",
         "/etc/virtguests/guests.yaml:3: actions: invalid chain 'hibernate' (allowed: suspend, "
         "shutdown, poweroff in that order, or none)",
-        "/etc/virtguests/guests.yaml:5: order: invalid value 'high' (allowed: integers)",
+        "/etc/virtguests/guests.yaml:5: order: not an integer: 'high' (allowed: integers "
+        "-1000000 to 1000000)",
         "/etc/virtguests/guests.yaml:6: colour: unknown key (allowed: match, uri, actions, "
         "order, shutdown_timeout, start_delay, skip_start)",
         "/etc/virtguests/guests.yaml:7: match: every rule needs 'match'",
-        "/etc/virtguests/guests.yaml:9: skip_start: must be true or false",
-        "/etc/virtguests/guests.yaml:10: shutdown_timeout: invalid value -5 "
-        "(allowed: integers >= 0)",
+        "/etc/virtguests/guests.yaml:9: skip_start: must be true or false, got 'maybe' "
+        "(allowed: true, false; not yes/no, which YAML versions read differently)",
+        "/etc/virtguests/guests.yaml:10: shutdown_timeout: must be equal or greater than 0, "
+        "got -5 (allowed: integers 0 to 31536000 (one year))",
+        "/etc/virtguests/guests.yaml:13: extra: unknown key (allowed: guests)",
     ]
-    assert [r.match for r in policy.rules] == ["good"]
+    # a rule keeps its valid fields; only one without 'match' is left out
+    assert [r.match for r in policy.rules] == ["a", "b", "c", "good"]
+    assert all(r.policy == GuestPolicy() for r in policy.rules[:3])
 
 
 def test_broken_yaml_is_one_located_problem() -> None:
@@ -155,7 +164,7 @@ def test_invalid_policy_refuses_start_but_stop_still_protects(fake_host: Make,
                                                               tmp_path: Path) -> None:
     host = host_with_policy(fake_host, tmp_path, "guests:\n  - match: web\n    order: x\n")
     run = host.run("stop")
-    assert run.code == 6 and "guests.yaml:3: order: invalid value 'x'" in run.err
+    assert run.code == 6 and "guests.yaml:3: order: not an integer: 'x'" in run.err
     assert host.managed_saved() == {"db", "app", "web", "pet"}
     assert host.run("start").code == 6
     assert host.run("check").code == 6
@@ -166,3 +175,181 @@ def test_missing_named_policy_file(fake_host: Make, tmp_path: Path) -> None:
                      f"GUEST_POLICY={tmp_path / 'nope.yaml'}\n")
     run = host.run("check")
     assert run.code == 6 and "nope.yaml: GUEST_POLICY: policy file does not exist" in run.err
+
+
+# -- bad files are refused, never followed (issue 10, item 4) ---------------------------
+
+
+@pytest.fixture(params=["libyaml", "pure"])
+def yaml_parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test below runs with LibYAML's parser and with PyYAML's own (the fallback)."""
+    import yaml
+
+    from virtguests import policy
+
+    if request.param == "pure":
+        monkeypatch.setattr(policy, "_loader", lambda: yaml.SafeLoader)
+    elif not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("PyYAML was built without LibYAML")
+    return str(request.param)
+
+
+
+@pytest.mark.parametrize("value, why", [
+    ("!foo x", "YAML tag !foo is not allowed"),
+    ("!!int ten", "YAML tag !!int is not allowed"),
+    ("!!str 10", "YAML tag !!str is not allowed"),
+    ("!!python/object/apply:os.system [id]", "YAML tag !!python/object/apply:os.system"),
+    ("&a 5", "YAML anchor &a is not allowed"),
+    ("010", "octal"),
+    ("1_000", "not an integer"),
+    ("0x10", "not an integer"),
+    ("+5", "not an integer"),
+    ("1e3", "not an integer"),
+    ('"10"', "not a quoted string"),
+    ("31536001", "must be at most 31536000 (one year)"),
+    ("[1]", "not a list or mapping"),
+    ("", "not an integer"),
+])
+def test_start_delay_values_are_refused_with_line_and_key(value: str, why: str,
+                                                         yaml_parser: str) -> None:
+    text = f"guests:\n  - match: web\n    skip_start: true\n    start_delay: {value}\n"
+    policy, problems = parse(text, "p.yaml")
+    assert [(p.line, p.key) for p in problems] == [(4, "start_delay")], problems
+    assert why in problems[0].message
+    [rule] = policy.rules
+    assert rule.policy == GuestPolicy(skip_start=True), "the rule keeps its valid fields"
+
+
+@pytest.mark.parametrize("key, value, why", [
+    ("skip_start", "yes", "must be true or false"),
+    ("skip_start", "'true'", "must be true or false"),
+    ("skip_start", "!!bool true", "YAML tag !!bool"),
+    ("order", "1000001", "must be at most 1000000"),
+    ("order", "-1000001", "must be equal or greater than -1000000"),
+    ("shutdown_timeout", "-0", "not an integer"),
+    ("actions", "{a: b}", "must be a word or a list"),
+    ("actions", "[shutdown, !x poweroff]", "YAML tag !x"),
+    ("actions", "[shutdown, [poweroff]]", "must be a word or a list of words"),
+    ("actions", "hibernate", "invalid chain"),
+])
+def test_wrong_types_are_problems_and_the_rule_keeps_its_other_fields(
+        yaml_parser: str, key: str, value: str, why: str) -> None:
+    text = f"guests:\n  - match: web\n    order: 3\n    {key}: {value}\n" \
+        if key != "order" else f"guests:\n  - match: web\n    start_delay: 3\n    {key}: {value}\n"
+    policy, problems = parse(text, "p.yaml")
+    assert [(p.line, p.key) for p in problems] == [(4, key)], problems
+    assert why in problems[0].message
+    [rule] = policy.rules
+    assert rule.policy != GuestPolicy()
+
+
+def test_a_rule_without_a_valid_match_or_uri_is_left_out(yaml_parser: str) -> None:
+    policy, problems = parse("guests:\n  - match: [a]\n  - match: b\n    uri: ~\n"
+                             "  - match: c\n    match: d\n  - match: e\n", "p.yaml")
+    assert [(p.line, p.key) for p in problems] == [(2, "match"), (4, "uri"), (6, "match")]
+    assert [r.match for r in policy.rules] == ["e"]
+
+
+def test_aliases_are_never_expanded(yaml_parser: str) -> None:
+    """A billion laughs: nine levels of ten aliases each would be 10**9 nodes."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, 10):
+        refs = ", ".join([f"*a{i - 1}"] * 10)
+        lines.append(f"a{i}: &a{i} [{refs}]")
+    text = "\n".join(lines) + "\nguests:\n  - match: *a9\n  - match: web\n    order: 1\n"
+    policy, problems = parse(text, "p.yaml")
+    assert any(p.line == 12 and p.key == "match" and "alias *a9" in p.message
+               for p in problems)
+    assert [r.match for r in policy.rules] == ["web"]
+
+
+def test_tags_anchors_and_aliases_on_structure_are_refused(yaml_parser: str) -> None:
+    for text, line in [("!!map {guests: []}\n", 1), ("guests: !!seq []\n", 1),
+                       ("guests:\n  - !r {match: a}\n", 2), ("guests:\n  - &r {match: a}\n", 2),
+                       ("guests:\n  - {match: a}\n  - *r\n", 3), ("guests: &g []\n", 1)]:
+        _, problems = parse(text, "p.yaml")
+        assert problems and problems[0].line == line, (text, problems)
+        assert "YAML" in problems[0].message, problems
+
+
+def test_absurd_nesting_is_one_problem_not_a_recursion_error(yaml_parser: str) -> None:
+    for text in ("guests: " + "[" * 100_000, "guests:\n  - match: " + "[" * 50 + "]" * 50,
+                 "a:\n" + "".join(" " * i + "b:\n" for i in range(1, 200))):
+        _, problems = parse(text, "p.yaml")
+        assert len(problems) == 1 and problems[0].line >= 1, problems[:3]
+
+
+def test_more_than_one_document_is_refused(yaml_parser: str) -> None:
+    _, problems = parse("guests: []\n---\nguests: []\n", "p.yaml")
+    assert [(p.line, p.message.split(" (")[0]) for p in problems] == [
+        (2, "more than one YAML document")]
+
+
+def test_special_characters_and_bad_utf8(tmp_path: Path, yaml_parser: str) -> None:
+    _, problems = parse("guests:\n  - match: a\x00\n", "p.yaml")
+    assert problems[0].line == 2 and "not valid YAML" in problems[0].message
+    path = tmp_path / "guests.yaml"
+    path.write_bytes(b"guests:\n  - match: caf\xe9\n")
+    _, problems = load(str(path))
+    assert [(p.line, p.message.split(" (")[0]) for p in problems] == [(2, "not valid UTF-8")]
+
+
+def test_a_fifo_or_directory_as_policy_file_is_refused(tmp_path: Path) -> None:
+    from tests.test_files import within_deadline
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    policy, problems = within_deadline(lambda: load(str(fifo)))
+    assert policy.rules == () and "FIFO" in str(problems[0])
+    _, problems = load(str(tmp_path))
+    assert "directory" in str(problems[0])
+
+
+YAMLISH = st.lists(st.sampled_from([
+    "guests:", "\n", "  ", "- ", "match: ", "uri: ", "order: ", "skip_start: ", "actions: ",
+    "start_delay: ", "a", "db-*", "!foo ", "!!int ", "!!python/name:os.system ", "&x ", "*x",
+    "[", "]", "{", "}", ":", ",", "'", '"', "010", "1_000", "yes", "true", "~", "\t", "#", "---",
+    "? ", "|", ">", "%YAML 1.1\n", "\\", "\x00", "é", "10", "-5", "none", "shutdown poweroff",
+]), max_size=40).map("".join)
+
+
+@settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.one_of(YAMLISH, st.text(max_size=200),
+                 st.integers(30, 3000).map(lambda n: "guests: " + "[" * n + "]" * n),
+                 st.integers(30, 300).map(lambda n: "g:\n" + "".join(
+                     " " * i + "k:\n" for i in range(1, n)))))
+def test_fuzz_parse_never_raises_and_every_problem_has_a_line(yaml_parser: str, text: str) -> None:
+    policy, problems = parse(text, "p.yaml")
+    for problem in problems:
+        assert problem.line >= 1 and str(problem).startswith("p.yaml:"), problem
+    for rule in policy.rules:
+        assert isinstance(rule.match, str) and rule.match
+
+
+# -- `default` is a real host (issue 10, item 13) ---------------------------------------
+
+
+def test_a_uri_rule_matches_default_once_it_is_resolved() -> None:
+    policy, _ = parse(EXAMPLE, "guests.yaml")
+    lookup = policy.lookup
+    db = Guest(UUID, "db-main")
+    assert lookup("default", db) == GuestPolicy()
+    assert wants_canonical(lookup, "default") and not wants_canonical(lookup, "qemu:///system")
+    resolved = resolving(lookup, {"default": "qemu:///system", "test:///default": None})
+    assert resolved("default", db).group == 10
+    assert resolving(lookup, {"default": "qemu:///session"})("default", db) == GuestPolicy()
+    plain, _ = parse("guests:\n  - match: db-*\n    order: 1\n", "p.yaml")
+    assert not wants_canonical(plain.lookup, "default")
+
+
+def test_virsh_uri_output_as_recorded_from_real_virsh() -> None:
+    import yaml
+
+    from tests.fakehost import REPO
+    from virtguests import observe
+
+    recorded = yaml.safe_load((REPO / "fixtures" / "test-custom-uri.yaml").read_text())
+    assert recorded["argv"] == ["uri"]
+    assert observe.parse_uri(recorded["stdout"]) == "test:///default"
+    assert observe.parse_uri("") is None and observe.parse_uri("a\nb\n") is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virtguests import state
+from virtguests import files, state
 
 U1 = "6695eb01-f6a4-8304-79aa-97f2502e193f"
 U2 = "11111111-2222-3333-4444-555555555555"
@@ -139,3 +140,177 @@ def test_fuzz_parse_list_never_crashes(text: str) -> None:
         assert uri and ids and all(len(i) == 36 for i in ids)
     for line in bad:
         assert line.line >= 1
+
+
+# -- bad files are refused, costs stay linear (issue 10, items 4 and 11) ----------------
+
+
+def test_a_damaged_list_file_costs_a_bounded_summary_and_keeps_its_valid_lines(
+        tmp_path: Path) -> None:
+    path = tmp_path / "libvirt-guests"
+    junk = bytes(range(256)) * 20_000  # 5 MB of binary, some 20,000 "lines"
+    path.write_bytes(junk[:2_000_000] + f"\ndefault {U1}\n".encode() + junk[2_000_000:]
+                     + f"\nqemu:///system {U2} nope\n".encode())
+    entries, bad = state.read_list(path)
+    assert entries == {"default": [U1], "qemu:///system": [U2]}
+    assert len(bad) == state.MAX_REPORTED + 1
+    assert "more problem(s) on" in bad[-1].message and "valid lines are kept" in bad[-1].message
+
+
+@given(st.binary(max_size=2000))
+def test_list_parsing_never_raises_keeps_valid_lines_and_bounds_its_errors(junk: bytes) -> None:
+    valid = f"default {U1}\nqemu:///system {U2} {U1}\n"
+    text = (junk + b"\n" + valid.encode() + junk).decode("utf-8", errors="replace")
+    entries, bad = state.parse_list(text, Path("f"))
+    assert U1 in entries.get("default", []) and {U1, U2} <= set(entries["qemu:///system"])
+    assert len(bad) <= state.MAX_REPORTED + 1
+    for line in bad:
+        assert line.line >= 1
+    for uri, ids in entries.items():
+        assert uri and ids and all(len(i) == 36 for i in ids) and len(set(ids)) == len(ids)
+
+
+def test_list_lines_split_like_read_does() -> None:
+    """libvirt-guests' ``read uri list`` splits on spaces and tabs only."""
+    entries, bad = state.parse_list(f"default\t{U1}\u00a0{U2}\n", Path("f"))
+    assert entries == {} and "not a UUID" in bad[0].message
+
+
+def test_merge_and_parse_are_linear_in_the_number_of_guests() -> None:
+    """Counted, not timed: membership tests on lists would make this quadratic."""
+    many = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(30_000)]
+    entries, bad = state.parse_list("default " + " ".join(many + many) + "\n", Path("f"))
+    assert entries == {"default": many} and bad == []
+    assert state.merge(entries, {"default": list(reversed(many))}, {"x": many[:1]}) == {
+        "default": many, "x": many[:1]}
+
+
+@pytest.mark.parametrize("what", ["fifo", "directory", "symlink", "huge", "socket"])
+def test_state_files_that_are_not_regular_files_are_refused(tmp_path: Path, what: str) -> None:
+    from tests.test_files import within_deadline
+
+    path = tmp_path / "libvirt-guests"
+    if what == "fifo":
+        os.mkfifo(path)
+    elif what == "directory":
+        path.mkdir()
+    elif what == "symlink":
+        (tmp_path / "target").write_text(f"default {U1}\n")
+        path.symlink_to(tmp_path / "target")
+    elif what == "huge":
+        with open(path, "wb") as handle:
+            handle.truncate(files.STATE_CAP + 1)
+    else:
+        import socket
+
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    entries, bad = within_deadline(lambda: state.read_list(path))
+    assert entries == {} and len(bad) == 1 and bad[0].message.startswith("cannot read: ")
+    seen, problems = within_deadline(lambda: state.read_seen(path))
+    assert seen == {} and len(problems) == 1 and "cannot read: " in str(problems[0])
+    report, problems = within_deadline(lambda: state.read_report(path))
+    assert report is None and len(problems) == 1
+
+
+def test_dev_zero_as_a_state_file(tmp_path: Path) -> None:
+    from tests.test_files import within_deadline
+
+    path = tmp_path / "libvirt-guests"
+    path.symlink_to("/dev/zero")
+    assert "symbolic link" in within_deadline(lambda: state.read_list(path))[1][0].message
+
+
+# -- JSON state files: FILE:LINE: KEY: problem, the valid parts kept --------------------
+
+
+def report_doc(**changes: object) -> dict[str, object]:
+    guest = {"uri": "default", "uuid": U1, "name": "web", "outcome": "saved",
+             "steps": [{"action": "suspend", "result": "saved", "seconds": 1.5, "detail": ""}]}
+    doc: dict[str, object] = {"command": "stop", "started": 1.0, "finished": 2.0,
+                              "exit_status": 0, "guests": [guest, dict(guest, name="db")]}
+    doc.update(changes)
+    return doc
+
+
+def test_a_valid_report_reads_back_unchanged(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    state.write_json(path, report_doc())
+    assert state.read_report(path) == (report_doc(), [])
+
+
+def test_schema_problems_name_line_and_key_path_and_keep_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    doc = report_doc()
+    guests = doc["guests"]
+    assert isinstance(guests, list)
+    guests.append(dict(guests[0], name="bad", outcome=7))
+    guests.append("not an object")
+    guests.append(dict(guests[0], name="odd-step", steps=[{"action": "x", "result": "y",
+                                                          "seconds": "slow"}]))
+    doc["exit_status"] = "zero"
+    state.write_json(path, doc)  # sort_keys, indent=2: a line per key
+    report, problems = state.read_report(path)
+    text = path.read_text().splitlines()
+    keys = [p.key for p in problems]
+    assert keys == ["exit_status", "guests[2].outcome", "guests[3]", "guests[4].steps[0].seconds"]
+    for problem in problems:
+        assert problem.line >= 1 and str(problem).startswith(f"{path}:{problem.line}: ")
+    # each line is the one where the enclosing object starts
+    assert text[problems[1].line - 1].strip() == "{"
+    assert "seconds" not in text[problems[3].line - 1] and problems[3].line > problems[1].line
+    assert report is not None and "exit_status" not in report
+    assert [g["name"] for g in report["guests"]] == ["web", "db", "odd-step"]
+    assert report["guests"][2]["steps"] == []
+
+
+@pytest.mark.parametrize("content, line, message", [
+    ('{"command": "stop",\n "exit_status": 0,\n "guests": [\n', 4, "not valid JSON"),
+    ("{\n\n  'single': 1}\n", 3, "not valid JSON"),
+    ("[" * 100_000, 1, "nested too deeply"),
+    ('{"command": "stop", "exit_status": NaN, "guests": []}', 1, "the number NaN"),
+    ('{"command": "stop", "exit_status": ' + "9" * 5000 + ', "guests": []}', 1, "the number 9"),
+    ('{"command": "stop", "exit_status": 0, "guests": [], "finished": 1e999}', 1,
+     "expected a number"),
+    ("", 1, "not valid JSON"),
+])
+def test_malformed_json_is_one_located_problem(tmp_path: Path, content: str, line: int,
+                                               message: str) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(content)
+    _, problems = state.read_report(path)
+    assert len(problems) == 1 and problems[0].line == line and message in str(problems[0]), \
+        problems
+
+
+def test_bad_utf8_in_json(tmp_path: Path) -> None:
+    path = tmp_path / "seen.json"
+    path.write_bytes(b'{\n"default": {"x": "caf\xe9"}}\n')
+    assert [(p.line, p.message) for p in state.read_seen(path)[1]] == [(2, "not valid UTF-8")]
+
+
+def test_seen_file_keeps_its_valid_entries(tmp_path: Path) -> None:
+    path = tmp_path / "seen.json"
+    path.write_text(json.dumps({"default": {U1: "web", "nope": "x", U2: 5},
+                                "qemu:///system": [U1], "test:///default": {}}, indent=2))
+    seen, problems = state.read_seen(path)
+    assert seen == {"default": {U1: "web"}, "test:///default": {}}
+    assert [p.key for p in problems] == ['default.nope', f'default["{U2}"]',
+                                         '["qemu:///system"]']
+    assert all(p.line >= 1 for p in problems)
+
+
+@given(st.one_of(st.text(max_size=300), st.recursive(
+    st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner,
+                                                                max_size=4),
+    max_leaves=20).map(json.dumps)))
+def test_fuzz_json_readers_never_raise(tmp_path_factory: pytest.TempPathFactory,
+                                       content: str) -> None:
+    path = tmp_path_factory.mktemp("j") / "f.json"
+    path.write_text(content)
+    for reader in (state.read_report, state.read_seen):
+        _, problems = reader(path)  # type: ignore[operator]
+        for problem in problems:
+            assert problem.line >= 1, problem

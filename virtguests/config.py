@@ -9,13 +9,14 @@ guests at host shutdown while reporting the typo.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Callable, Optional
 
-from virtguests import shellvars
+from virtguests import files, shellvars
 
 SEARCH_PATH = (
     Path("/etc/sysconfig/libvirt-guests"),
@@ -79,47 +80,112 @@ class Loaded:
     problems: tuple[Problem, ...] = ()
     warnings: tuple[str, ...] = ()
     sources: Mapping[str, int] = field(default_factory=dict)
+    salvaged_uris: Optional[tuple[str, ...]] = None
+    """None when URIS was read as written.  When its line was refused or invalid (or the
+    file could not be read at all): every URI that line still names (``default`` when it
+    names none), so that ``stop`` never protects fewer hosts than the admin listed."""
 
 
-class _Invalid(Exception):
-    pass
+# -- which settings each command uses -------------------------------------------------
+
+POLICY_KEYS = ("match", "uri", "actions", "order", "shutdown_timeout", "start_delay",
+               "skip_start")
+"""The keys of a guest policy rule (virtguests.policy reads them)."""
+
+USED_BY: Mapping[str, frozenset[str]] = {
+    "status": frozenset(),
+    "start": frozenset({
+        "URIS", "ON_BOOT", "START_DELAY", "BYPASS_CACHE", "SYNC_TIME", "PARALLEL_START",
+        "QUERY_TIMEOUT", "SAVE_TIMEOUT", "CONNECT_RETRIES", "RETRIES_SLEEP", "RESUME_ORPHANS",
+        "GUEST_POLICY", "order", "start_delay", "skip_start", "match", "uri"}),
+}
+"""The settings (config variables and policy keys) a command acts on.  A problem with a
+setting the command does not use is only a warning for it; commands not listed here use
+everything.  A problem whose key is unknown or could not be identified (a refused line)
+counts as used, except by `status`, which uses nothing."""
+
+
+def blocks(command: Optional[str], problem: Problem) -> bool:
+    """Whether *problem* must stop *command* from acting (see USED_BY)."""
+    used = USED_BY.get(command or "")
+    if used is None:
+        return True
+    if not used:
+        return False
+    known = problem.key in _CONVERTERS or problem.key in POLICY_KEYS
+    return not known or problem.key in used
+
+
+class Invalid(Exception):
+    """A value a converter refuses; the message ends with ``(allowed: ...)``."""
 
 
 def _enum(*allowed: str) -> Callable[[str], str]:
     def convert(raw: str) -> str:
         if raw not in allowed:
-            raise _Invalid(f"invalid value {raw!r} (allowed: {', '.join(allowed)})")
+            raise Invalid(f"invalid value {raw!r} (allowed: {', '.join(allowed)})")
         return raw
 
     return convert
 
 
-def _int(minimum: int = 0) -> Callable[[str], int]:
+YEAR = 31_536_000
+"""No timeout or delay may exceed one year (365 days) of seconds."""
+MAX_PARALLEL = 1000
+MAX_RETRIES = 1000
+
+_DECIMAL = re.compile(r"(-?)([0-9]+)")
+
+
+def strict_int(raw: str, minimum: int, maximum: int) -> int:
+    """An ASCII decimal integer within [minimum, maximum], as bash arithmetic reads it.
+
+    Refused: signs other than one leading minus, ``-0``, underscores, spaces, other
+    bases, non-ASCII digits, and leading zeros (bash reads ``010`` as octal 8).
+    """
+    allowed = f"(allowed: integers {minimum} to {maximum}{_unit(maximum)})"
+    match = _DECIMAL.fullmatch(raw)
+    if match is None:
+        raise Invalid(f"not an integer: {raw!r} {allowed}")
+    sign, digits = match.groups()
+    if len(digits) > 1 and digits.startswith("0"):
+        plain = sign + (digits.lstrip("0") or "0")
+        raise Invalid(f"leading zero in {raw!r} (bash arithmetic reads it as octal: 010 is "
+                      f"8); write {plain} {allowed}")
+    if sign and digits == "0":
+        raise Invalid(f"not an integer: {raw!r} {allowed}")
+    if len(digits) > 18:
+        raise Invalid(f"out of range: {raw[:40]!r}{'...' if len(raw) > 40 else ''} {allowed}")
+    value = int(raw, 10)
+    if value < minimum:
+        raise Invalid(f"must be equal or greater than {minimum}, got {value} {allowed}")
+    if value > maximum:
+        raise Invalid(f"must be at most {maximum}{_unit(maximum)}, got {value} {allowed}")
+    return value
+
+
+def _unit(maximum: int) -> str:
+    return " (one year)" if maximum == YEAR else ""
+
+
+def _int(minimum: int, maximum: int) -> Callable[[str], int]:
     def convert(raw: str) -> int:
-        text = raw.strip()
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise _Invalid(
-                f"not an integer: {raw!r} (allowed: integers >= {minimum})"
-            ) from None
-        if value < minimum:
-            raise _Invalid(
-                f"must be equal or greater than {minimum}, got {value} "
-                f"(allowed: integers >= {minimum})"
-            )
-        return value
+        return strict_int(raw, minimum, maximum)
 
     return convert
 
 
+_SECONDS = re.compile(r"(0|[1-9][0-9]{0,7})(\.[0-9]{1,6})?")
+
+
 def _seconds(raw: str) -> float:
-    try:
-        value = float(raw.strip())
-    except ValueError:
-        raise _Invalid(f"not a number of seconds: {raw!r} (allowed: numbers >= 0)") from None
-    if not value >= 0 or value == float("inf"):
-        raise _Invalid(f"must be a finite number >= 0, got {raw!r} (allowed: numbers >= 0)")
+    """A plain decimal number of seconds: ``1``, ``0.5``; never nan, inf, 1e9 or 1_0."""
+    allowed = f"(allowed: decimal seconds 0 to {YEAR} (one year), e.g. 0.5)"
+    if _SECONDS.fullmatch(raw) is None:
+        raise Invalid(f"not a number of seconds: {raw[:40]!r} {allowed}")
+    value = float(raw)
+    if value > YEAR:
+        raise Invalid(f"must be at most {YEAR} (one year), got {raw} {allowed}")
     return value
 
 
@@ -128,28 +194,33 @@ def _flag(raw: str) -> bool:
     return raw != "0"
 
 
+def ifs_split(raw: str) -> list[str]:
+    """Split as bash splits an unquoted ``$VAR`` (default IFS: space, tab, newline only)."""
+    return [word for word in re.split(r"[ \t\n]+", raw) if word]
+
+
 def _uris(raw: str) -> tuple[str, ...]:
-    uris = tuple(raw.split())
+    uris = tuple(ifs_split(raw))
     if not uris:
-        raise _Invalid("empty (allowed: whitespace-separated libvirt URIs, or 'default')")
+        raise Invalid("empty (allowed: whitespace-separated libvirt URIs, or 'default')")
     return uris
 
 
 def _chain(raw: str) -> tuple[str, ...]:
-    words = tuple(raw.split())
+    words = tuple(ifs_split(raw))
     if not words:
-        raise _Invalid(f"empty (allowed: {', '.join(ACTIONS)}, or a chain such as "
+        raise Invalid(f"empty (allowed: {', '.join(ACTIONS)}, or a chain such as "
                        "'suspend shutdown poweroff')")
     for word in words:
         if word not in ACTIONS:
-            raise _Invalid(
+            raise Invalid(
                 f"invalid action {word!r} (allowed: {', '.join(ACTIONS)}, or a chain "
                 "such as 'suspend shutdown poweroff')"
             )
     if len(set(words)) != len(words):
-        raise _Invalid(f"an action is repeated in {raw!r} (allowed: each action at most once)")
+        raise Invalid(f"an action is repeated in {raw!r} (allowed: each action at most once)")
     if list(words) != sorted(words, key=ACTIONS.index):
-        raise _Invalid(f"actions out of order in {raw!r} (allowed: in the order "
+        raise Invalid(f"actions out of order in {raw!r} (allowed: in the order "
                        f"{' -> '.join(ACTIONS)}, each optional)")
     return words
 
@@ -161,20 +232,20 @@ def _path(raw: str) -> Optional[str]:
 _CONVERTERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "URIS": ("uris", _uris),
     "ON_BOOT": ("on_boot", _enum("start", "ignore")),
-    "START_DELAY": ("start_delay", _int()),
+    "START_DELAY": ("start_delay", _int(0, YEAR)),
     "ON_SHUTDOWN": ("on_shutdown", _chain),
-    "PARALLEL_SHUTDOWN": ("parallel_shutdown", _int()),
-    "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _int()),
+    "PARALLEL_SHUTDOWN": ("parallel_shutdown", _int(0, MAX_PARALLEL)),
+    "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _int(0, YEAR)),
     "BYPASS_CACHE": ("bypass_cache", _flag),
     "SYNC_TIME": ("sync_time", _flag),
     "PERSISTENT_ONLY": ("persistent_only", _enum("default", "true", "false")),
-    "PARALLEL_SUSPEND": ("parallel_suspend", _int()),
-    "PARALLEL_START": ("parallel_start", _int(1)),
-    "QUERY_TIMEOUT": ("query_timeout", _int(1)),
-    "SAVE_TIMEOUT": ("save_timeout", _int(1)),
-    "CONNECT_RETRIES": ("connect_retries", _int()),
+    "PARALLEL_SUSPEND": ("parallel_suspend", _int(0, MAX_PARALLEL)),
+    "PARALLEL_START": ("parallel_start", _int(1, MAX_PARALLEL)),
+    "QUERY_TIMEOUT": ("query_timeout", _int(1, YEAR)),
+    "SAVE_TIMEOUT": ("save_timeout", _int(1, YEAR)),
+    "CONNECT_RETRIES": ("connect_retries", _int(0, MAX_RETRIES)),
     "RETRIES_SLEEP": ("retries_sleep", _seconds),
-    "STOP_DEADLINE": ("stop_deadline", _int()),
+    "STOP_DEADLINE": ("stop_deadline", _int(0, YEAR)),
     "RESUME_ORPHANS": ("resume_orphans", _flag),
     "GUEST_POLICY": ("guest_policy", _path),
 }
@@ -199,28 +270,86 @@ def load(
     explicit: Optional[str] = None,
     environ: Optional[Mapping[str, str]] = None,
 ) -> Loaded:
-    """Find and read the config; never raises for bad content, only reports it."""
+    """Find and read the config; never raises for bad content, only reports it.
+
+    A file that cannot be read (a FIFO, a device, a directory, over
+    files.CONFIG_CAP, no permission) is one problem: the defaults apply, and
+    URIS counts as unknown (see Loaded.salvaged_uris).
+    """
     env = os.environ if environ is None else environ
     path, named = find_config(explicit, env)
     if path is None:
         return Loaded(Config(), None)
     try:
-        text = path.read_bytes().decode("utf-8", errors="replace")
+        data = files.read(path, cap=files.CONFIG_CAP)
     except FileNotFoundError:
+        if not named:
+            return Loaded(Config(), path)
         problem = Problem(str(path), 0, "", "config file does not exist")
-        return Loaded(Config(), path, problems=(problem,) if named else ())
-    except OSError as err:
-        return Loaded(Config(), path, problems=(Problem(str(path), 0, "", f"cannot read: {err}"),))
+        return Loaded(Config(), path, problems=(problem,), salvaged_uris=("default",))
+    except files.Unreadable as err:
+        problem = Problem(str(path), 0, "", f"cannot read: {err}")
+        return Loaded(Config(), path, problems=(problem,), salvaged_uris=("default",))
     warnings = _permission_warnings(path)
-    loaded = parse_text(text, str(path), env)
+    loaded = parse_text(data.decode("utf-8", errors="surrogateescape"), str(path), env)
     return replace(loaded, path=path, warnings=warnings + loaded.warnings)
+
+
+def normalize(text: str, path: str) -> tuple[str, list[str]]:
+    """Read a UTF-8 byte-order mark and CRLF line ends as the admin meant: drop them.
+
+    libvirt-guests sources the file with bash, which keeps both: the BOM makes
+    the first line a command (its assignment is lost) and every value ends in
+    a carriage return (``BYPASS_CACHE=0\\r`` turns --bypass-cache on there).
+    """
+    warnings: list[str] = []
+    if text.startswith("\ufeff"):
+        text = text[1:]
+        warnings.append(f"{path}:1: starts with a UTF-8 byte-order mark: ignored here, but "
+                        "libvirt-guests (sourcing the file with bash) would take the first "
+                        "line for a command and lose its setting; remove the mark")
+    if "\r\n" in text:
+        first = text.count("\n", 0, text.index("\r\n")) + 1
+        text = text.replace("\r\n", "\n")
+        warnings.append(f"{path}:{first}: DOS (CRLF) line endings: read here as plain line "
+                        "ends, but libvirt-guests (sourcing the file with bash) would read "
+                        "every value with a trailing carriage return (BYPASS_CACHE=0 would "
+                        "turn --bypass-cache on there); convert the file (dos2unix)")
+    return text, warnings
+
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[A-Za-z0-9._~:/?#\[\]@!&*+,=%-]*")
+_PREFIX = re.compile(r"(?:export\s+)?[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def salvage_uris(raw: str) -> list[str]:
+    """The URIs a broken ``URIS=`` line still names: each whitespace token (quotes and a
+    leading ``KEY=`` taken off) that is ``default`` or looks like ``scheme:...``."""
+    found: list[str] = []
+    for token in re.split(r"[\s'\";\\`]+", raw):
+        word = _PREFIX.sub("", token) if _PREFIX.match(token) else token
+        if word == "default" or _URI.fullmatch(word):
+            found.append(word)
+    return found
+
+
+def _has_undecodable(value: str) -> bool:
+    return any("\udc80" <= ch <= "\udcff" for ch in value)
 
 
 def parse_text(text: str, path: str, environ: Mapping[str, str]) -> Loaded:
     """Validate every known variable in *text*; unknown keys only warn."""
+    text, warnings = normalize(text, path)
     assignments, syntax = shellvars.parse(text, environ)
-    problems = [Problem(path, s.line, "", s.message) for s in syntax]
-    warnings: list[str] = []
+    problems: list[tuple[int, Problem]] = []
+    broken_uris: list[str] = []
+    uris_broken = False
+    for s in syntax:
+        key = s.keys[0] if len(s.keys) == 1 else ""
+        problems.append((s.line, Problem(path, s.line, key, s.message)))
+        if "URIS" in s.keys:
+            uris_broken = True
+            broken_uris.extend(salvage_uris(s.text))
     values: dict[str, object] = {}
     sources: dict[str, int] = {}
     seen_unknown: set[str] = set()
@@ -233,13 +362,34 @@ def parse_text(text: str, path: str, environ: Mapping[str, str]) -> Loaded:
             continue
         attr, convert = spec
         try:
+            if _has_undecodable(item.value):
+                raise Invalid("not valid UTF-8 (allowed: UTF-8 text)")
             values[attr] = convert(item.value)
-        except _Invalid as err:
-            problems.append(Problem(path, item.line, item.key, str(err)))
+        except Invalid as err:
+            problems.append((item.line, Problem(path, item.line, item.key, str(err))))
             values.pop(attr, None)
+            if item.key == "URIS":
+                uris_broken = True
+                broken_uris.extend(salvage_uris(_physical_line(text, item.line)))
         sources[item.key] = item.line
     config = Config(**values)  # type: ignore[arg-type]
-    return Loaded(config, None, tuple(problems), tuple(warnings), sources)
+    salvaged = None
+    if uris_broken:
+        kept = list(config.uris) if "uris" in values else []
+        salvaged = tuple(dict.fromkeys([*broken_uris, *kept])) or ("default",)
+    problems.sort(key=lambda item: item[0])
+    return Loaded(config, None, tuple(p for _, p in problems), tuple(warnings), sources,
+                  salvaged)
+
+
+def _physical_line(text: str, number: int) -> str:
+    start = 0
+    for _ in range(number - 1):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return ""
+    end = text.find("\n", start)
+    return text[start:] if end < 0 else text[start:end]
 
 
 def _permission_warnings(path: Path) -> tuple[str, ...]:

@@ -12,6 +12,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from virtguests import files
+
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 UNIT_WANTS_DIRS = (Path("/etc/systemd/system"),)
 SYSV_RC_DIRS = tuple(Path(f"/etc/rc{n}.d") for n in "0123456S")
@@ -23,12 +25,19 @@ _ACTIVE = re.compile(
 
 def auto_shutdown(qemu_conf: Path = QEMU_CONF) -> list[str]:
     """Enabled ``auto_shutdown_*`` settings in qemu.conf (comments ignored)."""
+    return _auto_shutdown(qemu_conf)[0]
+
+
+def _auto_shutdown(qemu_conf: Path) -> tuple[list[str], str]:
+    """The enabled settings, and why qemu.conf could not be read ("" if it could)."""
     try:
-        text = qemu_conf.read_text(errors="replace")
-    except OSError:
-        return []
+        text = files.read(qemu_conf, cap=files.CONFIG_CAP).decode(errors="replace")
+    except FileNotFoundError:
+        return [], ""
+    except files.Unreadable as err:
+        return [], str(err)
     return [f"{key} = \"{value}\"" for key, value in _ACTIVE.findall(text)
-            if value.lower() not in ("none", "false", "0")]
+            if value.lower() not in ("none", "false", "0")], ""
 
 
 def reference_enabled(wants_dirs: Iterable[Path] = UNIT_WANTS_DIRS,
@@ -49,7 +58,9 @@ def warnings(qemu_conf: Path = QEMU_CONF,
              wants_dirs: Iterable[Path] = UNIT_WANTS_DIRS,
              rc_dirs: Iterable[Path] = SYSV_RC_DIRS) -> list[str]:
     out = []
-    settings = auto_shutdown(qemu_conf)
+    settings, unreadable = _auto_shutdown(qemu_conf)
+    if unreadable:
+        out.append(f"cannot check {qemu_conf} for libvirt's own auto-shutdown: {unreadable}")
     if settings:
         out.append(f"libvirt's own auto-shutdown is enabled in {qemu_conf} "
                    f"({', '.join(settings)}): it acts on the same guests at host shutdown; "

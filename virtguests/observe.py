@@ -52,6 +52,10 @@ EVERY = (["list", "--all", "--uuid", "--name"], ["list", "--uuid"])
 
 MANAGED_SAVE = ["list", "--all", "--uuid", "--name", "--with-managed-save"]
 
+URI = ["uri"]
+"""What ``default`` (or an alias) really is, for policy rules that name a URI; asked in
+the same batch as the listings (``ask_uri``), so it costs no extra process."""
+
 BATCH_MARK = "virtguests-next"
 
 
@@ -78,23 +82,45 @@ def listings(virsh: Virsh, uri: str, forms: Sequence[Sequence[str]], config: Con
             for form in forms]
 
 
-def view_running(virsh: Virsh, uri: str, config: Config, clock: Clock) -> UriView:
+def view_running(virsh: Virsh, uri: str, config: Config, clock: Clock,
+                 *, ask_uri: bool = False) -> UriView:
     """Active guests with names and persistence (for stop)."""
+    forms = [*RUNNING, URI] if ask_uri else list(RUNNING)
     try:
-        active_text, persistent_text = listings(virsh, uri, RUNNING, config, clock)
+        texts = listings(virsh, uri, forms, config, clock)
+        active_text, persistent_text = texts[0], texts[1]
         active = virshout.uuid_names(virsh.argv(uri, RUNNING[0]), active_text)
         persistent = {g.uuid for g in virshout.uuid_names(virsh.argv(uri, RUNNING[1]),
                                                           persistent_text)}
     except VirshError as err:
         return UriView(uri, error=str(err))
     return UriView(uri, tuple(
-        Guest(g.uuid, g.name, active=True, persistent=g.uuid in persistent) for g in active))
+        Guest(g.uuid, g.name, active=True, persistent=g.uuid in persistent) for g in active),
+        canonical=parse_uri(texts[-1]) if ask_uri else None)
+
+
+def parse_uri(text: str) -> Optional[str]:
+    """``virsh uri`` prints the URI and a blank line (fixtures/test-custom-uri.yaml)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if len(lines) == 1 and " " not in lines[0] else None
+
+
+def canonical_uri(virsh: Virsh, uri: str, config: Config) -> Optional[str]:
+    """``virsh uri`` on its own, for a URI start does not list; None if it fails."""
+    try:
+        result = virsh.run(uri, URI, timeout=config.query_timeout, ignore_interrupt=True)
+    except VirshError as err:
+        log.warning("virsh -c %s uri: %s", uri, err)
+        return None
+    return parse_uri(result.stdout)
 
 
 def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
-             *, managed_save: bool = False) -> UriView:
+             *, managed_save: bool = False, ask_uri: bool = False) -> UriView:
     """Every guest, active or not (for start and status)."""
     forms = [*EVERY, MANAGED_SAVE] if managed_save else list(EVERY)
+    if ask_uri:
+        forms.append(URI)
     try:
         texts = listings(virsh, uri, forms, config, clock)
         every = virshout.uuid_names(virsh.argv(uri, forms[0]), texts[0])
@@ -105,7 +131,7 @@ def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
         return UriView(uri, error=str(err))
     return UriView(uri, tuple(
         Guest(g.uuid, g.name, active=g.uuid in active, managed_save=g.uuid in saved)
-        for g in every))
+        for g in every), canonical=parse_uri(texts[-1]) if ask_uri else None)
 
 
 def active_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:

@@ -36,6 +36,8 @@ class UriView:
     listed: bool = True
     """False for guests known by name from our own records, not listed now:
     whether each is active (or still exists) is unknown until virsh start says."""
+    canonical: Optional[str] = None
+    """What ``virsh uri`` says this URI is (``default`` -> ``qemu:///system``), when asked."""
 
     @property
     def reachable(self) -> bool:

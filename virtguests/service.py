@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TypeVar
 
-from virtguests import observe, plan, state, virshout
+from virtguests import observe, plan, policy, state, virshout
 from virtguests.clock import Clock
-from virtguests.config import Config, Loaded
+from virtguests.config import Config, Loaded, blocks
 from virtguests.executor import Executor
 from virtguests.report import Reporter
 from virtguests.virsh import Virsh, VirshError, format_argv
@@ -75,11 +75,15 @@ def _unique(uris: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(uris))
 
 
-def report_config(ctx: Context) -> None:
+def report_config(ctx: Context, command: Optional[str] = None) -> None:
+    """Warnings, then problems: errors, or warnings for those *command* does not use."""
     for warning in ctx.loaded.warnings:
         ctx.report.warn(warning)
     for problem in ctx.loaded.problems:
-        ctx.report.error(str(problem))
+        if command is None or blocks(command, problem):
+            ctx.report.error(str(problem))
+        else:
+            ctx.report.warn(f"{problem} (not used by {command})")
 
 
 def report_conflicts(ctx: Context) -> None:
@@ -152,11 +156,34 @@ def _recorded_earlier(ctx: Context, *, stale_warning: bool) -> dict[str, list[st
     return state.merge(entries, pending)
 
 
+def _stop_uris(ctx: Context, config: Config, earlier: Mapping[str, object]) -> list[str]:
+    """URIS; when its line could not be read as written, never fewer hosts than it named.
+
+    Then every URI the broken line still names (or ``default``), and every URI
+    in the list file, the pending file and the seen file, are protected.
+    """
+    salvaged = ctx.loaded.salvaged_uris
+    if salvaged is None:
+        return _unique(config.uris)
+    seen = _read_seen(ctx, report=False)
+    uris = _unique([*salvaged, *(u for u in [*earlier, *seen] if _plausible_uri(u))])
+    ctx.report.warn("URIS could not be read as written; protecting every URI it names and "
+                    "every URI in the state files: " + " ".join(uris))
+    return uris
+
+
+def _plausible_uri(uri: str) -> bool:
+    return bool(uri) and uri.isprintable() and not uri.startswith("-") and " " not in uri
+
+
 def _stop(ctx: Context, config: Config) -> int:
     earlier = _recorded_earlier(ctx, stale_warning=True)
-    uris = _unique(config.uris)
+    uris = _stop_uris(ctx, config, earlier)
+    config = replace(config, uris=tuple(uris))
+    ask = {uri: policy.wants_canonical(ctx.policy, uri) for uri in uris}
     views = for_each_uri(uris, lambda uri: observe.view_running(ctx.virsh, uri, config,
-                                                                ctx.clock))
+                                                                ctx.clock, ask_uri=ask[uri]))
+    lookup = policy.resolving(ctx.policy, {u: views[u].canonical for u in uris})
     status = EXIT_OK
     seen = _update_seen(ctx, {u: {g.uuid: g.name for g in views[u].guests
                                   if g.active and g.persistent}
@@ -165,7 +192,7 @@ def _stop(ctx: Context, config: Config) -> int:
         if not views[uri].reachable and seen.get(uri):
             # Keep them recorded, so the next start brings back whatever was powered off.
             earlier = state.merge(earlier, {uri: list(seen[uri])})
-    the_plan = plan.plan_stop(config, [views[u] for u in uris], earlier, ctx.policy)
+    the_plan = plan.plan_stop(config, [views[u] for u in uris], earlier, lookup)
     for uri in uris:
         view = views[uri]
         if not view.reachable:
@@ -219,7 +246,7 @@ def _update_seen(ctx: Context, running: Mapping[str, Mapping[str, str]], *,
     still name, and record for the next start.  `stop` sees everything running
     (*replace_uris*); `start` adds what it resumed or found already running.
     """
-    seen = _read_seen(ctx)
+    seen = _read_seen(ctx, report=True)
     for uri, guests in running.items():
         seen[uri] = dict(guests) if replace_uris else {**seen.get(uri, {}), **guests}
     if not ctx.dry_run:
@@ -230,12 +257,13 @@ def _update_seen(ctx: Context, running: Mapping[str, Mapping[str, str]], *,
     return seen
 
 
-def _read_seen(ctx: Context) -> dict[str, dict[str, str]]:
-    document = state.read_json(ctx.paths.seen)
-    if not isinstance(document, dict):
-        return {}
-    return {uri: {str(k): str(v) for k, v in guests.items()}
-            for uri, guests in document.items() if isinstance(guests, dict)}
+def _read_seen(ctx: Context, *, report: bool) -> dict[str, dict[str, str]]:
+    """The seen file's valid entries; its damage is *report*ed (once per run is enough)."""
+    seen, problems = state.read_seen(ctx.paths.seen)
+    if report:
+        for problem in problems:
+            ctx.report.warn(f"{problem} (ignored; the file is rewritten)")
+    return seen
 
 
 def _write_report(ctx: Context, command: str, status: Optional[int]) -> None:
@@ -286,17 +314,21 @@ def _interrupted_summary(ctx: Context, command: str) -> int:
 
 
 def start(ctx: Context) -> int:
-    if refuse_bad_config(ctx):
+    if refuse_bad_config(ctx, "start"):
         return EXIT_CONFIG
     report_conflicts(ctx)
-    if ctx.dry_run:
-        return _start(ctx)
-    return _locked(ctx, lambda: _start(ctx))
+    code = _start(ctx) if ctx.dry_run else _locked(ctx, lambda: _start(ctx))
+    return EXIT_CONFIG if ctx.loaded.problems else code
 
 
-def refuse_bad_config(ctx: Context) -> bool:
-    report_config(ctx)
-    if ctx.loaded.problems:
+def refuse_bad_config(ctx: Context, command: Optional[str] = None) -> bool:
+    """Report the config; True when a problem touches a setting *command* uses.
+
+    Without *command*, every problem counts (config.USED_BY says what each
+    command uses).
+    """
+    report_config(ctx, command)
+    if any(blocks(command, problem) for problem in ctx.loaded.problems):
         ctx.report.error("refusing to act with an invalid configuration (see above); "
                          "`virtguests check` lists every problem")
         return True
@@ -336,7 +368,8 @@ def _start(ctx: Context) -> int:
                                 "(RESUME_ORPHANS)")
             if extra:
                 recorded[uri] = [*known, *extra]
-    the_plan = plan.plan_start(config, recorded, views, ctx.policy)
+    lookup = policy.resolving(ctx.policy, {u: v.canonical for u, v in views.items()})
+    the_plan = plan.plan_start(config, recorded, views, lookup)
     for token in the_plan.ignored:
         ctx.report.say(f"Ignoring guests on {token} URI")
     for view in the_plan.unreachable:
@@ -387,16 +420,19 @@ def _start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Se
     START_DELAY (no delay is spent on a guest that is already running) need a
     listing.
     """
-    seen = _read_seen(ctx)
+    seen = _read_seen(ctx, report=False)
 
     def view(uri: str) -> plan.UriView:
         names = seen.get(uri, {})
         ids = recorded.get(uri, [])
+        ask = policy.wants_canonical(ctx.policy, uri)
         if managed_save or ctx.config.start_delay or not all(uuid in names for uuid in ids):
             return observe.view_all(ctx.virsh, uri, ctx.config, ctx.clock,
-                                    managed_save=managed_save)
+                                    managed_save=managed_save, ask_uri=ask)
         return plan.UriView(uri, tuple(plan.Guest(uuid, names[uuid], active=False)
-                                       for uuid in ids), listed=False)
+                                       for uuid in ids), listed=False,
+                            canonical=observe.canonical_uri(ctx.virsh, uri, ctx.config)
+                            if ask else None)
 
     return for_each_uri(wanted, view)
 
@@ -411,7 +447,7 @@ def _started(ctx: Context) -> None:
 
 
 def status(ctx: Context) -> int:
-    if refuse_bad_config(ctx):
+    if refuse_bad_config(ctx, "status"):
         return EXIT_CONFIG
     entries, pending, bad = _read_recorded(ctx)
     if ctx.paths.list_file.exists():
@@ -428,7 +464,7 @@ def status(ctx: Context) -> int:
                           "bad_lines": [str(b) for b in bad if b.path == ctx.paths.list_file]},
             "not_resumed": {"path": str(ctx.paths.pending), "entries": pending,
                             "bad_lines": [str(b) for b in bad if b.path == ctx.paths.pending]},
-            "last_run": state.read_json(ctx.paths.report),
+            "last_run": _read_report(ctx, ctx.report.warn),
         }
         ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
         return code
@@ -517,16 +553,18 @@ def plan_command(ctx: Context, which: str) -> int:
     uris = _unique(config.uris)
     entries: list[dict[str, Any]] = []
     if which == "stop":
-        views = for_each_uri(uris, lambda uri: observe.view_running(ctx.virsh, uri, config,
-                                                                    ctx.clock))
-        the_plan = plan.plan_stop(config, [views[u] for u in uris], {}, ctx.policy)
+        views = for_each_uri(uris, lambda uri: observe.view_running(
+            ctx.virsh, uri, config, ctx.clock, ask_uri=policy.wants_canonical(ctx.policy, uri)))
+        the_plan = plan.plan_stop(config, [views[u] for u in uris], {}, policy.resolving(
+            ctx.policy, {u: views[u].canonical for u in uris}))
         for uri in uris:
             entries.append(_stop_entry(ctx, views[uri], the_plan))
     else:
         recorded = _recorded_earlier(ctx, stale_warning=False)
         wanted = [u for u in uris if u in recorded]
         views = _start_views(ctx, recorded, wanted)
-        start_plan = plan.plan_start(config, recorded, views, ctx.policy)
+        start_plan = plan.plan_start(config, recorded, views, policy.resolving(
+            ctx.policy, {u: v.canonical for u, v in views.items()}))
         for uri in wanted:
             entries.append(_start_entry(ctx, views[uri], start_plan))
     document = {"command": which, "uris": entries}
@@ -609,14 +647,28 @@ def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
             ctx.report.say("  " + "  ".join([*cells, row[4]]).rstrip())
 
 
+def _read_report(ctx: Context, say: Callable[[str], None]) -> Optional[dict[str, Any]]:
+    """The last run's report, its valid parts; each problem with the file goes to *say*."""
+    document, problems = state.read_report(ctx.paths.report)
+    for problem in problems:
+        say(str(problem))
+    return document
+
+
 def report_command(ctx: Context) -> int:
-    """The last run's per-guest results, for people and for monitoring."""
-    document = state.read_json(ctx.paths.report)
+    """The last run's per-guest results, for people and for monitoring.
+
+    A damaged report file: its problems (FILE:LINE: KEY), what is valid, exit 6.
+    """
+    document, problems = state.read_report(ctx.paths.report)
+    for problem in problems:
+        ctx.report.error(str(problem))
     if ctx.json:
         ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     elif not isinstance(document, dict):
-        ctx.report.say(f"no run recorded yet ({ctx.paths.report})")
-        return EXIT_OK
+        if not problems:
+            ctx.report.say(f"no run recorded yet ({ctx.paths.report})")
+        return EXIT_CONFIG if problems else EXIT_OK
     else:
         ctx.report.say(f"last run: {document.get('command')}, exit status "
                        f"{document.get('exit_status')}")
@@ -629,6 +681,8 @@ def report_command(ctx: Context) -> int:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             ctx.report.say("  ".join([*(row[i].ljust(widths[i]) for i in range(4)), row[4]]))
+    if problems:
+        return EXIT_CONFIG
     if not isinstance(document, dict):
         return EXIT_OK
     return EXIT_OK if document.get("exit_status") in (0, None) else EXIT_FAIL

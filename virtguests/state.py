@@ -3,23 +3,33 @@
 The list file keeps the reference's format and place, so either tool can
 resume what the other saved: one line per URI, ``URI UUID UUID ...``.
 Everything is written atomically (temp file, fsync, rename), so a power cut
-leaves either the old or the new file, never half of one.
+leaves either the old or the new file, never half of one.  Everything is read
+through ``files.read`` (regular files only, never through a link, at most
+``files.STATE_CAP`` bytes), in time linear in the file, and damage is
+reported with its line and skipped: the valid parts are always kept.
 """
 
 from __future__ import annotations
 
+import bisect
 import errno
 import fcntl
 import json
+import json.decoder
+import json.scanner
+import math
 import os
+import re
 import stat
 import tempfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
+from virtguests import files
+from virtguests.config import Problem
 from virtguests.virshout import is_uuid
 
 DEFAULT_LIST = Path("/var/lib/libvirt/libvirt-guests")
@@ -67,39 +77,74 @@ Entries = dict[str, list[str]]
 """URI (as written in the file) -> UUIDs, in file order."""
 
 
+MAX_REPORTED = 10
+"""Damaged list-file lines quoted one by one; the rest are counted in one more line."""
+
+_BLANKS = re.compile(r"[ \t]+")
+
+
 def read_list(path: Path) -> tuple[Entries, list[BadLine]]:
     """Parse a list file; bad lines or tokens are reported and skipped, never fatal."""
     try:
-        data = _read_nofollow(path)
+        data = files.read(path, cap=files.STATE_CAP, nofollow=True)
     except FileNotFoundError:
         return {}, []
-    except OSError as err:
-        return {}, [BadLine(path, 0, f"cannot read: {err.strerror or err}")]
+    except files.Unreadable as err:
+        return {}, [BadLine(path, 0, f"cannot read: {err}")]
     return parse_list(data.decode("utf-8", errors="replace"), path)
 
 
 def parse_list(text: str, path: Path) -> tuple[Entries, list[BadLine]]:
+    """``URI UUID UUID ...`` lines, split as libvirt-guests' ``read uri list`` splits them.
+
+    Linear in the file.  The first MAX_REPORTED problems are quoted, then one
+    line counts the rest, so a binary file costs a dozen lines of output, and
+    every valid line is kept.
+    """
     entries: Entries = {}
+    known: dict[str, set[str]] = {}
     bad: list[BadLine] = []
-    for number, line in enumerate(text.splitlines(), 1):
-        tokens = line.split()
+    more_lines: set[int] = set()
+    more = 0
+
+    def damaged(number: int, message: str) -> None:
+        nonlocal more
+        if len(bad) < MAX_REPORTED:
+            bad.append(BadLine(path, number, message))
+        else:
+            more += 1
+            more_lines.add(number)
+
+    for number, line in enumerate(text.split("\n"), 1):
+        tokens = [t for t in _BLANKS.split(line) if t]
         if not tokens:
             continue
         uri, *ids = tokens
         if is_uuid(uri):
-            bad.append(BadLine(path, number, f"line starts with a UUID, not a URI: {line[:80]!r}"))
+            damaged(number, f"line starts with a UUID, not a URI: {line[:80]!r}")
+            continue
+        if "\ufffd" in uri or not uri.isprintable():
+            damaged(number, f"not a URI (not printable UTF-8), line skipped: {uri[:80]!r}")
             continue
         good: list[str] = []
         for token in ids:
             if is_uuid(token):
                 good.append(token.lower())
             else:
-                bad.append(BadLine(path, number, f"not a UUID, skipped: {token[:80]!r}"))
+                damaged(number, f"not a UUID, skipped: {token[:80]!r}")
         if good:
             merged = entries.setdefault(uri, [])
-            merged.extend(u for u in good if u not in merged)
+            have = known.setdefault(uri, set())
+            for uuid in good:
+                if uuid not in have:
+                    have.add(uuid)
+                    merged.append(uuid)
         elif not ids:
-            bad.append(BadLine(path, number, f"no guests listed for URI {uri!r}"))
+            damaged(number, f"no guests listed for URI {uri!r}")
+    if more:
+        bad.append(BadLine(path, min(more_lines), f"and {more} more problem(s) on "
+                                                  f"{len(more_lines)} more line(s), not "
+                                                  "shown; the valid lines are kept"))
     return entries, bad
 
 
@@ -110,11 +155,17 @@ def format_list(entries: Mapping[str, Iterable[str]]) -> str:
 
 
 def merge(*parts: Mapping[str, Iterable[str]]) -> Entries:
+    """URI -> UUIDs of every part, in first-seen order, each once (linear)."""
     out: Entries = {}
+    known: dict[str, set[str]] = {}
     for part in parts:
         for uri, ids in part.items():
             merged = out.setdefault(uri, [])
-            merged.extend(u for u in ids if u not in merged)
+            have = known.setdefault(uri, set())
+            for uuid in ids:
+                if uuid not in have:
+                    have.add(uuid)
+                    merged.append(uuid)
     return {uri: ids for uri, ids in out.items() if ids}
 
 
@@ -166,16 +217,253 @@ def write_json(path: Path, document: Any) -> None:
 
 
 def read_json(path: Path) -> Optional[Any]:
+    """The document, or None when it is missing or damaged in any way."""
+    document, problems = read_json_checked(path, lambda doc, where, out: doc)
+    return None if problems else document
+
+
+Check = Callable[[Any, "_Where", list[Problem]], Any]
+"""Validate a parsed document: return its valid parts, append a Problem for the rest."""
+
+
+def read_json_checked(path: Path, check: Check) -> tuple[Optional[Any], list[Problem]]:
+    """A JSON state file, its valid parts, and a ``FILE:LINE: KEY: problem`` for the rest.
+
+    Missing: (None, []).  Unreadable, not JSON, or nested absurdly: (None, [one
+    problem]).  Otherwise *check* keeps what is valid; only when it finds a
+    problem is the file parsed again, slowly, to learn the line of each object.
+    """
+    name = str(path)
     try:
-        return json.loads(_read_nofollow(path).decode())
-    except (OSError, ValueError):
+        data = files.read(path, cap=files.STATE_CAP, nofollow=True)
+    except FileNotFoundError:
+        return None, []
+    except files.Unreadable as err:
+        return None, [Problem(name, 0, "", f"cannot read: {err}")]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, [Problem(name, data.count(b"\n", 0, err.start) + 1, "",
+                              "not valid UTF-8")]
+    try:
+        document = json.loads(text, parse_int=_Int, parse_constant=_Constant)
+    except json.JSONDecodeError as err:
+        return None, [Problem(name, err.lineno, "", f"not valid JSON: {err.msg} "
+                                                    f"(column {err.colno})")]
+    except RecursionError:
+        return None, [Problem(name, 1, "", "not valid JSON: nested too deeply")]
+    problems: list[Problem] = []
+    first = text.count("\n", 0, len(text) - len(text.lstrip())) + 1
+    valid = check(document, _Where(name, line=first), problems)
+    if problems:
+        lined = _lined(text)
+        if lined is not None:
+            again: list[Problem] = []
+            check(lined, _Where(name, line=first), again)
+            if len(again) == len(problems):
+                problems = again
+    return valid, problems
+
+
+class _Int(int):
+    """An integer from a JSON state file; absurd lengths become a schema problem."""
+
+    def __new__(cls, text: str) -> Any:
+        if len(text) > 30:
+            return _Constant(text[:20] + "...")
+        return super().__new__(cls, text)
+
+
+class _Constant:
+    """NaN, Infinity or an absurd number: not a value any state file holds."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _Object(dict):  # type: ignore[type-arg]
+    line = 0
+
+
+def _lined(text: str) -> Optional[Any]:
+    """The document again, each object knowing the line where it starts (pure Python)."""
+    starts = [0] + [m.end() for m in re.finditer("\n", text)]
+    decoder = json.JSONDecoder(object_pairs_hook=_Object, parse_int=_Int,
+                               parse_constant=_Constant)
+
+    def parse_object(s_and_end: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
+        obj, end = json.decoder.JSONObject(s_and_end, *args, **kwargs)  # type: ignore[attr-defined]
+        if isinstance(obj, _Object):
+            obj.line = bisect.bisect_right(starts, s_and_end[1] - 1)
+        return obj, end
+
+    decoder.parse_object = parse_object  # type: ignore[attr-defined]
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    try:
+        return decoder.decode(text)
+    except (ValueError, RecursionError):
         return None
 
 
-def _read_nofollow(path: Path) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class _Where:
+    """A place in a JSON document: the key path (``guests[3].outcome``) and its line."""
+
+    def __init__(self, path: str, key: str = "", line: int = 0) -> None:
+        self.path = path
+        self.key = key
+        self.line = line
+
+    def at(self, step: Union[str, int], container: Any = None) -> _Where:
+        if isinstance(step, int):
+            key = f"{self.key}[{step}]"
+        elif _IDENTIFIER.match(step):
+            key = f"{self.key}.{step}" if self.key else step
+        else:
+            key = f"{self.key}[{json.dumps(step)}]"
+        line = getattr(container, "line", 0) or self.line
+        return _Where(self.path, key, line)
+
+    def inside(self, container: Any) -> _Where:
+        return _Where(self.path, self.key, getattr(container, "line", 0) or self.line)
+
+    def problem(self, message: str) -> Problem:
+        return Problem(self.path, self.line, self.key, message)
+
+
+def _is_text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _type_name(value: Any) -> str:
+    if isinstance(value, _Constant):
+        return f"the number {value!r}"
+    return {dict: "an object", _Object: "an object", list: "a list", str: "a string",
+            bool: "true/false", type(None): "null"}.get(type(value), "a number")
+
+
+def _object(value: Any, where: _Where, problems: list[Problem]) -> Optional[dict[str, Any]]:
+    if isinstance(value, dict):
+        return value
+    problems.append(where.problem(f"expected an object, got {_type_name(value)}"))
+    return None
+
+
+def _fields(document: dict[str, Any], where: _Where, problems: list[Problem],
+            spec: Sequence[tuple[str, Callable[[Any], bool], str, bool]]) -> dict[str, Any]:
+    """Keep the fields of *document* that pass their test; report the others."""
+    kept: dict[str, Any] = {}
+    inner = where.inside(document)
+    for key, test, what, required in spec:
+        if key not in document:
+            if required:
+                problems.append(inner.at(key).problem(f"missing (expected {what})"))
+            continue
+        value = document[key]
+        if test(value):
+            kept[key] = value
+        else:
+            problems.append(inner.at(key).problem(f"expected {what}, got {_type_name(value)}"))
+    return kept
+
+
+def check_seen(document: Any, where: _Where, problems: list[Problem]) -> dict[str, dict[str, str]]:
+    """virtguests-seen.json: ``{URI: {UUID: NAME}}``."""
+    root = _object(document, where, problems)
+    if root is None:
+        return {}
+    inner = where.inside(root)
+    seen: dict[str, dict[str, str]] = {}
+    for uri, guests in root.items():
+        at = inner.at(uri)
+        found = _object(guests, at, problems)
+        if found is None:
+            continue
+        kept: dict[str, str] = {}
+        for uuid, name in found.items():
+            here = at.inside(found).at(uuid)
+            if not is_uuid(uuid):
+                problems.append(here.problem("not a UUID"))
+            elif not isinstance(name, str):
+                problems.append(here.problem(f"expected a name, got {_type_name(name)}"))
+            else:
+                kept[uuid.lower()] = name
+        seen[uri] = kept
+    return seen
+
+
+_STEP = (("action", _is_text, "a string", True), ("result", _is_text, "a string", True),
+         ("seconds", _is_number, "a number", True), ("detail", _is_text, "a string", False))
+_GUEST = (("uri", _is_text, "a string", True), ("uuid", _is_text, "a string", True),
+          ("name", _is_text, "a string", True), ("outcome", _is_text, "a string", True))
+_RUN = (("command", _is_text, "a string", True), ("exit_status", _is_int, "an integer", True),
+        ("started", _is_number, "a number", False), ("finished", _is_number, "a number", False))
+
+
+def check_report(document: Any, where: _Where, problems: list[Problem]) -> Optional[dict[str, Any]]:
+    """virtguests-last-run.json, as ``Reporter.document`` writes it."""
+    root = _object(document, where, problems)
+    if root is None:
+        return None
+    kept = _fields(root, where, problems, _RUN)
+    inner = where.inside(root)
+    guests = root.get("guests")
+    if not isinstance(guests, list):
+        problems.append(inner.at("guests").problem(
+            "missing (expected a list)" if guests is None else
+            f"expected a list, got {_type_name(guests)}"))
+        guests = []
+    kept["guests"] = []
+    for index, entry in enumerate(guests):
+        at = inner.at("guests").at(index)
+        guest = _object(entry, at, problems)
+        if guest is None:
+            continue
+        before = len(problems)
+        fields = _fields(guest, at, problems, _GUEST)
+        if len(problems) != before:
+            continue  # a guest we cannot name is not shown
+        steps = guest.get("steps", [])
+        if not isinstance(steps, list):
+            problems.append(at.inside(guest).at("steps").problem(
+                f"expected a list, got {_type_name(steps)}"))
+            steps = []
+        fields["steps"] = []
+        for number, item in enumerate(steps):
+            step_at = at.inside(guest).at("steps").at(number)
+            step = _object(item, step_at, problems)
+            if step is None:
+                continue
+            before = len(problems)
+            step_fields = _fields(step, step_at, problems, _STEP)
+            if len(problems) == before:
+                fields["steps"].append(step_fields)
+        kept["guests"].append(fields)
+    return kept
+
+
+def read_seen(path: Path) -> tuple[dict[str, dict[str, str]], list[Problem]]:
+    document, problems = read_json_checked(path, check_seen)
+    return document or {}, problems
+
+
+def read_report(path: Path) -> tuple[Optional[dict[str, Any]], list[Problem]]:
+    """The last run's report (its valid parts), and what is wrong with the file."""
+    return read_json_checked(path, check_report)
 
 
 def _fsync_dir(directory: Path) -> None:
