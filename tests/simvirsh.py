@@ -155,19 +155,11 @@ class SimVirsh(Virsh):
             parts = []
             for command in args[0].split(";"):
                 words = command.split()
-                if words[0] == "echo":
-                    parts.append(" ".join(words[1:]) + "\n")
-                elif words in (["list", "--uuid", "--name"],
-                               ["list", "--uuid", "--name", "--persistent"]):
-                    parts.append("".join(f"{g.uuid} {g.name}\n" for g in host.guests
-                                         if g.active) + "\n")
-                else:
-                    raise AssertionError(f"the simulated host does not answer {command!r}")
+                parts.append(" ".join(words[1:]) + "\n" if words[0] == "echo"
+                             else _listing(host, words))
             return ok("".join(parts))
-        if list(args) == ["list", "--uuid"]:
-            return ok("".join(f"{g.uuid}\n" for g in host.guests if g.active) + "\n")
-        if list(args) == ["list", "--all", "--uuid", "--with-managed-save"]:
-            return ok("".join(f"{g.uuid}\n" for g in host.guests if g.saved) + "\n")
+        if args[0] == "list":
+            return ok(_listing(host, args))
         guest = host.find(args[-1])
         if guest is None:
             return error(f"error: failed to get domain '{args[-1]}'\n")
@@ -203,3 +195,16 @@ class SimVirsh(Virsh):
             guest.stop_at, guest.shut_down = None, False
             return ok(f"Domain '{guest.name}' started\n\n")
         raise AssertionError(f"the simulated host does not answer {list(args)}")
+
+
+def _listing(host: SimHost, words: Sequence[str]) -> str:
+    """``virsh list`` with the options virtguests uses (every guest is persistent)."""
+    options = set(words[1:])
+    known = {"--all", "--uuid", "--name", "--persistent", "--with-managed-save"}
+    if words[0] != "list" or not options <= known or "--uuid" not in options:
+        raise AssertionError(f"the simulated host does not answer {list(words)}")
+    picked = [g for g in host.guests if (g.active or "--all" in options)
+              and (g.saved or "--with-managed-save" not in options)]
+    if "--name" in options:
+        return "".join(f"{g.uuid} {g.name}\n" for g in picked) + "\n"
+    return "".join(f"{g.uuid}\n" for g in picked) + "\n"

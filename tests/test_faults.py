@@ -33,16 +33,28 @@ def test_hung_uri_is_given_up_with_defaults_while_others_finish(fake_host: Make)
     assert host.run("start").code == 0
     host.set_host({"uris": {"default": {"guests": [{"name": "web"}, {"name": "db"}]},
                             "test:///wedged": {**sick, "hang": True}}})
-    began = time.monotonic()
+    host.log_file.unlink()
     run = host.run("stop")
-    elapsed = time.monotonic() - began
-    assert elapsed < 20, elapsed
     assert run.code == 1
+    # one listing, killed after QUERY_TIMEOUT; nothing else tried there
+    wedged = [c["argv"] for c in host.calls() if c["argv"][:2] == ["-c", "test:///wedged"]]
+    assert wedged == [["-c", "test:///wedged", observe.batch(observe.RUNNING)]]
     assert "Suspending web: done" in run.lines and "Suspending db: done" in run.lines
     assert "Can't connect to test:///wedged. Skipping." in run.lines
     assert "timed out after 10s" in run.err
     assert "last seen running there: far1, far2" in run.err
     assert leftover_fakes(host) == []
+
+
+def on_uri(host: FakeHost, uri: str) -> list[list[str]]:
+    """The virsh commands run on *uri*, in order."""
+    out = []
+    for call in host.calls():
+        argv = list(call["argv"])
+        where = argv[1] if argv[:1] in (["-c"], ["--connect"]) else "default"
+        if where == uri:
+            out.append(argv[2:] if where != "default" else argv)
+    return out
 
 
 def test_sigterm_mid_stop_then_start_resumes_exactly_the_saved(fake_host: Make) -> None:
@@ -128,20 +140,34 @@ def test_connect_retries_survive_a_libvirtd_that_is_still_starting(fake_host: Ma
 def test_timed_out_calls_are_not_retried(fake_host: Make) -> None:
     host = fake_host({"uris": {"default": {"hang": True, "guests": [{"name": "web"}]}}},
                      "QUERY_TIMEOUT=1\nCONNECT_RETRIES=10\n")
-    began = time.monotonic()
     run = host.run("stop")
-    assert time.monotonic() - began < 5
     assert run.code == 1 and "timed out after 1s" in run.err
+    assert host.commands() == [[observe.batch(observe.RUNNING)]]  # not retried
     assert leftover_fakes(host) == []
 
 
-def test_hung_save_times_out_and_escalates(fake_host: Make) -> None:
-    host = fake_host({"uris": {"default": {"guests": [
-        {"name": "stuck", "hang": ["managedsave"], "shutdown_seconds": 0.2}]}}},
-        'ON_SHUTDOWN="suspend shutdown"\nSAVE_TIMEOUT=1\n')
+def test_hung_save_gives_up_its_uri_not_the_others(fake_host: Make) -> None:
+    """A save that times out may still be writing the guest's memory, and the libvirtd
+    behind it is not answering: nothing more is tried there (no shutdown, no power-off
+    of a guest whose save may be in flight); the other URI is handled as usual."""
+    host = fake_host({"uris": {
+        "default": {"guests": [{"name": "stuck", "hang": ["managedsave"],
+                                "shutdown_seconds": 0.2}, {"name": "next"}]},
+        "test:///fine": {"guests": [{"name": "far"}]}}},
+        'URIS="default test:///fine"\nON_SHUTDOWN="suspend shutdown poweroff"\n'
+        "SAVE_TIMEOUT=1\n")
     run = host.run("stop")
+    assert run.code == 1
     assert "saving guest stuck failed: " in run.err and "timed out after 1s" in run.err
-    assert "Shutdown of guest stuck complete." in run.lines
+    assert "gave up on default: a call there timed out (" in run.err
+    assert "recorded so that start brings them back: stuck, next" in run.err
+    assert "Suspending far: done" in run.lines
+    assert on_uri(host, "default") == [[observe.batch(observe.RUNNING)],
+                                       ["managedsave", host.uuid("stuck")]]
+    assert host.active() == {"stuck", "next"}
+    assert host.list_file.read_text().splitlines() == [
+        f"default {host.uuid('stuck')} {host.uuid('next')}",
+        f"test:///fine {host.uuid('far', 'test:///fine')}"]
     assert leftover_fakes(host) == []
 
 
@@ -156,8 +182,8 @@ def test_kill_9_during_stop_then_rerun_protects_everyone(fake_host: Make) -> Non
     rerun = host.run("stop")  # systemd runs stop again (or the next boot's start follows)
     assert "was never resumed by a start" in rerun.err
     # the save that was in flight when we died may still hold the guest's job lock:
-    # then the rerun says so (exit 1), and the orphaned save finishes on its own
-    assert rerun.code == 0 or "cannot acquire state change lock" in rerun.err, rerun.err
+    # the rerun waits for it and counts the guest as saved by that job
+    assert rerun.code == 0, rerun.err
     time.sleep(1)
     assert host.active() == set()
     assert len(host.list_file.read_text().split()) == 9

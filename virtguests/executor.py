@@ -86,6 +86,10 @@ def save_job_poll(waited: float) -> float:
     return 1.0 if waited < 10 else 5.0
 
 
+JOB_LOCK_WAIT = 30.0
+"""libvirt waits this long for a guest's state-change lock (held by a save, say) before
+a shutdown or destroy request fails: those requests get QUERY_TIMEOUT on top of it."""
+
 SAVING = ("paused", "saving")
 """``virsh domstate --reason`` while a managedsave runs (fixtures/qemu-domstate-reason-saving)."""
 
@@ -236,10 +240,9 @@ class Executor:
             self.internal_error(what, exc)
 
     def internal_error(self, what: str, exc: BaseException) -> None:
-        """One line on stderr (the traceback only with -v); the run fails."""
+        """Report a bug (see ``internal_error``); the run fails."""
         self._fail()
-        self.report.error(f"internal error, please report it: {what}: {_one_line(exc)}")
-        log.debug("internal error while %s", what, exc_info=exc)
+        internal_error(self.report, what, exc)
 
     def _for_guest(self, uri: str, guest: str, uuid: str, action: str,
                    job: Callable[[], T], after_bug: T) -> T:
@@ -532,11 +535,14 @@ class Executor:
             bell.close()
         return flight.failed
 
+    def _request_timeout(self) -> float:
+        return self.config.query_timeout + JOB_LOCK_WAIT
+
     def _send_shutdown(self, uri: str, step: GuestStop) -> Optional[bool]:
         """One shutdown request: True sent, False failed (escalate), None given up."""
         try:
             self.virsh.run(uri, action_args(SHUTDOWN, step.guest.uuid, self.config),
-                           timeout=self.config.query_timeout, ignore_interrupt=True)
+                           timeout=self._request_timeout(), ignore_interrupt=True)
         except VirshError as err:
             if err.wedged:
                 self._give_up(uri, step, SHUTDOWN)
@@ -554,14 +560,35 @@ class Executor:
         for step in steps:
             self.report.say(f"Starting shutdown on guest: {step.guest.name}")
 
-        def one(step: GuestStop) -> Optional[bool]:
-            return self._for_guest(uri, step.guest.name, step.guest.uuid, SHUTDOWN,
-                                   functools.partial(self._send_shutdown, uri, step), None)
+        return self._through_clock([functools.partial(
+            self._for_guest, uri, step.guest.name, step.guest.uuid, SHUTDOWN,
+            functools.partial(self._send_shutdown, uri, step), None) for step in steps])
 
-        if len(steps) == 1:
-            return [one(steps[0])]
-        with ThreadPoolExecutor(max_workers=len(steps)) as pool:
-            return list(pool.map(one, steps))
+    def _through_clock(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
+        """Run *jobs* at once, each in its own thread, and wait for all through the Clock.
+
+        Time passes while virsh waits (for a guest's lock, say), on a virtual
+        clock too; each job's virsh call has its own timeout.
+        """
+        results: dict[int, T] = {}
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def run(index: int, job: Callable[[], T]) -> None:
+            try:
+                results[index] = job()
+            finally:
+                with lock:
+                    finished.append(index)
+                    if len(finished) == len(jobs):
+                        done.set()
+
+        finished: list[int] = []
+        for index, job in enumerate(jobs):
+            threading.Thread(target=run, args=(index, job), daemon=True).start()
+        while jobs and not self.clock.wait(done, PROGRESS_EVERY):
+            pass
+        return [results[index] for index in range(len(jobs))]
 
     def _wait_for_shutdowns(self, uri: str, flight: _Flight, bell: Doorbell) -> None:
         """Request shutdowns and wait for them: one loop for both modes.
@@ -744,7 +771,7 @@ class Executor:
         outcome = self._outcome(uri, step)
         try:
             self.virsh.run(uri, action_args(POWEROFF, step.guest.uuid, self.config),
-                           timeout=self.config.query_timeout, ignore_interrupt=True)
+                           timeout=self._request_timeout(), ignore_interrupt=True)
         except VirshError as err:
             if err.wedged:
                 self._give_up(uri, step, POWEROFF)
@@ -922,6 +949,12 @@ class _Attempt:
     @property
     def detail(self) -> str:
         return self.error.detail if self.error else ""
+
+
+def internal_error(report: Reporter, what: str, exc: BaseException) -> None:
+    """A bug, as one line on stderr; the traceback only with -v (the debug log)."""
+    report.error(f"internal error, please report it: {what}: {_one_line(exc)}")
+    log.debug("internal error while %s", what, exc_info=exc)
 
 
 def _one_line(exc: BaseException) -> str:

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, TypeVar
 from virtguests import observe, plan, state, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded
-from virtguests.executor import Executor
+from virtguests.executor import Executor, internal_error
 from virtguests.report import Reporter
 from virtguests.virsh import Virsh, VirshError, format_argv
 
@@ -68,6 +68,16 @@ def for_each_uri(uris: Sequence[str], job: Callable[[str], T]) -> dict[str, T]:
     if errors:
         raise errors[0]
     return {uri: results[uri] for uri in uris}
+
+
+def _look(ctx: Context, uri: str, view: Callable[[], plan.UriView]) -> plan.UriView:
+    """Look at one URI; a bug there makes it unreachable for this run, not the others."""
+    try:
+        return view()
+    except Exception as exc:
+        what = f"listing the guests on {uri}"
+        internal_error(ctx.report, what, exc)
+        return plan.UriView(uri, error=f"internal error while {what}")
 
 
 def _unique(uris: Sequence[str]) -> list[str]:
@@ -156,8 +166,8 @@ def _recorded_earlier(ctx: Context, *, stale_warning: bool) -> dict[str, list[st
 def _stop(ctx: Context, config: Config) -> int:
     earlier = _recorded_earlier(ctx, stale_warning=True)
     uris = _unique(config.uris)
-    views = for_each_uri(uris, lambda uri: observe.view_running(ctx.virsh, uri, config,
-                                                                ctx.clock))
+    views = for_each_uri(uris, lambda uri: _look(ctx, uri, lambda: observe.view_running(
+        ctx.virsh, uri, config, ctx.clock)))
     status = EXIT_OK
     seen = _update_seen(ctx, {u: {g.uuid: g.name for g in views[u].guests
                                   if g.active and g.persistent}
@@ -427,8 +437,8 @@ def _start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Se
         names = seen.get(uri, {})
         ids = recorded.get(uri, [])
         if managed_save or ctx.config.start_delay or not all(uuid in names for uuid in ids):
-            return observe.view_all(ctx.virsh, uri, ctx.config, ctx.clock,
-                                    managed_save=managed_save)
+            return _look(ctx, uri, lambda: observe.view_all(ctx.virsh, uri, ctx.config,
+                                                            ctx.clock, managed_save=managed_save))
         return plan.UriView(uri, tuple(plan.Guest(uuid, names[uuid], active=False)
                                        for uuid in ids), listed=False)
 
