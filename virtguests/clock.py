@@ -68,10 +68,10 @@ class FakeClock(Clock):
             return self._now
 
     def advance(self, seconds: float) -> None:
-        with self._lock:
+        with self._lock:  # one writer at a time: concurrent URIs wait on the same clock
             self._now += max(seconds, 0)
             self.slept.append(seconds)
-        self._publish()
+            self._publish()
 
     def sleep(self, seconds: float) -> bool:
         if self.cancel.is_set():

@@ -34,6 +34,8 @@ Host YAML (unknown keys are rejected)::
         unreachable_calls: 0    # ... for the first N calls
         hang: false             # every call sleeps until killed
         hang_after_calls: 0     # every call after the first N (processes) hangs
+                                # (with these, the state's "calls" counts processes,
+                                # killed ones too)
         guests:
           - name: web1
             uuid: ...           # default: uuid5(NAMESPACE_URL, "<uri key>/<name>")
@@ -1006,7 +1008,7 @@ def event_loop(call: Call, state_file: StateFile, clock: Clock) -> int:
                 call.unsupported(f"URI {call.uri_arg!r} is not in the host file")
             now = clock.now()
             dirty = advance(u, now)
-            if seen is None and u["hang_after_calls"]:
+            if seen is None and (u["hang_after_calls"] or u["hang"]):
                 u["calls"] += 1
                 dirty = True
             if dirty:
@@ -1074,7 +1076,7 @@ def execute(call: Call, state_file: StateFile, clock: Clock, *,
         now = clock.now()
         dirty = advance(u, now)
         down = u["unreachable"] or now < u["unreachable_until"]
-        if (u["unreachable_calls"] or u["hang_after_calls"]) and count_call:
+        if (u["unreachable_calls"] or u["hang_after_calls"] or u["hang"]) and count_call:
             u["calls"] += 1
             dirty = True
             down = down or u["calls"] <= u["unreachable_calls"]
