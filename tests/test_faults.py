@@ -393,3 +393,63 @@ def test_a_save_by_another_job_that_outlasts_save_timeout_is_left_alone(
             "down or powering it off") in run.err
     assert report_steps(host, "busy")[-1][1] == "save in progress"
     assert host.uuid("busy") in host.list_file.read_text().split()
+
+
+# -- a failed status poll never abandons a guest (issue 10, item 8) ------------------------
+
+
+def flaky_polls(path: Path, real: Path, failures: int) -> Path:
+    """A virsh whose first *failures* status checks (``list --uuid``) fail."""
+    count = path.with_suffix(".count")
+    write_virsh(path, f"""if [ "$*" = "list --uuid" ] || [ "$*" = "-c default list --uuid" ]; then
+  n=$(cat "{count}" 2>/dev/null || echo 0); echo $((n + 1)) > "{count}"
+  if [ "$n" -lt {failures} ]; then
+    echo "error: failed to connect to the hypervisor" >&2; exit 1
+  fi
+fi
+exec "{real}" "$@\"""")
+    return path
+
+
+@pytest.mark.parametrize("mode", ["", "PARALLEL_SHUTDOWN=3\n"])
+@pytest.mark.parametrize("failures", [1, 4])
+def test_a_failed_poll_never_abandons_a_guest_that_ignores_acpi(
+        fake_host: Make, tmp_path: Path, mode: str, failures: int) -> None:
+    """Found: one failed poll printed "Not tracking it anymore", and a guest ignoring
+    ACPI was left running, in serial and in parallel mode."""
+    host = fake_host(guests({"name": "stubborn", "ignore_shutdown": True},
+                            {"name": "quick", "shutdown_seconds": 3}),
+                     f'ON_SHUTDOWN="shutdown poweroff"\nSHUTDOWN_TIMEOUT=20\n{mode}')
+    virsh = flaky_polls(tmp_path / "flaky-virsh", host.bin / "virsh", failures)
+    run, _ = host.run_virtual("--virsh", str(virsh), "stop")
+    assert "Not tracking" not in run.out
+    assert "cannot check which guests on default are still running" in run.err
+    assert "Powering off guest stubborn: done" in run.lines
+    assert "Shutdown of guest quick complete." in run.lines
+    assert host.active() == set()
+    assert [s[:2] for s in report_steps(host, "stubborn")] == [("shutdown", "timed out"),
+                                                             ("poweroff", "powered off")]
+
+
+# -- nothing a guest controls decides another guest's fate (issue 10, item 10) -------------
+
+HOSTILE = ["web': Stopped", "web': Stopped Shutdown", "x': Stopped Shutdown' for domain 'web",
+           "we", "b", "web web", "'web'", 'w"e"b']
+
+
+@pytest.mark.parametrize("mode", ["", "PARALLEL_SHUTDOWN=4\n"])
+def test_hostile_names_never_stand_for_another_guest(fake_host: Make, mode: str) -> None:
+    """Guests named after event syntax or after parts of another guest's name stop on
+    their own; the guest they imitate ignores ACPI and is powered off, not counted."""
+    host = fake_host(guests({"name": "web", "ignore_shutdown": True},
+                            *({"name": n, "shutdown_seconds": 1 + i % 3}
+                              for i, n in enumerate(HOSTILE))),
+                     f'ON_SHUTDOWN="shutdown poweroff"\nSHUTDOWN_TIMEOUT=15\n{mode}')
+    run, _ = host.run_virtual("stop")
+    assert "Shutdown of guest web complete." not in run.lines
+    assert "Powering off guest web: done" in run.lines
+    for name in HOSTILE:
+        assert f"Shutdown of guest {name} complete." in run.lines
+    assert host.active() == set()
+    assert [s[:2] for s in report_steps(host, "web")] == [("shutdown", "timed out"),
+                                                        ("poweroff", "powered off")]
