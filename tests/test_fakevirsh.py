@@ -513,3 +513,18 @@ def test_hang_after_calls(virsh: Path, tmp_path: Path) -> None:
     assert events.poll() is None
     events.kill()
     events.wait(timeout=5)
+
+
+@pytest.mark.parametrize("stem", ["qemu-managedsave-busy", "qemu-shutdown-busy"])
+def test_replay_busy_recordings(virsh: Path, tmp_path: Path, stem: str) -> None:
+    """A second job on a guest whose save holds its job: what real virsh 9.0 printed
+    after libvirt's 30 s lock wait, byte for byte."""
+    doc = load_fixture(FIXTURES / f"{stem}.yaml")
+    [subject] = doc["subjects"]
+    h = Host(virsh, tmp_path, {"uris": {"qemu:///system": {"guests": [
+        {**subject, "saving_seconds": 1000}]}}})
+    proc = h.popen("-c", "qemu:///system", *doc["argv"])
+    time.sleep(0.3)
+    h.set_now(1030.0)
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, out, err) == (doc["exit"], doc["stdout"], doc["stderr"])

@@ -154,7 +154,7 @@ class Failure(Exception):
 JOB_BUSY = (f"error: Failed to {CMD} domain '{ARG}'\n"
             "error: Timed out during operation: cannot acquire state change lock "
             "(held by monitor=remoteDispatchDomainManagedSave)\n")
-"""Not recorded yet (fixtures/qemu-managedsave-busy, qemu-shutdown-busy replace it)."""
+"""Only without the recordings (fixtures/qemu-managedsave-busy, qemu-shutdown-busy)."""
 TEMPLATE_SOURCES: dict[str, tuple[list[str], str, str]] = {
     "unreachable": (
         ["nohost-connect"],
