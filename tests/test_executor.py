@@ -150,10 +150,11 @@ def test_stop_deadline_budgets_serial_timeouts(fake_host: Make) -> None:
     assert run.lines.count("Powering off guest h0: done") == 1
     assert sum(clock.slept) <= 61
     assert host.active() == set()
-    # each guest got its share of the 60 s: 60/3, then what was left / 2, then the rest
+    # each guest got its share of the 60 s (60/3, then what was left / 2, then the rest),
+    # less whatever virtual time its shutdown request took
     shares = [steps(host)[f"h{i}"][0] for i in range(3)]
     assert all(action == "shutdown" and result == "timed out" for action, result, _ in shares)
-    assert all(19.5 <= seconds <= 20.5 for _, _, seconds in shares), shares
+    assert all(18 <= seconds <= 20.5 for _, _, seconds in shares), shares
 
 
 def test_a_bug_on_one_uri_fails_the_run_but_not_the_other_uris() -> None:

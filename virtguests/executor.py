@@ -90,6 +90,9 @@ JOB_LOCK_WAIT = 30.0
 """libvirt waits this long for a guest's state-change lock (held by a save, say) before
 a shutdown or destroy request fails: those requests get QUERY_TIMEOUT on top of it."""
 
+QUICK_CALL = 1.0
+"""Seconds a request usually takes at most (real time, even under a virtual clock)."""
+
 SAVING = ("paused", "saving")
 """``virsh domstate --reason`` while a managedsave runs (fixtures/qemu-domstate-reason-saving)."""
 
@@ -565,10 +568,11 @@ class Executor:
             functools.partial(self._send_shutdown, uri, step), None) for step in steps])
 
     def _through_clock(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
-        """Run *jobs* at once, each in its own thread, and wait for all through the Clock.
+        """Run *jobs* at once, each in its own thread, and wait for all of them.
 
-        Time passes while virsh waits (for a guest's lock, say), on a virtual
-        clock too; each job's virsh call has its own timeout.
+        A call that takes longer than QUICK_CALL (virsh waiting for a guest's
+        lock, say) is waited for through the Clock, so that a virtual clock lets
+        time pass for it too; each job's virsh call has its own timeout.
         """
         results: dict[int, T] = {}
         done = threading.Event()
@@ -586,8 +590,9 @@ class Executor:
         finished: list[int] = []
         for index, job in enumerate(jobs):
             threading.Thread(target=run, args=(index, job), daemon=True).start()
-        while jobs and not self.clock.wait(done, PROGRESS_EVERY):
-            pass
+        if jobs and not done.wait(QUICK_CALL):
+            while not self.clock.wait(done, PROGRESS_EVERY):
+                pass
         return [results[index] for index in range(len(jobs))]
 
     def _wait_for_shutdowns(self, uri: str, flight: _Flight, bell: Doorbell) -> None:
