@@ -143,4 +143,3 @@ def has_managed_save(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
     result = virsh.run(uri, MANAGED_SAVE_UUIDS, timeout=config.query_timeout,
                        ignore_interrupt=True)
     return uuid in virshout.uuids(result.argv, result.stdout)
-
