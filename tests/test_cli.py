@@ -261,7 +261,7 @@ def test_an_unexpected_error_is_one_line_and_exit_1_traceback_only_with_v(
                     out=out, err=err)
     assert code == 1
     first = err.getvalue().splitlines()[0]
-    assert first.startswith("virtguests: error: internal error ")
-    assert "OverflowError: timeout value is too large; please report it" in first
+    assert first.startswith("virtguests: error: internal error, please report it: "
+                            "running virtguests: OverflowError: timeout value is too large")
     assert ("Traceback" in err.getvalue()) is verbose
     assert ("(run with -v for the traceback)" in first) is not verbose

@@ -7,8 +7,8 @@ real time here.
 
 from __future__ import annotations
 
+import json
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,29 +22,39 @@ def guests(*items: dict[str, Any]) -> dict[str, Any]:
     return {"uris": {"default": {"guests": list(items)}}}
 
 
+def steps(host: FakeHost) -> dict[str, list[tuple[str, str, float]]]:
+    """Each guest's steps in the last run's report: (action, result, virtual seconds)."""
+    doc = json.loads((host.state_dir / "virtguests-last-run.json").read_text())
+    return {g["name"]: [(s["action"], s["result"], s["seconds"]) for s in g["steps"]]
+            for g in doc["guests"]}
+
+
 def test_long_save_prints_progress_every_5_seconds(fake_host: Make) -> None:
     host = fake_host(guests({"name": "big", "save_seconds": 12}))
-    began = time.monotonic()
     run, _ = host.run_virtual("stop")
     assert run.code == 0, run.err
     progress = [ln for ln in run.lines if ln.startswith("Suspending big: ")]
     assert progress[0] == "Suspending big: ..." and progress[-1] == "Suspending big: done"
     middle = progress[1:-1]
-    assert len(middle) == 2
     assert all(re.fullmatch(r"Suspending big: (\d+(\.\d+)? [KMGT]?i?B|\.\.\.)", ln)
                for ln in middle), middle
-    assert time.monotonic() - began < 10
-    assert sum(1 for c in host.commands() if c[0] == "domjobinfo") == 2
+    # One line (and one domjobinfo) per 5 virtual seconds of the save: the save ends when
+    # the simulated guest sees the virtual clock reach 12 s, which a loaded machine may
+    # notice a little late, never early.
+    [(action, result, seconds)] = steps(host)["big"]
+    assert (action, result) == ("suspend", "saved") and seconds >= 12
+    assert 2 <= len(middle) <= seconds // 5
+    assert sum(1 for c in host.commands() if c[0] == "domjobinfo") == len(middle)
 
 
 def test_serial_shutdown_timeout_counts_down_and_does_not_fail(fake_host: Make) -> None:
     host = fake_host(guests({"name": "stubborn", "ignore_shutdown": True},
                             {"name": "quick", "shutdown_seconds": 2}),
                      "ON_SHUTDOWN=shutdown\nSHUTDOWN_TIMEOUT=30\n")
-    began = time.monotonic()
     run, _ = host.run_virtual("stop")
-    assert time.monotonic() - began < 20
     assert run.code == 0  # as in the reference, a serial timeout is not an error
+    [(action, result, seconds)] = steps(host)["stubborn"]
+    assert (action, result) == ("shutdown", "timed out") and 30 <= seconds < 31  # virtual
     waits = [ln for ln in run.lines if ln.startswith("Waiting for guest stubborn")]
     assert waits == [f"Waiting for guest stubborn to shut down, {n} seconds left"
                      for n in (25, 20, 15, 10, 5)]
@@ -140,6 +150,11 @@ def test_stop_deadline_budgets_serial_timeouts(fake_host: Make) -> None:
     assert run.lines.count("Powering off guest h0: done") == 1
     assert sum(clock.slept) <= 61
     assert host.active() == set()
+    # each guest got its share of the 60 s (60/3, then what was left / 2, then the rest),
+    # less whatever virtual time its shutdown request took
+    shares = [steps(host)[f"h{i}"][0] for i in range(3)]
+    assert all(action == "shutdown" and result == "timed out" for action, result, _ in shares)
+    assert all(18 <= seconds <= 20.5 for _, _, seconds in shares), shares
 
 
 def test_a_bug_on_one_uri_fails_the_run_but_not_the_other_uris() -> None:
@@ -159,15 +174,18 @@ def test_a_bug_on_one_uri_fails_the_run_but_not_the_other_uris() -> None:
     def broken() -> None:
         raise KeyError("surprise")
 
-    executor._run_concurrently([broken, lambda: done.append("other URI")])
+    executor._run_concurrently([("stopping one URI", broken),
+                                ("stopping another", lambda: done.append("other URI"))])
     reporter.close()
     assert done == ["other URI"]
     assert executor.status == 1
-    assert "internal error, please report it" in err.getvalue()
-    assert "KeyError: 'surprise'" in err.getvalue()
+    assert err.getvalue() == ("virtguests: error: internal error, please report it: "
+                              "stopping one URI: KeyError: 'surprise' "
+                              "(run with -v for the traceback)\n")  # one line
 
 
-def test_doorbell_reads_stopped_events_and_rings_on_any_line() -> None:
+def test_doorbell_only_rings_whatever_a_line_says() -> None:
+    """Event lines name guests, and tenants choose names: a line decides nothing."""
     from virtguests.executor import Doorbell
     from virtguests.virsh import VirshError
 
@@ -177,9 +195,10 @@ def test_doorbell_reads_stopped_events_and_rings_on_any_line() -> None:
 
     bell = Doorbell(NoEvents(), "default")  # type: ignore[arg-type]
     assert bell.watch is None
-    bell._line("event 'lifecycle' for domain 'db main': Stopped Shutdown\n")
-    bell._line("event 'lifecycle' for domain 'it's': Stopped Destroyed\n")
-    bell._line("event 'lifecycle' for domain 'web': Started Booted\n")
-    assert bell.rung.is_set()
-    assert bell.take_stopped() == {"db main", "it's"}
-    assert bell.take_stopped() == set()
+    for line in ("event 'lifecycle' for domain 'db main': Stopped Shutdown\n",
+                 "event 'lifecycle' for domain 'web': Stopped': Started Booted\n", "garbage"):
+        bell.rung.clear()
+        bell._line(line)
+        assert bell.rung.is_set()
+        assert not bell.proven  # only a UUID listing after a ring can prove the stream
+    assert not hasattr(bell, "take_stopped")

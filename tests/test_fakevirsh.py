@@ -455,3 +455,76 @@ def test_per_call_time(virsh: Path, tmp_path: Path) -> None:
         f"fake virsh: {per_call * 1000:.1f} ms/call (python -S baseline {baseline * 1000:.1f} ms)"
     )
     assert per_call < baseline + 0.1
+
+
+@pytest.mark.parametrize("command", ["managedsave", "shutdown"])
+def test_saving_seconds_another_jobs_save_holds_the_lock(
+        virsh: Path, tmp_path: Path, command: str) -> None:
+    """Someone else's managedsave: domstate says so, a second job waits for the lock."""
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "saving_seconds": 100}))
+    assert h.state("g") == "paused (saving)"
+    assert h("domjobinfo", "g").stdout.startswith("Job type:         Unbounded   \n"
+                                                 "Operation:        Save        \n")
+    proc = h.popen(command, "g")
+    time.sleep(0.3)
+    assert proc.poll() is None, "no wait for the state-change lock"
+    h.set_now(1029.9)
+    time.sleep(0.1)
+    assert proc.poll() is None
+    h.set_now(1030.0)  # LOCK_WAIT after the call: libvirt gives up on the lock
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 1
+    assert "cannot acquire state change lock" in err
+    assert h.state("g") == "paused (saving)"
+    h.set_now(1100.0)
+    assert h.state("g") == "shut off (saved)"
+    assert h("-q", "list", "--all", "--with-managed-save", "--name").stdout == "g\n"
+
+
+def test_a_lock_wait_ends_with_the_job_and_the_command_runs_then(
+        virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "saving_seconds": 10}))
+    proc = h.popen("managedsave", "g")
+    time.sleep(0.3)
+    h.set_now(1010.0)
+    _, err = proc.communicate(timeout=10)
+    assert (proc.returncode, err) == (1, "error: Failed to save domain 'g' state\nerror: "
+                                         "Requested operation is not valid: domain is not "
+                                         "running\n")
+    assert h.state("g") == "shut off (saved)"
+
+
+def test_destroy_during_a_save_loses_the_memory(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "saving_seconds": 100}))
+    assert h("destroy", "g").returncode == 0
+    h.set_now(2000.0)
+    assert h.state("g") == "shut off (destroyed)"
+    assert h("-q", "list", "--all", "--with-managed-save", "--name").stdout == ""
+
+
+def test_hang_after_calls(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g"}, hang_after_calls=2))
+    assert h("list", "--name").returncode == 0
+    assert h("list --name; echo x; list --uuid").returncode == 0  # one process, one call
+    with pytest.raises(subprocess.TimeoutExpired):
+        h("domstate", "g", timeout=1.0)
+    events = h.popen("event", "--loop", "--event", "lifecycle")
+    time.sleep(0.3)
+    assert events.poll() is None
+    events.kill()
+    events.wait(timeout=5)
+
+
+@pytest.mark.parametrize("stem", ["qemu-managedsave-busy", "qemu-shutdown-busy"])
+def test_replay_busy_recordings(virsh: Path, tmp_path: Path, stem: str) -> None:
+    """A second job on a guest whose save holds its job: what real virsh 9.0 printed
+    after libvirt's 30 s lock wait, byte for byte."""
+    doc = load_fixture(FIXTURES / f"{stem}.yaml")
+    [subject] = doc["subjects"]
+    h = Host(virsh, tmp_path, {"uris": {"qemu:///system": {"guests": [
+        {**subject, "saving_seconds": 1000}]}}})
+    proc = h.popen("-c", "qemu:///system", *doc["argv"])
+    time.sleep(0.3)
+    h.set_now(1030.0)
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, out, err) == (doc["exit"], doc["stdout"], doc["stderr"])

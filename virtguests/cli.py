@@ -135,7 +135,7 @@ def main(
             return _main(args_in, environ if environ is not None else os.environ,
                          reporter, real_clock, requests, prog)
     except Exception as exc:
-        reporter.internal_error("while running virtguests", exc)
+        reporter.internal_error("running virtguests", exc)
         return EXIT_FAIL
     finally:
         reporter.close()

@@ -11,6 +11,16 @@ import time
 from pathlib import Path
 from typing import Optional
 
+MAX_WAIT = threading.TIMEOUT_MAX
+"""The longest wait threading accepts: longer (or infinite) waits are clamped to it."""
+
+
+def clamp(seconds: float) -> float:
+    """A wait threading accepts: nan and negatives are 0, inf and huge are MAX_WAIT."""
+    if seconds != seconds or seconds <= 0:
+        return 0.0
+    return min(seconds, MAX_WAIT)
+
 
 class Clock:
     """Real time."""
@@ -23,13 +33,13 @@ class Clock:
 
     def sleep(self, seconds: float) -> bool:
         """Sleep; return False early if a stop was requested."""
-        if seconds <= 0:
+        if not clamp(seconds):
             return not self.cancel.is_set()
-        return not self.cancel.wait(seconds)
+        return not self.cancel.wait(clamp(seconds))
 
     def wait(self, event: threading.Event, seconds: float) -> bool:
         """Wait for *event* up to *seconds*; True if it was set."""
-        return event.wait(max(seconds, 0))
+        return event.wait(clamp(seconds))
 
 
 class FakeClock(Clock):
@@ -58,15 +68,15 @@ class FakeClock(Clock):
             return self._now
 
     def advance(self, seconds: float) -> None:
-        with self._lock:
+        with self._lock:  # one writer at a time: concurrent URIs wait on the same clock
             self._now += max(seconds, 0)
             self.slept.append(seconds)
-        self._publish()
+            self._publish()
 
     def sleep(self, seconds: float) -> bool:
         if self.cancel.is_set():
             return False
-        self.advance(seconds)
+        self.advance(clamp(seconds))
         return not self.cancel.is_set()
 
     def wait(self, event: threading.Event, seconds: float) -> bool:

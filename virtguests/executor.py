@@ -2,33 +2,41 @@
 
 Each URI runs in its own thread (URIs are often different hosts), with its
 own timeout accounting.  Waiting for shutdowns asks virsh once per URI per
-tick which guests are still active, instead of once per guest.  A guest's
-action chain (suspend -> shutdown -> poweroff) moves to the next step when a
-step fails or times out.  After a stop request (SIGTERM/SIGINT) nothing new is
-started; calls in flight finish or time out.
+tick which guests are still active, instead of once per guest; lifecycle
+events only make that check come sooner.  A guest's action chain (suspend ->
+shutdown -> poweroff) moves to the next step when a step fails or times out,
+but never while another job is still saving the guest.  A URI on which a call
+timed out is given up at once (``Virsh.wedged``): its guests stay recorded and
+are named in one error.  A bug hit while handling one guest is that guest's
+internal error; the others are still handled.  After a stop request
+(SIGTERM/SIGINT) nothing new is started; calls in flight finish or time out.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
-import re
 import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Callable, Optional
+from dataclasses import dataclass, field
+from typing import Callable, Optional, TypeVar
 
 from virtguests import observe, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.plan import (
     POWEROFF,
+    PROTECTED,
+    SETTLED,
     SHUTDOWN,
+    START,
     SUSPEND,
     GuestStart,
     GuestStop,
+    Res,
     StartPlan,
     StopPlan,
     UriStart,
@@ -38,6 +46,10 @@ from virtguests.plan import (
 )
 from virtguests.report import Outcome, Reporter
 from virtguests.virsh import Interrupted, Virsh, VirshError, Watch
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 POLL = 0.05
 """Seconds between two "which guests are still active" checks (one virsh call)."""
@@ -54,6 +66,7 @@ def poll_interval(waited: float) -> float:
         return 2 * POLL
     return min(SLOW_POLL, 2 * POLL + (waited - 5) / 50)
 
+
 PROGRESS_EVERY = 5.0
 """The reference prints save and shutdown progress every 5 seconds."""
 
@@ -62,23 +75,55 @@ STAGES = (SUSPEND, SHUTDOWN, POWEROFF)
 SAFETY_POLL = 1.0
 """With a lifecycle event stream, checks run on each event, and at least this often."""
 
+CHECKS_FAILING_LIMIT = 60.0
+"""With no shutdown timeout (0 = wait forever), status checks that keep failing this
+long (at least 3 QUERY_TIMEOUTs) end the wait and the chain goes on: a dead libvirtd
+must not hold up the host's shutdown forever."""
 
-_STOPPED = re.compile(r"^event 'lifecycle' for domain '(?P<name>.*)': Stopped\b")
+
+def save_job_poll(waited: float) -> float:
+    """How often to ask whether another job's save has ended: each second, later each 5 s."""
+    return 1.0 if waited < 10 else 5.0
+
+
+JOB_LOCK_WAIT = 30.0
+"""libvirt waits this long for a guest's state-change lock (held by a save, say) before
+a shutdown or destroy request fails: those requests get QUERY_TIMEOUT on top of it."""
+
+QUICK_CALL = 1.0
+"""Seconds a request usually takes at most (real time, even under a virtual clock)."""
+
+SAVING = ("paused", "saving")
+"""``virsh domstate --reason`` while a managedsave runs (fixtures/qemu-domstate-reason-saving)."""
+
+
+class OtherSave:
+    """How another job's save of a guest ended, as far as we waited for it."""
+
+    NONE = "none"
+    """No save in progress, or it ended leaving the guest running: go on with the chain."""
+    SAVED = "saved"
+    """The guest has a managed-save image now: it counts as saved."""
+    OFF = "off"
+    """The guest is shut off without an image (by its tenant or another tool)."""
+    STILL_SAVING = "still saving"
+    """Still saving when our time ran out: never shut down or powered off."""
+    INTERRUPTED = "interrupted"
 
 
 class Doorbell:
-    """``virsh event --loop --event lifecycle`` on a URI: wakes the wait loop when guests stop.
+    """``virsh event --loop --event lifecycle`` on a URI: wakes the wait loop early.
 
-    A ``Stopped`` event for a guest we wait for counts as its stop; any other
-    line makes the loop check right away with one ``list``.  A missed or
-    unparsable event costs at most SAFETY_POLL; where events are unavailable
+    A line only rings the bell.  Event lines carry guest names, which tenants
+    choose, so nothing in them decides anything: the loop then checks with one
+    UUID listing.  The loop marks the stream *proven* once a ring was followed
+    by a check that found a guest stopped; until then checks stay as frequent
+    as without events.  Where events are unavailable (or the URI was given up)
     the loop simply polls.
     """
 
     def __init__(self, virsh: Virsh, uri: str) -> None:
         self.rung = threading.Event()
-        self._stopped: list[str] = []
-        self._lock = threading.Lock()
         self.proven = False
         self.watch: Optional[Watch] = None
         try:
@@ -88,33 +133,53 @@ class Doorbell:
             self.watch = None
 
     def _line(self, line: str) -> None:
-        match = _STOPPED.match(line.rstrip("\r\n"))
-        if match:
-            with self._lock:
-                self._stopped.append(match.group("name"))
-                self.proven = True
         self.rung.set()
 
-    def take_stopped(self) -> set[str]:
-        with self._lock:
-            names, self._stopped = set(self._stopped), []
-        return names
+    def wait(self, clock: Clock, poll: float, limit: float) -> bool:
+        """Until an event, or the next check, or *limit* seconds; True if an event came.
 
-    def wait(self, clock: Clock, poll: float, limit: float) -> None:
-        """Until an event, or the next check, or *limit* seconds.
-
-        Checks stay as frequent as without events until the stream has proven
-        itself by reporting a stop; from then on they are only a safety net.
+        Even a stream of events (a guest rebooting in a loop) leaves POLL between
+        two checks: tenants cannot make us run virsh without pause.
         """
-        if self.watch is not None and self.watch.alive():
-            every = max(poll, SAFETY_POLL) if self.proven else poll
-            clock.wait(self.rung, max(min(every, limit), 0.0))
-        else:
-            clock.sleep(max(min(poll, limit), 0.0))
+        limit = max(limit, 0.0)
+        if self.watch is None or not self.watch.alive():
+            clock.sleep(min(poll, limit))
+            return self.rung.is_set()
+        began = clock.now()
+        every = max(poll, SAFETY_POLL) if self.proven else poll
+        rang = clock.wait(self.rung, min(every, limit))
+        waited = clock.now() - began
+        if rang and waited < min(POLL, limit):
+            clock.sleep(min(POLL, limit) - waited)
+        return rang
 
     def close(self) -> None:
         if self.watch is not None:
             self.watch.close()
+
+
+@dataclass
+class _Waiting:
+    """A guest asked to shut down, with the time its wait ends."""
+
+    step: GuestStop
+    since: float
+    due: float
+    next_progress: float
+
+
+@dataclass
+class _Flight:
+    """The guests of one shutdown stage on one URI, wherever they are in the wait."""
+
+    queue: deque[GuestStop]
+    sending: list[GuestStop] = field(default_factory=list)
+    waiting: dict[str, _Waiting] = field(default_factory=dict)
+    failed: list[GuestStop] = field(default_factory=list)
+    """Timed out or refused: the chain's next step takes them."""
+
+    def unsettled(self) -> list[GuestStop]:
+        return [*self.sending, *(w.step for w in self.waiting.values()), *self.queue]
 
 
 class Executor:
@@ -134,7 +199,9 @@ class Executor:
         self.checkpoint = checkpoint
         self.deadline: Optional[float] = None
         self.status = 0
-        self.not_resumed: dict[str, list[str]] = {}
+        self.settled: dict[str, set[str]] = {}
+        """start: the guests with a definite outcome (``plan.SETTLED``) per URI; every
+        other recorded guest stays recorded for the next start."""
         self._lock = threading.Lock()
 
     # -- shared helpers -------------------------------------------------------
@@ -152,16 +219,16 @@ class Executor:
             return math.inf
         return self.deadline - self.clock.now()
 
-    def _run_concurrently(self, jobs: Sequence[Callable[[], None]]) -> None:
+    def _run_concurrently(self, jobs: Sequence[tuple[str, Callable[[], None]]]) -> None:
         """Run one job per URI in its own thread; the main thread stays signal-ready.
 
         A bug hit on one URI is reported and fails the run, but never stops the
         other URIs' guests from being handled.
         """
         if len(jobs) == 1:
-            self._guarded(jobs[0])
+            self._guarded(*jobs[0])
             return
-        threads = [threading.Thread(target=self._guarded, args=(job,), daemon=True)
+        threads = [threading.Thread(target=self._guarded, args=job, daemon=True)
                    for job in jobs]
         for thread in threads:
             thread.start()
@@ -169,22 +236,40 @@ class Executor:
             while thread.is_alive():
                 thread.join(0.2)
 
-    def _guarded(self, job: Callable[[], None]) -> None:
+    def _guarded(self, what: str, job: Callable[[], None]) -> None:
         try:
             job()
-        except Exception:
-            import traceback
+        except Exception as exc:
+            self.internal_error(what, exc)
 
-            self._fail()
-            self.report.error("internal error, please report it:\n"
-                              + traceback.format_exc().rstrip())
+    def internal_error(self, what: str, exc: BaseException) -> None:
+        """Report a bug (see ``internal_error``); the run fails."""
+        self._fail()
+        self.report.internal_error(what, exc)
+
+    def _for_guest(self, uri: str, guest: str, uuid: str, action: str,
+                   job: Callable[[], T], after_bug: T) -> T:
+        """One guest's step; a bug there is reported for that guest alone.
+
+        The guest keeps its record, and a bug never leads to a harsher step
+        (*after_bug* says "do not escalate").
+        """
+        try:
+            return job()
+        except Exception as exc:
+            self.internal_error(f"{action} of guest {guest} on {uri}", exc)
+            self.report.step(self.report.outcome(uri, uuid, guest), action,
+                             Res.INTERNAL_ERROR, 0.0, _one_line(exc))
+            self.checkpoint()
+            return after_bug
 
     # -- stop -----------------------------------------------------------------
 
     def stop(self, plan: StopPlan) -> int:
         if self.config.stop_deadline > 0:
             self.deadline = self.clock.now() + self.config.stop_deadline
-        self._run_concurrently([functools.partial(self._stop_uri, item)
+        self._run_concurrently([(f"stopping the guests on {item.uri}",
+                                 functools.partial(self._stop_uri, item))
                                 for item in plan.uris if item.guests])
         return self.status
 
@@ -193,8 +278,29 @@ class Executor:
             self.report.say(f"Suspending guests on {item.uri} URI...")
         else:
             self.report.say(f"Shutting down guests on {item.uri} URI...")
-        for group in item.groups():
-            self._stop_group(item.uri, group)
+        try:
+            for group in item.groups():
+                self._guarded(f"stopping a group of guests on {item.uri}",
+                              functools.partial(self._stop_group, item.uri, group))
+        finally:
+            self._report_given_up_stop(item)
+
+    def _report_given_up_stop(self, item: UriStop) -> None:
+        """One error naming every guest a URI that stopped answering left unprotected."""
+        why = self.virsh.wedged(item.uri)
+        if why is None:
+            return
+        self._fail()
+        left = [s for s in item.guests if self._outcome(item.uri, s).outcome not in PROTECTED]
+        recorded = [s.guest.name for s in left if s.record]
+        transient = [s.guest.name for s in left if not s.record]
+        message = f"gave up on {item.uri}: a call there timed out ({why})"
+        if recorded:
+            message += ("; not protected, recorded so that start brings them back: "
+                        + ", ".join(recorded))
+        if transient:
+            message += "; not protected (transient): " + ", ".join(transient)
+        self.report.error(message)
 
     def _stop_group(self, uri: str, steps: Sequence[GuestStop]) -> None:
         queues: dict[str, list[GuestStop]] = {stage: [] for stage in STAGES}
@@ -207,6 +313,10 @@ class Executor:
             if self.cancelled:
                 for step in todo:
                     self._interrupted(uri, step)
+                continue
+            if self.virsh.wedged(uri) is not None:
+                for step in todo:
+                    self._give_up(uri, step, stage)
                 continue
             if stage == SUSPEND:
                 failed = self._suspend_all(uri, todo)
@@ -223,42 +333,65 @@ class Executor:
         return self.report.outcome(uri, step.guest.uuid, step.guest.name)
 
     def _interrupted(self, uri: str, step: GuestStop) -> None:
-        self.report.step(self._outcome(uri, step), "none", "interrupted", 0.0,
+        self.report.step(self._outcome(uri, step), "none", Res.INTERRUPTED, 0.0,
                          "stop requested before this guest was handled")
+        self.checkpoint()
+
+    def _give_up(self, uri: str, step: GuestStop, action: str) -> None:
+        """Not tried: the URI stopped answering.  Named in the URI's error at the end."""
+        self.report.step(self._outcome(uri, step), action, Res.GIVEN_UP, 0.0,
+                         f"{uri} is not answering: {self.virsh.wedged(uri)}")
         self.checkpoint()
 
     def _escalating(self, step: GuestStop, action: str) -> str:
         following = _next_action(step, action)
         return f"; trying {following}" if following else ""
 
+    def _each_guest(self, uri: str, steps: Sequence[GuestStop], action: str,
+                    job: Callable[[str, GuestStop], bool], workers: int = 1) -> list[GuestStop]:
+        """Run *job* for each guest (*workers* at once); the ones to escalate.
+
+        *job* returns True when the chain's next step should take the guest.
+        """
+        def one(step: GuestStop) -> bool:
+            return self._for_guest(uri, step.guest.name, step.guest.uuid, action,
+                                   functools.partial(job, uri, step), False)
+
+        if workers <= 1 or len(steps) == 1:
+            escalate = [one(step) for step in steps]
+        else:
+            with ThreadPoolExecutor(max_workers=min(workers, len(steps))) as pool:
+                escalate = list(pool.map(one, steps))
+        return [step for step, again in zip(steps, escalate) if again]
+
     # suspend ---------------------------------------------------------------
 
     def _suspend_all(self, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
-        workers = self.config.parallel_suspend
-        if workers <= 1 or len(steps) == 1:
-            return [s for s in steps if not self._suspend(uri, s)]
-        with ThreadPoolExecutor(max_workers=min(workers, len(steps))) as pool:
-            results = list(pool.map(lambda s: self._suspend(uri, s), steps))
-        return [s for s, ok in zip(steps, results) if not ok]
+        return self._each_guest(uri, steps, SUSPEND, self._suspend,
+                                self.config.parallel_suspend)
 
     def _suspend(self, uri: str, step: GuestStop) -> bool:
-        """managedsave one guest, printing progress every 5 s; True if saved."""
+        """managedsave one guest, printing progress every 5 s; True: go on with the chain."""
         name, uuid = step.guest.name, step.guest.uuid
         outcome = self._outcome(uri, step)
         label = f"Suspending {name}: "
         if self.cancelled:
             self._interrupted(uri, step)
-            return True
+            return False
+        if self.virsh.wedged(uri) is not None:
+            self._give_up(uri, step, SUSPEND)
+            return False
         budget = min(float(self.config.save_timeout), self._remaining())
         if budget <= 0:
             self.report.error(f"no time left before STOP_DEADLINE to save guest {name}"
                               f"{self._escalating(step, SUSPEND)}")
-            self.report.step(outcome, SUSPEND, "skipped", 0.0, "STOP_DEADLINE reached")
-            return False
+            self.report.step(outcome, SUSPEND, Res.SKIPPED, 0.0, "STOP_DEADLINE reached")
+            return True
         self.report.say(f"{label}...")
         started = self.clock.now()
         done = threading.Event()
         errors: list[VirshError] = []
+        bugs: list[Exception] = []
 
         def save() -> None:
             try:
@@ -266,6 +399,8 @@ class Executor:
                                ignore_interrupt=True)
             except VirshError as err:
                 errors.append(err)
+            except Exception as exc:  # raised again below, in this guest's own guard
+                bugs.append(exc)
             finally:
                 done.set()
 
@@ -277,29 +412,29 @@ class Executor:
                 next_progress += PROGRESS_EVERY
                 self.report.say(f"{label}{self._save_progress(uri, uuid)}")
         worker.join()
-        seconds = self.clock.now() - started
-        if errors and self._saved_anyway(uri, uuid):
-            errors.clear()
-        if errors:
-            self._fail()
-            self.report.error(f"saving guest {name} failed: {errors[0].detail}"
-                              f"{self._escalating(step, SUSPEND)}")
-            self.report.step(outcome, SUSPEND, "failed", seconds, errors[0].detail)
+        if bugs:
+            raise bugs[0]
+        if not errors:
+            self.report.say(f"{label}done")
+            self.report.step(outcome, SUSPEND, Res.SAVED, self.clock.now() - started)
             self.checkpoint()
             return False
-        self.report.say(f"{label}done")
-        self.report.step(outcome, SUSPEND, "saved", seconds)
+        err = errors[0]
+        if err.wedged:
+            self._give_up(uri, step, SUSPEND)
+            return False
+        if not err.timed_out:
+            # Another job (an earlier run killed mid-save, another tool) may hold the
+            # guest: its save must end before anything harsher is tried.
+            other = self._other_save(uri, step, started + budget)
+            if other != OtherSave.NONE:
+                return self._after_other_save(uri, step, SUSPEND, other, started)
+        self._fail()
+        self.report.error(f"saving guest {name} failed: {err.detail}"
+                          f"{self._escalating(step, SUSPEND)}")
+        self.report.step(outcome, SUSPEND, Res.FAILED, self.clock.now() - started, err.detail)
         self.checkpoint()
         return True
-
-    def _saved_anyway(self, uri: str, uuid: str) -> bool:
-        """A save can "fail" because another process saved the guest meanwhile."""
-        try:
-            result = self.virsh.run(uri, ["list", "--all", "--uuid", "--with-managed-save"],
-                                    timeout=self.config.query_timeout, ignore_interrupt=True)
-            return uuid in virshout.uuids(result.argv, result.stdout)
-        except VirshError:
-            return False
 
     def _save_progress(self, uri: str, uuid: str) -> str:
         try:
@@ -309,216 +444,378 @@ class Executor:
             return "..."
         return virshout.data_processed(result.stdout) or "..."
 
+    # another job's save ----------------------------------------------------
+
+    def _domain_state(self, uri: str, uuid: str) -> Optional[tuple[str, str]]:
+        try:
+            return observe.domain_state(self.virsh, uri, uuid, self.config)
+        except VirshError as err:
+            log.debug("%s", err)
+            return None
+
+    def _other_save(self, uri: str, step: GuestStop, until: float) -> str:
+        """Is another job saving this guest?  Wait for it until *until*; how did it end?
+
+        Asked only on failure paths (a failed save, before a power-off): one
+        ``virsh domstate --reason``, which needs no job, so it answers while the
+        other save holds the guest's state-change lock.
+        """
+        name, uuid = step.guest.name, step.guest.uuid
+        state = self._domain_state(uri, uuid)
+        if state is None:
+            return OtherSave.NONE
+        if state == SAVING:
+            began = self.clock.now()
+            self.report.warn(f"guest {name} on {uri} is being saved by another job (virsh "
+                             f"domstate: {state[0]} ({state[1]})); waiting up to "
+                             f"{max(round(until - began), 0)}s for it to finish; it is not "
+                             "shut down or powered off meanwhile")
+            while state == SAVING:
+                left = until - self.clock.now()
+                if left <= 0:
+                    return OtherSave.STILL_SAVING
+                if not self.clock.sleep(min(save_job_poll(self.clock.now() - began), left)):
+                    return OtherSave.INTERRUPTED
+                answer = self._domain_state(uri, uuid)
+                if answer is None and self.virsh.wedged(uri) is not None:
+                    return OtherSave.STILL_SAVING
+                state = answer or state
+        if state[0] != "shut off":
+            return OtherSave.NONE
+        if state[1] == "saved":
+            return OtherSave.SAVED
+        try:
+            saved = observe.has_managed_save(self.virsh, uri, uuid, self.config)
+        except VirshError as err:
+            log.debug("%s", err)
+            return OtherSave.NONE
+        return OtherSave.SAVED if saved else OtherSave.OFF
+
+    def _after_other_save(self, uri: str, step: GuestStop, action: str, other: str,
+                          started: float) -> bool:
+        """Report how another job's save ended; never escalates (False)."""
+        name = step.guest.name
+        outcome = self._outcome(uri, step)
+        seconds = self.clock.now() - started
+        if other == OtherSave.SAVED:
+            if action == SUSPEND:
+                self.report.say(f"Suspending {name}: done")
+            else:
+                self.report.warn(f"guest {name} on {uri} was saved by another job; "
+                                 f"no {action} needed")
+            self.report.step(outcome, SUSPEND, Res.SAVED, seconds, "saved by another job")
+        elif other == OtherSave.OFF:
+            self.report.warn(f"guest {name} on {uri} is shut off already (without a "
+                             f"managed-save image); no {action} needed")
+            self.report.step(outcome, action, Res.SHUT_OFF, seconds, "already shut off")
+        elif other == OtherSave.STILL_SAVING:
+            self._fail()
+            self.report.error(f"guest {name} on {uri} is still being saved by another job; "
+                              "not shutting it down or powering it off while its memory is "
+                              "being written (it stays recorded)")
+            self.report.step(outcome, action, Res.SAVE_IN_PROGRESS, seconds,
+                             "another job was still saving it when our time ran out")
+        else:
+            self.report.step(outcome, action, Res.INTERRUPTED, seconds,
+                             "stop requested while another job was saving it")
+        self.checkpoint()
+        return False
+
     # shutdown --------------------------------------------------------------
 
     def _shutdown_all(self, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+        flight = _Flight(deque(steps))
         bell = Doorbell(self.virsh, uri)
         try:
-            if self.config.parallel_shutdown > 1:
-                return self._shutdown_parallel(uri, steps, bell)
-            failed: list[GuestStop] = []
-            for index, step in enumerate(steps):
-                if self.cancelled:
-                    self._interrupted(uri, step)
-                    continue
-                share = self._remaining() / (len(steps) - index)
-                if not self._shutdown_serial(uri, step, share, bell):
-                    failed.append(step)
-            return failed
+            self._wait_for_shutdowns(uri, flight, bell)
+        except Exception as exc:
+            self.internal_error(f"waiting for the shutdowns on {uri}", exc)
+            for step in flight.unsettled():
+                self.report.step(self._outcome(uri, step), SHUTDOWN, Res.INTERNAL_ERROR, 0.0,
+                                 _one_line(exc))
+            self.checkpoint()
         finally:
             bell.close()
+        return flight.failed
 
-    def _request_shutdown(self, uri: str, step: GuestStop) -> bool:
-        self.report.say(f"Starting shutdown on guest: {step.guest.name}")
-        return self._send_shutdown(uri, step)
+    def _request_timeout(self) -> float:
+        return self.config.query_timeout + JOB_LOCK_WAIT
 
-    def _send_shutdown(self, uri: str, step: GuestStop) -> bool:
+    def _send_shutdown(self, uri: str, step: GuestStop) -> Optional[bool]:
+        """One shutdown request: True sent, False failed (escalate), None given up."""
         try:
             self.virsh.run(uri, action_args(SHUTDOWN, step.guest.uuid, self.config),
-                           timeout=self.config.query_timeout, ignore_interrupt=True)
+                           timeout=self._request_timeout(), ignore_interrupt=True)
         except VirshError as err:
+            if err.wedged:
+                self._give_up(uri, step, SHUTDOWN)
+                return None
             self._fail()
             self.report.error(f"shutdown of guest {step.guest.name} failed: {err.detail}"
                               f"{self._escalating(step, SHUTDOWN)}")
-            self.report.step(self._outcome(uri, step), SHUTDOWN, "failed", 0.0, err.detail)
+            self.report.step(self._outcome(uri, step), SHUTDOWN, Res.FAILED, 0.0, err.detail)
             self.checkpoint()
             return False
         return True
 
-    def _request_shutdowns(self, uri: str, steps: Sequence[GuestStop]) -> list[bool]:
+    def _request_shutdowns(self, uri: str, steps: Sequence[GuestStop]) -> list[Optional[bool]]:
         """Announce, then send several shutdown requests at once (each is one virsh call)."""
         for step in steps:
             self.report.say(f"Starting shutdown on guest: {step.guest.name}")
-        if len(steps) == 1:
-            return [self._send_shutdown(uri, steps[0])]
-        with ThreadPoolExecutor(max_workers=len(steps)) as pool:
-            return list(pool.map(lambda s: self._send_shutdown(uri, s), steps))
 
-    def _shutdown_serial(self, uri: str, step: GuestStop, share: float,
-                         bell: Doorbell) -> bool:
-        """One guest at a time, with its own timeout (the reference's serial mode)."""
-        name = step.guest.name
-        outcome = self._outcome(uri, step)
-        if not self._request_shutdown(uri, step):
-            return False
-        started = self.clock.now()
-        limit = step.timeout if step.timeout > 0 else math.inf
-        limit = min(limit, share)
-        next_progress = started + PROGRESS_EVERY
-        while True:
-            bell.rung.clear()
+        return self._through_clock([functools.partial(
+            self._for_guest, uri, step.guest.name, step.guest.uuid, SHUTDOWN,
+            functools.partial(self._send_shutdown, uri, step), None) for step in steps])
+
+    def _through_clock(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
+        """Run *jobs* at once, each in its own thread, and wait for all of them.
+
+        A call that takes longer than QUICK_CALL (virsh waiting for a guest's
+        lock, say) is waited for through the Clock, so that a virtual clock lets
+        time pass for it too; each job's virsh call has its own timeout.
+        """
+        results: dict[int, T] = {}
+        done = threading.Event()
+        lock = threading.Lock()
+
+        def run(index: int, job: Callable[[], T]) -> None:
             try:
-                still = step.guest.uuid in observe.active_uuids(self.virsh, uri, self.config)
-            except (VirshError, Interrupted) as err:
-                self._fail()
-                self.report.say(f"Failed to determine state of guest: {step.guest.uuid}. "
-                                "Not tracking it anymore.")
-                self.report.step(outcome, SHUTDOWN, "unknown", self.clock.now() - started,
-                                 str(err))
-                self.checkpoint()
-                return True
-            elapsed = self.clock.now() - started
-            if not still:
-                self.report.say(f"Shutdown of guest {name} complete.")
-                self.report.step(outcome, SHUTDOWN, "shut off", elapsed)
-                self.checkpoint()
-                return True
-            if self.cancelled:
-                self.report.step(outcome, SHUTDOWN, "interrupted", elapsed,
-                                 "stop requested while waiting")
-                self.checkpoint()
-                return True
-            if elapsed >= limit:
-                break
-            if self.clock.now() >= next_progress:
-                next_progress += PROGRESS_EVERY
-                self.report.say(_waiting(f"guest {name}", limit - elapsed))
-            bell.wait(self.clock, poll_interval(elapsed), limit - elapsed)
-        self.report.say(f"Shutdown of guest {name} failed to complete in time.")
-        self.report.step(outcome, SHUTDOWN, "timed out", self.clock.now() - started)
-        self.checkpoint()
-        return False
+                results[index] = job()
+            finally:
+                with lock:
+                    finished.append(index)
+                    if len(finished) == len(jobs):
+                        done.set()
 
-    def _shutdown_parallel(self, uri: str, steps: Sequence[GuestStop],
-                           bell: Doorbell) -> list[GuestStop]:
-        """Up to PARALLEL_SHUTDOWN guests in flight; the timeout covers the whole URI."""
-        queue = deque(steps)
-        inflight: dict[str, tuple[GuestStop, float]] = {}
-        failed: list[GuestStop] = []
+        finished: list[int] = []
+        for index, job in enumerate(jobs):
+            threading.Thread(target=run, args=(index, job), daemon=True).start()
+        if jobs and not done.wait(QUICK_CALL):
+            while not self.clock.wait(done, PROGRESS_EVERY):
+                pass
+        return [results[index] for index in range(len(jobs))]
+
+    def _wait_for_shutdowns(self, uri: str, flight: _Flight, bell: Doorbell) -> None:
+        """Request shutdowns and wait for them: one loop for both modes.
+
+        Serial (PARALLEL_SHUTDOWN <= 1, the reference's default): one guest at a
+        time, each with its own timeout (its share of STOP_DEADLINE at most).
+        Parallel: up to PARALLEL_SHUTDOWN guests in flight, SHUTDOWN_TIMEOUT for
+        the whole URI, and the guests still queued when it expires get a request
+        too.  A failed check is retried: a guest is followed until it is seen
+        stopped (by UUID) or its time is up, then the chain's next step takes it.
+        """
+        serial = self.config.parallel_shutdown <= 1
+        width = 1 if serial else self.config.parallel_shutdown
         started = self.clock.now()
         timeout = self.config.shutdown_timeout
-        uri_deadline = min(started + timeout if timeout > 0 else math.inf,
-                           started + self._remaining())
+        uri_deadline = started + self._remaining()
+        if not serial and timeout > 0:
+            uri_deadline = min(uri_deadline, started + timeout)
         next_progress = started + PROGRESS_EVERY
-        poll_failures = 0
         last_request = started
-        while queue or inflight:
-            free = self.config.parallel_shutdown - len(inflight)
-            if queue and free > 0 and not self.cancelled:
-                batch = [queue.popleft() for _ in range(min(free, len(queue)))]
-                sent = self._request_shutdowns(uri, batch)
+        failing_since: Optional[float] = None
+        expired = False
+        while flight.queue or flight.waiting:
+            if flight.queue and len(flight.waiting) < width and not self.cancelled \
+                    and self.virsh.wedged(uri) is None:
+                self._admit(uri, flight, width, serial, uri_deadline)
                 last_request = self.clock.now()
-                for step, ok in zip(batch, sent):
-                    if ok:
-                        own = last_request + step.timeout if step.timeout > 0 else math.inf
-                        inflight[step.guest.uuid] = (step, min(own, uri_deadline))
-                    else:
-                        failed.append(step)
             if self.cancelled:
-                for step in queue:
+                for step in flight.queue:
                     self._interrupted(uri, step)
-                queue.clear()
-            if not inflight:
+                flight.queue.clear()
+            if self.virsh.wedged(uri) is not None:
+                self._give_up_waiting(uri, flight)
+                return
+            if not flight.waiting:
                 continue
-            bell.wait(self.clock, poll_interval(self.clock.now() - last_request),
-                      uri_deadline - self.clock.now())
-            bell.rung.clear()
             now = self.clock.now()
-            by_name = {step.guest.name: uuid for uuid, (step, _) in inflight.items()}
-            stopped = {by_name[n] for n in bell.take_stopped() if n in by_name}
-            try:
-                if stopped:  # the event stream said so: no need to ask
-                    active = set(inflight) - stopped
-                else:
-                    active = observe.active_uuids(self.virsh, uri, self.config)
-                poll_failures = 0
-            except (VirshError, Interrupted) as err:
-                poll_failures += 1
-                timed_out = isinstance(err, VirshError) and err.timed_out
-                if poll_failures < 3 and not timed_out and not self.cancelled:
-                    continue
-                self._fail()
-                for uuid, (step, _) in inflight.items():
-                    self.report.say(f"Failed to determine state of guest: {uuid}. "
-                                    "Not tracking it anymore.")
-                    self.report.step(self._outcome(uri, step), SHUTDOWN, "unknown",
-                                     now - started, str(err))
-                inflight.clear()
+            first_due = min(w.due for w in flight.waiting.values())
+            rang = bell.wait(self.clock, poll_interval(now - last_request), first_due - now)
+            bell.rung.clear()
+            active = self._check_active(uri, flight, first_failure=failing_since is None)
+            if active is None:
+                failing_since = failing_since if failing_since is not None \
+                    else self.clock.now()
+            else:
+                failing_since = None
+            now = self.clock.now()
+            if active is not None:
+                stopped = [uuid for uuid in flight.waiting if uuid not in active]
+                if rang and stopped:
+                    bell.proven = True
+                for uuid in stopped:
+                    waited = flight.waiting.pop(uuid)
+                    self.report.say(f"Shutdown of guest {waited.step.guest.name} complete.")
+                    self.report.step(self._outcome(uri, waited.step), SHUTDOWN, Res.SHUT_OFF,
+                                     now - waited.since)
+                    self.checkpoint()
+            if self.cancelled and flight.waiting:
+                for waited in flight.waiting.values():
+                    self.report.step(self._outcome(uri, waited.step), SHUTDOWN,
+                                     Res.INTERRUPTED, now - waited.since,
+                                     "stop requested while waiting")
+                flight.waiting.clear()
                 self.checkpoint()
                 continue
-            for uuid in [u for u in inflight if u not in active]:
-                step, _ = inflight.pop(uuid)
-                self.report.say(f"Shutdown of guest {step.guest.name} complete.")
-                self.report.step(self._outcome(uri, step), SHUTDOWN, "shut off", now - started)
-                self.checkpoint()
-            if now >= next_progress and (inflight or queue):
-                next_progress += PROGRESS_EVERY
-                self.report.say(_waiting(f"{len(inflight) + len(queue)} guests",
-                                         uri_deadline - now))
-            if now >= uri_deadline and (inflight or queue):
+            if self.virsh.wedged(uri) is not None:
+                self._give_up_waiting(uri, flight)
+                return
+            if not serial and now >= uri_deadline and not expired \
+                    and (flight.waiting or flight.queue):
+                expired = True
                 self.report.say("Timeout expired while shutting down domains")
                 self._fail()
                 # Unlike the reference, guests still queued get a shutdown request too.
-                late = list(queue)
-                queue.clear()
-                for step, ok in zip(late, self._request_shutdowns(uri, late) if late else []):
-                    if ok:
-                        inflight[step.guest.uuid] = (step, now)
-                    else:
-                        failed.append(step)
-            if self.cancelled and inflight:
-                for step, _ in inflight.values():
-                    self.report.step(self._outcome(uri, step), SHUTDOWN, "interrupted",
-                                     now - started, "stop requested while waiting")
-                inflight.clear()
+                self._admit(uri, flight, len(flight.waiting) + len(flight.queue), serial,
+                            uri_deadline, due=now)
+            if failing_since is not None and now - failing_since >= max(
+                    CHECKS_FAILING_LIMIT, 3.0 * self.config.query_timeout):
+                self._checks_keep_failing(uri, flight, now - failing_since)
+            for uuid in [u for u, w in flight.waiting.items() if now >= w.due]:
+                waited = flight.waiting.pop(uuid)
+                if serial:
+                    self.report.say(f"Shutdown of guest {waited.step.guest.name} failed to "
+                                    "complete in time.")
+                self.report.step(self._outcome(uri, waited.step), SHUTDOWN, Res.TIMED_OUT,
+                                 now - waited.since)
+                flight.failed.append(waited.step)
                 self.checkpoint()
+            if serial:
+                for waited in flight.waiting.values():
+                    if now >= waited.next_progress:
+                        waited.next_progress += PROGRESS_EVERY
+                        self.report.say(_waiting(f"guest {waited.step.guest.name}",
+                                                 waited.due - now))
+            elif now >= next_progress and (flight.waiting or flight.queue):
+                next_progress += PROGRESS_EVERY
+                self.report.say(_waiting(f"{len(flight.waiting) + len(flight.queue)} guests",
+                                         uri_deadline - now))
+
+    def _check_active(self, uri: str, flight: _Flight, *,
+                      first_failure: bool) -> Optional[set[str]]:
+        """The UUIDs active on *uri*, or None when the check failed (it is retried).
+
+        Even a bug here only fails the check: the guests stay followed until
+        their timeout, and the chain goes on.
+        """
+        try:
+            return observe.active_uuids(self.virsh, uri, self.config)
+        except (VirshError, Interrupted) as err:
+            if first_failure and self.virsh.wedged(uri) is None:
+                self.report.warn(f"cannot check which guests on {uri} are still running "
+                                 f"({err}); still waiting for {len(flight.waiting)} "
+                                 "guest(s), checking again")
+        except Exception as exc:
+            if first_failure:
+                self.internal_error(f"checking which guests on {uri} are still running", exc)
+        return None
+
+    def _admit(self, uri: str, flight: _Flight, width: int, serial: bool, uri_deadline: float,
+               *, due: Optional[float] = None) -> None:
+        """Send the next guests their shutdown requests, up to *width* in flight."""
+        count = min(width - len(flight.waiting), len(flight.queue))
+        if count <= 0:
+            return
+        flight.sending = [flight.queue.popleft() for _ in range(count)]
+        share = self._remaining() / (len(flight.queue) + count)
+        sent = self._request_shutdowns(uri, flight.sending)
+        now = self.clock.now()
+        for step, ok in zip(flight.sending, sent):
+            if ok is None:
                 continue
-            for uuid in [u for u, (_, due) in inflight.items() if now >= due]:
-                step, _ = inflight.pop(uuid)
-                self.report.step(self._outcome(uri, step), SHUTDOWN, "timed out",
-                                 now - started)
-                failed.append(step)
-                self.checkpoint()
-        return failed
+            if not ok:
+                flight.failed.append(step)
+                continue
+            own = now + step.timeout if step.timeout > 0 else math.inf
+            limit = min(own, now + share) if serial else min(own, uri_deadline)
+            flight.waiting[step.guest.uuid] = _Waiting(
+                step, now, limit if due is None else due, now + PROGRESS_EVERY)
+        flight.sending = []
+
+    def _give_up_waiting(self, uri: str, flight: _Flight) -> None:
+        """The URI stopped answering: no check can succeed there, stop waiting at once."""
+        for step in flight.unsettled():
+            self._give_up(uri, step, SHUTDOWN)
+        flight.waiting.clear()
+        flight.queue.clear()
+
+    def _checks_keep_failing(self, uri: str, flight: _Flight, seconds: float) -> None:
+        """Waiting forever on guests we cannot see would hang the host's shutdown."""
+        for uuid in [u for u, w in flight.waiting.items() if math.isinf(w.due)]:
+            waited = flight.waiting.pop(uuid)
+            step = waited.step
+            self._fail()
+            self.report.error(f"cannot tell whether guest {step.guest.name} on {uri} shut "
+                              f"down: its status checks failed for {round(seconds)}s"
+                              f"{self._escalating(step, SHUTDOWN)}")
+            self.report.step(self._outcome(uri, step), SHUTDOWN, Res.FAILED,
+                             self.clock.now() - waited.since, "status checks kept failing")
+            flight.failed.append(step)
+            self.checkpoint()
 
     # poweroff --------------------------------------------------------------
 
     def _poweroff_all(self, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
-        for step in steps:
-            outcome = self._outcome(uri, step)
-            started = self.clock.now()
-            try:
-                self.virsh.run(uri, action_args(POWEROFF, step.guest.uuid, self.config),
-                               timeout=self.config.query_timeout, ignore_interrupt=True)
-            except VirshError as err:
-                self._fail()
-                self.report.error(f"powering off guest {step.guest.name} failed: {err.detail}")
-                self.report.step(outcome, POWEROFF, "failed", 0.0, err.detail)
-            else:
-                self.report.say(f"Powering off guest {step.guest.name}: done")
-                self.report.step(outcome, POWEROFF, "powered off",
-                                 self.clock.now() - started)
-            self.checkpoint()
-        return []
+        return self._each_guest(uri, steps, POWEROFF, self._poweroff)
+
+    def _poweroff(self, uri: str, step: GuestStop) -> bool:
+        """virsh destroy, unless another job is saving the guest; never escalates."""
+        if self.cancelled:
+            self._interrupted(uri, step)
+            return False
+        if self.virsh.wedged(uri) is not None:
+            self._give_up(uri, step, POWEROFF)
+            return False
+        started = self.clock.now()
+        budget = min(float(self.config.save_timeout), self._remaining())
+        other = self._other_save(uri, step, started + budget)
+        if other != OtherSave.NONE:
+            return self._after_other_save(uri, step, POWEROFF, other, started)
+        outcome = self._outcome(uri, step)
+        try:
+            self.virsh.run(uri, action_args(POWEROFF, step.guest.uuid, self.config),
+                           timeout=self._request_timeout(), ignore_interrupt=True)
+        except VirshError as err:
+            if err.wedged:
+                self._give_up(uri, step, POWEROFF)
+                return False
+            self._fail()
+            self.report.error(f"powering off guest {step.guest.name} failed: {err.detail}")
+            self.report.step(outcome, POWEROFF, Res.FAILED, 0.0, err.detail)
+        else:
+            self.report.say(f"Powering off guest {step.guest.name}: done")
+            self.report.step(outcome, POWEROFF, Res.POWERED_OFF, self.clock.now() - started)
+        self.checkpoint()
+        return False
 
     # -- start ----------------------------------------------------------------
 
     def start(self, plan: StartPlan) -> int:
-        self._run_concurrently([functools.partial(self._start_uri, item)
+        self._run_concurrently([(f"starting the guests on {item.uri}",
+                                 functools.partial(self._start_uri, item))
                                 for item in plan.uris])
         return self.status
 
     def _start_uri(self, item: UriStart) -> None:
+        try:
+            self._start_guests(item)
+        finally:
+            self._report_given_up_start(item)
+
+    def _report_given_up_start(self, item: UriStart) -> None:
+        why = self.virsh.wedged(item.uri)
+        if why is None:
+            return
+        self._fail()
+        settled = self.settled.get(item.uri, set())
+        left = [g.name for g in item.guests if g.uuid not in settled]
+        if left:
+            self.report.error(f"gave up on {item.uri}: a call there timed out ({why}); not "
+                              f"resumed, kept for the next start: {', '.join(left)}")
+
+    def _start_guests(self, item: UriStart) -> None:
         order = sorted(item.guests, key=lambda g: g.group)  # stable: list order within a group
         tried: dict[str, _Attempt] = {}
         if item.probe and not self.cancelled:
@@ -527,13 +824,18 @@ class Executor:
                 attempt = self._attempt(item.uri, lead, first=True)
                 if attempt.refusal == "unreachable":
                     self._fail()
-                    for guest in item.guests:
-                        self._keep(item.uri, guest.uuid)
                     self.report.cannot_resume_uri(item.uri, attempt.detail,
                                                   [g.uuid for g in item.guests])
                     return
                 tried[lead.uuid] = attempt
         self.report.say(f"Resuming guests on {item.uri} URI...")
+
+        def start_one(guest: GuestStart) -> bool:
+            return self._for_guest(
+                item.uri, guest.name, guest.uuid, START,
+                functools.partial(self._start_guest, item.uri, guest, tried.get(guest.uuid)),
+                False)
+
         first = True
         for group in sorted({g.group for g in order}):
             members = [g for g in order if g.group == group]
@@ -541,19 +843,18 @@ class Executor:
                         and all(g.delay_after is None for g in members))
             if parallel:
                 with ThreadPoolExecutor(max_workers=self.config.parallel_start) as pool:
-                    list(pool.map(lambda g: self._start_guest(item.uri, g, tried.get(g.uuid)),
-                                  members))
+                    list(pool.map(start_one, members))
                 continue
             for guest in members:
                 if guest.start and not first and not self.cancelled \
-                        and guest.uuid not in tried:
+                        and guest.uuid not in tried and self.virsh.wedged(item.uri) is None:
                     delay = self.config.start_delay
                     if delay:
                         self.clock.sleep(delay)
-                started = self._start_guest(item.uri, guest, tried.get(guest.uuid))
+                started = start_one(guest)
                 if started:
                     first = False
-                    if guest.delay_after:
+                    if guest.delay_after and self.virsh.wedged(item.uri) is None:
                         self.clock.sleep(guest.delay_after)
 
     def _attempt(self, uri: str, guest: GuestStart, *, first: bool = False) -> _Attempt:
@@ -570,6 +871,14 @@ class Executor:
             return _Attempt(self.clock.now() - began, error=err)
         return _Attempt(self.clock.now() - began, name=virshout.started_name(result.stdout))
 
+    def _start_step(self, uri: str, outcome: Outcome, result: str, seconds: float,
+                    detail: str = "") -> None:
+        """Record a start step; a definite outcome (``plan.SETTLED``) ends the record."""
+        self.report.step(outcome, START, result, seconds, detail)
+        if result in SETTLED:
+            with self._lock:
+                self.settled.setdefault(uri, set()).add(outcome.uuid)
+
     def _start_guest(self, uri: str, guest: GuestStart,
                      attempt: Optional[_Attempt] = None) -> bool:
         """Start (resume) one guest; True if a start was issued and succeeded."""
@@ -577,40 +886,43 @@ class Executor:
         issued = False
         if not guest.start:
             self.report.say(f"Resuming guest {guest.name}: {guest.reason}")
-            self.report.step(outcome, "start", guest.reason, 0.0)
+            self._start_step(uri, outcome, guest.reason, 0.0)
         elif self.cancelled and attempt is None:
-            self._keep(uri, guest.uuid)
-            self.report.step(outcome, "start", "interrupted", 0.0,
+            self._start_step(uri, outcome, Res.INTERRUPTED, 0.0,
                              "stop requested before this guest was started")
         else:
-            attempt = attempt or self._attempt(uri, guest)
+            if attempt is None and self.virsh.wedged(uri) is None:
+                attempt = self._attempt(uri, guest)
+            if attempt is None or (attempt.error is not None and attempt.error.wedged):
+                self._start_step(uri, outcome, Res.GIVEN_UP, 0.0,
+                                 f"{uri} is not answering: {self.virsh.wedged(uri)}")
+                self.checkpoint()
+                return False
             name = attempt.name or guest.name
             if attempt.refusal == "already active":
                 self.report.say(f"Resuming guest {name}: already active")
-                self.report.step(outcome, "start", "already active", attempt.seconds)
+                self._start_step(uri, outcome, Res.ALREADY_ACTIVE, attempt.seconds)
             elif attempt.refusal == "missing":
                 self._fail()
                 self.report.gone(uri, guest.uuid)
-                self.report.step(outcome, "start", "no longer exists", attempt.seconds,
-                                 attempt.detail)
+                self._start_step(uri, outcome, Res.GONE, attempt.seconds, attempt.detail)
                 self.checkpoint()
                 return False
             elif attempt.error is not None:
                 self._fail()
-                self._keep(uri, guest.uuid)
                 self.report.say(f"Resuming guest {name}: failed")
                 self.report.error(f"starting guest {name} failed: {attempt.detail}; "
                                   "it stays recorded for the next start")
-                self.report.step(outcome, "start", "failed", attempt.seconds, attempt.detail)
+                self._start_step(uri, outcome, Res.FAILED, attempt.seconds, attempt.detail)
                 self.checkpoint()
                 return False
             else:
                 issued = True
                 outcome.name = name
                 self.report.say(f"Resuming guest {name}: done")
-                self.report.step(outcome, "start", "resumed", attempt.seconds)
-        if self.config.sync_time and guest.reason != "skipped by policy" \
-                and not self.cancelled:
+                self._start_step(uri, outcome, Res.RESUMED, attempt.seconds)
+        if self.config.sync_time and guest.reason != Res.SKIPPED_BY_POLICY \
+                and not self.cancelled and self.virsh.wedged(uri) is None:
             self._sync_time(uri, guest)
         self.checkpoint()
         return issued
@@ -621,10 +933,6 @@ class Executor:
                            timeout=self.config.query_timeout, ignore_interrupt=True)
         except VirshError as err:
             self.report.warn(f"could not sync the time of guest {guest.name}: {err.detail}")
-
-    def _keep(self, uri: str, uuid: str) -> None:
-        with self._lock:
-            self.not_resumed.setdefault(uri, []).append(uuid)
 
 
 @dataclass(frozen=True)
@@ -646,6 +954,11 @@ class _Attempt:
     @property
     def detail(self) -> str:
         return self.error.detail if self.error else ""
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _waiting(who: str, left: float) -> str:

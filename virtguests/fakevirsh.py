@@ -33,6 +33,9 @@ Host YAML (unknown keys are rejected)::
         unreachable_until: 0    # ... until now >= this (virtual) epoch time
         unreachable_calls: 0    # ... for the first N calls
         hang: false             # every call sleeps until killed
+        hang_after_calls: 0     # every call after the first N (processes) hangs
+                                # (with these, the state's "calls" counts processes,
+                                # killed ones too)
         guests:
           - name: web1
             uuid: ...           # default: uuid5(NAMESPACE_URL, "<uri key>/<name>")
@@ -42,6 +45,10 @@ Host YAML (unknown keys are rejected)::
             persistent: true
             managed_save: false
             save_seconds: 0.05  # managedsave blocks this long (guest "paused (saving)")
+            saving_seconds: 0   # another job's managedsave is running, ending this long
+                                # after the host was built; meanwhile managedsave and
+                                # shutdown wait LOCK_WAIT for its lock and fail, and
+                                # destroy loses the guest's memory (no image)
             shutdown_seconds: 1 # shut off this long after `shutdown`
             ignore_shutdown: false
             fail_save: false    # managedsave / start / shutdown fail (exit 1)
@@ -71,7 +78,9 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn, Optional
 
 VERSION_FALLBACK = "9.0.0"
-STATE_FORMAT = 3
+STATE_FORMAT = 4
+LOCK_WAIT = 30.0
+"""Seconds libvirt waits for a domain's state-change lock before giving up."""
 DEFAULT_SOCKET = "/var/run/libvirt/libvirt-sock"
 MIB = 1024 * 1024
 
@@ -94,6 +103,7 @@ GUEST_DEFAULTS: dict[str, Any] = {
     "fail_start": False,
     "fail_shutdown": False,
     "start_seconds": 0.0,
+    "saving_seconds": 0.0,
     "hang": [],
     "agent": False,
     "memory_mib": 1024,
@@ -104,6 +114,7 @@ URI_KEYS = {
     "unreachable_until",
     "unreachable_calls",
     "hang",
+    "hang_after_calls",
     "guests",
     "driver",
     "uri",
@@ -114,6 +125,14 @@ STATE_TEXT = {"running": "running", "paused": "paused", "shutoff": "shut off"}
 
 class Unsupported(Exception):
     """The fake does not implement this argv: exit 2, loudly."""
+
+
+class LockWait(Exception):
+    """The guest's state-change lock is held by a job: wait for it, outside the state lock."""
+
+    def __init__(self, until: float) -> None:
+        super().__init__(until)
+        self.until = until
 
 
 class Failure(Exception):
@@ -132,6 +151,10 @@ class Failure(Exception):
 # recorded text is turned into a template by replacing the domain argument,
 # the subject's name and uuid with markers.  The trailing newline that virsh
 # prints after every command (suppressed by -q) is stripped from stdout.
+JOB_BUSY = (f"error: Failed to {CMD} domain '{ARG}'\n"
+            "error: Timed out during operation: cannot acquire state change lock "
+            "(held by monitor=remoteDispatchDomainManagedSave)\n")
+"""Only without the recordings (fixtures/qemu-managedsave-busy, qemu-shutdown-busy)."""
 TEMPLATE_SOURCES: dict[str, tuple[list[str], str, str]] = {
     "unreachable": (
         ["nohost-connect"],
@@ -154,6 +177,16 @@ TEMPLATE_SOURCES: dict[str, tuple[list[str], str, str]] = {
         ["qemu-managedsave-ok", "test-managedsave-ok"],
         "stdout",
         f"\nDomain '{ARG}' state saved by libvirt\n",
+    ),
+    "managedsave_busy": (
+        ["qemu-managedsave-busy"],
+        "stderr",
+        JOB_BUSY.replace(CMD, "save"),
+    ),
+    "shutdown_busy": (
+        ["qemu-shutdown-busy"],
+        "stderr",
+        JOB_BUSY.replace(CMD, "shutdown"),
     ),
     "managedsave_transient": (
         ["test-managedsave-transient"],
@@ -258,9 +291,6 @@ BUILTIN = {
     "error: internal error: qemu unexpectedly closed the monitor\n",
     "fail_shutdown": f"error: Failed to shutdown domain '{ARG}'\n"
     "error: operation failed: guest shutdown request failed\n",
-    "job_busy": f"error: Failed to {CMD} domain '{ARG}'\n"
-    "error: Timed out during operation: cannot acquire state change lock "
-    "(held by monitor=remoteDispatchDomainManagedSave)\n",
 }
 
 
@@ -336,6 +366,7 @@ def build_state(host_path: str, sig: list[int]) -> dict[str, Any]:
     import uuid as uuidmod
 
     doc = _load_yaml(host_path)
+    built = Clock().now()
     if not isinstance(doc, dict) or not isinstance(doc.get("uris"), dict):
         _bad_host(f"{host_path}: expected a mapping with a 'uris' mapping")
     uris: dict[str, Any] = {}
@@ -355,6 +386,7 @@ def build_state(host_path: str, sig: list[int]) -> dict[str, Any]:
             "unreachable": bool(conf.get("unreachable", False)),
             "unreachable_until": float(conf.get("unreachable_until") or 0),
             "unreachable_calls": int(conf.get("unreachable_calls") or 0),
+            "hang_after_calls": int(conf.get("hang_after_calls") or 0),
             "hang": bool(conf.get("hang", False)),
             "calls": 0,
             "guests": [],
@@ -391,6 +423,12 @@ def build_state(host_path: str, sig: list[int]) -> dict[str, Any]:
                     guest["reason"] = "unknown"
             guest["job"] = None
             guest["shutdown_at"] = None
+            if float(guest["saving_seconds"]) > 0:
+                if guest["state"] == "shutoff":
+                    _bad_host(f"guest {g['name']!r}: saving_seconds needs an active guest")
+                guest["job"] = {"op": "save", "start": built,
+                                "end": built + float(guest["saving_seconds"])}
+                guest.update(state="paused", reason="saving")
             u["guests"].append(guest)
         u["next_id"] = next_id
         uris[str(key)] = u
@@ -790,6 +828,7 @@ class Runner:
         self.tpl: dict[str, str] = st["templates"]
         self.out = ""  # printed also with -q
         self.extra = ""  # suppressed by -q
+        self.lock_waited = False
 
     def t(self, role: str, g: Optional[dict[str, Any]] = None, **kw: str) -> str:
         driver = self.u["driver"]
@@ -804,6 +843,12 @@ class Runner:
 
     def fail(self, role: str, g: Optional[dict[str, Any]] = None, **kw: str) -> NoReturn:
         raise Failure(self.t(role, g, **kw))
+
+    def lock_busy(self, g: dict[str, Any], role: str, now: float) -> NoReturn:
+        """libvirt waits LOCK_WAIT for a job's lock, then fails; the job may end first."""
+        if self.lock_waited:
+            self.fail(role, g)
+        raise LockWait(min(float(g["job"]["end"]), now + LOCK_WAIT))
 
 
 CONNECT_FAILED = "error: failed to connect to the hypervisor"
@@ -913,7 +958,7 @@ def run_guest_command(r: Runner, g: dict[str, Any], now: float) -> bool:
         if not active:
             r.fail("shutdown_not_running", g)
         if g["job"] is not None:
-            r.fail("job_busy", g, CMD="shutdown")
+            r.lock_busy(g, "shutdown_busy", now)
         if g["fail_shutdown"]:
             r.fail("fail_shutdown", g)
         r.extra += r.t("shutdown_ok", g)
@@ -938,7 +983,7 @@ def run_guest_command(r: Runner, g: dict[str, Any], now: float) -> bool:
         if not active:
             r.fail("managedsave_not_running", g)
         if g["job"] is not None:
-            r.fail("job_busy", g, CMD="save")
+            r.lock_busy(g, "managedsave_busy", now)
         if g["fail_save"]:
             r.fail("fail_save", g)
         g["job"] = {"op": "save", "start": now, "end": now + float(g["save_seconds"])}
@@ -962,14 +1007,19 @@ def event_loop(call: Call, state_file: StateFile, clock: Clock) -> int:
             if u is None:
                 call.unsupported(f"URI {call.uri_arg!r} is not in the host file")
             now = clock.now()
-            if advance(u, now):
+            dirty = advance(u, now)
+            if seen is None and (u["hang_after_calls"] or u["hang"]):
+                u["calls"] += 1
+                dirty = True
+            if dirty:
                 state_file.save()
             if u["unreachable"] or now < u["unreachable_until"]:
                 _write(sys.stderr, unreachable_error(st, u["uri"]))
                 return 1
-            if u["hang"]:
-                hang_forever()
+            hang = u["hang"] or 0 < u["hang_after_calls"] < u["calls"]
             current = {g["uuid"]: (g["name"], g["state"] != "shutoff") for g in u["guests"]}
+        if hang:  # outside the state lock, which every other call needs
+            hang_forever()
         if seen is not None:
             for uuid, (name, was_active) in seen.items():
                 is_active = current.get(uuid, (name, False))[1]
@@ -1001,13 +1051,16 @@ def execute_script(call: Call, state_file: StateFile, clock: Clock) -> tuple[int
 
 
 def execute(call: Call, state_file: StateFile, clock: Clock, *,
-            count_call: bool = True) -> tuple[int, str, str]:
+            count_call: bool = True, lock_waited: bool = False) -> tuple[int, str, str]:
     """Run one virsh call: everything under one lock, then hang/wait outside it.
 
     *count_call* is False for the later commands of a command string, which
     share the first one's process (``unreachable_calls`` counts processes).
+    A command that needs a guest's job lock while another job holds it waits
+    (outside the state lock) and is run again once, *lock_waited*.
     """
     wait_job: Optional[dict[str, Any]] = None
+    lock_until: Optional[float] = None
     hang = False
     blank = "" if call.quiet else "\n"
     with state_file as st:
@@ -1023,15 +1076,16 @@ def execute(call: Call, state_file: StateFile, clock: Clock, *,
         now = clock.now()
         dirty = advance(u, now)
         down = u["unreachable"] or now < u["unreachable_until"]
-        if u["unreachable_calls"] and count_call:
+        if (u["unreachable_calls"] or u["hang_after_calls"] or u["hang"]) and count_call:
             u["calls"] += 1
             dirty = True
             down = down or u["calls"] <= u["unreachable_calls"]
         r = Runner(call, st, u, clock)
+        r.lock_waited = lock_waited
         try:
             if down:
                 raise Failure(unreachable_error(st, u["uri"]), extra_newline=False)
-            if u["hang"]:
+            if u["hang"] or 0 < u["hang_after_calls"] < u["calls"]:
                 hang = True
             elif call.cmd == "uri":
                 r.out += u["uri"] + "\n"
@@ -1056,10 +1110,15 @@ def execute(call: Call, state_file: StateFile, clock: Clock, *,
             if dirty:
                 state_file.save()
             return 1, blank if f.extra_newline else "", f.stderr
+        except LockWait as busy:
+            lock_until = busy.until
         if dirty:
             state_file.save()
     if hang:
         hang_forever()
+    if lock_until is not None:
+        clock.wait_until(lock_until)
+        return execute(call, state_file, clock, count_call=False, lock_waited=True)
     if wait_job is not None:
         clock.wait_until(wait_job["end"])
         with state_file as st:

@@ -10,6 +10,7 @@ wedged URI is given up quickly.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from typing import Optional
 
@@ -28,8 +29,8 @@ def run_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config
     """The first call to a URI, retried while libvirtd may still be starting (boot).
 
     A failure *retry_if* accepts is retried CONNECT_RETRIES times, RETRIES_SLEEP
-    apart; a timed-out call is not, and a stop request ends the waiting with
-    the last error.
+    apart; a timed-out call is not (nor any call on a URI given up after a
+    timeout), and a stop request ends the waiting with the last error.
     """
     attempt = 0
     while True:
@@ -37,7 +38,8 @@ def run_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config
             return virsh.run(uri, args, ignore_interrupt=True,
                              timeout=config.query_timeout if timeout is None else timeout)
         except VirshError as err:
-            if err.timed_out or attempt >= config.connect_retries or not retry_if(err):
+            if err.timed_out or err.wedged or attempt >= config.connect_retries \
+                    or not retry_if(err):
                 raise
             attempt += 1
             if not clock.sleep(config.retries_sleep):
@@ -55,6 +57,8 @@ MANAGED_SAVE = ["list", "--all", "--uuid", "--name", "--with-managed-save"]
 URI = ["uri"]
 """What ``default`` (or an alias) really is, for policy rules that name a URI; asked in
 the same batch as the listings (``ask_uri``), so it costs no extra process."""
+
+MANAGED_SAVE_UUIDS = ["list", "--all", "--uuid", "--with-managed-save"]
 
 BATCH_MARK = "virtguests-next"
 
@@ -139,3 +143,29 @@ def active_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:
     result = virsh.run(uri, ["list", "--uuid"], timeout=config.query_timeout,
                        ignore_interrupt=True)
     return set(virshout.uuids(result.argv, result.stdout))
+
+
+DOMSTATE = re.compile(r"^(?P<state>[^()]+?) \((?P<reason>[^()]+)\)$")
+
+
+def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> tuple[str, str]:
+    """``virsh domstate --reason UUID``: e.g. ``("paused", "saving")`` during a managedsave.
+
+    It needs no job on the guest, so it answers while another save holds the
+    guest's state-change lock (recorded: fixtures/qemu-domstate-reason-saving.yaml).
+    """
+    result = virsh.run(uri, ["domstate", "--reason", uuid], timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    lines = [ln.strip() for ln in result.stdout.splitlines() if ln.strip()]
+    match = DOMSTATE.match(lines[0]) if len(lines) == 1 else None
+    if match is None:
+        raise virshout.OutputError(result.argv, f"unexpected output {result.stdout[:120]!r} "
+                                   "(expected 'STATE (REASON)')")
+    return match.group("state"), match.group("reason")
+
+
+def has_managed_save(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
+    """Whether the guest has a managed-save image (one listing of the URI)."""
+    result = virsh.run(uri, MANAGED_SAVE_UUIDS, timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    return uuid in virshout.uuids(result.argv, result.stdout)

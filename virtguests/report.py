@@ -74,11 +74,12 @@ class Reporter:
     def error(self, line: str) -> None:
         self.output.line(1, f"virtguests: error: {line}")
 
-    def internal_error(self, where: str, exc: BaseException) -> None:
-        """A bug: one line naming it; the traceback only with ``-v``."""
-        what = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    def internal_error(self, what: str, exc: BaseException) -> None:
+        """A bug while doing *what*: one line naming it; the traceback only with ``-v``."""
+        text = " ".join(str(exc).split())
+        kind = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         hint = "" if self.verbose else " (run with -v for the traceback)"
-        self.error(f"internal error {where}: {what}; please report it{hint}")
+        self.error(f"internal error, please report it: {what}: {kind}{hint}")
         if self.verbose:
             for line in traceback.format_exception(type(exc), exc, exc.__traceback__):
                 for part in line.rstrip("\n").splitlines():

@@ -71,6 +71,16 @@ def for_each_uri(uris: Sequence[str], job: Callable[[str], T]) -> dict[str, T]:
     return {uri: results[uri] for uri in uris}
 
 
+def _look(ctx: Context, uri: str, view: Callable[[], plan.UriView]) -> plan.UriView:
+    """Look at one URI; a bug there makes it unreachable for this run, not the others."""
+    try:
+        return view()
+    except Exception as exc:
+        what = f"listing the guests on {uri}"
+        ctx.report.internal_error(what, exc)
+        return plan.UriView(uri, error=f"internal error while {what}")
+
+
 def _unique(uris: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(uris))
 
@@ -181,8 +191,8 @@ def _stop(ctx: Context, config: Config) -> int:
     uris = _stop_uris(ctx, config, earlier)
     config = replace(config, uris=tuple(uris))
     ask = {uri: policy.wants_canonical(ctx.policy, uri) for uri in uris}
-    views = for_each_uri(uris, lambda uri: observe.view_running(ctx.virsh, uri, config,
-                                                                ctx.clock, ask_uri=ask[uri]))
+    views = for_each_uri(uris, lambda uri: _look(ctx, uri, lambda: observe.view_running(
+        ctx.virsh, uri, config, ctx.clock, ask_uri=ask[uri])))
     lookup = policy.resolving(ctx.policy, {u: views[u].canonical for u in uris})
     status = EXIT_OK
     seen = _update_seen(ctx, {u: {g.uuid: g.name for g in views[u].guests
@@ -228,7 +238,11 @@ def _stop(ctx: Context, config: Config) -> int:
         status = EXIT_FAIL
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=_Checkpoint(ctx, "stop"))
-    result = executor.stop(the_plan)
+    try:
+        result = executor.stop(the_plan)
+    except Exception as exc:  # a bug past the executor's own guards: the list file is written
+        executor.internal_error("stopping the guests", exc)
+        result = EXIT_FAIL
     _disk(ctx, f"remove the started marker {ctx.paths.marker}",
           lambda: state.remove(ctx.paths.marker))
     status = max(status, result)
@@ -385,17 +399,23 @@ def _start(ctx: Context) -> int:
         return status
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=_Checkpoint(ctx, "start"))
-    result = executor.start(the_plan)
+    try:
+        result = executor.start(the_plan)
+    except Exception as exc:  # a bug past the executor's own guards: keep every record
+        executor.internal_error("starting the guests", exc)
+        result = EXIT_FAIL
     up: dict[str, dict[str, str]] = {}
     for done in ctx.report.outcomes.values():
-        if done.outcome in ("resumed", "already active"):
+        if done.outcome in (plan.Res.RESUMED, plan.Res.ALREADY_ACTIVE):
             up.setdefault(done.uri, {})[done.uuid] = done.name
     _update_seen(ctx, up, replace_uris=False)
-    keep = state.merge(the_plan.keep, executor.not_resumed)
-    if executor.not_resumed:
-        names = [o.name for o in ctx.report.outcomes.values()
-                 if o.uuid in {i for ids in executor.not_resumed.values() for i in ids}]
-        ctx.report.error("not resumed, kept for the next start: " + ", ".join(names))
+    keep = _still_recorded(config, recorded, executor.settled, the_plan.missing)
+    unreachable = {view.uri for view in the_plan.unreachable}
+    not_resumed = [ctx.report.outcomes[(uri, uuid)].name
+                   if (uri, uuid) in ctx.report.outcomes else uuid
+                   for uri, ids in keep.items() if uri not in unreachable for uuid in ids]
+    if not_resumed:
+        ctx.report.error("not resumed, kept for the next start: " + ", ".join(not_resumed))
     if _disk(ctx, f"write {ctx.paths.pending}", lambda: state.write_list(ctx.paths.pending, keep)):
         _disk(ctx, f"remove the list file {ctx.paths.list_file}",
               lambda: state.remove(ctx.paths.list_file))
@@ -407,6 +427,29 @@ def _start(ctx: Context) -> int:
         status = _interrupted_summary(ctx, "start")
     _write_report(ctx, "start", status)
     return status
+
+
+def _still_recorded(config: Config, recorded: Mapping[str, Sequence[str]],
+                    settled: Mapping[str, set[str]],
+                    missing: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """What stays recorded after a start: every guest without a definite outcome.
+
+    Only guests that were resumed, found running, found gone or skipped by
+    policy (``plan.SETTLED``) leave the record, whatever else happened (a
+    failure, a signal, an unreachable or given-up URI, a bug).  Guests of URIs
+    no longer in URIS are dropped, as the reference does.
+    """
+    done = {uri: set(ids) for uri, ids in settled.items()}
+    for uri, uuid in missing:
+        done.setdefault(uri, set()).add(uuid)
+    keep: dict[str, list[str]] = {}
+    for uri, ids in recorded.items():
+        if uri not in config.uris:
+            continue
+        left = [uuid for uuid in dict.fromkeys(ids) if uuid not in done.get(uri, set())]
+        if left:
+            keep[uri] = left
+    return keep
 
 
 def _start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Sequence[str],
@@ -427,8 +470,8 @@ def _start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Se
         ids = recorded.get(uri, [])
         ask = policy.wants_canonical(ctx.policy, uri)
         if managed_save or ctx.config.start_delay or not all(uuid in names for uuid in ids):
-            return observe.view_all(ctx.virsh, uri, ctx.config, ctx.clock,
-                                    managed_save=managed_save, ask_uri=ask)
+            return _look(ctx, uri, lambda: observe.view_all(
+                ctx.virsh, uri, ctx.config, ctx.clock, managed_save=managed_save, ask_uri=ask))
         return plan.UriView(uri, tuple(plan.Guest(uuid, names[uuid], active=False)
                                        for uuid in ids), listed=False,
                             canonical=observe.canonical_uri(ctx.virsh, uri, ctx.config)
@@ -450,7 +493,8 @@ def status(ctx: Context) -> int:
     if refuse_bad_config(ctx, "status"):
         return EXIT_CONFIG
     entries, pending, bad = _read_recorded(ctx)
-    if ctx.paths.list_file.exists():
+    if ctx.paths.list_file.exists() or any(pending.values()):
+        # Guests a start could not resume are saved guests still owed: never "started".
         word, code = "stopped, with saved guests", EXIT_STOPPED
     elif ctx.paths.marker.exists():
         word, code = "started", EXIT_OK

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from virtguests.clock import clamp
+
 log = logging.getLogger("virtguests.virsh")
 
 
@@ -42,6 +44,7 @@ class VirshError(Exception):
         exit_code: Optional[int] = None,
         stderr: str = "",
         timed_out: bool = False,
+        wedged: bool = False,
     ) -> None:
         super().__init__(message)
         self.argv = tuple(argv)
@@ -49,6 +52,8 @@ class VirshError(Exception):
         self.exit_code = exit_code
         self.stderr = stderr
         self.timed_out = timed_out
+        self.wedged = wedged
+        """Refused without running: an earlier call on this URI timed out."""
 
     @property
     def detail(self) -> str:
@@ -85,6 +90,12 @@ class Virsh:
 
     Counts calls so reports and benchmarks can say how much work was done,
     and refuses to start new calls after ``interrupt()``.
+
+    A URI on which any call timed out is *wedged* for the rest of the run:
+    libvirtd (or the ssh to it) stopped answering, and waiting a full timeout
+    again for every guest there would turn one hung host into hours of
+    shutdown.  Later calls there fail at once (``VirshError.wedged``), naming
+    the first call that timed out; calls already running finish or time out.
     """
 
     def __init__(
@@ -102,6 +113,7 @@ class Virsh:
         self.calls = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._wedged: dict[str, str] = {}
 
     def argv(self, uri: str, args: Sequence[str]) -> list[str]:
         """The full command line for *args* on *uri* (``default`` means no ``-c``)."""
@@ -116,6 +128,21 @@ class Virsh:
     def interrupted(self) -> bool:
         return self._stopping.is_set()
 
+    def wedged(self, uri: str) -> Optional[str]:
+        """Why *uri* is given up (its first timed-out call), or None if it is not."""
+        with self._lock:
+            return self._wedged.get(uri)
+
+    def _refuse_if_wedged(self, uri: str, argv: Sequence[str]) -> None:
+        why = self.wedged(uri)
+        if why is not None:
+            raise VirshError(argv, f"not run: {uri} is not answering ({why})", wedged=True)
+
+    def _mark_wedged(self, uri: str, err: VirshError) -> None:
+        with self._lock:
+            self._wedged.setdefault(uri, str(err))
+        log.debug("%s: given up for the rest of the run: %s", uri, err)
+
     def run(
         self,
         uri: str,
@@ -129,10 +156,16 @@ class Virsh:
         if self._stopping.is_set() and not ignore_interrupt:
             raise Interrupted(format_argv(self.argv(uri, args)))
         argv = self.argv(uri, args)
+        self._refuse_if_wedged(uri, argv)
         limit = self.default_timeout if timeout is None else timeout
         with self._lock:
             self.calls += 1
-        result = self._spawn(argv, limit)
+        try:
+            result = self._spawn(argv, limit)
+        except VirshError as err:
+            if err.timed_out:
+                self._mark_wedged(uri, err)
+            raise
         log.debug(
             "%s (%.2fs, exit %s)", format_argv(argv), result.seconds, result.exit_code
         )
@@ -150,6 +183,7 @@ class Virsh:
         import sh
 
         argv = self.argv(uri, args)
+        self._refuse_if_wedged(uri, argv)
         with self._lock:
             self.calls += 1
         try:
@@ -192,7 +226,7 @@ class Virsh:
             expired.set()
             _kill_session(proc.pid)
 
-        timer = threading.Timer(limit, expire) if limit > 0 else None
+        timer = threading.Timer(clamp(limit), expire) if limit > 0 else None
         if timer is not None:
             timer.daemon = True
             timer.start()
