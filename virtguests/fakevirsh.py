@@ -99,9 +99,10 @@ Fault injection (the ``faults:`` list of the host YAML)
     without faults on the same host state, and for tests asking the host.
 ``VIRTGUESTS_FAKE_JOURNAL``
     append one JSON line per command *as it is dispatched* (so killed and
-    hung calls are there too): ``{"t", "pid", "uri", "cmd", "argv", "guest"
-    (UUID or null), "state", "job" (the guest's job then: "save", "start" or
-    null), "fault" (the action injected, or null)}``.
+    hung calls are there too): ``{"t", "spawned" (when the process was forked:
+    when its caller started the call), "now" (the fake's clock), "pid", "uri",
+    "cmd", "argv", "guest" (UUID or null), "state", "job" (the guest's job
+    then: "save", "start" or null), "fault" (the action injected, or null)}``.
 
 The hot path imports only ``json``, ``os``, ``sys``, ``time`` and ``fcntl``;
 YAML is read only when the state file is (re)built.
@@ -1361,6 +1362,18 @@ class Injected:
 NO_FAULT = Injected()
 
 
+def _spawn_time() -> float:
+    """When this process was forked (wall clock), i.e. when its caller started the call."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
 def inject(st: dict[str, Any], call: Call, key: str, u: dict[str, Any],
            now: float) -> Injected:
     """The fault layer's one hook, under the state lock as a command is dispatched:
@@ -1397,7 +1410,8 @@ def inject(st: dict[str, Any], call: Call, key: str, u: dict[str, Any],
     injected = Injected(chosen, g, counted) if chosen is not None or counted else NO_FAULT
     if journal:
         job = g["job"]["op"] if g is not None and g["job"] is not None else None
-        line = json.dumps({"t": time.time(), "now": now, "pid": os.getpid(), "uri": key,
+        line = json.dumps({"t": time.time(), "spawned": _spawn_time(), "now": now,
+                           "pid": os.getpid(), "uri": key,
                            "cmd": call.cmd, "argv": call.argv,
                            "guest": g["uuid"] if g is not None else None,
                            "state": g["state"] if g is not None else None, "job": job,
