@@ -98,6 +98,30 @@ class Scenario:
     def dump(self) -> str:
         return yaml.safe_dump(asdict(self), sort_keys=False, allow_unicode=True)
 
+    def summary(self) -> str:
+        """One line: the host, the config and the faults."""
+        c = self.config
+        host = "+".join(f"{len(gs)}" for gs in self.uris.values())
+        faults = " ".join(describe_rule(r) for r in self.faults) or "no-faults"
+        out = "" if (self.mode, self.start_mode) == ("normal", "normal") else \
+            f" out={self.mode}{'+' + self.mode_signal if 'signal' in self.mode else ''}" \
+            f"/{self.start_mode}"
+        return (f"guests {host} [{c['ON_SHUTDOWN']}] PS={c['PARALLEL_SHUTDOWN']} "
+                f"PSU={c['PARALLEL_SUSPEND']} T={c['SHUTDOWN_TIMEOUT']} "
+                f"ST={c['SAVE_TIMEOUT']} R={c['CONNECT_RETRIES']} {faults}{out}")
+
+
+def describe_rule(rule: dict[str, Any]) -> str:
+    """``hang:*@test:///b>1``, ``fail:list--uuid@default#2``, ``slow:destroy~0.5``..."""
+    what = rule["action"] + (f"({rule['signal']})" if "signal" in rule else "")
+    cmd = rule.get("cmd", "*") + "".join(f"--{o}" for o in rule.get("options", []))
+    where = f"@{rule['uri']}" if "uri" in rule else ""
+    if "guest" in rule:
+        where += f"[{rule['guest']}]"
+    when = (f"#{rule['nth']}" if "nth" in rule else "") + \
+        (f">{rule['after']}" if "after" in rule else "") + (f"~{rule['p']}" if "p" in rule else "")
+    return f"{what}:{cmd}{where}{when}"
+
 
 # -- strategies ------------------------------------------------------------------
 
