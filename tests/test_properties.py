@@ -362,21 +362,33 @@ def _named(text: str, g: dict[str, Any]) -> bool:
     return g["uuid"] in text or g["name"] in text
 
 
-def wedged_uris(sc: Scenario, journal: list[dict[str, Any]]) -> set[str]:
-    return {j["uri"] for j in journal if j["fault"] == "hang"}
+def timed_out(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Calls killed before they answered (no line in the call log: virtguests' timeout
+    kills with SIGKILL), one entry per process; ``event`` streams never answer."""
+    first: dict[int, dict[str, Any]] = {}
+    for j in journal:
+        if not j["answered"] and j["cmd"] != "event":
+            first.setdefault(j["pid"], j)
+    return list(first.values())
+
+
+def wedged_uris(journal: list[dict[str, Any]]) -> set[str]:
+    """URIs where a call timed out: issue 10 item 7 treats them as wedged."""
+    return {j["uri"] for j in timed_out(journal)}
 
 
 def check_bound(sc: Scenario, journal: list[dict[str, Any]], command: str) -> list[str]:
     """A wedged URI costs at most one SAVE_TIMEOUT (calls in flight) + one QUERY_TIMEOUT.
 
-    From the journal: hung calls on a URI form waves (calls that started while the
-    first of the wave was still within its timeout); a second wave of the same
-    kind means some call waited its full timeout again after the URI was known wedged.
+    From the journal: the calls on a URI that timed out form waves (calls started
+    while the first of the wave was still within its timeout); a second wave of the
+    same kind means a call waited its full timeout again after the URI was known
+    wedged.
     """
     problems = []
-    for uri in sorted(wedged_uris(sc, journal)):
-        hung = sorted((j for j in journal if j["uri"] == uri and j["fault"] == "hang"
-                       and j["cmd"] != "event"), key=lambda j: j["spawned"])
+    for uri in sorted(wedged_uris(journal)):
+        hung = sorted((j for j in timed_out(journal) if j["uri"] == uri),
+                      key=lambda j: j["spawned"])
         waves: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         for j in hung:
             first = waves[-1][0] if waves else None
@@ -418,15 +430,15 @@ def check_stop(sc: Scenario, before: Guests, after: Guests, recorded: set[tuple[
     or is recorded and named because the run was interrupted or its URI wedged."""
     problems = []
     chain = sc.chain
-    wedged = wedged_uris(sc, journal)
+    wedged = wedged_uris(journal)
     for key, g in sorted(before.items()):
         if g["state"] == "shutoff":
             continue
         uri, uuid = key
         who = f"guest {g['name']!r} ({uuid}) on {uri}"
         mine = [j for j in journal if j["uri"] == uri and j["guest"] == uuid]
-        sent = {j["cmd"] for j in mine if j["fault"] != "fail"}
-        touched = sent & set(ACTIONS.values())
+        touched = {j["cmd"] for j in mine} & set(ACTIONS.values())  # tried
+        acted = {j["cmd"] for j in mine if j["fault"] not in ("fail", "hang")} & touched
         now = after.get(key)
         is_recorded = key in recorded
         named = _named(run.err, g)
@@ -434,7 +446,7 @@ def check_stop(sc: Scenario, before: Guests, after: Guests, recorded: set[tuple[
                for j in mine):
             problems.append(f"{who}: destroyed while its save was in progress")
         if now is None:  # a transient guest vanishes when it stops
-            if not ({"shutdown", "destroy"} & touched and {"shutdown", "poweroff"} & set(chain)):
+            if not ({"shutdown", "destroy"} & acted and {"shutdown", "poweroff"} & set(chain)):
                 problems.append(f"{who}: transient guest gone without a requested step "
                                 f"(chain {chain}, sent {sorted(touched)})")
             continue
@@ -444,7 +456,7 @@ def check_stop(sc: Scenario, before: Guests, after: Guests, recorded: set[tuple[
             else:
                 how, step = now["reason"], {"shutdown": "shutdown",
                                             "destroyed": "poweroff"}.get(now["reason"], "?")
-            if step not in chain or ACTIONS.get(step) not in touched:
+            if step not in chain or ACTIONS.get(step) not in acted:
                 problems.append(f"{who}: {how} but {step} was not a requested step that was "
                                 f"sent (chain {chain}, sent {sorted(touched)})")
             if g["persistent"] and not is_recorded:
@@ -497,7 +509,8 @@ def play(sc: Scenario, root: Path) -> tuple[list[str], str]:
     before = host.snapshot()
     stop, stop_hung = host.play("stop", "stop", faults=True, mode=sc.mode, sig=sc.mode_signal)
     stop_left = _reap(host)
-    stop_journal = host.journal("stop")
+    answered = {call["pid"] for call in host.calls()}
+    stop_journal = [{**j, "answered": j["pid"] in answered} for j in host.journal("stop")]
     after_stop = host.settle()
     recorded = host.recorded()
     interrupted = sc.mode == "signal-during-output" or any(
@@ -511,8 +524,10 @@ def play(sc: Scenario, root: Path) -> tuple[list[str], str]:
     problems += check_start(recorded, names, host.settle(), host.recorded(), start)
     transcript = (f"--- scenario\n{sc.dump()}--- stop ({sc.mode})\n{stop}"
                   f"--- stop: virsh calls as dispatched\n"
-                  + "".join(f"  {j['uri']} {j['cmd']} {j['guest'] or ''} "
-                            f"{j['fault'] or ''}\n" for j in stop_journal)
+                  + "".join(f"  t+{j['spawned'] - stop_journal[0]['spawned']:.1f}s "
+                            f"{j['uri']} {j['cmd']} {j['guest'] or ''} {j['fault'] or ''}"
+                            f"{'' if j['answered'] else ' (killed)'}\n"
+                            for j in stop_journal)
                   + f"--- start ({sc.start_mode})\n{start}")
     return problems, transcript
 
