@@ -659,10 +659,11 @@ def test_event_stream_faults(virsh: Path, tmp_path: Path) -> None:
     assert r.returncode == 1 and "failed to connect to the hypervisor" in r.stderr
     proc = subprocess.Popen([str(virsh), "event", "--loop", "--event", "lifecycle"],
                             env=h.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-    time.sleep(0.5)
+    assert proc.stdout is not None
+    first = proc.stdout.read1(4096)  # the garbage comes first, then events as usual
     proc.terminate()
     out, _ = proc.communicate(timeout=5)
-    assert out.startswith(b"\xff") and b"lifecycle" not in out
+    assert first.startswith(b"\xff") and b"lifecycle" not in first + out
 
 
 def test_random_faults_are_reproducible_from_the_seed(virsh: Path, tmp_path: Path) -> None:
@@ -697,9 +698,10 @@ def test_faults_off_and_the_journal(virsh: Path, tmp_path: Path) -> None:
     saver.kill()
     saver.wait(timeout=5)
     entries = journal(h)
-    assert [(j["cmd"], j["job"], j["fault"]) for j in entries if j["guest"]] == [
-        ("domid", None, None), ("managedsave", None, None), ("domstate", "save", None),
-        ("destroy", "save", "fail"), ("destroy", "save", None)]
+    assert [(j["cmd"], j["job"], j["fault"]) for j in entries if j["cmd"] != "domstate"] == [
+        ("domid", None, None), ("managedsave", None, None), ("destroy", "save", "fail"),
+        ("destroy", "save", None)]
+    assert ("domstate", "save") in [(j["cmd"], j["job"]) for j in entries]  # wait_for's
     assert all(j["uri"] == "default" and j["pid"] > 0 for j in entries)
     assert all(j["t"] - 5 < j["spawned"] <= j["t"] + 0.02 for j in entries)  # clock ticks
 

@@ -228,7 +228,7 @@ class FaultHost(FakeHost):
             return {(key, g["uuid"]): copy.deepcopy(g)
                     for key, u in state["uris"].items() for g in u["guests"]}
 
-    def settle(self, limit: float = 5.0) -> Guests:
+    def settle(self, limit: float = 10.0) -> Guests:
         """Let jobs still in flight on the host (a save whose virsh was killed) end."""
         deadline = time.monotonic() + limit
         while True:
