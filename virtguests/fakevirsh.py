@@ -1334,7 +1334,7 @@ class Injected:
                     .replace(NAME, self.g["name"] if self.g else err["name"])
                     .replace(SOCK, sock).replace(CMD, call.cmd))
             raise Failure(text, extra_newline=err["newline"])
-        if self.action == "signal":
+        if self.action == "signal" and os.getppid() > 1:  # never init, if orphaned
             import signal
 
             os.kill(os.getppid(), getattr(signal, "SIG" + self.rule["signal"]))
