@@ -344,11 +344,12 @@ class _Stdout:
 
 
 def _signal_when_writing(proc: subprocess.Popen[bytes], sig: int) -> None:
-    """Once virtguests' main thread blocks writing to the full pipe: signal it."""
+    """Once a thread of virtguests blocks writing to the full pipe: signal it."""
     deadline = time.monotonic() + 30
     while proc.poll() is None and time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            if "pipe_write" in Path(f"/proc/{proc.pid}/wchan").read_text():
+            tasks = Path(f"/proc/{proc.pid}/task").iterdir()
+            if any("pipe_write" in (task / "wchan").read_text() for task in tasks):
                 break
         time.sleep(0.01)
     if proc.poll() is None:

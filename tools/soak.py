@@ -830,12 +830,13 @@ def _read_all(fd: int, chunks: list[bytes]) -> None:
 
 
 def wait_blocked_writing(proc: subprocess.Popen[bytes], limit: float) -> bool:
-    """Wait until the main thread of *proc* sleeps in a pipe write (or it exits)."""
+    """Wait until a thread of *proc* sleeps in a pipe write (or it exits)."""
     deadline = time.monotonic() + limit
     while proc.poll() is None and time.monotonic() < deadline:
         with contextlib.suppress(OSError):
-            if "pipe_write" in Path(f"/proc/{proc.pid}/wchan").read_text():
-                return True
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                if "pipe_write" in (task / "wchan").read_text():
+                    return True
         time.sleep(0.01)
     return False
 
