@@ -39,6 +39,7 @@ clean:
 bench: $(STAMP)
 	$(PY) tools/bench.py $(BENCH_ARGS)
 
+SOAK_ARGS ?= --cycles 50 --scenarios 100
 soak: $(STAMP)
 	$(PY) tools/soak.py $(SOAK_ARGS)
 

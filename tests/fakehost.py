@@ -155,6 +155,8 @@ class FakeHost(CliHarness):
         """Ask the simulated host directly (not logged as virtguests' work)."""
         env = self.env()
         env.pop("VIRTGUESTS_FAKE_LOG")
+        env.pop("VIRTGUESTS_FAKE_JOURNAL", None)
+        env["VIRTGUESTS_FAKE_FAULTS"] = "off"  # asking is not a call the faults count
         return subprocess.run([str(self.bin / "virsh"), *args], env=env, capture_output=True,
                               text=True, timeout=30, stdin=subprocess.DEVNULL)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import subprocess
 import sys
 import time
@@ -528,3 +529,280 @@ def test_replay_busy_recordings(virsh: Path, tmp_path: Path, stem: str) -> None:
     h.set_now(1030.0)
     out, err = proc.communicate(timeout=10)
     assert (proc.returncode, out, err) == (doc["exit"], doc["stdout"], doc["stderr"])
+
+
+# ---------------------------------------------------------------------------
+# (c) the fault layer (``faults:``)
+# ---------------------------------------------------------------------------
+SIGNAL_PARENT = """
+import json, signal, subprocess, sys
+got = []
+for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda n, f: got.append(signal.Signals(n).name))
+proc = subprocess.run(sys.argv[1:], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                      timeout=20)
+print(json.dumps({"got": got, "exit": proc.returncode, "out": proc.stdout, "err": proc.stderr}))
+"""
+
+
+def faulty(*rules: dict[str, Any], guests: Optional[list[dict[str, Any]]] = None,
+           **uris: dict[str, Any]) -> dict[str, Any]:
+    """One URI ``default`` (or *uris*) with the given fault rules."""
+    spec = {"uris": uris or {"default": {"guests": guests or [{"name": "g"}, {"name": "h"}]}}}
+    spec["faults"] = list(rules)
+    return spec
+
+
+def journal(h: Host) -> list[dict[str, Any]]:
+    path = h.path.parent / "journal.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def with_journal(h: Host) -> Host:
+    h.env["VIRTGUESTS_FAKE_JOURNAL"] = str(h.path.parent / "journal.jsonl")
+    return h
+
+
+def recording(stem: str) -> dict[str, Any]:
+    return load_fixture(FIXTURES / f"{stem}.yaml")
+
+
+def test_fail_prints_a_recorded_error(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, faulty({"cmd": "list", "action": "fail"},
+                                     {"cmd": "shutdown", "action": "fail", "error": "internal"}))
+    r = h("list", "--uuid")
+    connect = recording("nohost-system-connect")  # the default URI's socket, as recorded
+    assert (r.returncode, r.stdout, r.stderr) == (1, "", connect["stderr"])
+    r = h("shutdown", "g")
+    internal = recording("test-shutdown-not-running")["stderr"]
+    assert internal.startswith("error: Failed to shutdown domain '4444")
+    assert (r.returncode, r.stdout) == (1, "\n")
+    assert r.stderr == ("error: Failed to shutdown domain 'g'\n"
+                        "error: internal error: domain 'g' not running\n")
+    assert h.state("g") == "running (booted)"  # a failed call changes nothing
+
+
+def test_fail_by_fixture_stem_and_on_a_socket_uri(virsh: Path, tmp_path: Path) -> None:
+    uri = "qemu+unix:///system?socket=/nonexistent/sock"
+    h = Host(virsh, tmp_path, faulty(
+        {"cmd": "connect", "action": "fail", "error": "nohost-connect"},
+        {"cmd": "domjobinfo", "action": "fail", "error": "test-domjobinfo-running"},
+        **{uri: {"guests": [{"name": "g"}]}}))
+    r = h("-c", uri, "connect")
+    doc = recording("nohost-connect")
+    assert (r.returncode, r.stdout, r.stderr) == (doc["exit"], doc["stdout"], doc["stderr"])
+    r = h("-c", uri, "domjobinfo", "g")
+    assert r.stderr == recording("test-domjobinfo-running")["stderr"]
+
+
+def test_hang_until_killed_without_blocking_other_calls(virsh: Path, tmp_path: Path) -> None:
+    h = with_journal(Host(virsh, tmp_path, faulty({"cmd": "managedsave", "action": "hang"})))
+    proc = h.popen("managedsave", "g")
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(timeout=1.0)
+    assert h.state("h") == "running (booted)"  # the state lock is free
+    proc.kill()
+    proc.wait(timeout=5)
+    assert h.state("g") == "running (booted)"
+    assert [c["argv"] for c in h.calls()] == [["-q", "domstate", "--reason", "h"],
+                                               ["-q", "domstate", "--reason", "g"]]
+    hung = [j for j in journal(h) if j["cmd"] == "managedsave"]
+    assert len(hung) == 1 and hung[0]["fault"] == "hang"  # the journal has the killed call
+
+
+def test_slow_acts_at_once_and_answers_late_in_virtual_time(virsh: Path,
+                                                            tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, faulty({"cmd": "destroy", "action": "slow", "seconds": 30}))
+    proc = h.popen("destroy", "g")
+    wait_for(lambda: h.state("g") == "shut off (destroyed)")
+    time.sleep(0.3)
+    assert proc.poll() is None, "answered before its virtual time"
+    h.set_now(1029.0)
+    time.sleep(0.1)
+    assert proc.poll() is None
+    h.set_now(1030.5)
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, out, err) == (0, "Domain 'g' destroyed\n\n", "")
+
+
+@pytest.mark.parametrize("output", ["binary", "truncated", "not-uuid"])
+def test_garbage_exits_0_with_output_no_parser_accepts(virsh: Path, tmp_path: Path,
+                                                       output: str) -> None:
+    from virtguests import virshout
+
+    h = Host(virsh, tmp_path, faulty({"cmd": "list", "options": ["uuid", "name"],
+                                      "action": "garbage", "output": output}))
+    real = h("list", "--uuid")  # not matched: the real answer
+    proc = subprocess.run([str(virsh), "list", "--uuid", "--name"], env=h.env,
+                          capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0 and proc.stderr == b""
+    text = proc.stdout.decode("utf-8", "replace")
+    with pytest.raises(virshout.OutputError):
+        virshout.uuid_names(["virsh", "list", "--uuid", "--name"], text)
+    first_uuid = real.stdout.split()[0]
+    if output == "binary":
+        with pytest.raises(UnicodeDecodeError):
+            proc.stdout.decode("utf-8")
+    elif output == "truncated":
+        assert text == first_uuid[:18]  # cut inside the first line, no newline
+    else:
+        assert text.splitlines()[0] == " Id   Name   State"
+        assert text.splitlines()[1].startswith(first_uuid)
+
+
+def run_under_parent(h: Host, *argv: str) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_PARENT, str(h.virsh), *argv],
+                          env=h.env, capture_output=True, text=True, timeout=30,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+@pytest.mark.parametrize("sig", ["TERM", "INT"])
+def test_signal_goes_to_the_parent_and_the_call_completes(virsh: Path, tmp_path: Path,
+                                                          sig: str) -> None:
+    h = Host(virsh, tmp_path, faulty({"cmd": "managedsave", "guest": "g", "action": "signal",
+                                      "signal": sig}), clock=False)
+    result = run_under_parent(h, "managedsave", "h")
+    assert result["got"] == [] and result["exit"] == 0
+    result = run_under_parent(h, "managedsave", "g")
+    assert result["got"] == [f"SIG{sig}"]
+    assert (result["exit"], result["out"]) == (0, "\nDomain 'g' state saved by libvirt\n\n")
+
+
+def fired(h: Host, argv: list[str], times: int) -> list[bool]:
+    """Run *argv* *times* times; True where the call was hit (a ``fail`` rule)."""
+    return [h(*argv).returncode == 1 for _ in range(times)]
+
+
+def test_nth_and_after_count_matching_calls(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, faulty({"cmd": "domid", "nth": 2, "action": "fail"},
+                                     {"cmd": "domname", "after": 2, "action": "fail"}))
+    assert fired(h, ["domid", "g"], 4) == [False, True, False, False]
+    assert h("domuuid", "g").returncode == 0  # other commands do not count
+    assert fired(h, ["domname", "1"], 4) == [False, False, True, True]
+
+
+def test_selectors_uri_guest_options_and_command_lists(virsh: Path, tmp_path: Path) -> None:
+    guests = {"guests": [{"name": "g"}, {"name": "h"}]}
+    h = Host(virsh, tmp_path, faulty(
+        {"cmd": ["domid", "domstate"], "uri": "test:///b", "guest": "h", "action": "fail"},
+        {"cmd": "list", "options": ["--uuid"], "uri": ["default"], "action": "fail"},
+        **{"default": guests, "test:///b": guests}))
+    uuid_h = h("-c", "test:///b", "domuuid", "h").stdout.strip()
+    assert h("domid", "h").returncode == 0  # wrong URI
+    assert h("-c", "test:///b", "domid", "g").returncode == 0  # wrong guest
+    assert h("-c", "test:///b", "domuuid", "h").returncode == 0  # wrong command
+    assert h("-c", "test:///b", "domid", uuid_h).returncode == 1  # the guest by its UUID
+    assert h("-c", "test:///b", "domstate", "h").returncode == 1
+    assert h("list", "--uuid").returncode == 1
+    assert h("list", "--uuid", "--all").returncode == 0  # not exactly these options
+    assert h("-c", "test:///b", "list", "--uuid").returncode == 0
+
+
+def test_a_command_string_is_one_call_hit_at_its_first_match(virsh: Path,
+                                                             tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, faulty({"cmd": "list", "nth": 1, "action": "garbage",
+                                      "output": "not-uuid"},
+                                     {"cmd": "list", "nth": 2, "action": "fail"}))
+    r = h("list --uuid; echo MARK; list --name")
+    assert r.returncode == 0
+    first, second = r.stdout.split("MARK\n")
+    assert first.startswith(" Id   Name   State\n")  # the first list only
+    assert second == "g\nh\n\n"
+    r = h("list --uuid; echo MARK; list --name")  # the next call: rule 2's 2nd match
+    assert r.returncode == 1 and r.stdout == "" and "failed to connect" in r.stderr
+
+
+def test_wedge_after_the_listing(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, faulty({"cmd": "*", "after": 1, "action": "hang"}))
+    assert h("list --uuid --name; echo x; list --uuid --name --persistent").returncode == 0
+    for argv in (["managedsave", "g"], ["list", "--uuid"], ["event", "--loop", "--event",
+                                                            "lifecycle"]):
+        with pytest.raises(subprocess.TimeoutExpired):
+            h(*argv, timeout=1.0)
+
+
+def test_event_stream_faults(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, faulty({"cmd": "event", "nth": 1, "action": "fail"},
+                                     {"cmd": "event", "nth": 2, "action": "garbage"}))
+    r = h("event", "--loop", "--event", "lifecycle")
+    assert r.returncode == 1 and "failed to connect to the hypervisor" in r.stderr
+    proc = subprocess.Popen([str(virsh), "event", "--loop", "--event", "lifecycle"],
+                            env=h.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    first = proc.stdout.read1(4096) if ready else b""  # garbage first, then events as usual
+    proc.terminate()
+    out, _ = proc.communicate(timeout=5)
+    assert first.startswith(b"\xff") and b"lifecycle" not in first + out
+
+
+def test_random_faults_are_reproducible_from_the_seed(virsh: Path, tmp_path: Path) -> None:
+    def run(name: str, seed: int, order: list[str]) -> dict[str, list[bool]]:
+        (tmp_path / name).mkdir()
+        h = Host(virsh, tmp_path / name, faulty({"cmd": "domid", "p": 0.4, "seed": seed,
+                                                 "action": "fail"}))
+        hits: dict[str, list[bool]] = {"g": [], "h": []}
+        for guest in order:
+            hits[guest].append(h("domid", guest).returncode == 1)
+        return hits
+
+    order = ["g"] * 12 + ["h"] * 12
+    first = run("a", 7, order)
+    assert 0 < sum(first["g"]) < 12, first
+    # another process order (as concurrent threads would give): the same decisions
+    assert run("b", 7, [x for pair in zip(["g"] * 12, ["h"] * 12) for x in pair]) == first
+    assert run("c", 8, order) != first
+
+
+def test_faults_off_and_the_journal(virsh: Path, tmp_path: Path) -> None:
+    h = with_journal(Host(virsh, tmp_path, faulty(
+        {"cmd": "destroy", "action": "fail", "nth": 1},
+        guests=[{"name": "g", "save_seconds": 100}])))
+    h.env["VIRTGUESTS_FAKE_FAULTS"] = "off"
+    assert h("domid", "g").returncode == 0
+    saver = h.popen("managedsave", "g")
+    wait_for(lambda: h.state("g") == "paused (saving)")
+    h.env.pop("VIRTGUESTS_FAKE_FAULTS")
+    assert h("destroy", "g").returncode == 1  # the first *counted* destroy
+    assert h("destroy", "g").returncode == 0
+    saver.kill()
+    saver.wait(timeout=5)
+    entries = journal(h)
+    assert [(j["cmd"], j["job"], j["fault"]) for j in entries if j["cmd"] != "domstate"] == [
+        ("domid", None, None), ("managedsave", None, None), ("destroy", "save", "fail"),
+        ("destroy", "save", None)]
+    assert ("domstate", "save") in [(j["cmd"], j["job"]) for j in entries]  # wait_for's
+    assert all(j["uri"] == "default" and j["pid"] > 0 for j in entries)
+    assert all(j["t"] - 5 < j["spawned"] <= j["t"] + 0.02 for j in entries)  # clock ticks
+
+
+@pytest.mark.parametrize(("rules", "message"), [
+    ({"cmd": "list"}, "action must be one of"),
+    ({"action": "explode"}, "action must be one of"),
+    ({"action": "fail", "seconds": 3}, "unknown keys for action 'fail': ['seconds']"),
+    ({"action": "hang", "cmd": "frobnicate"}, "'frobnicate' is not a simulated subcommand"),
+    ({"action": "hang", "uri": "test:///nowhere"}, "'test:///nowhere' is not in the host"),
+    ({"action": "hang", "nth": 0}, "nth must be an integer >= 1"),
+    ({"action": "hang", "p": 1.5}, "p must be a number from 0 to 1"),
+    ({"action": "fail", "error": "made up words"}, "no recording"),
+    ({"action": "fail", "error": "test-list-basic"}, "is not a failure"),
+    ({"action": "slow"}, "slow needs seconds"),
+    ({"action": "garbage", "output": "noise"}, "output must be one of"),
+    ({"action": "signal", "signal": "KILL"}, "signal must be one of"),
+])
+def test_bad_fault_rules_are_rejected(virsh: Path, tmp_path: Path, rules: dict[str, Any],
+                                      message: str) -> None:
+    h = Host(virsh, tmp_path, faulty(rules))
+    r = h("list")
+    assert r.returncode == 2 and "faults rule 1" in r.stderr and message in r.stderr, r.stderr
+
+
+def test_unknown_top_level_keys_are_rejected(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, {**one_uri({"name": "g"}), "fault": []})
+    r = h("list")
+    assert r.returncode == 2 and "unknown keys ['fault']" in r.stderr

@@ -41,6 +41,17 @@ Faults (random per cycle, listed on the cycle's line)
            kill) or left running as orphans.
     start: per URI unreachable, unreachable_calls, hang; per guest fail_start,
            hang start, slow start; SIGKILL/SIGTERM and rerun.
+    Through the fake's fault layer (``faults:`` rules, drawn from a second random
+    stream so the faults above stay what they were for a seed):
+      stop:  per URI a wedge after the listing (every later call hangs: "wedge"),
+             a failed status poll (``list --uuid`` fails: "pollfail") or one that
+             hangs ("pollhang"); stdout closed (``>&-``, "out=closed") or a full
+             stdout pipe with SIGTERM/SIGINT arriving while virtguests is blocked
+             writing a progress line, drained a moment later ("out=full+TERM");
+             these runs have no kill plan, and are rerun after the signal.
+      start: per URI a wedge after the first call; stdout closed.
+    Runs start with ``PYTHONUNBUFFERED`` removed, as systemd starts them; runs with
+    stdout closed start as the installed wrapper does (``python -I``).
     Sometimes a cycle begins with an extra `start` (no faults) while guests
     recorded as pending are still down: the administrator retrying leftovers.
 
@@ -55,9 +66,15 @@ Invariant, checked after every cycle
         save a guest on an unreachable host, but the operator was told).
     Anything else is a lost guest. Transient guests are exempt. Also: no fake
     virsh left running after a virtguests run that was not killed, no Python
-    traceback, exit statuses in {0, 1, 6} (1 after SIGTERM), no run hangs.
+    traceback, exit statuses in {0, 1, 6} (1 after SIGTERM), no run hangs (a run
+    signalled while blocked on its output must end within OUTPUT_GRACE seconds).
     After the check the soak plays the operator: guests left down and not
     recorded (the "unprotected" ones) are started by hand.
+
+With ``--scenarios N`` the soak then runs N random scenarios of the property test
+(``tests/test_properties.py``: stop then start on small hosts with fault-layer
+schedules, checked against issue 10's invariant), one line each, every one to the
+end; a failing scenario is saved as YAML for ``python -m tests.test_properties``.
 
 Output: one line per cycle, then ``N cycles, 0 guests lost`` or the violations
 with the seed to reproduce them (timing-dependent faults such as the moment of
@@ -70,6 +87,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import fcntl
 import os
 import random
 import re
@@ -78,6 +96,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +113,7 @@ from virtguests.state import read_list  # noqa: E402
 ALL_URIS = ["default", "qemu+ssh://hostb/system", "test:///hostc"]
 GUEST_PREFIXES = ["web", "db", "mail", "ci", "dns", "app", "cache", "vpn"]
 RUN_TIMEOUT = 120.0
+OUTPUT_GRACE = 15.0
 ORPHAN_GRACE = 1.0
 
 Guests = dict[str, list[dict[str, Any]]]  # URI -> guest dicts of the fake's state
@@ -106,8 +126,9 @@ class Run:
     out: str
     err: str
     seconds: float
-    signal_sent: Optional[str] = None  # "KILL" / "TERM" when we signalled it
+    signal_sent: Optional[str] = None  # "KILL" / "TERM" / "INT" when we signalled it
     hung: bool = False
+    output: str = "pipe"
 
     @property
     def label(self) -> str:
@@ -137,6 +158,9 @@ class Soak:
     def __init__(self, root: Path, seed: int, verbose: bool = False) -> None:
         self.root = root
         self.rng = random.Random(seed)
+        self.fault_rng = random.Random(f"{seed}/fault-layer")
+        self.fault_counts: dict[str, int] = {}
+        self.isolated = self._imports_isolated()
         self.seed = seed
         self.verbose = verbose
         self.bin = root / "bin"
@@ -203,9 +227,12 @@ class Soak:
             time.sleep(min(max(max(ends) - time.time(), 0.01), 0.2))
 
     def write_host(self, guests: Guests, uri_faults: dict[str, dict[str, Any]],
-                   guest_faults: dict[str, dict[str, Any]]) -> None:
+                   guest_faults: dict[str, dict[str, Any]],
+                   rules: Optional[list[dict[str, Any]]] = None) -> None:
         """Rewrite the host YAML from a state snapshot plus faults; the fake rebuilds."""
         doc: dict[str, Any] = {"uris": {}}
+        if rules:
+            doc["faults"] = rules
         for uri in self.uris:
             entry: dict[str, Any] = dict(uri_faults.get(uri, {}))
             rows = []
@@ -235,9 +262,18 @@ class Soak:
                    VIRTGUESTS_FAKE_LOG=str(self.log_file),
                    PYTHONPATH=str(REPO))
         for key in ("VIRSH", "VIRTGUESTS_CONFIG", "VIRTGUESTS_STATE_DIR",
-                    "VIRTGUESTS_FAKE_STATE", "VIRTGUESTS_FAKE_NOW_FILE"):
+                    "VIRTGUESTS_FAKE_STATE", "VIRTGUESTS_FAKE_NOW_FILE",
+                    "VIRTGUESTS_FAKE_FAULTS", "VIRTGUESTS_FAKE_JOURNAL", "PYTHONUNBUFFERED"):
             env.pop(key, None)
         return env
+
+    @staticmethod
+    def _imports_isolated() -> bool:
+        """Does ``python -I`` (the installed wrapper's way) import this virtguests?"""
+        proc = subprocess.run([sys.executable, "-I", "-c", "import virtguests; "
+                               "print(virtguests.__file__)"], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=60, cwd="/")
+        return proc.stdout.strip().startswith(str(REPO / "virtguests"))
 
     def fake_pids(self) -> set[int]:
         """Live fake virsh processes of this soak (zombies have no cmdline)."""
@@ -287,14 +323,21 @@ class Soak:
         except FileNotFoundError:
             return 0
 
-    def run(self, cycle: int, command: str, kill: Optional[dict[str, Any]] = None) -> Run:
-        """virtguests as systemd starts it; `kill` = {"sig", "after_calls"|"after_s"}."""
-        argv = [sys.executable, "-m", "virtguests", "--config", str(self.config_file),
-                "--state-dir", str(self.state_dir), command]
+    def run(self, cycle: int, command: str, kill: Optional[dict[str, Any]] = None,
+            output: str = "pipe") -> Run:
+        """virtguests as systemd starts it; `kill` = {"sig", "after_calls"|"after_s"};
+        `output`: "pipe", "closed" (``>&-``) or "full+TERM"/"full+INT" (see the docstring)."""
+        isolated = ["-I"] if output == "closed" and self.isolated else []
+        argv = [sys.executable, *isolated, "-m", "virtguests", "--config",
+                str(self.config_file), "--state-dir", str(self.state_dir), command]
+        if output.startswith("full"):
+            return self._run_output_signal(cycle, command, argv, output.split("+")[1])
         base = self.log_lines()
         began = time.monotonic()
         proc = subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE if output == "pipe" else None,
+                                stderr=subprocess.PIPE,
+                                preexec_fn=_close_stdout if output == "closed" else None)
         sent: Optional[str] = None
         if kill is not None:
             while proc.poll() is None and time.monotonic() - began < RUN_TIMEOUT:
@@ -315,8 +358,8 @@ class Soak:
             hung = True
             proc.kill()
             out, err = proc.communicate()
-        run = Run(command, proc.returncode, out.decode(errors="replace"),
-                  err.decode(errors="replace"), time.monotonic() - began, sent, hung)
+        run = Run(command, proc.returncode, (out or b"").decode(errors="replace"),
+                  err.decode(errors="replace"), time.monotonic() - began, sent, hung, output)
         self.totals["runs"] += 1
         if sent == "KILL" and run.code == -signal.SIGKILL:
             self.totals["kills"] += 1
@@ -331,14 +374,56 @@ class Soak:
             print(f"--- {run.label} ({run.seconds:.1f}s)\n{run.out}{run.err}", end="")
         return run
 
+    def _run_output_signal(self, cycle: int, command: str, argv: list[str],
+                           sig: str) -> Run:
+        """stdout is a pipe already full: the first progress line blocks in write().
+        Signal virtguests then, drain the pipe a moment later; it must wind up."""
+        read_end, write_end = full_pipe()
+        began = time.monotonic()
+        proc = subprocess.Popen(argv, env=self.env(), stdin=subprocess.DEVNULL,
+                                stdout=write_end, stderr=subprocess.PIPE)
+        os.close(write_end)
+        chunks: list[bytes] = []
+        drain = threading.Thread(target=_read_all, args=(read_end, chunks), daemon=True)
+        blocked = wait_blocked_writing(proc, RUN_TIMEOUT)
+        sent: Optional[str] = None
+        if proc.poll() is None:
+            proc.send_signal(getattr(signal, "SIG" + sig))
+            sent = sig
+        time.sleep(0.3)
+        drain.start()
+        hung = False
+        try:
+            _, err = proc.communicate(timeout=OUTPUT_GRACE if blocked else RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            hung = True
+            proc.kill()
+            _, err = proc.communicate()
+        drain.join(10)
+        os.close(read_end)
+        out = b"".join(chunks).lstrip(b"\n").decode(errors="replace")
+        run = Run(command, proc.returncode, out, err.decode(errors="replace"),
+                  time.monotonic() - began, sent, hung, output=f"full+{sig}")
+        self.totals["runs"] += 1
+        self.check_run(cycle, run)
+        if self.verbose:
+            print(f"--- {run.label} ({run.seconds:.1f}s)\n{run.out}{run.err}", end="")
+        return run
+
     def check_run(self, cycle: int, run: Run) -> None:
-        if run.hung:
+        if run.hung and run.output.startswith("full"):
+            self.violate(cycle, f"`virtguests {run.command}` did not end within "
+                         f"{OUTPUT_GRACE:.0f}s of SIG{run.signal_sent} arriving while it was "
+                         "blocked writing to stdout (and the pipe then drained): deadlock",
+                         run)
+            self.kill_pids(self.fake_pids() - self.orphans)
+        elif run.hung:
             self.violate(cycle, f"`virtguests {run.command}` did not finish within "
                          f"{RUN_TIMEOUT:.0f}s", run)
         if "Traceback (most recent call last)" in run.err + run.out:
             self.violate(cycle, f"`virtguests {run.command}` printed a Python traceback", run)
-        allowed = {0, 1} if run.signal_sent == "TERM" else {0, 1, 6}
-        if run.code not in allowed:
+        allowed = {0, 1} if run.signal_sent in ("TERM", "INT") else {0, 1, 6}
+        if run.code not in allowed and not run.hung:
             self.violate(cycle, f"`virtguests {run.command}` exited {run.code} "
                          f"(allowed {sorted(allowed)})", run)
         time.sleep(0.05)
@@ -403,6 +488,48 @@ class Soak:
                 faults[uri] = {"hang": True}
                 desc.append(f"{short}=hang")
         return faults, desc
+
+    def layer_faults(self, phase: str, host_faults: dict[str, dict[str, Any]]
+                     ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Fault-layer rules for one phase, per URI without a host-level fault."""
+        rng = self.fault_rng
+        rules: list[dict[str, Any]] = []
+        desc = []
+        for i, uri in enumerate(self.uris):
+            x = rng.random()
+            nth = rng.randint(1, 3)
+            error = rng.choice(["connect", "internal"])
+            if uri in host_faults:
+                continue
+            if x < (0.06 if phase == "stop" else 0.04):
+                kind, rule = "wedge", {"cmd": "*", "after": 1, "action": "hang"}
+            elif phase == "stop" and x < 0.16:
+                kind, rule = f"pollfail{nth}", {"cmd": "list", "options": ["uuid"], "nth": nth,
+                                                "action": "fail", "error": error}
+            elif phase == "stop" and x < 0.21:
+                kind, rule = f"pollhang{nth}", {"cmd": "list", "options": ["uuid"], "nth": nth,
+                                                "action": "hang"}
+            else:
+                continue
+            rules.append({**rule, "uri": uri})
+            desc.append(f"u{i}={kind}")
+            label = kind.rstrip("0123456789")
+            self.fault_counts[label] = self.fault_counts.get(label, 0) + 1
+        return rules, desc
+
+    def output_mode(self, phase: str) -> str:
+        """How virtguests' stdout looks this run: a pipe, closed, or full (+ a signal)."""
+        x = self.fault_rng.random()
+        sig = self.fault_rng.choice(["TERM", "INT"])
+        mode = "pipe"
+        if x < 0.08:
+            mode = "closed"
+        elif phase == "stop" and x < 0.16:
+            mode = f"full+{sig}"
+        if mode != "pipe":
+            label = f"out={mode.split('+')[0]}"
+            self.fault_counts[label] = self.fault_counts.get(label, 0) + 1
+        return mode
 
     def stop_guest_faults(self, guests: Guests) -> tuple[dict[str, dict[str, Any]], list[str]]:
         rng = self.rng
@@ -471,8 +598,11 @@ class Soak:
 
     # -- one phase: run, and rerun after a signal --------------------------------
 
-    def phase(self, cycle: int, command: str, kill: Optional[dict[str, Any]]) -> list[Run]:
-        runs = [self.run(cycle, command, kill)]
+    def phase(self, cycle: int, command: str, kill: Optional[dict[str, Any]],
+              output: str = "pipe") -> list[Run]:
+        if output.startswith("full"):
+            kill = None  # the run signals itself, while blocked on its output
+        runs = [self.run(cycle, command, kill, output)]
         if runs[0].signal_sent:
             runs.append(self.run(cycle, command))  # systemd runs the command again
         elif kill is not None:
@@ -519,7 +649,9 @@ class Soak:
         self.config_file.write_text(config)
         ufaults, udesc = self.uri_faults(0.1, 0.1, 0.06)
         gfaults, gdesc = self.stop_guest_faults(guests)
-        self.write_host(guests, ufaults, gfaults)
+        rules, fdesc = self.layer_faults("stop", ufaults)
+        output = self.output_mode("stop")
+        self.write_host(guests, ufaults, gfaults, rules)
         guests = self.read_state()
         running_before = 0
         for uri, gs in guests.items():
@@ -529,9 +661,10 @@ class Soak:
                     self.owed.setdefault((uri, g["uuid"]), Owed(uri, g["uuid"], g["name"], n))
         count = sum(len(gs) for gs in guests.values())
         kill = self.kill_plan(0.3, 0.1, count * 2 + 2)
-        stop_runs = self.phase(n, "stop", kill)
-        stop_desc = (f"stop[{config_desc} {' '.join(udesc + gdesc) or 'no-faults'}"
-                     f"{self.kill_desc(kill)}]")
+        stop_runs = self.phase(n, "stop", kill, output)
+        out_desc = "" if output == "pipe" else f" out={output}"
+        stop_desc = (f"stop[{config_desc} {' '.join(udesc + gdesc + fdesc) or 'no-faults'}"
+                     f"{out_desc}{'' if output.startswith('full') else self.kill_desc(kill)}]")
 
         # power cycle: cut in-flight work, hard power off whatever still runs
         cut_orphans = self.reap_orphans(ORPHAN_GRACE)
@@ -554,10 +687,14 @@ class Soak:
         saved = sum(1 for gs in guests.values() for g in gs if g["managed_save"])
         ufaults, udesc = self.uri_faults(0.08, 0.1, 0.04)
         gfaults, gdesc = self.start_guest_faults(guests)
-        self.write_host(guests, ufaults, gfaults)
+        rules, fdesc = self.layer_faults("start", ufaults)
+        output = self.output_mode("start")
+        self.write_host(guests, ufaults, gfaults, rules)
         kill = self.kill_plan(0.25, 0.05, count + 2)
-        start_runs = self.phase(n, "start", kill)
-        start_desc = f"start[{' '.join(udesc + gdesc) or 'no-faults'}{self.kill_desc(kill)}]"
+        start_runs = self.phase(n, "start", kill, output)
+        out_desc = "" if output == "pipe" else f" out={output}"
+        start_desc = (f"start[{' '.join(udesc + gdesc + fdesc) or 'no-faults'}{out_desc}"
+                      f"{self.kill_desc(kill)}]")
         self.reap_orphans(ORPHAN_GRACE)
         guests = self.settle()
 
@@ -604,7 +741,8 @@ class Soak:
             if is_recorded and named:
                 counts["accounted"] += 1
                 continue
-            unreachable = f"Can't connect to {owed.uri}. Skipping." in stop_out
+            unreachable = (f"Can't connect to {owed.uri}. Skipping." in stop_out
+                           or f"cannot list guests on {owed.uri}: " in stop_err)
             named_at_stop = mentions(stop_err, owed.name, owed.uuid)
             if unreachable and not is_recorded and named_at_stop:
                 counts["unprotected"] += 1
@@ -670,23 +808,96 @@ class Soak:
             self.write_host(guests, {}, {})
 
 
+def _close_stdout() -> None:
+    os.close(1)  # `virtguests ... >&-`
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe whose buffer is already full: the next write to it blocks."""
+    read_end, write_end = os.pipe()
+    flags = fcntl.fcntl(write_end, fcntl.F_GETFL)
+    fcntl.fcntl(write_end, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"\n" * 4096)
+    fcntl.fcntl(write_end, fcntl.F_SETFL, flags)
+    return read_end, write_end
+
+
+def _read_all(fd: int, chunks: list[bytes]) -> None:
+    while data := os.read(fd, 65536):
+        chunks.append(data)
+
+
+def wait_blocked_writing(proc: subprocess.Popen[bytes], limit: float) -> bool:
+    """Wait until a thread of *proc* sleeps in a pipe write (or it exits)."""
+    deadline = time.monotonic() + limit
+    while proc.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{proc.pid}/task").iterdir():
+                if "pipe_write" in (task / "wchan").read_text():
+                    return True
+        time.sleep(0.01)
+    return False
+
+
 def mentions(text: str, name: str, uuid: str) -> bool:
     if uuid in text:
         return True
     return re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", text) is not None
 
 
+def property_scenarios(count: int, seed: int, root: Path) -> list[str]:
+    """Run *count* scenarios of the property test (tests/test_properties.py), one line
+    each, every one to the end (no stopping at a failure); returns the violations."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import seed as hypothesis_seed
+
+    from tests import test_properties as props
+
+    found: list[str] = []
+    numbers = iter(range(1, count + 1))
+
+    @hypothesis_seed(seed)
+    @settings(max_examples=count, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    @given(props.scenarios())
+    def one(sc: props.Scenario) -> None:
+        n = next(numbers, count)
+        began = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="virtguests-prop-") as tmp:
+            problems, transcript = props.play(sc, Path(tmp))
+        verdict = "ok" if not problems else f"{len(problems)} VIOLATION(S)"
+        print(f"scenario {n:3d}: {sc.summary()}: {verdict} "
+              f"({time.monotonic() - began:.1f}s)", flush=True)
+        if problems:
+            path = root / f"scenario-{n}.yaml"
+            path.write_text(sc.dump())
+            for problem in problems:
+                print(f"  VIOLATION: {problem}", flush=True)
+            found.append(f"[scenario {n}, replay: python -m tests.test_properties {path}]\n"
+                         + "\n".join(f"  {p}" for p in problems)
+                         + "\n" + "".join(f"  | {ln}\n" for ln in transcript.splitlines()))
+
+    one()
+    return found
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=50)
+    parser.add_argument("--scenarios", type=int, default=0,
+                        help="then run this many random fault scenarios of the property "
+                        "test (tests/test_properties.py), reporting every violation")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print every virtguests run's output")
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**6)
+    more = f" --scenarios {args.scenarios}" if args.scenarios else ""
     print(f"soak: {args.cycles} cycles, seed {seed} "
-          f"(reproduce: python tools/soak.py --cycles {args.cycles} --seed {seed})",
+          f"(reproduce: python tools/soak.py --cycles {args.cycles}{more} --seed {seed})",
           flush=True)
     root = Path(tempfile.mkdtemp(prefix="virtguests-soak-"))
     began = time.monotonic()
@@ -711,21 +922,34 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{t['accounted']} times recorded+reported (retried later), "
           f"{t['unprotected']} unprotected and named (URI unreachable at stop), "
           f"{t['unseen']} unprotected never seen by virtguests")
+    layer = ", ".join(f"{k} x{v}" for k, v in sorted(soak.fault_counts.items()))
+    print(f"fault layer: {layer or 'none drawn'}")
     if not soak.violations:
         print(f"{args.cycles} cycles, 0 guests lost")
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-        return 0
-    lost = sum(1 for v in soak.violations if v.what.startswith("LOST"))
-    unnamed = sum(1 for v in soak.violations if v.what.startswith("UNNAMED"))
-    other = len(soak.violations) - lost - unnamed
-    print(f"{args.cycles} cycles, {lost} guests lost, {unnamed} unprotected guests not "
-          f"named, {other} other violation(s) (seed {seed}; work dir kept: {root})")
-    for v in soak.violations:
-        print(f"\n[seed {seed}, cycle {v.cycle}] {v.what}")
-        for line in v.details:
-            print(f"  {line}")
-    return 1
+    else:
+        lost = sum(1 for v in soak.violations if v.what.startswith("LOST"))
+        unnamed = sum(1 for v in soak.violations if v.what.startswith("UNNAMED"))
+        other = len(soak.violations) - lost - unnamed
+        print(f"{args.cycles} cycles, {lost} guests lost, {unnamed} unprotected guests not "
+              f"named, {other} other violation(s) (seed {seed}; work dir kept: {root})")
+        for v in soak.violations:
+            print(f"\n[seed {seed}, cycle {v.cycle}] {v.what}")
+            for line in v.details:
+                print(f"  {line}")
+    found: list[str] = []
+    if args.scenarios:
+        print(f"\nproperty scenarios (tests/test_properties.py): {args.scenarios}, seed {seed}",
+              flush=True)
+        found = property_scenarios(args.scenarios, seed, root)
+        print(f"\n{args.scenarios} scenarios, {len(found)} with violations"
+              + (f" (work dir kept: {root})" if found else ""))
+        for text in found:
+            print(f"\n{text}", end="")
+    if soak.violations or found:
+        return 1
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":

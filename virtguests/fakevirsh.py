@@ -59,7 +59,57 @@ Host YAML (unknown keys are rejected)::
             agent: false        # domtime --sync works (qemu driver)
             memory_mib: 1024    # sizes in domjobinfo during a save
 
+    faults: []                  # optional: fault rules ("Fault injection" below)
+
 Unsupported argv (commands, options) exit 2 with a "fakevirsh:" message.
+
+Fault injection (the ``faults:`` list of the host YAML)
+    Kept apart from the host simulation: a rule picks virsh calls and makes
+    them misbehave; the host itself behaves as described above.  A *call* is
+    one virsh process (one line of ``VIRTGUESTS_FAKE_LOG``); a command string
+    matches a rule when any of its commands does, and the fault hits the first
+    such command.  Every rule that matches a call counts it (counters live in
+    the state file, under its flock, so they hold across the separate fake
+    processes); the first rule that fires decides the fault::
+
+        faults:
+          - cmd: list           # a subcommand, a list of them, or "*" (default: "*")
+            options: [uuid]     # only calls with exactly these options (no dashes)
+            uri: default        # only on this URI key of the host file (or a list)
+            guest: web1         # only calls naming this guest (name or UUID, or a
+                                # list); calls naming no guest never match
+            nth: 2              # fire on the 2nd matching call only
+            after: 1            # fire on every matching call after the first 1
+            p: 0.25             # fire with this probability, drawn from seed and a
+            seed: 7             #   per-(rule, subcommand, URI, guest) call counter
+            action: fail        # fail | hang | slow | garbage | signal
+            error: connect      # fail: a recording in fixtures/ by file stem, or
+                                #   connect | internal | invalid | unsupported |
+                                #   missing (default: connect); exit status, stderr
+                                #   and stdout are the recording's
+            seconds: 5          # slow: answer this many (virtual) seconds late
+            output: binary      # garbage: binary | truncated | not-uuid (exit 0)
+            signal: TERM        # signal: TERM | INT to the fake's parent (the
+                                #   virtguests that ran this virsh), then go on
+
+    ``nth``, ``after`` and ``p`` combine (all must hold); with none of them a
+    rule fires on every matching call.  ``hang`` sleeps until killed (a
+    wedged URI: ``{cmd: "*", uri: X, after: 1, action: hang}`` hangs every
+    call after the first, i.e. after the listing at ``stop``); ``slow``
+    applies the command at once and answers late, through the fake's clock
+    (``VIRTGUESTS_FAKE_NOW_FILE``); ``garbage`` prints output no parser may
+    accept: undecodable bytes, the real output cut inside its first line, or
+    a table header line before it.
+
+``VIRTGUESTS_FAKE_FAULTS=off``
+    ignore the fault rules for this call (counters untouched): for a run
+    without faults on the same host state, and for tests asking the host.
+``VIRTGUESTS_FAKE_JOURNAL``
+    append one JSON line per command *as it is dispatched* (so killed and
+    hung calls are there too): ``{"t", "spawned" (when the process was forked:
+    when its caller started the call), "now" (the fake's clock), "pid", "uri",
+    "cmd", "argv", "guest" (UUID or null), "state", "job" (the guest's job
+    then: "save", "start" or null), "fault" (the action injected, or null)}``.
 
 The hot path imports only ``json``, ``os``, ``sys``, ``time`` and ``fcntl``;
 YAML is read only when the state file is (re)built.
@@ -369,6 +419,9 @@ def build_state(host_path: str, sig: list[int]) -> dict[str, Any]:
     built = Clock().now()
     if not isinstance(doc, dict) or not isinstance(doc.get("uris"), dict):
         _bad_host(f"{host_path}: expected a mapping with a 'uris' mapping")
+    unknown_top = set(doc) - {"uris", "faults"}
+    if unknown_top:
+        _bad_host(f"{host_path}: unknown keys {sorted(map(str, unknown_top))}")
     uris: dict[str, Any] = {}
     for key, conf in doc["uris"].items():
         conf = conf or {}
@@ -440,6 +493,7 @@ def build_state(host_path: str, sig: list[int]) -> dict[str, Any]:
         "fixtures": fdir,
         **compile_templates(fdir),
         "uris": uris,
+        "faults": build_faults(doc.get("faults"), fdir, uris),
     }
 
 
@@ -1001,6 +1055,7 @@ def event_loop(call: Call, state_file: StateFile, clock: Clock) -> int:
     applies due transitions itself, so stops are reported as they happen.
     """
     seen: Optional[dict[str, tuple[str, bool]]] = None
+    injected: Optional[Injected] = None
     while True:
         with state_file as st:
             u = st["uris"].get(call.uri_arg or "default")
@@ -1008,18 +1063,31 @@ def event_loop(call: Call, state_file: StateFile, clock: Clock) -> int:
                 call.unsupported(f"URI {call.uri_arg!r} is not in the host file")
             now = clock.now()
             dirty = advance(u, now)
-            if seen is None and (u["hang_after_calls"] or u["hang"]):
-                u["calls"] += 1
-                dirty = True
+            fresh = injected is None
+            if injected is None:
+                injected = inject(st, call, call.uri_arg or "default", u, now)  # fault layer
+                dirty = injected.counted or dirty
+                if u["hang_after_calls"] or u["hang"]:
+                    u["calls"] += 1
+                    dirty = True
             if dirty:
                 state_file.save()
             if u["unreachable"] or now < u["unreachable_until"]:
                 _write(sys.stderr, unreachable_error(st, u["uri"]))
                 return 1
-            hang = u["hang"] or 0 < u["hang_after_calls"] < u["calls"]
+            hang = u["hang"] or injected.hang or 0 < u["hang_after_calls"] < u["calls"]
             current = {g["uuid"]: (g["name"], g["state"] != "shutoff") for g in u["guests"]}
-        if hang:  # outside the state lock, which every other call needs
-            hang_forever()
+        if hang:
+            hang_forever()  # outside the lock: other calls go on
+        if fresh:
+            try:
+                injected.act(call, u)
+            except Failure as f:
+                _write(sys.stderr, f.stderr)
+                return 1
+            injected.wait(clock)
+            if injected.action == "garbage":
+                _write(sys.stdout, injected.output("", u))
         if seen is not None:
             for uuid, (name, was_active) in seen.items():
                 is_active = current.get(uuid, (name, False))[1]
@@ -1082,10 +1150,13 @@ def execute(call: Call, state_file: StateFile, clock: Clock, *,
             down = down or u["calls"] <= u["unreachable_calls"]
         r = Runner(call, st, u, clock)
         r.lock_waited = lock_waited
+        injected = inject(st, call, key, u, now)  # the fault layer
+        dirty = injected.counted or dirty
         try:
+            injected.act(call, u)
             if down:
                 raise Failure(unreachable_error(st, u["uri"]), extra_newline=False)
-            if u["hang"] or 0 < u["hang_after_calls"] < u["calls"]:
+            if u["hang"] or injected.hang or 0 < u["hang_after_calls"] < u["calls"]:
                 hang = True
             elif call.cmd == "uri":
                 r.out += u["uri"] + "\n"
@@ -1124,9 +1195,290 @@ def execute(call: Call, state_file: StateFile, clock: Clock, *,
         with state_file as st:
             if advance(st["uris"][key], clock.now()):
                 state_file.save()
-    if call.quiet:
-        return 0, r.out, ""
-    return 0, r.out + r.extra + "\n", ""
+    injected.wait(clock)
+    out = r.out if call.quiet else r.out + r.extra + "\n"
+    return 0, injected.output(out, u), ""
+
+
+# ---------------------------------------------------------------------------
+# fault injection (see "Fault injection" in the module docstring)
+# ---------------------------------------------------------------------------
+FAULT_ACTIONS = ("fail", "hang", "slow", "garbage", "signal")
+FAULT_SELECTORS = {"cmd", "options", "uri", "guest", "nth", "after", "p", "seed", "action"}
+FAULT_PARAMS = {"fail": "error", "slow": "seconds", "garbage": "output", "signal": "signal"}
+FAULT_ERRORS = {
+    "connect": "nohost-connect",
+    "internal": "test-shutdown-not-running",
+    "invalid": "qemu-managedsave-not-running",
+    "unsupported": "test-domjobinfo-running",
+    "missing": "test-domid-missing-uuid",
+}
+GARBAGE = ("binary", "truncated", "not-uuid")
+FAULT_SIGNALS = ("TERM", "INT")
+BINARY_GARBAGE = b"\xff\xfe\x00\x80\xc0\x1b[2J\xef\xbf virsh \xff\n".decode(
+    "utf-8", "surrogateescape")
+_MASK64 = (1 << 64) - 1
+
+_counted_here: set[int] = set()
+"""Rules this process has counted already: a call is one process, counted once."""
+
+
+def _fault_list(rule: dict[str, Any], key: str, where: str) -> Optional[list[str]]:
+    value = rule.get(key)
+    if value is None:
+        return None
+    items = value if isinstance(value, list) else [value]
+    if not items or not all(isinstance(i, (str, int)) for i in items):
+        _bad_host(f"{where}: {key} must be a string or a list of strings")
+    return [str(i) for i in items]
+
+
+def _fault_int(rule: dict[str, Any], key: str, where: str, least: int) -> Optional[int]:
+    value = rule.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        _bad_host(f"{where}: {key} must be an integer >= {least}")
+    return value
+
+
+def _fault_error(name: str, fdir: str, where: str) -> dict[str, Any]:
+    """A recorded virsh failure, as a template (the way the host's messages are made)."""
+    stem = FAULT_ERRORS.get(name, name)
+    path = os.path.join(fdir, stem + ".yaml")
+    if "/" in stem or not os.path.exists(path):
+        _bad_host(f"{where}: error {name!r}: no recording {path} "
+                  f"(or one of {sorted(FAULT_ERRORS)})")
+    doc = _load_yaml(path)
+    if not doc.get("exit") or not doc.get("stderr"):
+        _bad_host(f"{where}: error {name!r}: the recording {stem} is not a failure")
+    words = [a for a in doc["argv"] if not a.startswith("-")]
+    subjects = doc.get("subjects") or []
+    return {
+        "stem": stem,
+        "stderr": _template_from_fixture(doc, "stderr"),
+        "newline": doc.get("stdout") == "\n",
+        "arg": words[1] if len(words) > 1 else "",
+        "name": subjects[0]["name"] if len(subjects) == 1 else "",
+    }
+
+
+def build_faults(raw: Any, fdir: str, uris: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Validate the ``faults:`` rules; compile each ``fail`` error from its recording."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        _bad_host("faults: expected a list of rules")
+    rules = []
+    for index, rule in enumerate(raw):
+        where = f"faults rule {index + 1}"
+        if not isinstance(rule, dict):
+            _bad_host(f"{where}: expected a mapping")
+        action = rule.get("action")
+        if action not in FAULT_ACTIONS:
+            _bad_host(f"{where}: action must be one of {list(FAULT_ACTIONS)}")
+        allowed = FAULT_SELECTORS | ({FAULT_PARAMS[action]} if action in FAULT_PARAMS else set())
+        unknown = set(rule) - allowed
+        if unknown:
+            _bad_host(f"{where}: unknown keys for action {action!r}: {sorted(map(str, unknown))}")
+        cmds = _fault_list(rule, "cmd", where)
+        if cmds == ["*"]:
+            cmds = None
+        for cmd in cmds or []:
+            if cmd not in COMMANDS and cmd != "echo":
+                _bad_host(f"{where}: cmd {cmd!r} is not a simulated subcommand")
+        for uri in _fault_list(rule, "uri", where) or []:
+            if uri not in uris:
+                _bad_host(f"{where}: uri {uri!r} is not in the host file")
+        options = _fault_list(rule, "options", where)
+        guests = _fault_list(rule, "guest", where)
+        p = rule.get("p")
+        if p is not None and (isinstance(p, bool) or not isinstance(p, (int, float))
+                              or not 0 <= p <= 1):
+            _bad_host(f"{where}: p must be a number from 0 to 1")
+        compiled: dict[str, Any] = {
+            "index": index,
+            "action": action,
+            "cmd": cmds,
+            "options": sorted(o.lstrip("-") for o in options) if options is not None else None,
+            "uri": _fault_list(rule, "uri", where),
+            "guest": [_norm_uuid(g) if _is_uuid(g) else g for g in guests] if guests else None,
+            "nth": _fault_int(rule, "nth", where, 1),
+            "after": _fault_int(rule, "after", where, 0),
+            "p": None if p is None else float(p),
+            "seed": _fault_int(rule, "seed", where, 0) or 0,
+        }
+        if action == "fail":
+            compiled["error"] = _fault_error(str(rule.get("error", "connect")), fdir, where)
+        elif action == "slow":
+            seconds = rule.get("seconds")
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) \
+                    or seconds < 0:
+                _bad_host(f"{where}: slow needs seconds >= 0")
+            compiled["seconds"] = float(seconds)
+        elif action == "garbage":
+            compiled["output"] = rule.get("output", "binary")
+            if compiled["output"] not in GARBAGE:
+                _bad_host(f"{where}: output must be one of {list(GARBAGE)}")
+        elif action == "signal":
+            compiled["signal"] = str(rule.get("signal", "TERM")).upper().removeprefix("SIG")
+            if compiled["signal"] not in FAULT_SIGNALS:
+                _bad_host(f"{where}: signal must be one of {list(FAULT_SIGNALS)}")
+        rules.append(compiled)
+    return {"rules": rules, "counts": {}}
+
+
+def _chance(*parts: object) -> float:
+    """A number in [0, 1) fixed by *parts*: the same in every process (no hash seed)."""
+    h = 0xCBF29CE484222325  # FNV-1a, then the splitmix64 finaliser
+    for byte in "|".join(map(str, parts)).encode("utf-8", "surrogateescape"):
+        h = ((h ^ byte) * 0x100000001B3) & _MASK64
+    h ^= h >> 30
+    h = (h * 0xBF58476D1CE4E5B9) & _MASK64
+    h ^= h >> 27
+    h = (h * 0x94D049BB133111EB) & _MASK64
+    h ^= h >> 31
+    return h / 2.0**64
+
+
+def _subject(u: dict[str, Any], call: Call) -> Optional[dict[str, Any]]:
+    if call.domain is None or call.cmd not in COMMANDS or not COMMANDS[call.cmd][1]:
+        return None
+    return lookup(u, call.domain, COMMANDS[call.cmd][1])
+
+
+def _rule_matches(rule: dict[str, Any], call: Call, key: str,
+                  g: Optional[dict[str, Any]]) -> bool:
+    if rule["cmd"] is not None and call.cmd not in rule["cmd"]:
+        return False
+    if rule["options"] is not None and sorted(call.opts) != rule["options"]:
+        return False
+    if rule["uri"] is not None and key not in rule["uri"]:
+        return False
+    if rule["guest"] is not None:
+        if call.domain is None:
+            return False
+        named = {call.domain} if g is None else {call.domain, g["name"], g["uuid"]}
+        if not named & set(rule["guest"]):
+            return False
+    return True
+
+
+class Injected:
+    """The fault chosen for one command (or none), applied at each stage of the call."""
+
+    def __init__(self, rule: Optional[dict[str, Any]] = None,
+                 g: Optional[dict[str, Any]] = None, counted: bool = False) -> None:
+        self.rule = rule
+        self.action: Optional[str] = rule["action"] if rule else None
+        self.g = g
+        self.counted = counted  # counters changed: the state must be saved
+
+    @property
+    def hang(self) -> bool:
+        return self.action == "hang"
+
+    def act(self, call: Call, u: dict[str, Any]) -> None:
+        """At dispatch: ``fail`` raises the recorded error, ``signal`` is sent now."""
+        if self.rule is None:
+            return
+        if self.action == "fail":
+            err = self.rule["error"]
+            sock = DEFAULT_SOCKET
+            if "socket=" in u["uri"]:
+                sock = u["uri"].split("socket=", 1)[1].split("&", 1)[0]
+            text = (err["stderr"].replace(ARG, call.domain or err["arg"])
+                    .replace(NAME, self.g["name"] if self.g else err["name"])
+                    .replace(SOCK, sock).replace(CMD, call.cmd))
+            raise Failure(text, extra_newline=err["newline"])
+        if self.action == "signal" and os.getppid() > 1:  # never init, if orphaned
+            import signal
+
+            os.kill(os.getppid(), getattr(signal, "SIG" + self.rule["signal"]))
+
+    def wait(self, clock: Clock) -> None:
+        """``slow``: the answer comes this many (virtual) seconds late."""
+        if self.rule is not None and self.action == "slow":
+            clock.wait_until(clock.now() + self.rule["seconds"])
+
+    def output(self, text: str, u: dict[str, Any]) -> str:
+        """``garbage``: what the command prints instead of *text* (exit status 0)."""
+        if self.rule is None or self.action != "garbage":
+            return text
+        kind = self.rule["output"]
+        if kind == "binary":
+            return BINARY_GARBAGE
+        if kind == "not-uuid":  # the header of the recorded table form, then the output
+            return render_table(["Id", "Name", "State"], [], False).splitlines(True)[0] + text
+        line = next((ln for ln in text.splitlines() if ln.strip()), "")
+        if not line:
+            line = u["guests"][0]["uuid"] if u["guests"] else _norm_uuid("0" * 32)
+        return line[: max(1, min(len(line) // 2, 18))]
+
+
+NO_FAULT = Injected()
+
+
+def _spawn_time() -> float:
+    """When this process was forked (wall clock), i.e. when its caller started the call."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as f:
+            uptime = float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return time.time()
+    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+def inject(st: dict[str, Any], call: Call, key: str, u: dict[str, Any],
+           now: float) -> Injected:
+    """The fault layer's one hook, under the state lock as a command is dispatched:
+    journal it, count it against every rule it matches, pick the fault."""
+    faults = st.get("faults")
+    journal = os.environ.get("VIRTGUESTS_FAKE_JOURNAL")
+    if not faults and not journal:
+        return NO_FAULT
+    g = _subject(u, call)
+    chosen: Optional[dict[str, Any]] = None
+    counted = False
+    if faults and os.environ.get("VIRTGUESTS_FAKE_FAULTS", "").lower() != "off":
+        counts = faults["counts"]
+        for rule in faults["rules"]:
+            index = rule["index"]
+            if index in _counted_here or not _rule_matches(rule, call, key, g):
+                continue
+            _counted_here.add(index)
+            counted = True
+            n = counts[str(index)] = counts.get(str(index), 0) + 1
+            subject = g["uuid"] if g is not None else call.domain or ""
+            per_key = f"{index}|{call.cmd}|{key}|{subject}"
+            k = counts[per_key] = counts.get(per_key, 0) + 1
+            if chosen is not None:
+                continue
+            if rule["nth"] is not None and n != rule["nth"]:
+                continue
+            if rule["after"] is not None and n <= rule["after"]:
+                continue
+            if rule["p"] is not None and \
+                    _chance(rule["seed"], index, call.cmd, key, subject, k) >= rule["p"]:
+                continue
+            chosen = rule
+    injected = Injected(chosen, g, counted) if chosen is not None or counted else NO_FAULT
+    if journal:
+        job = g["job"]["op"] if g is not None and g["job"] is not None else None
+        line = json.dumps({"t": time.time(), "spawned": _spawn_time(), "now": now,
+                           "pid": os.getpid(), "uri": key,
+                           "cmd": call.cmd, "argv": call.argv,
+                           "guest": g["uuid"] if g is not None else None,
+                           "state": g["state"] if g is not None else None, "job": job,
+                           "fault": injected.action})
+        fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+    return injected
 
 
 # ---------------------------------------------------------------------------
