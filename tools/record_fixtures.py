@@ -25,8 +25,11 @@ otherwise, stdin ``/dev/null``, a timeout per call) and is written verbatim to
   progress) and one small transient guest, both tiny busybox guests from
   ``tests/realhost/guestimage.py`` with fixed names and UUIDs, records the qemu
   forms against it, and stops it.  Nothing of a libvirtd already on the
-  machine is used.  ``make fixtures FIXTURE_ARGS="--test-uri test:///default
-  --private-libvirtd"`` records everything.
+  machine is used.  Only there (it SIGSTOPs a QEMU) the ``busy`` recordings
+  are made too: ``managedsave`` and ``shutdown`` while another managedsave of
+  the guest holds its job (``tests/realhost/libvirtd.StalledSave``).
+  ``make fixtures FIXTURE_ARGS="--test-uri test:///default --private-libvirtd"``
+  records everything; ``--only qemu`` (repeatable) records one group.
 
 In the written files the absolute path of this ``fixtures`` directory is
 replaced by ``/FIXTURES`` (so ``test:///FIXTURES/hosts/basic.xml``), and the
@@ -62,6 +65,9 @@ BATCHES = {
 TIMEOUT = 30.0
 TEST_TIMEOUT = 5.0  # test-driver calls are instant; a hung one is retried sooner
 RETRIES = 3
+# libvirt waits 30 s for a domain's job (state-change lock) before it fails a call
+BUSY_TIMEOUT = 180.0
+GROUPS = ("test", "nohost", "qemu")
 UNREACHABLE_URI = "qemu+unix:///system?socket=/nonexistent/sock"
 # --private-libvirtd guests: fixed names and UUIDs so re-recording gives small diffs
 FIXTURE_GUEST = ("vg-fixture", "0f1e7a5e-0000-4000-8000-000000000001")
@@ -677,9 +683,66 @@ def record_qemu(rec: Recorder, uri: str, guest: Optional[str] = None) -> None:
     rec.run(uri, ["start", uuid])  # leave the guest running as we found it
 
 
+def record_qemu_busy(rec: Recorder, daemon: Any, name: str, uuid: str) -> None:
+    """Calls on a guest whose managed save is in progress (an earlier one holds its job).
+
+    Why: an earlier virtguests killed mid-save leaves its ``virsh managedsave``
+    running; libvirt holds the domain's job for the whole save, so a second save
+    or a shutdown waits for the state-change lock and then fails.  The save is
+    held in progress by SIGSTOPping the guest's QEMU (``StalledSave``), then
+    resumed: it completes, and the guest is restored and left running.
+    """
+    from tests.realhost.libvirtd import StalledSave
+
+    uri = daemon.qemu_uri
+    g = Guest(name, uuid)
+    wait_state(rec, uri, uuid, "running")
+    print(f"recording busy forms: managedsave {uuid} stalled", file=sys.stderr)
+
+    def timed(argv: list[str]) -> tuple[tuple[int, str, str], float]:
+        began = time.monotonic()
+        result = rec.run(uri, argv, timeout=BUSY_TIMEOUT)
+        seconds = time.monotonic() - began
+        print(f"  virsh {' '.join(argv)}: exit {result[0]} after {seconds:.2f}s",
+              file=sys.stderr)
+        return result, seconds
+
+    with StalledSave(daemon, name, domain=uuid, env=rec.env()) as save:
+        state, _ = timed(["domstate", "--reason", uuid])
+        if state[1].strip() != "paused (saving)":
+            raise SystemExit(f"busy recordings: the stalled save shows {state!r}, "
+                             "not paused (saving)")
+        normal = rec.out / "qemu-domstate-reason-saving.yaml"
+        known = yaml.safe_load(normal.read_text()) if normal.exists() else None
+        if known and (known["exit"], known["stdout"], known["stderr"]) == state:
+            print(f"  domstate --reason: same as {normal.name}; not recorded again",
+                  file=sys.stderr)
+        else:
+            rec.write("qemu", "domstate-reason-busy",
+                      "domstate --reason while a stalled managedsave holds the job",
+                      uri, ["domstate", "--reason", uuid], state, [g])
+        for verb in ("managedsave", "shutdown"):
+            argv = [verb, uuid]
+            result, _ = timed(argv)
+            rec.write("qemu", f"{verb}-busy",
+                      f"{verb} UUID while another managedsave of the guest is in progress "
+                      "(it holds the domain's job)", uri, argv, result, [g])
+        after, _ = timed(["domstate", "--reason", uuid])
+        if after != state:
+            raise SystemExit(f"busy recordings: the save ended while recording ({after!r})")
+    rc, _out, err = save.result or (-1, "", "")
+    print(f"  the stalled managedsave: exit {rc} after {save.seconds:.2f}s (resumed)",
+          file=sys.stderr)
+    if rc != 0:
+        raise SystemExit(f"busy recordings: the stalled save failed once resumed: {err}")
+    wait_state(rec, uri, uuid, "shut off")
+    rec.run(uri, ["start", uuid])  # restore it: leave the guest running as we found it
+    wait_state(rec, uri, uuid, "running")
+
+
 @contextlib.contextmanager
-def private_libvirtd(rec: Recorder, memory_mib: int) -> Iterator[str]:
-    """A throwaway libvirtd with the fixture guests running; yields its qemu URI."""
+def private_libvirtd(rec: Recorder, memory_mib: int) -> Iterator[Any]:
+    """A throwaway libvirtd with the fixture guests running; yields it (a PrivateLibvirtd)."""
     sys.path.insert(0, str(REPO))
     from tests.realhost.guestimage import build_guest_image, cache_dir, domain_xml
     from tests.realhost.libvirtd import Guest as LiveGuest
@@ -714,7 +777,7 @@ def private_libvirtd(rec: Recorder, memory_mib: int) -> Iterator[str]:
             for guest in live:
                 guest.wait_console("vg: ready", timeout=120)
             print(f"private libvirtd at {daemon.qemu_uri}", file=sys.stderr)
-            yield daemon.qemu_uri
+            yield daemon
     finally:
         daemon.stop()
         daemon.cleanup()
@@ -741,6 +804,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         help="RAM of the --private-libvirtd guest (the save must last long enough "
         "for domjobinfo to see it; default 512)",
     )
+    ap.add_argument(
+        "--only",
+        action="append",
+        choices=GROUPS,
+        help="record only this group (repeatable; default: all); qemu still needs "
+        "--qemu-uri or --private-libvirtd",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "fixtures")
     ap.add_argument("--virsh", default="virsh")
     ns = ap.parse_args(argv)
@@ -749,15 +819,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     ns.out.mkdir(parents=True, exist_ok=True)
     rec = Recorder(ns.out, ns.virsh)
     print(f"virsh {rec.version}", file=sys.stderr)
-    record_test(rec)
-    if ns.test_uri:
-        record_extra_test_uri(rec, ns.test_uri)
-    record_nohost(rec)
-    if ns.qemu_uri:
+    groups = set(ns.only or GROUPS)
+    if "test" in groups:
+        record_test(rec)
+        if ns.test_uri:
+            record_extra_test_uri(rec, ns.test_uri)
+    if "nohost" in groups:
+        record_nohost(rec)
+    if "qemu" in groups and ns.qemu_uri:
         record_qemu(rec, ns.qemu_uri)
-    if ns.private_libvirtd:
-        with private_libvirtd(rec, ns.guest_memory_mib) as uri:
-            record_qemu(rec, uri, guest=FIXTURE_GUEST[0])
+        print("  busy recordings skipped: they SIGSTOP a QEMU, so only with "
+              "--private-libvirtd", file=sys.stderr)
+    if "qemu" in groups and ns.private_libvirtd:
+        with private_libvirtd(rec, ns.guest_memory_mib) as daemon:
+            record_qemu(rec, daemon.qemu_uri, guest=FIXTURE_GUEST[0])
+            record_qemu_busy(rec, daemon, *FIXTURE_GUEST)
     print(f"wrote {len(rec.written)} fixtures to {ns.out}", file=sys.stderr)
     return 0
 

@@ -12,6 +12,7 @@ import contextlib
 import glob
 import os
 import pwd
+import re
 import shlex
 import shutil
 import signal
@@ -21,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Optional
+from typing import Any, Optional
 
 # State directories hidden behind a per-daemon tmpfs.
 _TMPFS_DIRS = ("/run/libvirt", "/var/lib/libvirt", "/var/cache/libvirt")
@@ -336,6 +337,23 @@ class PrivateLibvirtd:
                 pids.append(int(Path(f).read_text().strip()))
         return pids
 
+    def qemu_pid(self, name: str) -> int:
+        """PID of the QEMU process running domain ``name`` (from libvirt's pid file)."""
+        return int(self.ns_path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+
+    def domain_status(self, name: str) -> Optional[tuple[str, str]]:
+        """(state, reason) from libvirt's status XML of a running domain, e.g. ("paused", "save").
+
+        Why: reading a file is instant, unlike a virsh call, so a test can act within
+        the few milliseconds a state lasts; None when the domain is not running.
+        """
+        try:
+            text = self.ns_path(f"/run/libvirt/qemu/{name}.xml").read_text()
+        except OSError:
+            return None
+        match = re.search(r"<domstatus state='([^']*)' reason='([^']*)'", text)
+        return (match.group(1), match.group(2)) if match else None
+
     def destroy_all(self) -> None:
         """Destroy every running domain and undefine persistent ones (best effort)."""
         try:
@@ -385,7 +403,7 @@ class PrivateLibvirtd:
         self.stop()
 
 
-def _kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: float = 5) -> None:
+def _kill(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, grace: float = 5) -> None:
     """Signal a child we started, escalating to SIGKILL after ``grace`` seconds."""
     if proc.poll() is None:
         try:
@@ -473,3 +491,100 @@ class Guest:
         self.virsh("destroy", check=False, timeout=60)
         if self.persistent:
             self.virsh("undefine", "--managed-save", "--nvram", check=False, timeout=60)
+
+
+class SaveNotStalled(RuntimeError):
+    """The managedsave could not be caught in progress (it finished or never paused)."""
+
+
+class StalledSave:
+    """A ``virsh managedsave`` of one running domain, held in progress.
+
+    Why: a small guest saves in well under a second, too quick to act on; a save
+    left running by a killed virtguests holds the domain's job for minutes.
+    ``start()`` runs ``virsh managedsave`` in the background, waits until libvirt
+    has paused the guest for the save (status XML ``paused``/``save``), then
+    SIGSTOPs the guest's QEMU: the save cannot progress, so libvirt holds the
+    domain's job (the state-change lock) until ``resume()`` (SIGCONT).  Leaving
+    the context resumes QEMU and waits for the save to end.
+    """
+
+    def __init__(self, daemon: PrivateLibvirtd, name: str, domain: Optional[str] = None,
+                 env: Optional[dict[str, str]] = None, attempts: int = 5) -> None:
+        """``domain``: how to name the guest to virsh (default ``name``; e.g. its UUID)."""
+        self.daemon = daemon
+        self.name = name
+        self.domain = domain or name
+        self.env = env
+        self.attempts = attempts
+        self.proc: Optional[subprocess.Popen[str]] = None
+        self.qemu_pid = 0
+        self.stopped = False
+        self.began = 0.0
+        self.result: Optional[tuple[int, str, str]] = None
+        self.seconds = 0.0
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            ["virsh", "-c", self.daemon.qemu_uri, "managedsave", self.domain],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=self.env, start_new_session=True,
+        )
+
+    def start(self, timeout: float = 30) -> StalledSave:
+        """Start the save and stall it; retried (restoring the guest) if it was too quick."""
+        for _attempt in range(self.attempts):
+            self.qemu_pid = self.daemon.qemu_pid(self.name)
+            self.began = time.monotonic()
+            proc = self._spawn()
+            deadline = self.began + timeout
+            while proc.poll() is None and time.monotonic() < deadline:
+                if self.daemon.domain_status(self.name) == ("paused", "save"):
+                    os.kill(self.qemu_pid, signal.SIGSTOP)
+                    self.stopped = True
+                    break
+                time.sleep(0.001)
+            if self.stopped and proc.poll() is None:
+                self.proc = proc
+                return self
+            if self.stopped:  # the save ended between the check and the signal
+                os.kill(self.qemu_pid, signal.SIGCONT)
+                self.stopped = False
+            try:
+                _out, err = proc.communicate(timeout=120)
+            except subprocess.TimeoutExpired as exc:
+                _kill(proc)
+                raise SaveNotStalled(f"managedsave {self.domain} never ended") from exc
+            if proc.returncode != 0:
+                raise SaveNotStalled(f"managedsave {self.domain} failed: {err.strip()}")
+            # saved before we could stall it: restore the guest and try again
+            self.daemon.virsh("start", self.domain, timeout=120)
+        raise SaveNotStalled(f"managedsave {self.domain} always finished before it could be "
+                             f"stalled ({self.attempts} attempts)")
+
+    def resume(self) -> None:
+        """SIGCONT the guest's QEMU: the save goes on (idempotent)."""
+        if self.stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.qemu_pid, signal.SIGCONT)
+            self.stopped = False
+
+    def wait(self, timeout: float = 120) -> tuple[int, str, str]:
+        """Resume QEMU and wait for the stalled managedsave: (exit, stdout, stderr)."""
+        self.resume()
+        if self.result is None:
+            assert self.proc is not None
+            try:
+                out, err = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill(self.proc)
+                out, err = self.proc.communicate(timeout=10)
+            self.seconds = time.monotonic() - self.began
+            self.result = (self.proc.returncode, out, err)
+        return self.result
+
+    def __enter__(self) -> StalledSave:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.wait()
