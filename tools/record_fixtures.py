@@ -25,9 +25,10 @@ otherwise, stdin ``/dev/null``, a timeout per call) and is written verbatim to
   progress) and one small transient guest, both tiny busybox guests from
   ``tests/realhost/guestimage.py`` with fixed names and UUIDs, records the qemu
   forms against it, and stops it.  Nothing of a libvirtd already on the
-  machine is used.  Only there (it SIGSTOPs a QEMU) the ``busy`` recordings
+  machine is used.  Only there (it stops QEMU threads) the ``busy`` recordings
   are made too: ``managedsave`` and ``shutdown`` while another managedsave of
-  the guest holds its job (``tests/realhost/libvirtd.StalledSave``).
+  the guest holds its job (``tests/realhost/libvirtd.StalledSave``), once as a
+  slow save and once with QEMU hung (``-hung``).
   ``make fixtures FIXTURE_ARGS="--test-uri test:///default --private-libvirtd"``
   records everything; ``--only qemu`` (repeatable) records one group.
 
@@ -683,60 +684,68 @@ def record_qemu(rec: Recorder, uri: str, guest: Optional[str] = None) -> None:
     rec.run(uri, ["start", uuid])  # leave the guest running as we found it
 
 
+# How a save is held in progress: (StalledSave hold, slug suffix, description)
+BUSY_HOLDS = (
+    ("thread", "", "a slow save: QEMU's migration thread held, QEMU answers libvirt"),
+    ("process", "-hung", "QEMU SIGSTOPped mid-save: its monitor does not answer"),
+)
+
+
 def record_qemu_busy(rec: Recorder, daemon: Any, name: str, uuid: str) -> None:
     """Calls on a guest whose managed save is in progress (an earlier one holds its job).
 
     Why: an earlier virtguests killed mid-save leaves its ``virsh managedsave``
     running; libvirt holds the domain's job for the whole save, so a second save
     or a shutdown waits for the state-change lock and then fails.  The save is
-    held in progress by SIGSTOPping the guest's QEMU (``StalledSave``), then
-    resumed: it completes, and the guest is restored and left running.
+    held in progress (``StalledSave``) two ways, since virsh's answer differs:
+    a slow save (QEMU's migration thread stopped) and a hung QEMU (SIGSTOP).
+    Each time it is let go, completes, and the guest is restored and left running.
     """
     from tests.realhost.libvirtd import StalledSave
 
     uri = daemon.qemu_uri
     g = Guest(name, uuid)
-    wait_state(rec, uri, uuid, "running")
-    print(f"recording busy forms: managedsave {uuid} stalled", file=sys.stderr)
 
-    def timed(argv: list[str]) -> tuple[tuple[int, str, str], float]:
+    def timed(argv: list[str]) -> tuple[int, str, str]:
         began = time.monotonic()
         result = rec.run(uri, argv, timeout=BUSY_TIMEOUT)
-        seconds = time.monotonic() - began
-        print(f"  virsh {' '.join(argv)}: exit {result[0]} after {seconds:.2f}s",
-              file=sys.stderr)
-        return result, seconds
+        print(f"  virsh {' '.join(argv)}: exit {result[0]} after "
+              f"{time.monotonic() - began:.2f}s", file=sys.stderr)
+        return result
 
-    with StalledSave(daemon, name, domain=uuid, env=rec.env()) as save:
-        state, _ = timed(["domstate", "--reason", uuid])
-        if state[1].strip() != "paused (saving)":
-            raise SystemExit(f"busy recordings: the stalled save shows {state!r}, "
-                             "not paused (saving)")
-        normal = rec.out / "qemu-domstate-reason-saving.yaml"
-        known = yaml.safe_load(normal.read_text()) if normal.exists() else None
-        if known and (known["exit"], known["stdout"], known["stderr"]) == state:
-            print(f"  domstate --reason: same as {normal.name}; not recorded again",
-                  file=sys.stderr)
-        else:
-            rec.write("qemu", "domstate-reason-busy",
-                      "domstate --reason while a stalled managedsave holds the job",
-                      uri, ["domstate", "--reason", uuid], state, [g])
-        for verb in ("managedsave", "shutdown"):
-            argv = [verb, uuid]
-            result, _ = timed(argv)
-            rec.write("qemu", f"{verb}-busy",
-                      f"{verb} UUID while another managedsave of the guest is in progress "
-                      "(it holds the domain's job)", uri, argv, result, [g])
-        after, _ = timed(["domstate", "--reason", uuid])
-        if after != state:
-            raise SystemExit(f"busy recordings: the save ended while recording ({after!r})")
-    rc, _out, err = save.result or (-1, "", "")
-    print(f"  the stalled managedsave: exit {rc} after {save.seconds:.2f}s (resumed)",
-          file=sys.stderr)
-    if rc != 0:
-        raise SystemExit(f"busy recordings: the stalled save failed once resumed: {err}")
-    wait_state(rec, uri, uuid, "shut off")
-    rec.run(uri, ["start", uuid])  # restore it: leave the guest running as we found it
+    for hold, suffix, how in BUSY_HOLDS:
+        wait_state(rec, uri, uuid, "running")
+        print(f"recording busy forms: managedsave {uuid} held ({how})", file=sys.stderr)
+        with StalledSave(daemon, name, domain=uuid, env=rec.env(), hold=hold) as save:
+            state = timed(["domstate", "--reason", uuid])
+            if state[1].strip() != "paused (saving)":
+                raise SystemExit(f"busy recordings: the held save shows {state!r}, "
+                                 "not paused (saving)")
+            normal = rec.out / "qemu-domstate-reason-saving.yaml"
+            known = yaml.safe_load(normal.read_text()) if normal.exists() else None
+            if known and (known["exit"], known["stdout"], known["stderr"]) == state:
+                print(f"  domstate --reason: same as {normal.name}; not recorded again",
+                      file=sys.stderr)
+            else:
+                rec.write("qemu", f"domstate-reason-busy{suffix}",
+                          f"domstate --reason while another managedsave holds the job ({how})",
+                          uri, ["domstate", "--reason", uuid], state, [g])
+            for verb in ("managedsave", "shutdown"):
+                argv = [verb, uuid]
+                rec.write("qemu", f"{verb}-busy{suffix}",
+                          f"{verb} UUID while another managedsave of the guest is in "
+                          f"progress and holds the domain's job ({how})",
+                          uri, argv, timed(argv), [g])
+            after = timed(["domstate", "--reason", uuid])
+            if after != state:
+                raise SystemExit(f"busy recordings: the save ended while recording ({after!r})")
+        rc, _out, err = save.result or (-1, "", "")
+        print(f"  the held managedsave: exit {rc} after {save.seconds:.2f}s (let go)",
+              file=sys.stderr)
+        if rc != 0:
+            raise SystemExit(f"busy recordings: the held save failed once let go: {err}")
+        wait_state(rec, uri, uuid, "shut off")
+        rec.run(uri, ["start", uuid])  # restore it: leave the guest running as we found it
     wait_state(rec, uri, uuid, "running")
 
 
@@ -828,7 +837,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         record_nohost(rec)
     if "qemu" in groups and ns.qemu_uri:
         record_qemu(rec, ns.qemu_uri)
-        print("  busy recordings skipped: they SIGSTOP a QEMU, so only with "
+        print("  busy recordings skipped: they stop QEMU threads, so only with "
               "--private-libvirtd", file=sys.stderr)
     if "qemu" in groups and ns.private_libvirtd:
         with private_libvirtd(rec, ns.guest_memory_mib) as daemon:

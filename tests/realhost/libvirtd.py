@@ -497,32 +497,89 @@ class SaveNotStalled(RuntimeError):
     """The managedsave could not be caught in progress (it finished or never paused)."""
 
 
+_PTRACE_SEIZE, _PTRACE_INTERRUPT, _PTRACE_DETACH = 0x4206, 0x4207, 17
+_WALL = 0x40000000
+
+
+def _ptrace(request: int, tid: int) -> None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+    libc.ptrace.restype = ctypes.c_long
+    if libc.ptrace(request, tid, None, None) < 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"ptrace({request:#x}, {tid}): {os.strerror(errno)}")
+
+
+class ThreadStop:
+    """One thread of another process held still (ptrace seize + interrupt); the rest run.
+
+    Only the thread that called ``stop()`` may call ``cont()`` (ptrace's rule); if
+    this process dies first, the kernel lets the thread go on by itself.
+    """
+
+    def __init__(self, tid: int) -> None:
+        self.tid = tid
+        _ptrace(_PTRACE_SEIZE, tid)
+        _ptrace(_PTRACE_INTERRUPT, tid)
+        os.waitpid(tid, _WALL)
+
+    def cont(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            _ptrace(_PTRACE_DETACH, self.tid)
+
+
+def thread_named(pid: int, comm: str) -> Optional[int]:
+    """The id of the first thread of *pid* called *comm* (QEMU names its threads)."""
+    for path in glob.glob(f"/proc/{pid}/task/*/comm"):
+        with contextlib.suppress(OSError):
+            if Path(path).read_text().strip() == comm:
+                return int(Path(path).parent.name)
+    return None
+
+
 class StalledSave:
     """A ``virsh managedsave`` of one running domain, held in progress.
 
     Why: a small guest saves in well under a second, too quick to act on; a save
-    left running by a killed virtguests holds the domain's job for minutes.
-    ``start()`` runs ``virsh managedsave`` in the background, waits until libvirt
-    has paused the guest for the save (status XML ``paused``/``save``), then
-    SIGSTOPs the guest's QEMU: the save cannot progress, so libvirt holds the
-    domain's job (the state-change lock) until ``resume()`` (SIGCONT).  Leaving
-    the context resumes QEMU and waits for the save to end.
+    left running by a killed virtguests (or a big guest on a slow disk) holds the
+    domain's job for minutes.  ``start()`` runs ``virsh managedsave`` in the
+    background and, once libvirt has paused the guest for the save (status XML
+    ``paused``/``save``), holds it still: libvirt keeps the domain's job (the
+    state-change lock) until ``resume()``.  Leaving the context resumes and waits
+    for the save to end.
+
+    ``hold="thread"`` (default) stops only QEMU's ``live_migration`` thread, which
+    writes the image: QEMU still answers libvirt, so ``domjobinfo`` reports the
+    save (with ``Data processed`` frozen) and ``destroy`` works at once, as for a
+    slow save.  ``hold="process"`` SIGSTOPs the whole QEMU: its monitor hangs too,
+    so ``domjobinfo`` hangs and ``destroy`` takes libvirt's 10 s SIGTERM grace.
     """
 
     def __init__(self, daemon: PrivateLibvirtd, name: str, domain: Optional[str] = None,
-                 env: Optional[dict[str, str]] = None, attempts: int = 5) -> None:
+                 env: Optional[dict[str, str]] = None, attempts: int = 5,
+                 hold: str = "thread") -> None:
         """``domain``: how to name the guest to virsh (default ``name``; e.g. its UUID)."""
+        if hold not in ("thread", "process"):
+            raise ValueError(f"hold must be 'thread' or 'process', not {hold!r}")
         self.daemon = daemon
         self.name = name
         self.domain = domain or name
         self.env = env
         self.attempts = attempts
+        self.hold = hold
         self.proc: Optional[subprocess.Popen[str]] = None
         self.qemu_pid = 0
-        self.stopped = False
+        self._held: Optional[ThreadStop] = None
+        self._stopped = False
         self.began = 0.0
         self.result: Optional[tuple[int, str, str]] = None
         self.seconds = 0.0
+
+    @property
+    def held(self) -> bool:
+        return self._held is not None or self._stopped
 
     def _spawn(self) -> subprocess.Popen[str]:
         return subprocess.Popen(
@@ -531,25 +588,42 @@ class StalledSave:
             text=True, env=self.env, start_new_session=True,
         )
 
+    def _catch(self, proc: subprocess.Popen[str], deadline: float) -> None:
+        """Hold the save as soon as it runs (until *deadline* or the save's end)."""
+        while proc.poll() is None and time.monotonic() < deadline:
+            if self.daemon.domain_status(self.name) == ("paused", "save"):
+                if self.hold == "process":
+                    os.kill(self.qemu_pid, signal.SIGSTOP)
+                    self._stopped = True
+                    return
+                tid = thread_named(self.qemu_pid, "live_migration")
+                if tid is not None:
+                    with contextlib.suppress(OSError):  # the thread ended: the save is done
+                        self._held = ThreadStop(tid)
+                    return
+            time.sleep(0.001)
+
+    def _answers(self) -> bool:
+        """QEMU still answers libvirt (the thread was not held inside QEMU's big lock)."""
+        if self.hold == "process":
+            return True
+        try:
+            res = self.daemon.virsh("domjobinfo", self.domain, timeout=10, check=False)
+        except subprocess.TimeoutExpired:
+            return False
+        return "Operation:        Save" in res.stdout
+
     def start(self, timeout: float = 30) -> StalledSave:
-        """Start the save and stall it; retried (restoring the guest) if it was too quick."""
+        """Start the save and hold it; retried (restoring the guest) if it was too quick."""
         for _attempt in range(self.attempts):
             self.qemu_pid = self.daemon.qemu_pid(self.name)
             self.began = time.monotonic()
             proc = self._spawn()
-            deadline = self.began + timeout
-            while proc.poll() is None and time.monotonic() < deadline:
-                if self.daemon.domain_status(self.name) == ("paused", "save"):
-                    os.kill(self.qemu_pid, signal.SIGSTOP)
-                    self.stopped = True
-                    break
-                time.sleep(0.001)
-            if self.stopped and proc.poll() is None:
+            self._catch(proc, self.began + timeout)
+            if self.held and proc.poll() is None and self._answers():
                 self.proc = proc
                 return self
-            if self.stopped:  # the save ended between the check and the signal
-                os.kill(self.qemu_pid, signal.SIGCONT)
-                self.stopped = False
+            self.resume()  # too late (the save ended), or QEMU stopped answering
             try:
                 _out, err = proc.communicate(timeout=120)
             except subprocess.TimeoutExpired as exc:
@@ -557,20 +631,23 @@ class StalledSave:
                 raise SaveNotStalled(f"managedsave {self.domain} never ended") from exc
             if proc.returncode != 0:
                 raise SaveNotStalled(f"managedsave {self.domain} failed: {err.strip()}")
-            # saved before we could stall it: restore the guest and try again
+            # saved before we could hold it: restore the guest and try again
             self.daemon.virsh("start", self.domain, timeout=120)
-        raise SaveNotStalled(f"managedsave {self.domain} always finished before it could be "
-                             f"stalled ({self.attempts} attempts)")
+        raise SaveNotStalled(f"managedsave {self.domain} could not be held in progress "
+                             f"({self.attempts} attempts)")
 
     def resume(self) -> None:
-        """SIGCONT the guest's QEMU: the save goes on (idempotent)."""
-        if self.stopped:
+        """Let the save go on (idempotent)."""
+        if self._held is not None:
+            self._held.cont()
+            self._held = None
+        if self._stopped:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.qemu_pid, signal.SIGCONT)
-            self.stopped = False
+            self._stopped = False
 
     def wait(self, timeout: float = 120) -> tuple[int, str, str]:
-        """Resume QEMU and wait for the stalled managedsave: (exit, stdout, stderr)."""
+        """Resume and wait for the held managedsave: (exit, stdout, stderr)."""
         self.resume()
         if self.result is None:
             assert self.proc is not None
