@@ -1,0 +1,467 @@
+"""Issue 10 on real libvirt: a save already in progress, a wedged libvirtd, SIGTERM
+during a real save, a closed stdout.
+
+Each hostile situation is made real, not simulated: a ``virsh managedsave`` held in
+progress by SIGSTOPping the guest's QEMU (libvirt then holds the domain's job, as it
+does for a long save left behind by a killed run), a libvirtd SIGSTOPped right after
+virtguests listed it (through a ``--virsh`` wrapper that also logs every call), a
+SIGTERM while virtguests' own save is being written, and stdout closed (``>&-``).
+Every check is made from libvirt's own view (``domstate --reason``, ``list
+--with-managed-save``) and from the virsh calls virtguests made, never from timing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import pytest
+
+from .cli import Run, VirtGuestsCli
+from .conftest import DefineGuest, record_timing
+from .guestimage import GuestImage, cache_dir, domain_xml
+from .libvirtd import Guest, LibvirtdError, PrivateLibvirtd, StalledSave, ThreadStop, thread_named
+from .test_e2e import boot, list_entries, managed_saved, outcomes, uuid_of
+
+RUN_TIMEOUT = 300.0
+"""Seconds any virtguests run may take before the test gives up on it (never hangs)."""
+
+
+# ---------------------------------------------------------------------------
+# helpers
+# ---------------------------------------------------------------------------
+@pytest.fixture
+def cli(libvirtd: PrivateLibvirtd, tmp_path: Path) -> VirtGuestsCli:
+    return VirtGuestsCli(tmp_path / "vg", libvirtd)
+
+
+_WRAPPER = r'''#!{python} -I
+"""virsh for virtguests in a test: log each call, run the real virsh, maybe wedge."""
+import json, os, re, signal, subprocess, sys, time
+
+LOG, REAL, MARK = {log!r}, {real!r}, {mark!r}
+WEDGE_URI, WEDGE_PID = {wedge_uri!r}, {wedge_pid!r}
+args = sys.argv[1:]
+
+
+def note(**fields):
+    fields.update(t=time.monotonic(), pid=os.getpid())
+    with open(LOG, "a") as f:
+        f.write(json.dumps(fields) + "\n")
+
+
+note(event="start", argv=args)
+code = subprocess.call([REAL, *args])
+note(event="end", argv=args, exit=code)
+if (WEDGE_URI and args[:2] == ["-c", WEDGE_URI] and re.match(r"list\b", args[2])
+        and not os.path.exists(MARK)):
+    open(MARK, "x").close()
+    os.kill(WEDGE_PID, signal.SIGSTOP)  # before virtguests sees the listing's answer
+    note(event="wedged")
+sys.exit(code)
+'''
+
+
+class CallLog:
+    """A ``--virsh`` wrapper: every call virtguests makes, with when it started and ended.
+
+    With ``wedge=(URI, PID)`` it SIGSTOPs process PID (a libvirtd) once the first
+    listing on URI has answered, before virtguests reads that answer.
+    """
+
+    def __init__(self, root: Path, wedge: Optional[tuple[str, int]] = None) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = root / "virsh"
+        self.log = root / "virsh-calls.jsonl"
+        real = shutil.which("virsh")
+        assert real, "virsh not on PATH"
+        uri, pid = wedge if wedge else ("", 0)
+        self.path.write_text(_WRAPPER.format(python=sys.executable, log=str(self.log),
+                                             real=real, mark=str(root / "wedged"),
+                                             wedge_uri=uri, wedge_pid=pid))
+        self.path.chmod(0o755)
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def calls(self, uri: Optional[str] = None) -> list[dict[str, Any]]:
+        """One dict per call (its ``start`` event, plus ``end``/``exit`` once it ended)."""
+        calls: dict[int, dict[str, Any]] = {}
+        for event in self.events():
+            if event["event"] == "start":
+                calls[event["pid"]] = {"argv": event["argv"], "start": event["t"],
+                                       "end": None, "exit": None}
+            elif event["event"] == "end" and event["pid"] in calls:
+                calls[event["pid"]].update(end=event["t"], exit=event["exit"])
+        return [c for c in calls.values()
+                if uri is None or c["argv"][:2] == ["-c", uri]]
+
+    def wedged_at(self) -> Optional[float]:
+        times = [e["t"] for e in self.events() if e["event"] == "wedged"]
+        return times[0] if times else None
+
+    def describe(self, since: float = 0.0) -> str:
+        return "\n".join(
+            f"  +{c['start'] - since:7.2f}s "
+            + (f"exit {c['exit']} after {c['end'] - c['start']:.2f}s"
+               if c["end"] is not None else "no end (killed or running)")
+            + f": virsh {' '.join(c['argv'])}"
+            for c in self.calls()) or "  <no calls>"
+
+
+def verb(call: dict[str, Any]) -> str:
+    """The virsh command of a call (``list`` for a command string of listings)."""
+    argv = call["argv"][2:] if call["argv"][:1] == ["-c"] else call["argv"]
+    words = [a for a in argv if not a.startswith("-")]
+    return words[0].split()[0] if words else ""
+
+
+def names_guest(call: dict[str, Any], uuid: str, name: str) -> bool:
+    return any(uuid in a or a == name for a in call["argv"])
+
+
+def finish(proc: subprocess.Popen[str], began: float) -> Run:
+    """Collect a spawned virtguests; killed (and the test failed) if it outlives RUN_TIMEOUT."""
+    try:
+        out, err = proc.communicate(timeout=max(RUN_TIMEOUT - (time.monotonic() - began), 1))
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate(timeout=30)
+        pytest.fail(f"virtguests still running after {RUN_TIMEOUT:.0f}s; killed\n"
+                    f"--- stdout ---\n{out}--- stderr ---\n{err}")
+    return Run(proc.returncode, out, err, time.monotonic() - began)
+
+
+def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def spare_libvirtd(realhost_ready: None) -> Iterator[PrivateLibvirtd]:
+    """A second private libvirtd for this test only (one a test may SIGSTOP)."""
+    daemon = PrivateLibvirtd(caps_cache=cache_dir() / "libvirt-caps")
+    began = time.monotonic()
+    try:
+        daemon.start()
+    except (LibvirtdError, OSError, subprocess.SubprocessError) as exc:
+        pytest.fail(f"second private libvirtd did not start: {exc}", pytrace=False)
+    record_timing("libvirtd start (spare)", time.monotonic() - began)
+    try:
+        yield daemon
+    finally:
+        pid = daemon.pid
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        daemon.stop()
+        if os.environ.get("VIRTGUESTS_REALHOST_KEEP") != "1":
+            daemon.cleanup()
+
+
+def boot_on(daemon: PrivateLibvirtd, image: GuestImage, tmp_path: Path,
+            *names: str) -> list[Guest]:
+    """Define persistent guests on *daemon*, start them all, wait until each is ready."""
+    guests = []
+    for name in names:
+        console = tmp_path / f"{name}.console.log"
+        xml = tmp_path / f"{name}.xml"
+        xml.write_text(domain_xml(name, image=image, console_log=console))
+        daemon.virsh("define", str(xml))
+        guests.append(Guest(daemon, name, console, persistent=True))
+    for guest in guests:
+        guest.virsh("start", timeout=120)
+    for guest in guests:
+        guest.wait_console("vg: ready")
+    return guests
+
+
+# ---------------------------------------------------------------------------
+# item 9: a save already in progress is never destroyed
+# ---------------------------------------------------------------------------
+def test_save_in_progress_is_waited_for_never_escalated(
+    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, cli: VirtGuestsCli, tmp_path: Path
+) -> None:
+    """A managedsave left running (a killed earlier run) holds the guest's job.
+
+    The chain ``suspend shutdown poweroff`` must not move on to shutdown or
+    poweroff for that guest while its memory image is being written: it waits
+    for the save (SAVE_TIMEOUT bounds it), which completes once let go.  The
+    save is held by stopping QEMU's migration thread (QEMU itself still answers,
+    as during a slow save) and let go 3 s after virtguests' own managedsave of
+    the guest fails on libvirt's state-change lock (~30 s), or after 10 s if
+    virtguests sends none.
+    """
+    uri = libvirtd.qemu_uri
+    busy, other = boot(define_guest, ("ip-busy", {}), ("ip-other", {}))
+    busy_uuid, other_uuid = uuid_of(busy), uuid_of(other)
+    calls = CallLog(tmp_path / "calls")
+    cli.config(ON_SHUTDOWN="suspend shutdown poweroff", SHUTDOWN_TIMEOUT=5, SAVE_TIMEOUT=120)
+
+    def saves_of_busy() -> list[dict[str, Any]]:
+        return [c for c in calls.calls(uri)
+                if verb(c) == "managedsave" and names_guest(c, busy_uuid, busy.name)]
+
+    with StalledSave(libvirtd, busy.name, domain=busy_uuid) as stalled:
+        # the setup: the earlier save really is in progress and holds the job
+        assert busy.state() == "paused (saving)", busy.describe()
+        assert busy.name not in managed_saved(libvirtd)
+        began = time.monotonic()
+        proc = cli.spawn("--virsh", str(calls.path), "stop")
+        resumed_because = ""
+        try:
+            while proc.poll() is None and time.monotonic() - began < RUN_TIMEOUT:
+                now = time.monotonic()
+                ours = saves_of_busy()
+                ended = sorted((c for c in ours if c["end"] is not None),
+                               key=lambda c: float(c["end"]))
+                if ended and now >= ended[0]["end"] + 3:
+                    resumed_because = (f"virtguests' managedsave ended (exit "
+                                       f"{ended[0]['exit']}) {now - ended[0]['end']:.1f}s "
+                                       "earlier")
+                elif not ours and now - began >= 10:
+                    resumed_because = "10 s passed with no managedsave of the guest"
+                if resumed_because:
+                    assert busy.state() == "paused (saving)" and stalled.held, (
+                        "the held save no longer holds the guest\n" + busy.describe()
+                        + "\n" + calls.describe(began))
+                    stalled.resume()
+                    break
+                time.sleep(0.1)
+        except BaseException:
+            proc.kill()
+            proc.communicate(timeout=30)
+            raise
+        run = finish(proc, began)
+    first_save = stalled.result
+    record_timing("stop with a save in progress", run.seconds)
+    log = calls.describe(began)
+    context = f"{run}\nsave let go: {resumed_because or 'at the end (virtguests ended first)'}" \
+              f"\nthe earlier save: {first_save}\nvirsh calls:\n{log}"
+
+    # never escalated while the save was being written
+    escalations = [c for c in calls.calls(uri) if verb(c) in ("shutdown", "destroy")
+                   and names_guest(c, busy_uuid, busy.name)]
+    assert escalations == [], "shutdown/poweroff of a guest whose save is in progress\n" \
+        + context
+    # the earlier save completed: libvirt's view
+    assert first_save is not None and first_save[0] == 0, context
+    assert busy.state() == "shut off (saved)", busy.describe() + "\n" + context
+    assert managed_saved(libvirtd) == {busy.name, other.name}, context
+    assert other.state() == "shut off (saved)", context
+    assert outcomes(cli)[other.name] == "saved", context
+    assert "Traceback" not in run.err, context
+    entries = list_entries(cli)
+    assert set(entries) == {uri} and sorted(entries[uri]) == sorted([busy_uuid, other_uuid]), \
+        context
+
+    start = cli.run("start")
+    assert start.code == 0, start
+    assert busy.state() == "running (restored)", busy.describe()
+    assert other.state() == "running (restored)", other.describe()
+    assert managed_saved(libvirtd) == set()
+    assert not cli.list_file.exists() and not cli.pending_file.exists()
+
+
+# ---------------------------------------------------------------------------
+# item 7: a wedged URI is given up once, not once per guest
+# ---------------------------------------------------------------------------
+def test_wedged_uri_is_given_up_after_one_timeout_other_uri_handled(
+    libvirtd: PrivateLibvirtd, spare_libvirtd: PrivateLibvirtd, define_guest: DefineGuest,
+    guest_image: GuestImage, cli: VirtGuestsCli, tmp_path: Path
+) -> None:
+    """libvirtd stops answering right after virtguests listed it (SIGSTOP).
+
+    Serial suspend with QUERY_TIMEOUT=2 and SAVE_TIMEOUT=4 (under the 5 s
+    progress poll): the first call on the wedged URI times out, and no further
+    call is made there; its guests are recorded and named; the healthy URI's
+    guest is saved in the same run.
+    """
+    wedged_uri, healthy_uri = spare_libvirtd.qemu_uri, libvirtd.qemu_uri
+    stuck = boot_on(spare_libvirtd, guest_image, tmp_path, "wg-a", "wg-b", "wg-c")
+    healthy = define_guest("wg-healthy")
+    stuck_uuids = [uuid_of(g) for g in stuck]
+    daemon_pid = spare_libvirtd.pid
+    assert daemon_pid is not None
+    calls = CallLog(tmp_path / "calls", wedge=(wedged_uri, daemon_pid))
+    cli.config(uris=[wedged_uri, healthy_uri], QUERY_TIMEOUT=2, SAVE_TIMEOUT=4,
+               PARALLEL_SUSPEND=0)
+
+    began = time.monotonic()
+    try:
+        run = cli.run("--virsh", str(calls.path), "stop", timeout=RUN_TIMEOUT)
+        wedged = calls.wedged_at()
+        # the setup: libvirtd really was stopped (state T) right after the listing
+        status = Path(f"/proc/{daemon_pid}/status").read_text()
+        stopped = "State:\tT" in status
+        try:
+            probe = spare_libvirtd.virsh("uri", timeout=3, check=False)
+            answered = f"libvirtd answered: {probe}"
+        except subprocess.TimeoutExpired:
+            answered = ""
+    finally:
+        os.kill(daemon_pid, signal.SIGCONT)
+    record_timing("stop with a wedged URI (3 guests)", run.seconds)
+    log = calls.describe(began)
+    context = f"{run}\nvirsh calls:\n{log}"
+    assert wedged is not None, "the wrapper never wedged libvirtd\n" + context
+    assert stopped, f"libvirtd was not stopped:\n{status}"
+    assert not answered, answered
+    listing = [c for c in calls.calls(wedged_uri) if c["end"] is not None
+               and c["end"] <= wedged]
+    assert len(listing) == 1 and verb(listing[0]) == "list" and listing[0]["exit"] == 0, \
+        context
+
+    after = [c for c in calls.calls(wedged_uri) if c["start"] > wedged]
+    assert len(after) <= 1, (f"{len(after)} virsh calls on the wedged URI after it "
+                             "wedged; one (the first, timing out) is all it may cost\n"
+                             + context)
+    assert run.code == 1, context
+    assert "Traceback" not in run.err, context
+    errors = [ln for ln in run.err.splitlines() if "error" in ln.lower()]
+    for guest in stuck:
+        assert any(guest.name in ln for ln in errors), f"{guest.name} not named\n{context}"
+    entries = list_entries(cli)
+    assert sorted(entries.get(wedged_uri, [])) == sorted(stuck_uuids), context
+    assert entries.get(healthy_uri) == [uuid_of(healthy)], context
+    # the healthy URI was handled normally, in the same run
+    assert f"Suspending {healthy.name}: done" in run.lines, context
+    assert healthy.state() == "shut off (saved)", healthy.describe()
+
+    # libvirtd back: start brings everything back
+    wait_until("the resumed libvirtd answers",
+               lambda: spare_libvirtd.virsh("uri", check=False, timeout=30).returncode == 0)
+    start = cli.run("start", timeout=RUN_TIMEOUT)
+    assert start.code == 0 and "Traceback" not in start.err, start
+    assert healthy.state() == "running (restored)", f"{start}\n{healthy.describe()}"
+    for guest in stuck:
+        assert guest.state().startswith("running"), f"{start}\n{guest.describe()}"
+    assert not cli.list_file.exists() and not cli.pending_file.exists(), start
+
+
+# ---------------------------------------------------------------------------
+# item 1: SIGTERM during a real managedsave
+# ---------------------------------------------------------------------------
+def test_sigterm_during_a_real_save_lets_it_complete(
+    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, cli: VirtGuestsCli
+) -> None:
+    """SIGTERM while virtguests' managedsave is writing the image.
+
+    The save is held (QEMU's migration thread stopped) from the moment libvirt
+    pauses the guest for it until 2 s after the SIGTERM, so the signal lands
+    mid-save every time.
+    """
+    uri = libvirtd.qemu_uri
+    guests = boot(define_guest, ("term-a", {}), ("term-b", {}), ("term-c", {}))
+    uuids = {g.name: uuid_of(g) for g in guests}
+    cli.config(ON_SHUTDOWN="suspend")
+
+    began = time.monotonic()
+    proc = cli.spawn("stop")
+    saving: Optional[Guest] = None
+    held: Optional[ThreadStop] = None
+    try:
+        while held is None and proc.poll() is None and time.monotonic() - began < 120:
+            for guest in guests:
+                if libvirtd.domain_status(guest.name) != ("paused", "save"):
+                    continue
+                tid = thread_named(libvirtd.qemu_pid(guest.name), "live_migration")
+                if tid is not None:
+                    with contextlib.suppress(OSError):  # OSError: that save just ended
+                        held, saving = ThreadStop(tid), guest
+                    break
+            time.sleep(0.001)
+        assert held is not None and saving is not None, \
+            f"no save was seen in progress\n{finish(proc, began)}"
+        # the setup: virtguests' save is in progress and stays so while the signal lands
+        assert saving.state() == "paused (saving)", saving.describe()
+        saved_before = {g.name for g in guests
+                        if g is not saving and g.state() == "shut off (saved)"}
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(2)
+        assert proc.poll() is None, "virtguests exited while its save was in flight"
+        assert saving.state() == "paused (saving)", saving.describe()
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        if held is not None:
+            held.cont()
+    run = finish(proc, began)
+    record_timing("stop interrupted mid-save", run.seconds)
+    others = [g for g in guests if g is not saving and g.name not in saved_before]
+
+    assert run.code == 1, run
+    assert "got SIGTERM" in run.err and "Traceback" not in run.err, run
+    assert saving.state() == "shut off (saved)", f"{run}\n{saving.describe()}"
+    assert managed_saved(libvirtd) == {saving.name, *saved_before}, run
+    for guest in others:  # nothing new was started after the signal
+        assert guest.state().startswith("running"), f"{run}\n{guest.describe()}"
+    entries = list_entries(cli)
+    assert set(entries) == {uri} and sorted(entries[uri]) == sorted(uuids.values()), run
+
+    start = cli.run("start")
+    assert start.code == 0 and "Traceback" not in start.err, start
+    assert saving.state() == "running (restored)", f"{start}\n{saving.describe()}"
+    for guest in guests:
+        if guest is not saving:
+            assert guest.state().startswith("running"), f"{start}\n{guest.describe()}"
+    assert managed_saved(libvirtd) == set()
+    assert not cli.list_file.exists() and not cli.pending_file.exists(), start
+
+
+# ---------------------------------------------------------------------------
+# item 2: a closed stdout never hurts the guests
+# ---------------------------------------------------------------------------
+ENTRIES = {
+    "python -I -m virtguests": [sys.executable, "-I", "-m", "virtguests"],
+    "console script": [str(Path(sys.executable).with_name("virtguests"))],
+}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+def test_stop_with_stdout_closed_saves_every_guest(
+    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, cli: VirtGuestsCli, entry: str
+) -> None:
+    """``virtguests stop >&-`` as the installed entry points run it, without PYTHONUNBUFFERED."""
+    uri = libvirtd.qemu_uri
+    prefix = "cs" if entry == "console script" else "pi"
+    guests = boot(define_guest, (f"{prefix}-a", {}), (f"{prefix}-b", {}))
+    cli.config(ON_SHUTDOWN="suspend")
+    argv = [*ENTRIES[entry], *cli.argv("stop")]
+    assert Path(argv[0]).exists(), argv
+    env = cli.env()
+    env.pop("PYTHONUNBUFFERED", None)
+    began = time.monotonic()
+    proc = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", *argv], env=env,
+                          stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=RUN_TIMEOUT, check=False)
+    record_timing("stop with stdout closed", time.monotonic() - began)
+    context = f"{entry}: exit {proc.returncode}\n--- stderr ---\n{proc.stderr}"
+
+    for guest in guests:
+        assert guest.state() == "shut off (saved)", f"{context}\n{guest.describe()}"
+    assert managed_saved(libvirtd) == {g.name for g in guests}, context
+    entries = list_entries(cli)
+    assert sorted(entries.get(uri, [])) == sorted(uuid_of(g) for g in guests), context
+    assert "Traceback" not in proc.stderr, context
+    assert proc.returncode == 0, context
+
+    start = cli.run("start")
+    assert start.code == 0, start
+    for guest in guests:
+        assert guest.state() == "running (restored)", guest.describe()
