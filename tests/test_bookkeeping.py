@@ -50,10 +50,12 @@ class Box:
         self.host.fault = fault or (lambda index, args: None)
         self.virsh = SimVirsh(self.clock, {"default": self.host})  # a new run: nothing wedged
         out, err = io.StringIO(), io.StringIO()
-        ctx = service.Context(Loaded(self.config, None), self.paths, self.virsh,
-                              Reporter(out, err), self.clock)
+        reporter = Reporter(out, err)
+        ctx = service.Context(Loaded(self.config, None), self.paths, self.virsh, reporter,
+                              self.clock)
         code = {"stop": service.stop, "start": service.start, "status": service.status}[
             command](ctx)
+        reporter.close()
         return code, out.getvalue(), err.getvalue()
 
     def recorded(self) -> set[str]:

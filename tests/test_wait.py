@@ -76,8 +76,10 @@ def stop(guests: Sequence[SimGuest], config: Config, *, fault: Optional[Fault] =
     virsh = SimVirsh(clock, {"default": host})
     out, err = io.StringIO(), io.StringIO()
     view = UriView("default", tuple(Guest(g.uuid, g.name) for g in guests))
-    executor = Executor(virsh, config, Reporter(out, err), clock)
+    reporter = Reporter(out, err)
+    executor = Executor(virsh, config, reporter, clock)
     executor.stop(plan_stop(config, [view]))
+    reporter.close()
     return Stopped(executor, virsh, host, clock, out.getvalue(), err.getvalue())
 
 
