@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import yaml
 
-from virtguests import cli, fakevirsh
+from virtguests import cli, fakevirsh, virshout
 from virtguests.clock import FakeClock
 
 REPO = Path(__file__).resolve().parent.parent
@@ -157,18 +157,21 @@ class FakeHost(CliHarness):
         env.pop("VIRTGUESTS_FAKE_LOG")
         env.pop("VIRTGUESTS_FAKE_JOURNAL", None)
         env["VIRTGUESTS_FAKE_FAULTS"] = "off"  # asking is not a call the faults count
-        return subprocess.run([str(self.bin / "virsh"), *args], env=env, capture_output=True,
-                              text=True, timeout=30, stdin=subprocess.DEVNULL)
+        raw = subprocess.run([str(self.bin / "virsh"), *args], env=env, capture_output=True,
+                             timeout=30, stdin=subprocess.DEVNULL)
+        # Decoded by hand: text=True would turn a \r in a guest's name into a line break.
+        return subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(),
+                                           raw.stderr.decode())
 
     def active(self, uri: str = "default") -> set[str]:
         args = ["list", "--name"] if uri == "default" else ["-c", uri, "list", "--name"]
-        return {n for n in self.virsh(*args).stdout.splitlines() if n}
+        return {n for n in virshout.lines(self.virsh(*args).stdout) if n}
 
     def managed_saved(self, uri: str = "default") -> set[str]:
         args = ["list", "--all", "--name", "--with-managed-save"]
         if uri != "default":
             args = ["-c", uri, *args]
-        return {n for n in self.virsh(*args).stdout.splitlines() if n}
+        return {n for n in virshout.lines(self.virsh(*args).stdout) if n}
 
     def uuid(self, name: str, uri: str = "default") -> str:
         args = ["domuuid", name] if uri == "default" else ["-c", uri, "domuuid", name]

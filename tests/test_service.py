@@ -6,6 +6,8 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from tests.fakehost import FakeHost
 from virtguests import observe
 
@@ -316,6 +318,22 @@ def test_hostile_guest_names(fake_host: Make) -> None:
     assert host.active() == set(names)
     import os
     assert not os.path.exists("/tmp/pwned-virtguests")
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\u2029", "\x85", "\r", "\x0b", "\x1c"])
+def test_a_name_with_a_line_separator_breaks_nobody_elses_protection(
+        fake_host: Make, separator: str) -> None:
+    """virsh prints names raw; only \\n ends a line of its output (str.splitlines would split
+    at these too, and one tenant's name would make the whole URI unreadable)."""
+    evil = f"evil{separator}x"
+    host = fake_host(guests({"name": "web"}, {"name": evil}, {"name": "db"}))
+    run = host.run("stop")
+    assert run.code == 0, run.err
+    assert host.managed_saved() == {"web", evil, "db"}
+    assert "Suspending web: done" in run.lines and "Suspending db: done" in run.lines
+    assert all(separator not in line for line in run.lines)  # shown escaped, one line
+    assert host.run("start").code == 0
+    assert host.active() == {"web", evil, "db"}
 
 
 def test_uri_with_spaces_and_socket_query(fake_host: Make) -> None:

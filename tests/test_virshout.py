@@ -125,3 +125,16 @@ def test_a_failed_command_inside_a_command_string_shows_only_on_stderr() -> None
     doc = _recording("test-batch-failed-command")
     assert doc["exit"] == 0 and "failed to get domain" in str(doc["stderr"])
     assert virshout.batch_parts(str(doc["stdout"]), observe.BATCH_MARK)[0] == "\n"
+
+
+UUIDS = st.uuids().map(str)
+NAMES = st.text(min_size=1).filter(lambda n: "\n" not in n and not n.isspace())
+
+
+@given(st.lists(st.tuples(UUIDS, NAMES), max_size=8, unique_by=lambda t: t[0]))
+def test_every_name_but_a_newline_survives_a_listing(guests: list[tuple[str, str]]) -> None:
+    """Any character libvirt allows in a name (all but a newline here) comes back whole."""
+    text = "".join(f"{uuid} {name}\n" for uuid, name in guests) + "\n"
+    listed = virshout.uuid_names(["list", "--uuid", "--name"], text)
+    assert [(g.uuid, g.name) for g in listed] == [
+        (u, n) for u, n in guests if u != virshout.ZERO_UUID]

@@ -105,7 +105,7 @@ def view_running(virsh: Virsh, uri: str, config: Config, clock: Clock,
 
 def parse_uri(text: str) -> Optional[str]:
     """``virsh uri`` prints the URI and a blank line (fixtures/test-custom-uri.yaml)."""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    lines = [line.strip() for line in virshout.lines(text) if line.strip()]
     return lines[0] if len(lines) == 1 and " " not in lines[0] else None
 
 
@@ -156,7 +156,7 @@ def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> tuple[str
     """
     result = virsh.run(uri, ["domstate", "--reason", uuid], timeout=config.query_timeout,
                        ignore_interrupt=True)
-    lines = [ln.strip() for ln in result.stdout.splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in virshout.lines(result.stdout) if ln.strip()]
     match = DOMSTATE.match(lines[0]) if len(lines) == 1 else None
     if match is None:
         raise virshout.OutputError(result.argv, f"unexpected output {result.stdout[:120]!r} "

@@ -29,9 +29,10 @@ MAX_QUEUED = 10_000
 DRAIN_SECONDS = 2.0
 """How long the end of a run waits for a slow reader before giving up on it."""
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F) if c != 0x09}
-"""Control characters (a tenant can put a newline in a guest's name) are shown escaped,
-so no guest can forge or split a line of the log."""
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
+_CONTROL.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029)})
+"""Control characters and line separators (a tenant can put a newline in a guest's
+name) are shown escaped, so no guest can forge or split a line of the log."""
 
 
 def printable(line: str) -> str:

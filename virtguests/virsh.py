@@ -58,7 +58,7 @@ class VirshError(Exception):
     @property
     def detail(self) -> str:
         """virsh's own words (``error: ...`` lines), or our description."""
-        lines = [ln.strip() for ln in self.stderr.splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in self.stderr.split("\n") if ln.strip()]
         return "; ".join(lines) if lines else self.message
 
     def __str__(self) -> str:

@@ -31,6 +31,22 @@ def is_uuid(text: str) -> bool:
     return bool(_UUID.match(text))
 
 
+def lines(text: str, *, keepends: bool = False) -> list[str]:
+    """virsh's output lines: split at ``\n`` only.
+
+    ``str.splitlines`` also splits at U+2028, U+2029, U+0085 and friends, which
+    libvirt allows in a guest's name and virsh prints raw: one tenant's name
+    would then break the listing of every guest on the host.
+    """
+    parts = text.split("\n")
+    if parts and parts[-1] == "":
+        parts.pop()
+        return [p + "\n" for p in parts] if keepends else parts
+    if keepends:
+        return [p + "\n" for p in parts[:-1]] + parts[-1:]
+    return parts
+
+
 def uuid_names(argv: Sequence[str], text: str) -> list[Listed]:
     """``virsh list --uuid --name [...]``: one ``UUID NAME`` per line.
 
@@ -38,7 +54,7 @@ def uuid_names(argv: Sequence[str], text: str) -> list[Listed]:
     Domain-0 (all-zero UUID) is never a guest we act on.
     """
     out: list[Listed] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines(text), 1):
         if not line.strip():
             continue
         uuid, sep, name = line.partition(" ")
@@ -55,7 +71,7 @@ def uuid_names(argv: Sequence[str], text: str) -> list[Listed]:
 def uuids(argv: Sequence[str], text: str) -> list[str]:
     """``virsh list --uuid [...]``: one UUID per line."""
     out: list[str] = []
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines(text), 1):
         item = line.strip()
         if not item:
             continue
@@ -75,7 +91,7 @@ def batch_parts(text: str, mark: str) -> list[str]:
     can only come from the echo.
     """
     parts = [""]
-    for line in text.splitlines(keepends=True):
+    for line in lines(text, keepends=True):
         if line.rstrip("\n") == mark:
             parts.append("")
         else:
@@ -102,7 +118,7 @@ def started_name(text: str) -> Optional[str]:
 
 def start_refusal(stderr: str) -> Optional[str]:
     """Why ``virsh start`` refused, if it is a reason we act on (see START_REFUSALS)."""
-    for line in stderr.splitlines():
+    for line in lines(stderr):
         for reason, prefixes in START_REFUSALS.items():
             if line.startswith(prefixes):
                 return reason
@@ -111,7 +127,7 @@ def start_refusal(stderr: str) -> Optional[str]:
 
 def data_processed(text: str) -> Optional[str]:
     """The ``Data processed:`` value of ``domjobinfo`` (e.g. ``1.2 GiB``), if any."""
-    for line in text.splitlines():
+    for line in lines(text):
         if line.startswith("Data processed:"):
             value = " ".join(line.split()[2:4])
             return value or None
@@ -121,5 +137,5 @@ def data_processed(text: str) -> Optional[str]:
 def table_without_domain0(text: str) -> str:
     """``virsh list`` table for gueststatus, minus the Xen Domain-0 row."""
     return "".join(
-        line for line in text.splitlines(keepends=True) if "Domain-0" not in line
+        line for line in lines(text, keepends=True) if "Domain-0" not in line
     )
