@@ -97,6 +97,30 @@ def test_stop_protects_the_guests_whatever_file_is_bad(fake_host: Make, tmp_path
         assert str(path) in run.err, run
 
 
+@pytest.mark.parametrize("what", ["fifo", "directory"])
+@pytest.mark.parametrize("which", ["marker", "lock", "pending", "seen", "report"])
+def test_start_never_hangs_on_a_file_that_is_not_a_file(fake_host: Make, what: str,
+                                                      which: str) -> None:
+    """At boot a FIFO at the marker once blocked `start` forever (no start timeout): the unit
+    never became active, so the next shutdown protected no guest."""
+    host = fake_host(two_guests())
+    assert host.run("stop").code == 0
+    path = {"marker": host.marker, "lock": host.state_dir / "virtguests.lock",
+            "pending": host.pending_file, "seen": host.state_dir / "virtguests-seen.json",
+            "report": host.state_dir / "virtguests-last-run.json"}[which]
+    if path.exists():
+        path.unlink()
+    if what == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    run = host.run("start", timeout=60)
+    assert "Traceback" not in run.err, run
+    if (which, what) != ("report", "fifo"):  # only written, by a rename over the FIFO
+        assert str(path) in run.err, run
+    assert host.active() == {"web", "db"}, run
+
+
 def test_report_on_a_damaged_report_file_prints_its_problems_and_exits_6(
         fake_host: Make) -> None:
     host = fake_host(two_guests())

@@ -118,6 +118,34 @@ def test_a_stop_request_ends_the_wait_for_the_lock_at_once(tmp_path: Path) -> No
     assert len(naps) == 3
 
 
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "device"])
+def test_a_marker_path_that_is_not_a_regular_file_is_refused_not_waited_on(
+        tmp_path: Path, kind: str) -> None:
+    """Opening a FIFO for writing blocks until a reader comes: at boot, forever."""
+    marker = tmp_path / "libvirt-guests.started"
+    if kind == "fifo":
+        os.mkfifo(marker)
+    elif kind == "directory":
+        marker.mkdir()
+    elif kind == "symlink":
+        marker.symlink_to(tmp_path / "elsewhere")
+    else:
+        marker.symlink_to("/dev/null")
+    result: list[BaseException] = []
+
+    def touch() -> None:
+        try:
+            state.touch(marker)
+        except OSError as err:
+            result.append(err)
+
+    worker = threading.Thread(target=touch, daemon=True)
+    worker.start()
+    worker.join(30)
+    assert not worker.is_alive(), "touch blocked"
+    assert len(result) == 1
+
+
 @pytest.mark.parametrize("kind", ["fifo", "directory", "symlink"])
 def test_a_lock_path_that_is_not_a_regular_file_is_refused_not_waited_on(
         tmp_path: Path, kind: str) -> None:

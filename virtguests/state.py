@@ -207,9 +207,16 @@ def remove(path: Path) -> None:
 
 
 def touch(path: Path) -> None:
+    """Create the marker; a FIFO, device or link planted there is refused, never opened
+    in a way that waits (opening a FIFO for writing blocks until a reader comes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-    os.close(fd)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+                 | os.O_CLOEXEC, 0o644)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path}: not a regular file")
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, document: Any) -> None:
