@@ -182,3 +182,30 @@ def test_a_signal_at_a_random_moment_loses_no_guest(fake_host: Make, seed: int) 
     start = host.run("start")
     assert start.code == 0, start.err
     assert len(host.active()) == 12
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_output_drains_at_the_end_changes_nothing(
+        fake_host: Make, tmp_path: Path, sig: signal.Signals) -> None:
+    """The run is decided; its last lines are stuck in a full pipe for up to 2 s."""
+    host = saving_host(fake_host, count=3, save_seconds=0.01)
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
+    err_path = tmp_path / "err"
+    with open(err_path, "wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "virtguests", *host.argv("stop")],
+                                env=host.env(), stdin=subprocess.DEVNULL, stdout=write_end,
+                                stderr=err)
+    os.close(write_end)
+    try:
+        wait_for(lambda: saves(host) >= 3 and len(host.managed_saved()) == 3, "every save")
+        proc.send_signal(sig)
+        code = proc.wait(timeout=DEADLINE)
+    finally:
+        os.close(read_end)
+        if proc.poll() is None:
+            proc.kill()
+    error = err_path.read_text()
+    assert "Traceback" not in error and "KeyboardInterrupt" not in error, error
+    assert code in (0, 1), (code, error)  # 1 only if the signal came before the end
+    assert len(host.list_file.read_text().split()) == 4

@@ -130,15 +130,15 @@ def main(
                         verbose="-v" in args_in or "--verbose" in args_in)
     real_clock = clock if clock is not None else Clock()
     requests = StopRequests(_on_stop_request(real_clock, reporter))
-    try:
-        with requests:
+    with requests:  # until the output is drained: a late signal changes nothing
+        try:
             return _main(args_in, environ if environ is not None else os.environ,
                          reporter, real_clock, requests, prog)
-    except Exception as exc:
-        reporter.internal_error("running virtguests", exc)
-        return EXIT_FAIL
-    finally:
-        reporter.close()
+        except Exception as exc:
+            reporter.internal_error("running virtguests", exc)
+            return EXIT_FAIL
+        finally:
+            reporter.close()
 
 
 def _on_stop_request(clock: Clock, reporter: Reporter) -> Callable[[int, bool], None]:
@@ -287,6 +287,9 @@ def _quiet_exit_flush() -> None:
 
 
 def console_main() -> None:
+    # Before and after main()'s own handling, SIGINT ends the process like SIGTERM does,
+    # without Python's KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     _standard_fds()
     name = os.path.basename(sys.argv[0])
     code = main(prog="virtguests" if name in ("", "__main__.py") else name)
