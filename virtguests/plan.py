@@ -132,14 +132,13 @@ class StopPlan:
 
     def record(self) -> dict[str, list[str]]:
         """The list-file entries: what `start` must bring back."""
-        out: dict[str, list[str]] = {}
+        out: dict[str, dict[str, None]] = {}  # insertion-ordered sets: linear in size
         for uri, ids in self.earlier.items():
-            out.setdefault(uri, []).extend(ids)
+            out.setdefault(uri, {}).update(dict.fromkeys(ids))
         for item in self.uris:
-            ids = out.setdefault(item.uri, [])
-            ids.extend(g.guest.uuid for g in item.guests
-                       if g.record and g.guest.uuid not in ids)
-        return {uri: ids for uri, ids in out.items() if ids}
+            out.setdefault(item.uri, {}).update(
+                dict.fromkeys(g.guest.uuid for g in item.guests if g.record))
+        return {uri: list(ids) for uri, ids in out.items() if ids}
 
 
 def action_args(action: str, uuid: str, config: Config) -> list[str]:
