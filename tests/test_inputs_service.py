@@ -247,3 +247,28 @@ def test_no_uri_rule_means_virsh_uri_is_never_asked(fake_host: Make, tmp_path: P
     host.run("stop")
     host.run("start")
     assert "uri" not in host.verbs()
+
+
+@pytest.mark.parametrize("which", ["list", "pending"])
+@pytest.mark.parametrize("what", ["symlink", "huge"])
+def test_a_record_that_cannot_be_read_is_set_aside_never_lost(fake_host: Make, which: str,
+                                                               what: str) -> None:
+    """What an unreadable list or pending file records is unknown, not empty: `status` does
+    not say started, and `stop`/`start` move it aside instead of replacing or removing it."""
+    host = fake_host(two_guests())
+    path = host.list_file if which == "list" else host.pending_file
+    if what == "symlink":
+        target = host.root / "elsewhere"
+        target.write_text("default 11111111-2222-3333-4444-555555555555\n")
+        path.symlink_to(target)
+    else:
+        with open(path, "wb") as handle:
+            handle.truncate(20 * 1024 * 1024)
+    status = host.run("status")
+    assert (status.code, status.out) == (3, "stopped, with saved guests\n"), status
+    command = "stop" if which == "pending" else "start"
+    run = host.run(command)
+    assert run.code == 1 and f"{path} could not be read; kept as " in run.err, run
+    [aside] = [p for p in host.state_dir.iterdir() if ".unreadable-" in p.name]
+    assert aside.name.startswith(path.name + ".unreadable-")
+    assert aside.is_symlink() if what == "symlink" else aside.stat().st_size > 0

@@ -152,8 +152,10 @@ def _read_recorded(ctx: Context) -> tuple[state.Entries, state.Entries, list[sta
     return entries, pending, [*bad, *bad_pending]
 
 
-def _recorded_earlier(ctx: Context, *, stale_warning: bool) -> dict[str, list[str]]:
-    """Entries still on disk from an earlier stop or failed start; never dropped."""
+def _recorded_earlier(ctx: Context, *,
+                      stale_warning: bool) -> tuple[dict[str, list[str]], list[state.BadLine]]:
+    """Entries still on disk from an earlier stop or failed start (never dropped), and the
+    damage found (reported here)."""
     entries, pending, bad = _read_recorded(ctx)
     for line in bad:
         ctx.report.error(str(line))
@@ -163,7 +165,24 @@ def _recorded_earlier(ctx: Context, *, stale_warning: bool) -> dict[str, list[st
             f"{ctx.paths.list_file} from an earlier stop was never resumed by a start; "
             f"its {count} guest(s) stay recorded, and running guests are protected now"
         )
-    return state.merge(entries, pending)
+    return state.merge(entries, pending), bad
+
+
+def _set_aside_unreadable(ctx: Context, bad: Sequence[state.BadLine]) -> bool:
+    """A list or pending file we could not read is moved aside, not overwritten or removed:
+    what it records is unknown, and the admin may still recover it."""
+    ok = True
+    for path in dict.fromkeys(b.path for b in bad if b.unreadable):
+        if not path.exists() and not path.is_symlink():
+            continue
+        try:
+            aside = state.set_aside(path)
+        except OSError as err:
+            ctx.report.error(f"cannot move the unreadable {path} aside: {err}")
+            ok = False
+        else:
+            ctx.report.error(f"{path} could not be read; kept as {aside}")
+    return ok
 
 
 def _stop_uris(ctx: Context, config: Config, earlier: Mapping[str, object]) -> list[str]:
@@ -187,7 +206,7 @@ def _plausible_uri(uri: str) -> bool:
 
 
 def _stop(ctx: Context, config: Config) -> int:
-    earlier = _recorded_earlier(ctx, stale_warning=True)
+    earlier, damaged = _recorded_earlier(ctx, stale_warning=True)
     uris = _stop_uris(ctx, config, earlier)
     config = replace(config, uris=tuple(uris))
     ask = {uri: policy.wants_canonical(ctx.policy, uri) for uri in uris}
@@ -230,6 +249,9 @@ def _stop(ctx: Context, config: Config) -> int:
                     ctx.report.say(f"# {step.guest.name}: if {step.actions[0]} fails: "
                                    + " -> ".join(step.actions[1:]))
         return status
+    _set_aside_unreadable(ctx, damaged)
+    if any(b.unreadable for b in damaged):
+        status = EXIT_FAIL  # an earlier record is unknown: someone must look at it
     if _disk(ctx, f"write the list file {ctx.paths.list_file} (guests are still protected, "
              "but start will not know them)",
              lambda: state.write_list(ctx.paths.list_file, the_plan.record())):
@@ -356,6 +378,8 @@ def _start(ctx: Context) -> int:
     for line in bad:
         ctx.report.error(str(line))
         status = EXIT_FAIL
+    if not ctx.dry_run:
+        _set_aside_unreadable(ctx, bad)
     recorded = state.merge(list_entries, pending)
     orphans_wanted = config.resume_orphans and config.on_boot == "start"
     if not recorded and not orphans_wanted:
@@ -493,7 +517,8 @@ def status(ctx: Context) -> int:
     if refuse_bad_config(ctx, "status"):
         return EXIT_CONFIG
     entries, pending, bad = _read_recorded(ctx)
-    if ctx.paths.list_file.exists() or any(pending.values()):
+    owed = any(pending.values()) or any(b.unreadable for b in bad)
+    if ctx.paths.list_file.exists() or owed:
         # Guests a start could not resume are saved guests still owed: never "started".
         word, code = "stopped, with saved guests", EXIT_STOPPED
     elif ctx.paths.marker.exists():
@@ -604,7 +629,7 @@ def plan_command(ctx: Context, which: str) -> int:
         for uri in uris:
             entries.append(_stop_entry(ctx, views[uri], the_plan))
     else:
-        recorded = _recorded_earlier(ctx, stale_warning=False)
+        recorded, _ = _recorded_earlier(ctx, stale_warning=False)
         wanted = [u for u in uris if u in recorded]
         views = _start_views(ctx, recorded, wanted)
         start_plan = plan.plan_start(config, recorded, views, policy.resolving(

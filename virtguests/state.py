@@ -22,6 +22,7 @@ import os
 import re
 import stat
 import tempfile
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -68,6 +69,11 @@ class BadLine:
     path: Path
     line: int
     message: str
+
+    @property
+    def unreadable(self) -> bool:
+        """The whole file was refused (line 0): what it records is unknown, not empty."""
+        return self.line == 0
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}: {self.message}"
@@ -198,6 +204,17 @@ def write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+
+
+def set_aside(path: Path) -> Path:
+    """Move a record we could not read out of the way, so writing a new one loses nothing.
+
+    Renamed, never opened or followed: ``NAME.unreadable-YYYYmmddTHHMMSS``.
+    """
+    aside = path.with_name(f"{path.name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(path, aside)
+    _fsync_dir(path.parent)
+    return aside
 
 
 def remove(path: Path) -> None:
