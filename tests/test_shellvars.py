@@ -157,6 +157,9 @@ def test_backslash_at_the_very_end_is_kept() -> None:
     ("A=${X", "unsupported ${X...}"),
     ("export\n", "not a KEY=VALUE assignment"),
     ("export # nothing\n", "export without a name"),
+    ("C=$X\\\nexport\n", "backslash-newline inside $NAME"),
+    ("C=\"$X\\\nY\"\n", "backslash-newline inside $NAME"),
+    ("A=$\\\nX\n", "backslash-newline inside $NAME"),
 ])
 def test_constructs_bash_reads_differently_are_refused_with_their_line(text: str,
                                                                        why: str) -> None:
@@ -196,7 +199,7 @@ def test_a_multi_line_statement_refused_skips_only_its_lines() -> None:
 _PIECES = ["x", ":", "~", "*", ",", "{", "}", "-", "=", "#", "$", "\\", "'", '"', " ", "\t",
            "'a b'", '"a $A b"', '"$X"', "$X", "$A", "${A}", "${B-}", "${X:-w}", "${Y-w}",
            "${Y:-~}", "${Y:-a:~}", "${Y:-'q r'}", '${Y:-"q r"}', '"${Y:-\'q\'}"', "\\ ",
-           "\\\n", '"\\$X"', "$'t'", "${Y:-{x}}", "${Y:-}}", "'~'", "\r", "\\~"]
+           "\\\n", "$A\\\nx", "$\\\nA", '"$A\\\nB"', '"\\$X"', "$'t'", "${Y:-{x}}", "${Y:-}}", "'~'", "\r", "\\~"]
 _WORDS = st.lists(st.sampled_from(_PIECES), max_size=4).map("".join)
 _STATEMENT = st.tuples(st.sampled_from(["", "export ", "export B ", "A=1 "]),
                        st.sampled_from(["A", "B"]), _WORDS,

@@ -124,10 +124,15 @@ def parse(text: str, environ: Mapping[str, str]) -> tuple[list[Assignment], list
             reader.depth = 0
             reader.pos = start_pos
             reader.line = start_line
-            # Skip to the end of the line the error was found on.
+            # Skip to the end of the line the error was found on, and of the lines a
+            # trailing backslash continues it on.
             while reader.line < err.line and not reader.at_end():
                 reader.take()
             reader.skip_to_line_end()
+            while reader.pos > 0 and reader.text[reader.pos - 1] == "\\" \
+                    and not reader.at_end():
+                reader.take()
+                reader.skip_to_line_end()
             if not reader.at_end():
                 reader.take()
     return assignments, problems
@@ -355,11 +360,20 @@ def _expansion(reader: _Reader, scope: Mapping[str, str], environ: Mapping[str, 
             return _braced(reader, scope, environ, line, quoted=quoted)
         finally:
             reader.depth -= 1
+    if ch == "\\" and reader.peek(1) == "\n":
+        raise _Error(line, _JOINED)
     match = _NAME.match(reader.text, reader.pos)
     if match is None:
         return "$"
     reader.pos = match.end()
+    if reader.peek() == "\\" and reader.peek(1) == "\n" and _NAME.match(reader.text,
+                                                                     reader.pos + 2):
+        raise _Error(line, _JOINED)
     return _lookup(match.group(0), scope, environ) or ""
+
+
+_JOINED = ("a backslash-newline inside $NAME (bash joins the two lines before it reads "
+           "the name, so it would name another variable); write the name on one line")
 
 
 def _braced(reader: _Reader, scope: Mapping[str, str], environ: Mapping[str, str],
