@@ -199,7 +199,8 @@ def test_a_multi_line_statement_refused_skips_only_its_lines() -> None:
 _PIECES = ["x", ":", "~", "*", ",", "{", "}", "-", "=", "#", "$", "\\", "'", '"', " ", "\t",
            "'a b'", '"a $A b"', '"$X"', "$X", "$A", "${A}", "${B-}", "${X:-w}", "${Y-w}",
            "${Y:-~}", "${Y:-a:~}", "${Y:-'q r'}", '${Y:-"q r"}', '"${Y:-\'q\'}"', "\\ ",
-           "\\\n", "$A\\\nx", "$\\\nA", '"$A\\\nB"', '"\\$X"', "$'t'", "${Y:-{x}}", "${Y:-}}", "'~'", "\r", "\\~"]
+           "\\\n", "$A\\\nx", "$\\\nA", '"$A\\\nB"', '"\\$X"', "$'t'", "${Y:-{x}}",
+           "${Y:-}}", "'~'", "\r", "\\~"]
 _WORDS = st.lists(st.sampled_from(_PIECES), max_size=4).map("".join)
 _STATEMENT = st.tuples(st.sampled_from(["", "export ", "export B ", "A=1 "]),
                        st.sampled_from(["A", "B"]), _WORDS,
