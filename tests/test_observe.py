@@ -64,6 +64,21 @@ def test_a_combined_listing_that_printed_an_error_is_redone_one_listing_at_a_tim
     assert host.commands() == [list(form) for form in observe.RUNNING]
 
 
+def test_a_banner_on_stderr_is_not_a_failed_listing(fake_host: Make, tmp_path: Path) -> None:
+    """ssh prints banners and warnings on stderr; only virsh's ``error:`` lines count."""
+    host = fake_host(HOST)
+    wrapper = tmp_path / "chatty-virsh"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        "echo 'Warning: Permanently added 127.0.0.1 (ED25519) to the list of known hosts.'"
+        " >&2\n"
+        f'exec "{host.bin / "virsh"}" "$@"\n')
+    os.chmod(wrapper, 0o755)
+    view = observe.view_running(virsh_for(host, wrapper), "default", Config(), Clock())
+    assert {g.name: g.persistent for g in view.guests} == {"web": True, "scratch": False}
+    assert host.commands() == [[observe.batch(observe.RUNNING)]]
+
+
 def test_an_unreachable_uri_is_retried_then_reported(fake_host: Make) -> None:
     host = fake_host({"uris": {"default": {"unreachable": True}}})
     config = dataclasses.replace(Config(), connect_retries=2, retries_sleep=0)

@@ -73,15 +73,18 @@ def listings(virsh: Virsh, uri: str, forms: Sequence[Sequence[str]], config: Con
     """The output of each listing in *forms*, from one virsh process.
 
     virsh keeps going after a failed command and reports only the last exit
-    status, so a batch that printed any error, or whose parts do not add up,
-    is not trusted: each listing is then run on its own and fails loudly.
+    status, so a batch that printed any ``error:`` line, or whose parts do not
+    add up, is not trusted: each listing is then run on its own and fails
+    loudly.  Other stderr (an ssh banner on a remote URI) is no reason to pay
+    for more connections.
     """
     result = run_with_retries(virsh, uri, [batch(forms)], config, clock)
     parts = virshout.batch_parts(result.stdout, BATCH_MARK)
-    if not result.stderr.strip() and len(parts) == len(forms):
-        return parts
+    errors = [line for line in virshout.lines(result.stderr) if line.startswith("error:")]
+    if not errors and len(parts) == len(forms):
+        return parts  # other stderr (an ssh banner, a warning) is no failed listing
     log.warning("virsh -c %s: combined listing not usable (%s); listing one by one", uri,
-                result.stderr.strip() or f"{len(parts)} parts for {len(forms)} listings")
+                "; ".join(errors) or f"{len(parts)} parts for {len(forms)} listings")
     return [virsh.run(uri, form, timeout=config.query_timeout, ignore_interrupt=True).stdout
             for form in forms]
 
