@@ -178,12 +178,26 @@ class Host:
     def popen(self, *argv: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [str(self.virsh), *argv],
-            env=self.env,
+            env={"VIRTGUESTS_FAKE_JOURNAL": str(self.path.parent / "popen.jsonl")} | self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
+
+    def dispatched(self, proc: subprocess.Popen[str]) -> None:
+        """Wait (with a deadline) until the fake has taken *proc*'s call: only then may the
+        test move the virtual clock, whatever the load (a late start would read the new
+        time as its own start)."""
+        journal = Path(self.env.get("VIRTGUESTS_FAKE_JOURNAL",
+                                    self.path.parent / "popen.jsonl"))
+
+        def seen() -> bool:
+            return journal.exists() and any(
+                json.loads(line)["pid"] == proc.pid for line in journal.read_text().split("\n")
+                if line)
+
+        wait_for(seen)
 
     def state(self, dom: str) -> str:
         return self("-q", "domstate", "--reason", dom).stdout.strip()
@@ -467,7 +481,7 @@ def test_saving_seconds_another_jobs_save_holds_the_lock(
     assert h("domjobinfo", "g").stdout.startswith("Job type:         Unbounded   \n"
                                                  "Operation:        Save        \n")
     proc = h.popen(command, "g")
-    time.sleep(0.3)
+    h.dispatched(proc)
     assert proc.poll() is None, "no wait for the state-change lock"
     h.set_now(1029.9)
     time.sleep(0.1)
@@ -486,7 +500,7 @@ def test_a_lock_wait_ends_with_the_job_and_the_command_runs_then(
         virsh: Path, tmp_path: Path) -> None:
     h = Host(virsh, tmp_path, one_uri({"name": "g", "saving_seconds": 10}))
     proc = h.popen("managedsave", "g")
-    time.sleep(0.3)
+    h.dispatched(proc)
     h.set_now(1010.0)
     _, err = proc.communicate(timeout=10)
     assert (proc.returncode, err) == (1, "error: Failed to save domain 'g' state\nerror: "
@@ -510,7 +524,7 @@ def test_hang_after_calls(virsh: Path, tmp_path: Path) -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         h("domstate", "g", timeout=1.0)
     events = h.popen("event", "--loop", "--event", "lifecycle")
-    time.sleep(0.3)
+    h.dispatched(events)
     assert events.poll() is None
     events.kill()
     events.wait(timeout=5)
@@ -525,7 +539,7 @@ def test_replay_busy_recordings(virsh: Path, tmp_path: Path, stem: str) -> None:
     h = Host(virsh, tmp_path, {"uris": {"qemu:///system": {"guests": [
         {**subject, "saving_seconds": 1000}]}}})
     proc = h.popen("-c", "qemu:///system", *doc["argv"])
-    time.sleep(0.3)
+    h.dispatched(proc)
     h.set_now(1030.0)
     out, err = proc.communicate(timeout=10)
     assert (proc.returncode, out, err) == (doc["exit"], doc["stdout"], doc["stderr"])
@@ -617,7 +631,7 @@ def test_slow_acts_at_once_and_answers_late_in_virtual_time(virsh: Path,
     h = Host(virsh, tmp_path, faulty({"cmd": "destroy", "action": "slow", "seconds": 30}))
     proc = h.popen("destroy", "g")
     wait_for(lambda: h.state("g") == "shut off (destroyed)")
-    time.sleep(0.3)
+    h.dispatched(proc)
     assert proc.poll() is None, "answered before its virtual time"
     h.set_now(1029.0)
     time.sleep(0.1)
