@@ -259,14 +259,21 @@ def saves_in_progress(draw: st.DrawFn, sc: Scenario) -> None:
         if lock != LOCK_WAIT:
             sc.lock_wait[uri] = lock
         for g in picked:
-            shape = draw(st.sampled_from(SAVING_SHAPES))
-            if shape == "in-lock-wait":
-                seconds = REACHED + min(lock, timeout) / 2
-            elif shape == "after-lock-wait" and lock < timeout:
-                seconds = REACHED + (lock + timeout) / 2
-            else:
-                seconds = REACHED + timeout + 1.0
-            g["saving_seconds"] = round(seconds, 2)
+            g["saving_seconds"] = aim_saving(draw(st.sampled_from(SAVING_SHAPES)), lock,
+                                             timeout)
+
+
+def aim_saving(shape: str, lock: float, timeout: float) -> float:
+    """``saving_seconds`` for one of :data:`SAVING_SHAPES`, given the URI's lock wait and
+    SAVE_TIMEOUT (a save cannot end after a lock wait longer than SAVE_TIMEOUT and
+    before SAVE_TIMEOUT: that one ends past it)."""
+    if shape == "in-lock-wait":
+        seconds = REACHED + min(lock, timeout) / 2
+    elif shape == "after-lock-wait" and lock < timeout:
+        seconds = REACHED + (lock + timeout) / 2
+    else:
+        seconds = REACHED + timeout + 1.0
+    return round(seconds, 2)
 
 
 # -- running it --------------------------------------------------------------------
@@ -480,18 +487,25 @@ def listed_uris(journal: list[dict[str, Any]]) -> set[str]:
             if j["cmd"] == "list" and j["exit"] == 0 and j["pid"] not in faulty}
 
 
+def harmed_while_saving(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Calls that took a guest's memory while a save of it (ours, another job's, an
+    orphaned virsh's) was in progress: a destroy the fake applied (it does at dispatch,
+    and the image is lost), or a shutdown it answered with success."""
+    return [j for j in journal if j["job"] == "save" and (
+        (j["cmd"] == "destroy" and j["fault"] not in ("fail", "hang")
+         and j["exit"] in (0, None))
+        or (j["cmd"] == "shutdown" and j["exit"] == 0))]
+
+
 def check_other_save(g: dict[str, Any], now: Optional[dict[str, Any]], who: str,
-                     mine: list[dict[str, Any]], is_recorded: bool, listed: bool) -> list[str]:
-    """A guest another job was saving when stop began (``saving_seconds``): nothing
-    may take its memory while the image is written.  From the fake: a shutdown request
-    that succeeded while the save held the guest, and the end state (a save that had
-    time to complete leaves an image, unless the guest was destroyed or shut down
-    meanwhile).  Saved, or still saving, it must be recorded once its URI was listed."""
-    problems = [f"{who}: shut down while its save was in progress"
-                for j in mine if j["cmd"] == "shutdown" and j["job"] == "save"
-                and j["exit"] == 0]
+                     is_recorded: bool, listed: bool) -> list[str]:
+    """A guest another job was saving when stop began (``saving_seconds``), from the
+    fake's state: a save that had time to complete leaves an image, unless the guest
+    was destroyed or shut down meanwhile.  Saved, or still saving, it must be recorded
+    once its URI was listed (start resumes it)."""
     if now is None:
-        return [*problems, f"{who}: vanished while another job was saving it"]
+        return [f"{who}: vanished while another job was saving it"]
+    problems = []
     saving = now["job"] is not None and now["job"]["op"] == "save"
     if not saving and not (now["state"] == "shutoff" and now["managed_save"]):
         problems.append(f"{who}: another job's save was in progress (ending "
@@ -541,11 +555,11 @@ def check_stop(sc: Scenario, before: Guests, after: Guests, recorded: set[tuple[
         now = after.get(key)
         is_recorded = key in recorded
         named = _named(run.err, g)
-        if any(j["cmd"] == "destroy" and j["job"] == "save" and j["fault"] != "fail"
-               for j in mine):
-            problems.append(f"{who}: destroyed while its save was in progress")
+        for j in harmed_while_saving(mine):
+            problems.append(f"{who}: {'destroyed' if j['cmd'] == 'destroy' else 'shut down'}"
+                            " while its save was in progress")
         if g["job"] is not None and g["job"]["op"] == "save":  # another job's, at the start
-            problems += check_other_save(g, now, who, mine, is_recorded, uri in listed)
+            problems += check_other_save(g, now, who, is_recorded, uri in listed)
             continue
         if now is None:  # a transient guest vanishes when it stops
             if not ({"shutdown", "destroy"} & acted and {"shutdown", "poweroff"} & set(chain)):
