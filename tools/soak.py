@@ -1034,8 +1034,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"fault layer: {layer or 'none drawn'}")
     if soak.fault_counts.get("saving"):
         print(f"saves by another job in progress at stop: {soak.fault_counts['saving']}; "
-              f"{t['other_saved']} completed (saved and recorded), {t['other_cut']} still "
-              "running at the power cut")
+              f"{t['other_saved']} completed before the power cut, {t['other_cut']} still "
+              "running then (cut)")
     if not soak.violations:
         print(f"{args.cycles} cycles, 0 guests lost")
     else:
