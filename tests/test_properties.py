@@ -479,12 +479,16 @@ def check_bound(sc: Scenario, journal: list[dict[str, Any]], command: str) -> li
     return problems
 
 
-def listed_uris(journal: list[dict[str, Any]]) -> set[str]:
-    """URIs where a listing answered cleanly (exit 0, no fault in its virsh process):
-    virtguests saw every active guest there."""
+def listed_uris(journal: list[dict[str, Any]]) -> dict[str, float]:
+    """URIs where a listing answered cleanly (exit 0, no fault in its virsh process),
+    with the fake's time of the first such listing: virtguests saw every guest that
+    was active there then."""
     faulty = {j["pid"] for j in journal if j["fault"]}
-    return {j["uri"] for j in journal
-            if j["cmd"] == "list" and j["exit"] == 0 and j["pid"] not in faulty}
+    listed: dict[str, float] = {}
+    for j in journal:
+        if j["cmd"] == "list" and j["exit"] == 0 and j["pid"] not in faulty:
+            listed[j["uri"]] = min(listed.get(j["uri"], j["now"]), j["now"])
+    return listed
 
 
 def harmed_while_saving(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -498,11 +502,12 @@ def harmed_while_saving(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def check_other_save(g: dict[str, Any], now: Optional[dict[str, Any]], who: str,
-                     is_recorded: bool, listed: bool) -> list[str]:
+                     is_recorded: bool, listed: Optional[float]) -> list[str]:
     """A guest another job was saving when stop began (``saving_seconds``), from the
     fake's state: a save that had time to complete leaves an image, unless the guest
     was destroyed or shut down meanwhile.  Saved, or still saving, it must be recorded
-    once its URI was listed (start resumes it)."""
+    when its URI was *listed* (the fake's time, :func:`listed_uris`) before that save
+    ended (start resumes it); listed later, it was an inactive guest with an image."""
     if now is None:
         return [f"{who}: vanished while another job was saving it"]
     problems = []
@@ -512,7 +517,7 @@ def check_other_save(g: dict[str, Any], now: Optional[dict[str, Any]], who: str,
                         f"t+{g['job']['end'] - g['job']['start']:.2f}s); it is now "
                         f"{now['state']} ({now['reason']}) without a managed-save image: "
                         "its memory was lost")
-    elif listed and not is_recorded:
+    elif listed is not None and listed < g["job"]["end"] and not is_recorded:
         problems.append(f"{who}: {'still being saved' if saving else 'saved'} by another "
                         "job but not recorded in the list file: start will not resume it")
     return problems
@@ -559,7 +564,7 @@ def check_stop(sc: Scenario, before: Guests, after: Guests, recorded: set[tuple[
             problems.append(f"{who}: {'destroyed' if j['cmd'] == 'destroy' else 'shut down'}"
                             " while its save was in progress")
         if g["job"] is not None and g["job"]["op"] == "save":  # another job's, at the start
-            problems += check_other_save(g, now, who, is_recorded, uri in listed)
+            problems += check_other_save(g, now, who, is_recorded, listed.get(uri))
             continue
         if now is None:  # a transient guest vanishes when it stops
             if not ({"shutdown", "destroy"} & acted and {"shutdown", "poweroff"} & set(chain)):

@@ -594,7 +594,7 @@ class Soak:
             who = f"guest {g['name']} ({uuid}) on {uri}"
             for problem in props.check_other_save(g, now, who,
                                                   uuid in recorded.get(uri, set()),
-                                                  uri in listed):
+                                                  listed.get(uri)):
                 self.violate(cycle, problem, None,
                              [json.dumps(j) for j in journal if j["guest"] == uuid])
             if now is not None and now["job"] is not None:
