@@ -721,19 +721,20 @@ CLASSES: dict[str, Scenario] = {
     # first, waiting for the lock.  Waited for, never shut down or powered off.  g#2's
     # first managedsave fails with the same busy error although no job holds it.
     "other-save-ends-in-lock-wait": minimal(
-        {"saving_seconds": 1.5}, {}, ON_SHUTDOWN=CHAIN, SAVE_TIMEOUT=3,
+        {"saving_seconds": 1.2}, {}, ON_SHUTDOWN=CHAIN, SAVE_TIMEOUT=2,
         faults=({"cmd": "managedsave", "guest": "g#2", "nth": 1, "action": "fail",
                  "error": "qemu-managedsave-busy"},)),
     "other-save-ends-after-lock-wait": minimal(
-        {"saving_seconds": 2.25}, ON_SHUTDOWN=CHAIN, SAVE_TIMEOUT=3,
+        {"saving_seconds": 1.9}, ON_SHUTDOWN=CHAIN, SAVE_TIMEOUT=2,
         lock_wait=SHORT_LOCK_WAIT),
     "other-save-outlives-save-timeout": minimal(
-        {"saving_seconds": 2.5}, ON_SHUTDOWN=CHAIN, lock_wait=SHORT_LOCK_WAIT),
+        {"saving_seconds": 2.0}, ON_SHUTDOWN=CHAIN, lock_wait=SHORT_LOCK_WAIT),
+    # the same at a shutdown request, then before the power-off (the destroy path)
     "other-save-at-shutdown-then-poweroff": minimal(
-        {"saving_seconds": 3.0}, DEAF, ON_SHUTDOWN="shutdown poweroff", SAVE_TIMEOUT=3,
+        {"saving_seconds": 1.6}, ON_SHUTDOWN="shutdown poweroff", SAVE_TIMEOUT=2,
         lock_wait=SHORT_LOCK_WAIT),
     "lock-wait-outlasts-save-timeout": minimal(
-        {"saving_seconds": 2.5}, {}, ON_SHUTDOWN=CHAIN),
+        {"saving_seconds": 2.0}, {}, ON_SHUTDOWN=CHAIN),
     # hostile names through a whole chain, a signal at a save, garbage listings
     "hostile-names": Scenario(
         {"default": [{"name": f"{n}#{i}", "state": "running", "persistent": True,
