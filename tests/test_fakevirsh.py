@@ -509,6 +509,23 @@ def test_a_lock_wait_ends_with_the_job_and_the_command_runs_then(
     assert h.state("g") == "shut off (saved)"
 
 
+@pytest.mark.parametrize("command", ["managedsave", "shutdown"])
+def test_a_uris_lock_wait_is_how_long_a_second_job_waits(
+        virsh: Path, tmp_path: Path, command: str) -> None:
+    """``lock_wait`` (libvirt: 30 s) moves when a second job gives up, nothing else."""
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "saving_seconds": 100}, lock_wait=2))
+    proc = h.popen(command, "g")
+    time.sleep(0.3)
+    h.set_now(1001.9)
+    time.sleep(0.1)
+    assert proc.poll() is None, "gave up on the lock early"
+    h.set_now(1002.0)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 1
+    assert "cannot acquire state change lock" in err
+    assert h.state("g") == "paused (saving)"
+
+
 def test_destroy_during_a_save_loses_the_memory(virsh: Path, tmp_path: Path) -> None:
     h = Host(virsh, tmp_path, one_uri({"name": "g", "saving_seconds": 100}))
     assert h("destroy", "g").returncode == 0

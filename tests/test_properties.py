@@ -1,10 +1,11 @@
 """stop, then start, on simulated hosts through random fault schedules (hypothesis).
 
 Each example is a host of 1-3 URIs with a few guests (random behaviour, tenant-chosen
-names), a random config (ON_SHUTDOWN chain, PARALLEL_*, small timeouts) and a fault
-schedule for the fake virsh's fault layer (``faults:``: wedged URIs, failed, hung or
-garbled polls and listings, random failures, slow calls, a signal at any call), run
-as real processes, sometimes with stdout closed (``>&-``) or full while a signal
+names, sometimes a save by another job already in progress: ``saving_seconds``), a
+random config (ON_SHUTDOWN chain, PARALLEL_*, small timeouts) and a fault schedule for
+the fake virsh's fault layer (``faults:``: wedged URIs, failed, hung or garbled polls
+and listings, random failures, busy errors, slow calls, a signal at any call), run as
+real processes, sometimes with stdout closed (``>&-``) or full while a signal
 arrives.  After ``stop`` and after a fault-free ``start`` the invariant of issue 10 is
 checked (see :func:`check_stop`, :func:`check_start`); the verdicts use the virsh
 calls as dispatched (``VIRTGUESTS_FAKE_JOURNAL``), never the wall clock: the run's
@@ -60,6 +61,15 @@ CHAINS = ["suspend", "shutdown", "poweroff", "suspend shutdown", "suspend powero
 ACTIONS = {"suspend": "managedsave", "shutdown": "shutdown", "poweroff": "destroy"}
 SAVE_KIND = {"managedsave", "start"}  # calls whose timeout is SAVE_TIMEOUT
 MODES = ["normal"] * 6 + ["closed-stdout", "signal-during-output"]
+LOCK_WAIT = fakevirsh.LOCK_WAIT
+SHORT_LOCK_WAIT = 0.5
+"""A URI's ``lock_wait`` in the fake: libvirt's 30 s, or short, so that another job's
+save can end after the lock wait and before SAVE_TIMEOUT (1-3 s here)."""
+REACHED = 0.5
+"""About when (seconds after the host is built) stop's first managedsave or shutdown
+request reaches a guest: ``saving_seconds`` are aimed from there.  Only the aim: any
+moment is a valid case, and the invariant does not depend on it."""
+SAVING_SHAPES = ["in-lock-wait", "after-lock-wait", "past-save-timeout"]
 STATUSES = {"stop": {0, 1, 6}, "start": {0, 1, 6}}  # README: stop/start exit statuses
 
 
@@ -73,10 +83,23 @@ class Scenario:
     mode: str = "normal"
     mode_signal: str = "TERM"
     start_mode: str = "normal"
+    lock_wait: dict[str, float] = field(default_factory=dict)
+    """Per URI: the fake's ``lock_wait`` (default libvirt's 30 s)."""
 
     def host(self) -> dict[str, Any]:
-        return {"uris": {u: {"guests": copy.deepcopy(gs)} for u, gs in self.uris.items()},
+        return {"uris": {u: {"guests": copy.deepcopy(gs),
+                             **({"lock_wait": self.lock_wait[u]} if u in self.lock_wait else {})}
+                         for u, gs in self.uris.items()},
                 "faults": copy.deepcopy(self.faults)}
+
+    def saving_shape(self, uri: str, seconds: float) -> str:
+        """Where another job's save ends, as aimed: within the lock wait of our first
+        request, after it but within SAVE_TIMEOUT, or past SAVE_TIMEOUT."""
+        lock = self.lock_wait.get(uri, LOCK_WAIT)
+        timeout = float(self.config["SAVE_TIMEOUT"])
+        if seconds < REACHED + min(lock, timeout):
+            return "in-lock-wait"
+        return "after-lock-wait" if seconds < REACHED + timeout else "past-save-timeout"
 
     def config_text(self) -> str:
         return "".join(f"{k}={json.dumps(v) if isinstance(v, str) else v}\n"
@@ -105,17 +128,22 @@ class Scenario:
         c = self.config
         host = "+".join(f"{len(gs)}" for gs in self.uris.values())
         faults = " ".join(describe_rule(r) for r in self.faults) or "no-faults"
+        saving = "".join(
+            f" saving:{self.saving_shape(u, g['saving_seconds'])}"
+            f"{'' if self.lock_wait.get(u, LOCK_WAIT) == LOCK_WAIT else '/short-lock'}"
+            for u, gs in self.uris.items() for g in gs if g.get("saving_seconds"))
         out = "" if (self.mode, self.start_mode) == ("normal", "normal") else \
             f" out={self.mode}{'+' + self.mode_signal if 'signal' in self.mode else ''}" \
             f"/{self.start_mode}"
         return (f"guests {host} [{c['ON_SHUTDOWN']}] PS={c['PARALLEL_SHUTDOWN']} "
                 f"PSU={c['PARALLEL_SUSPEND']} T={c['SHUTDOWN_TIMEOUT']} "
-                f"ST={c['SAVE_TIMEOUT']} R={c['CONNECT_RETRIES']} {faults}{out}")
+                f"ST={c['SAVE_TIMEOUT']} R={c['CONNECT_RETRIES']} {faults}{saving}{out}")
 
 
 def describe_rule(rule: dict[str, Any]) -> str:
     """``hang:*@test:///b>1``, ``fail:list--uuid@default#2``, ``slow:destroy~0.5``..."""
-    what = rule["action"] + (f"({rule['signal']})" if "signal" in rule else "")
+    what = rule["action"] + (f"({rule['signal']})" if "signal" in rule else "") + \
+        ("(busy)" if str(rule.get("error", "")).endswith("-busy") else "")
     cmd = rule.get("cmd", "*") + "".join(f"--{o}" for o in rule.get("options", []))
     where = f"@{rule['uri']}" if "uri" in rule else ""
     if "guest" in rule:
@@ -203,9 +231,49 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         "RETRIES_SLEEP": 0.1,
     }
     names = [g["name"] for gs in hosts.values() for g in gs]
-    return Scenario(hosts, config, draw(fault_rules(uris, names)),
-                    draw(st.sampled_from(MODES)), draw(st.sampled_from(["TERM", "INT"])),
-                    draw(st.sampled_from(["normal"] * 6 + ["closed-stdout"])))
+    sc = Scenario(hosts, config, draw(fault_rules(uris, names)),
+                  draw(st.sampled_from(MODES)), draw(st.sampled_from(["TERM", "INT"])),
+                  draw(st.sampled_from(["normal"] * 6 + ["closed-stdout"])))
+    # drawn last, so the earlier draws (and the examples of a seed) stay what they were
+    if draw(st.integers(1, 3)) == 1:
+        saves_in_progress(draw, sc)
+    if draw(st.integers(1, 6)) == 1:
+        cmd = draw(st.sampled_from(["managedsave", "shutdown"]))
+        sc.faults.append({"cmd": cmd, "nth": draw(st.integers(1, 2)), "action": "fail",
+                          "error": f"qemu-{cmd}-busy"})  # a busy error with no job behind it
+    return sc
+
+
+def saves_in_progress(draw: st.DrawFn, sc: Scenario) -> None:
+    """Another job (a run killed mid-save, another tool, the admin) is saving some
+    running persistent guests when stop begins: its save ends within the lock wait of
+    our first request, after it, or past SAVE_TIMEOUT (early enough to end before the
+    checks, see ``FaultHost.settle``)."""
+    timeout = float(sc.config["SAVE_TIMEOUT"])
+    for uri, gs in sc.uris.items():
+        picked = [g for g in gs if g["state"] == "running" and g["persistent"]
+                  and draw(st.integers(1, 3)) == 1]
+        if not picked:
+            continue
+        lock = draw(st.sampled_from([SHORT_LOCK_WAIT, SHORT_LOCK_WAIT, LOCK_WAIT]))
+        if lock != LOCK_WAIT:
+            sc.lock_wait[uri] = lock
+        for g in picked:
+            g["saving_seconds"] = aim_saving(draw(st.sampled_from(SAVING_SHAPES)), lock,
+                                             timeout)
+
+
+def aim_saving(shape: str, lock: float, timeout: float) -> float:
+    """``saving_seconds`` for one of :data:`SAVING_SHAPES`, given the URI's lock wait and
+    SAVE_TIMEOUT (a save cannot end after a lock wait longer than SAVE_TIMEOUT and
+    before SAVE_TIMEOUT: that one ends past it)."""
+    if shape == "in-lock-wait":
+        seconds = REACHED + min(lock, timeout) / 2
+    elif shape == "after-lock-wait" and lock < timeout:
+        seconds = REACHED + (lock + timeout) / 2
+    else:
+        seconds = REACHED + timeout + 1.0
+    return round(seconds, 2)
 
 
 # -- running it --------------------------------------------------------------------
@@ -411,6 +479,50 @@ def check_bound(sc: Scenario, journal: list[dict[str, Any]], command: str) -> li
     return problems
 
 
+def listed_uris(journal: list[dict[str, Any]]) -> dict[str, float]:
+    """URIs where a listing answered cleanly (exit 0, no fault in its virsh process),
+    with the fake's time of the first such listing: virtguests saw every guest that
+    was active there then."""
+    faulty = {j["pid"] for j in journal if j["fault"]}
+    listed: dict[str, float] = {}
+    for j in journal:
+        if j["cmd"] == "list" and j["exit"] == 0 and j["pid"] not in faulty:
+            listed[j["uri"]] = min(listed.get(j["uri"], j["now"]), j["now"])
+    return listed
+
+
+def harmed_while_saving(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Calls that took a guest's memory while a save of it (ours, another job's, an
+    orphaned virsh's) was in progress: a destroy the fake applied (it does at dispatch,
+    and the image is lost), or a shutdown it answered with success."""
+    return [j for j in journal if j["job"] == "save" and (
+        (j["cmd"] == "destroy" and j["fault"] not in ("fail", "hang")
+         and j["exit"] in (0, None))
+        or (j["cmd"] == "shutdown" and j["exit"] == 0))]
+
+
+def check_other_save(g: dict[str, Any], now: Optional[dict[str, Any]], who: str,
+                     is_recorded: bool, listed: Optional[float]) -> list[str]:
+    """A guest another job was saving when stop began (``saving_seconds``), from the
+    fake's state: a save that had time to complete leaves an image, unless the guest
+    was destroyed or shut down meanwhile.  Saved, or still saving, it must be recorded
+    when its URI was *listed* (the fake's time, :func:`listed_uris`) before that save
+    ended (start resumes it); listed later, it was an inactive guest with an image."""
+    if now is None:
+        return [f"{who}: vanished while another job was saving it"]
+    problems = []
+    saving = now["job"] is not None and now["job"]["op"] == "save"
+    if not saving and not (now["state"] == "shutoff" and now["managed_save"]):
+        problems.append(f"{who}: another job's save was in progress (ending "
+                        f"t+{g['job']['end'] - g['job']['start']:.2f}s); it is now "
+                        f"{now['state']} ({now['reason']}) without a managed-save image: "
+                        "its memory was lost")
+    elif listed is not None and listed < g["job"]["end"] and not is_recorded:
+        problems.append(f"{who}: {'still being saved' if saving else 'saved'} by another "
+                        "job but not recorded in the list file: start will not resume it")
+    return problems
+
+
 def check_run(run: Run, hung: bool, command: str, leftovers: list[int]) -> list[str]:
     problems = []
     if hung:
@@ -428,12 +540,15 @@ def check_run(run: Run, hung: bool, command: str, leftovers: list[int]) -> list[
 def check_stop(sc: Scenario, before: Guests, after: Guests, recorded: set[tuple[str, str]],
                run: Run, journal: list[dict[str, Any]], interrupted: bool) -> list[str]:
     """Each guest running before stop is running untouched, saved and recorded, or shut
-    down by a requested step (and recorded when persistent); none destroyed while a save
-    was in progress; one that was acted on and still runs had its whole chain tried,
-    or is recorded and named because the run was interrupted or its URI wedged."""
+    down by a requested step (and recorded when persistent); none destroyed or shut down
+    while a save was in progress, and one another job was saving ends saved and
+    recorded (:func:`check_other_save`); one that was acted on and still runs had its
+    whole chain tried, or is recorded and named because the run was interrupted or its
+    URI wedged."""
     problems = []
     chain = sc.chain
     wedged = wedged_uris(journal)
+    listed = listed_uris(journal)
     for key, g in sorted(before.items()):
         if g["state"] == "shutoff":
             continue
@@ -445,9 +560,12 @@ def check_stop(sc: Scenario, before: Guests, after: Guests, recorded: set[tuple[
         now = after.get(key)
         is_recorded = key in recorded
         named = _named(run.err, g)
-        if any(j["cmd"] == "destroy" and j["job"] == "save" and j["fault"] != "fail"
-               for j in mine):
-            problems.append(f"{who}: destroyed while its save was in progress")
+        for j in harmed_while_saving(mine):
+            problems.append(f"{who}: {'destroyed' if j['cmd'] == 'destroy' else 'shut down'}"
+                            " while its save was in progress")
+        if g["job"] is not None and g["job"]["op"] == "save":  # another job's, at the start
+            problems += check_other_save(g, now, who, is_recorded, listed.get(uri))
+            continue
         if now is None:  # a transient guest vanishes when it stops
             if not ({"shutdown", "destroy"} & acted and {"shutdown", "poweroff"} & set(chain)):
                 problems.append(f"{who}: transient guest gone without a requested step "
@@ -512,8 +630,9 @@ def play(sc: Scenario, root: Path) -> tuple[list[str], str]:
     before = host.snapshot()
     stop, stop_hung = host.play("stop", "stop", faults=True, mode=sc.mode, sig=sc.mode_signal)
     stop_left = _reap(host)
-    answered = {call["pid"] for call in host.calls()}
-    stop_journal = [{**j, "answered": j["pid"] in answered} for j in host.journal("stop")]
+    exits = {call["pid"]: call["exit"] for call in host.calls()}
+    stop_journal = [{**j, "answered": j["pid"] in exits, "exit": exits.get(j["pid"])}
+                    for j in host.journal("stop")]
     after_stop = host.settle()
     recorded = host.recorded()
     interrupted = sc.mode == "signal-during-output" or any(
@@ -529,7 +648,8 @@ def play(sc: Scenario, root: Path) -> tuple[list[str], str]:
                   f"--- stop: virsh calls as dispatched\n"
                   + "".join(f"  t+{j['spawned'] - stop_journal[0]['spawned']:.1f}s "
                             f"{j['uri']} {j['cmd']} {j['guest'] or ''} {j['fault'] or ''}"
-                            f"{'' if j['answered'] else ' (killed)'}\n"
+                            f"{' (job: ' + j['job'] + ')' if j['job'] else ''}"
+                            f"{' (killed)' if not j['answered'] else ''}\n"
                             for j in stop_journal)
                   + f"--- start ({sc.start_mode})\n{start}")
     return problems, transcript
@@ -554,14 +674,15 @@ def assert_invariant(sc: Scenario) -> None:
 
 def minimal(*guests: dict[str, Any], faults: tuple[dict[str, Any], ...] = (),
             mode: str = "normal", start_mode: str = "normal", uri: str = "default",
-            **config: Any) -> Scenario:
+            lock_wait: float = LOCK_WAIT, **config: Any) -> Scenario:
     """A small deterministic scenario: guests ``g#1``, ``g#2``, ... running, persistent."""
     rows = [{"name": f"g#{i}", "state": "running", "persistent": True, "save_seconds": 0.05,
              "shutdown_seconds": 0.1, **g} for i, g in enumerate(guests, 1)]
     base = {"ON_BOOT": "start", "ON_SHUTDOWN": "suspend", "PARALLEL_SHUTDOWN": 0,
             "PARALLEL_SUSPEND": 0, "SHUTDOWN_TIMEOUT": 1, "SAVE_TIMEOUT": 1,
             "QUERY_TIMEOUT": 1, "CONNECT_RETRIES": 0, "RETRIES_SLEEP": 0.1}
-    return Scenario({uri: rows}, {**base, **config}, list(faults), mode, "TERM", start_mode)
+    return Scenario({uri: rows}, {**base, **config}, list(faults), mode, "TERM", start_mode,
+                    {} if lock_wait == LOCK_WAIT else {uri: lock_wait})
 
 
 WEDGE = {"cmd": "*", "after": 1, "action": "hang"}
@@ -569,6 +690,7 @@ EVERY_POLL_FAILS = {"cmd": "list", "options": ["uuid"], "action": "fail", "error
 FIRST_POLL_FAILS = {**EVERY_POLL_FAILS, "nth": 1}
 FIRST_POLL_HANGS = {"cmd": "list", "options": ["uuid"], "nth": 1, "action": "hang"}
 DEAF = {"ignore_shutdown": True}
+CHAIN = "suspend shutdown poweroff"
 
 CLASSES: dict[str, Scenario] = {
     # issue 10 item 1: SIGTERM while the main thread is blocked writing a progress line
@@ -593,6 +715,26 @@ CLASSES: dict[str, Scenario] = {
     # item 9: a save still running after SAVE_TIMEOUT must not be destroyed
     "save-outlives-save-timeout": minimal({"save_seconds": 5},
                                           ON_SHUTDOWN="suspend shutdown poweroff"),
+    # item 9: another job (a run killed mid-save, another tool, the admin) is saving g#1
+    # when stop begins; its save ends while our managedsave waits for the lock (libvirt's
+    # 30 s), after a (short) lock wait, or past SAVE_TIMEOUT; or our managedsave times out
+    # first, waiting for the lock.  Waited for, never shut down or powered off.  g#2's
+    # first managedsave fails with the same busy error although no job holds it.
+    "other-save-ends-in-lock-wait": minimal(
+        {"saving_seconds": 1.2}, {}, ON_SHUTDOWN=CHAIN, SAVE_TIMEOUT=2,
+        faults=({"cmd": "managedsave", "guest": "g#2", "nth": 1, "action": "fail",
+                 "error": "qemu-managedsave-busy"},)),
+    "other-save-ends-after-lock-wait": minimal(
+        {"saving_seconds": 1.9}, ON_SHUTDOWN=CHAIN, SAVE_TIMEOUT=2,
+        lock_wait=SHORT_LOCK_WAIT),
+    "other-save-outlives-save-timeout": minimal(
+        {"saving_seconds": 2.0}, ON_SHUTDOWN=CHAIN, lock_wait=SHORT_LOCK_WAIT),
+    # the same at a shutdown request, then before the power-off (the destroy path)
+    "other-save-at-shutdown-then-poweroff": minimal(
+        {"saving_seconds": 1.6}, ON_SHUTDOWN="shutdown poweroff", SAVE_TIMEOUT=2,
+        lock_wait=SHORT_LOCK_WAIT),
+    "lock-wait-outlasts-save-timeout": minimal(
+        {"saving_seconds": 2.0}, {}, ON_SHUTDOWN=CHAIN),
     # hostile names through a whole chain, a signal at a save, garbage listings
     "hostile-names": Scenario(
         {"default": [{"name": f"{n}#{i}", "state": "running", "persistent": True,

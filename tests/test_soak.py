@@ -21,7 +21,9 @@ def test_tiny_soak_loses_no_guest() -> None:
     # seed 35: URIs hung, down and flaky at stop and start, failed/hung/slow saves,
     # shutdowns and starts, SIGKILL of stop and of start; and from the fault layer: a
     # SIGTERM while stop is blocked writing to a full stdout, stdout closed at stop and
-    # at start, a URI wedged after its listing, a failed status poll
+    # at start, a URI wedged after its listing, a failed status poll; saves by another
+    # job in progress at stop (one past SAVE_TIMEOUT on a URI that is down, cut by the
+    # power cut; one ending in the lock wait, saved and resumed)
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "soak.py"), "--cycles", "3",
                            "--seed", "35"], capture_output=True, text=True, timeout=600,
                           stdin=subprocess.DEVNULL)
@@ -29,8 +31,9 @@ def test_tiny_soak_loses_no_guest() -> None:
     assert lines[0].startswith("soak: 3 cycles, seed 35")
     assert sum(1 for ln in lines if ln.startswith("cycle ")) == 3
     cycles = "\n".join(ln for ln in lines if ln.startswith("cycle "))
-    for kind in ("out=full+TERM", "out=closed", "=wedge", "=pollfail"):
+    for kind in ("out=full+TERM", "out=closed", "=wedge", "=pollfail", "=saving:"):
         assert kind in cycles, kind
+    assert "(another job's: 1 saved, 0 cut)" in cycles
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert lines[-1] == "3 cycles, 0 guests lost"
 

@@ -50,6 +50,12 @@ Faults (random per cycle, listed on the cycle's line)
              writing a progress line, drained a moment later ("out=full+TERM");
              these runs have no kill plan, and are rerun after the signal.
       start: per URI a wedge after the first call; stdout closed.
+    Saves already in progress (a third random stream, so both lists above stay what
+    they were for a seed): at stop, per URI, another job (a run killed mid-save,
+    another tool, the admin) is saving one running guest ("u1=saving:SHAPE"): its save
+    ends within the lock wait of virtguests' first request, after it but before
+    SAVE_TIMEOUT, or past SAVE_TIMEOUT; the URI's lock wait is libvirt's 30 s or
+    short ("/short-lock"), as in the property test (``aim_saving``).
     Runs start with ``PYTHONUNBUFFERED`` removed, as systemd starts them; runs with
     stdout closed start as the installed wrapper does (``python -I``).
     Sometimes a cycle begins with an extra `start` (no faults) while guests
@@ -64,7 +70,12 @@ Invariant, checked after every cycle
       * its URI could not be reached at stop ("Can't connect to URI") and
         virtguests named it on stderr as unprotected ("unprotected": nobody can
         save a guest on an unreachable host, but the operator was told).
-    Anything else is a lost guest. Transient guests are exempt. Also: no fake
+    Anything else is a lost guest. Transient guests are exempt. At stop, from the
+    fake's journal and state (not from virtguests' output): no guest destroyed, or shut
+    down, while a save of it was in progress (another job's, or an orphaned virsh's
+    after a SIGKILL), and a guest another job was saving ends saved and recorded when
+    that save completed before the power cut (recorded either way once its URI was
+    listed); a save still running at the power cut is cut. Also: no fake
     virsh left running after a virtguests run that was not killed, no Python
     traceback, exit statuses in {0, 1, 6} (1 after SIGTERM), no run hangs (a run
     signalled while blocked on its output must end within OUTPUT_GRACE seconds).
@@ -88,6 +99,7 @@ import argparse
 import contextlib
 import copy
 import fcntl
+import json
 import os
 import random
 import re
@@ -113,6 +125,7 @@ from virtguests.state import read_list  # noqa: E402
 ALL_URIS = ["default", "qemu+ssh://hostb/system", "test:///hostc"]
 GUEST_PREFIXES = ["web", "db", "mail", "ci", "dns", "app", "cache", "vpn"]
 RUN_TIMEOUT = 120.0
+SAVE_TIMEOUT = 2.0  # the config's
 OUTPUT_GRACE = 15.0
 ORPHAN_GRACE = 1.0
 
@@ -159,6 +172,8 @@ class Soak:
         self.root = root
         self.rng = random.Random(seed)
         self.fault_rng = random.Random(f"{seed}/fault-layer")
+        self.saving_rng = random.Random(f"{seed}/saving")
+        self.journal: Optional[Path] = None  # VIRTGUESTS_FAKE_JOURNAL of the stop runs
         self.fault_counts: dict[str, int] = {}
         self.isolated = self._imports_isolated()
         self.seed = seed
@@ -178,7 +193,8 @@ class Soak:
         self.transient_seq = 0
         self.seen: set[str] = set()  # guest names some earlier virtguests run listed
         self.totals = {"resumed": 0, "accounted": 0, "unprotected": 0, "unseen": 0,
-                       "lost": 0, "unnamed": 0, "kills": 0, "runs": 0}
+                       "lost": 0, "unnamed": 0, "kills": 0, "runs": 0,
+                       "other_saved": 0, "other_cut": 0}
         self._init_host()
 
     # -- the simulated host ------------------------------------------------------
@@ -265,6 +281,8 @@ class Soak:
                     "VIRTGUESTS_FAKE_STATE", "VIRTGUESTS_FAKE_NOW_FILE",
                     "VIRTGUESTS_FAKE_FAULTS", "VIRTGUESTS_FAKE_JOURNAL", "PYTHONUNBUFFERED"):
             env.pop(key, None)
+        if self.journal is not None:
+            env["VIRTGUESTS_FAKE_JOURNAL"] = str(self.journal)
         return env
 
     @staticmethod
@@ -462,7 +480,7 @@ class Soak:
                 f"PARALLEL_SHUTDOWN={par_shut}\n"
                 f"PARALLEL_SUSPEND={par_susp}\n"
                 "QUERY_TIMEOUT=1\n"
-                "SAVE_TIMEOUT=2\n"
+                f"SAVE_TIMEOUT={SAVE_TIMEOUT:g}\n"
                 f"CONNECT_RETRIES={retries}\n"
                 f"RETRIES_SLEEP={sleep}\n")
         short = {"suspend": "suspend", "shutdown": "shutdown",
@@ -516,6 +534,76 @@ class Soak:
             label = kind.rstrip("0123456789")
             self.fault_counts[label] = self.fault_counts.get(label, 0) + 1
         return rules, desc
+
+    def saves_in_progress(self, guests: Guests, guest_faults: dict[str, dict[str, Any]]
+                          ) -> tuple[dict[str, float], list[str]]:
+        """At stop, per URI, maybe another job is saving one running guest (its
+        ``saving_seconds`` go into *guest_faults*); returns the URIs' lock waits."""
+        props = _properties()
+        rng = self.saving_rng
+        lock_wait: dict[str, float] = {}
+        desc = []
+        for i, uri in enumerate(self.uris):
+            x = rng.random()
+            shape = rng.choice(props.SAVING_SHAPES)
+            lock = rng.choice([props.SHORT_LOCK_WAIT, props.SHORT_LOCK_WAIT,
+                               props.LOCK_WAIT])
+            candidates = [g for g in guests.get(uri, [])
+                          if g["state"] == "running" and g["persistent"]]
+            if x >= 0.15 or not candidates:
+                continue
+            g = rng.choice(candidates)
+            guest_faults[g["name"]] = {**guest_faults.get(g["name"], {}),
+                                       "saving_seconds": props.aim_saving(
+                                           shape, lock, SAVE_TIMEOUT)}
+            short = ""
+            if lock != props.LOCK_WAIT:
+                lock_wait[uri] = lock
+                short = "/short-lock"
+            desc.append(f"u{i}=saving:{shape}{short}")
+            self.fault_counts["saving"] = self.fault_counts.get("saving", 0) + 1
+        return lock_wait, desc
+
+    def check_saves(self, cycle: int, others: dict[tuple[str, str], dict[str, Any]],
+                    guests: Guests) -> tuple[int, int]:
+        """After stop, before the power cut, from the fake's journal and state: nothing
+        destroyed or shut down a guest while a save of it was in progress, and each
+        guest another job was saving is saved (or still saving) and recorded.  Returns
+        how many of those saves completed and how many the power cut will cut."""
+        props = _properties()
+        exits: dict[int, int] = {}
+        if self.log_file.exists():
+            for line in self.log_file.read_text().splitlines():
+                call = json.loads(line)
+                exits[call["pid"]] = call["exit"]
+        path = self.root / f"journal-{cycle}.jsonl"
+        journal = [{**j, "exit": exits.get(j["pid"])} for j in
+                   map(json.loads, path.read_text().splitlines() if path.exists() else [])]
+        live = {(uri, g["uuid"]): g for uri, gs in guests.items() for g in gs}
+        recorded = self.recorded()
+        for j in props.harmed_while_saving(journal):
+            g = live.get((j["uri"], j["guest"]))
+            name = g["name"] if g else "?"
+            self.violate(cycle, f"guest {name} ({j['guest']}) on {j['uri']}: "
+                         f"{'destroyed' if j['cmd'] == 'destroy' else 'shut down'} while a "
+                         "save of it was in progress", None, [json.dumps(j)])
+        listed = props.listed_uris(journal)
+        saved = cut = 0
+        for (uri, uuid), g in sorted(others.items()):
+            now = live.get((uri, uuid))
+            who = f"guest {g['name']} ({uuid}) on {uri}"
+            for problem in props.check_other_save(g, now, who,
+                                                  uuid in recorded.get(uri, set()),
+                                                  listed.get(uri)):
+                self.violate(cycle, problem, None,
+                             [json.dumps(j) for j in journal if j["guest"] == uuid])
+            if now is not None and now["job"] is not None:
+                cut += 1
+            elif now is not None and now["managed_save"]:
+                saved += 1
+        self.totals["other_saved"] += saved
+        self.totals["other_cut"] += cut
+        return saved, cut
 
     def output_mode(self, phase: str) -> str:
         """How virtguests' stdout looks this run: a pipe, closed, or full (+ a signal)."""
@@ -651,24 +739,35 @@ class Soak:
         gfaults, gdesc = self.stop_guest_faults(guests)
         rules, fdesc = self.layer_faults("stop", ufaults)
         output = self.output_mode("stop")
+        lock_wait, sdesc = self.saves_in_progress(guests, gfaults)
+        for uri, wait in lock_wait.items():
+            ufaults.setdefault(uri, {})["lock_wait"] = wait
         self.write_host(guests, ufaults, gfaults, rules)
         guests = self.read_state()
+        others = {(uri, g["uuid"]): g for uri, gs in guests.items() for g in gs
+                  if g["job"] is not None and g["job"]["op"] == "save"}
         running_before = 0
         for uri, gs in guests.items():
-            for g in gs:
-                if g["persistent"] and g["state"] == "running":
+            for g in gs:  # a guest another job is saving is running ("paused (saving)")
+                if g["persistent"] and (g["state"] == "running" or (uri, g["uuid"]) in others):
                     running_before += 1
                     self.owed.setdefault((uri, g["uuid"]), Owed(uri, g["uuid"], g["name"], n))
         count = sum(len(gs) for gs in guests.values())
         kill = self.kill_plan(0.3, 0.1, count * 2 + 2)
-        stop_runs = self.phase(n, "stop", kill, output)
+        self.journal = self.root / f"journal-{n}.jsonl"
+        try:
+            stop_runs = self.phase(n, "stop", kill, output)
+        finally:
+            self.journal = None
         out_desc = "" if output == "pipe" else f" out={output}"
-        stop_desc = (f"stop[{config_desc} {' '.join(udesc + gdesc + fdesc) or 'no-faults'}"
+        faults = " ".join(udesc + gdesc + fdesc + sdesc) or "no-faults"
+        stop_desc = (f"stop[{config_desc} {faults}"
                      f"{out_desc}{'' if output.startswith('full') else self.kill_desc(kill)}]")
 
         # power cycle: cut in-flight work, hard power off whatever still runs
         cut_orphans = self.reap_orphans(ORPHAN_GRACE)
         guests = self.read_state()
+        other_saved, other_cut = self.check_saves(n, others, guests)
         powered_off = vanished = cut_saves = 0
         for uri in list(guests):
             keep = []
@@ -704,6 +803,8 @@ class Soak:
         scodes = "/".join(r.label.split(":", 1)[1] for r in start_runs)
         extra = f" {' '.join(notes)}" if notes else ""
         cut = f", {cut_saves} saves cut" if cut_saves else ""
+        if others:
+            cut += f" (another job's: {other_saved} saved, {other_cut} cut)"
         orph = f", {cut_orphans} orphans killed" if cut_orphans else ""
         return (f"cycle {n:3d}:{extra} {stop_desc} exit {codes}; power-off: {saved} saved, "
                 f"{powered_off} cut off, {vanished} transient gone{cut}{orph}; "
@@ -806,6 +907,13 @@ class Soak:
                     changed = True
         if changed:
             self.write_host(guests, {}, {})
+
+
+def _properties() -> Any:
+    """tests/test_properties.py: the saving shapes and the journal checks are shared."""
+    from tests import test_properties
+
+    return test_properties
 
 
 def _close_stdout() -> None:
@@ -924,6 +1032,10 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"{t['unseen']} unprotected never seen by virtguests")
     layer = ", ".join(f"{k} x{v}" for k, v in sorted(soak.fault_counts.items()))
     print(f"fault layer: {layer or 'none drawn'}")
+    if soak.fault_counts.get("saving"):
+        print(f"saves by another job in progress at stop: {soak.fault_counts['saving']}; "
+              f"{t['other_saved']} completed before the power cut, {t['other_cut']} still "
+              "running then (cut)")
     if not soak.violations:
         print(f"{args.cycles} cycles, 0 guests lost")
     else:

@@ -36,6 +36,9 @@ Host YAML (unknown keys are rejected)::
         hang_after_calls: 0     # every call after the first N (processes) hangs
                                 # (with these, the state's "calls" counts processes,
                                 # killed ones too)
+        lock_wait: 30           # seconds a command waits for a guest's job lock (libvirt:
+                                # 30, fixed); shorter only to fit every order of "save
+                                # ends", "lock wait ends" and SAVE_TIMEOUT in a short test
         guests:
           - name: web1
             uuid: ...           # default: uuid5(NAMESPACE_URL, "<uri key>/<name>")
@@ -47,7 +50,7 @@ Host YAML (unknown keys are rejected)::
             save_seconds: 0.05  # managedsave blocks this long (guest "paused (saving)")
             saving_seconds: 0   # another job's managedsave is running, ending this long
                                 # after the host was built; meanwhile managedsave and
-                                # shutdown wait LOCK_WAIT for its lock and fail, and
+                                # shutdown wait lock_wait for its lock and fail, and
                                 # destroy loses the guest's memory (no image)
             shutdown_seconds: 1 # shut off this long after `shutdown`
             ignore_shutdown: false
@@ -128,9 +131,10 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn, Optional
 
 VERSION_FALLBACK = "9.0.0"
-STATE_FORMAT = 4
+STATE_FORMAT = 5
 LOCK_WAIT = 30.0
-"""Seconds libvirt waits for a domain's state-change lock before giving up."""
+"""Seconds libvirt waits for a domain's state-change lock before giving up (the default
+of a URI's ``lock_wait``)."""
 DEFAULT_SOCKET = "/var/run/libvirt/libvirt-sock"
 MIB = 1024 * 1024
 
@@ -160,6 +164,7 @@ GUEST_DEFAULTS: dict[str, Any] = {
 }
 GUEST_KEYS = set(GUEST_DEFAULTS) | {"name", "uuid", "reason", "id"}
 URI_KEYS = {
+    "lock_wait",
     "unreachable",
     "unreachable_until",
     "unreachable_calls",
@@ -441,6 +446,7 @@ def build_state(host_path: str, sig: list[int]) -> dict[str, Any]:
             "unreachable_calls": int(conf.get("unreachable_calls") or 0),
             "hang_after_calls": int(conf.get("hang_after_calls") or 0),
             "hang": bool(conf.get("hang", False)),
+            "lock_wait": float(conf.get("lock_wait", LOCK_WAIT)),
             "calls": 0,
             "guests": [],
         }
@@ -899,10 +905,11 @@ class Runner:
         raise Failure(self.t(role, g, **kw))
 
     def lock_busy(self, g: dict[str, Any], role: str, now: float) -> NoReturn:
-        """libvirt waits LOCK_WAIT for a job's lock, then fails; the job may end first."""
+        """libvirt waits the URI's lock_wait for a job's lock, then fails; the job may end
+        first."""
         if self.lock_waited:
             self.fail(role, g)
-        raise LockWait(min(float(g["job"]["end"]), now + LOCK_WAIT))
+        raise LockWait(min(float(g["job"]["end"]), now + float(self.u["lock_wait"])))
 
 
 CONNECT_FAILED = "error: failed to connect to the hypervisor"
