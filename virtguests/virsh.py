@@ -120,7 +120,8 @@ class Virsh:
     (``GUEST_COMMANDS``) that times out fails only that call and triggers one
     liveness check (``virsh list --uuid``, *default_timeout*, i.e. QUERY_TIMEOUT):
     the URI is wedged only if that check times out or cannot connect too.  One
-    check runs at a time per URI; timeouts meanwhile wait for its verdict.
+    check runs at a time per URI; timeouts and new calls meanwhile wait for its
+    verdict.
     """
 
     def __init__(
@@ -161,6 +162,13 @@ class Virsh:
             return self._wedged.get(uri)
 
     def _refuse_if_wedged(self, uri: str, argv: Sequence[str]) -> None:
+        """Refuse a call on a URI given up; while its liveness check runs, wait for the
+        verdict first (bounded by the check's timeout), so that no call started
+        meanwhile waits out its own timeout on a libvirtd that is gone."""
+        with self._lock:
+            check = self._checks.get(uri)
+        if check is not None:
+            check.wait()
         why = self.wedged(uri)
         if why is not None:
             raise VirshError(argv, f"not run: {uri} is not answering ({why})", wedged=True)
