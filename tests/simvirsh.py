@@ -9,9 +9,12 @@ drive hundreds of fault schedules.
 
 Faults are chosen per call: ``SimHost.fault(index, args)`` returns ``None``,
 ``"fail"`` (virsh exits 1 with a connection error), ``"hang"`` (the call
-takes its whole timeout and is killed) or ``"bug"`` (an unexpected exception
-escapes the runner, as a bug in virtguests would).  ``SimHost.noise`` lines are streamed
-to every event watcher after each call: tenant-chosen text in event lines.
+takes its whole timeout and is killed), ``slow(seconds)`` (libvirt answers
+that much later: a timeout if that is past the call's limit) or ``"bug"`` (an
+unexpected exception escapes the runner, as a bug in virtguests would).
+``SimHost.noise`` lines are streamed to every event watcher after each call:
+tenant-chosen text in event lines.  A guest's ``save_seconds`` past SAVE_TIMEOUT
+leaves its save running after virsh was killed, as libvirt does.
 """
 
 from __future__ import annotations
@@ -26,6 +29,16 @@ from virtguests.virsh import Result, Virsh, VirshError
 
 Fault = Callable[[int, Sequence[str]], Optional[str]]
 HANG, FAIL, BUG = "hang", "fail", "bug"
+LOCK_WAIT = 30.0
+"""libvirt's wait for a guest's state-change lock before a request fails."""
+BUSY = ("error: Failed to shutdown domain '{}'\nerror: Timed out during operation: cannot "
+        "acquire state change lock (held by monitor=remoteDispatchDomainManagedSave)\n")
+"""As recorded: fixtures/qemu-shutdown-busy.yaml."""
+
+
+def slow(seconds: float) -> str:
+    """A fault: libvirt answers *seconds* (virtual) late, e.g. after its guest agent wait."""
+    return f"slow:{seconds}"
 
 
 class SimClock(FakeClock):
@@ -62,6 +75,11 @@ class SimGuest:
     destroyed: bool = False
     shut_down: bool = False
     saved: bool = False
+    save_seconds: float = 0.0
+    """A managedsave takes this long; past the call's timeout libvirt goes on with it
+    (virsh was killed, not the save job): the guest is ``paused (saving)`` till then."""
+    saving_until: Optional[float] = None
+    destroyed_while_saving: bool = False
 
 
 @dataclass
@@ -88,8 +106,9 @@ class SimWatch:
 
 
 class SimVirsh(Virsh):
-    def __init__(self, clock: SimClock, hosts: dict[str, SimHost]) -> None:
-        super().__init__("virsh", environ={}, default_timeout=10)
+    def __init__(self, clock: SimClock, hosts: dict[str, SimHost], *,
+                 query_timeout: float = 10) -> None:
+        super().__init__("virsh", environ={}, default_timeout=query_timeout)
         self.clock = clock
         self.hosts = hosts
         self.watchers: dict[str, list[Callable[[str], None]]] = {}
@@ -123,28 +142,35 @@ class SimVirsh(Virsh):
         host.calls.append((now, tuple(args)))
         fault = host.fault(index, args)
         try:
-            if fault == HANG:
+            late = float(fault.split(":")[1]) if fault and fault.startswith("slow:") else 0.0
+            if fault == HANG or late >= limit:  # libvirtd does not get to the command
                 self.clock.advance(limit)
                 raise VirshError(argv, f"timed out after {limit:g}s and was killed",
                                  timed_out=True)
+            if late:
+                self.clock.advance(late)
+                now = self.clock.now()
+                self._tick(uri, host, now)
             if fault == BUG:
                 raise RuntimeError(f"injected bug in call {index}")
             if fault == FAIL:
                 return Result(tuple(argv), 1, "", "error: failed to connect to the hypervisor\n"
                               "error: Cannot recv data: Connection reset by peer\n", 0.0)
-            return self._command(uri, host, argv, args, now)
+            return self._command(uri, host, argv, args, now, limit)
         finally:
             for line in host.noise:
                 self._emit(uri, line)
 
     def _tick(self, uri: str, host: SimHost, now: float) -> None:
         for guest in host.guests:
+            if guest.saving_until is not None and now >= guest.saving_until:
+                guest.saving_until, guest.active, guest.saved = None, False, True
             if guest.active and guest.stop_at is not None and now >= guest.stop_at:
                 guest.active, guest.shut_down = False, True
                 self._emit(uri, f"event 'lifecycle' for domain '{guest.name}': Stopped Shutdown")
 
     def _command(self, uri: str, host: SimHost, argv: list[str], args: Sequence[str],
-                 now: float) -> Result:
+                 now: float, limit: float) -> Result:
         def ok(text: str = "") -> Result:
             return Result(tuple(argv), 0, text, "", 0.0)
 
@@ -163,6 +189,15 @@ class SimVirsh(Virsh):
         guest = host.find(args[-1])
         if guest is None:
             return error(f"error: failed to get domain '{args[-1]}'\n")
+        if args[0] == "shutdown" and guest.saving_until is not None:
+            wait = min(LOCK_WAIT, guest.saving_until - now)
+            if wait >= limit:
+                raise AssertionError("a shutdown waiting for the lock past its timeout "
+                                     "is not simulated")
+            self.clock.advance(wait)
+            self._tick(uri, host, self.clock.now())
+            if guest.saving_until is not None:
+                return error(BUSY.format(args[-1]))
         if args[0] == "shutdown":
             if not guest.active:
                 return error("error: Requested operation is not valid: domain is not running\n")
@@ -172,20 +207,34 @@ class SimVirsh(Virsh):
         if args[0] == "destroy":
             if not guest.active:
                 return error("error: Requested operation is not valid: domain is not running\n")
-            guest.active, guest.destroyed = False, True
+            guest.destroyed_while_saving = guest.saving_until is not None
+            guest.active, guest.destroyed, guest.saving_until = False, True, None
             self._emit(uri, f"event 'lifecycle' for domain '{guest.name}': Stopped Destroyed")
             return ok(f"Domain '{args[-1]}' destroyed\n")
         if args[0] == "domstate":
+            if guest.saving_until is not None:
+                return ok("paused (saving)\n\n")
             if guest.active:
                 return ok("running (booted)\n\n")
             reason = "destroyed" if guest.destroyed else "saved" if guest.saved else "shutdown"
             return ok(f"shut off ({reason})\n\n")
         if args[0] == "domjobinfo":
+            if guest.saving_until is not None:
+                return ok("Job type:         Unbounded   \nOperation:        Save        \n\n")
             return ok("Job type:         None        \n\n")
+        if args[0] == "domtime":
+            return ok("")
         if args[0] == "managedsave":
             if not guest.active:
                 return error(f"error: Failed to save domain '{args[-1]}' state\n"
                              "error: Requested operation is not valid: domain is not running\n")
+            if guest.save_seconds >= limit:  # virsh is killed, the save job goes on
+                guest.saving_until = now + guest.save_seconds
+                self.clock.advance(limit)
+                self._tick(uri, host, self.clock.now())
+                raise VirshError(argv, f"timed out after {limit:g}s and was killed",
+                                 timed_out=True)
+            self.clock.advance(guest.save_seconds)
             guest.active, guest.saved = False, True
             return ok(f"\nDomain '{args[-1]}' state saved by libvirt\n")
         if args[0] == "start":

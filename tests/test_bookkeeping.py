@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.simvirsh import BUG, Fault, SimClock, SimGuest, SimHost, SimVirsh
+from tests.simvirsh import BUG, HANG, Fault, SimClock, SimGuest, SimHost, SimVirsh
 from virtguests import service, state
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded
@@ -130,6 +130,24 @@ def test_a_bug_at_stop_leaves_every_guest_recorded(count: int, call: int,
             assert f"of guest {guest.name} on default: RuntimeError" in err
         if call < len(box.host.calls):
             assert code == 1
+
+
+def test_a_uri_given_up_at_start_names_its_guests_once() -> None:
+    """The given-up URI's error names the guests it keeps; the summary of guests not
+    resumed leaves them out (as it does for unreachable URIs)."""
+    config = dataclasses.replace(Config(), parallel_start=1)
+    with tempfile.TemporaryDirectory() as root:
+        box = Box(Path(root), 3, config)
+        assert box.run("stop")[0] == 0
+        first = len(box.host.calls)  # libvirtd stops answering after one start
+        code, out, err = box.run("start", lambda index, args: HANG if index > first else None)
+        assert code == 1 and "Resuming guest g0: done" in out
+        assert [args for _, args in box.host.calls[first:]] == [
+            ("start", uuid(0)), ("start", uuid(1)), ("list", "--uuid")]
+        assert ("gave up on default: a call there timed out (virsh start " + uuid(1)) in err
+        assert err.count("kept for the next start") == 1, err
+        assert err.rstrip().endswith("not resumed, kept for the next start: g1, g2"), err
+        assert box.recorded() == {uuid(1), uuid(2)}
 
 
 def test_the_clock_and_the_runner_take_absurd_durations() -> None:

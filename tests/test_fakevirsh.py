@@ -496,6 +496,47 @@ def test_saving_seconds_another_jobs_save_holds_the_lock(
     assert h("-q", "list", "--all", "--with-managed-save", "--name").stdout == "g\n"
 
 
+def domjobinfo_labels(text: str) -> list[str]:
+    return [line[:17].rstrip() for line in text.splitlines() if line.strip()]
+
+
+def test_saving_seconds_on_a_paused_guest_keeps_its_reason(virsh: Path, tmp_path: Path) -> None:
+    """libvirt gives a guest the reason ``saving`` only when it pauses a running guest for
+    the save: a guest paused before keeps its reason the whole save, and only
+    domjobinfo shows the save, in the recorded format."""
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "state": "paused", "saving_seconds": 100}))
+    assert h.state("g") == "paused (user)"
+    out = h("domjobinfo", "g").stdout
+    assert out.startswith("Job type:         Unbounded   \nOperation:        Save        \n")
+    recorded = recording("qemu-domjobinfo-saving")["stdout"]
+    assert domjobinfo_labels(out) == domjobinfo_labels(recorded)
+    proc = h.popen("shutdown", "g")
+    time.sleep(0.3)
+    assert proc.poll() is None, "no wait for the state-change lock"
+    h.set_now(1030.0)
+    _, err = proc.communicate(timeout=10)
+    assert proc.returncode == 1
+    assert err == recording("qemu-shutdown-busy")["stderr"].replace(
+        "0f1e7a5e-0000-4000-8000-000000000001", "g")
+    assert h.state("g") == "paused (user)"
+    h.set_now(1100.0)
+    assert h.state("g") == "shut off (saved)"
+    assert h("domjobinfo", "g").returncode == 1  # not running any more
+
+
+@pytest.mark.parametrize(("state", "during"), [("running", "paused (saving)"),
+                                               ("paused", "paused (user)")])
+def test_managedsave_pauses_only_a_running_guest_for_the_save(
+        virsh: Path, tmp_path: Path, state: str, during: str) -> None:
+    h = Host(virsh, tmp_path, one_uri({"name": "g", "state": state, "save_seconds": 10}))
+    saver = h.popen("managedsave", "g")
+    wait_for(lambda: "Operation:        Save" in h("domjobinfo", "g").stdout)
+    assert h.state("g") == during
+    h.set_now(1010.0)
+    assert saver.communicate(timeout=10)[1] == "" and saver.returncode == 0
+    assert h.state("g") == "shut off (saved)"
+
+
 def test_a_lock_wait_ends_with_the_job_and_the_command_runs_then(
         virsh: Path, tmp_path: Path) -> None:
     h = Host(virsh, tmp_path, one_uri({"name": "g", "saving_seconds": 10}))

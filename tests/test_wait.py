@@ -17,14 +17,25 @@ from dataclasses import dataclass
 from typing import Optional
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.simvirsh import BUG, FAIL, HANG, Fault, SimClock, SimGuest, SimHost, SimVirsh
+from tests.simvirsh import (
+    BUG,
+    FAIL,
+    HANG,
+    Fault,
+    SimClock,
+    SimGuest,
+    SimHost,
+    SimVirsh,
+    slow,
+)
 from virtguests.config import Config
-from virtguests.executor import JOB_LOCK_WAIT, Executor
+from virtguests.executor import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT, Executor
 from virtguests.plan import PROTECTED, Guest, Res, UriView, plan_stop
 from virtguests.report import Reporter
+from virtguests.virsh import is_guest_call
 
 PROPERTY = settings(max_examples=120, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
@@ -73,7 +84,7 @@ def stop(guests: Sequence[SimGuest], config: Config, *, fault: Optional[Fault] =
     if fault is not None:
         host.fault = fault
     clock = SimClock()
-    virsh = SimVirsh(clock, {"default": host})
+    virsh = SimVirsh(clock, {"default": host}, query_timeout=config.query_timeout)
     out, err = io.StringIO(), io.StringIO()
     view = UriView("default", tuple(Guest(g.uuid, g.name) for g in guests))
     reporter = Reporter(out, err)
@@ -210,33 +221,99 @@ def test_with_no_timeout_checks_that_keep_failing_end_the_wait_not_the_guest() -
     assert 60 <= run.clock.now() - 1_000_000.0 < 62  # virtual: one check a second
 
 
-# -- item 7: a wedged URI is given up once ------------------------------------------
+# -- item 7: a wedged URI is given up once; one guest's timeout is that guest's alone ---
 
 
-def hang_at(call: int) -> Fault:
-    return lambda index, args: HANG if index == call else None
+def wedge_from(call: int) -> Fault:
+    """Every call from number *call* on hangs: libvirtd stopped answering."""
+    return lambda index, args: HANG if index >= call else None
+
+
+VERBS = ["list", "managedsave", "shutdown", "domstate", "destroy"]
+
+
+def hang_nth(verb: str, nth: int, *, wedge: bool) -> Fault:
+    """The *nth* call of *verb* hangs (and, with *wedge*, every call after it)."""
+    seen = {"count": 0, "from": -1}
+
+    def fault(index: int, args: Sequence[str]) -> Optional[str]:
+        if 0 <= seen["from"] <= index and wedge:
+            return HANG
+        if args[0] == verb:
+            seen["count"] += 1
+            if seen["count"] == nth:
+                seen["from"] = index
+                return HANG
+        return None
+
+    return fault
+
+
+def first_hung(run: Stopped, verb: str, nth: int) -> Optional[int]:
+    """The index of the call *hang_nth* made hang, if the run got that far."""
+    of_verb = [i for i, (_, args) in enumerate(run.host.calls) if args[0] == verb]
+    return of_verb[nth - 1] if len(of_verb) >= nth else None
+
+
+def limit_of(args: Sequence[str], config: Config) -> float:
+    """The timeout virtguests gives a call."""
+    extra = {"shutdown": AGENT_SHUTDOWN_WAIT, "destroy": JOB_LOCK_WAIT}
+    if args[0] == "managedsave":
+        return float(config.save_timeout)
+    return config.query_timeout + extra.get(args[0], 0.0)
+
+
+ACTION_VERBS = {"suspend": "managedsave", "shutdown": "shutdown", "poweroff": "destroy"}
+PROMISE = re.compile(r"guest (?P<name>g\d+)\b.*; trying (?P<action>\w+)$")
+
+
+def assert_trying_is_tried(run: Stopped, guests: Sequence[SimGuest]) -> None:
+    """A chain message "trying X" is only printed when X is then tried."""
+    ids = {g.name: g.uuid for g in guests}
+    for line in run.err.splitlines():
+        match = PROMISE.search(line)
+        if match is None:
+            continue
+        call = (ACTION_VERBS[match["action"]], ids[match["name"]])
+        assert call in [args for _, args in run.host.calls], (line, run.host.calls)
+
+
+CHAINS = [("suspend",), ("shutdown", "poweroff"), ("shutdown", "poweroff"),
+          ("suspend", "shutdown", "poweroff"), ("poweroff",)]
 
 
 @PROPERTY
 @given(data=st.data())
-def test_after_a_timeout_nothing_more_is_run_on_that_uri(data: st.DataObject) -> None:
+def test_a_wedged_libvirtd_is_given_up_once_within_the_bound(data: st.DataObject) -> None:
+    """Whatever call is the first to hang for good: a URI-level call gives the URI up at
+    once; a guest's call costs its timeout plus one liveness check.  Nothing more runs
+    there.  Serial: the simulated host serialises calls, so calls in flight at the same
+    time are tried by the real-process tests (tests/test_faults.py)."""
     count = data.draw(st.integers(1, 5), label="guests")
     guests = [SimGuest(uuid(i), f"g{i}", data.draw(st.one_of(st.none(), st.floats(0, 30)),
                                                     label=f"g{i} shutdown seconds"))
               for i in range(count)]
     query_timeout = data.draw(st.integers(1, 30), label="QUERY_TIMEOUT")
-    config = shutdown_config(data.draw(st.sampled_from([0, 3])), 40,
-                             query_timeout=query_timeout)
-    call = data.draw(st.integers(0, 40), label="hanging call")
-    run = stop(guests, config, fault=hang_at(call))
-    if len(run.host.calls) <= call:  # the run ended before that call: nothing hung
-        assert_every_guest_stopped(run, guests)
+    config = dataclasses.replace(shutdown_config(0, 40, query_timeout=query_timeout),
+                                 on_shutdown=data.draw(st.sampled_from(CHAINS)))
+    verb = data.draw(st.sampled_from(VERBS), label="first hanging call")
+    nth = data.draw(st.integers(1, 4), label="its number")
+    run = stop(guests, config, fault=hang_nth(verb, nth, wedge=True))
+    assert_trying_is_tried(run, guests)
+    call = first_hung(run, verb, nth)
+    if call is None:  # the run ended before that call: nothing hung
+        assert "gave up" not in run.err
         return
     hung_at, hung = run.host.calls[call]
-    assert len(run.host.calls) == call + 1, run.host.calls[call:]  # refused at once since
-    # one timeout, nothing more: QUERY_TIMEOUT, plus libvirt's own lock wait for requests
-    limit = query_timeout + (JOB_LOCK_WAIT if hung[0] in ("shutdown", "destroy") else 0)
-    assert run.clock.now() - hung_at == limit
+    event(f"first hung call: {hung[0]}")
+    after = [args for _, args in run.host.calls[call + 1:]]
+    bound = limit_of(hung, config)
+    if is_guest_call(hung):
+        assert after == [("list", "--uuid")], after  # the liveness check, then nothing
+        bound += query_timeout
+    else:
+        assert after == [], after
+    assert run.clock.now() - hung_at == bound
     assert run.executor.status == 1
     given_up = [line for line in run.err.splitlines() if "gave up on default" in line]
     assert len(given_up) == 1, run.err
@@ -247,18 +324,144 @@ def test_after_a_timeout_nothing_more_is_run_on_that_uri(data: st.DataObject) ->
             assert guest.active != guest.destroyed or guest.shut_down
 
 
+@PROPERTY
+@given(data=st.data())
+def test_one_guests_timeout_costs_that_guest_not_its_uri(data: st.DataObject) -> None:
+    """Any one call hangs, libvirtd still answers: a URI-level call gives the URI up
+    (nothing more is run there); a guest's call fails that guest's step only, after one
+    liveness check, and every other guest is handled as without the fault."""
+    count = data.draw(st.integers(2, 5), label="guests")
+    guests = [SimGuest(uuid(i), f"g{i}", data.draw(st.one_of(st.none(), st.floats(0, 30)),
+                                                    label=f"g{i} shutdown seconds"))
+              for i in range(count)]
+    config = dataclasses.replace(
+        shutdown_config(data.draw(st.sampled_from([0, 3]), label="parallel"), 40,
+                        query_timeout=data.draw(st.integers(1, 30), label="QUERY_TIMEOUT")),
+        on_shutdown=data.draw(st.sampled_from(CHAINS)),
+        parallel_suspend=data.draw(st.sampled_from([0, 3]), label="parallel suspend"))
+    verb = data.draw(st.sampled_from(VERBS), label="hanging call")
+    nth = data.draw(st.integers(1, 4), label="its number")
+    run = stop(guests, config, fault=hang_nth(verb, nth, wedge=False))
+    assert_trying_is_tried(run, guests)
+    call = first_hung(run, verb, nth)
+    if call is None:
+        assert "gave up" not in run.err
+        return
+    hung = run.host.calls[call][1]
+    event(f"hung call: {hung[0]}")
+    if not is_guest_call(hung):
+        assert len(run.host.calls) == call + 1, run.host.calls[call:]
+        assert "gave up on default" in run.err
+        return
+    assert run.virsh.liveness_checks == 1
+    assert run.virsh.wedged("default") is None and "gave up" not in run.err, run.err
+    hurt = run.host.find(hung[-1])
+    for guest in guests:
+        assert not guest.destroyed_while_saving
+        if guest is hurt:
+            continue
+        assert run.outcome(guest) in PROTECTED, (guest, run.steps(guest), run.err)
+        assert not guest.active
+    assert hurt is not None
+    if hurt.active:  # its step failed, said so, and the chain went on as far as it could
+        assert hurt.name in run.err, run.err
+        assert run.steps(hurt)[-1][1] in (Res.FAILED, Res.TIMED_OUT), run.steps(hurt)
+
+
+@pytest.mark.parametrize("parallel", [0, 3])
+def test_a_save_outlasting_save_timeout_is_left_to_libvirt_and_the_others_saved(
+        parallel: int) -> None:
+    """Found: the save's timeout gave the whole URI up ("trying shutdown", and nothing
+    was tried).  libvirt goes on saving after virsh is killed: never shut down or
+    powered off meanwhile, and the other guests are saved."""
+    big = SimGuest(uuid(0), "g0", save_seconds=3000)
+    others = [SimGuest(uuid(i), f"g{i}") for i in range(1, 4)]
+    config = dataclasses.replace(Config(), on_shutdown=("suspend", "shutdown", "poweroff"),
+                                 save_timeout=1800, parallel_suspend=parallel)
+    run = stop([big, *others], config)
+    assert run.steps(big) == [("suspend", Res.SAVE_IN_PROGRESS)]
+    assert [args[0] for _, args in run.host.calls if args[-1] == big.uuid] == [
+        "managedsave", "domstate"]
+    assert ("saving guest g0 failed: timed out after 1800s and was killed; libvirt is "
+            "still saving it: not shutting it down or powering it off while its memory "
+            "is being written (it stays recorded)") in run.err
+    assert "trying" not in run.err and "gave up" not in run.err
+    assert all(run.steps(g) == [("suspend", Res.SAVED)] for g in others)
+    assert run.virsh.liveness_checks == 1 and run.executor.status == 1
+    assert big.saving_until == 1_000_000.0 + 3000  # libvirt's job goes on
+
+
+def test_a_save_cut_at_stop_deadline_leaves_the_other_guests_handled() -> None:
+    big = SimGuest(uuid(0), "g0", save_seconds=3000)
+    others = [SimGuest(uuid(i), f"g{i}", None) for i in range(1, 3)]
+    config = dataclasses.replace(Config(), on_shutdown=("suspend", "shutdown", "poweroff"),
+                                 save_timeout=1800, stop_deadline=600, shutdown_timeout=60)
+    run = stop([big, *others], config)
+    assert run.clock.now() - 1_000_000.0 >= 600
+    assert run.steps(big) == [("suspend", Res.SAVE_IN_PROGRESS)]
+    assert "timed out after 600s and was killed; libvirt is still saving it" in run.err
+    for guest in others:  # no time left to save them: the chain goes on, as it says
+        assert f"no time left before STOP_DEADLINE to save guest {guest.name}; trying " \
+            "shutdown" in run.err
+        assert run.outcome(guest) == Res.POWERED_OFF and not guest.active
+    assert_trying_is_tried(run, [big, *others])
+    assert not big.destroyed and "gave up" not in run.err
+
+
+@pytest.mark.parametrize("parallel", [0, 3])
+def test_a_shutdown_request_hung_on_one_guest_fails_that_guest_only(parallel: int) -> None:
+    """A tenant's guest agent that never answers keeps ``virsh shutdown`` busy past its
+    timeout: that guest goes on to poweroff, the others shut down as usual."""
+    guests = [SimGuest(uuid(i), f"g{i}", 2.0) for i in range(4)]
+    deaf = guests[1]
+    config = shutdown_config(parallel, 300)
+
+    def fault(index: int, args: Sequence[str]) -> Optional[str]:
+        return HANG if tuple(args) == ("shutdown", deaf.uuid) else None
+
+    run = stop(guests, config, fault=fault)
+    limit = config.query_timeout + AGENT_SHUTDOWN_WAIT
+    assert (f"shutdown of guest g1 failed: timed out after {limit:g}s and was killed; "
+            "trying poweroff") in run.err
+    assert deaf.destroyed and run.steps(deaf) == [("shutdown", Res.FAILED),
+                                                  ("poweroff", Res.POWERED_OFF)]
+    for guest in guests:
+        if guest is not deaf:
+            assert run.steps(guest) == [("shutdown", Res.SHUT_OFF)], run.steps(guest)
+            assert guest.shut_down
+    assert run.virsh.liveness_checks == 1 and "gave up" not in run.err
+    assert_trying_is_tried(run, guests)
+
+
+def test_a_shutdown_answered_after_libvirts_agent_wait_is_no_timeout() -> None:
+    """libvirt tries the guest agent first and waits up to 60 s (2 x 5 s to reach it)
+    before ACPI: a request answered after that is a request, not a hung libvirtd."""
+    guests = [SimGuest(uuid(i), f"g{i}", 2.0) for i in range(2)]
+
+    def fault(index: int, args: Sequence[str]) -> Optional[str]:
+        return slow(65) if tuple(args) == ("shutdown", guests[0].uuid) else None
+
+    run = stop(guests, shutdown_config(0, 300, query_timeout=1), fault=fault)
+    assert run.err == "" and run.virsh.liveness_checks == 0
+    assert all(run.steps(g) == [("shutdown", Res.SHUT_OFF)] for g in guests)
+
+
 def test_a_uri_that_hangs_at_the_first_save_gives_up_its_other_guests_at_once() -> None:
     guests = [SimGuest(uuid(i), f"g{i}") for i in range(4)]
     config = dataclasses.replace(Config(), on_shutdown=("suspend", "shutdown", "poweroff"),
                                  save_timeout=1800)
-    run = stop(guests, config, fault=hang_at(0))
-    assert [args[0] for _, args in run.host.calls] == ["managedsave"]
-    assert run.clock.now() - 1_000_000.0 == 1800  # one SAVE_TIMEOUT, not four
+    run = stop(guests, config, fault=wedge_from(0))
+    assert [args for _, args in run.host.calls] == [("managedsave", guests[0].uuid),
+                                                   ("list", "--uuid")]
+    assert run.clock.now() - 1_000_000.0 == 1800 + 10  # one SAVE_TIMEOUT + the check
     assert run.virsh.watchers == {}  # no virsh event on a URI given up
-    assert run.steps(guests[0]) == [("suspend", Res.FAILED), ("shutdown", Res.GIVEN_UP)]
+    assert run.steps(guests[0]) == [("suspend", Res.FAILED)]
     assert all(run.steps(g) == [("suspend", Res.GIVEN_UP)] for g in guests[1:])
     assert all(g.active for g in guests)
-    assert "gave up on default: a call there timed out (virsh managedsave " in run.err
+    assert "saving guest g0 failed: timed out after 1800s and was killed\n" in run.err
+    assert ("gave up on default: a call there timed out (virsh managedsave "
+            + guests[0].uuid + ": timed out after 1800s and was killed; then virsh list "
+            "--uuid: timed out after 10s and was killed)") in run.err
     assert "recorded so that start brings them back: g0, g1, g2, g3" in run.err
 
 

@@ -5,9 +5,10 @@ own timeout accounting.  Waiting for shutdowns asks virsh once per URI per
 tick which guests are still active, instead of once per guest; lifecycle
 events only make that check come sooner.  A guest's action chain (suspend ->
 shutdown -> poweroff) moves to the next step when a step fails or times out,
-but never while another job is still saving the guest.  A URI on which a call
-timed out is given up at once (``Virsh.wedged``): its guests stay recorded and
-are named in one error.  A bug hit while handling one guest is that guest's
+but never while a save of the guest is still in progress.  A URI that stopped
+answering is given up at once (``Virsh.wedged``): its guests stay recorded and
+are named in one error; a timeout of one guest's call costs only that guest's
+step.  A bug hit while handling one guest is that guest's
 internal error; the others are still handled.  After a stop request
 (SIGTERM/SIGINT) nothing new is started; calls in flight finish or time out.
 """
@@ -22,7 +23,7 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Optional, TypeVar
+from typing import Callable, Optional, TypeVar, Union
 
 from virtguests import observe, virshout
 from virtguests.clock import Clock
@@ -88,13 +89,23 @@ def save_job_poll(waited: float) -> float:
 
 JOB_LOCK_WAIT = 30.0
 """libvirt waits this long for a guest's state-change lock (held by a save, say) before
-a shutdown or destroy request fails: those requests get QUERY_TIMEOUT on top of it."""
+a request fails: a destroy request gets QUERY_TIMEOUT on top of it."""
+
+AGENT_SHUTDOWN_WAIT = 70.0
+"""How long libvirt may spend on ``virsh shutdown`` of a guest with a guest agent before
+it falls back to ACPI.  Without flags it tries the agent first (qemuDomainShutdownFlags):
+up to 2 x 5 s to sync with it, then 60 s for ``guest-shutdown``
+(VIR_DOMAIN_QEMU_AGENT_COMMAND_SHUTDOWN).  A tenant's unresponsive agent must not look
+like a hung libvirtd, so a shutdown request gets QUERY_TIMEOUT on top of it.  A guest
+being saved is paused, and the agent path then fails at once: this wait and
+JOB_LOCK_WAIT do not add up."""
 
 QUICK_CALL = 1.0
 """Seconds a request usually takes at most (real time, even under a virtual clock)."""
 
 SAVING = ("paused", "saving")
-"""``virsh domstate --reason`` while a managedsave runs (fixtures/qemu-domstate-reason-saving)."""
+"""``virsh domstate --reason`` while a managedsave of a running guest runs
+(fixtures/qemu-domstate-reason-saving); a guest paused before keeps its reason."""
 
 
 class OtherSave:
@@ -109,6 +120,17 @@ class OtherSave:
     STILL_SAVING = "still saving"
     """Still saving when our time ran out: never shut down or powered off."""
     INTERRUPTED = "interrupted"
+
+
+@dataclass(frozen=True)
+class _Refused:
+    """A shutdown request that failed: asked about (another job's save?) after the wait."""
+
+    step: GuestStop
+    error: VirshError
+    at: float
+    until: float
+    """How long a save in progress is waited for (SAVE_TIMEOUT, STOP_DEADLINE)."""
 
 
 class Doorbell:
@@ -176,7 +198,9 @@ class _Flight:
     sending: list[GuestStop] = field(default_factory=list)
     waiting: dict[str, _Waiting] = field(default_factory=dict)
     failed: list[GuestStop] = field(default_factory=list)
-    """Timed out or refused: the chain's next step takes them."""
+    """Timed out: the chain's next step takes them."""
+    refused: list[_Refused] = field(default_factory=list)
+    """Their request failed: whether the chain goes on is decided after the wait."""
 
     def unsettled(self) -> list[GuestStop]:
         return [*self.sending, *(w.step for w in self.waiting.values()), *self.queue]
@@ -343,9 +367,26 @@ class Executor:
                          f"{uri} is not answering: {self.virsh.wedged(uri)}")
         self.checkpoint()
 
-    def _escalating(self, step: GuestStop, action: str) -> str:
+    def _escalating(self, uri: str, step: GuestStop, action: str) -> tuple[str, bool]:
+        """Whether the chain's next step takes a guest, and the words that say so.
+
+        Not on a URI given up (nothing more is tried there); after a stop request
+        the next step only records the guest as interrupted, so "trying" is not said.
+        """
         following = _next_action(step, action)
-        return f"; trying {following}" if following else ""
+        if following is None or self.virsh.wedged(uri) is not None:
+            return "", False
+        return ("" if self.cancelled else f"; trying {following}"), True
+
+    def _failed_step(self, uri: str, step: GuestStop, action: str, what: str,
+                     err: VirshError, seconds: float) -> bool:
+        """Report a failed step (``WHAT failed: DETAIL[; trying NEXT]``); True: escalate."""
+        trying, escalate = self._escalating(uri, step, action)
+        self._fail()
+        self.report.error(f"{what} failed: {err.detail}{trying}")
+        self.report.step(self._outcome(uri, step), action, Res.FAILED, seconds, err.detail)
+        self.checkpoint()
+        return escalate
 
     def _each_guest(self, uri: str, steps: Sequence[GuestStop], action: str,
                     job: Callable[[str, GuestStop], bool], workers: int = 1) -> list[GuestStop]:
@@ -383,10 +424,11 @@ class Executor:
             return False
         budget = min(float(self.config.save_timeout), self._remaining())
         if budget <= 0:
+            trying, escalate = self._escalating(uri, step, SUSPEND)
             self.report.error(f"no time left before STOP_DEADLINE to save guest {name}"
-                              f"{self._escalating(step, SUSPEND)}")
+                              f"{trying}")
             self.report.step(outcome, SUSPEND, Res.SKIPPED, 0.0, "STOP_DEADLINE reached")
-            return True
+            return escalate
         self.report.say(f"{label}...")
         started = self.clock.now()
         done = threading.Event()
@@ -407,10 +449,13 @@ class Executor:
         worker = threading.Thread(target=save, daemon=True)
         worker.start()
         next_progress = started + PROGRESS_EVERY
+        asking = True  # until a progress query times out (a hung QEMU): then "..."
         while not self.clock.wait(done, max(next_progress - self.clock.now(), 0.0)):
             if self.clock.now() >= next_progress:
                 next_progress += PROGRESS_EVERY
-                self.report.say(f"{label}{self._save_progress(uri, uuid)}")
+                progress = self._save_progress(uri, uuid) if asking else "..."
+                asking = progress is not None
+                self.report.say(f"{label}{progress or '...'}")
         worker.join()
         if bugs:
             raise bugs[0]
@@ -423,25 +468,27 @@ class Executor:
         if err.wedged:
             self._give_up(uri, step, SUSPEND)
             return False
-        if not err.timed_out:
-            # Another job (an earlier run killed mid-save, another tool) may hold the
-            # guest: its save must end before anything harsher is tried.
-            other = self._other_save(uri, step, started + budget)
+        if self.virsh.wedged(uri) is None:
+            # A save must end before anything harsher is tried: another job's (an
+            # earlier run killed mid-save, another tool) or ours, which libvirt goes on
+            # with after its virsh timed out (SAVE_TIMEOUT, STOP_DEADLINE).
+            other = self._other_save(uri, step, started + budget, failure=err,
+                                     ours=err.timed_out)
             if other != OtherSave.NONE:
-                return self._after_other_save(uri, step, SUSPEND, other, started)
-        self._fail()
-        self.report.error(f"saving guest {name} failed: {err.detail}"
-                          f"{self._escalating(step, SUSPEND)}")
-        self.report.step(outcome, SUSPEND, Res.FAILED, self.clock.now() - started, err.detail)
-        self.checkpoint()
-        return True
+                return self._after_other_save(uri, step, SUSPEND, other, started,
+                                              failure=err if err.timed_out else None)
+        return self._failed_step(uri, step, SUSPEND, f"saving guest {name}", err,
+                                 self.clock.now() - started)
 
-    def _save_progress(self, uri: str, uuid: str) -> str:
+    def _save_progress(self, uri: str, uuid: str) -> Optional[str]:
+        """``Data processed`` of a save, or "..."; None once a query timed out."""
         try:
             result = self.virsh.run(uri, ["domjobinfo", uuid],
                                     timeout=self.config.query_timeout)
-        except (VirshError, Interrupted):
+        except Interrupted:
             return "..."
+        except VirshError as err:
+            return None if err.timed_out else "..."
         return virshout.data_processed(result.stdout) or "..."
 
     # another job's save ----------------------------------------------------
@@ -453,34 +500,72 @@ class Executor:
             log.debug("%s", err)
             return None
 
-    def _other_save(self, uri: str, step: GuestStop, until: float) -> str:
-        """Is another job saving this guest?  Wait for it until *until*; how did it end?
+    def _save_job(self, uri: str, uuid: str) -> Optional[bool]:
+        """Whether ``virsh domjobinfo`` shows a save job; None if it cannot tell."""
+        try:
+            return observe.save_job_running(self.virsh, uri, uuid, self.config)
+        except VirshError as err:
+            log.debug("%s", err)
+            return None
 
-        Asked only on failure paths (a failed save, before a power-off): one
-        ``virsh domstate --reason``, which needs no job, so it answers while the
-        other save holds the guest's state-change lock.
+    def _saving(self, uri: str, uuid: str, failure: Optional[VirshError] = None
+                ) -> tuple[Optional[tuple[str, str]], Optional[str]]:
+        """The guest's ``domstate --reason`` (None: no answer), and what shows a save of
+        it in progress (None: nothing does).
+
+        Any one sign is enough: the reason ``saving`` (a guest that was running when
+        the save began); for a paused guest, or after a call that failed on a lock held
+        by a save, a save job in ``virsh domjobinfo``; and when domjobinfo cannot
+        tell, that failed call's own words.  A shut-off guest is saved or not, no
+        longer being saved.
+        """
+        state = self._domain_state(uri, uuid)
+        if state == SAVING:
+            return state, f"virsh domstate: {state[0]} ({state[1]})"
+        lock = virshout.save_lock(failure.stderr) if failure is not None else None
+        if state is not None and state[0] == "shut off":
+            return state, None
+        if (state is not None and state[0] == "paused") or lock:
+            job = self._save_job(uri, uuid)
+            if job:
+                return state, "virsh domjobinfo: a save job is running"
+            if job is None and lock:
+                return state, f"the failed call said: {lock}"
+        return state, None
+
+    def _other_save(self, uri: str, step: GuestStop, until: float, *,
+                    failure: Optional[VirshError] = None, ours: bool = False) -> str:
+        """Is a save of this guest in progress?  Wait for it until *until*; how did it end?
+
+        Asked only on failure paths (a failed save or shutdown request, before a
+        power-off), with calls that need no job on the guest, so they answer while
+        the save holds the guest's state-change lock.  *failure* is the call that
+        failed; *ours*: it was our own save whose virsh timed out, which libvirt goes
+        on with: our time is up, so it is not waited for.
         """
         name, uuid = step.guest.name, step.guest.uuid
-        state = self._domain_state(uri, uuid)
-        if state is None:
-            return OtherSave.NONE
-        if state == SAVING:
+        state, saving = self._saving(uri, uuid, failure)
+        if saving is not None:
+            if ours:
+                return OtherSave.STILL_SAVING
             began = self.clock.now()
-            self.report.warn(f"guest {name} on {uri} is being saved by another job (virsh "
-                             f"domstate: {state[0]} ({state[1]})); waiting up to "
-                             f"{max(round(until - began), 0)}s for it to finish; it is not "
-                             "shut down or powered off meanwhile")
-            while state == SAVING:
+            self.report.warn(f"guest {name} on {uri} is being saved by another job "
+                             f"({saving}); waiting up to {max(round(until - began), 0)}s "
+                             "for it to finish; it is not shut down or powered off "
+                             "meanwhile")
+            while saving is not None:
                 left = until - self.clock.now()
                 if left <= 0:
                     return OtherSave.STILL_SAVING
                 if not self.clock.sleep(min(save_job_poll(self.clock.now() - began), left)):
                     return OtherSave.INTERRUPTED
-                answer = self._domain_state(uri, uuid)
-                if answer is None and self.virsh.wedged(uri) is not None:
-                    return OtherSave.STILL_SAVING
-                state = answer or state
-        if state[0] != "shut off":
+                answer, still = self._saving(uri, uuid, failure)
+                if answer is None and still is None:  # no answer: still saving, as far
+                    if self.virsh.wedged(uri) is not None:  # as we know
+                        return OtherSave.STILL_SAVING
+                    continue
+                state, saving = answer, still
+        if state is None or state[0] != "shut off":
             return OtherSave.NONE
         if state[1] == "saved":
             return OtherSave.SAVED
@@ -492,8 +577,11 @@ class Executor:
         return OtherSave.SAVED if saved else OtherSave.OFF
 
     def _after_other_save(self, uri: str, step: GuestStop, action: str, other: str,
-                          started: float) -> bool:
-        """Report how another job's save ended; never escalates (False)."""
+                          started: float, *, failure: Optional[VirshError] = None) -> bool:
+        """Report how a save in progress ended; never escalates (False).
+
+        *failure*: our own save, whose virsh call timed out (see ``_other_save``).
+        """
         name = step.guest.name
         outcome = self._outcome(uri, step)
         seconds = self.clock.now() - started
@@ -503,11 +591,20 @@ class Executor:
             else:
                 self.report.warn(f"guest {name} on {uri} was saved by another job; "
                                  f"no {action} needed")
-            self.report.step(outcome, SUSPEND, Res.SAVED, seconds, "saved by another job")
+            self.report.step(outcome, SUSPEND, Res.SAVED, seconds,
+                             "saved after its virsh call timed out" if failure
+                             else "saved by another job")
         elif other == OtherSave.OFF:
             self.report.warn(f"guest {name} on {uri} is shut off already (without a "
                              f"managed-save image); no {action} needed")
             self.report.step(outcome, action, Res.SHUT_OFF, seconds, "already shut off")
+        elif other == OtherSave.STILL_SAVING and failure is not None:
+            self._fail()
+            self.report.error(f"saving guest {name} failed: {failure.detail}; libvirt is "
+                              "still saving it: not shutting it down or powering it off "
+                              "while its memory is being written (it stays recorded)")
+            self.report.step(outcome, action, Res.SAVE_IN_PROGRESS, seconds,
+                             "still being saved when our time ran out")
         elif other == OtherSave.STILL_SAVING:
             self._fail()
             self.report.error(f"guest {name} on {uri} is still being saved by another job; "
@@ -536,39 +633,59 @@ class Executor:
             self.checkpoint()
         finally:
             bell.close()
-        return flight.failed
+        if not flight.refused:
+            return flight.failed
+        refused = {r.step.guest.uuid: r for r in flight.refused}
+        return flight.failed + self._each_guest(
+            uri, [r.step for r in flight.refused], SHUTDOWN,
+            lambda uri, step: self._after_refusal(uri, refused[step.guest.uuid]),
+            self.config.parallel_shutdown)
 
-    def _request_timeout(self) -> float:
-        return self.config.query_timeout + JOB_LOCK_WAIT
+    def _request_timeout(self, action: str) -> float:
+        """QUERY_TIMEOUT, plus what libvirt itself may wait before it answers *action*."""
+        return self.config.query_timeout + (
+            AGENT_SHUTDOWN_WAIT if action == SHUTDOWN else JOB_LOCK_WAIT)
 
-    def _send_shutdown(self, uri: str, step: GuestStop) -> Optional[bool]:
-        """One shutdown request: True sent, False failed (escalate), None given up."""
+    def _send_shutdown(self, uri: str, step: GuestStop) -> Optional[Union[bool, _Refused]]:
+        """One shutdown request: True sent; a _Refused if it failed; None if nothing
+        more is done (the URI was given up)."""
         try:
             self.virsh.run(uri, action_args(SHUTDOWN, step.guest.uuid, self.config),
-                           timeout=self._request_timeout(), ignore_interrupt=True)
+                           timeout=self._request_timeout(SHUTDOWN), ignore_interrupt=True)
         except VirshError as err:
             if err.wedged:
                 self._give_up(uri, step, SHUTDOWN)
                 return None
-            self._fail()
-            self.report.error(f"shutdown of guest {step.guest.name} failed: {err.detail}"
-                              f"{self._escalating(step, SHUTDOWN)}")
-            self.report.step(self._outcome(uri, step), SHUTDOWN, Res.FAILED, 0.0, err.detail)
-            self.checkpoint()
-            return False
+            now = self.clock.now()
+            return _Refused(step, err, now,
+                            now + min(float(self.config.save_timeout), self._remaining()))
         return True
 
-    def _request_shutdowns(self, uri: str, steps: Sequence[GuestStop]) -> list[Optional[bool]]:
-        """Announce, then send several shutdown requests at once (each is one virsh call)."""
+    def _after_refusal(self, uri: str, refused: _Refused) -> bool:
+        """A failed shutdown request: a save in progress (another job's, holding the
+        guest's lock) is waited for and never escalated; True: the chain goes on."""
+        step, err = refused.step, refused.error
+        if self.virsh.wedged(uri) is None:
+            other = self._other_save(uri, step, refused.until, failure=err)
+            if other != OtherSave.NONE:
+                return self._after_other_save(uri, step, SHUTDOWN, other, refused.at)
+        return self._failed_step(uri, step, SHUTDOWN, f"shutdown of guest {step.guest.name}",
+                                 err, 0.0)
+
+    def _request_shutdowns(self, uri: str, steps: Sequence[GuestStop]
+                           ) -> list[Optional[Union[bool, _Refused]]]:
+        """Announce, then send shutdown requests, PARALLEL_SHUTDOWN at a time at most
+        (each is one virsh call)."""
         for step in steps:
             self.report.say(f"Starting shutdown on guest: {step.guest.name}")
 
         return self._through_clock([functools.partial(
             self._for_guest, uri, step.guest.name, step.guest.uuid, SHUTDOWN,
-            functools.partial(self._send_shutdown, uri, step), None) for step in steps])
+            functools.partial(self._send_shutdown, uri, step), None) for step in steps],
+            at_once=max(1, self.config.parallel_shutdown))
 
-    def _through_clock(self, jobs: Sequence[Callable[[], T]]) -> list[T]:
-        """Run *jobs* at once, each in its own thread, and wait for all of them.
+    def _through_clock(self, jobs: Sequence[Callable[[], T]], at_once: int) -> list[T]:
+        """Run *jobs*, *at_once* at a time (each in a worker thread), and wait for all.
 
         A call that takes longer than QUICK_CALL (virsh waiting for a guest's
         lock, say) is waited for through the Clock, so that a virtual clock lets
@@ -577,22 +694,34 @@ class Executor:
         results: dict[int, T] = {}
         done = threading.Event()
         lock = threading.Lock()
-
-        def run(index: int, job: Callable[[], T]) -> None:
-            try:
-                results[index] = job()
-            finally:
-                with lock:
-                    finished.append(index)
-                    if len(finished) == len(jobs):
-                        done.set()
-
+        todo = iter(enumerate(jobs))
         finished: list[int] = []
-        for index, job in enumerate(jobs):
-            threading.Thread(target=run, args=(index, job), daemon=True).start()
+        bugs: list[Exception] = []
+
+        def work() -> None:
+            while True:
+                with lock:
+                    item = next(todo, None)
+                if item is None:
+                    return
+                index, job = item
+                try:
+                    results[index] = job()
+                except Exception as exc:  # raised again below: a worker never dies early
+                    bugs.append(exc)
+                finally:
+                    with lock:
+                        finished.append(index)
+                        if len(finished) == len(jobs):
+                            done.set()
+
+        for _ in range(min(max(at_once, 1), len(jobs))):
+            threading.Thread(target=work, daemon=True).start()
         if jobs and not done.wait(QUICK_CALL):
             while not self.clock.wait(done, PROGRESS_EVERY):
                 pass
+        if bugs:
+            raise bugs[0]
         return [results[index] for index in range(len(jobs))]
 
     def _wait_for_shutdowns(self, uri: str, flight: _Flight, bell: Doorbell) -> None:
@@ -667,7 +796,8 @@ class Executor:
                 expired = True
                 self.report.say("Timeout expired while shutting down domains")
                 self._fail()
-                # Unlike the reference, guests still queued get a shutdown request too.
+                # Unlike the reference, guests still queued get a shutdown request too
+                # (PARALLEL_SHUTDOWN requests at a time, like the others).
                 self._admit(uri, flight, len(flight.waiting) + len(flight.queue), serial,
                             uri_deadline, due=now)
             if failing_since is not None and now - failing_since >= max(
@@ -723,10 +853,10 @@ class Executor:
         sent = self._request_shutdowns(uri, flight.sending)
         now = self.clock.now()
         for step, ok in zip(flight.sending, sent):
-            if ok is None:
+            if isinstance(ok, _Refused):
+                flight.refused.append(ok)
                 continue
             if not ok:
-                flight.failed.append(step)
                 continue
             own = now + step.timeout if step.timeout > 0 else math.inf
             limit = min(own, now + share) if serial else min(own, uri_deadline)
@@ -747,9 +877,10 @@ class Executor:
             waited = flight.waiting.pop(uuid)
             step = waited.step
             self._fail()
+            trying, _ = self._escalating(uri, step, SHUTDOWN)
             self.report.error(f"cannot tell whether guest {step.guest.name} on {uri} shut "
                               f"down: its status checks failed for {round(seconds)}s"
-                              f"{self._escalating(step, SHUTDOWN)}")
+                              f"{trying}")
             self.report.step(self._outcome(uri, step), SHUTDOWN, Res.FAILED,
                              self.clock.now() - waited.since, "status checks kept failing")
             flight.failed.append(step)
@@ -776,7 +907,7 @@ class Executor:
         outcome = self._outcome(uri, step)
         try:
             self.virsh.run(uri, action_args(POWEROFF, step.guest.uuid, self.config),
-                           timeout=self._request_timeout(), ignore_interrupt=True)
+                           timeout=self._request_timeout(POWEROFF), ignore_interrupt=True)
         except VirshError as err:
             if err.wedged:
                 self._give_up(uri, step, POWEROFF)

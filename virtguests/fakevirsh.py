@@ -47,11 +47,15 @@ Host YAML (unknown keys are rejected)::
             reason: booted      # domstate --reason (default by driver and state)
             persistent: true
             managed_save: false
-            save_seconds: 0.05  # managedsave blocks this long (guest "paused (saving)")
+            save_seconds: 0.05  # managedsave blocks this long (a running guest is
+                                # "paused (saving)" meanwhile; a paused one keeps its
+                                # reason, as libvirt does)
             saving_seconds: 0   # another job's managedsave is running, ending this long
-                                # after the host was built; meanwhile managedsave and
-                                # shutdown wait lock_wait for its lock and fail, and
-                                # destroy loses the guest's memory (no image)
+                                # after the host was built: a running guest is "paused
+                                # (saving)", a paused one keeps its reason; domjobinfo
+                                # shows the save job; managedsave and shutdown wait
+                                # lock_wait for its lock and fail, and destroy loses
+                                # the guest's memory (no image)
             shutdown_seconds: 1 # shut off this long after `shutdown`
             ignore_shutdown: false
             fail_save: false    # managedsave / start / shutdown fail (exit 1)
@@ -487,7 +491,8 @@ def build_state(host_path: str, sig: list[int]) -> dict[str, Any]:
                     _bad_host(f"guest {g['name']!r}: saving_seconds needs an active guest")
                 guest["job"] = {"op": "save", "start": built,
                                 "end": built + float(guest["saving_seconds"])}
-                guest.update(state="paused", reason="saving")
+                if guest["state"] == "running":  # libvirt pauses it for the save
+                    guest.update(state="paused", reason="saving")
             u["guests"].append(guest)
         u["next_id"] = next_id
         uris[str(key)] = u
@@ -1048,7 +1053,7 @@ def run_guest_command(r: Runner, g: dict[str, Any], now: float) -> bool:
         if g["fail_save"]:
             r.fail("fail_save", g)
         g["job"] = {"op": "save", "start": now, "end": now + float(g["save_seconds"])}
-        if driver == "qemu":
+        if driver == "qemu" and g["state"] == "running":
             g.update(state="paused", reason="saving")
         r.extra += r.t("managedsave_ok", g)
         return True

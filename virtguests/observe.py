@@ -167,6 +167,17 @@ def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> tuple[str
     return match.group("state"), match.group("reason")
 
 
+def save_job_running(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
+    """``virsh domjobinfo UUID`` shows a save job (fixtures/qemu-domjobinfo-saving.yaml).
+
+    It answers while the save holds the guest's state-change lock, and is the only
+    sign of a save of a guest that was paused already (its reason stays e.g. ``user``).
+    """
+    result = virsh.run(uri, ["domjobinfo", uuid], timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    return virshout.save_job(result.stdout)
+
+
 def has_managed_save(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
     """Whether the guest has a managed-save image (one listing of the URI)."""
     result = virsh.run(uri, MANAGED_SAVE_UUIDS, timeout=config.query_timeout,

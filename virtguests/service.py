@@ -434,7 +434,9 @@ def _start(ctx: Context) -> int:
             up.setdefault(done.uri, {})[done.uuid] = done.name
     _update_seen(ctx, up, replace_uris=False)
     keep = _still_recorded(config, recorded, executor.settled, the_plan.missing)
-    unreachable = {view.uri for view in the_plan.unreachable}
+    # Unreachable and given-up URIs were named with their guests already.
+    unreachable = {view.uri for view in the_plan.unreachable} | {
+        uri for uri in keep if ctx.virsh.wedged(uri) is not None}
     not_resumed = [ctx.report.outcomes[(uri, uuid)].name
                    if (uri, uuid) in ctx.report.outcomes else uuid
                    for uri, ids in keep.items() if uri not in unreachable for uuid in ids]

@@ -85,17 +85,43 @@ def resolve_path(explicit: Optional[str], environ: Mapping[str, str]) -> str:
     return shutil.which("virsh", path=environ.get("PATH")) or "virsh"
 
 
+GUEST_COMMANDS = frozenset({
+    "managedsave", "start", "shutdown", "destroy", "domjobinfo", "domstate", "domtime",
+    "dominfo", "domname", "domid", "domuuid", "managedsave-remove", "suspend", "resume"})
+"""Subcommands about one guest.  One of them timing out may be that guest's own fault (a
+hung QEMU, a tenant's unresponsive guest agent, a slow disk under a big save), so it
+only costs that guest's step and a liveness check of the URI."""
+
+LIVENESS = ("list", "--uuid")
+"""The liveness check: the cheapest call that needs libvirtd and no guest."""
+
+CONNECT_FAILED = "error: failed to connect to the hypervisor"
+"""virsh's first line when it cannot reach libvirtd (fixtures/nohost-connect.yaml)."""
+
+
+def is_guest_call(args: Sequence[str]) -> bool:
+    """Whether *args* is a call about one guest (see GUEST_COMMANDS); a command string
+    (several commands in one argument) is a URI-level call."""
+    return bool(args) and args[0] in GUEST_COMMANDS
+
+
 class Virsh:
     """Runs virsh for one invocation of virtguests.
 
     Counts calls so reports and benchmarks can say how much work was done,
     and refuses to start new calls after ``interrupt()``.
 
-    A URI on which any call timed out is *wedged* for the rest of the run:
-    libvirtd (or the ssh to it) stopped answering, and waiting a full timeout
-    again for every guest there would turn one hung host into hours of
-    shutdown.  Later calls there fail at once (``VirshError.wedged``), naming
-    the first call that timed out; calls already running finish or time out.
+    A URI can be *wedged* for the rest of the run: libvirtd (or the ssh to it)
+    stopped answering, and waiting a full timeout again for every guest there
+    would turn one hung host into hours of shutdown.  Later calls there fail at
+    once (``VirshError.wedged``), naming the call that timed out; calls already
+    running finish or time out.  A URI-level call (a listing, ``uri``) that
+    times out wedges its URI at once.  A call about one guest
+    (``GUEST_COMMANDS``) that times out fails only that call and triggers one
+    liveness check (``virsh list --uuid``, *default_timeout*, i.e. QUERY_TIMEOUT):
+    the URI is wedged only if that check times out or cannot connect too.  One
+    check runs at a time per URI; timeouts and new calls meanwhile wait for its
+    verdict.
     """
 
     def __init__(
@@ -114,6 +140,8 @@ class Virsh:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._wedged: dict[str, str] = {}
+        self._checks: dict[str, threading.Event] = {}
+        self.liveness_checks = 0
 
     def argv(self, uri: str, args: Sequence[str]) -> list[str]:
         """The full command line for *args* on *uri* (``default`` means no ``-c``)."""
@@ -134,14 +162,61 @@ class Virsh:
             return self._wedged.get(uri)
 
     def _refuse_if_wedged(self, uri: str, argv: Sequence[str]) -> None:
+        """Refuse a call on a URI given up; while its liveness check runs, wait for the
+        verdict first (bounded by the check's timeout), so that no call started
+        meanwhile waits out its own timeout on a libvirtd that is gone."""
+        with self._lock:
+            check = self._checks.get(uri)
+        if check is not None:
+            check.wait()
         why = self.wedged(uri)
         if why is not None:
             raise VirshError(argv, f"not run: {uri} is not answering ({why})", wedged=True)
 
-    def _mark_wedged(self, uri: str, err: VirshError) -> None:
+    def _mark_wedged(self, uri: str, why: str) -> None:
         with self._lock:
-            self._wedged.setdefault(uri, str(err))
-        log.debug("%s: given up for the rest of the run: %s", uri, err)
+            self._wedged.setdefault(uri, why)
+        log.debug("%s: given up for the rest of the run: %s", uri, why)
+
+    def _after_timeout(self, uri: str, args: Sequence[str], err: VirshError) -> None:
+        """A URI-level call that timed out wedges its URI; a guest's call asks first."""
+        if not is_guest_call(args):
+            self._mark_wedged(uri, str(err))
+            return
+        with self._lock:
+            if uri in self._wedged:
+                return
+            check = self._checks.get(uri)
+            ours = check is None
+            if check is None:
+                check = self._checks[uri] = threading.Event()
+        if not ours:
+            check.wait()  # bounded: the check has its own timeout
+            return
+        try:
+            failed = self._liveness(uri)
+            if failed is not None:
+                self._mark_wedged(uri, f"{err}; then {failed}")
+        finally:
+            with self._lock:
+                del self._checks[uri]
+            check.set()
+
+    def _liveness(self, uri: str) -> Optional[str]:
+        """None if libvirtd on *uri* answers a listing in time, else what went wrong."""
+        argv = self.argv(uri, LIVENESS)
+        with self._lock:
+            self.calls += 1
+            self.liveness_checks += 1
+        try:
+            result = self._spawn(argv, self.default_timeout)
+        except VirshError as err:
+            return str(err)
+        if result.exit_code != 0 and CONNECT_FAILED in result.stderr:
+            return str(VirshError(argv, "cannot connect", exit_code=result.exit_code,
+                                  stderr=result.stderr))
+        log.debug("%s: still answering after a guest's call timed out", uri)
+        return None
 
     def run(
         self,
@@ -164,7 +239,7 @@ class Virsh:
             result = self._spawn(argv, limit)
         except VirshError as err:
             if err.timed_out:
-                self._mark_wedged(uri, err)
+                self._after_timeout(uri, args, err)
             raise
         log.debug(
             "%s (%.2fs, exit %s)", format_argv(argv), result.seconds, result.exit_code

@@ -134,6 +134,41 @@ def data_processed(text: str) -> Optional[str]:
     return None
 
 
+_SAVE_LOCK = re.compile(r"cannot acquire state change lock \(held by [^)]*"
+                        r"remoteDispatchDomain(?:Managed)?Save")
+
+
+def save_lock(stderr: str) -> Optional[str]:
+    """The line saying a failed call waited in vain for a guest's lock held by a save
+    job (without ``error: ``), if there is one.
+
+    Recorded: fixtures/qemu-managedsave-busy.yaml, qemu-shutdown-busy.yaml
+    (``cannot acquire state change lock (held by monitor=remoteDispatchDomainManagedSave)``).
+    """
+    for line in stderr.splitlines():
+        if _SAVE_LOCK.search(line):
+            return line.strip().removeprefix("error: ")
+    return None
+
+
+def save_job(text: str) -> bool:
+    """Whether ``virsh domjobinfo`` shows an active job saving the guest.
+
+    Recorded: fixtures/qemu-domjobinfo-saving.yaml (``Job type: Unbounded``,
+    ``Operation: Save``) and qemu-domjobinfo-none.yaml (``Job type: None``).  libvirt
+    keeps an already paused guest's reason (``paused (user)``) during a save, so for a
+    paused guest this is the only sign of another job's save.
+    """
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        label, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(label.strip(), value.strip())
+    job = fields.get("Job type", "None")
+    return job not in ("None", "Completed", "Failed", "Cancelled") \
+        and fields.get("Operation") == "Save"
+
+
 def table_without_domain0(text: str) -> str:
     """``virsh list`` table for gueststatus, minus the Xen Domain-0 row."""
     return "".join(

@@ -1,0 +1,156 @@
+"""The runner's rule for timeouts: a URI-level call that times out gives its URI up, a
+guest's call that times out asks first (one liveness check per URI at a time).
+
+Process creation is scripted (``Scripted._spawn``): each test says which calls time
+out, fail or answer, and may hold a call until it lets it go.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Callable, Optional
+
+import pytest
+
+from virtguests.virsh import CONNECT_FAILED, Result, Virsh, VirshError, is_guest_call
+
+WAIT = 10.0
+"""Real seconds any wait in these tests may take before the test fails."""
+
+Answer = Callable[[Sequence[str]], Optional[Result]]
+
+
+class Scripted(Virsh):
+    """A Virsh whose calls are answered by *answer* (None: the call times out)."""
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__("virsh", environ={}, default_timeout=7)
+        self.answer = answer
+        self.spawned: list[tuple[str, ...]] = []
+        self.lock = threading.Lock()
+
+    def _spawn(self, argv: list[str], limit: float) -> Result:
+        args = tuple(argv[3:])  # after "virsh -c URI"
+        with self.lock:
+            self.spawned.append(args)
+        result = self.answer(args)
+        if result is None:
+            raise VirshError(argv, f"timed out after {limit:g}s and was killed",
+                             timed_out=True)
+        return result
+
+
+def ok(args: Sequence[str]) -> Result:
+    return Result(tuple(args), 0, "", "", 0.0)
+
+
+def timed_out(*which: tuple[str, ...]) -> Answer:
+    return lambda args: None if tuple(args) in which else ok(args)
+
+
+URI = "qemu+ssh://host/system"
+LIVENESS = ("list", "--uuid")
+SAVE = ("managedsave", "0f1e7a5e-0000-4000-8000-000000000001")
+
+
+@pytest.mark.parametrize("args", [["list", "--uuid"], ["uri"],
+                                  ["list --uuid --name; echo x; list --uuid"]])
+def test_a_uri_level_call_that_times_out_gives_the_uri_up_at_once(args: list[str]) -> None:
+    virsh = Scripted(timed_out(tuple(args)))
+    with pytest.raises(VirshError) as caught:
+        virsh.run(URI, args)
+    assert caught.value.timed_out and not is_guest_call(args)
+    assert virsh.spawned == [tuple(args)] and virsh.liveness_checks == 0
+    assert virsh.wedged(URI) == str(caught.value)
+    with pytest.raises(VirshError) as refused:
+        virsh.run(URI, ["domstate", "--reason", SAVE[1]])
+    assert refused.value.wedged and virsh.spawned == [tuple(args)]
+
+
+@pytest.mark.parametrize("args", [SAVE, ("shutdown", SAVE[1]), ("destroy", SAVE[1]),
+                                  ("domjobinfo", SAVE[1]), ("domstate", "--reason", SAVE[1]),
+                                  ("domtime", "--sync", SAVE[1]), ("start", SAVE[1])])
+def test_a_guests_call_that_times_out_costs_that_call_while_libvirtd_answers(
+        args: tuple[str, ...]) -> None:
+    virsh = Scripted(timed_out(args))
+    with pytest.raises(VirshError) as caught:
+        virsh.run(URI, args)
+    assert caught.value.timed_out and not caught.value.wedged
+    assert virsh.spawned == [args, LIVENESS] and virsh.liveness_checks == 1
+    assert virsh.wedged(URI) is None
+    virsh.run(URI, ["domstate", "--reason", "another-guest"])  # the URI goes on
+    assert virsh.wedged("other") is None
+
+
+def test_a_guests_call_and_the_check_timing_out_give_the_uri_up() -> None:
+    virsh = Scripted(timed_out(SAVE, LIVENESS))
+    with pytest.raises(VirshError):
+        virsh.run(URI, SAVE, timeout=1800)
+    why = virsh.wedged(URI)
+    assert why == (f"virsh -c {URI} managedsave {SAVE[1]}: timed out after 1800s and was "
+                   f"killed; then virsh -c {URI} list --uuid: timed out after 7s and was "
+                   "killed")
+    with pytest.raises(VirshError) as refused:
+        virsh.run(URI, ["list", "--uuid"])
+    assert refused.value.wedged and virsh.spawned == [SAVE, LIVENESS]
+
+
+@pytest.mark.parametrize(("stderr", "wedged"), [
+    (f"{CONNECT_FAILED}\nerror: Cannot recv data: Connection reset by peer\n", True),
+    ("error: internal error: something else\n", False)])
+def test_a_check_that_cannot_connect_gives_the_uri_up(stderr: str, wedged: bool) -> None:
+    def answer(args: Sequence[str]) -> Optional[Result]:
+        if tuple(args) == SAVE:
+            return None
+        return Result(tuple(args), 1, "", stderr, 0.0)
+
+    virsh = Scripted(answer)
+    with pytest.raises(VirshError):
+        virsh.run(URI, SAVE)
+    assert (virsh.wedged(URI) is not None) == wedged
+
+
+def test_concurrent_timeouts_share_one_check_and_new_calls_wait_for_its_verdict() -> None:
+    """Three saves time out together while libvirtd is gone: one check, not three; a
+    call started while the check runs is not spawned, but refused once it failed."""
+    in_check, verdict = threading.Event(), threading.Event()
+    saves = [("managedsave", f"0f1e7a5e-0000-4000-8000-00000000000{i}") for i in range(3)]
+    arrived = threading.Barrier(len(saves))
+
+    def answer(args: Sequence[str]) -> Optional[Result]:
+        if tuple(args) in saves:
+            arrived.wait(WAIT)  # all three are in flight, then all time out
+            return None
+        if tuple(args) == LIVENESS:
+            in_check.set()
+            assert verdict.wait(WAIT), "the test never let the check end"
+            return None
+        return ok(args)
+
+    virsh = Scripted(answer)
+    errors: list[VirshError] = []
+
+    def call(args: Sequence[str]) -> None:
+        try:
+            virsh.run(URI, args)
+        except VirshError as err:
+            errors.append(err)
+
+    threads = [threading.Thread(target=call, args=(s,)) for s in saves]
+    for thread in threads:
+        thread.start()
+    assert in_check.wait(WAIT)
+    late = threading.Thread(target=call, args=(["domjobinfo", saves[0][1]],))
+    late.start()
+    late.join(0.3)
+    assert late.is_alive(), "a call started during the check did not wait for it"
+    verdict.set()
+    for thread in [*threads, late]:
+        thread.join(WAIT)
+        assert not thread.is_alive()
+    assert virsh.liveness_checks == 1
+    assert sorted(virsh.spawned) == sorted([*saves, LIVENESS])  # the late call never ran
+    assert sum(1 for e in errors if e.timed_out) == 3
+    assert [e.wedged for e in errors if not e.timed_out] == [True]
+    assert virsh.wedged(URI) is not None
