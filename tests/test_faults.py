@@ -427,9 +427,9 @@ def test_a_uri_that_hangs_at_start_keeps_its_guests_pending(fake_host: Make,
     the other URI's guests are resumed, and the next start retries them."""
     two = {"default": {"guests": [{"name": "web"}]},
            "test:///far": {"guests": [{"name": f"f{i}"} for i in range(4)]}}
-    host = fake_host({"uris": two}, f'URIS="default test:///far"\nSAVE_TIMEOUT=2\n'
-                                     f"QUERY_TIMEOUT=1\n{config}")
-    assert host.run("stop").code == 0
+    host = fake_host({"uris": two}, 'URIS="default test:///far"\n')
+    assert host.run("stop").code == 0  # real time: default timeouts, whatever the load
+    host.set_config(f'URIS="default test:///far"\nSAVE_TIMEOUT=2\nQUERY_TIMEOUT=1\n{config}')
     far = [host.uuid(f"f{i}", "test:///far") for i in range(4)]
     saved = {"state": "shutoff", "managed_save": True}
     sick = {"uris": {"default": {"guests": [{"name": "web", "uuid": host.uuid("web"),
@@ -548,6 +548,49 @@ def test_a_save_by_another_job_that_outlasts_save_timeout_is_left_alone(
             "down or powering it off") in run.err
     assert report_steps(host, "busy")[-1][1] == "save in progress"
     assert host.uuid("busy") in host.list_file.read_text().split()
+
+
+@pytest.mark.parametrize("state", ["running", "paused"])
+@pytest.mark.parametrize("listed", [True, False], ids=["listed", "named"])
+def test_start_keeps_a_recorded_guest_another_job_is_saving(fake_host: Make, state: str,
+                                                            listed: bool) -> None:
+    """Found in review: at start, a recorded guest another job was saving looked active
+    (paused), was reported "already active" and its record dropped; once that save
+    ended it was shut off with an image and nothing would resume it.  Whether the
+    guest is known active from the listing (a libvirt-guests list file: bare UUIDs)
+    or only from ``virsh start``'s refusal (our own list file names the guests), it
+    stays recorded and the next start resumes it."""
+    host = fake_host(guests({"name": "busy"}, {"name": "idle"}), "PARALLEL_START=1\n")
+    busy, idle = host.uuid("busy"), host.uuid("idle")
+    if listed:
+        host.list_file.write_text(f"default {busy} {idle}\n")
+    else:
+        assert host.run("stop").code == 0
+        assert host.list_file.read_text() == f"default {busy} {idle}\n"
+    host.set_host(guests({"name": "busy", "uuid": busy, "saving_seconds": 100,
+                          "state": state},
+                         {"name": "idle", "uuid": idle, "state": "shutoff",
+                          "managed_save": True}))
+    run, _ = host.run_virtual("start")
+    assert run.code == 0, run.err  # nothing is lost: a warning, not a failure
+    assert "Resuming guest busy: already active" not in run.lines
+    assert "Resuming guest busy: a save by another job is in progress" in run.lines
+    assert ("guest busy on default is being saved by another job (") in run.err
+    assert "not resumed, kept for the next start" in run.err
+    assert "Resuming guest idle: done" in run.lines
+    assert report_steps(host, "busy")[-1][:2] == ("start", "save in progress")
+    assert ["start", busy] not in host.commands() or not listed
+    assert ["domtime", "--sync", busy] not in host.commands()
+    assert host.pending_file.read_text() == f"default {busy}\n"
+    status = host.run("status")
+    assert (status.code, status.lines[0]) == (3, "stopped, with saved guests")
+    host.set_host(guests({"name": "busy", "uuid": busy, "state": "shutoff",
+                          "managed_save": True},
+                         {"name": "idle", "uuid": idle}))
+    again, _ = host.run_virtual("start")
+    assert again.code == 0, again.err
+    assert "Resuming guest busy: done" in again.lines
+    assert not host.pending_file.exists() and not host.list_file.exists()
 
 
 # -- a failed status poll never abandons a guest (issue 10, item 8) ------------------------

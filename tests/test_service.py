@@ -76,7 +76,8 @@ def test_on_boot_ignore_drops_the_list(fake_host: Make) -> None:
 
 def test_already_active_guest_is_left_alone(fake_host: Make) -> None:
     """Our own stop named the guests, so start asks virsh to start each by UUID and
-    virsh itself refuses a running one: no listing, and no race with autostart."""
+    virsh itself refuses a running one: no listing, and no race with autostart.  Its
+    state is then asked once: a guest another job is saving is kept, not settled."""
     host = fake_host(guests({"name": "web"}, {"name": "db"}), "PARALLEL_START=1\n")
     host.run("stop")
     host.virsh("start", "db")
@@ -85,7 +86,9 @@ def test_already_active_guest_is_left_alone(fake_host: Make) -> None:
     assert run.code == 0, run.err
     assert run.lines == ["Resuming guests on default URI...", "Resuming guest web: done",
                          "Resuming guest db: already active"]
-    assert host.commands()[before:] == [["start", host.uuid("web")], ["start", host.uuid("db")]]
+    db = host.uuid("db")
+    assert host.commands()[before:] == [["start", host.uuid("web")], ["start", db],
+                                        ["domstate", "--reason", db]]
     assert host.active() == {"web", "db"} and not host.pending_file.exists()
     doc = json.loads(host.run("--json", "status").out)
     assert {g["name"]: g["outcome"] for g in doc["last_run"]["guests"]} == {
@@ -101,7 +104,8 @@ def test_a_list_file_from_libvirt_guests_is_listed_first(fake_host: Make) -> Non
     run = host.run("start")
     assert run.lines == ["Resuming guests on default URI...", "Resuming guest web: done",
                          "Resuming guest db: already active"]
-    assert host.commands() == [[observe.batch(observe.EVERY)], ["start", web]]
+    assert host.commands() == [[observe.batch(observe.EVERY)], ["start", web],
+                               ["domstate", "--reason", db]]  # not being saved?
 
 
 def test_a_named_guest_undefined_since_the_stop_is_dropped_with_an_error(

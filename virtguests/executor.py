@@ -1016,6 +1016,9 @@ class Executor:
         outcome = self.report.outcome(uri, guest.uuid, guest.name)
         issued = False
         if not guest.start:
+            if guest.reason == Res.ALREADY_ACTIVE \
+                    and self._kept_while_saved(uri, guest.uuid, guest.name, outcome, 0.0):
+                return False
             self.report.say(f"Resuming guest {guest.name}: {guest.reason}")
             self._start_step(uri, outcome, guest.reason, 0.0)
         elif self.cancelled and attempt is None:
@@ -1030,6 +1033,9 @@ class Executor:
                 self.checkpoint()
                 return False
             name = attempt.name or guest.name
+            if attempt.refusal == "already active" \
+                    and self._kept_while_saved(uri, guest.uuid, name, outcome, attempt.seconds):
+                return False
             if attempt.refusal == "already active":
                 self.report.say(f"Resuming guest {name}: already active")
                 self._start_step(uri, outcome, Res.ALREADY_ACTIVE, attempt.seconds)
@@ -1057,6 +1063,21 @@ class Executor:
             self._sync_time(uri, guest)
         self.checkpoint()
         return issued
+
+    def _kept_while_saved(self, uri: str, uuid: str, name: str, outcome: Outcome,
+                          seconds: float) -> bool:
+        """An active guest that another job is saving is not "already active": once
+        that save ends it is shut off with an image, so its record stays (True)."""
+        _state, saving = self._saving(uri, uuid)
+        if saving is None:
+            return False
+        self.report.say(f"Resuming guest {name}: a save by another job is in progress")
+        self.report.warn(f"guest {name} on {uri} is being saved by another job ({saving}); "
+                         "not resumed, kept for the next start")
+        self._start_step(uri, outcome, Res.SAVE_IN_PROGRESS, seconds,
+                         f"being saved by another job ({saving})")
+        self.checkpoint()
+        return True
 
     def _sync_time(self, uri: str, guest: GuestStart) -> None:
         try:
