@@ -555,6 +555,10 @@ class StalledSave:
     save (with ``Data processed`` frozen) and ``destroy`` works at once, as for a
     slow save.  ``hold="process"`` SIGSTOPs the whole QEMU: its monitor hangs too,
     so ``domjobinfo`` hangs and ``destroy`` takes libvirt's 10 s SIGTERM grace.
+
+    A guest paused before the save keeps its reason (e.g. ``paused``/``user``):
+    libvirt sets ``save`` only when it pauses a running guest.  Such a save is held
+    once QEMU's ``live_migration`` thread exists.
     """
 
     def __init__(self, daemon: PrivateLibvirtd, name: str, domain: Optional[str] = None,
@@ -574,6 +578,7 @@ class StalledSave:
         self._held: Optional[ThreadStop] = None
         self._stopped = False
         self.began = 0.0
+        self.was_paused = False
         self.result: Optional[tuple[int, str, str]] = None
         self.seconds = 0.0
 
@@ -591,7 +596,9 @@ class StalledSave:
     def _catch(self, proc: subprocess.Popen[str], deadline: float) -> None:
         """Hold the save as soon as it runs (until *deadline* or the save's end)."""
         while proc.poll() is None and time.monotonic() < deadline:
-            if self.daemon.domain_status(self.name) == ("paused", "save"):
+            saving = self.daemon.domain_status(self.name) == ("paused", "save") or (
+                self.was_paused and thread_named(self.qemu_pid, "live_migration") is not None)
+            if saving:
                 if self.hold == "process":
                     os.kill(self.qemu_pid, signal.SIGSTOP)
                     self._stopped = True
@@ -617,6 +624,8 @@ class StalledSave:
         """Start the save and hold it; retried (restoring the guest) if it was too quick."""
         for _attempt in range(self.attempts):
             self.qemu_pid = self.daemon.qemu_pid(self.name)
+            status = self.daemon.domain_status(self.name)
+            self.was_paused = status is not None and status[0] == "paused"
             self.began = time.monotonic()
             proc = self._spawn()
             self._catch(proc, self.began + timeout)

@@ -193,6 +193,53 @@ def boot_on(daemon: PrivateLibvirtd, image: GuestImage, tmp_path: Path,
 # ---------------------------------------------------------------------------
 # item 9: a save already in progress is never destroyed
 # ---------------------------------------------------------------------------
+def stop_while_held(cli: VirtGuestsCli, calls: CallLog, stalled: StalledSave, busy: Guest,
+                    busy_uuid: str, during: str) -> tuple[Run, str]:
+    """``virtguests stop`` while *stalled* holds another job's save of *busy*.
+
+    The save is let go 3 s after virtguests' own managedsave of the guest fails on
+    libvirt's state-change lock (~30 s), or after 10 s if virtguests sends none; until
+    then the guest is *during* (its ``domstate --reason``).  Returns the run and the
+    context for failure messages.
+    """
+    uri = busy.daemon.qemu_uri
+
+    def saves_of_busy() -> list[dict[str, Any]]:
+        return [c for c in calls.calls(uri)
+                if verb(c) == "managedsave" and names_guest(c, busy_uuid, busy.name)]
+
+    began = time.monotonic()
+    proc = cli.spawn("--virsh", str(calls.path), "stop")
+    resumed_because = ""
+    try:
+        while proc.poll() is None and time.monotonic() - began < RUN_TIMEOUT:
+            now = time.monotonic()
+            ours = saves_of_busy()
+            ended = sorted((c for c in ours if c["end"] is not None),
+                           key=lambda c: float(c["end"]))
+            if ended and now >= ended[0]["end"] + 3:
+                resumed_because = (f"virtguests' managedsave ended (exit "
+                                   f"{ended[0]['exit']}) {now - ended[0]['end']:.1f}s "
+                                   "earlier")
+            elif not ours and now - began >= 10:
+                resumed_because = "10 s passed with no managedsave of the guest"
+            if resumed_because:
+                assert busy.state() == during and stalled.held, (
+                    "the held save no longer holds the guest\n" + busy.describe()
+                    + "\n" + calls.describe(began))
+                stalled.resume()
+                break
+            time.sleep(0.1)
+    except BaseException:
+        proc.kill()
+        proc.communicate(timeout=30)
+        raise
+    run = finish(proc, began)
+    context = f"{run}\nsave let go: {resumed_because or 'at the end (virtguests ended first)'}" \
+              f"\nvirsh calls:\n{calls.describe(began)}"
+    return run, context
+
+
 def test_save_in_progress_is_waited_for_never_escalated(
     libvirtd: PrivateLibvirtd, define_guest: DefineGuest, cli: VirtGuestsCli, tmp_path: Path
 ) -> None:
@@ -202,9 +249,7 @@ def test_save_in_progress_is_waited_for_never_escalated(
     poweroff for that guest while its memory image is being written: it waits
     for the save (SAVE_TIMEOUT bounds it), which completes once let go.  The
     save is held by stopping QEMU's migration thread (QEMU itself still answers,
-    as during a slow save) and let go 3 s after virtguests' own managedsave of
-    the guest fails on libvirt's state-change lock (~30 s), or after 10 s if
-    virtguests sends none.
+    as during a slow save); see ``stop_while_held`` for when it is let go.
     """
     uri = libvirtd.qemu_uri
     busy, other = boot(define_guest, ("ip-busy", {}), ("ip-other", {}))
@@ -212,46 +257,15 @@ def test_save_in_progress_is_waited_for_never_escalated(
     calls = CallLog(tmp_path / "calls")
     cli.config(ON_SHUTDOWN="suspend shutdown poweroff", SHUTDOWN_TIMEOUT=5, SAVE_TIMEOUT=120)
 
-    def saves_of_busy() -> list[dict[str, Any]]:
-        return [c for c in calls.calls(uri)
-                if verb(c) == "managedsave" and names_guest(c, busy_uuid, busy.name)]
-
     with StalledSave(libvirtd, busy.name, domain=busy_uuid) as stalled:
         # the setup: the earlier save really is in progress and holds the job
         assert busy.state() == "paused (saving)", busy.describe()
         assert busy.name not in managed_saved(libvirtd)
-        began = time.monotonic()
-        proc = cli.spawn("--virsh", str(calls.path), "stop")
-        resumed_because = ""
-        try:
-            while proc.poll() is None and time.monotonic() - began < RUN_TIMEOUT:
-                now = time.monotonic()
-                ours = saves_of_busy()
-                ended = sorted((c for c in ours if c["end"] is not None),
-                               key=lambda c: float(c["end"]))
-                if ended and now >= ended[0]["end"] + 3:
-                    resumed_because = (f"virtguests' managedsave ended (exit "
-                                       f"{ended[0]['exit']}) {now - ended[0]['end']:.1f}s "
-                                       "earlier")
-                elif not ours and now - began >= 10:
-                    resumed_because = "10 s passed with no managedsave of the guest"
-                if resumed_because:
-                    assert busy.state() == "paused (saving)" and stalled.held, (
-                        "the held save no longer holds the guest\n" + busy.describe()
-                        + "\n" + calls.describe(began))
-                    stalled.resume()
-                    break
-                time.sleep(0.1)
-        except BaseException:
-            proc.kill()
-            proc.communicate(timeout=30)
-            raise
-        run = finish(proc, began)
+        run, context = stop_while_held(cli, calls, stalled, busy, busy_uuid,
+                                       "paused (saving)")
     first_save = stalled.result
     record_timing("stop with a save in progress", run.seconds)
-    log = calls.describe(began)
-    context = f"{run}\nsave let go: {resumed_because or 'at the end (virtguests ended first)'}" \
-              f"\nthe earlier save: {first_save}\nvirsh calls:\n{log}"
+    context += f"\nthe earlier save: {first_save}"
 
     # never escalated while the save was being written
     escalations = [c for c in calls.calls(uri) if verb(c) in ("shutdown", "destroy")
@@ -277,6 +291,55 @@ def test_save_in_progress_is_waited_for_never_escalated(
     assert not cli.list_file.exists() and not cli.pending_file.exists()
 
 
+@pytest.mark.parametrize("chain", ["suspend shutdown poweroff", "poweroff"])
+def test_a_paused_guest_saved_by_another_job_is_never_powered_off(
+    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, cli: VirtGuestsCli, tmp_path: Path,
+    chain: str
+) -> None:
+    """Found in review: libvirt gives a guest the reason ``saving`` only when it pauses
+    a running guest for the save.  A guest paused before keeps ``paused (user)`` for the
+    whole save; only ``virsh domjobinfo`` (``Operation: Save``) and a failed call's
+    words (the state-change lock held by the save) show it.  virtguests destroyed it.
+
+    Now it waits for that save (let go as in ``stop_while_held``) and counts the guest
+    as saved by another job; ``start`` restores it, paused as it was.
+    """
+    uri = libvirtd.qemu_uri
+    (busy,) = boot(define_guest, ("pz-" + chain.split()[0], {}))
+    busy_uuid = uuid_of(busy)
+    busy.virsh("suspend")
+    assert busy.state() == "paused (user)", busy.describe()
+    calls = CallLog(tmp_path / "calls")
+    cli.config(ON_SHUTDOWN=chain, SHUTDOWN_TIMEOUT=5, SAVE_TIMEOUT=120, QUERY_TIMEOUT=5)
+
+    with StalledSave(libvirtd, busy.name, domain=busy_uuid) as stalled:
+        # the setup: the other job's save is in progress, and the reason did not change
+        assert busy.state() == "paused (user)", busy.describe()
+        job = libvirtd.virsh("domjobinfo", busy_uuid, check=False).stdout
+        assert "Operation:        Save" in job, job
+        run, context = stop_while_held(cli, calls, stalled, busy, busy_uuid, "paused (user)")
+    first_save = stalled.result
+    record_timing(f"stop with a paused guest's save in progress ({chain})", run.seconds)
+    context += f"\nthe earlier save: {first_save}"
+
+    escalations = [c for c in calls.calls(uri) if verb(c) in ("shutdown", "destroy")
+                   and names_guest(c, busy_uuid, busy.name)]
+    assert escalations == [], "shutdown/poweroff of a guest whose save is in progress\n" \
+        + context
+    assert [c for c in calls.calls(uri) if verb(c) == "domjobinfo"], context
+    assert first_save is not None and first_save[0] == 0, context
+    assert busy.state() == "shut off (saved)", busy.describe() + "\n" + context
+    assert outcomes(cli)[busy.name] == "saved", context
+    assert "is being saved by another job" in run.err, context
+    assert "Traceback" not in run.err, context
+    assert list_entries(cli) == {uri: [busy_uuid]}, context
+
+    start = cli.run("start")
+    assert start.code == 0, start
+    assert busy.state().startswith("paused"), busy.describe()
+    assert not cli.list_file.exists() and not cli.pending_file.exists()
+
+
 # ---------------------------------------------------------------------------
 # item 7: a wedged URI is given up once, not once per guest
 # ---------------------------------------------------------------------------
@@ -286,10 +349,11 @@ def test_wedged_uri_is_given_up_after_one_timeout_other_uri_handled(
 ) -> None:
     """libvirtd stops answering right after virtguests listed it (SIGSTOP).
 
-    Serial suspend with QUERY_TIMEOUT=2 and SAVE_TIMEOUT=4 (under the 5 s
-    progress poll): the first call on the wedged URI times out, and no further
-    call is made there; its guests are recorded and named; the healthy URI's
-    guest is saved in the same run.
+    Serial suspend with QUERY_TIMEOUT=2 and SAVE_TIMEOUT=4: the first call on the
+    wedged URI (a guest's save) times out, then the liveness check (``virsh list
+    --uuid``) times out too, and no further call is made there (the progress query
+    due at 5 s, during the check, waits for its verdict and is not run); its guests
+    are recorded and named; the healthy URI's guest is saved in the same run.
     """
     wedged_uri, healthy_uri = spare_libvirtd.qemu_uri, libvirtd.qemu_uri
     stuck = boot_on(spare_libvirtd, guest_image, tmp_path, "wg-a", "wg-b", "wg-c")
@@ -327,9 +391,11 @@ def test_wedged_uri_is_given_up_after_one_timeout_other_uri_handled(
         context
 
     after = [c for c in calls.calls(wedged_uri) if c["start"] > wedged]
-    assert len(after) <= 1, (f"{len(after)} virsh calls on the wedged URI after it "
-                             "wedged; one (the first, timing out) is all it may cost\n"
-                             + context)
+    assert [verb(c) for c in after] == ["managedsave", "list"], (
+        f"{len(after)} virsh calls on the wedged URI after it wedged; the first (a save, "
+        "timing out) and one liveness check are all it may cost\n" + context)
+    assert after[1]["argv"][2:] == ["list", "--uuid"], context
+    assert all(c["end"] is None for c in after), context  # both killed at their timeout
     assert run.code == 1, context
     assert "Traceback" not in run.err, context
     errors = [ln for ln in run.err.splitlines() if "error" in ln.lower()]
