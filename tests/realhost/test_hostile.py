@@ -340,6 +340,63 @@ def test_a_paused_guest_saved_by_another_job_is_never_powered_off(
     assert not cli.list_file.exists() and not cli.pending_file.exists()
 
 
+@pytest.mark.parametrize("recorded_by", ["libvirt-guests", "virtguests"])
+def test_start_keeps_a_recorded_guest_another_job_is_saving(
+    libvirtd: PrivateLibvirtd, define_guest: DefineGuest, cli: VirtGuestsCli, tmp_path: Path,
+    recorded_by: str
+) -> None:
+    """Found in review: at start, a recorded guest another job was saving looked active
+    and was reported ``already active``, its record dropped; when the save ended it was
+    shut off with an image that nothing would resume.
+
+    Both ways start meets it: a libvirt-guests list file (bare UUIDs) makes start list
+    the URI and see the guest active; after virtguests' own stop, ``virsh start`` by
+    UUID is refused (``Domain is already active``).  Either way it stays recorded, and
+    the start after the save resumes it.
+    """
+    uri = libvirtd.qemu_uri
+    tag = "lg" if recorded_by == "libvirt-guests" else "vg"
+    busy, other = boot(define_guest, (f"sb-{tag}", {}), (f"so-{tag}", {}))
+    busy_uuid, other_uuid = uuid_of(busy), uuid_of(other)
+    cli.config(PARALLEL_START=1)
+    if recorded_by == "virtguests":
+        stop = cli.run("stop")
+        assert stop.code == 0, stop
+        assert busy.state() == "shut off (saved)" and other.state() == "shut off (saved)"
+        busy.virsh("start", timeout=120)  # restored behind virtguests' back
+    else:
+        other.virsh("managedsave", timeout=120)
+        cli.list_file.write_text(f"{uri} {busy_uuid} {other_uuid}\n")
+    assert busy.state().startswith("running"), busy.describe()
+
+    with StalledSave(libvirtd, busy.name, domain=busy_uuid) as stalled:
+        assert busy.state() == "paused (saving)", busy.describe()
+        run = cli.run("start", timeout=RUN_TIMEOUT)
+        during = busy.state()
+        assert stalled.held, busy.describe()
+    context = f"{run}\nthe other job's save: {stalled.result}"
+    record_timing("start with a save in progress", run.seconds)
+    assert run.code == 0, context
+    assert "Traceback" not in run.err, context
+    assert during == "paused (saving)", context  # virtguests did not touch it
+    assert f"Resuming guest {busy.name}: a save by another job is in progress" \
+        in run.lines, context
+    assert f"Resuming guest {other.name}: done" in run.lines, context
+    assert f"guest {busy.name} on {uri} is being saved by another job (virsh domstate: " \
+        "paused (saving)); not resumed, kept for the next start" in run.err, context
+    assert outcomes(cli)[busy.name] == "save in progress", context
+    assert cli.pending_file.read_text() == f"{uri} {busy_uuid}\n", context
+    assert other.state().startswith("running"), other.describe()
+    assert stalled.result is not None and stalled.result[0] == 0, context
+    assert busy.state() == "shut off (saved)", busy.describe()
+
+    again = cli.run("start", timeout=RUN_TIMEOUT)
+    assert again.code == 0, again
+    assert f"Resuming guest {busy.name}: done" in again.lines, again
+    assert busy.state().startswith("running"), busy.describe()
+    assert not cli.list_file.exists() and not cli.pending_file.exists()
+
+
 # ---------------------------------------------------------------------------
 # item 7: a wedged URI is given up once, not once per guest
 # ---------------------------------------------------------------------------
