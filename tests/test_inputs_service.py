@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests import oddfiles
 from tests.fakehost import FakeHost
 
 Make = Callable[..., FakeHost]
@@ -77,17 +78,7 @@ def test_stop_protects_the_guests_whatever_file_is_bad(fake_host: Make, tmp_path
     path = {"config": host.config_file, "policy": policy_file, "list": host.list_file,
             "pending": host.pending_file, "seen": host.state_dir / "virtguests-seen.json",
             "report": host.state_dir / "virtguests-last-run.json"}[which]
-    if path.exists():
-        path.unlink()
-    if what == "fifo":
-        os.mkfifo(path)
-    elif what == "directory":
-        path.mkdir()
-    elif what == "huge":
-        with open(path, "wb") as handle:
-            handle.truncate(20 * 1024 * 1024)
-    else:
-        path.symlink_to("/dev/zero")
+    oddfiles.put(path, what)
     run = host.run("stop", timeout=60)
     assert "Traceback" not in run.err and "MemoryError" not in run.err
     assert host.managed_saved() == {"web", "db"}, run
@@ -108,12 +99,7 @@ def test_start_never_hangs_on_a_file_that_is_not_a_file(fake_host: Make, what: s
     path = {"marker": host.marker, "lock": host.state_dir / "virtguests.lock",
             "pending": host.pending_file, "seen": host.state_dir / "virtguests-seen.json",
             "report": host.state_dir / "virtguests-last-run.json"}[which]
-    if path.exists():
-        path.unlink()
-    if what == "fifo":
-        os.mkfifo(path)
-    else:
-        path.mkdir()
+    oddfiles.put(path, what)
     run = host.run("start", timeout=60)
     assert "Traceback" not in run.err, run
     if (which, what) != ("report", "fifo"):  # only written, by a rename over the FIFO

@@ -97,9 +97,10 @@ def assert_every_guest_saved_or_recorded(host: FakeHost, err: str) -> None:
     assert saved | running == everyone  # nobody was lost half-way
 
 
-def test_sigterm_while_a_progress_line_is_stuck_in_a_full_pipe(fake_host: Make,
-                                                               tmp_path: Path) -> None:
-    host = saving_host(fake_host)
+def stop_into_a_small_pipe(host: FakeHost, tmp_path: Path
+                           ) -> tuple[subprocess.Popen[bytes], int, Path]:
+    """``stop`` writing to a 4 KiB pipe nobody reads; its stderr goes to a file.
+    Returns the process, the pipe's read end (the caller closes it) and that file."""
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
     err_path = tmp_path / "err"
@@ -108,6 +109,13 @@ def test_sigterm_while_a_progress_line_is_stuck_in_a_full_pipe(fake_host: Make,
                                 env=host.env(), stdin=subprocess.DEVNULL, stdout=write_end,
                                 stderr=err)
     os.close(write_end)
+    return proc, read_end, err_path
+
+
+def test_sigterm_while_a_progress_line_is_stuck_in_a_full_pipe(fake_host: Make,
+                                                               tmp_path: Path) -> None:
+    host = saving_host(fake_host)
+    proc, read_end, err_path = stop_into_a_small_pipe(host, tmp_path)
     try:
         # The first line (every running guest's name) already fills the pipe: output is
         # stuck from here on, and the saves must go on regardless.
@@ -189,14 +197,7 @@ def test_a_signal_while_the_output_drains_at_the_end_changes_nothing(
         fake_host: Make, tmp_path: Path, sig: signal.Signals) -> None:
     """The run is decided; its last lines are stuck in a full pipe for up to 2 s."""
     host = saving_host(fake_host, count=3, save_seconds=0.01)
-    read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, getattr(fcntl, "F_SETPIPE_SZ", 1031), 4096)
-    err_path = tmp_path / "err"
-    with open(err_path, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "virtguests", *host.argv("stop")],
-                                env=host.env(), stdin=subprocess.DEVNULL, stdout=write_end,
-                                stderr=err)
-    os.close(write_end)
+    proc, read_end, err_path = stop_into_a_small_pipe(host, tmp_path)
     try:
         wait_for(lambda: saves(host) >= 3 and len(host.managed_saved()) == 3, "every save")
         proc.send_signal(sig)

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests import oddfiles
 from virtguests import files, state
 
 U1 = "6695eb01-f6a4-8304-79aa-97f2502e193f"
@@ -118,19 +119,12 @@ def test_a_stop_request_ends_the_wait_for_the_lock_at_once(tmp_path: Path) -> No
     assert len(naps) == 3
 
 
-@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "device"])
+@pytest.mark.parametrize("kind", ["fifo", "directory", "symlink", "dev-null"])
 def test_a_marker_path_that_is_not_a_regular_file_is_refused_not_waited_on(
         tmp_path: Path, kind: str) -> None:
     """Opening a FIFO for writing blocks until a reader comes: at boot, forever."""
     marker = tmp_path / "libvirt-guests.started"
-    if kind == "fifo":
-        os.mkfifo(marker)
-    elif kind == "directory":
-        marker.mkdir()
-    elif kind == "symlink":
-        marker.symlink_to(tmp_path / "elsewhere")
-    else:
-        marker.symlink_to("/dev/null")
+    oddfiles.put(marker, kind)
     result: list[BaseException] = []
 
     def touch() -> None:
@@ -150,12 +144,7 @@ def test_a_marker_path_that_is_not_a_regular_file_is_refused_not_waited_on(
 def test_a_lock_path_that_is_not_a_regular_file_is_refused_not_waited_on(
         tmp_path: Path, kind: str) -> None:
     lock = tmp_path / "lock"
-    if kind == "fifo":
-        os.mkfifo(lock)
-    elif kind == "directory":
-        lock.mkdir()
-    else:
-        lock.symlink_to(tmp_path / "elsewhere")
+    oddfiles.put(lock, kind)
     with pytest.raises(OSError), \
             state.exclusive(lock, wait=0, on_wait=lambda line: None, sleep=lambda s: True):
         pass
@@ -218,22 +207,8 @@ def test_state_files_that_are_not_regular_files_are_refused(tmp_path: Path, what
     from tests.test_files import within_deadline
 
     path = tmp_path / "libvirt-guests"
-    if what == "fifo":
-        os.mkfifo(path)
-    elif what == "directory":
-        path.mkdir()
-    elif what == "symlink":
-        (tmp_path / "target").write_text(f"default {U1}\n")
-        path.symlink_to(tmp_path / "target")
-    elif what == "huge":
-        with open(path, "wb") as handle:
-            handle.truncate(files.STATE_CAP + 1)
-    else:
-        import socket
-
-        server = socket.socket(socket.AF_UNIX)
-        server.bind(str(path))
-        server.close()
+    (tmp_path / "elsewhere").write_text(f"default {U1}\n")  # a symlink's target
+    oddfiles.put(path, what, size=files.STATE_CAP + 1)
     entries, bad = within_deadline(lambda: state.read_list(path))
     assert entries == {} and len(bad) == 1 and bad[0].message.startswith("cannot read: ")
     seen, problems = within_deadline(lambda: state.read_seen(path))

@@ -7,8 +7,10 @@ broken CI setup can never turn into a silently green run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -122,23 +124,33 @@ def guest_image(realhost_ready: None) -> GuestImage:
     return image
 
 
-@pytest.fixture(scope="session")
-def libvirtd(realhost_ready: None) -> Iterator[PrivateLibvirtd]:
-    """A started private libvirtd for the whole session; stopped (no leftovers) at the end."""
+@contextlib.contextmanager
+def private_libvirtd(label: str) -> Iterator[PrivateLibvirtd]:
+    """A started private libvirtd, stopped (no leftovers, even if SIGSTOPped) on exit."""
     daemon = PrivateLibvirtd(caps_cache=cache_dir() / "libvirt-caps")
     start = time.monotonic()
     try:
         daemon.start()
     except (LibvirtdError, OSError, subprocess.SubprocessError) as exc:
         # Not a skip: the host has everything, so a failing daemon is a real problem.
-        pytest.fail(f"private libvirtd did not start: {exc}", pytrace=False)
-    record_timing("libvirtd start", time.monotonic() - start)
+        pytest.fail(f"private {label} did not start: {exc}", pytrace=False)
+    record_timing(label + " start", time.monotonic() - start)
     try:
         yield daemon
     finally:
+        if daemon.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(daemon.pid, signal.SIGCONT)
         daemon.stop()
         if os.environ.get("VIRTGUESTS_REALHOST_KEEP") != "1":
             daemon.cleanup()
+
+
+@pytest.fixture(scope="session")
+def libvirtd(realhost_ready: None) -> Iterator[PrivateLibvirtd]:
+    """A started private libvirtd for the whole session."""
+    with private_libvirtd("libvirtd") as daemon:
+        yield daemon
 
 
 @pytest.fixture

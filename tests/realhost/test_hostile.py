@@ -27,9 +27,9 @@ from typing import Any, Callable, Optional
 import pytest
 
 from .cli import Run, VirtGuestsCli
-from .conftest import DefineGuest, record_timing
-from .guestimage import GuestImage, cache_dir, domain_xml
-from .libvirtd import Guest, LibvirtdError, PrivateLibvirtd, StalledSave, ThreadStop, thread_named
+from .conftest import DefineGuest, private_libvirtd, record_timing
+from .guestimage import GuestImage, domain_xml
+from .libvirtd import Guest, PrivateLibvirtd, StalledSave, ThreadStop, thread_named
 from .test_e2e import boot, list_entries, managed_saved, outcomes, uuid_of
 
 RUN_TIMEOUT = 300.0
@@ -154,23 +154,8 @@ def wait_until(what: str, check: Callable[[], bool], timeout: float = 60) -> Non
 @pytest.fixture
 def spare_libvirtd(realhost_ready: None) -> Iterator[PrivateLibvirtd]:
     """A second private libvirtd for this test only (one a test may SIGSTOP)."""
-    daemon = PrivateLibvirtd(caps_cache=cache_dir() / "libvirt-caps")
-    began = time.monotonic()
-    try:
-        daemon.start()
-    except (LibvirtdError, OSError, subprocess.SubprocessError) as exc:
-        pytest.fail(f"second private libvirtd did not start: {exc}", pytrace=False)
-    record_timing("libvirtd start (spare)", time.monotonic() - began)
-    try:
+    with private_libvirtd("libvirtd (spare)") as daemon:
         yield daemon
-    finally:
-        pid = daemon.pid
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
-        daemon.stop()
-        if os.environ.get("VIRTGUESTS_REALHOST_KEEP") != "1":
-            daemon.cleanup()
 
 
 def boot_on(daemon: PrivateLibvirtd, image: GuestImage, tmp_path: Path,
