@@ -212,7 +212,8 @@ def test_suspend_saves_persistent_guests_and_start_restores_them(
 def test_start_after_our_stop_lists_nothing_and_real_virsh_tells_what_is_running(
     libvirtd: PrivateLibvirtd, define_guest: DefineGuest, cli: VirtGuestsCli
 ) -> None:
-    """virsh start by UUID: real refusals for a guest already running and one undefined."""
+    """virsh start by UUID: real refusals for a guest already running and one undefined.
+    The running one's state is asked once (``domstate --reason``: not being saved)."""
     uri = libvirtd.qemu_uri
     a, b, c = boot(define_guest, ("nl-a", {}), ("nl-b", {}), ("nl-c", {}))
     cli.config(ON_SHUTDOWN="suspend", PARALLEL_START=1)
@@ -226,7 +227,10 @@ def test_start_after_our_stop_lists_nothing_and_real_virsh_tells_what_is_running
                            "Resuming guest nl-b: already active"], start
     assert f"recorded guest {gone} no longer exists on {uri}; dropped" in start.err
     calls = [ln for ln in start.err.splitlines() if ln.startswith("virtguests: virsh: ")]
-    assert len(calls) == 3 and all(f" -c {shlex.quote(uri)} start " in ln for ln in calls), calls
+    starts = [ln for ln in calls if f" -c {shlex.quote(uri)} start " in ln]
+    asked = [ln for ln in calls if f" -c {shlex.quote(uri)} domstate --reason " in ln]
+    assert len(starts) == 3 and len(asked) == 1 and len(calls) == 4, calls
+    assert f" {uuid_of(b)} (" in asked[0], calls
     assert active(libvirtd) == {"nl-a", "nl-b"}
     assert a.state() == "running (restored)", a.describe()
     assert outcomes(cli) == {"nl-a": "resumed", "nl-b": "already active",
