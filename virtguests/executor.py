@@ -28,13 +28,10 @@ from typing import Callable, Optional, TypeVar, Union
 from virtguests import observe, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
+from virtguests.model import POWEROFF, SHUTDOWN, START, SUSPEND
 from virtguests.plan import (
-    POWEROFF,
     PROTECTED,
     SETTLED,
-    SHUTDOWN,
-    START,
-    SUSPEND,
     GuestStart,
     GuestStop,
     Res,

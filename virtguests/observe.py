@@ -17,7 +17,7 @@ from typing import Optional
 from virtguests import virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
-from virtguests.plan import Guest, UriView
+from virtguests.model import Guest, UriView
 from virtguests.virsh import Result, Virsh, VirshError
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,9 @@
 """Decide what to do: pure functions from config + observed host state to a plan.
 
 Nothing here talks to virsh or the disk, so every decision is testable with
-plain data, and ``--dry-run`` prints exactly what the executor would run.
+plain data, and ``--dry-run`` prints exactly what the executor would run.  It
+reads ``model`` values from ``observe`` and ``policy`` and is read by
+``executor``, never the other way.
 """
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from virtguests.config import Config
-
-SUSPEND, SHUTDOWN, POWEROFF = "suspend", "shutdown", "poweroff"
-START = "start"
+from virtguests.model import POWEROFF, SHUTDOWN, SUSPEND, Guest, PolicyLookup, UriView, no_policy
 
 
 class Res:
@@ -46,59 +46,6 @@ PROTECTED = frozenset({Res.SAVED, Res.SHUT_OFF, Res.POWERED_OFF})
 
 SETTLED = frozenset({Res.RESUMED, Res.ALREADY_ACTIVE, Res.GONE, Res.SKIPPED_BY_POLICY})
 """Start outcomes that end a guest's record; every other outcome keeps it for the next start."""
-
-
-@dataclass(frozen=True)
-class Guest:
-    """One guest as seen on a URI."""
-
-    uuid: str
-    name: str
-    active: bool = True
-    persistent: bool = True
-    managed_save: bool = False
-
-
-@dataclass(frozen=True)
-class UriView:
-    """What one URI looked like, or why it could not be seen."""
-
-    uri: str
-    guests: tuple[Guest, ...] = ()
-    error: Optional[str] = None
-    listed: bool = True
-    """False for guests known by name from our own records, not listed now:
-    whether each is active (or still exists) is unknown until virsh start says."""
-    canonical: Optional[str] = None
-    """What ``virsh uri`` says this URI is (``default`` -> ``qemu:///system``), when asked."""
-
-    @property
-    def reachable(self) -> bool:
-        return self.error is None
-
-    def find(self, uuid: str) -> Optional[Guest]:
-        for guest in self.guests:
-            if guest.uuid == uuid:
-                return guest
-        return None
-
-
-@dataclass(frozen=True)
-class GuestPolicy:
-    """Per-guest overrides (from the policy file); None means "use the config"."""
-
-    actions: Optional[tuple[str, ...]] = None
-    group: int = 0
-    shutdown_timeout: Optional[int] = None
-    start_delay: Optional[int] = None
-    skip_start: bool = False
-
-
-PolicyLookup = Callable[[str, Guest], GuestPolicy]
-
-
-def no_policy(uri: str, guest: Guest) -> GuestPolicy:
-    return GuestPolicy()
 
 
 @dataclass(frozen=True)
