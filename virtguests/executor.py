@@ -11,6 +11,8 @@ are named in one error; a timeout of one guest's call costs only that guest's
 step.  A bug hit while handling one guest is that guest's
 internal error; the others are still handled.  After a stop request
 (SIGTERM/SIGINT) nothing new is started; calls in flight finish or time out.
+It runs a ``plan`` and asks its questions while waiting through ``query``,
+never through ``observe``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TypeVar, Union
 
-from virtguests import observe, virshout
+from virtguests import query, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.model import POWEROFF, SHUTDOWN, START, SUSPEND
@@ -492,7 +494,7 @@ class Executor:
 
     def _domain_state(self, uri: str, uuid: str) -> Optional[tuple[str, str]]:
         try:
-            return observe.domain_state(self.virsh, uri, uuid, self.config)
+            return query.domain_state(self.virsh, uri, uuid, self.config)
         except VirshError as err:
             log.debug("%s", err)
             return None
@@ -500,7 +502,7 @@ class Executor:
     def _save_job(self, uri: str, uuid: str) -> Optional[bool]:
         """Whether ``virsh domjobinfo`` shows a save job; None if it cannot tell."""
         try:
-            return observe.save_job_running(self.virsh, uri, uuid, self.config)
+            return query.save_job_running(self.virsh, uri, uuid, self.config)
         except VirshError as err:
             log.debug("%s", err)
             return None
@@ -567,7 +569,7 @@ class Executor:
         if state[1] == "saved":
             return OtherSave.SAVED
         try:
-            saved = observe.has_managed_save(self.virsh, uri, uuid, self.config)
+            saved = query.has_managed_save(self.virsh, uri, uuid, self.config)
         except VirshError as err:
             log.debug("%s", err)
             return OtherSave.NONE
@@ -828,7 +830,7 @@ class Executor:
         their timeout, and the chain goes on.
         """
         try:
-            return observe.active_uuids(self.virsh, uri, self.config)
+            return query.active_uuids(self.virsh, uri, self.config)
         except (VirshError, Interrupted) as err:
             if first_failure and self.virsh.wedged(uri) is None:
                 self.report.warn(f"cannot check which guests on {uri} are still running "
@@ -990,7 +992,7 @@ class Executor:
         connection check, retried like a listing while libvirtd may still be starting."""
         began = self.clock.now()
         try:
-            result = observe.run_with_retries(
+            result = query.run_with_retries(
                 self.virsh, uri, start_args(guest.uuid, self.config), self.config, self.clock,
                 timeout=self.config.save_timeout,
                 retry_if=lambda err: first

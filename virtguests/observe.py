@@ -4,46 +4,24 @@ The listings a question needs (names, UUIDs, persistence, managed save) run
 as one virsh command string, so a URI costs one virsh process, never one per
 guest.  Connection failures are retried a bounded number of times (libvirtd
 may still be starting at boot); a call that *timed out* is not retried, so a
-wedged URI is given up quickly.
+wedged URI is given up quickly.  It asks virsh through ``query`` and hands
+``plan`` ``model`` values, importing nothing downstream.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
 from virtguests import virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.model import Guest, UriView
-from virtguests.virsh import Result, Virsh, VirshError
+from virtguests.query import run_with_retries
+from virtguests.virsh import Virsh, VirshError
 
 log = logging.getLogger(__name__)
-
-
-def run_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config,
-                     clock: Clock, *, timeout: Optional[float] = None,
-                     retry_if: Callable[[VirshError], bool] = lambda err: True) -> Result:
-    """The first call to a URI, retried while libvirtd may still be starting (boot).
-
-    A failure *retry_if* accepts is retried CONNECT_RETRIES times, RETRIES_SLEEP
-    apart; a timed-out call is not (nor any call on a URI given up after a
-    timeout), and a stop request ends the waiting with the last error.
-    """
-    attempt = 0
-    while True:
-        try:
-            return virsh.run(uri, args, ignore_interrupt=True,
-                             timeout=config.query_timeout if timeout is None else timeout)
-        except VirshError as err:
-            if err.timed_out or err.wedged or attempt >= config.connect_retries \
-                    or not retry_if(err):
-                raise
-            attempt += 1
-            if not clock.sleep(config.retries_sleep):
-                raise
 
 
 RUNNING = (["list", "--uuid", "--name"], ["list", "--uuid", "--name", "--persistent"])
@@ -57,8 +35,6 @@ MANAGED_SAVE = ["list", "--all", "--uuid", "--name", "--with-managed-save"]
 URI = ["uri"]
 """What ``default`` (or an alias) really is, for policy rules that name a URI; asked in
 the same batch as the listings (``ask_uri``), so it costs no extra process."""
-
-MANAGED_SAVE_UUIDS = ["list", "--all", "--uuid", "--with-managed-save"]
 
 BATCH_MARK = "virtguests-next"
 
@@ -139,47 +115,3 @@ def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
     return UriView(uri, tuple(
         Guest(g.uuid, g.name, active=g.uuid in active, managed_save=g.uuid in saved)
         for g in every), canonical=parse_uri(texts[-1]) if ask_uri else None)
-
-
-def active_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:
-    """One call answers "which of them are still running?" for a whole URI."""
-    result = virsh.run(uri, ["list", "--uuid"], timeout=config.query_timeout,
-                       ignore_interrupt=True)
-    return set(virshout.uuids(result.argv, result.stdout))
-
-
-DOMSTATE = re.compile(r"^(?P<state>[^()]+?) \((?P<reason>[^()]+)\)$")
-
-
-def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> tuple[str, str]:
-    """``virsh domstate --reason UUID``: e.g. ``("paused", "saving")`` during a managedsave.
-
-    It needs no job on the guest, so it answers while another save holds the
-    guest's state-change lock (recorded: fixtures/qemu-domstate-reason-saving.yaml).
-    """
-    result = virsh.run(uri, ["domstate", "--reason", uuid], timeout=config.query_timeout,
-                       ignore_interrupt=True)
-    lines = [ln.strip() for ln in virshout.lines(result.stdout) if ln.strip()]
-    match = DOMSTATE.match(lines[0]) if len(lines) == 1 else None
-    if match is None:
-        raise virshout.OutputError(result.argv, f"unexpected output {result.stdout[:120]!r} "
-                                   "(expected 'STATE (REASON)')")
-    return match.group("state"), match.group("reason")
-
-
-def save_job_running(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
-    """``virsh domjobinfo UUID`` shows a save job (fixtures/qemu-domjobinfo-saving.yaml).
-
-    It answers while the save holds the guest's state-change lock, and is the only
-    sign of a save of a guest that was paused already (its reason stays e.g. ``user``).
-    """
-    result = virsh.run(uri, ["domjobinfo", uuid], timeout=config.query_timeout,
-                       ignore_interrupt=True)
-    return virshout.save_job(result.stdout)
-
-
-def has_managed_save(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
-    """Whether the guest has a managed-save image (one listing of the URI)."""
-    result = virsh.run(uri, MANAGED_SAVE_UUIDS, timeout=config.query_timeout,
-                       ignore_interrupt=True)
-    return uuid in virshout.uuids(result.argv, result.stdout)
