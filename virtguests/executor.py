@@ -11,8 +11,8 @@ are named in one error; a timeout of one guest's call costs only that guest's
 step.  A bug hit while handling one guest is that guest's
 internal error; the others are still handled.  After a stop request
 (SIGTERM/SIGINT) nothing new is started; calls in flight finish or time out.
-It runs a ``plan`` and asks its questions while waiting through ``query``,
-never through ``observe``.
+It runs a ``plan``, builds each call with ``commands`` and asks its questions
+while waiting through ``query``, never through ``observe``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TypeVar, Union
 
-from virtguests import query, virshout
+from virtguests import commands, query, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.model import POWEROFF, SHUTDOWN, START, SUSPEND
@@ -41,8 +41,6 @@ from virtguests.plan import (
     StopPlan,
     UriStart,
     UriStop,
-    action_args,
-    start_args,
 )
 from virtguests.report import Outcome, Reporter
 from virtguests.virsh import Interrupted, Virsh, VirshError, Watch
@@ -148,8 +146,7 @@ class Doorbell:
         self.proven = False
         self.watch: Optional[Watch] = None
         try:
-            self.watch = virsh.watch(uri, ["event", "--loop", "--event", "lifecycle"],
-                                     self._line)
+            self.watch = virsh.watch(uri, commands.lifecycle_events(), self._line)
         except VirshError:
             self.watch = None
 
@@ -436,7 +433,7 @@ class Executor:
 
         def save() -> None:
             try:
-                self.virsh.run(uri, action_args(SUSPEND, uuid, self.config), timeout=budget,
+                self.virsh.run(uri, commands.managedsave(uuid, self.config), timeout=budget,
                                ignore_interrupt=True)
             except VirshError as err:
                 errors.append(err)
@@ -482,7 +479,7 @@ class Executor:
     def _save_progress(self, uri: str, uuid: str) -> Optional[str]:
         """``Data processed`` of a save, or "..."; None once a query timed out."""
         try:
-            result = self.virsh.run(uri, ["domjobinfo", uuid],
+            result = self.virsh.run(uri, commands.domjobinfo(uuid),
                                     timeout=self.config.query_timeout)
         except Interrupted:
             return "..."
@@ -649,7 +646,7 @@ class Executor:
         """One shutdown request: True sent; a _Refused if it failed; None if nothing
         more is done (the URI was given up)."""
         try:
-            self.virsh.run(uri, action_args(SHUTDOWN, step.guest.uuid, self.config),
+            self.virsh.run(uri, commands.shutdown(step.guest.uuid),
                            timeout=self._request_timeout(SHUTDOWN), ignore_interrupt=True)
         except VirshError as err:
             if err.wedged:
@@ -905,7 +902,7 @@ class Executor:
             return self._after_other_save(uri, step, POWEROFF, other, started)
         outcome = self._outcome(uri, step)
         try:
-            self.virsh.run(uri, action_args(POWEROFF, step.guest.uuid, self.config),
+            self.virsh.run(uri, commands.destroy(step.guest.uuid),
                            timeout=self._request_timeout(POWEROFF), ignore_interrupt=True)
         except VirshError as err:
             if err.wedged:
@@ -993,7 +990,8 @@ class Executor:
         began = self.clock.now()
         try:
             result = query.run_with_retries(
-                self.virsh, uri, start_args(guest.uuid, self.config), self.config, self.clock,
+                self.virsh, uri, commands.start(guest.uuid, self.config), self.config,
+                self.clock,
                 timeout=self.config.save_timeout,
                 retry_if=lambda err: first
                 and virshout.start_refusal(err.stderr) == "unreachable")
@@ -1080,7 +1078,7 @@ class Executor:
 
     def _sync_time(self, uri: str, guest: GuestStart) -> None:
         try:
-            self.virsh.run(uri, ["domtime", "--sync", guest.uuid],
+            self.virsh.run(uri, commands.sync_time(guest.uuid),
                            timeout=self.config.query_timeout, ignore_interrupt=True)
         except VirshError as err:
             self.report.warn(f"could not sync the time of guest {guest.name}: {err.detail}")

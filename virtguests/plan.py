@@ -1,9 +1,9 @@
 """Decide what to do: pure functions from config + observed host state to a plan.
 
 Nothing here talks to virsh or the disk, so every decision is testable with
-plain data, and ``--dry-run`` prints exactly what the executor would run.  It
-reads ``model`` values from ``observe`` and ``policy`` and is read by
-``executor``, never the other way.
+plain data, and ``--dry-run`` prints exactly what the executor would run (both
+build their calls with ``commands``).  It reads ``model`` values from
+``observe`` and ``policy`` and is read by ``executor``, never the other way.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from virtguests import commands
 from virtguests.config import Config
-from virtguests.model import POWEROFF, SHUTDOWN, SUSPEND, Guest, PolicyLookup, UriView, no_policy
+from virtguests.model import SUSPEND, Guest, PolicyLookup, UriView, no_policy
 
 
 class Res:
@@ -88,21 +89,6 @@ class StopPlan:
         return {uri: list(ids) for uri, ids in out.items() if ids}
 
 
-def action_args(action: str, uuid: str, config: Config) -> list[str]:
-    """The virsh arguments for one step of a guest's action chain."""
-    if action == SUSPEND:
-        return ["managedsave", *(["--bypass-cache"] if config.bypass_cache else []), uuid]
-    if action == SHUTDOWN:
-        return ["shutdown", uuid]
-    if action == POWEROFF:
-        return ["destroy", uuid]
-    raise ValueError(f"unknown action {action!r}")
-
-
-def start_args(uuid: str, config: Config) -> list[str]:
-    return ["start", *(["--bypass-cache"] if config.bypass_cache else []), uuid]
-
-
 def plan_stop(
     config: Config,
     views: Sequence[UriView],
@@ -158,7 +144,8 @@ def stop_commands(plan: StopPlan, config: Config,
     for item in plan.uris:
         for group in item.groups():
             for step in group:
-                out.append(argv(item.uri, action_args(step.actions[0], step.guest.uuid, config)))
+                out.append(argv(item.uri, commands.stop_action(step.actions[0],
+                                                               step.guest.uuid, config)))
     return out
 
 
@@ -246,7 +233,7 @@ def start_commands(plan: StartPlan, config: Config,
     for item in plan.uris:
         for guest in sorted(item.guests, key=lambda g: g.group):
             if guest.start:
-                out.append(argv(item.uri, start_args(guest.uuid, config)))
+                out.append(argv(item.uri, commands.start(guest.uuid, config)))
             if config.sync_time and guest.reason != Res.SKIPPED_BY_POLICY:
-                out.append(argv(item.uri, ["domtime", "--sync", guest.uuid]))
+                out.append(argv(item.uri, commands.sync_time(guest.uuid)))
     return out

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Optional
 
-from virtguests import virshout
+from virtguests import commands, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.virsh import Result, Virsh, VirshError
@@ -42,7 +42,7 @@ def run_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config
 
 def active_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:
     """One call answers "which of them are still running?" for a whole URI."""
-    result = virsh.run(uri, ["list", "--uuid"], timeout=config.query_timeout,
+    result = virsh.run(uri, commands.list_active_uuids(), timeout=config.query_timeout,
                        ignore_interrupt=True)
     return set(virshout.uuids(result.argv, result.stdout))
 
@@ -56,7 +56,7 @@ def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> tuple[str
     It needs no job on the guest, so it answers while another save holds the
     guest's state-change lock (recorded: fixtures/qemu-domstate-reason-saving.yaml).
     """
-    result = virsh.run(uri, ["domstate", "--reason", uuid], timeout=config.query_timeout,
+    result = virsh.run(uri, commands.domstate_reason(uuid), timeout=config.query_timeout,
                        ignore_interrupt=True)
     lines = [ln.strip() for ln in virshout.lines(result.stdout) if ln.strip()]
     match = DOMSTATE.match(lines[0]) if len(lines) == 1 else None
@@ -72,13 +72,13 @@ def save_job_running(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
     It answers while the save holds the guest's state-change lock, and is the only
     sign of a save of a guest that was paused already (its reason stays e.g. ``user``).
     """
-    result = virsh.run(uri, ["domjobinfo", uuid], timeout=config.query_timeout,
+    result = virsh.run(uri, commands.domjobinfo(uuid), timeout=config.query_timeout,
                        ignore_interrupt=True)
     return virshout.save_job(result.stdout)
 
 
 def has_managed_save(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
     """Whether the guest has a managed-save image (one listing of the URI)."""
-    result = virsh.run(uri, ["list", "--all", "--uuid", "--with-managed-save"],
-                       timeout=config.query_timeout, ignore_interrupt=True)
+    result = virsh.run(uri, commands.list_managed_save_uuids(), timeout=config.query_timeout,
+                       ignore_interrupt=True)
     return uuid in virshout.uuids(result.argv, result.stdout)

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TypeVar
 
-from virtguests import observe, plan, policy, state, virshout
+from virtguests import commands, observe, plan, policy, state, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded, blocks
 from virtguests.executor import Executor
@@ -562,7 +562,7 @@ def gueststatus(ctx: Context) -> int:
 
     def table(uri: str) -> Optional[str]:
         try:
-            return ctx.virsh.run(uri, ["list"], timeout=config.query_timeout).stdout
+            return observe.guest_table(ctx.virsh, uri, config)
         except VirshError as err:
             ctx.report.error(str(err))
             return None
@@ -588,9 +588,7 @@ def _describe_uri(ctx: Context, uri: str) -> dict[str, Any]:
         return {"uri": uri, "error": view.error, "guests": []}
     persistent: Optional[set[str]] = None
     try:
-        result = ctx.virsh.run(uri, ["list", "--all", "--uuid", "--persistent"],
-                               timeout=config.query_timeout)
-        persistent = set(virshout.uuids(result.argv, result.stdout))
+        persistent = observe.persistent_uuids(ctx.virsh, uri, config)
     except VirshError as err:
         return {"uri": uri, "error": str(err), "guests": []}
     return {"uri": uri, "error": None, "guests": [
@@ -659,7 +657,7 @@ def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[st
                 "name": step.guest.name, "uuid": step.guest.uuid, "order": step.group,
                 "actions": list(step.actions),
                 "timeout": step.timeout if SHUTDOWN in step.actions else None,
-                "commands": [format_argv(ctx.virsh.argv(view.uri, plan.action_args(
+                "commands": [format_argv(ctx.virsh.argv(view.uri, commands.stop_action(
                     a, step.guest.uuid, ctx.config))) for a in step.actions],
             })
     for guest in item.running:
@@ -678,14 +676,14 @@ def _start_entry(ctx: Context, view: UriView,
                              "listed": view.listed}
     item = next((i for i in start_plan.uris if i.uri == view.uri), None)
     for guest in sorted(item.guests if item else (), key=lambda g: g.group):
-        commands = []
+        calls = []
         if guest.start:
-            commands.append(format_argv(ctx.virsh.argv(view.uri,
-                                                       plan.start_args(guest.uuid, ctx.config))))
+            calls.append(format_argv(ctx.virsh.argv(view.uri,
+                                                    commands.start(guest.uuid, ctx.config))))
         entry["guests"].append({
             "name": guest.name, "uuid": guest.uuid, "order": guest.group,
             "actions": ["start"] if guest.start else [], "note": guest.reason or None,
-            "delay_after": guest.delay_after, "commands": commands})
+            "delay_after": guest.delay_after, "commands": calls})
     for uri, uuid in start_plan.missing:
         if uri == view.uri:
             entry["guests"].append({"name": None, "uuid": uuid, "order": None, "actions": [],
