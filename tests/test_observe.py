@@ -11,7 +11,7 @@ from tests.fakehost import FakeHost
 from virtguests import observe
 from virtguests.clock import Clock
 from virtguests.config import Config
-from virtguests.plan import Guest
+from virtguests.model import Guest
 from virtguests.virsh import Virsh
 
 Make = Callable[..., FakeHost]

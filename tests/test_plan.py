@@ -5,10 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from virtguests.config import Config
+from virtguests.model import Guest, GuestPolicy, UriView
 from virtguests.plan import (
-    Guest,
-    GuestPolicy,
-    UriView,
     orphans,
     plan_start,
     plan_stop,

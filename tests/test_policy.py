@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.fakehost import FakeHost
-from virtguests.plan import Guest, GuestPolicy
+from virtguests.model import Guest, GuestPolicy
 from virtguests.policy import EXAMPLE, load, parse, resolving, wants_canonical
 
 Make = Callable[..., FakeHost]

@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virtguests import observe, virshout
+from virtguests import model, observe, virshout
 from virtguests.virshout import OutputError
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
@@ -45,7 +45,7 @@ def test_every_recorded_uuid_listing_parses() -> None:
         argv = doc["argv"]
         assert isinstance(argv, list)
         if "--uuid" in argv and "--name" not in argv:
-            assert all(virshout.is_uuid(u) for u in virshout.uuids(argv, str(doc["stdout"])))
+            assert all(model.is_uuid(u) for u in virshout.uuids(argv, str(doc["stdout"])))
             seen += 1
     assert seen >= 2
 

@@ -33,7 +33,8 @@ from tests.simvirsh import (
 )
 from virtguests.config import Config
 from virtguests.executor import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT, Executor
-from virtguests.plan import PROTECTED, Guest, Res, UriView, plan_stop
+from virtguests.model import Guest, UriView
+from virtguests.plan import PROTECTED, Res, plan_stop
 from virtguests.report import Reporter
 from virtguests.virsh import is_guest_call
 

@@ -11,6 +11,8 @@ are named in one error; a timeout of one guest's call costs only that guest's
 step.  A bug hit while handling one guest is that guest's
 internal error; the others are still handled.  After a stop request
 (SIGTERM/SIGINT) nothing new is started; calls in flight finish or time out.
+It runs a ``plan``, builds each call with ``commands`` and asks its questions
+while waiting through ``query``, never through ``observe``.
 """
 
 from __future__ import annotations
@@ -25,16 +27,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TypeVar, Union
 
-from virtguests import observe, virshout
+from virtguests import commands, query, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
+from virtguests.model import POWEROFF, SHUTDOWN, START, SUSPEND
 from virtguests.plan import (
-    POWEROFF,
     PROTECTED,
     SETTLED,
-    SHUTDOWN,
-    START,
-    SUSPEND,
     GuestStart,
     GuestStop,
     Res,
@@ -42,8 +41,6 @@ from virtguests.plan import (
     StopPlan,
     UriStart,
     UriStop,
-    action_args,
-    start_args,
 )
 from virtguests.report import Outcome, Reporter
 from virtguests.virsh import Interrupted, Virsh, VirshError, Watch
@@ -149,8 +146,7 @@ class Doorbell:
         self.proven = False
         self.watch: Optional[Watch] = None
         try:
-            self.watch = virsh.watch(uri, ["event", "--loop", "--event", "lifecycle"],
-                                     self._line)
+            self.watch = virsh.watch(uri, commands.lifecycle_events(), self._line)
         except VirshError:
             self.watch = None
 
@@ -437,7 +433,7 @@ class Executor:
 
         def save() -> None:
             try:
-                self.virsh.run(uri, action_args(SUSPEND, uuid, self.config), timeout=budget,
+                self.virsh.run(uri, commands.managedsave(uuid, self.config), timeout=budget,
                                ignore_interrupt=True)
             except VirshError as err:
                 errors.append(err)
@@ -483,7 +479,7 @@ class Executor:
     def _save_progress(self, uri: str, uuid: str) -> Optional[str]:
         """``Data processed`` of a save, or "..."; None once a query timed out."""
         try:
-            result = self.virsh.run(uri, ["domjobinfo", uuid],
+            result = self.virsh.run(uri, commands.domjobinfo(uuid),
                                     timeout=self.config.query_timeout)
         except Interrupted:
             return "..."
@@ -495,7 +491,7 @@ class Executor:
 
     def _domain_state(self, uri: str, uuid: str) -> Optional[tuple[str, str]]:
         try:
-            return observe.domain_state(self.virsh, uri, uuid, self.config)
+            return query.domain_state(self.virsh, uri, uuid, self.config)
         except VirshError as err:
             log.debug("%s", err)
             return None
@@ -503,7 +499,7 @@ class Executor:
     def _save_job(self, uri: str, uuid: str) -> Optional[bool]:
         """Whether ``virsh domjobinfo`` shows a save job; None if it cannot tell."""
         try:
-            return observe.save_job_running(self.virsh, uri, uuid, self.config)
+            return query.save_job_running(self.virsh, uri, uuid, self.config)
         except VirshError as err:
             log.debug("%s", err)
             return None
@@ -570,7 +566,7 @@ class Executor:
         if state[1] == "saved":
             return OtherSave.SAVED
         try:
-            saved = observe.has_managed_save(self.virsh, uri, uuid, self.config)
+            saved = query.has_managed_save(self.virsh, uri, uuid, self.config)
         except VirshError as err:
             log.debug("%s", err)
             return OtherSave.NONE
@@ -650,7 +646,7 @@ class Executor:
         """One shutdown request: True sent; a _Refused if it failed; None if nothing
         more is done (the URI was given up)."""
         try:
-            self.virsh.run(uri, action_args(SHUTDOWN, step.guest.uuid, self.config),
+            self.virsh.run(uri, commands.shutdown(step.guest.uuid),
                            timeout=self._request_timeout(SHUTDOWN), ignore_interrupt=True)
         except VirshError as err:
             if err.wedged:
@@ -831,7 +827,7 @@ class Executor:
         their timeout, and the chain goes on.
         """
         try:
-            return observe.active_uuids(self.virsh, uri, self.config)
+            return query.active_uuids(self.virsh, uri, self.config)
         except (VirshError, Interrupted) as err:
             if first_failure and self.virsh.wedged(uri) is None:
                 self.report.warn(f"cannot check which guests on {uri} are still running "
@@ -906,7 +902,7 @@ class Executor:
             return self._after_other_save(uri, step, POWEROFF, other, started)
         outcome = self._outcome(uri, step)
         try:
-            self.virsh.run(uri, action_args(POWEROFF, step.guest.uuid, self.config),
+            self.virsh.run(uri, commands.destroy(step.guest.uuid),
                            timeout=self._request_timeout(POWEROFF), ignore_interrupt=True)
         except VirshError as err:
             if err.wedged:
@@ -993,8 +989,9 @@ class Executor:
         connection check, retried like a listing while libvirtd may still be starting."""
         began = self.clock.now()
         try:
-            result = observe.run_with_retries(
-                self.virsh, uri, start_args(guest.uuid, self.config), self.config, self.clock,
+            result = query.run_with_retries(
+                self.virsh, uri, commands.start(guest.uuid, self.config), self.config,
+                self.clock,
                 timeout=self.config.save_timeout,
                 retry_if=lambda err: first
                 and virshout.start_refusal(err.stderr) == "unreachable")
@@ -1081,7 +1078,7 @@ class Executor:
 
     def _sync_time(self, uri: str, guest: GuestStart) -> None:
         try:
-            self.virsh.run(uri, ["domtime", "--sync", guest.uuid],
+            self.virsh.run(uri, commands.sync_time(guest.uuid),
                            timeout=self.config.query_timeout, ignore_interrupt=True)
         except VirshError as err:
             self.report.warn(f"could not sync the time of guest {guest.name}: {err.detail}")

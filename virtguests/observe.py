@@ -4,68 +4,31 @@ The listings a question needs (names, UUIDs, persistence, managed save) run
 as one virsh command string, so a URI costs one virsh process, never one per
 guest.  Connection failures are retried a bounded number of times (libvirtd
 may still be starting at boot); a call that *timed out* is not retried, so a
-wedged URI is given up quickly.
+wedged URI is given up quickly.  It asks virsh through ``commands`` and
+``query`` and hands ``plan`` ``model`` values, importing nothing downstream.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Optional
 
-from virtguests import virshout
+from virtguests import commands, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config
-from virtguests.plan import Guest, UriView
-from virtguests.virsh import Result, Virsh, VirshError
+from virtguests.model import Guest, UriView
+from virtguests.query import run_with_retries
+from virtguests.virsh import Virsh, VirshError
 
 log = logging.getLogger(__name__)
 
-
-def run_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config,
-                     clock: Clock, *, timeout: Optional[float] = None,
-                     retry_if: Callable[[VirshError], bool] = lambda err: True) -> Result:
-    """The first call to a URI, retried while libvirtd may still be starting (boot).
-
-    A failure *retry_if* accepts is retried CONNECT_RETRIES times, RETRIES_SLEEP
-    apart; a timed-out call is not (nor any call on a URI given up after a
-    timeout), and a stop request ends the waiting with the last error.
-    """
-    attempt = 0
-    while True:
-        try:
-            return virsh.run(uri, args, ignore_interrupt=True,
-                             timeout=config.query_timeout if timeout is None else timeout)
-        except VirshError as err:
-            if err.timed_out or err.wedged or attempt >= config.connect_retries \
-                    or not retry_if(err):
-                raise
-            attempt += 1
-            if not clock.sleep(config.retries_sleep):
-                raise
-
-
-RUNNING = (["list", "--uuid", "--name"], ["list", "--uuid", "--name", "--persistent"])
-"""What stop needs: running guests, and which of them are persistent."""
-
-EVERY = (["list", "--all", "--uuid", "--name"], ["list", "--uuid"])
-"""What start and status need: every guest, and which are active."""
-
-MANAGED_SAVE = ["list", "--all", "--uuid", "--name", "--with-managed-save"]
-
-URI = ["uri"]
-"""What ``default`` (or an alias) really is, for policy rules that name a URI; asked in
-the same batch as the listings (``ask_uri``), so it costs no extra process."""
-
-MANAGED_SAVE_UUIDS = ["list", "--all", "--uuid", "--with-managed-save"]
-
-BATCH_MARK = "virtguests-next"
-
-
-def batch(forms: Sequence[Sequence[str]]) -> str:
-    """Several listings as one virsh command string (virsh runs ``a; b`` itself)."""
-    return f"; echo {BATCH_MARK}; ".join(" ".join(form) for form in forms)
+# The listings and the batch as tests and tools/record_fixtures.py name them.
+RUNNING = tuple(commands.stop_listings())
+EVERY = tuple(commands.start_listings())
+MANAGED_SAVE = commands.list_managed_save()
+BATCH_MARK = commands.BATCH_MARK
+batch = commands.batch_script
 
 
 def listings(virsh: Virsh, uri: str, forms: Sequence[Sequence[str]], config: Config,
@@ -78,8 +41,8 @@ def listings(virsh: Virsh, uri: str, forms: Sequence[Sequence[str]], config: Con
     loudly.  Other stderr (an ssh banner on a remote URI) is no reason to pay
     for more connections.
     """
-    result = run_with_retries(virsh, uri, [batch(forms)], config, clock)
-    parts = virshout.batch_parts(result.stdout, BATCH_MARK)
+    result = run_with_retries(virsh, uri, commands.batch(forms), config, clock)
+    parts = virshout.batch_parts(result.stdout, commands.BATCH_MARK)
     errors = [line for line in virshout.lines(result.stderr) if line.startswith("error:")]
     if not errors and len(parts) == len(forms):
         return parts  # other stderr (an ssh banner, a warning) is no failed listing
@@ -92,12 +55,12 @@ def listings(virsh: Virsh, uri: str, forms: Sequence[Sequence[str]], config: Con
 def view_running(virsh: Virsh, uri: str, config: Config, clock: Clock,
                  *, ask_uri: bool = False) -> UriView:
     """Active guests with names and persistence (for stop)."""
-    forms = [*RUNNING, URI] if ask_uri else list(RUNNING)
+    forms = commands.stop_listings(ask_uri=ask_uri)
     try:
         texts = listings(virsh, uri, forms, config, clock)
         active_text, persistent_text = texts[0], texts[1]
-        active = virshout.uuid_names(virsh.argv(uri, RUNNING[0]), active_text)
-        persistent = {g.uuid for g in virshout.uuid_names(virsh.argv(uri, RUNNING[1]),
+        active = virshout.uuid_names(virsh.argv(uri, forms[0]), active_text)
+        persistent = {g.uuid for g in virshout.uuid_names(virsh.argv(uri, forms[1]),
                                                           persistent_text)}
     except VirshError as err:
         return UriView(uri, error=str(err))
@@ -115,7 +78,8 @@ def parse_uri(text: str) -> Optional[str]:
 def canonical_uri(virsh: Virsh, uri: str, config: Config) -> Optional[str]:
     """``virsh uri`` on its own, for a URI start does not list; None if it fails."""
     try:
-        result = virsh.run(uri, URI, timeout=config.query_timeout, ignore_interrupt=True)
+        result = virsh.run(uri, commands.uri(), timeout=config.query_timeout,
+                           ignore_interrupt=True)
     except VirshError as err:
         log.warning("virsh -c %s uri: %s", uri, err)
         return None
@@ -125,9 +89,7 @@ def canonical_uri(virsh: Virsh, uri: str, config: Config) -> Optional[str]:
 def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
              *, managed_save: bool = False, ask_uri: bool = False) -> UriView:
     """Every guest, active or not (for start and status)."""
-    forms = [*EVERY, MANAGED_SAVE] if managed_save else list(EVERY)
-    if ask_uri:
-        forms.append(URI)
+    forms = commands.start_listings(managed_save=managed_save, ask_uri=ask_uri)
     try:
         texts = listings(virsh, uri, forms, config, clock)
         every = virshout.uuid_names(virsh.argv(uri, forms[0]), texts[0])
@@ -141,45 +103,12 @@ def view_all(virsh: Virsh, uri: str, config: Config, clock: Clock,
         for g in every), canonical=parse_uri(texts[-1]) if ask_uri else None)
 
 
-def active_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:
-    """One call answers "which of them are still running?" for a whole URI."""
-    result = virsh.run(uri, ["list", "--uuid"], timeout=config.query_timeout,
-                       ignore_interrupt=True)
+def guest_table(virsh: Virsh, uri: str, config: Config) -> str:
+    """``virsh list`` as printed, for gueststatus (a stop request ends it too)."""
+    return virsh.run(uri, commands.list_table(), timeout=config.query_timeout).stdout
+
+
+def persistent_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:
+    """Every persistent guest's UUID, active or not (a stop request ends it too)."""
+    result = virsh.run(uri, commands.list_persistent_uuids(), timeout=config.query_timeout)
     return set(virshout.uuids(result.argv, result.stdout))
-
-
-DOMSTATE = re.compile(r"^(?P<state>[^()]+?) \((?P<reason>[^()]+)\)$")
-
-
-def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> tuple[str, str]:
-    """``virsh domstate --reason UUID``: e.g. ``("paused", "saving")`` during a managedsave.
-
-    It needs no job on the guest, so it answers while another save holds the
-    guest's state-change lock (recorded: fixtures/qemu-domstate-reason-saving.yaml).
-    """
-    result = virsh.run(uri, ["domstate", "--reason", uuid], timeout=config.query_timeout,
-                       ignore_interrupt=True)
-    lines = [ln.strip() for ln in virshout.lines(result.stdout) if ln.strip()]
-    match = DOMSTATE.match(lines[0]) if len(lines) == 1 else None
-    if match is None:
-        raise virshout.OutputError(result.argv, f"unexpected output {result.stdout[:120]!r} "
-                                   "(expected 'STATE (REASON)')")
-    return match.group("state"), match.group("reason")
-
-
-def save_job_running(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
-    """``virsh domjobinfo UUID`` shows a save job (fixtures/qemu-domjobinfo-saving.yaml).
-
-    It answers while the save holds the guest's state-change lock, and is the only
-    sign of a save of a guest that was paused already (its reason stays e.g. ``user``).
-    """
-    result = virsh.run(uri, ["domjobinfo", uuid], timeout=config.query_timeout,
-                       ignore_interrupt=True)
-    return virshout.save_job(result.stdout)
-
-
-def has_managed_save(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
-    """Whether the guest has a managed-save image (one listing of the URI)."""
-    result = virsh.run(uri, MANAGED_SAVE_UUIDS, timeout=config.query_timeout,
-                       ignore_interrupt=True)
-    return uuid in virshout.uuids(result.argv, result.stdout)

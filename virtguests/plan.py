@@ -1,7 +1,9 @@
 """Decide what to do: pure functions from config + observed host state to a plan.
 
 Nothing here talks to virsh or the disk, so every decision is testable with
-plain data, and ``--dry-run`` prints exactly what the executor would run.
+plain data, and ``--dry-run`` prints exactly what the executor would run (both
+build their calls with ``commands``).  It reads ``model`` values from
+``observe`` and ``policy`` and is read by ``executor``, never the other way.
 """
 
 from __future__ import annotations
@@ -10,10 +12,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+from virtguests import commands
 from virtguests.config import Config
-
-SUSPEND, SHUTDOWN, POWEROFF = "suspend", "shutdown", "poweroff"
-START = "start"
+from virtguests.model import SUSPEND, Guest, PolicyLookup, UriView, no_policy
 
 
 class Res:
@@ -46,59 +47,6 @@ PROTECTED = frozenset({Res.SAVED, Res.SHUT_OFF, Res.POWERED_OFF})
 
 SETTLED = frozenset({Res.RESUMED, Res.ALREADY_ACTIVE, Res.GONE, Res.SKIPPED_BY_POLICY})
 """Start outcomes that end a guest's record; every other outcome keeps it for the next start."""
-
-
-@dataclass(frozen=True)
-class Guest:
-    """One guest as seen on a URI."""
-
-    uuid: str
-    name: str
-    active: bool = True
-    persistent: bool = True
-    managed_save: bool = False
-
-
-@dataclass(frozen=True)
-class UriView:
-    """What one URI looked like, or why it could not be seen."""
-
-    uri: str
-    guests: tuple[Guest, ...] = ()
-    error: Optional[str] = None
-    listed: bool = True
-    """False for guests known by name from our own records, not listed now:
-    whether each is active (or still exists) is unknown until virsh start says."""
-    canonical: Optional[str] = None
-    """What ``virsh uri`` says this URI is (``default`` -> ``qemu:///system``), when asked."""
-
-    @property
-    def reachable(self) -> bool:
-        return self.error is None
-
-    def find(self, uuid: str) -> Optional[Guest]:
-        for guest in self.guests:
-            if guest.uuid == uuid:
-                return guest
-        return None
-
-
-@dataclass(frozen=True)
-class GuestPolicy:
-    """Per-guest overrides (from the policy file); None means "use the config"."""
-
-    actions: Optional[tuple[str, ...]] = None
-    group: int = 0
-    shutdown_timeout: Optional[int] = None
-    start_delay: Optional[int] = None
-    skip_start: bool = False
-
-
-PolicyLookup = Callable[[str, Guest], GuestPolicy]
-
-
-def no_policy(uri: str, guest: Guest) -> GuestPolicy:
-    return GuestPolicy()
 
 
 @dataclass(frozen=True)
@@ -139,21 +87,6 @@ class StopPlan:
             out.setdefault(item.uri, {}).update(
                 dict.fromkeys(g.guest.uuid for g in item.guests if g.record))
         return {uri: list(ids) for uri, ids in out.items() if ids}
-
-
-def action_args(action: str, uuid: str, config: Config) -> list[str]:
-    """The virsh arguments for one step of a guest's action chain."""
-    if action == SUSPEND:
-        return ["managedsave", *(["--bypass-cache"] if config.bypass_cache else []), uuid]
-    if action == SHUTDOWN:
-        return ["shutdown", uuid]
-    if action == POWEROFF:
-        return ["destroy", uuid]
-    raise ValueError(f"unknown action {action!r}")
-
-
-def start_args(uuid: str, config: Config) -> list[str]:
-    return ["start", *(["--bypass-cache"] if config.bypass_cache else []), uuid]
 
 
 def plan_stop(
@@ -211,7 +144,8 @@ def stop_commands(plan: StopPlan, config: Config,
     for item in plan.uris:
         for group in item.groups():
             for step in group:
-                out.append(argv(item.uri, action_args(step.actions[0], step.guest.uuid, config)))
+                out.append(argv(item.uri, commands.stop_action(step.actions[0],
+                                                               step.guest.uuid, config)))
     return out
 
 
@@ -299,7 +233,7 @@ def start_commands(plan: StartPlan, config: Config,
     for item in plan.uris:
         for guest in sorted(item.guests, key=lambda g: g.group):
             if guest.start:
-                out.append(argv(item.uri, start_args(guest.uuid, config)))
+                out.append(argv(item.uri, commands.start(guest.uuid, config)))
             if config.sync_time and guest.reason != Res.SKIPPED_BY_POLICY:
-                out.append(argv(item.uri, ["domtime", "--sync", guest.uuid]))
+                out.append(argv(item.uri, commands.sync_time(guest.uuid)))
     return out

@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from virtguests import files
 from virtguests.config import ACTIONS, POLICY_KEYS, YEAR, Invalid, Problem, ifs_split, strict_int
-from virtguests.plan import Guest, GuestPolicy, PolicyLookup
+from virtguests.model import Guest, GuestPolicy, PolicyLookup
 
 DEFAULT_PATH = Path("/etc/virtguests/guests.yaml")
 
@@ -79,7 +79,7 @@ class Policy:
 
     @property
     def lookup(self) -> Lookup:
-        """This policy as a ``plan.PolicyLookup``."""
+        """This policy as a ``model.PolicyLookup``."""
         return Lookup(self)
 
     @property

@@ -15,10 +15,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Optional, TypeVar
 
-from virtguests import observe, plan, policy, state, virshout
+from virtguests import commands, observe, plan, policy, state, virshout
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded, blocks
 from virtguests.executor import Executor
+from virtguests.model import SHUTDOWN, Guest, PolicyLookup, UriView, no_policy
 from virtguests.report import Reporter
 from virtguests.virsh import Virsh, VirshError, format_argv
 
@@ -37,7 +38,7 @@ class Context:
     dry_run: bool = False
     json: bool = False
     lock_wait: float = 3600.0
-    policy: plan.PolicyLookup = plan.no_policy
+    policy: PolicyLookup = no_policy
 
     @property
     def config(self) -> Config:
@@ -71,14 +72,14 @@ def for_each_uri(uris: Sequence[str], job: Callable[[str], T]) -> dict[str, T]:
     return {uri: results[uri] for uri in uris}
 
 
-def _look(ctx: Context, uri: str, view: Callable[[], plan.UriView]) -> plan.UriView:
+def _look(ctx: Context, uri: str, view: Callable[[], UriView]) -> UriView:
     """Look at one URI; a bug there makes it unreachable for this run, not the others."""
     try:
         return view()
     except Exception as exc:
         what = f"listing the guests on {uri}"
         ctx.report.internal_error(what, exc)
-        return plan.UriView(uri, error=f"internal error while {what}")
+        return UriView(uri, error=f"internal error while {what}")
 
 
 def _unique(uris: Sequence[str]) -> list[str]:
@@ -479,7 +480,7 @@ def _still_recorded(config: Config, recorded: Mapping[str, Sequence[str]],
 
 
 def _start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Sequence[str],
-                 *, managed_save: bool = False) -> dict[str, plan.UriView]:
+                 *, managed_save: bool = False) -> dict[str, UriView]:
     """What start needs to know about each URI, listing only where it must.
 
     A URI whose recorded guests all have names in our records is not listed:
@@ -491,17 +492,17 @@ def _start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Se
     """
     seen = _read_seen(ctx, report=False)
 
-    def view(uri: str) -> plan.UriView:
+    def view(uri: str) -> UriView:
         names = seen.get(uri, {})
         ids = recorded.get(uri, [])
         ask = policy.wants_canonical(ctx.policy, uri)
         if managed_save or ctx.config.start_delay or not all(uuid in names for uuid in ids):
             return _look(ctx, uri, lambda: observe.view_all(
                 ctx.virsh, uri, ctx.config, ctx.clock, managed_save=managed_save, ask_uri=ask))
-        return plan.UriView(uri, tuple(plan.Guest(uuid, names[uuid], active=False)
-                                       for uuid in ids), listed=False,
-                            canonical=observe.canonical_uri(ctx.virsh, uri, ctx.config)
-                            if ask else None)
+        return UriView(uri, tuple(Guest(uuid, names[uuid], active=False) for uuid in ids),
+                       listed=False,
+                       canonical=observe.canonical_uri(ctx.virsh, uri, ctx.config)
+                       if ask else None)
 
     return for_each_uri(wanted, view)
 
@@ -561,7 +562,7 @@ def gueststatus(ctx: Context) -> int:
 
     def table(uri: str) -> Optional[str]:
         try:
-            return ctx.virsh.run(uri, ["list"], timeout=config.query_timeout).stdout
+            return observe.guest_table(ctx.virsh, uri, config)
         except VirshError as err:
             ctx.report.error(str(err))
             return None
@@ -587,9 +588,7 @@ def _describe_uri(ctx: Context, uri: str) -> dict[str, Any]:
         return {"uri": uri, "error": view.error, "guests": []}
     persistent: Optional[set[str]] = None
     try:
-        result = ctx.virsh.run(uri, ["list", "--all", "--uuid", "--persistent"],
-                               timeout=config.query_timeout)
-        persistent = set(virshout.uuids(result.argv, result.stdout))
+        persistent = observe.persistent_uuids(ctx.virsh, uri, config)
     except VirshError as err:
         return {"uri": uri, "error": str(err), "guests": []}
     return {"uri": uri, "error": None, "guests": [
@@ -646,7 +645,7 @@ def plan_command(ctx: Context, which: str) -> int:
     return EXIT_FAIL if any(e["error"] for e in entries) else EXIT_OK
 
 
-def _stop_entry(ctx: Context, view: plan.UriView, the_plan: plan.StopPlan) -> dict[str, Any]:
+def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[str, Any]:
     entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": []}
     item = next((i for i in the_plan.uris if i.uri == view.uri), None)
     if item is None:
@@ -657,8 +656,8 @@ def _stop_entry(ctx: Context, view: plan.UriView, the_plan: plan.StopPlan) -> di
             entry["guests"].append({
                 "name": step.guest.name, "uuid": step.guest.uuid, "order": step.group,
                 "actions": list(step.actions),
-                "timeout": step.timeout if plan.SHUTDOWN in step.actions else None,
-                "commands": [format_argv(ctx.virsh.argv(view.uri, plan.action_args(
+                "timeout": step.timeout if SHUTDOWN in step.actions else None,
+                "commands": [format_argv(ctx.virsh.argv(view.uri, commands.stop_action(
                     a, step.guest.uuid, ctx.config))) for a in step.actions],
             })
     for guest in item.running:
@@ -671,20 +670,20 @@ def _stop_entry(ctx: Context, view: plan.UriView, the_plan: plan.StopPlan) -> di
     return entry
 
 
-def _start_entry(ctx: Context, view: plan.UriView,
+def _start_entry(ctx: Context, view: UriView,
                  start_plan: plan.StartPlan) -> dict[str, Any]:
     entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": [],
                              "listed": view.listed}
     item = next((i for i in start_plan.uris if i.uri == view.uri), None)
     for guest in sorted(item.guests if item else (), key=lambda g: g.group):
-        commands = []
+        calls = []
         if guest.start:
-            commands.append(format_argv(ctx.virsh.argv(view.uri,
-                                                       plan.start_args(guest.uuid, ctx.config))))
+            calls.append(format_argv(ctx.virsh.argv(view.uri,
+                                                    commands.start(guest.uuid, ctx.config))))
         entry["guests"].append({
             "name": guest.name, "uuid": guest.uuid, "order": guest.group,
             "actions": ["start"] if guest.start else [], "note": guest.reason or None,
-            "delay_after": guest.delay_after, "commands": commands})
+            "delay_after": guest.delay_after, "commands": calls})
     for uri, uuid in start_plan.missing:
         if uri == view.uri:
             entry["guests"].append({"name": None, "uuid": uuid, "order": None, "actions": [],

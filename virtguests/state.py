@@ -6,7 +6,8 @@ Everything is written atomically (temp file, fsync, rename), so a power cut
 leaves either the old or the new file, never half of one.  Everything is read
 through ``files.read`` (regular files only, never through a link, at most
 ``files.STATE_CAP`` bytes), in time linear in the file, and damage is
-reported with its line and skipped: the valid parts are always kept.
+reported with its line and skipped: the valid parts are always kept.  A UUID is
+recognised with ``model.is_uuid``: nothing here reads virsh's output.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any, Callable, Optional, Union
 
 from virtguests import files
 from virtguests.config import Problem
-from virtguests.virshout import is_uuid
+from virtguests.model import is_uuid
 
 DEFAULT_LIST = Path("/var/lib/libvirt/libvirt-guests")
 

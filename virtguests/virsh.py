@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+from virtguests import commands
 from virtguests.clock import clamp
 
 log = logging.getLogger("virtguests.virsh")
@@ -85,24 +86,19 @@ def resolve_path(explicit: Optional[str], environ: Mapping[str, str]) -> str:
     return shutil.which("virsh", path=environ.get("PATH")) or "virsh"
 
 
-GUEST_COMMANDS = frozenset({
-    "managedsave", "start", "shutdown", "destroy", "domjobinfo", "domstate", "domtime",
-    "dominfo", "domname", "domid", "domuuid", "managedsave-remove", "suspend", "resume"})
-"""Subcommands about one guest.  One of them timing out may be that guest's own fault (a
-hung QEMU, a tenant's unresponsive guest agent, a slow disk under a big save), so it
-only costs that guest's step and a liveness check of the URI."""
-
-LIVENESS = ("list", "--uuid")
-"""The liveness check: the cheapest call that needs libvirtd and no guest."""
-
 CONNECT_FAILED = "error: failed to connect to the hypervisor"
 """virsh's first line when it cannot reach libvirtd (fixtures/nohost-connect.yaml)."""
 
 
 def is_guest_call(args: Sequence[str]) -> bool:
-    """Whether *args* is a call about one guest (see GUEST_COMMANDS); a command string
-    (several commands in one argument) is a URI-level call."""
-    return bool(args) and args[0] in GUEST_COMMANDS
+    """Whether *args* is a call about one guest (``commands.GUEST_SUBCOMMANDS``); a
+    command string (several commands in one argument) is a URI-level call.
+
+    One such call timing out may be that guest's own fault (a hung QEMU, a tenant's
+    unresponsive guest agent, a slow disk under a big save), so it only costs that
+    guest's step and a liveness check of the URI.
+    """
+    return bool(args) and args[0] in commands.GUEST_SUBCOMMANDS
 
 
 class Virsh:
@@ -117,8 +113,8 @@ class Virsh:
     once (``VirshError.wedged``), naming the call that timed out; calls already
     running finish or time out.  A URI-level call (a listing, ``uri``) that
     times out wedges its URI at once.  A call about one guest
-    (``GUEST_COMMANDS``) that times out fails only that call and triggers one
-    liveness check (``virsh list --uuid``, *default_timeout*, i.e. QUERY_TIMEOUT):
+    (``is_guest_call``) that times out fails only that call and triggers one
+    liveness check (``commands.liveness()``, *default_timeout*, i.e. QUERY_TIMEOUT):
     the URI is wedged only if that check times out or cannot connect too.  One
     check runs at a time per URI; timeouts and new calls meanwhile wait for its
     verdict.
@@ -204,7 +200,7 @@ class Virsh:
 
     def _liveness(self, uri: str) -> Optional[str]:
         """None if libvirtd on *uri* answers a listing in time, else what went wrong."""
-        argv = self.argv(uri, LIVENESS)
+        argv = self.argv(uri, commands.liveness())
         with self._lock:
             self.calls += 1
             self.liveness_checks += 1

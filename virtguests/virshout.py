@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Optional
 
+from virtguests.model import is_uuid
 from virtguests.virsh import VirshError
 
 ZERO_UUID = "00000000-0000-0000-0000-000000000000"
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 
 class OutputError(VirshError):
@@ -25,10 +25,6 @@ class OutputError(VirshError):
 class Listed:
     uuid: str
     name: str
-
-
-def is_uuid(text: str) -> bool:
-    return bool(_UUID.match(text))
 
 
 def lines(text: str, *, keepends: bool = False) -> list[str]:

@@ -1,0 +1,76 @@
+"""The values passed along the flow: what a host looks like, and what a policy says.
+
+``observe`` produces these, ``policy`` and ``plan`` consume them, and ``state``
+checks UUIDs with them; this module imports nothing else from virtguests, so
+every module may depend on it without the flow turning back.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+SUSPEND, SHUTDOWN, POWEROFF = "suspend", "shutdown", "poweroff"
+"""The steps of a guest's stop chain (ON_SHUTDOWN, policy ``actions``)."""
+START = "start"
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def is_uuid(text: str) -> bool:
+    """Whether *text* is a UUID as libvirt prints it (either case)."""
+    return bool(_UUID.match(text))
+
+
+@dataclass(frozen=True)
+class Guest:
+    """One guest as seen on a URI."""
+
+    uuid: str
+    name: str
+    active: bool = True
+    persistent: bool = True
+    managed_save: bool = False
+
+
+@dataclass(frozen=True)
+class UriView:
+    """What one URI looked like, or why it could not be seen."""
+
+    uri: str
+    guests: tuple[Guest, ...] = ()
+    error: Optional[str] = None
+    listed: bool = True
+    """False for guests known by name from our own records, not listed now:
+    whether each is active (or still exists) is unknown until virsh start says."""
+    canonical: Optional[str] = None
+    """What ``virsh uri`` says this URI is (``default`` -> ``qemu:///system``), when asked."""
+
+    @property
+    def reachable(self) -> bool:
+        return self.error is None
+
+    def find(self, uuid: str) -> Optional[Guest]:
+        for guest in self.guests:
+            if guest.uuid == uuid:
+                return guest
+        return None
+
+
+@dataclass(frozen=True)
+class GuestPolicy:
+    """Per-guest overrides (from the policy file); None means "use the config"."""
+
+    actions: Optional[tuple[str, ...]] = None
+    group: int = 0
+    shutdown_timeout: Optional[int] = None
+    start_delay: Optional[int] = None
+    skip_start: bool = False
+
+
+PolicyLookup = Callable[[str, Guest], GuestPolicy]
+
+
+def no_policy(uri: str, guest: Guest) -> GuestPolicy:
+    return GuestPolicy()

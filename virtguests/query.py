@@ -1,0 +1,84 @@
+"""Single questions to virsh, each one call and its parsed answer.
+
+``observe`` (before planning) and ``executor`` (while waiting on guests) both
+ask these, so the executor never reaches back into ``observe``: the flow
+stays observe -> plan -> execute, with this module beneath both.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Optional
+
+from virtguests import commands, virshout
+from virtguests.clock import Clock
+from virtguests.config import Config
+from virtguests.virsh import Result, Virsh, VirshError
+
+
+def run_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config,
+                     clock: Clock, *, timeout: Optional[float] = None,
+                     retry_if: Callable[[VirshError], bool] = lambda err: True) -> Result:
+    """The first call to a URI, retried while libvirtd may still be starting (boot).
+
+    A failure *retry_if* accepts is retried CONNECT_RETRIES times, RETRIES_SLEEP
+    apart; a timed-out call is not (nor any call on a URI given up after a
+    timeout), and a stop request ends the waiting with the last error.
+    """
+    attempt = 0
+    while True:
+        try:
+            return virsh.run(uri, args, ignore_interrupt=True,
+                             timeout=config.query_timeout if timeout is None else timeout)
+        except VirshError as err:
+            if err.timed_out or err.wedged or attempt >= config.connect_retries \
+                    or not retry_if(err):
+                raise
+            attempt += 1
+            if not clock.sleep(config.retries_sleep):
+                raise
+
+
+def active_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:
+    """One call answers "which of them are still running?" for a whole URI."""
+    result = virsh.run(uri, commands.list_active_uuids(), timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    return set(virshout.uuids(result.argv, result.stdout))
+
+
+DOMSTATE = re.compile(r"^(?P<state>[^()]+?) \((?P<reason>[^()]+)\)$")
+
+
+def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> tuple[str, str]:
+    """``virsh domstate --reason UUID``: e.g. ``("paused", "saving")`` during a managedsave.
+
+    It needs no job on the guest, so it answers while another save holds the
+    guest's state-change lock (recorded: fixtures/qemu-domstate-reason-saving.yaml).
+    """
+    result = virsh.run(uri, commands.domstate_reason(uuid), timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    lines = [ln.strip() for ln in virshout.lines(result.stdout) if ln.strip()]
+    match = DOMSTATE.match(lines[0]) if len(lines) == 1 else None
+    if match is None:
+        raise virshout.OutputError(result.argv, f"unexpected output {result.stdout[:120]!r} "
+                                   "(expected 'STATE (REASON)')")
+    return match.group("state"), match.group("reason")
+
+
+def save_job_running(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
+    """``virsh domjobinfo UUID`` shows a save job (fixtures/qemu-domjobinfo-saving.yaml).
+
+    It answers while the save holds the guest's state-change lock, and is the only
+    sign of a save of a guest that was paused already (its reason stays e.g. ``user``).
+    """
+    result = virsh.run(uri, commands.domjobinfo(uuid), timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    return virshout.save_job(result.stdout)
+
+
+def has_managed_save(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
+    """Whether the guest has a managed-save image (one listing of the URI)."""
+    result = virsh.run(uri, commands.list_managed_save_uuids(), timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    return uuid in virshout.uuids(result.argv, result.stdout)
