@@ -19,8 +19,10 @@ from typing import Any, Optional
 
 import yaml
 
-from virtguests import cli, fakevirsh, virshout
+from virtguests import cli, virshout
 from virtguests.clock import FakeClock
+from virtguests.testing.fakevirsh.commandline import split_commands
+from virtguests.testing.fakevirsh.main import write_shim
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -105,7 +107,7 @@ class FakeHost(CliHarness):
         self.host_file = root / "host.yaml"
         self.log_file = root / "virsh-calls.jsonl"
         self.now_file: Optional[Path] = None
-        fakevirsh.write_shim(self.bin)
+        write_shim(self.bin)
         self.set_host(host)
 
     def set_host(self, host: dict[str, Any]) -> None:
@@ -149,7 +151,7 @@ class FakeHost(CliHarness):
     def verbs(self) -> list[str]:
         """The virsh command of every call, each command of a command string counted."""
         return [command[0] for argv in self.commands()
-                for command in (fakevirsh.split_commands(argv[0]) if len(argv) == 1 else [argv])]
+                for command in (split_commands(argv[0]) if len(argv) == 1 else [argv])]
 
     def virsh(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Ask the simulated host directly (not logged as virtguests' work)."""

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import pytest
 import yaml
 
-from virtguests.fakevirsh import write_shim
+from virtguests.testing.fakevirsh.main import write_shim
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = REPO / "fixtures"

@@ -1,6 +1,6 @@
 """`make bench`: virtguests against Debian's libvirt-guests.sh on simulated hosts.
 
-Both tools run against the fake virsh (``virtguests/fakevirsh.py``) on
+Both tools run against the fake virsh (``virtguests/testing/fakevirsh/``) on
 identical fresh hosts (``tests/fakehost.FakeHost``); the reference runs
 unmodified through ``tests/reference.run_reference`` (private mount namespace:
 needs root, ``unshare`` and the reference's dependencies).  Every host has N
@@ -343,7 +343,7 @@ def machine() -> list[str]:
         f"- CPU: {model}, {cores} cores (load average before the run: {load})",
         f"- OS: {platform.platform()}",
         f"- Python {platform.python_version()} ({sys.executable})",
-        "- virsh: the fake virsh (`virtguests/fakevirsh.py`), replaying recordings of "
+        "- virsh: the fake virsh (`virtguests/testing/fakevirsh/`), replaying recordings of "
         "virsh 9.0.0",
         f"- reference: `libvirt-guests.sh` from {ref}, run by `tests/reference.py` "
         "(unshare -m, bind mounts)",

@@ -7,15 +7,15 @@ and then checks that no guest was lost.
 The host
     2-3 URIs (``default``, ``qemu+ssh://hostb/system``, ``test:///hostc``) with
     10-20 persistent guests, plus a few transient ones that come and go, played
-    by the fake virsh (``virtguests/fakevirsh.py``) from a host YAML.
+    by the fake virsh (``virtguests/testing/fakevirsh/``) from a host YAML.
 
 How the host state is carried between phases
     The fake keeps the live host in ``<host>.state.json`` and rebuilds it from
     the YAML whenever the YAML changes, which would forget every guest's state.
     So the YAML is only rewritten at phase boundaries, when no virtguests and no
     fake virsh runs (left-over ones are killed first): the soak reads the state
-    file under the fake's own ``flock`` with ``fakevirsh.StateFile``, applies the
-    transitions that are due (``fakevirsh.advance``: finished saves, shutdowns,
+    file under the fake's own ``flock`` with ``StateFile``, applies the
+    transitions that are due (``apply_due_transitions``: finished saves, shutdowns,
     starts), writes a new YAML that lists every guest with its current state
     (``state``, ``managed_save``, ``persistent``, ``uuid``) plus the next phase's
     faults, and deletes the state file so the next fake call rebuilds it from
@@ -119,8 +119,12 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from virtguests import fakevirsh  # noqa: E402
 from virtguests.state import read_list  # noqa: E402
+from virtguests.testing.fakevirsh.main import write_shim  # noqa: E402
+from virtguests.testing.fakevirsh.state import (  # noqa: E402
+    StateFile,
+    apply_due_transitions,
+)
 
 ALL_URIS = ["default", "qemu+ssh://hostb/system", "test:///hostc"]
 GUEST_PREFIXES = ["web", "db", "mail", "ci", "dns", "app", "cache", "vpn"]
@@ -185,7 +189,7 @@ class Soak:
         self.config_file = root / "libvirt-guests"
         self.state_dir = root / "state"
         self.state_dir.mkdir(parents=True)
-        fakevirsh.write_shim(self.bin)
+        write_shim(self.bin)
         self.uris = ALL_URIS[: self.rng.choice([2, 3])]
         self.violations: list[Violation] = []
         self.owed: dict[tuple[str, str], Owed] = {}
@@ -222,12 +226,12 @@ class Soak:
 
     def read_state(self) -> Guests:
         """The live host, read under the fake's flock, with due transitions applied."""
-        sf = fakevirsh.StateFile(self.host_path(), str(self.state_file()))
+        sf = StateFile(self.host_path(), str(self.state_file()))
         with sf as st:
             changed = False
             now = time.time()
             for u in st["uris"].values():
-                changed = fakevirsh.advance(u, now) or changed
+                changed = apply_due_transitions(u, now) or changed
             if changed:
                 sf.save()
             return copy.deepcopy({k: u["guests"] for k, u in st["uris"].items()})
