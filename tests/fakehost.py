@@ -20,7 +20,7 @@ from typing import Any, Optional
 import yaml
 
 from virtguests import cli, virshout
-from virtguests.clock import FakeClock
+from virtguests.testing.clock import FakeClock
 from virtguests.testing.fakevirsh.commandline import split_commands
 from virtguests.testing.fakevirsh.main import write_shim
 

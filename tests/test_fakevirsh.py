@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from virtguests.testing.fakevirsh.main import write_shim
+from virtguests.testing.recordings import fixtures_dir
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "fixtures"
+FIXTURES = Path(fixtures_dir())
 TEST_NS = "{http://libvirt.org/schemas/domain/test/1.0}"
 
 # recordings the fake deliberately does not reproduce

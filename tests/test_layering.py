@@ -1,0 +1,60 @@
+"""Who may import whom: the product never imports its test tooling (virtguests.testing)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PRODUCT = sorted((REPO / "virtguests").glob("*.py"))
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Every module *path* imports (relative imports resolved against *package*), and for
+    ``from X import name`` also ``X.name``: it may be a submodule."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_product_modules_are_all_checked() -> None:
+    names = {p.stem for p in PRODUCT}
+    assert {"cli", "service", "executor", "virsh", "clock"} <= names
+    assert "fakevirsh" not in names
+
+
+@pytest.mark.parametrize("path", PRODUCT, ids=[p.name for p in PRODUCT])
+def test_product_never_imports_test_tooling(path: Path) -> None:
+    imports = imported_modules(path, "virtguests")
+    assert not [m for m in imports if within(m, "virtguests.testing")]
+    assert not [m for m in imports if within(m, "tests") or within(m, "tools")]
+
+
+def test_the_import_check_sees_every_spelling(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    spellings = ["import virtguests.testing", "from virtguests.testing import FakeHost",
+                 "from virtguests import testing", "from .testing import clock",
+                 "from . import testing", "import virtguests.testing.fakevirsh.main as m"]
+    for line in spellings:
+        source.write_text(f"def f() -> None:\n    {line}\n")
+        imports = imported_modules(source, "virtguests")
+        assert [m for m in imports if within(m, "virtguests.testing")], line
+    source.write_text("from virtguests import clock\nimport virtguests.testing_notes\n")
+    assert not [m for m in imported_modules(source, "virtguests")
+                if within(m, "virtguests.testing")]
