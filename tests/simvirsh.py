@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from virtguests.clock import clamp
-from virtguests.testing.clock import FakeClock
+from virtguests.testing import FakeClock
 from virtguests.virsh import Result, Virsh, VirshError
 
 Fault = Callable[[int, Sequence[str]], Optional[str]]

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 import pytest
 
-from tests.fakehost import FakeHost
 from virtguests import cli, config
+from virtguests.testing import FakeHost
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "dist" / "virtguests.service"

@@ -19,8 +19,7 @@ from typing import Any, Optional
 import pytest
 import yaml
 
-from virtguests.testing.fakevirsh.main import write_shim
-from virtguests.testing.recordings import fixtures_dir
+from virtguests.testing import fixtures_dir, write_shim
 
 FIXTURES = Path(fixtures_dir())
 TEST_NS = "{http://libvirt.org/schemas/domain/test/1.0}"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from virtguests.testing.recordings import fixtures_dir
+from virtguests.testing import fixtures_dir
 
 FIXTURES = Path(fixtures_dir())
 FILES = sorted(FIXTURES.glob("*.yaml"))

@@ -1,4 +1,5 @@
-"""Who may import whom: the product never imports its test tooling (virtguests.testing)."""
+"""Who may import whom: the product never imports its test tooling (virtguests.testing);
+tools/ use only its public names."""
 
 from __future__ import annotations
 
@@ -7,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
+import virtguests.testing
+
 REPO = Path(__file__).resolve().parent.parent
 PRODUCT = sorted((REPO / "virtguests").glob("*.py"))
+TOOLS = sorted((REPO / "tools").rglob("*.py"))
 
 
 def imported_modules(path: Path, package: str) -> set[str]:
@@ -58,3 +62,37 @@ def test_the_import_check_sees_every_spelling(tmp_path: Path) -> None:
     source.write_text("from virtguests import clock\nimport virtguests.testing_notes\n")
     assert not [m for m in imported_modules(source, "virtguests")
                 if within(m, "virtguests.testing")]
+
+
+def test_the_public_testing_names_resolve() -> None:
+    for name in virtguests.testing.__all__:
+        assert getattr(virtguests.testing, name) is not None, name
+    with pytest.raises(AttributeError):
+        virtguests.testing.not_a_public_name  # noqa: B018
+
+
+def private_testing_imports(path: Path) -> list[str]:
+    """Imports of virtguests.testing other than its ``__all__`` names."""
+    public = {"virtguests.testing"} | {f"virtguests.testing.{n}"
+                                       for n in virtguests.testing.__all__}
+    return sorted(m for m in imported_modules(path, "tools")
+                  if within(m, "virtguests.testing") and m not in public)
+
+
+def test_the_tools_are_all_checked() -> None:
+    assert {"bench.py", "soak.py", "demo.py", "record_fixtures.py"} <= {p.name for p in TOOLS}
+
+
+@pytest.mark.parametrize("path", TOOLS, ids=[str(p.relative_to(REPO)) for p in TOOLS])
+def test_tools_use_only_the_public_testing_names(path: Path) -> None:
+    assert private_testing_imports(path) == []
+
+
+def test_the_public_names_check_sees_private_ones(tmp_path: Path) -> None:
+    source = tmp_path / "t.py"
+    source.write_text("from virtguests.testing import FakeHost, write_shim\n")
+    assert private_testing_imports(source) == []
+    source.write_text("from virtguests.testing.fakevirsh.state import StateFile\n")
+    assert private_testing_imports(source) != []
+    source.write_text("from virtguests.testing import harness\n")
+    assert private_testing_imports(source) == ["virtguests.testing.harness"]

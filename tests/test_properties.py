@@ -43,11 +43,9 @@ import yaml
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
-from tests.fakehost import FakeHost, Run
 from virtguests.executor import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
 from virtguests.state import read_list
-from virtguests.testing.fakevirsh import hostfile
-from virtguests.testing.fakevirsh.state import StateFile, apply_due_transitions
+from virtguests.testing import LOCK_WAIT, FakeHost, Run
 
 EXAMPLES = int(os.environ.get("VIRTGUESTS_PROPERTY_EXAMPLES", "8"))
 SEED = int(os.environ.get("VIRTGUESTS_PROPERTY_SEED", "10"))
@@ -65,7 +63,6 @@ SAVE_KIND = {"managedsave", "start"}  # calls whose timeout is SAVE_TIMEOUT
 REQUEST_EXTRA = {"shutdown": AGENT_SHUTDOWN_WAIT, "destroy": JOB_LOCK_WAIT}
 """Requests get QUERY_TIMEOUT plus what libvirt itself may wait (the agent, a job lock)."""
 MODES = ["normal"] * 6 + ["closed-stdout", "signal-during-output"]
-LOCK_WAIT = hostfile.LOCK_WAIT
 SHORT_LOCK_WAIT = 0.5
 """A URI's ``lock_wait`` in the fake: libvirt's 30 s, or short, so that another job's
 save can end after the lock wait and before SAVE_TIMEOUT (1-3 s here)."""
@@ -297,13 +294,8 @@ class FaultHost(FakeHost):
 
     def snapshot(self) -> Guests:
         """The live host, read under the fake's own lock, due transitions applied."""
-        host = str(self.host_file.resolve())
-        sf = StateFile(host, host + ".state.json")
-        with sf as state:
-            if any([apply_due_transitions(u, time.time()) for u in state["uris"].values()]):
-                sf.save()
-            return {(key, g["uuid"]): copy.deepcopy(g)
-                    for key, u in state["uris"].items() for g in u["guests"]}
+        return {(key, guest["uuid"]): guest
+                for key, guests in self.guests_now().items() for guest in guests}
 
     def settle(self, limit: float = 10.0) -> Guests:
         """Let jobs still in flight on the host (a save whose virsh was killed) end."""

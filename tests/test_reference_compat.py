@@ -29,8 +29,8 @@ from typing import Any, Union
 
 import pytest
 
-from tests.fakehost import FakeHost, Run
 from tests.reference import fetch_reference, reference_available, run_reference
+from virtguests.testing import FakeHost, Run
 
 COMMANDS = "{start|stop|status|restart|condrestart|try-restart|reload|force-reload|" \
            "gueststatus|shutdown}"

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from virtguests import observe, virshout
-from virtguests.testing.recordings import fixtures_dir
+from virtguests.testing import fixtures_dir
 from virtguests.virshout import OutputError
 
 FIXTURES = Path(fixtures_dir())

@@ -1,7 +1,7 @@
 """`make bench`: virtguests against Debian's libvirt-guests.sh on simulated hosts.
 
 Both tools run against the fake virsh (``virtguests/testing/fakevirsh/``) on
-identical fresh hosts (``tests/fakehost.FakeHost``); the reference runs
+identical fresh hosts (``virtguests.testing.FakeHost``); the reference runs
 unmodified through ``tests/reference.run_reference`` (private mount namespace:
 needs root, ``unshare`` and the reference's dependencies).  Every host has N
 running persistent guests with ``save_seconds: 0.05`` and
@@ -68,12 +68,12 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
-from tests.fakehost import FakeHost  # noqa: E402
 from tests.reference import (  # noqa: E402
     reference_available,
     reference_version,
     run_reference,
 )
+from virtguests.testing import FakeHost  # noqa: E402
 
 SAVE_SECONDS = 0.05
 SHUTDOWN_SECONDS = 1

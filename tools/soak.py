@@ -14,8 +14,8 @@ How the host state is carried between phases
     the YAML whenever the YAML changes, which would forget every guest's state.
     So the YAML is only rewritten at phase boundaries, when no virtguests and no
     fake virsh runs (left-over ones are killed first): the soak reads the state
-    file under the fake's own ``flock`` with ``StateFile``, applies the
-    transitions that are due (``apply_due_transitions``: finished saves, shutdowns,
+    file under the fake's own ``flock`` and applies the transitions that are due
+    (``virtguests.testing.apply_due_transitions_now``: finished saves, shutdowns,
     starts), writes a new YAML that lists every guest with its current state
     (``state``, ``managed_save``, ``persistent``, ``uuid``) plus the next phase's
     faults, and deletes the state file so the next fake call rebuilds it from
@@ -97,7 +97,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import fcntl
 import json
 import os
@@ -120,11 +119,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from virtguests.state import read_list  # noqa: E402
-from virtguests.testing.fakevirsh.main import write_shim  # noqa: E402
-from virtguests.testing.fakevirsh.state import (  # noqa: E402
-    StateFile,
-    apply_due_transitions,
-)
+from virtguests.testing import apply_due_transitions_now, write_shim  # noqa: E402
 
 ALL_URIS = ["default", "qemu+ssh://hostb/system", "test:///hostc"]
 GUEST_PREFIXES = ["web", "db", "mail", "ci", "dns", "app", "cache", "vpn"]
@@ -226,15 +221,7 @@ class Soak:
 
     def read_state(self) -> Guests:
         """The live host, read under the fake's flock, with due transitions applied."""
-        sf = StateFile(self.host_path(), str(self.state_file()))
-        with sf as st:
-            changed = False
-            now = time.time()
-            for u in st["uris"].values():
-                changed = apply_due_transitions(u, now) or changed
-            if changed:
-                sf.save()
-            return copy.deepcopy({k: u["guests"] for k, u in st["uris"].items()})
+        return apply_due_transitions_now(self.host_path(), str(self.state_file()))
 
     def settle(self, limit: float = 5.0) -> Guests:
         """Wait (bounded) for jobs in flight (orphaned saves, slow starts) to end."""

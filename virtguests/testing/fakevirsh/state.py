@@ -162,3 +162,22 @@ def find_guest(uri_state: dict[str, Any], arg: str,
             if guest["name"] == arg:
                 return guest
     return None
+
+
+def apply_due_transitions_now(host_file: str, state_file: Optional[str] = None,
+                              now: Optional[float] = None) -> dict[str, list[dict[str, Any]]]:
+    """The live host of *host_file*, read under the fake's own lock with every transition
+    due by *now* (default: the wall clock) applied and saved: a copy of its guests per
+    URI key.  *state_file* defaults to the fake's (``<host_file>.state.json``)."""
+    host = os.path.abspath(host_file)
+    states = StateFile(host, state_file or host + ".state.json")
+    with states as state:
+        moment = time.time() if now is None else now
+        changed = False
+        for uri_state in state["uris"].values():
+            changed = apply_due_transitions(uri_state, moment) or changed
+        if changed:
+            states.save()
+        guests: dict[str, list[dict[str, Any]]] = json.loads(json.dumps(
+            {key: uri_state["guests"] for key, uri_state in state["uris"].items()}))
+        return guests
