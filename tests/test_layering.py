@@ -1,5 +1,5 @@
 """Who may import whom: the product never imports its test tooling (virtguests.testing);
-tools/ use only its public names."""
+tools/ use only its public names and import nothing from tests/."""
 
 from __future__ import annotations
 
@@ -96,3 +96,19 @@ def test_the_public_names_check_sees_private_ones(tmp_path: Path) -> None:
     assert private_testing_imports(source) != []
     source.write_text("from virtguests.testing import harness\n")
     assert private_testing_imports(source) == ["virtguests.testing.harness"]
+
+
+@pytest.mark.parametrize("path", TOOLS, ids=[str(p.relative_to(REPO)) for p in TOOLS])
+def test_tools_import_nothing_from_tests(path: Path) -> None:
+    package = ".".join(path.relative_to(REPO).parent.parts)
+    assert not [m for m in imported_modules(path, package) if within(m, "tests")]
+
+
+def test_the_tests_check_sees_every_spelling(tmp_path: Path) -> None:
+    source = tmp_path / "t.py"
+    for line in ["import tests.reference", "from tests import test_properties",
+                 "from tests.realhost.libvirtd import PrivateLibvirtd", "import tests"]:
+        source.write_text(f"def f() -> None:\n    {line}\n")
+        assert [m for m in imported_modules(source, "tools") if within(m, "tests")], line
+    source.write_text("from tools import reference\nimport testsuite\n")
+    assert not [m for m in imported_modules(source, "tools") if within(m, "tests")]

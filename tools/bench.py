@@ -2,7 +2,7 @@
 
 Both tools run against the fake virsh (``virtguests/testing/fakevirsh/``) on
 identical fresh hosts (``virtguests.testing.FakeHost``); the reference runs
-unmodified through ``tests/reference.run_reference`` (private mount namespace:
+unmodified through ``tools/reference.run_reference`` (private mount namespace:
 needs root, ``unshare`` and the reference's dependencies).  Every host has N
 running persistent guests with ``save_seconds: 0.05`` and
 ``shutdown_seconds: 1``.  The tools run one after the other, never at the same
@@ -68,7 +68,7 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
-from tests.reference import (  # noqa: E402
+from tools.reference import (  # noqa: E402
     reference_available,
     reference_version,
     run_reference,
@@ -345,7 +345,7 @@ def machine() -> list[str]:
         f"- Python {platform.python_version()} ({sys.executable})",
         "- virsh: the fake virsh (`virtguests/testing/fakevirsh/`), replaying recordings of "
         "virsh 9.0.0",
-        f"- reference: `libvirt-guests.sh` from {ref}, run by `tests/reference.py` "
+        f"- reference: `libvirt-guests.sh` from {ref}, run by `tools/reference.py` "
         "(unshare -m, bind mounts)",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         "- byte-code: `virtguests/` compiled first (`python -m compileall -q virtguests`), "

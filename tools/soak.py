@@ -83,9 +83,10 @@ Invariant, checked after every cycle
     recorded (the "unprotected" ones) are started by hand.
 
 With ``--scenarios N`` the soak then runs N random scenarios of the property test
-(``tests/test_properties.py``: stop then start on small hosts with fault-layer
-schedules, checked against issue 10's invariant), one line each, every one to the
-end; a failing scenario is saved as YAML for ``python -m tests.test_properties``.
+(``tools/properties.py``, as ``tests/test_properties.py`` runs them: stop then start
+on small hosts with fault-layer schedules, checked against issue 10's invariant), one
+line each, every one to the end; a failing scenario is saved as YAML for
+``python -m tests.test_properties``.
 
 Output: one line per cycle, then ``N cycles, 0 guests lost`` or the violations
 with the seed to reproduce them (timing-dependent faults such as the moment of
@@ -901,10 +902,10 @@ class Soak:
 
 
 def _properties() -> Any:
-    """tests/test_properties.py: the saving shapes and the journal checks are shared."""
-    from tests import test_properties
+    """tools/properties.py: the saving shapes and the journal checks are shared."""
+    from tools import properties
 
-    return test_properties
+    return properties
 
 
 def _close_stdout() -> None:
@@ -947,12 +948,12 @@ def mentions(text: str, name: str, uuid: str) -> bool:
 
 
 def property_scenarios(count: int, seed: int, root: Path) -> list[str]:
-    """Run *count* scenarios of the property test (tests/test_properties.py), one line
+    """Run *count* scenarios of the property test (tools/properties.py), one line
     each, every one to the end (no stopping at a failure); returns the violations."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
 
-    from tests import test_properties as props
+    from tools import properties as props
 
     found: list[str] = []
     numbers = iter(range(1, count + 1))

@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from tools.realhost.libvirtd import PrivateLibvirtd
 from virtguests.testing import CliHarness, Run
-
-from .libvirtd import PrivateLibvirtd
 
 __all__ = ["UNREACHABLE_URI", "Run", "VirtGuestsCli"]
 
