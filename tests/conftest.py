@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from tests.fakehost import FakeHost
+from virtguests.testing import FakeHost
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from virtguests.clock import FakeClock, clamp
+from virtguests.clock import clamp
+from virtguests.testing import FakeClock
 from virtguests.virsh import Result, Virsh, VirshError
 
 Fault = Callable[[int, Sequence[str]], Optional[str]]

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.fakehost import FakeHost
 from virtguests import observe
+from virtguests.testing import FakeHost
 
 USAGE = ("Usage: virtguests {start|stop|status|restart|condrestart|try-restart|reload|"
          "force-reload|gueststatus|shutdown}")

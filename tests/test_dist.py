@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 import pytest
 
-from tests.fakehost import FakeHost
 from virtguests import cli, config
+from virtguests.testing import FakeHost
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "dist" / "virtguests.service"
@@ -507,6 +507,7 @@ def installed_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
 INSTALLED = {
     "usr/local/bin/virtguests": 0o755,
     "usr/local/lib/virtguests/virtguests/cli.py": 0o644,
+    "usr/local/lib/virtguests/virtguests/testing/fakevirsh/main.py": 0o644,
     "usr/local/share/man/man8/virtguests.8": 0o644,
     "usr/local/lib/systemd/system/virtguests.service": 0o644,
     "etc/init.d/virtguests": 0o755,
@@ -530,6 +531,9 @@ def test_make_install_destdir_layout(installed_destdir: Path) -> None:
     assert wrapper.startswith(f"#!{sys.executable} -I\n")
     assert 'sys.path.insert(0, "/usr/local/lib/virtguests")' in wrapper
     assert str(installed_destdir) not in wrapper + unit + init
+    # the developers' tooling is not shipped (the fake virsh is: virtguests.testing)
+    lib = installed_destdir / "usr/local/lib/virtguests"
+    assert not (lib / "tools").exists() and not (lib / "tests").exists()
     # nothing lands outside DESTDIR's documented places
     tops = {p.relative_to(installed_destdir).parts[:3] for p in installed_destdir.rglob("*")
             if p.is_file()}
@@ -579,7 +583,7 @@ def test_installed_init_script_drives_the_installed_command(installed_prefix: Pa
 # both units active: virtguests stops first, libvirt-guests then does nothing
 # ---------------------------------------------------------------------------
 def test_libvirt_guests_after_virtguests_does_nothing(tmp_path: Path) -> None:
-    from tests import reference
+    from tools import reference
 
     reason = reference.reference_available()
     if reason is not None:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.fakehost import FakeHost
+from virtguests.testing import FakeHost
 
 Make = Callable[..., FakeHost]
 

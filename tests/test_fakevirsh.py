@@ -19,10 +19,9 @@ from typing import Any, Optional
 import pytest
 import yaml
 
-from virtguests.fakevirsh import write_shim
+from virtguests.testing import fixtures_dir, write_shim
 
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = REPO / "fixtures"
+FIXTURES = Path(fixtures_dir())
 TEST_NS = "{http://libvirt.org/schemas/domain/test/1.0}"
 
 # recordings the fake deliberately does not reproduce

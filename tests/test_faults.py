@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakehost import FakeHost, Run
 from virtguests import cli, executor, observe
+from virtguests.testing import FakeHost, Run
 
 Make = Callable[..., FakeHost]
 

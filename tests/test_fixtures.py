@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+from virtguests.testing import fixtures_dir
+
+FIXTURES = Path(fixtures_dir())
 FILES = sorted(FIXTURES.glob("*.yaml"))
 REQUIRED = {"description", "virsh_version", "uri", "argv", "exit", "stdout", "stderr", "subjects"}
 OPTIONAL = {"env"}

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests import oddfiles
-from tests.fakehost import FakeHost
+from virtguests.testing import FakeHost
 
 Make = Callable[..., FakeHost]
 

@@ -1,4 +1,6 @@
-"""The flow goes one way: no module imports one that comes after it (ISSUE 11)."""
+"""Who may import whom.  The flow goes one way: no module imports one that comes after
+it.  The product never imports its test tooling (virtguests.testing); tools/ use only
+its public names and import nothing from tests/."""
 
 from __future__ import annotations
 
@@ -8,8 +10,12 @@ from pathlib import Path
 import pytest
 
 import virtguests
+import virtguests.testing
 
 PACKAGE = Path(virtguests.__file__).resolve().parent
+REPO = Path(__file__).resolve().parent.parent
+PRODUCT = sorted((REPO / "virtguests").glob("*.py"))
+TOOLS = sorted((REPO / "tools").rglob("*.py"))
 
 ONLY = {"model": set(), "commands": {"config", "model"}}
 """The first modules of the flow, and all they may import from virtguests."""
@@ -54,3 +60,103 @@ def test_first_modules_import_only_what_comes_before(module: str) -> None:
 @pytest.mark.parametrize("module", sorted(NOT_IMPORTED))
 def test_module_imports_nothing_downstream(module: str) -> None:
     assert imported(module) & NOT_IMPORTED[module] == set()
+
+
+
+def imported_modules(path: Path, package: str) -> set[str]:
+    """Every module *path* imports (relative imports resolved against *package*), and for
+    ``from X import name`` also ``X.name``: it may be a submodule."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_product_modules_are_all_checked() -> None:
+    names = {p.stem for p in PRODUCT}
+    assert {"cli", "service", "executor", "virsh", "clock"} <= names
+    assert "fakevirsh" not in names
+
+
+@pytest.mark.parametrize("path", PRODUCT, ids=[p.name for p in PRODUCT])
+def test_product_never_imports_test_tooling(path: Path) -> None:
+    imports = imported_modules(path, "virtguests")
+    assert not [m for m in imports if within(m, "virtguests.testing")]
+    assert not [m for m in imports if within(m, "tests") or within(m, "tools")]
+
+
+def test_the_import_check_sees_every_spelling(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    spellings = ["import virtguests.testing", "from virtguests.testing import FakeHost",
+                 "from virtguests import testing", "from .testing import clock",
+                 "from . import testing", "import virtguests.testing.fakevirsh.main as m"]
+    for line in spellings:
+        source.write_text(f"def f() -> None:\n    {line}\n")
+        imports = imported_modules(source, "virtguests")
+        assert [m for m in imports if within(m, "virtguests.testing")], line
+    source.write_text("from virtguests import clock\nimport virtguests.testing_notes\n")
+    assert not [m for m in imported_modules(source, "virtguests")
+                if within(m, "virtguests.testing")]
+
+
+def test_the_public_testing_names_resolve() -> None:
+    for name in virtguests.testing.__all__:
+        assert getattr(virtguests.testing, name) is not None, name
+    with pytest.raises(AttributeError):
+        virtguests.testing.not_a_public_name  # noqa: B018
+
+
+def private_testing_imports(path: Path) -> list[str]:
+    """Imports of virtguests.testing other than its ``__all__`` names."""
+    public = {"virtguests.testing"} | {f"virtguests.testing.{n}"
+                                       for n in virtguests.testing.__all__}
+    return sorted(m for m in imported_modules(path, "tools")
+                  if within(m, "virtguests.testing") and m not in public)
+
+
+def test_the_tools_are_all_checked() -> None:
+    assert {"bench.py", "soak.py", "demo.py", "record_fixtures.py"} <= {p.name for p in TOOLS}
+
+
+@pytest.mark.parametrize("path", TOOLS, ids=[str(p.relative_to(REPO)) for p in TOOLS])
+def test_tools_use_only_the_public_testing_names(path: Path) -> None:
+    assert private_testing_imports(path) == []
+
+
+def test_the_public_names_check_sees_private_ones(tmp_path: Path) -> None:
+    source = tmp_path / "t.py"
+    source.write_text("from virtguests.testing import FakeHost, write_shim\n")
+    assert private_testing_imports(source) == []
+    source.write_text("from virtguests.testing.fakevirsh.state import StateFile\n")
+    assert private_testing_imports(source) != []
+    source.write_text("from virtguests.testing import harness\n")
+    assert private_testing_imports(source) == ["virtguests.testing.harness"]
+
+
+@pytest.mark.parametrize("path", TOOLS, ids=[str(p.relative_to(REPO)) for p in TOOLS])
+def test_tools_import_nothing_from_tests(path: Path) -> None:
+    package = ".".join(path.relative_to(REPO).parent.parts)
+    assert not [m for m in imported_modules(path, package) if within(m, "tests")]
+
+
+def test_the_tests_check_sees_every_spelling(tmp_path: Path) -> None:
+    source = tmp_path / "t.py"
+    for line in ["import tests.reference", "from tests import test_properties",
+                 "from tests.realhost.libvirtd import PrivateLibvirtd", "import tests"]:
+        source.write_text(f"def f() -> None:\n    {line}\n")
+        assert [m for m in imported_modules(source, "tools") if within(m, "tests")], line
+    source.write_text("from tools import reference\nimport testsuite\n")
+    assert not [m for m in imported_modules(source, "tools") if within(m, "tests")]

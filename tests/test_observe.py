@@ -7,11 +7,11 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.fakehost import FakeHost
 from virtguests import observe
 from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.model import Guest
+from virtguests.testing import FakeHost
 from virtguests.virsh import Virsh
 
 Make = Callable[..., FakeHost]

@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.fakehost import FakeHost
 from virtguests.output import MAX_QUEUED, Output, printable
+from virtguests.testing import FakeHost
 
 Make = Callable[..., FakeHost]
 

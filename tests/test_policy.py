@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fakehost import FakeHost
 from virtguests.model import Guest, GuestPolicy
 from virtguests.policy import EXAMPLE, load, parse, resolving, wants_canonical
+from virtguests.testing import FakeHost
 
 Make = Callable[..., FakeHost]
 UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"
@@ -346,10 +346,10 @@ def test_a_uri_rule_matches_default_once_it_is_resolved() -> None:
 def test_virsh_uri_output_as_recorded_from_real_virsh() -> None:
     import yaml
 
-    from tests.fakehost import REPO
     from virtguests import observe
+    from virtguests.testing import fixtures_dir
 
-    recorded = yaml.safe_load((REPO / "fixtures" / "test-custom-uri.yaml").read_text())
+    recorded = yaml.safe_load((Path(fixtures_dir()) / "test-custom-uri.yaml").read_text())
     assert recorded["argv"] == ["uri"]
     assert observe.parse_uri(recorded["stdout"]) == "test:///default"
     assert observe.parse_uri("") is None and observe.parse_uri("a\nb\n") is None

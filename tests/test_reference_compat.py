@@ -1,6 +1,6 @@
 """Drop-in compatibility, proved against the real libvirt-guests.sh (Debian's).
 
-Each test runs the reference script (see ``tests/reference.py``: unmodified,
+Each test runs the reference script (see ``tools/reference.py``: unmodified,
 its fixed paths redirected in a private mount namespace) and virtguests on the
 same simulated host, or on identical fresh twins, through the same fake virsh.
 
@@ -29,8 +29,8 @@ from typing import Any, Union
 
 import pytest
 
-from tests.fakehost import FakeHost, Run
-from tests.reference import fetch_reference, reference_available, run_reference
+from tools.reference import fetch_reference, reference_available, run_reference
+from virtguests.testing import FakeHost, Run
 
 COMMANDS = "{start|stop|status|restart|condrestart|try-restart|reload|force-reload|" \
            "gueststatus|shutdown}"

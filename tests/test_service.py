@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from tests.fakehost import FakeHost
 from virtguests import observe
+from virtguests.testing import FakeHost
 
 Make = Callable[..., FakeHost]
 

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakehost import FakeHost
 from virtguests.signals import StopRequests
+from virtguests.testing import FakeHost
 
 Make = Callable[..., FakeHost]
 

@@ -11,8 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-from tests.fakehost import REPO, FakeHost
+from virtguests.testing import FakeHost
+
+REPO = Path(__file__).resolve().parent.parent
 
 Make = Callable[..., FakeHost]
 

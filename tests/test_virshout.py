@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from virtguests import model, observe, virshout
+from virtguests.testing import fixtures_dir
 from virtguests.virshout import OutputError
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
+FIXTURES = Path(fixtures_dir())
 
 
 def recordings(prefix: str) -> list[dict[str, object]]:

@@ -1,8 +1,8 @@
 """`make bench`: virtguests against Debian's libvirt-guests.sh on simulated hosts.
 
-Both tools run against the fake virsh (``virtguests/fakevirsh.py``) on
-identical fresh hosts (``tests/fakehost.FakeHost``); the reference runs
-unmodified through ``tests/reference.run_reference`` (private mount namespace:
+Both tools run against the fake virsh (``virtguests/testing/fakevirsh/``) on
+identical fresh hosts (``virtguests.testing.FakeHost``); the reference runs
+unmodified through ``tools/reference.run_reference`` (private mount namespace:
 needs root, ``unshare`` and the reference's dependencies).  Every host has N
 running persistent guests with ``save_seconds: 0.05`` and
 ``shutdown_seconds: 1``.  The tools run one after the other, never at the same
@@ -68,12 +68,12 @@ sys.path.insert(0, str(REPO))
 os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 sys.dont_write_bytecode = False
 
-from tests.fakehost import FakeHost  # noqa: E402
-from tests.reference import (  # noqa: E402
+from tools.reference import (  # noqa: E402
     reference_available,
     reference_version,
     run_reference,
 )
+from virtguests.testing import FakeHost  # noqa: E402
 
 SAVE_SECONDS = 0.05
 SHUTDOWN_SECONDS = 1
@@ -343,9 +343,9 @@ def machine() -> list[str]:
         f"- CPU: {model}, {cores} cores (load average before the run: {load})",
         f"- OS: {platform.platform()}",
         f"- Python {platform.python_version()} ({sys.executable})",
-        "- virsh: the fake virsh (`virtguests/fakevirsh.py`), replaying recordings of "
+        "- virsh: the fake virsh (`virtguests/testing/fakevirsh/`), replaying recordings of "
         "virsh 9.0.0",
-        f"- reference: `libvirt-guests.sh` from {ref}, run by `tests/reference.py` "
+        f"- reference: `libvirt-guests.sh` from {ref}, run by `tools/reference.py` "
         "(unshare -m, bind mounts)",
         f"- date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}",
         "- byte-code: `virtguests/` compiled first (`python -m compileall -q virtguests`), "

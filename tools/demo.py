@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from virtguests.fakevirsh import write_shim  # noqa: E402
+from virtguests.testing import write_shim  # noqa: E402
 
 CONFIG = """\
 # the same variables as /etc/default/libvirt-guests

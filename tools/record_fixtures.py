@@ -20,14 +20,14 @@ otherwise, stdin ``/dev/null``, a timeout per call) and is written verbatim to
   guest-agent errors, list forms).
 * ``--private-libvirtd`` (root, Debian's libvirt-daemon and qemu-system-x86)
   starts a throwaway libvirtd in its own mount namespace
-  (``tests/realhost/libvirtd.py``) with one persistent guest of
+  (``tools/realhost/libvirtd.py``) with one persistent guest of
   ``--guest-memory-mib`` MiB (big enough for domjobinfo to catch the save in
   progress) and one small transient guest, both tiny busybox guests from
-  ``tests/realhost/guestimage.py`` with fixed names and UUIDs, records the qemu
+  ``tools/realhost/guestimage.py`` with fixed names and UUIDs, records the qemu
   forms against it, and stops it.  Nothing of a libvirtd already on the
   machine is used.  Only there (it stops QEMU threads) the ``busy`` recordings
   are made too: ``managedsave`` and ``shutdown`` while another managedsave of
-  the guest holds its job (``tests/realhost/libvirtd.StalledSave``), once as a
+  the guest holds its job (``tools/realhost/libvirtd.StalledSave``), once as a
   slow save and once with QEMU hung (``-hung``).
   ``make fixtures FIXTURE_ARGS="--test-uri test:///default --private-libvirtd"``
   records everything; ``--only qemu`` (repeatable) records one group.
@@ -701,7 +701,7 @@ def record_qemu_busy(rec: Recorder, daemon: Any, name: str, uuid: str) -> None:
     a slow save (QEMU's migration thread stopped) and a hung QEMU (SIGSTOP).
     Each time it is let go, completes, and the guest is restored and left running.
     """
-    from tests.realhost.libvirtd import StalledSave
+    from tools.realhost.libvirtd import StalledSave
 
     uri = daemon.qemu_uri
     g = Guest(name, uuid)
@@ -753,9 +753,9 @@ def record_qemu_busy(rec: Recorder, daemon: Any, name: str, uuid: str) -> None:
 def private_libvirtd(rec: Recorder, memory_mib: int) -> Iterator[Any]:
     """A throwaway libvirtd with the fixture guests running; yields it (a PrivateLibvirtd)."""
     sys.path.insert(0, str(REPO))
-    from tests.realhost.guestimage import build_guest_image, cache_dir, domain_xml
-    from tests.realhost.libvirtd import Guest as LiveGuest
-    from tests.realhost.libvirtd import LibvirtdError, PrivateLibvirtd
+    from tools.realhost.guestimage import build_guest_image, cache_dir, domain_xml
+    from tools.realhost.libvirtd import Guest as LiveGuest
+    from tools.realhost.libvirtd import LibvirtdError, PrivateLibvirtd
 
     if os.geteuid() != 0:
         raise SystemExit("--private-libvirtd needs root (mount namespace, libvirtd, QEMU)")

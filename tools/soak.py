@@ -7,15 +7,15 @@ and then checks that no guest was lost.
 The host
     2-3 URIs (``default``, ``qemu+ssh://hostb/system``, ``test:///hostc``) with
     10-20 persistent guests, plus a few transient ones that come and go, played
-    by the fake virsh (``virtguests/fakevirsh.py``) from a host YAML.
+    by the fake virsh (``virtguests/testing/fakevirsh/``) from a host YAML.
 
 How the host state is carried between phases
     The fake keeps the live host in ``<host>.state.json`` and rebuilds it from
     the YAML whenever the YAML changes, which would forget every guest's state.
     So the YAML is only rewritten at phase boundaries, when no virtguests and no
     fake virsh runs (left-over ones are killed first): the soak reads the state
-    file under the fake's own ``flock`` with ``fakevirsh.StateFile``, applies the
-    transitions that are due (``fakevirsh.advance``: finished saves, shutdowns,
+    file under the fake's own ``flock`` and applies the transitions that are due
+    (``virtguests.testing.apply_due_transitions_now``: finished saves, shutdowns,
     starts), writes a new YAML that lists every guest with its current state
     (``state``, ``managed_save``, ``persistent``, ``uuid``) plus the next phase's
     faults, and deletes the state file so the next fake call rebuilds it from
@@ -83,9 +83,10 @@ Invariant, checked after every cycle
     recorded (the "unprotected" ones) are started by hand.
 
 With ``--scenarios N`` the soak then runs N random scenarios of the property test
-(``tests/test_properties.py``: stop then start on small hosts with fault-layer
-schedules, checked against issue 10's invariant), one line each, every one to the
-end; a failing scenario is saved as YAML for ``python -m tests.test_properties``.
+(``tools/properties.py``, as ``tests/test_properties.py`` runs them: stop then start
+on small hosts with fault-layer schedules, checked against issue 10's invariant), one
+line each, every one to the end; a failing scenario is saved as YAML for
+``python -m tests.test_properties``.
 
 Output: one line per cycle, then ``N cycles, 0 guests lost`` or the violations
 with the seed to reproduce them (timing-dependent faults such as the moment of
@@ -97,7 +98,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import fcntl
 import json
 import os
@@ -119,8 +119,8 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from virtguests import fakevirsh  # noqa: E402
 from virtguests.state import read_list  # noqa: E402
+from virtguests.testing import apply_due_transitions_now, write_shim  # noqa: E402
 
 ALL_URIS = ["default", "qemu+ssh://hostb/system", "test:///hostc"]
 GUEST_PREFIXES = ["web", "db", "mail", "ci", "dns", "app", "cache", "vpn"]
@@ -185,7 +185,7 @@ class Soak:
         self.config_file = root / "libvirt-guests"
         self.state_dir = root / "state"
         self.state_dir.mkdir(parents=True)
-        fakevirsh.write_shim(self.bin)
+        write_shim(self.bin)
         self.uris = ALL_URIS[: self.rng.choice([2, 3])]
         self.violations: list[Violation] = []
         self.owed: dict[tuple[str, str], Owed] = {}
@@ -222,15 +222,7 @@ class Soak:
 
     def read_state(self) -> Guests:
         """The live host, read under the fake's flock, with due transitions applied."""
-        sf = fakevirsh.StateFile(self.host_path(), str(self.state_file()))
-        with sf as st:
-            changed = False
-            now = time.time()
-            for u in st["uris"].values():
-                changed = fakevirsh.advance(u, now) or changed
-            if changed:
-                sf.save()
-            return copy.deepcopy({k: u["guests"] for k, u in st["uris"].items()})
+        return apply_due_transitions_now(self.host_path(), str(self.state_file()))
 
     def settle(self, limit: float = 5.0) -> Guests:
         """Wait (bounded) for jobs in flight (orphaned saves, slow starts) to end."""
@@ -910,10 +902,10 @@ class Soak:
 
 
 def _properties() -> Any:
-    """tests/test_properties.py: the saving shapes and the journal checks are shared."""
-    from tests import test_properties
+    """tools/properties.py: the saving shapes and the journal checks are shared."""
+    from tools import properties
 
-    return test_properties
+    return properties
 
 
 def _close_stdout() -> None:
@@ -956,12 +948,12 @@ def mentions(text: str, name: str, uuid: str) -> bool:
 
 
 def property_scenarios(count: int, seed: int, root: Path) -> list[str]:
-    """Run *count* scenarios of the property test (tests/test_properties.py), one line
+    """Run *count* scenarios of the property test (tools/properties.py), one line
     each, every one to the end (no stopping at a failure); returns the violations."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hypothesis_seed
 
-    from tests import test_properties as props
+    from tools import properties as props
 
     found: list[str] = []
     numbers = iter(range(1, count + 1))

@@ -1,6 +1,6 @@
 """Run the virtguests CLI as a subprocess against a PrivateLibvirtd (real virsh on PATH).
 
-Mirrors ``tests/fakehost.py``: virtguests runs exactly as a service manager
+Mirrors ``virtguests/testing/harness.py``: virtguests runs exactly as a service manager
 would start it (``python -m virtguests --config CONF --state-dir DIR COMMAND``),
 only here ``virsh`` is the real one and the URIs point at the private daemon.
 """
@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
-from tests.fakehost import CliHarness, Run
-
-from .libvirtd import PrivateLibvirtd
+from tools.realhost.libvirtd import PrivateLibvirtd
+from virtguests.testing import CliHarness, Run
 
 __all__ = ["UNREACHABLE_URI", "Run", "VirtGuestsCli"]
 

@@ -19,8 +19,14 @@ from typing import Callable, NoReturn, Optional
 
 import pytest
 
-from .guestimage import GuestImage, GuestImageError, build_guest_image, cache_dir, domain_xml
-from .libvirtd import Guest, LibvirtdError, PrivateLibvirtd
+from tools.realhost.guestimage import (
+    GuestImage,
+    GuestImageError,
+    build_guest_image,
+    cache_dir,
+    domain_xml,
+)
+from tools.realhost.libvirtd import Guest, LibvirtdError, PrivateLibvirtd
 
 HERE = Path(__file__).resolve().parent
 ENABLE_HINT = "run `sudo .ci/install-realhost-deps` and the tests as root"

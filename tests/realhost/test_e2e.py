@@ -22,9 +22,10 @@ from typing import Any, Optional
 
 import pytest
 
+from tools.realhost.libvirtd import Guest, PrivateLibvirtd
+
 from .cli import UNREACHABLE_URI, Run, VirtGuestsCli
 from .conftest import DefineGuest, record_timing
-from .libvirtd import Guest, PrivateLibvirtd
 
 SAVE_DIR = "/var/lib/libvirt/qemu/save"
 

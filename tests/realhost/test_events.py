@@ -21,11 +21,11 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+from tools.realhost.libvirtd import Guest, PrivateLibvirtd
 from virtguests.executor import Doorbell
 from virtguests.virsh import Virsh, Watch
 
 from .conftest import DefineGuest, record_timing
-from .libvirtd import Guest, PrivateLibvirtd
 from .test_e2e import active, boot
 
 EVENT_TIMEOUT = 20.0

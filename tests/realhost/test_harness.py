@@ -6,9 +6,10 @@ import os
 import time
 from pathlib import Path
 
+from tools.realhost.guestimage import GuestImage, cache_dir, domain_xml
+from tools.realhost.libvirtd import Guest, PrivateLibvirtd
+
 from .conftest import DefineGuest, record_timing
-from .guestimage import GuestImage, cache_dir, domain_xml
-from .libvirtd import Guest, PrivateLibvirtd
 
 
 def test_guest_boots_and_reports_ready(define_guest: DefineGuest) -> None:

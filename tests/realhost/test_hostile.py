@@ -26,10 +26,11 @@ from typing import Any, Callable, Optional
 
 import pytest
 
+from tools.realhost.guestimage import GuestImage, domain_xml
+from tools.realhost.libvirtd import Guest, PrivateLibvirtd, StalledSave, ThreadStop, thread_named
+
 from .cli import Run, VirtGuestsCli
 from .conftest import DefineGuest, private_libvirtd, record_timing
-from .guestimage import GuestImage, domain_xml
-from .libvirtd import Guest, PrivateLibvirtd, StalledSave, ThreadStop, thread_named
 from .test_e2e import boot, list_entries, managed_saved, outcomes, uuid_of
 
 RUN_TIMEOUT = 300.0

@@ -56,7 +56,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-from tests.fakehost import FakeHost, Run
+from virtguests.testing import FakeHost, Run
 
 PACKAGE = "libvirt-daemon"
 SCRIPT_NAME = "libvirt-guests.sh"

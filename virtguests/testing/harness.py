@@ -1,4 +1,5 @@
-"""A simulated libvirt host for end-to-end tests: the fake virsh on PATH.
+"""A simulated libvirt host for end-to-end tests, benchmarks and soaks: the fake virsh
+on PATH.
 
 virtguests runs as a real subprocess (or through ``main()`` when a test
 injects a virtual clock), and talks to ``virtguests-fake-virsh`` installed as
@@ -19,14 +20,18 @@ from typing import Any, Optional
 
 import yaml
 
-from virtguests import cli, fakevirsh, virshout
-from virtguests.clock import FakeClock
-
-REPO = Path(__file__).resolve().parent.parent
+from virtguests import cli, virshout
+from virtguests.testing.clock import FakeClock
+from virtguests.testing.fakevirsh.commandline import split_commands
+from virtguests.testing.fakevirsh.main import write_shim
+from virtguests.testing.fakevirsh.state import apply_due_transitions_now
+from virtguests.testing.recordings import SOURCE_TREE
 
 
 @dataclass
 class Run:
+    """One finished virtguests run: exit status, output, and how long it took."""
+
     code: int
     out: str
     err: str
@@ -72,7 +77,7 @@ class CliHarness:
     def env(self) -> dict[str, str]:
         """The caller's environment, minus anything that would redirect virtguests."""
         env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = SOURCE_TREE
         for key in ("VIRSH", "VIRTGUESTS_CONFIG", "VIRTGUESTS_STATE_DIR",
                     "LIBVIRT_DEFAULT_URI", "VIRSH_DEFAULT_CONNECT_URI"):
             env.pop(key, None)
@@ -99,13 +104,16 @@ class CliHarness:
 
 
 class FakeHost(CliHarness):
+    """A CliHarness whose ``virsh`` is the fake, playing the host described by *host*
+    (the mapping the host YAML holds)."""
+
     def __init__(self, root: Path, host: dict[str, Any], config: str = "") -> None:
         super().__init__(root, config)
         self.bin = root / "bin"
         self.host_file = root / "host.yaml"
         self.log_file = root / "virsh-calls.jsonl"
         self.now_file: Optional[Path] = None
-        fakevirsh.write_shim(self.bin)
+        write_shim(self.bin)
         self.set_host(host)
 
     def set_host(self, host: dict[str, Any]) -> None:
@@ -149,7 +157,7 @@ class FakeHost(CliHarness):
     def verbs(self) -> list[str]:
         """The virsh command of every call, each command of a command string counted."""
         return [command[0] for argv in self.commands()
-                for command in (fakevirsh.split_commands(argv[0]) if len(argv) == 1 else [argv])]
+                for command in (split_commands(argv[0]) if len(argv) == 1 else [argv])]
 
     def virsh(self, *args: str) -> subprocess.CompletedProcess[str]:
         """Ask the simulated host directly (not logged as virtguests' work)."""
@@ -165,14 +173,22 @@ class FakeHost(CliHarness):
 
     def active(self, uri: str = "default") -> set[str]:
         args = ["list", "--name"] if uri == "default" else ["-c", uri, "list", "--name"]
-        return {n for n in virshout.lines(self.virsh(*args).stdout) if n}
+        return {name for name in virshout.lines(self.virsh(*args).stdout) if name}
 
     def managed_saved(self, uri: str = "default") -> set[str]:
         args = ["list", "--all", "--name", "--with-managed-save"]
         if uri != "default":
             args = ["-c", uri, *args]
-        return {n for n in virshout.lines(self.virsh(*args).stdout) if n}
+        return {name for name in virshout.lines(self.virsh(*args).stdout) if name}
 
     def uuid(self, name: str, uri: str = "default") -> str:
         args = ["domuuid", name] if uri == "default" else ["-c", uri, "domuuid", name]
         return self.virsh(*args).stdout.strip()
+
+    def guests_now(self) -> dict[str, list[dict[str, Any]]]:
+        """The fake's guests per URI key, with every transition due by now (the virtual
+        clock's, after ``run_virtual``) applied."""
+        now = None
+        if self.now_file is not None and self.now_file.exists():
+            now = float(self.now_file.read_text())
+        return apply_due_transitions_now(str(self.host_file), now=now)

@@ -1,0 +1,107 @@
+"""The entry point (``virtguests-fake-virsh``) and the shim that puts it on PATH as virsh."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from virtguests.testing.fakevirsh.commandline import VirshCall
+from virtguests.testing.fakevirsh.commands import event_loop, execute, execute_script
+from virtguests.testing.fakevirsh.errors import Unsupported
+from virtguests.testing.fakevirsh.rendering import write
+from virtguests.testing.fakevirsh.state import HostClock, StateFile
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
+if TYPE_CHECKING:
+    from pathlib import Path
+
+VERSION_FALLBACK = "9.0.0"
+
+
+def _log(argv: list[str], start: float, status: int) -> None:
+    path = os.environ.get("VIRTGUESTS_FAKE_LOG")
+    if not path:
+        return
+    line = json.dumps(
+        {"argv": argv, "pid": os.getpid(), "start": start, "end": time.time(), "exit": status}
+    )
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: list[str]) -> int:
+    start = time.time()
+    status = 2
+    try:
+        import signal
+
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        try:
+            call = VirshCall(argv)
+            if call.version:
+                out = VERSION_FALLBACK + "\n"
+                status, err = 0, ""
+            else:
+                host = os.environ.get("VIRTGUESTS_FAKE_HOST")
+                if not host:
+                    raise Unsupported("VIRTGUESTS_FAKE_HOST is not set (path of the host YAML)")
+                host = os.path.abspath(host)
+                state_path = os.environ.get("VIRTGUESTS_FAKE_STATE") or host + ".state.json"
+                if call.command == "event":
+                    return event_loop(call, StateFile(host, state_path), HostClock())
+                if call.script:
+                    status, out, err = execute_script(call, StateFile(host, state_path),
+                                                      HostClock())
+                else:
+                    status, out, err = execute(call, StateFile(host, state_path), HostClock())
+        except Unsupported as exc:
+            status, out, err = 2, "", f"fakevirsh: {exc}\n"
+        write(sys.stdout, out)
+        write(sys.stderr, err)
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        _log(argv, start, status)
+    return status
+
+
+def console_main() -> int:
+    return main(sys.argv[1:])
+
+
+def write_shim(bin_dir: Path) -> Path:
+    """Create ``bin_dir/virsh``: an executable that runs this fake with sys.executable.
+
+    The shim starts Python with ``-S`` (no site import: much faster startup),
+    puts this package's source tree on ``sys.path`` itself and keeps
+    byte-code in ``bin_dir/__pycache__`` even under PYTHONDONTWRITEBYTECODE
+    (compiling the modules on every call would double the cost of a call).
+    """
+    from pathlib import Path as _Path
+
+    from virtguests.testing.recordings import SOURCE_TREE
+
+    bin_dir = _Path(bin_dir)
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "virsh"
+    shim.write_text(
+        f"#!{sys.executable} -S\n"
+        "import sys\n"
+        "sys.dont_write_bytecode = False\n"
+        f"sys.pycache_prefix = {str(bin_dir.resolve() / '__pycache__')!r}\n"
+        f"sys.path.insert(0, {SOURCE_TREE!r})\n"
+        "from virtguests.testing.fakevirsh.main import console_main\n"
+        "sys.exit(console_main())\n",
+        encoding="utf-8",
+    )
+    shim.chmod(0o755)
+    return shim

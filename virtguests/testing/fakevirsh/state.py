@@ -1,0 +1,183 @@
+"""The live host: a JSON state file shared by concurrent fake processes under an flock,
+its (possibly virtual) time, the jobs that end with it, and finding a guest."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from virtguests.testing.fakevirsh.errors import Unsupported
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
+if TYPE_CHECKING:
+    from typing import Any, NoReturn, Optional
+
+STATE_FORMAT = 5
+
+
+class HostClock:
+    """The fake's "now": ``time.time()``, or the float in ``VIRTGUESTS_FAKE_NOW_FILE``
+    (a virtual clock the test advances; waiting polls the file every 0.01 s)."""
+
+    def __init__(self) -> None:
+        self.path = os.environ.get("VIRTGUESTS_FAKE_NOW_FILE") or None
+
+    def now(self) -> float:
+        if self.path is None:
+            return time.time()
+        for _ in range(100):
+            try:
+                with open(self.path) as file:
+                    return float(file.read().strip())
+            except (OSError, ValueError):  # being rewritten: retry
+                time.sleep(0.001)
+        raise Unsupported(f"cannot read a float from VIRTGUESTS_FAKE_NOW_FILE={self.path}")
+
+    def wait_until(self, moment: float) -> None:
+        if self.path is None:
+            delay = moment - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            return
+        while self.now() < moment:
+            time.sleep(0.01)
+
+
+def hang_forever() -> NoReturn:
+    while True:
+        time.sleep(3600)
+
+
+class StateFile:
+    """The JSON state, read and written under an exclusive flock; rebuilt from the host
+    YAML when missing, of another format, or when the YAML changed."""
+
+    def __init__(self, host: str, path: str) -> None:
+        self.host = host
+        self.path = path
+        self.fd = -1
+        self.data: dict[str, Any] = {}
+
+    def __enter__(self) -> dict[str, Any]:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        try:
+            stat = os.stat(self.host)
+        except OSError as exc:
+            raise Unsupported(f"VIRTGUESTS_FAKE_HOST={self.host}: {exc.strerror}") from None
+        signature = [stat.st_mtime_ns, stat.st_size]
+        raw = b""
+        while True:
+            chunk = os.read(self.fd, 1 << 20)
+            if not chunk:
+                break
+            raw += chunk
+        data: Optional[dict[str, Any]] = json.loads(raw) if raw else None
+        if (
+            data is None
+            or data.get("format") != STATE_FORMAT
+            or data.get("sig") != signature
+            or data.get("host") != self.host
+        ):
+            # only here is the YAML read: the hot path does not import the host model
+            from virtguests.testing.fakevirsh.hostfile import build_state
+
+            data = build_state(self.host, signature)
+            self._write(data)
+        self.data = data
+        return data
+
+    def _write(self, data: dict[str, Any]) -> None:
+        raw = json.dumps(data, separators=(",", ":")).encode()
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, raw)
+
+    def save(self) -> None:
+        self._write(self.data)
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # releases the flock
+        self.fd = -1
+
+
+def apply_due_transitions(uri_state: dict[str, Any], now: float) -> bool:
+    """Apply the transitions of one URI that are due at ``now`` (finished saves, starts
+    and shutdowns; stopped transient guests vanish); True if anything changed."""
+    changed = False
+    kept = []
+    for guest in uri_state["guests"]:
+        job = guest["job"]
+        if job is not None and now >= job["end"]:
+            changed = True
+            guest["job"] = None
+            if job["op"] == "save":
+                guest.update(state="shutoff", reason="saved", id=None, managed_save=True)
+                guest["shutdown_at"] = None
+            elif job["op"] == "start":
+                guest.update(state="running", id=uri_state["next_id"], managed_save=False)
+                guest["reason"] = job["reason"]
+                uri_state["next_id"] += 1
+        shutdown_at = guest["shutdown_at"]
+        if (shutdown_at is not None and guest["state"] == "running" and guest["job"] is None
+                and now >= shutdown_at):
+            changed = True
+            guest.update(state="shutoff", reason="shutdown", id=None, shutdown_at=None)
+        if guest["state"] == "shutoff" and not guest["persistent"] and guest["job"] is None:
+            changed = True  # transient guests vanish when they stop
+            continue
+        kept.append(guest)
+    uri_state["guests"] = kept
+    return changed
+
+
+def is_uuid(text: str) -> bool:
+    hex_digits = text.replace("-", "")
+    return len(hex_digits) == 32 and all(digit in "0123456789abcdefABCDEF" for digit in hex_digits)
+
+
+def normalize_uuid(text: str) -> str:
+    digits = text.replace("-", "").lower()
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+def find_guest(uri_state: dict[str, Any], arg: str,
+               lookup: tuple[str, ...]) -> Optional[dict[str, Any]]:
+    """virsh's lookup: by id (if allowed and numeric), then uuid, then name."""
+    guests: list[dict[str, Any]] = uri_state["guests"]
+    if "id" in lookup and arg.isdigit():
+        for guest in guests:
+            if guest["id"] is not None and guest["id"] == int(arg):
+                return guest
+    if "uuid" in lookup and is_uuid(arg):
+        wanted = normalize_uuid(arg)
+        for guest in guests:
+            if guest["uuid"] == wanted:
+                return guest
+    if "name" in lookup:
+        for guest in guests:
+            if guest["name"] == arg:
+                return guest
+    return None
+
+
+def apply_due_transitions_now(host_file: str, state_file: Optional[str] = None,
+                              now: Optional[float] = None) -> dict[str, list[dict[str, Any]]]:
+    """The live host of *host_file*, read under the fake's own lock with every transition
+    due by *now* (default: the wall clock) applied and saved: a copy of its guests per
+    URI key.  *state_file* defaults to the fake's (``<host_file>.state.json``)."""
+    host = os.path.abspath(host_file)
+    states = StateFile(host, state_file or host + ".state.json")
+    with states as state:
+        moment = time.time() if now is None else now
+        changed = False
+        for uri_state in state["uris"].values():
+            changed = apply_due_transitions(uri_state, moment) or changed
+        if changed:
+            states.save()
+        guests: dict[str, list[dict[str, Any]]] = json.loads(json.dumps(
+            {key: uri_state["guests"] for key, uri_state in state["uris"].items()}))
+        return guests
