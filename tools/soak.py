@@ -593,6 +593,13 @@ class Soak:
                 cut += 1
             elif now is not None and now["managed_save"]:
                 saved += 1
+            owed = self.owed.get((uri, uuid))
+            seen_at = listed.get(uri)
+            if owed is not None and owed.since == cycle and seen_at is not None \
+                    and seen_at >= g["job"]["end"] and uuid not in recorded.get(uri, set()):
+                # saved before stop listed its URI: an inactive guest with an image, as
+                # if the admin had saved it; virtguests never saw it running
+                del self.owed[(uri, uuid)]
         self.totals["other_saved"] += saved
         self.totals["other_cut"] += cut
         return saved, cut
