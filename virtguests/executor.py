@@ -594,20 +594,18 @@ class Executor:
             self.report.warn(f"guest {name} on {uri} is shut off already (without a "
                              f"managed-save image); no {action} needed")
             self.report.step(outcome, action, Res.SHUT_OFF, seconds, "already shut off")
-        elif other == OtherSave.STILL_SAVING and failure is not None:
-            self._fail()
-            self.report.error(f"saving guest {name} failed: {failure.detail}; libvirt is "
-                              "still saving it: not shutting it down or powering it off "
-                              "while its memory is being written (it stays recorded)")
-            self.report.step(outcome, action, Res.SAVE_IN_PROGRESS, seconds,
-                             "still being saved when our time ran out")
         elif other == OtherSave.STILL_SAVING:
             self._fail()
-            self.report.error(f"guest {name} on {uri} is still being saved by another job; "
-                              "not shutting it down or powering it off while its memory is "
-                              "being written (it stays recorded)")
-            self.report.step(outcome, action, Res.SAVE_IN_PROGRESS, seconds,
-                             "another job was still saving it when our time ran out")
+            if failure is not None:
+                what = (f"saving guest {name} failed: {failure.detail}; libvirt is still "
+                        "saving it:")
+                detail = "still being saved when our time ran out"
+            else:
+                what = f"guest {name} on {uri} is still being saved by another job;"
+                detail = "another job was still saving it when our time ran out"
+            self.report.error(f"{what} not shutting it down or powering it off while its "
+                              "memory is being written (it stays recorded)")
+            self.report.step(outcome, action, Res.SAVE_IN_PROGRESS, seconds, detail)
         else:
             self.report.step(outcome, action, Res.INTERRUPTED, seconds,
                              "stop requested while another job was saving it")
