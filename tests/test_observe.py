@@ -48,17 +48,20 @@ def test_start_sees_every_guest_state_and_managed_save_with_one_virsh_process(
     assert host.commands() == [[observe.batch([*observe.EVERY, observe.MANAGED_SAVE])]]
 
 
+def wrapped_virsh(host: FakeHost, path: Path, before: str) -> Path:
+    """A virsh at *path* that runs the shell lines *before*, then the host's fake virsh."""
+    path.write_text(f'#!/bin/sh\n{before}exec "{host.bin / "virsh"}" "$@"\n')
+    os.chmod(path, 0o755)
+    return path
+
+
 def test_a_combined_listing_that_printed_an_error_is_redone_one_listing_at_a_time(
         fake_host: Make, tmp_path: Path) -> None:
     """virsh exits 0 when an earlier command of a command string failed: never trust that."""
     host = fake_host(HOST)
-    wrapper = tmp_path / "picky-virsh"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        'for a in "$@"; do case "$a" in *\\;*) echo "error: unsupported flags" >&2; '
-        "exit 0;; esac; done\n"
-        f'exec "{host.bin / "virsh"}" "$@"\n')
-    os.chmod(wrapper, 0o755)
+    wrapper = wrapped_virsh(host, tmp_path / "picky-virsh",
+                            'for a in "$@"; do case "$a" in *\\;*) echo "error: unsupported '
+                            'flags" >&2; exit 0;; esac; done\n')
     view = observe.view_running(virsh_for(host, wrapper), "default", Config(), Clock())
     assert {g.name: g.persistent for g in view.guests} == {"web": True, "scratch": False}
     assert host.commands() == [list(form) for form in observe.RUNNING]
@@ -67,13 +70,9 @@ def test_a_combined_listing_that_printed_an_error_is_redone_one_listing_at_a_tim
 def test_a_banner_on_stderr_is_not_a_failed_listing(fake_host: Make, tmp_path: Path) -> None:
     """ssh prints banners and warnings on stderr; only virsh's ``error:`` lines count."""
     host = fake_host(HOST)
-    wrapper = tmp_path / "chatty-virsh"
-    wrapper.write_text(
-        "#!/bin/sh\n"
-        "echo 'Warning: Permanently added 127.0.0.1 (ED25519) to the list of known hosts.'"
-        " >&2\n"
-        f'exec "{host.bin / "virsh"}" "$@"\n')
-    os.chmod(wrapper, 0o755)
+    wrapper = wrapped_virsh(host, tmp_path / "chatty-virsh",
+                            "echo 'Warning: Permanently added 127.0.0.1 (ED25519) to the list "
+                            "of known hosts.' >&2\n")
     view = observe.view_running(virsh_for(host, wrapper), "default", Config(), Clock())
     assert {g.name: g.persistent for g in view.guests} == {"web": True, "scratch": False}
     assert host.commands() == [[observe.batch(observe.RUNNING)]]
