@@ -558,7 +558,9 @@ class StalledSave:
 
     A guest paused before the save keeps its reason (e.g. ``paused``/``user``):
     libvirt sets ``save`` only when it pauses a running guest.  Such a save is held
-    once QEMU's ``live_migration`` thread exists.
+    once QEMU's ``live_migration`` thread exists.  A save that ends before it is held
+    is retried after ``virsh start``; a paused guest comes back ``paused``/``migration``
+    (``domstate --reason``: ``paused (migrating)``), so its reason may differ.
     """
 
     def __init__(self, daemon: PrivateLibvirtd, name: str, domain: Optional[str] = None,
