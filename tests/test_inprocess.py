@@ -6,8 +6,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-from virtguests.testing import VirtualClock
+import pytest
+
+from virtguests.testing import FakeHost, VirtualClock, run_inprocess
+
+Make = Callable[..., FakeHost]
 
 START = 1_000_000.0
 
@@ -87,3 +93,62 @@ def test_an_event_set_by_a_thread_ends_a_wait_before_its_time() -> None:
     assert joined(threads)
     assert clock.now() == START + 3
     assert clock.slept == [3.0]  # the worker's sleep; the wait did not time out
+
+
+def twin_hosts(tmp_path: Path, host: dict[str, Any], config: str) -> tuple[FakeHost, FakeHost]:
+    return (FakeHost(tmp_path / "process", host, config),
+            FakeHost(tmp_path / "inprocess", host, config))
+
+
+def calls(host: FakeHost) -> set[tuple[str, ...]]:
+    return {tuple(argv) for argv in host.commands()}
+
+
+def three_guests(*faults: dict[str, Any]) -> dict[str, Any]:
+    host: dict[str, Any] = {"uris": {"default": {"guests": [
+        {"name": "a"}, {"name": "b", "state": "paused"}, {"name": "c", "state": "shutoff"}]}}}
+    if faults:
+        host["faults"] = list(faults)
+    return host
+
+
+@pytest.mark.parametrize(("command", "host", "config"), [
+    ("stop", three_guests(), ""),
+    ("stop", three_guests({"cmd": "managedsave", "guest": "a", "action": "fail",
+                           "error": "internal"}), ""),
+    ("stop", {"uris": {"default": {"guests": [{"name": "a", "shutdown_seconds": 0.2},
+                                              {"name": "b", "shutdown_seconds": 0.1}]}},
+              "faults": [{"cmd": "shutdown", "guest": "a", "action": "garbage"}]},
+     "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=2\nSHUTDOWN_TIMEOUT=20\n"),
+    ("gueststatus", three_guests({"cmd": "list", "options": ["uuid"], "action": "garbage",
+                                  "output": "not-uuid"}), ""),
+    ("gueststatus", three_guests({"cmd": "list", "options": ["uuid"], "nth": 1,
+                                  "action": "fail"}), ""),
+], ids=["stop", "save-fails", "garbage-shutdown", "garbage-listing", "listing-fails"])
+def test_in_process_runs_say_and_call_what_a_process_run_does(
+        tmp_path: Path, command: str, host: dict[str, Any], config: str) -> None:
+    process, inprocess = twin_hosts(tmp_path, host, config)
+    expected = process.run(command)
+    run, clock = run_inprocess(inprocess, command)
+    assert (run.code, run.lines, run.err) == (expected.code, expected.lines, expected.err)
+    # the same calls; how often the wait loop polls depends on when events arrive
+    assert calls(inprocess) == calls(process)
+    assert inprocess.guests_now() == process.guests_now()
+    assert clock.stalls == 0
+
+
+def test_a_hung_call_is_killed_at_its_timeout_in_virtual_time(fake_host: Make) -> None:
+    host = fake_host(three_guests({"cmd": "list", "nth": 1, "action": "hang"}),
+                     "QUERY_TIMEOUT=40\n")
+    run, clock = run_inprocess(host, "stop")
+    assert run.code != 0
+    assert "timed out after 40s and was killed" in run.out + run.err
+    assert clock.now() - START >= 40
+    assert host.commands() == []  # the listing hung and was killed: the fake logs nothing
+
+
+def test_a_signal_fault_is_refused_in_process(fake_host: Make) -> None:
+    host = fake_host(three_guests({"cmd": "managedsave", "action": "signal"}))
+    run, _ = run_inprocess(host, "stop")
+    assert run.code != 0
+    assert "would signal the test process" in run.out + run.err
