@@ -152,3 +152,14 @@ def test_a_signal_fault_is_refused_in_process(fake_host: Make) -> None:
     run, _ = run_inprocess(host, "stop")
     assert run.code != 0
     assert "would signal the test process" in run.out + run.err
+
+
+def test_a_run_for_another_virsh_is_refused_not_ignored(fake_host: Make, tmp_path: Path) -> None:
+    host = fake_host(three_guests())
+    wrapper = tmp_path / "wrapper-virsh"
+    wrapper.write_text(f"#!/bin/sh\nexec {host.bin / 'virsh'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    with pytest.raises(ValueError, match="wrapper-virsh"):
+        run_inprocess(host, "--virsh", str(wrapper), "stop")
+    assert host.commands() == []
+    assert run_inprocess(host, "--virsh", str(host.bin / "virsh"), "stop")[0].code == 0

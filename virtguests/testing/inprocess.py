@@ -484,12 +484,19 @@ def run_inprocess(host: FakeHost, *args: str, events: bool = True) -> tuple[Run,
     """virtguests in-process, the fake virsh in-process, on a virtual clock.
 
     With *events* False the fake behaves as a virsh without ``event`` (before 0.9.x).
+    Every call goes to the fake: a run that would use another virsh (``--virsh``,
+    ``$VIRSH``, say a wrapper script) raises ValueError instead of ignoring it.
     """
     host.now_file = host.root / "now"
     clock = VirtualClock(now_file=host.now_file)
     world = _World(clock, events)
+    shim = os.path.realpath(host.bin / "virsh")
+    other: list[str] = []
 
     def make_virsh(path: str, **kwargs: Any) -> Virsh:
+        if os.path.realpath(path) != shim:
+            other.append(path)
+            raise ValueError(f"run_inprocess runs only the fake virsh, not {path!r}")
         return InProcessVirsh(path, world=world, **kwargs)
 
     out, err = io.StringIO(), io.StringIO()
@@ -499,4 +506,7 @@ def run_inprocess(host: FakeHost, *args: str, events: bool = True) -> tuple[Run,
     finally:
         for watch in world.watches:
             watch.close()
+    if other:
+        raise ValueError(f"run_inprocess runs only the fake virsh ({shim}), not {other[0]!r}:"
+                         " express the wrapper as a fault rule, or use FakeHost.run")
     return Run(code, out.getvalue(), err.getvalue()), clock
