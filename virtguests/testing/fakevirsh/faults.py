@@ -47,6 +47,7 @@ BINARY_GARBAGE = b"\xff\xfe\x00\x80\xc0\x1b[2J\xef\xbf virsh \xff\n".decode(
     "utf-8", "surrogateescape")
 _MASK64 = (1 << 64) - 1
 
+
 def _string_list(rule: dict[str, Any], key: str, where: str) -> Optional[list[str]]:
     value = rule.get(key)
     if value is None:
