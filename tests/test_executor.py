@@ -1,8 +1,8 @@
 """Waiting and timeouts on a virtual clock: the production loops, finishing instantly.
 
-The fake virsh reads the same virtual time (VIRTGUESTS_FAKE_NOW_FILE), so a
-guest that takes 12 s to save or ignores a 300 s shutdown timeout costs no
-real time here.
+virtguests and the fake virsh run in this process (virtguests.testing.inprocess) on one
+virtual clock that jumps as soon as every thread waits, so a guest that takes
+12 s to save or ignores a 300 s shutdown timeout costs no real time here.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from virtguests.testing import FakeHost
+from virtguests.testing import FakeHost, run_inprocess
 
 Make = Callable[..., FakeHost]
 
@@ -31,7 +30,7 @@ def steps(host: FakeHost) -> dict[str, list[tuple[str, str, float]]]:
 
 def test_long_save_prints_progress_every_5_seconds(fake_host: Make) -> None:
     host = fake_host(guests({"name": "big", "save_seconds": 12}))
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 0, run.err
     progress = [ln for ln in run.lines if ln.startswith("Suspending big: ")]
     assert progress[0] == "Suspending big: ..." and progress[-1] == "Suspending big: done"
@@ -51,7 +50,7 @@ def test_serial_shutdown_timeout_counts_down_and_does_not_fail(fake_host: Make) 
     host = fake_host(guests({"name": "stubborn", "ignore_shutdown": True},
                             {"name": "quick", "shutdown_seconds": 2}),
                      "ON_SHUTDOWN=shutdown\nSHUTDOWN_TIMEOUT=30\n")
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 0  # as in the reference, a serial timeout is not an error
     [(action, result, virtual_seconds)] = steps(host)["stubborn"]
     assert (action, result) == ("shutdown", "timed out") and 30 <= virtual_seconds < 31
@@ -65,7 +64,7 @@ def test_serial_shutdown_timeout_counts_down_and_does_not_fail(fake_host: Make) 
 def test_no_timeout_waits_without_countdown(fake_host: Make) -> None:
     host = fake_host(guests({"name": "slow", "shutdown_seconds": 11}),
                      "ON_SHUTDOWN=shutdown\nSHUTDOWN_TIMEOUT=0\n")
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     assert [ln for ln in run.lines if ln.startswith("Waiting")] == [
         "Waiting for guest slow to shut down", "Waiting for guest slow to shut down"]
     assert run.lines[-1] == "Shutdown of guest slow complete."
@@ -76,7 +75,7 @@ def test_parallel_timeout_is_per_uri_and_queued_guests_still_get_a_request(
     host = fake_host(guests(*({"name": f"s{i}", "ignore_shutdown": True} for i in range(3)),
                             {"name": "queued", "ignore_shutdown": True}),
                      "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=3\nSHUTDOWN_TIMEOUT=20\n")
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 1
     assert "Waiting for 4 guests to shut down, 15 seconds left" in run.lines
     assert run.lines.count("Timeout expired while shutting down domains") == 1
@@ -90,7 +89,7 @@ def test_parallel_timeout_escalates_to_poweroff(fake_host: Make) -> None:
                             {"name": "fine", "shutdown_seconds": 3}),
                      'ON_SHUTDOWN="shutdown poweroff"\nPARALLEL_SHUTDOWN=4\n'
                      "SHUTDOWN_TIMEOUT=10\n")
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     assert "Shutdown of guest fine complete." in run.lines
     assert "Powering off guest hung: done" in run.lines
     assert host.active() == set()
@@ -100,7 +99,7 @@ def test_waiting_is_woken_by_lifecycle_events_not_by_polling(fake_host: Make) ->
     host = fake_host(guests(*({"name": f"g{i}", "shutdown_seconds": 2 + 2 * i}
                               for i in range(4))),
                      "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=4\n")
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 0
     commands = host.commands()
     assert ["event", "--loop", "--event", "lifecycle"] in commands
@@ -113,17 +112,10 @@ def test_waiting_is_woken_by_lifecycle_events_not_by_polling(fake_host: Make) ->
     assert not any(c[0] in ("domid", "domname", "domstate") for c in commands)
 
 
-def test_without_events_it_polls_one_virsh_call_per_uri_per_tick(
-        fake_host: Make, tmp_path: Path) -> None:
+def test_without_events_it_polls_one_virsh_call_per_uri_per_tick(fake_host: Make) -> None:
     host = fake_host(guests(*({"name": f"g{i}", "shutdown_seconds": 2} for i in range(6))),
                      "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=6\n")
-    old = tmp_path / "old-virsh"
-    old.write_text("#!/bin/sh\n"
-                   "for a in \"$@\"; do [ \"$a\" = event ] && "
-                   "{ echo \"error: unknown command: 'event'\" >&2; exit 1; }; done\n"
-                   f"exec {host.bin / 'virsh'} \"$@\"\n")
-    old.chmod(0o755)
-    run, clock = host.run_virtual("--virsh", str(old), "stop")
+    run, clock = run_inprocess(host, "stop", events=False)  # an old virsh without `event`
     assert run.code == 0
     polls = [c for c in host.commands() if c == ["list", "--uuid"]]
     assert len(polls) == len(clock.slept)  # every sleep here is one tick of the wait loop
@@ -135,7 +127,7 @@ def test_start_delay_spaces_starts_but_not_before_the_first(fake_host: Make) -> 
                      "START_DELAY=7\n")
     host.run("stop")
     host.virsh("start", "b")
-    run, clock = host.run_virtual("start")
+    run, clock = run_inprocess(host, "start")
     assert run.code == 0
     assert [s for s in clock.slept if s == 7] == [7]  # a, (b already active), c
     assert run.lines[1:] == ["Resuming guest a: done", "Resuming guest b: already active",
@@ -146,7 +138,7 @@ def test_stop_deadline_budgets_serial_timeouts(fake_host: Make) -> None:
     host = fake_host(guests(*({"name": f"h{i}", "ignore_shutdown": True} for i in range(3))),
                      'ON_SHUTDOWN="shutdown poweroff"\nSHUTDOWN_TIMEOUT=300\n'
                      "STOP_DEADLINE=60\n")
-    run, clock = host.run_virtual("stop")
+    run, clock = run_inprocess(host, "stop")
     assert run.lines.count("Powering off guest h0: done") == 1
     assert sum(clock.slept) <= 61
     assert host.active() == set()

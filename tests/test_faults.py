@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from virtguests import cli, executor, observe
-from virtguests.testing import FakeHost, Run
+from virtguests.testing import FakeHost, Run, run_inprocess
 
 Make = Callable[..., FakeHost]
 
@@ -229,7 +229,7 @@ def test_a_hung_progress_query_costs_no_other_guest(fake_host: Make,
     host = fake_host(guests({"name": "big", "save_seconds": 12, "hang": ["domjobinfo"]},
                             {"name": "web"}, {"name": "db"}), "QUERY_TIMEOUT=1\n")
     dispatched = journal(host, monkeypatch)
-    run, _ = host.run_virtual("stop")  # virtual time, but real timeouts (1 s)
+    run, _ = run_inprocess(host, "stop")  # the 1 s timeouts in virtual time too
     assert run.code == 0, run.err
     assert [ln for ln in run.lines if ln.startswith("Suspending big: ")] == [
         "Suspending big: ...", "Suspending big: ...", "Suspending big: ...",
@@ -440,7 +440,7 @@ def test_a_uri_that_hangs_at_start_keeps_its_guests_pending(fake_host: Make,
                                                 for i in range(4)]}}}
     host.set_host(sick)
     host.log_file.unlink()
-    run, _ = host.run_virtual("start")
+    run, _ = run_inprocess(host, "start")
     assert run.code == 1
     assert "Resuming guest web: done" in run.lines
     # one start hung (killed after SAVE_TIMEOUT, so never logged); nothing else tried
@@ -457,7 +457,7 @@ def test_a_uri_that_hangs_at_start_keeps_its_guests_pending(fake_host: Make,
     assert (status.code, status.lines[0]) == (3, "stopped, with saved guests")
     host.set_host({"uris": {**sick["uris"], "test:///far": {
         "guests": [{"name": f"f{i}", "uuid": far[i], **saved} for i in range(4)]}}})
-    again, _ = host.run_virtual("start")
+    again, _ = run_inprocess(host, "start")
     assert again.code == 0, again.err
     assert host.active("test:///far") == {f"f{i}" for i in range(4)}
     assert not host.pending_file.exists()
@@ -503,7 +503,7 @@ def test_a_save_by_another_job_is_waited_for_and_counts_as_saved(
     host = fake_host(guests({"name": "busy", "saving_seconds": saving, "state": state},
                             {"name": "idle", "shutdown_seconds": 1}),
                      f'ON_SHUTDOWN="{chain}"\nSHUTDOWN_TIMEOUT=20\nSAVE_TIMEOUT=600\n')
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     busy = host.uuid("busy")
     assert ["destroy", busy] not in host.commands()
     assert "busy" in host.managed_saved()
@@ -526,7 +526,7 @@ def test_a_failed_call_naming_a_saves_lock_is_enough_to_wait(fake_host: Make,
         {"name": "busy", "saving_seconds": 100, "state": "paused"}]}},
         "faults": [{"cmd": "domjobinfo", "action": "fail", "error": "internal"}]},
         f'ON_SHUTDOWN="{chain}"\nSHUTDOWN_TIMEOUT=20\nSAVE_TIMEOUT=600\n')
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     assert ["destroy", host.uuid("busy")] not in host.commands()
     assert ("guest busy on default is being saved by another job (the failed call said: "
             "Timed out during operation: cannot acquire state change lock (held by "
@@ -540,7 +540,7 @@ def test_a_save_by_another_job_that_outlasts_save_timeout_is_left_alone(
         fake_host: Make, chain: str) -> None:
     host = fake_host(guests({"name": "busy", "saving_seconds": 5000}),
                      f'ON_SHUTDOWN="{chain}"\nSHUTDOWN_TIMEOUT=20\nSAVE_TIMEOUT=60\n')
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 1
     assert ["destroy", host.uuid("busy")] not in host.commands()
     assert host.virsh("domstate", "--reason", "busy").stdout.strip() == "paused (saving)"
@@ -571,7 +571,7 @@ def test_start_keeps_a_recorded_guest_another_job_is_saving(fake_host: Make, sta
                           "state": state},
                          {"name": "idle", "uuid": idle, "state": "shutoff",
                           "managed_save": True}))
-    run, _ = host.run_virtual("start")
+    run, _ = run_inprocess(host, "start")
     assert run.code == 0, run.err  # nothing is lost: a warning, not a failure
     assert "Resuming guest busy: already active" not in run.lines
     assert "Resuming guest busy: a save by another job is in progress" in run.lines
@@ -587,7 +587,7 @@ def test_start_keeps_a_recorded_guest_another_job_is_saving(fake_host: Make, sta
     host.set_host(guests({"name": "busy", "uuid": busy, "state": "shutoff",
                           "managed_save": True},
                          {"name": "idle", "uuid": idle}))
-    again, _ = host.run_virtual("start")
+    again, _ = run_inprocess(host, "start")
     assert again.code == 0, again.err
     assert "Resuming guest busy: done" in again.lines
     assert not host.pending_file.exists() and not host.list_file.exists()
@@ -596,30 +596,23 @@ def test_start_keeps_a_recorded_guest_another_job_is_saving(fake_host: Make, sta
 # -- a failed status poll never abandons a guest (issue 10, item 8) ------------------------
 
 
-def flaky_polls(path: Path, real: Path, failures: int) -> Path:
-    """A virsh whose first *failures* status checks (``list --uuid``) fail."""
-    count = path.with_suffix(".count")
-    write_virsh(path, f"""if [ "$*" = "list --uuid" ] || [ "$*" = "-c default list --uuid" ]; then
-  n=$(cat "{count}" 2>/dev/null || echo 0); echo $((n + 1)) > "{count}"
-  if [ "$n" -lt {failures} ]; then
-    echo "error: failed to connect to the hypervisor" >&2; exit 1
-  fi
-fi
-exec "{real}" "$@\"""")
-    return path
+def flaky_polls(failures: int) -> list[dict[str, Any]]:
+    """Fault rules: the first *failures* status checks (``list --uuid``) cannot connect."""
+    return [{"cmd": "list", "options": ["uuid"], "nth": nth, "action": "fail",
+             "error": "connect"} for nth in range(1, failures + 1)]
 
 
 @pytest.mark.parametrize("mode", ["", "PARALLEL_SHUTDOWN=3\n"])
 @pytest.mark.parametrize("failures", [1, 4])
 def test_a_failed_poll_never_abandons_a_guest_that_ignores_acpi(
-        fake_host: Make, tmp_path: Path, mode: str, failures: int) -> None:
+        fake_host: Make, mode: str, failures: int) -> None:
     """Found: one failed poll printed "Not tracking it anymore", and a guest ignoring
     ACPI was left running, in serial and in parallel mode."""
-    host = fake_host(guests({"name": "stubborn", "ignore_shutdown": True},
-                            {"name": "quick", "shutdown_seconds": 3}),
+    host = fake_host({**guests({"name": "stubborn", "ignore_shutdown": True},
+                               {"name": "quick", "shutdown_seconds": 3}),
+                      "faults": flaky_polls(failures)},
                      f'ON_SHUTDOWN="shutdown poweroff"\nSHUTDOWN_TIMEOUT=20\n{mode}')
-    virsh = flaky_polls(tmp_path / "flaky-virsh", host.bin / "virsh", failures)
-    run, _ = host.run_virtual("--virsh", str(virsh), "stop")
+    run, _ = run_inprocess(host, "stop")
     assert "Not tracking" not in run.out
     assert "cannot check which guests on default are still running" in run.err
     assert "Powering off guest stubborn: done" in run.lines
@@ -643,7 +636,7 @@ def test_hostile_names_never_stand_for_another_guest(fake_host: Make, mode: str)
                             *({"name": n, "shutdown_seconds": 1 + i % 3}
                               for i, n in enumerate(HOSTILE))),
                      f'ON_SHUTDOWN="shutdown poweroff"\nSHUTDOWN_TIMEOUT=15\n{mode}')
-    run, _ = host.run_virtual("stop")
+    run, _ = run_inprocess(host, "stop")
     assert "Shutdown of guest web complete." not in run.lines
     assert "Powering off guest web: done" in run.lines
     for name in HOSTILE:

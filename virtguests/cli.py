@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from virtguests.clock import Clock
     from virtguests.report import Reporter
     from virtguests.service import Context
+    from virtguests.virsh import Virsh
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -118,9 +119,14 @@ def main(
     err: Optional[TextIO] = None,
     clock: Optional[Clock] = None,
     prog: str = "virtguests",
+    make_virsh: Optional[Callable[..., Virsh]] = None,
 ) -> int:
     """Run one command; returns the exit status (never raises, never prints a traceback
-    unless -v)."""
+    unless -v).
+
+    *clock* and *make_virsh* (called as ``Virsh`` is) are for tests that run virtguests
+    in-process on virtual time.
+    """
     from virtguests.clock import Clock
     from virtguests.report import Reporter
 
@@ -133,7 +139,7 @@ def main(
     with requests:  # until the output is drained: a late signal changes nothing
         try:
             return _main(args_in, environ if environ is not None else os.environ,
-                         reporter, real_clock, requests, prog)
+                         reporter, real_clock, requests, prog, make_virsh)
         except Exception as exc:
             reporter.internal_error("running virtguests", exc)
             return EXIT_FAIL
@@ -155,7 +161,8 @@ def _on_stop_request(clock: Clock, reporter: Reporter) -> Callable[[int, bool], 
 
 
 def _main(args_in: list[str], env: Mapping[str, str], reporter: Reporter, clock: Clock,
-          requests: StopRequests, prog: str) -> int:
+          requests: StopRequests, prog: str,
+          make_virsh: Optional[Callable[..., Virsh]] = None) -> int:
     parser = _parser()
     parser.error = _raise_usage  # type: ignore[method-assign]
     try:
@@ -193,8 +200,8 @@ def _main(args_in: list[str], env: Mapping[str, str], reporter: Reporter, clock:
         loaded = replace(loaded, problems=(*loaded.problems, *problems))
     state_dir = args.state_dir or env.get("VIRTGUESTS_STATE_DIR")
     paths = state.Paths.in_dir(Path(state_dir)) if state_dir else state.Paths.default()
-    virsh = Virsh(resolve_path(args.virsh, env), environ=env,
-                  default_timeout=loaded.config.query_timeout)
+    virsh = (make_virsh or Virsh)(resolve_path(args.virsh, env), environ=env,
+                                  default_timeout=loaded.config.query_timeout)
     if clock.cancel.is_set():
         virsh.interrupt()
     requests.on_signal = _and_then(requests.on_signal, virsh.interrupt)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from virtguests.testing.fakevirsh.main import write_shim
     from virtguests.testing.fakevirsh.state import apply_due_transitions_now
     from virtguests.testing.harness import CliHarness, FakeHost, Run
+    from virtguests.testing.inprocess import VirtualClock, run_inprocess
     from virtguests.testing.recordings import fixtures_dir
 
 __all__ = [
@@ -28,8 +29,10 @@ __all__ = [
     "FakeClock",
     "FakeHost",
     "Run",
+    "VirtualClock",
     "apply_due_transitions_now",
     "fixtures_dir",
+    "run_inprocess",
     "split_commands",
     "write_shim",
 ]
@@ -40,8 +43,10 @@ _HOME = {
     "FakeClock": "virtguests.testing.clock",
     "FakeHost": "virtguests.testing.harness",
     "Run": "virtguests.testing.harness",
+    "VirtualClock": "virtguests.testing.inprocess",
     "apply_due_transitions_now": "virtguests.testing.fakevirsh.state",
     "fixtures_dir": "virtguests.testing.recordings",
+    "run_inprocess": "virtguests.testing.inprocess",
     "split_commands": "virtguests.testing.fakevirsh.commandline",
     "write_shim": "virtguests.testing.fakevirsh.main",
 }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from virtguests.testing.fakevirsh.errors import Unsupported
+from virtguests.testing.fakevirsh.process import CallerProcess
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
 if TYPE_CHECKING:
@@ -80,10 +81,16 @@ def split_commands(text: str) -> list[list[str]]:
 
 
 class VirshCall:
-    """One virsh argv, parsed: global options, then a command or a command string."""
+    """One virsh call (one process): its argv, parsed (global options, then a command or a
+    command string), the process it runs in, and the fault rules it has counted."""
 
-    def __init__(self, argv: list[str]) -> None:
+    def __init__(self, argv: list[str], process: Optional[CallerProcess] = None, *,
+                 counted_rules: Optional[set[int]] = None) -> None:
         self.argv = argv
+        self.process = CallerProcess() if process is None else process
+        self.counted_rules: set[int] = set() if counted_rules is None else counted_rules
+        """Fault rules this call has counted already: each counts a call once, however
+        many of its commands (a command string, a retry after a lock wait) match."""
         self.uri_arg: Optional[str] = None
         self.quiet = False
         self.version = False
@@ -130,7 +137,9 @@ class VirshCall:
             self.unsupported("no command (interactive virsh is not simulated)")
         if len(args) == 1 and (";" in args[0] or any(char.isspace() for char in args[0])):
             global_options = self.argv[: len(self.argv) - 1]
-            self.script = [VirshCall(global_options + argv) for argv in split_commands(args[0])]
+            self.script = [VirshCall(global_options + argv, self.process,
+                                     counted_rules=self.counted_rules)
+                           for argv in split_commands(args[0])]
             if not self.script:
                 self.unsupported("empty command string")
             return

@@ -6,7 +6,6 @@ Everything a call changes happens under the state file's lock; hanging and waiti
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 
@@ -27,7 +26,6 @@ from virtguests.testing.fakevirsh.state import (
     StateFile,
     apply_due_transitions,
     find_guest,
-    hang_forever,
 )
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
@@ -116,7 +114,8 @@ def run_list(run: CommandRun) -> None:
              STATE_TEXT[guest["state"]]]
             for guest in picked
         ]
-        run.out += render_table(["Id", "Name", "State"], rows, run.call.quiet)
+        run.out += render_table(["Id", "Name", "State"], rows, run.call.quiet,
+                                run.call.process.environ)
 
 
 def run_guest_command(run: CommandRun, guest: dict[str, Any], now: float) -> bool:
@@ -234,7 +233,7 @@ def event_loop(call: VirshCall, state_file: StateFile, clock: HostClock) -> int:
             current = {guest["uuid"]: (guest["name"], guest["state"] != "shutoff")
                        for guest in uri_state["guests"]}
         if hang:
-            hang_forever()  # outside the lock: other calls go on
+            clock.hang()  # outside the lock: other calls go on
         if fresh:
             try:
                 injected.act(call, uri_state)
@@ -291,9 +290,9 @@ def execute(call: VirshCall, state_file: StateFile, clock: HostClock, *,
     with state_file as state:
         uri_key = call.uri_arg
         if uri_key is None:
-            env_uri = os.environ.get("VIRSH_DEFAULT_CONNECT_URI") or os.environ.get(
-                "LIBVIRT_DEFAULT_URI"
-            )
+            environ = call.process.environ
+            env_uri = (environ.get("VIRSH_DEFAULT_CONNECT_URI")
+                       or environ.get("LIBVIRT_DEFAULT_URI"))
             uri_key = env_uri if env_uri and env_uri in state["uris"] else "default"
         uri_state = state["uris"].get(uri_key)
         if uri_state is None:
@@ -347,7 +346,7 @@ def execute(call: VirshCall, state_file: StateFile, clock: HostClock, *,
         if dirty:
             state_file.save()
     if hang:
-        hang_forever()
+        clock.hang()
     if lock_until is not None:
         clock.wait_until(lock_until)
         return execute(call, state_file, clock, count_call=False, lock_waited=True)

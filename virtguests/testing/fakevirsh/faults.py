@@ -47,9 +47,6 @@ BINARY_GARBAGE = b"\xff\xfe\x00\x80\xc0\x1b[2J\xef\xbf virsh \xff\n".decode(
     "utf-8", "surrogateescape")
 _MASK64 = (1 << 64) - 1
 
-_counted_here: set[int] = set()
-"""Rules this process has counted already: a call is one process, counted once."""
-
 
 def _string_list(rule: dict[str, Any], key: str, where: str) -> Optional[list[str]]:
     value = rule.get(key)
@@ -220,10 +217,8 @@ class Injected:
                     .replace(NAME, self.guest["name"] if self.guest else error["name"])
                     .replace(SOCK, socket_of(uri_state["uri"])).replace(CMD, call.command))
             raise Failure(text, extra_newline=error["newline"])
-        if self.action == "signal" and os.getppid() > 1:  # never init, if orphaned
-            import signal
-
-            os.kill(os.getppid(), getattr(signal, "SIG" + self.rule["signal"]))
+        if self.action == "signal":
+            call.process.signal_parent(self.rule["signal"])
 
     def wait(self, clock: HostClock) -> None:
         """``slow``: the answer comes this many (virtual) seconds late."""
@@ -249,36 +244,25 @@ class Injected:
 NO_FAULT = Injected()
 
 
-def _spawn_time() -> float:
-    """When this process was forked (wall clock), i.e. when its caller started the call."""
-    try:
-        with open("/proc/self/stat") as file:
-            ticks = int(file.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as file:
-            uptime = float(file.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return time.time()
-    return time.time() - (uptime - ticks / os.sysconf("SC_CLK_TCK"))
-
-
 def inject(state: dict[str, Any], call: VirshCall, uri_key: str, uri_state: dict[str, Any],
            now: float) -> Injected:
     """The fault layer's one hook, under the state lock as a command is dispatched:
     journal it, count it against every rule it matches, pick the fault."""
     faults = state.get("faults")
-    journal = os.environ.get("VIRTGUESTS_FAKE_JOURNAL")
+    environ = call.process.environ
+    journal = environ.get("VIRTGUESTS_FAKE_JOURNAL")
     if not faults and not journal:
         return NO_FAULT
     guest = _subject(uri_state, call)
     chosen: Optional[dict[str, Any]] = None
     counted = False
-    if faults and os.environ.get("VIRTGUESTS_FAKE_FAULTS", "").lower() != "off":
+    if faults and environ.get("VIRTGUESTS_FAKE_FAULTS", "").lower() != "off":
         counts = faults["counts"]
         for rule in faults["rules"]:
             index = rule["index"]
-            if index in _counted_here or not _rule_matches(rule, call, uri_key, guest):
+            if index in call.counted_rules or not _rule_matches(rule, call, uri_key, guest):
                 continue
-            _counted_here.add(index)
+            call.counted_rules.add(index)
             counted = True
             matched = counts[str(index)] = counts.get(str(index), 0) + 1
             subject = guest["uuid"] if guest is not None else call.domain or ""
@@ -298,7 +282,7 @@ def inject(state: dict[str, Any], call: VirshCall, uri_key: str, uri_state: dict
     injected = Injected(chosen, guest, counted) if chosen is not None or counted else NO_FAULT
     if journal:
         job = guest["job"]["op"] if guest is not None and guest["job"] is not None else None
-        line = json.dumps({"t": time.time(), "spawned": _spawn_time(), "now": now,
+        line = json.dumps({"t": time.time(), "spawned": call.process.spawned(), "now": now,
                            "pid": os.getpid(), "uri": uri_key,
                            "cmd": call.command, "argv": call.argv,
                            "guest": guest["uuid"] if guest is not None else None,

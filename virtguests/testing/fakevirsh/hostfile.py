@@ -7,7 +7,7 @@ import uuid
 from virtguests.testing.fakevirsh.errors import bad_host
 from virtguests.testing.fakevirsh.faults import build_faults
 from virtguests.testing.fakevirsh.rendering import compile_templates
-from virtguests.testing.fakevirsh.state import STATE_FORMAT, HostClock
+from virtguests.testing.fakevirsh.state import STATE_FORMAT
 from virtguests.testing.recordings import fixtures_dir, load_yaml
 
 TYPE_CHECKING = False
@@ -48,10 +48,10 @@ URI_KEYS = {
 STATES = {"running", "paused", "shutoff"}
 
 
-def build_state(host_path: str, signature: list[int]) -> dict[str, Any]:
-    """The state of a freshly built host; *signature* identifies the YAML it came from."""
+def build_state(host_path: str, signature: list[int], built: float) -> dict[str, Any]:
+    """The state of a freshly built host at (the fake's) time *built*; *signature*
+    identifies the YAML it came from."""
     doc = load_yaml(host_path)
-    built = HostClock().now()
     if not isinstance(doc, dict) or not isinstance(doc.get("uris"), dict):
         bad_host(f"{host_path}: expected a mapping with a 'uris' mapping")
     unknown_top = set(doc) - {"uris", "faults"}

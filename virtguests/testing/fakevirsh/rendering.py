@@ -14,6 +14,7 @@ from virtguests.testing.recordings import load_yaml
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, Optional
 
 DEFAULT_SOCKET = "/var/run/libvirt/libvirt-sock"
@@ -238,9 +239,9 @@ def unreachable_error(templates: dict[str, str], uri: str) -> str:
     return templates["unreachable"].replace(SOCK, socket_of(uri))
 
 
-def _c_locale() -> bool:
+def _c_locale(environ: Mapping[str, str]) -> bool:
     for var in ("LC_ALL", "LC_CTYPE", "LANG"):
-        value = os.environ.get(var)
+        value = environ.get(var)
         if value:
             lower = value.lower()
             return not ("utf-8" in lower or "utf8" in lower)
@@ -266,8 +267,10 @@ def _cell(text: str, c_locale: bool) -> tuple[str, int]:
     return text, width
 
 
-def render_table(header: list[str], rows: list[list[str]], quiet: bool) -> str:
-    c_locale = _c_locale()
+def render_table(header: list[str], rows: list[list[str]], quiet: bool,
+                 environ: Optional[Mapping[str, str]] = None) -> str:
+    """virsh's table; cells as in the locale of *environ* (default: ``os.environ``)."""
+    c_locale = _c_locale(os.environ if environ is None else environ)
     cells = [[_cell(text, c_locale) for text in row] for row in rows]
     header_cells = [(title, len(title)) for title in header]
     all_rows = cells if quiet else [header_cells, *cells]

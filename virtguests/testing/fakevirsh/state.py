@@ -18,7 +18,10 @@ STATE_FORMAT = 5
 
 class HostClock:
     """The fake's "now": ``time.time()``, or the float in ``VIRTGUESTS_FAKE_NOW_FILE``
-    (a virtual clock the test advances; waiting polls the file every 0.01 s)."""
+    (a virtual clock the test advances; waiting polls the file every 0.01 s).
+
+    Everything a call waits for goes through it, hanging too: the in-process runner
+    gives calls a clock of its own (:mod:`virtguests.testing.inprocess`)."""
 
     def __init__(self) -> None:
         self.path = os.environ.get("VIRTGUESTS_FAKE_NOW_FILE") or None
@@ -43,19 +46,21 @@ class HostClock:
         while self.now() < moment:
             time.sleep(0.01)
 
-
-def hang_forever() -> NoReturn:
-    while True:
-        time.sleep(3600)
+    def hang(self) -> NoReturn:
+        """Sleep until killed (a hung libvirtd or guest)."""
+        while True:
+            time.sleep(3600)
 
 
 class StateFile:
     """The JSON state, read and written under an exclusive flock; rebuilt from the host
     YAML when missing, of another format, or when the YAML changed."""
 
-    def __init__(self, host: str, path: str) -> None:
+    def __init__(self, host: str, path: str, clock: Optional[HostClock] = None) -> None:
         self.host = host
         self.path = path
+        self.clock = clock
+        """The time a (re)built host starts at (default: a ``HostClock()``)."""
         self.fd = -1
         self.data: dict[str, Any] = {}
 
@@ -85,7 +90,8 @@ class StateFile:
             # only here is the YAML read: the hot path does not import the host model
             from virtguests.testing.fakevirsh.hostfile import build_state
 
-            data = build_state(self.host, signature)
+            built = (HostClock() if self.clock is None else self.clock).now()
+            data = build_state(self.host, signature, built)
             self._write(data)
         self.data = data
         return data

@@ -1,0 +1,165 @@
+"""The jumping virtual clock of virtguests.testing.inprocess: it moves only when every
+thread waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from virtguests.testing import FakeHost, VirtualClock, run_inprocess
+
+Make = Callable[..., FakeHost]
+
+START = 1_000_000.0
+
+
+def run_threads(*targets: Callable[[], None]) -> list[threading.Thread]:
+    threads = [threading.Thread(target=target, daemon=True) for target in targets]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def joined(threads: list[threading.Thread]) -> bool:
+    for thread in threads:
+        thread.join(30)
+    return not any(thread.is_alive() for thread in threads)
+
+
+def test_sleeping_threads_wake_in_order_of_their_virtual_deadlines() -> None:
+    clock = VirtualClock(START)
+    woke: list[tuple[str, float]] = []
+    lock = threading.Lock()
+
+    def sleeper(name: str, seconds: float) -> None:
+        assert clock.sleep(seconds)
+        with lock:
+            woke.append((name, clock.now() - START))
+
+    threads = run_threads(lambda: sleeper("long", 300), lambda: sleeper("short", 100))
+    assert joined(threads)
+    assert woke == [("short", 100.0), ("long", 300.0)]
+    assert clock.jumps == 2 and clock.stalls == 0
+
+
+def test_the_clock_stays_while_a_thread_is_running() -> None:
+    clock = VirtualClock(START)
+    seen: list[float] = []
+
+    def busy() -> None:
+        until = time.monotonic() + 0.2  # real work, no clock call, longer than QUIET
+        while time.monotonic() < until:
+            pass
+        seen.append(clock.now())
+
+    threads = run_threads(busy)
+    assert clock.sleep(10)
+    assert joined(threads)
+    assert seen == [START]  # the sleep could only end once the worker had finished
+    assert clock.now() == START + 10 and clock.stalls == 0
+
+
+def test_a_thread_blocked_on_another_does_not_hold_the_clock() -> None:
+    clock = VirtualClock(START)
+    release = threading.Event()
+    seen: list[float] = []
+
+    def blocked() -> None:
+        release.wait(30)
+        seen.append(clock.now())
+
+    threads = run_threads(blocked)
+    assert clock.sleep(5)  # the worker waits for us: time may pass
+    release.set()
+    assert joined(threads)
+    assert seen == [START + 5] and clock.stalls == 0
+
+
+def test_an_event_set_by_a_thread_ends_a_wait_before_its_time() -> None:
+    clock = VirtualClock(START)
+    done = threading.Event()
+
+    def worker() -> None:
+        assert clock.sleep(3)
+        done.set()
+
+    threads = run_threads(worker)
+    assert clock.wait(done, 60)
+    assert joined(threads)
+    assert clock.now() == START + 3
+    assert clock.slept == [3.0]  # the worker's sleep; the wait did not time out
+
+
+def twin_hosts(tmp_path: Path, host: dict[str, Any], config: str) -> tuple[FakeHost, FakeHost]:
+    return (FakeHost(tmp_path / "process", host, config),
+            FakeHost(tmp_path / "inprocess", host, config))
+
+
+def calls(host: FakeHost) -> set[tuple[str, ...]]:
+    return {tuple(argv) for argv in host.commands()}
+
+
+def three_guests(*faults: dict[str, Any]) -> dict[str, Any]:
+    host: dict[str, Any] = {"uris": {"default": {"guests": [
+        {"name": "a"}, {"name": "b", "state": "paused"}, {"name": "c", "state": "shutoff"}]}}}
+    if faults:
+        host["faults"] = list(faults)
+    return host
+
+
+@pytest.mark.parametrize(("command", "host", "config"), [
+    ("stop", three_guests(), ""),
+    ("stop", three_guests({"cmd": "managedsave", "guest": "a", "action": "fail",
+                           "error": "internal"}), ""),
+    ("stop", {"uris": {"default": {"guests": [{"name": "a", "shutdown_seconds": 0.2},
+                                              {"name": "b", "shutdown_seconds": 0.1}]}},
+              "faults": [{"cmd": "shutdown", "guest": "a", "action": "garbage"}]},
+     "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=2\nSHUTDOWN_TIMEOUT=20\n"),
+    ("gueststatus", three_guests({"cmd": "list", "options": ["uuid"], "action": "garbage",
+                                  "output": "not-uuid"}), ""),
+    ("gueststatus", three_guests({"cmd": "list", "options": ["uuid"], "nth": 1,
+                                  "action": "fail"}), ""),
+], ids=["stop", "save-fails", "garbage-shutdown", "garbage-listing", "listing-fails"])
+def test_in_process_runs_say_and_call_what_a_process_run_does(
+        tmp_path: Path, command: str, host: dict[str, Any], config: str) -> None:
+    process, inprocess = twin_hosts(tmp_path, host, config)
+    expected = process.run(command)
+    run, clock = run_inprocess(inprocess, command)
+    assert (run.code, run.lines, run.err) == (expected.code, expected.lines, expected.err)
+    # the same calls; how often the wait loop polls depends on when events arrive
+    assert calls(inprocess) == calls(process)
+    assert inprocess.guests_now() == process.guests_now()
+    assert clock.stalls == 0
+
+
+def test_a_hung_call_is_killed_at_its_timeout_in_virtual_time(fake_host: Make) -> None:
+    host = fake_host(three_guests({"cmd": "list", "nth": 1, "action": "hang"}),
+                     "QUERY_TIMEOUT=40\n")
+    run, clock = run_inprocess(host, "stop")
+    assert run.code != 0
+    assert "timed out after 40s and was killed" in run.out + run.err
+    assert clock.now() - START >= 40
+    assert host.commands() == []  # the listing hung and was killed: the fake logs nothing
+
+
+def test_a_signal_fault_is_refused_in_process(fake_host: Make) -> None:
+    host = fake_host(three_guests({"cmd": "managedsave", "action": "signal"}))
+    run, _ = run_inprocess(host, "stop")
+    assert run.code != 0
+    assert "would signal the test process" in run.out + run.err
+
+
+def test_a_run_for_another_virsh_is_refused_not_ignored(fake_host: Make, tmp_path: Path) -> None:
+    host = fake_host(three_guests())
+    wrapper = tmp_path / "wrapper-virsh"
+    wrapper.write_text(f"#!/bin/sh\nexec {host.bin / 'virsh'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    with pytest.raises(ValueError, match="wrapper-virsh"):
+        run_inprocess(host, "--virsh", str(wrapper), "stop")
+    assert host.commands() == []
+    assert run_inprocess(host, "--virsh", str(host.bin / "virsh"), "stop")[0].code == 0
