@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 from virtguests.clock import clamp
 from virtguests.testing import FakeClock
-from virtguests.virsh import Result, Virsh, VirshError
+from virtguests.virsh import Result, Virsh, VirshError, Watch
 
 Fault = Callable[[int, Sequence[str]], Optional[str]]
 HANG, FAIL, BUG = "hang", "fail", "bug"
@@ -94,9 +94,11 @@ class SimHost:
         return next((g for g in self.guests if g.uuid == uuid), None)
 
 
-class SimWatch:
+class SimWatch(Watch):
+    """A watch with no process: closing it only marks it closed."""
+
     def __init__(self, argv: Sequence[str]) -> None:
-        self.argv = tuple(argv)
+        super().__init__(argv, None)
         self.closed = False
 
     def alive(self) -> bool:
@@ -116,7 +118,7 @@ class SimVirsh(Virsh):
         self.sim_lock = threading.RLock()
 
     def watch(self, uri: str, args: Sequence[str],
-              on_line: Callable[[str], None]) -> SimWatch:  # type: ignore[override]
+              on_line: Callable[[str], None]) -> SimWatch:
         argv = self.argv(uri, args)
         self._refuse_if_wedged(uri, argv)
         with self.sim_lock:

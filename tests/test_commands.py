@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -177,11 +178,12 @@ GUEST_CALLS = [
     lambda uuid, cfg: commands.domjobinfo(uuid),
 ]
 
-URI_CALLS = [commands.list_running, commands.list_running_persistent, commands.list_all,
-             commands.list_active_uuids, commands.list_managed_save,
-             commands.list_managed_save_uuids, commands.list_persistent_uuids,
-             commands.list_table, commands.uri, commands.liveness,
-             commands.lifecycle_events, lambda: commands.batch(commands.start_listings())]
+URI_CALLS: list[Callable[[], list[str]]] = [
+    commands.list_running, commands.list_running_persistent, commands.list_all,
+    commands.list_active_uuids, commands.list_managed_save,
+    commands.list_managed_save_uuids, commands.list_persistent_uuids,
+    commands.list_table, commands.uri, commands.liveness,
+    commands.lifecycle_events, lambda: commands.batch(commands.start_listings())]
 
 
 @given(uuid=st.uuids().map(str), bypass=st.booleans(), which=st.integers(0, len(GUEST_CALLS) - 1))

@@ -599,9 +599,10 @@ print(json.dumps({"got": got, "exit": proc.returncode, "out": proc.stdout, "err"
 
 
 def faulty(*rules: dict[str, Any], guests: Optional[list[dict[str, Any]]] = None,
-           **uris: dict[str, Any]) -> dict[str, Any]:
+           uris: Optional[dict[str, dict[str, Any]]] = None) -> dict[str, Any]:
     """One URI ``default`` (or *uris*) with the given fault rules."""
-    spec = {"uris": uris or {"default": {"guests": guests or [{"name": "g"}, {"name": "h"}]}}}
+    default = {"default": {"guests": guests or [{"name": "g"}, {"name": "h"}]}}
+    spec: dict[str, Any] = {"uris": uris or default}
     spec["faults"] = list(rules)
     return spec
 
@@ -642,7 +643,7 @@ def test_fail_by_fixture_stem_and_on_a_socket_uri(virsh: Path, tmp_path: Path) -
     h = Host(virsh, tmp_path, faulty(
         {"cmd": "connect", "action": "fail", "error": "nohost-connect"},
         {"cmd": "domjobinfo", "action": "fail", "error": "test-domjobinfo-running"},
-        **{uri: {"guests": [{"name": "g"}]}}))
+        uris={uri: {"guests": [{"name": "g"}]}}))
     r = h("-c", uri, "connect")
     doc = recording("nohost-connect")
     assert (r.returncode, r.stdout, r.stderr) == (doc["exit"], doc["stdout"], doc["stderr"])
@@ -744,7 +745,7 @@ def test_selectors_uri_guest_options_and_command_lists(virsh: Path, tmp_path: Pa
     h = Host(virsh, tmp_path, faulty(
         {"cmd": ["domid", "domstate"], "uri": "test:///b", "guest": "h", "action": "fail"},
         {"cmd": "list", "options": ["--uuid"], "uri": ["default"], "action": "fail"},
-        **{"default": guests, "test:///b": guests}))
+        uris={"default": guests, "test:///b": guests}))
     uuid_h = h("-c", "test:///b", "domuuid", "h").stdout.strip()
     assert h("domid", "h").returncode == 0  # wrong URI
     assert h("-c", "test:///b", "domid", "g").returncode == 0  # wrong guest
@@ -788,7 +789,8 @@ def test_event_stream_faults(virsh: Path, tmp_path: Path) -> None:
                             env=h.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 10)
-    first = proc.stdout.read1(4096) if ready else b""  # garbage first, then events as usual
+    # garbage first, then events as usual
+    first = os.read(proc.stdout.fileno(), 4096) if ready else b""
     proc.terminate()
     out, _ = proc.communicate(timeout=5)
     assert first.startswith(b"\xff") and b"lifecycle" not in first + out

@@ -43,7 +43,7 @@ def test_fixture_schema(path: Path) -> None:
     assert re.match(r"^\d+\.\d+\.\d+$", doc["virsh_version"])
     assert doc["uri"] is None or isinstance(doc["uri"], str)
     if driver == "test":
-        assert doc["uri"].startswith("test://")
+        assert isinstance(doc["uri"], str) and doc["uri"].startswith("test://")
     assert isinstance(doc["argv"], list) and doc["argv"]
     assert all(isinstance(a, str) for a in doc["argv"])
     assert isinstance(doc["exit"], int) and not isinstance(doc["exit"], bool)

@@ -36,7 +36,8 @@ from hypothesis import strategies as st
 
 from virtguests.executor import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
 from virtguests.state import read_list
-from virtguests.testing import LOCK_WAIT, FakeHost, Run
+from virtguests.testing import LOCK_WAIT as LOCK_WAIT
+from virtguests.testing import FakeHost, Run
 
 URIS = ["default", "test:///b", "qemu+ssh://c/system"]
 HOSTILE = ["web", "db server", "it's", 'say "hi"', "x': Stopped", "--all", "-c default",
@@ -109,7 +110,7 @@ class Scenario:
         per_guest = (c["SAVE_TIMEOUT"] + 4 * c["QUERY_TIMEOUT"] + c["SHUTDOWN_TIMEOUT"] + 5
                      + sum(self.timeout_of(cmd) for cmd in REQUEST_EXTRA))
         guests = sum(len(gs) for gs in self.uris.values())
-        return 30.0 + 2 * (listing + per_guest * guests)
+        return float(30.0 + 2 * (listing + per_guest * guests))
 
     def dump(self) -> str:
         return yaml.safe_dump(asdict(self), sort_keys=False, allow_unicode=True)
@@ -179,7 +180,7 @@ def fault_rules(draw: st.DrawFn, uris: list[str],
         nth = draw(st.integers(1, 3))
         garbage = draw(st.sampled_from(["binary", "truncated", "not-uuid"]))
         cmd = draw(st.sampled_from(["managedsave", "shutdown", "destroy", "list", "event"]))
-        rule: dict[str, Any] = {
+        by_kind: dict[str, dict[str, Any]] = {
             "wedge": {"cmd": "*", "uri": uri, "after": 1, "action": "hang"},
             "poll-fail": {"cmd": "list", "options": ["uuid"], "uri": uri, "nth": nth,
                           "action": "fail", "error": error},
@@ -199,8 +200,8 @@ def fault_rules(draw: st.DrawFn, uris: list[str],
                        "signal": draw(st.sampled_from(["TERM", "INT"]))},
             "guest-hang": {"cmd": draw(st.sampled_from(["managedsave", "shutdown"])),
                            "guest": draw(st.sampled_from(names)), "action": "hang"},
-        }[kind]
-        rules.append(rule)
+        }
+        rules.append(by_kind[kind])
     return rules
 
 
