@@ -27,6 +27,18 @@ def guests(*items: dict[str, Any]) -> dict[str, Any]:
     return {"uris": {"default": {"guests": list(items)}}}
 
 
+def wait_for(predicate: Callable[[], bool], what: str, proc: subprocess.Popen[str]) -> None:
+    """Poll until *predicate* holds; fail (killing *proc*) after 60 s or if it exits."""
+    deadline = time.monotonic() + 60
+    while not predicate():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, err = proc.communicate(timeout=30)
+            raise AssertionError(f"never saw {what}; virtguests exit {proc.returncode}\n"
+                                 f"{out}{err}")
+        time.sleep(0.05)
+
+
 def leftover_fakes(host: FakeHost) -> list[str]:
     proc = subprocess.run(["pgrep", "-af", str(host.bin / "virsh")], capture_output=True,
                           text=True)
@@ -311,8 +323,8 @@ def test_kill_9_during_stop_then_rerun_protects_everyone(fake_host: Make) -> Non
     host = fake_host({"uris": {"default": {"guests": [
         {"name": f"g{i}", "save_seconds": 0.3} for i in range(8)]}}})
     proc = host.spawn("stop")
-    while sum(1 for c in host.commands() if c[0] == "managedsave") < 2:
-        time.sleep(0.05)
+    wait_for(lambda: sum(1 for c in host.commands() if c[0] == "managedsave") >= 2,
+             "two managedsave calls", proc)
     os.kill(proc.pid, signal.SIGKILL)
     proc.communicate(timeout=30)
     rerun = host.run("stop")  # systemd runs stop again (or the next boot's start follows)
@@ -344,8 +356,7 @@ def test_sigterm_while_waiting_for_a_shutdown_is_not_a_timeout(fake_host: Make) 
         {"name": "slow", "shutdown_seconds": 30}, {"name": "next"}]}}},
         "ON_SHUTDOWN=shutdown\n")
     proc = host.spawn("stop")
-    while not any(c[0] == "shutdown" for c in host.commands()):
-        time.sleep(0.05)
+    wait_for(lambda: any(c[0] == "shutdown" for c in host.commands()), "a shutdown call", proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 1
