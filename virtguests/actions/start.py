@@ -42,14 +42,7 @@ def run_start(ctx: Context) -> int:
 
 def _start(ctx: Context) -> int:
     config = ctx.config
-    list_entries, pending, bad = records.read_recorded(ctx)
-    status = EXIT_OK
-    for line in bad:
-        ctx.report.error(str(line))
-        status = EXIT_FAIL
-    if not ctx.dry_run:
-        records.set_aside_unreadable(ctx, bad)
-    recorded = state.merge(list_entries, pending)
+    recorded, status = _read_records(ctx)
     orphans_wanted = config.resume_orphans and config.on_boot == "start"
     if not recorded and not orphans_wanted:
         records.mark_started(ctx)
@@ -57,11 +50,7 @@ def _start(ctx: Context) -> int:
     if config.on_boot != "start":
         ctx.report.say("libvirt-guests is configured not to start any guests on boot")
         if not ctx.dry_run:
-            records.disk(ctx, f"remove {ctx.paths.list_file}",
-                         lambda: state.remove(ctx.paths.list_file))
-            records.disk(ctx, f"remove {ctx.paths.pending}",
-                         lambda: state.remove(ctx.paths.pending))
-            records.mark_started(ctx)
+            _forget_records(ctx)
         return status
     wanted = unique([u for u in recorded if u in config.uris]
                     + (list(config.uris) if orphans_wanted else []))
@@ -71,15 +60,7 @@ def _start(ctx: Context) -> int:
 
     lookup = policy.resolving(ctx.policy, {u: v.canonical for u, v in views.items()})
     the_plan = plan.plan_start(config, recorded, views, lookup)
-    for token in the_plan.ignored:
-        ctx.report.say(f"Ignoring guests on {token} URI")
-    for view in the_plan.unreachable:
-        status = EXIT_FAIL
-        ctx.report.cannot_resume_uri(view.uri, str(view.error),
-                                     list(the_plan.keep.get(view.uri, [])))
-    for uri, uuid in the_plan.missing:
-        status = EXIT_FAIL
-        ctx.report.gone(uri, uuid)
+    status = max(status, _say_unplanned(ctx, the_plan))
     if ctx.dry_run:
         for argv in plan.start_commands(the_plan, config, ctx.virsh.argv):
             ctx.report.say(format_argv(argv))
@@ -93,12 +74,69 @@ def _start(ctx: Context) -> int:
         executor.internal_error("starting the guests", exc)
         result = EXIT_FAIL
 
+    _remember_running(ctx)
+    keep = _still_recorded(config, recorded, executor.settled, the_plan.missing)
+    status = max(status, _record_owed(ctx, the_plan, keep))
+    records.mark_started(ctx)
+    status = max(status, result)
+    if ctx.clock.cancel.is_set():
+        status = interrupted_summary(ctx, "start")
+    records.write_report(ctx, "start", status)
+    return status
+
+
+def _read_records(ctx: Context) -> tuple[dict[str, list[str]], int]:
+    """The guests the list and pending files owe a start; exit 1 when one is damaged
+    (an unreadable one is set aside, except in a dry run)."""
+    list_entries, pending, bad = records.read_recorded(ctx)
+    status = EXIT_OK
+    for line in bad:
+        ctx.report.error(str(line))
+        status = EXIT_FAIL
+    if not ctx.dry_run:
+        records.set_aside_unreadable(ctx, bad)
+    return state.merge(list_entries, pending), status
+
+
+def _forget_records(ctx: Context) -> None:
+    """ON_BOOT=ignore: the records go, as the reference's do, and we count as started."""
+    records.disk(ctx, f"remove {ctx.paths.list_file}",
+                 lambda: state.remove(ctx.paths.list_file))
+    records.disk(ctx, f"remove {ctx.paths.pending}",
+                 lambda: state.remove(ctx.paths.pending))
+    records.mark_started(ctx)
+
+
+def _say_unplanned(ctx: Context, the_plan: plan.StartPlan) -> int:
+    """URIs ignored or unreachable and guests gone, each said before anything starts;
+    exit 1 for the last two."""
+    status = EXIT_OK
+    for token in the_plan.ignored:
+        ctx.report.say(f"Ignoring guests on {token} URI")
+    for view in the_plan.unreachable:
+        status = EXIT_FAIL
+        ctx.report.cannot_resume_uri(view.uri, str(view.error),
+                                     list(the_plan.keep.get(view.uri, [])))
+    for uri, uuid in the_plan.missing:
+        status = EXIT_FAIL
+        ctx.report.gone(uri, uuid)
+    return status
+
+
+def _remember_running(ctx: Context) -> None:
+    """The guests now running (resumed, or found already active) join the seen file."""
     up: dict[str, dict[str, str]] = {}
     for done in ctx.report.outcomes.values():
         if done.outcome in (plan.Res.RESUMED, plan.Res.ALREADY_ACTIVE):
             up.setdefault(done.uri, {})[done.uuid] = done.name
     records.update_seen(ctx, up, replace_uris=False)
-    keep = _still_recorded(config, recorded, executor.settled, the_plan.missing)
+
+
+def _record_owed(ctx: Context, the_plan: plan.StartPlan,
+                 keep: Mapping[str, Sequence[str]]) -> int:
+    """What is still owed goes to the pending file, then the list file goes; exit 1 when
+    the pending file cannot be written (the list file stays: the next start retries all).
+    """
     # Unreachable and given-up URIs were named with their guests already.
     unreachable = {view.uri for view in the_plan.unreachable} | {
         uri for uri in keep if ctx.virsh.wedged(uri) is not None}
@@ -111,15 +149,8 @@ def _start(ctx: Context) -> int:
                     lambda: state.write_list(ctx.paths.pending, keep)):
         records.disk(ctx, f"remove the list file {ctx.paths.list_file}",
                      lambda: state.remove(ctx.paths.list_file))
-    else:
-        status = EXIT_FAIL  # the list file stays: the next start retries everything
-
-    records.mark_started(ctx)
-    status = max(status, result)
-    if ctx.clock.cancel.is_set():
-        status = interrupted_summary(ctx, "start")
-    records.write_report(ctx, "start", status)
-    return status
+        return EXIT_OK
+    return EXIT_FAIL
 
 
 def start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Sequence[str],
