@@ -1,7 +1,7 @@
 """The record is never dropped: stop and start end to end on the in-process simulated host,
 with a bug (an unexpected exception) injected into any virsh call.
 
-The service code (files, list file, pending file, status) is the production one;
+The actions (files, list file, pending file, status) are the production ones;
 only process creation is simulated (tests/simvirsh.py), so every position of the
 bug can be tried.
 """
@@ -21,7 +21,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.simvirsh import BUG, HANG, Fault, SimClock, SimGuest, SimHost, SimVirsh
-from virtguests import service, state
+from virtguests import state
+from virtguests.actions.context import Context
+from virtguests.actions.start import run_start
+from virtguests.actions.status import run_status
+from virtguests.actions.stop import run_stop
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded
 from virtguests.report import Reporter
@@ -51,10 +55,8 @@ class Box:
         self.virsh = SimVirsh(self.clock, {"default": self.host})  # a new run: nothing wedged
         out, err = io.StringIO(), io.StringIO()
         reporter = Reporter(out, err)
-        ctx = service.Context(Loaded(self.config, None), self.paths, self.virsh, reporter,
-                              self.clock)
-        code = {"stop": service.stop, "start": service.start, "status": service.status}[
-            command](ctx)
+        ctx = Context(Loaded(self.config, None), self.paths, self.virsh, reporter, self.clock)
+        code = {"stop": run_stop, "start": run_start, "status": run_status}[command](ctx)
         reporter.close()
         return code, out.getvalue(), err.getvalue()
 

@@ -40,6 +40,38 @@ def test_help_exits_0_and_documents_every_command(fake_host: Make) -> None:
         assert word in run.out
 
 
+def test_every_command_has_an_action() -> None:
+    from virtguests import cli
+
+    assert sorted(cli.actions()) == sorted([*cli.COMMANDS, *cli.EXTRA_COMMANDS])
+
+
+def man_page_exit_statuses() -> dict[int, str]:
+    """The EXIT STATUS section of doc/virtguests.8.md: code -> its text on one line."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "doc/virtguests.8.md").read_text()
+    section = text.split("\n# EXIT STATUS\n", 1)[1].split("\n# ", 1)[0]
+    found: dict[int, str] = {}
+    for block in section.strip().split("\n\n"):
+        head, _, body = block.partition("\n")
+        found[int(head.strip("`"))] = " ".join(body.lstrip(": ").split())
+    return found
+
+
+def test_one_exit_status_list_agrees_with_the_man_page_and_help() -> None:
+    import re
+
+    from virtguests import cli, exitstatus
+
+    documented = man_page_exit_statuses()
+    assert sorted(documented) == sorted(exitstatus.MEANING) == [0, 1, 2, 3, 6]
+    for code, meaning in exitstatus.MEANING.items():
+        assert documented[code].replace("`", "") == meaning
+    help_line = next(line for line in cli.HELP.splitlines() if line.startswith("exit status:"))
+    assert [int(n) for n in re.findall(r"(\d) [a-z]", help_line)] == sorted(exitstatus.MEANING)
+
+
 def test_unknown_option_is_a_usage_error(fake_host: Make) -> None:
     run = fake_host(two_guests()).run("--frobnicate", "status")
     assert run.code == 2 and "--frobnicate" in run.err and USAGE in run.out
@@ -249,12 +281,13 @@ def test_an_unexpected_error_is_one_line_and_exit_1_traceback_only_with_v(
         fake_host: Make, monkeypatch: pytest.MonkeyPatch, verbose: bool) -> None:
     import io
 
-    from virtguests import cli, service
+    from virtguests import cli
+    from virtguests.actions import status
 
     def broken(ctx: object) -> int:
         raise OverflowError("timeout value is too large")
 
-    monkeypatch.setattr(service, "status", broken)
+    monkeypatch.setattr(status, "run_status", broken)
     host = fake_host(two_guests())
     out, err = io.StringIO(), io.StringIO()
     code = cli.main(host.argv(*(["-v"] if verbose else []), "status"), environ=host.env(),

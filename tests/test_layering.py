@@ -1,6 +1,7 @@
 """Who may import whom.  The flow goes one way: no module imports one that comes after
-it.  The product never imports its test tooling (virtguests.testing); tools/ use only
-its public names and import nothing from tests/."""
+it; the actions (virtguests/actions/) sit above every other module but cli, which
+dispatches to them.  The product never imports its test tooling (virtguests.testing);
+tools/ use only its public names and import nothing from tests/."""
 
 from __future__ import annotations
 
@@ -14,26 +15,32 @@ import virtguests.testing
 
 PACKAGE = Path(virtguests.__file__).resolve().parent
 REPO = Path(__file__).resolve().parent.parent
-PRODUCT = sorted((REPO / "virtguests").glob("*.py"))
+SOURCE = REPO / "virtguests"
+PRODUCT = sorted([*SOURCE.glob("*.py"), *(SOURCE / "actions").glob("*.py")])
+PRODUCT_IDS = [str(p.relative_to(SOURCE)) for p in PRODUCT]
+LOWER = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("cli", "__main__"))
+"""The modules below the actions."""
+ACTIONS = sorted(f"actions/{p.stem}" for p in (PACKAGE / "actions").glob("*.py"))
 TOOLS = sorted((REPO / "tools").rglob("*.py"))
 
 ONLY = {"model": set(), "commands": {"config", "model"}}
 """The first modules of the flow, and all they may import from virtguests."""
 
 NOT_IMPORTED = {
-    "virshout": {"query", "observe", "plan", "policy", "executor", "service", "state"},
-    "state": {"virsh", "virshout", "query", "observe", "plan", "executor", "service"},
-    "query": {"observe", "plan", "policy", "executor", "service", "state"},
-    "observe": {"plan", "policy", "executor", "service", "state"},
-    "policy": {"virsh", "query", "observe", "plan", "executor", "service"},
-    "plan": {"virsh", "virshout", "query", "observe", "executor", "service", "state"},
-    "executor": {"observe", "service", "state", "policy"},
+    "virshout": {"query", "observe", "plan", "policy", "executor", "state"},
+    "state": {"virsh", "virshout", "query", "observe", "plan", "executor"},
+    "query": {"observe", "plan", "policy", "executor", "state"},
+    "observe": {"plan", "policy", "executor", "state"},
+    "policy": {"virsh", "query", "observe", "plan", "executor"},
+    "plan": {"virsh", "virshout", "query", "observe", "executor", "state"},
+    "executor": {"observe", "state", "policy"},
 }
 """For each later module, the virtguests modules it must not import."""
 
 
 def imported(module: str) -> set[str]:
-    """The virtguests modules *module* imports, at the top or inside a function."""
+    """The virtguests modules *module* (``plan``, ``actions/stop``) imports, at the top or
+    inside a function; anything in virtguests.actions counts as ``actions``."""
     tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
     out: set[str] = set()
     for node in ast.walk(tree):
@@ -49,7 +56,8 @@ def imported(module: str) -> set[str]:
 
 def test_imported_sees_every_form_of_import() -> None:
     assert {"commands", "query", "virshout", "model", "plan", "config"} <= imported("executor")
-    assert "conflicts" in imported("service")  # imported inside a function
+    assert "conflicts" in imported("actions/context")  # imported inside a function
+    assert {"actions", "executor", "plan"} <= imported("actions/stop")
 
 
 @pytest.mark.parametrize("module", sorted(ONLY))
@@ -60,6 +68,27 @@ def test_first_modules_import_only_what_comes_before(module: str) -> None:
 @pytest.mark.parametrize("module", sorted(NOT_IMPORTED))
 def test_module_imports_nothing_downstream(module: str) -> None:
     assert imported(module) & NOT_IMPORTED[module] == set()
+
+
+@pytest.mark.parametrize("module", LOWER)
+def test_nothing_below_the_actions_imports_them_or_cli(module: str) -> None:
+    assert imported(module) & {"actions", "cli"} == set()
+
+
+@pytest.mark.parametrize("module", ACTIONS)
+def test_the_actions_never_import_cli(module: str) -> None:
+    assert "cli" not in imported(module)
+
+
+def test_cli_dispatches_to_the_actions() -> None:
+    assert "actions" in imported("cli")
+
+
+def test_the_layers_are_all_checked() -> None:
+    assert {"executor", "observe", "plan", "state", "exitstatus"} <= set(LOWER)
+    assert "cli" not in LOWER
+    assert {"actions/stop", "actions/start", "actions/context", "actions/records"} <= set(
+        ACTIONS)
 
 
 
@@ -86,12 +115,13 @@ def within(module: str, package: str) -> bool:
 
 
 def test_the_product_modules_are_all_checked() -> None:
-    names = {p.stem for p in PRODUCT}
-    assert {"cli", "service", "executor", "virsh", "clock"} <= names
-    assert "fakevirsh" not in names
+    names = set(PRODUCT_IDS)
+    assert {"cli.py", "actions/stop.py", "actions/context.py", "executor.py", "virsh.py",
+            "clock.py"} <= names
+    assert not [n for n in names if "fakevirsh" in n or n.startswith("testing")]
 
 
-@pytest.mark.parametrize("path", PRODUCT, ids=[p.name for p in PRODUCT])
+@pytest.mark.parametrize("path", PRODUCT, ids=PRODUCT_IDS)
 def test_product_never_imports_test_tooling(path: Path) -> None:
     imports = imported_modules(path, "virtguests")
     assert not [m for m in imports if within(m, "virtguests.testing")]

@@ -12,15 +12,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn, Optional, TextIO
 
+from virtguests.exitstatus import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from virtguests.signals import StopRequests
 
 if TYPE_CHECKING:
+    from virtguests.actions.context import Context
     from virtguests.clock import Clock
     from virtguests.report import Reporter
-    from virtguests.service import Context
     from virtguests.virsh import Virsh
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
 COMMANDS = ("start", "stop", "status", "restart", "condrestart", "try-restart", "reload",
             "force-reload", "gueststatus", "shutdown")
@@ -170,7 +169,7 @@ def _main(args_in: list[str], env: Mapping[str, str], reporter: Reporter, clock:
         if args.help:
             reporter.out.write(_usage(prog) + "\n\n" + HELP)
             return EXIT_OK
-        command, plan_of = _command(args)
+        command, argument = _command(args)
     except _UsageError as problem:
         reporter.error(str(problem))
         reporter.out.write(_usage(prog) + "\n")
@@ -178,7 +177,8 @@ def _main(args_in: list[str], env: Mapping[str, str], reporter: Reporter, clock:
     reporter.quiet = args.quiet
 
     from virtguests import config as config_mod
-    from virtguests import service, state
+    from virtguests import state
+    from virtguests.actions.context import Context
     from virtguests.report import LogHandler
     from virtguests.virsh import Virsh, resolve_path
 
@@ -205,14 +205,11 @@ def _main(args_in: list[str], env: Mapping[str, str], reporter: Reporter, clock:
     if clock.cancel.is_set():
         virsh.interrupt()
     requests.on_signal = _and_then(requests.on_signal, virsh.interrupt)
-    ctx = service.Context(loaded, paths, virsh, reporter, clock,
-                          dry_run=args.dry_run, json=args.json)
+    ctx = Context(loaded, paths, virsh, reporter, clock, dry_run=args.dry_run, json=args.json)
     if guest_policy is not None:
         ctx.policy = guest_policy.lookup
     try:
-        if command == "plan":
-            return service.plan_command(ctx, plan_of or "stop")
-        return _dispatch(ctx, command)
+        return actions(argument)[command](ctx)
     finally:
         if args.verbose:
             logging.getLogger("virtguests").handlers[:] = []
@@ -227,31 +224,29 @@ def _and_then(first: Callable[[int, bool], None],
     return both
 
 
-def _dispatch(ctx: Context, command: str) -> int:
-    from virtguests import service
+def actions(argument: Optional[str] = None) -> dict[str, Callable[[Context], int]]:
+    """Every command and the action it runs; *argument* is the word after it (``plan``'s).
 
-    if command == "start":
-        return service.start(ctx)
-    if command == "stop":
-        return service.stop(ctx)
-    if command == "shutdown":
-        return service.stop(ctx, force_shutdown=True)
-    if command == "status":
-        return service.status(ctx)
-    if command == "gueststatus":
-        return service.gueststatus(ctx)
-    if command == "check":
-        return service.check(ctx)
-    if command == "report":
-        return service.report_command(ctx)
-    if command in ("reload", "force-reload"):
-        return service.EXIT_CONFIG if service.refuse_bad_config(ctx) else service.EXIT_OK
-    if command in ("condrestart", "try-restart") and not service.marker_exists(ctx):
-        return service.EXIT_CONFIG if service.refuse_bad_config(ctx) else service.EXIT_OK
-    if service.refuse_bad_config(ctx):
-        return service.EXIT_CONFIG
-    code = service.stop(ctx)
-    return code if code != 0 else service.start(ctx)
+    The actions are imported only when a command runs: usage errors and ``--help``
+    stay quick.
+    """
+    from virtguests.actions import check, plan, report, restart, start, status, stop
+
+    return {
+        "start": start.run_start,
+        "stop": stop.run_stop,
+        "shutdown": stop.run_shutdown,
+        "status": status.run_status,
+        "gueststatus": status.run_gueststatus,
+        "restart": restart.run_restart,
+        "condrestart": restart.run_condrestart,
+        "try-restart": restart.run_condrestart,
+        "reload": restart.run_reload,
+        "force-reload": restart.run_reload,
+        "check": check.run_check,
+        "plan": lambda ctx: plan.run_plan(ctx, argument or ARGUMENTS["plan"][0]),
+        "report": report.run_report,
+    }
 
 
 def _raise_usage(message: str) -> NoReturn:

@@ -1,0 +1,121 @@
+"""``plan [stop|start]``: what stop or start would do to each guest right now, and the
+virsh commands; changes nothing.
+
+observe (as stop or start does) -> plan (the same pure planner, ``virtguests.plan``) ->
+report (a table, or one JSON document).  Nothing is recorded or executed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from virtguests import commands, observe, plan, policy
+from virtguests.actions import records
+from virtguests.actions.context import Context, for_each_uri, refuse_bad_config, unique
+from virtguests.actions.start import start_views
+from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
+from virtguests.model import SHUTDOWN, UriView
+from virtguests.virsh import format_argv
+
+
+def run_plan(ctx: Context, which: str = "stop") -> int:
+    """What stop or start would do to each guest right now; changes nothing."""
+    if refuse_bad_config(ctx):
+        return EXIT_CONFIG
+    config = ctx.config
+    uris = unique(config.uris)
+    entries: list[dict[str, Any]] = []
+    if which == "stop":
+        views = for_each_uri(uris, lambda uri: observe.view_running(
+            ctx.virsh, uri, config, ctx.clock, ask_uri=policy.wants_canonical(ctx.policy, uri)))
+        the_plan = plan.plan_stop(config, [views[u] for u in uris], {}, policy.resolving(
+            ctx.policy, {u: views[u].canonical for u in uris}))
+        for uri in uris:
+            entries.append(_stop_entry(ctx, views[uri], the_plan))
+    else:
+        recorded, _ = records.recorded_earlier(ctx, stale_warning=False)
+        wanted = [u for u in uris if u in recorded]
+        views = start_views(ctx, recorded, wanted)
+        start_plan = plan.plan_start(config, recorded, views, policy.resolving(
+            ctx.policy, {u: v.canonical for u, v in views.items()}))
+        for uri in wanted:
+            entries.append(_start_entry(ctx, views[uri], start_plan))
+    document = {"command": which, "uris": entries}
+    if ctx.json:
+        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    else:
+        _print_plan(ctx, document)
+    return EXIT_FAIL if any(e["error"] for e in entries) else EXIT_OK
+
+
+def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[str, Any]:
+    entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": []}
+    item = next((i for i in the_plan.uris if i.uri == view.uri), None)
+    if item is None:
+        return entry
+    planned = {s.guest.uuid: s for s in item.guests}
+    for group in item.groups():
+        for step in group:
+            entry["guests"].append({
+                "name": step.guest.name, "uuid": step.guest.uuid, "order": step.group,
+                "actions": list(step.actions),
+                "timeout": step.timeout if SHUTDOWN in step.actions else None,
+                "commands": [format_argv(ctx.virsh.argv(view.uri, commands.stop_action(
+                    a, step.guest.uuid, ctx.config))) for a in step.actions],
+            })
+    for guest in item.running:
+        if guest.uuid not in planned:
+            why = ("transient: not suspended" if guest in item.transient_skipped
+                   else "left running by policy")
+            entry["guests"].append({"name": guest.name, "uuid": guest.uuid, "order": None,
+                                    "actions": [], "timeout": None, "commands": [],
+                                    "note": why})
+    return entry
+
+
+def _start_entry(ctx: Context, view: UriView,
+                 start_plan: plan.StartPlan) -> dict[str, Any]:
+    entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": [],
+                             "listed": view.listed}
+    item = next((i for i in start_plan.uris if i.uri == view.uri), None)
+    for guest in sorted(item.guests if item else (), key=lambda g: g.group):
+        calls = []
+        if guest.start:
+            calls.append(format_argv(ctx.virsh.argv(view.uri,
+                                                    commands.start(guest.uuid, ctx.config))))
+        entry["guests"].append({
+            "name": guest.name, "uuid": guest.uuid, "order": guest.group,
+            "actions": ["start"] if guest.start else [], "note": guest.reason or None,
+            "delay_after": guest.delay_after, "commands": calls})
+    for uri, uuid in start_plan.missing:
+        if uri == view.uri:
+            entry["guests"].append({"name": None, "uuid": uuid, "order": None, "actions": [],
+                                    "note": "recorded but no longer exists", "commands": []})
+    return entry
+
+
+def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
+    for entry in document["uris"]:
+        ctx.report.say(f"{entry['uri']}:")
+        if entry["error"]:
+            ctx.report.say(f"  cannot list guests: {entry['error']}")
+            continue
+        if entry.get("listed") is False:
+            ctx.report.say("  (not listed: names from the last stop; virsh start reports "
+                           "guests already running)")
+        rows = [("GUEST", "ORDER", "ACTIONS", "TIMEOUT", "COMMAND")]
+        for guest in entry["guests"]:
+            actions = " -> ".join(guest["actions"]) or guest.get("note") or "none"
+            timeout = guest.get("timeout")
+            rows.append((str(guest["name"] or guest["uuid"]),
+                         "" if guest["order"] is None else str(guest["order"]),
+                         actions, "" if timeout is None else f"{timeout}s",
+                         guest["commands"][0] if guest["commands"] else ""))
+        if len(rows) == 1:
+            ctx.report.say("  no guests to act on")
+            continue
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for row in rows:
+            cells = [row[i].ljust(widths[i]) for i in range(4)]
+            ctx.report.say("  " + "  ".join([*cells, row[4]]).rstrip())

@@ -1,0 +1,146 @@
+"""The files the actions keep true: the list file and the pending file (guests owed a
+start), the seen file (what each URI was running), the started marker and the run report.
+
+A failed write is reported, never fatal to the guests.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Callable, Optional
+
+from virtguests import state
+from virtguests.actions.context import Context
+
+
+def disk(ctx: Context, what: str, action: Callable[[], None]) -> bool:
+    """Do one state-file write; a failure is reported, never fatal to the guests."""
+    try:
+        action()
+    except OSError as err:
+        ctx.report.error(f"cannot {what}: {err}")
+        return False
+    return True
+
+
+def read_recorded(ctx: Context) -> tuple[state.Entries, state.Entries, list[state.BadLine]]:
+    """The list file, the leftovers of failed starts, and their damaged lines."""
+    entries, bad = state.read_list(ctx.paths.list_file)
+    pending, bad_pending = state.read_list(ctx.paths.pending)
+    return entries, pending, [*bad, *bad_pending]
+
+
+def recorded_earlier(ctx: Context, *,
+                     stale_warning: bool) -> tuple[dict[str, list[str]], list[state.BadLine]]:
+    """Entries still on disk from an earlier stop or failed start (never dropped), and the
+    damage found (reported here)."""
+    entries, pending, bad = read_recorded(ctx)
+    for line in bad:
+        ctx.report.error(str(line))
+    if entries and stale_warning:
+        count = sum(len(v) for v in entries.values())
+        ctx.report.warn(
+            f"{ctx.paths.list_file} from an earlier stop was never resumed by a start; "
+            f"its {count} guest(s) stay recorded, and running guests are protected now"
+        )
+    return state.merge(entries, pending), bad
+
+
+def set_aside_unreadable(ctx: Context, bad: Sequence[state.BadLine]) -> bool:
+    """A list or pending file we could not read is moved aside, not overwritten or removed:
+    what it records is unknown, and the admin may still recover it."""
+    ok = True
+    for path in dict.fromkeys(b.path for b in bad if b.unreadable):
+        if not path.exists() and not path.is_symlink():
+            continue
+        try:
+            aside = state.set_aside(path)
+        except OSError as err:
+            ctx.report.error(f"cannot move the unreadable {path} aside: {err}")
+            ok = False
+        else:
+            ctx.report.error(f"{path} could not be read; kept as {aside}")
+    return ok
+
+
+def update_seen(ctx: Context, running: Mapping[str, Mapping[str, str]], *,
+                replace_uris: bool) -> dict[str, dict[str, str]]:
+    """Remember the persistent guests each URI was running (URI -> UUID -> name).
+
+    When a URI cannot be reached at the next stop, these are the guests we can
+    still name, and record for the next start.  `stop` sees everything running
+    (*replace_uris*); `start` adds what it resumed or found already running.
+    """
+    seen = read_seen(ctx, report=True)
+    for uri, guests in running.items():
+        seen[uri] = dict(guests) if replace_uris else {**seen.get(uri, {}), **guests}
+    if not ctx.dry_run:
+        try:
+            state.write_json(ctx.paths.seen, seen)
+        except OSError as err:
+            ctx.report.warn(f"cannot write {ctx.paths.seen}: {err}")
+    return seen
+
+
+def read_seen(ctx: Context, *, report: bool) -> dict[str, dict[str, str]]:
+    """The seen file's valid entries; its damage is *report*ed (once per run is enough)."""
+    seen, problems = state.read_seen(ctx.paths.seen)
+    if report:
+        for problem in problems:
+            ctx.report.warn(f"{problem} (ignored; the file is rewritten)")
+    return seen
+
+
+def mark_started(ctx: Context) -> None:
+    if not ctx.dry_run:
+        disk(ctx, f"create the started marker {ctx.paths.marker}",
+             lambda: state.touch(ctx.paths.marker))
+
+
+def marker_exists(ctx: Context) -> bool:
+    return ctx.paths.marker.exists()
+
+
+def write_report(ctx: Context, command: str, status: Optional[int]) -> None:
+    if ctx.dry_run:
+        return
+    try:
+        state.write_json(ctx.paths.report, ctx.report.document(command, status
+                                                                if status is not None else -1))
+    except OSError as err:
+        ctx.report.warn(f"cannot write the run report {ctx.paths.report}: {err}")
+
+
+def read_report(ctx: Context, say: Callable[[str], None]) -> Optional[dict[str, Any]]:
+    """The last run's report, its valid parts; each problem with the file goes to *say*."""
+    document, problems = state.read_report(ctx.paths.report)
+    for problem in problems:
+        say(str(problem))
+    return document
+
+
+class Checkpoint:
+    """Rewrite the run report as guests are handled, at most once a second.
+
+    Rewriting it after every guest made large runs quadratic; the list file,
+    which is what `start` needs, is already on disk before anything is done.
+    """
+
+    EVERY = 1.0
+
+    def __init__(self, ctx: Context, command: str) -> None:
+        self.ctx = ctx
+        self.command = command
+        self.last = time.monotonic()
+        self.lock = threading.Lock()
+
+    def __call__(self) -> None:
+        if time.monotonic() - self.last < self.EVERY or not self.lock.acquire(blocking=False):
+            return
+        try:
+            write_report(self.ctx, self.command, None)
+            self.last = time.monotonic()
+        finally:
+            self.lock.release()

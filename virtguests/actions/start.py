@@ -1,0 +1,219 @@
+"""``start``: resume or start the guests the last stop recorded.
+
+observe (the list and pending files, the URIs that must be listed, saved guests nobody
+recorded with RESUME_ORPHANS) -> plan (``plan.plan_start``) -> say what cannot be done
+(a dry run also prints the commands and stops there) -> execute -> record (what is still
+owed goes to the pending file, the list file goes) -> report (the marker, the run report).
+The list file written by stop is the record while the guests start.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from virtguests import observe, plan, policy, state
+from virtguests.actions import records
+from virtguests.actions.context import (
+    Context,
+    for_each_uri,
+    holding_lock,
+    interrupted_summary,
+    look,
+    refuse_bad_config,
+    report_conflicts,
+    unique,
+)
+from virtguests.actions.records import Checkpoint
+from virtguests.config import Config
+from virtguests.executor import Executor
+from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
+from virtguests.model import Guest, UriView
+from virtguests.virsh import format_argv
+
+
+def run_start(ctx: Context) -> int:
+    if refuse_bad_config(ctx, "start"):
+        return EXIT_CONFIG
+    report_conflicts(ctx)
+    with holding_lock(ctx) as held:
+        code = _start(ctx) if held else EXIT_FAIL
+    return EXIT_CONFIG if ctx.loaded.problems else code
+
+
+def _start(ctx: Context) -> int:
+    config = ctx.config
+    recorded, status = _read_records(ctx)
+    orphans_wanted = config.resume_orphans and config.on_boot == "start"
+    if not recorded and not orphans_wanted:
+        records.mark_started(ctx)
+        return status
+    if config.on_boot != "start":
+        ctx.report.say("libvirt-guests is configured not to start any guests on boot")
+        if not ctx.dry_run:
+            _forget_records(ctx)
+        return status
+    wanted = unique([u for u in recorded if u in config.uris]
+                    + (list(config.uris) if orphans_wanted else []))
+    views = start_views(ctx, recorded, wanted, managed_save=orphans_wanted)
+    if orphans_wanted:
+        _add_orphans(ctx, views, recorded)
+
+    lookup = policy.resolving(ctx.policy, {u: v.canonical for u, v in views.items()})
+    the_plan = plan.plan_start(config, recorded, views, lookup)
+    status = max(status, _say_unplanned(ctx, the_plan))
+    if ctx.dry_run:
+        for argv in plan.start_commands(the_plan, config, ctx.virsh.argv):
+            ctx.report.say(format_argv(argv))
+        return status
+
+    executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
+                        checkpoint=Checkpoint(ctx, "start"))
+    try:
+        result = executor.start(the_plan)
+    except Exception as exc:  # a bug past the executor's own guards: keep every record
+        executor.internal_error("starting the guests", exc)
+        result = EXIT_FAIL
+
+    _remember_running(ctx)
+    keep = _still_recorded(config, recorded, executor.settled, the_plan.missing)
+    status = max(status, _record_owed(ctx, the_plan, keep))
+    records.mark_started(ctx)
+    status = max(status, result)
+    if ctx.clock.cancel.is_set():
+        status = interrupted_summary(ctx, "start")
+    records.write_report(ctx, "start", status)
+    return status
+
+
+def _read_records(ctx: Context) -> tuple[dict[str, list[str]], int]:
+    """The guests the list and pending files owe a start; exit 1 when one is damaged
+    (an unreadable one is set aside, except in a dry run)."""
+    list_entries, pending, bad = records.read_recorded(ctx)
+    status = EXIT_OK
+    for line in bad:
+        ctx.report.error(str(line))
+        status = EXIT_FAIL
+    if not ctx.dry_run:
+        records.set_aside_unreadable(ctx, bad)
+    return state.merge(list_entries, pending), status
+
+
+def _forget_records(ctx: Context) -> None:
+    """ON_BOOT=ignore: the records go, as the reference's do, and we count as started."""
+    records.disk(ctx, f"remove {ctx.paths.list_file}",
+                 lambda: state.remove(ctx.paths.list_file))
+    records.disk(ctx, f"remove {ctx.paths.pending}",
+                 lambda: state.remove(ctx.paths.pending))
+    records.mark_started(ctx)
+
+
+def _say_unplanned(ctx: Context, the_plan: plan.StartPlan) -> int:
+    """URIs ignored or unreachable and guests gone, each said before anything starts;
+    exit 1 for the last two."""
+    status = EXIT_OK
+    for token in the_plan.ignored:
+        ctx.report.say(f"Ignoring guests on {token} URI")
+    for view in the_plan.unreachable:
+        status = EXIT_FAIL
+        ctx.report.cannot_resume_uri(view.uri, str(view.error),
+                                     list(the_plan.keep.get(view.uri, [])))
+    for uri, uuid in the_plan.missing:
+        status = EXIT_FAIL
+        ctx.report.gone(uri, uuid)
+    return status
+
+
+def _remember_running(ctx: Context) -> None:
+    """The guests now running (resumed, or found already active) join the seen file."""
+    up: dict[str, dict[str, str]] = {}
+    for done in ctx.report.outcomes.values():
+        if done.outcome in (plan.Res.RESUMED, plan.Res.ALREADY_ACTIVE):
+            up.setdefault(done.uri, {})[done.uuid] = done.name
+    records.update_seen(ctx, up, replace_uris=False)
+
+
+def _record_owed(ctx: Context, the_plan: plan.StartPlan,
+                 keep: Mapping[str, Sequence[str]]) -> int:
+    """What is still owed goes to the pending file, then the list file goes; exit 1 when
+    the pending file cannot be written (the list file stays: the next start retries all).
+    """
+    # Unreachable and given-up URIs were named with their guests already.
+    unreachable = {view.uri for view in the_plan.unreachable} | {
+        uri for uri in keep if ctx.virsh.wedged(uri) is not None}
+    not_resumed = [ctx.report.outcomes[(uri, uuid)].name
+                   if (uri, uuid) in ctx.report.outcomes else uuid
+                   for uri, ids in keep.items() if uri not in unreachable for uuid in ids]
+    if not_resumed:
+        ctx.report.error("not resumed, kept for the next start: " + ", ".join(not_resumed))
+    if records.disk(ctx, f"write {ctx.paths.pending}",
+                    lambda: state.write_list(ctx.paths.pending, keep)):
+        records.disk(ctx, f"remove the list file {ctx.paths.list_file}",
+                     lambda: state.remove(ctx.paths.list_file))
+        return EXIT_OK
+    return EXIT_FAIL
+
+
+def start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Sequence[str],
+                *, managed_save: bool = False) -> dict[str, UriView]:
+    """What start needs to know about each URI, listing only where it must.
+
+    A URI whose recorded guests all have names in our records is not listed:
+    starting them by UUID tells which are already active or gone, and the
+    first start checks the connection.  Guests we cannot name (a list file
+    written by libvirt-guests), a search for unrecorded saved guests, or
+    START_DELAY (no delay is spent on a guest that is already running) need a
+    listing.  ``plan start`` looks the same way.
+    """
+    seen = records.read_seen(ctx, report=False)
+
+    def view(uri: str) -> UriView:
+        names = seen.get(uri, {})
+        ids = recorded.get(uri, [])
+        ask = policy.wants_canonical(ctx.policy, uri)
+        if managed_save or ctx.config.start_delay or not all(uuid in names for uuid in ids):
+            return look(ctx, uri, lambda: observe.view_all(
+                ctx.virsh, uri, ctx.config, ctx.clock, managed_save=managed_save, ask_uri=ask))
+        return UriView(uri, tuple(Guest(uuid, names[uuid], active=False) for uuid in ids),
+                       listed=False,
+                       canonical=observe.canonical_uri(ctx.virsh, uri, ctx.config)
+                       if ask else None)
+
+    return for_each_uri(wanted, view)
+
+
+def _add_orphans(ctx: Context, views: Mapping[str, UriView],
+                 recorded: dict[str, list[str]]) -> None:
+    """RESUME_ORPHANS: saved guests nobody recorded join the record (each one warned)."""
+    for uri, view in views.items():
+        known = recorded.get(uri, [])
+        extra = plan.orphans(view, known)
+        for uuid in extra:
+            guest = view.find(uuid)
+            ctx.report.warn(f"guest {guest.name if guest else uuid} on {uri} has a "
+                            "managed-save image but was not recorded; resuming it "
+                            "(RESUME_ORPHANS)")
+        if extra:
+            recorded[uri] = [*known, *extra]
+
+
+def _still_recorded(config: Config, recorded: Mapping[str, Sequence[str]],
+                    settled: Mapping[str, set[str]],
+                    missing: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """What stays recorded after a start: every guest without a definite outcome.
+
+    Only guests that were resumed, found running, found gone or skipped by
+    policy (``plan.SETTLED``) leave the record, whatever else happened (a
+    failure, a signal, an unreachable or given-up URI, a bug).  Guests of URIs
+    no longer in URIS are dropped, as the reference does.
+    """
+    done = {uri: set(ids) for uri, ids in settled.items()}
+    for uri, uuid in missing:
+        done.setdefault(uri, set()).add(uuid)
+    keep: dict[str, list[str]] = {}
+    for uri, ids in recorded.items():
+        if uri not in config.uris:
+            continue
+        left = [uuid for uuid in dict.fromkeys(ids) if uuid not in done.get(uri, set())]
+        if left:
+            keep[uri] = left
+    return keep

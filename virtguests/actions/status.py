@@ -1,0 +1,95 @@
+"""``status`` (what the records say: started, or stopped with or without saved guests)
+and ``gueststatus`` (the guests on every URI).  Both only look: nothing is planned,
+recorded or executed."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from virtguests import observe, virshout
+from virtguests.actions import records
+from virtguests.actions.context import Context, for_each_uri, refuse_bad_config, unique
+from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_STOPPED
+from virtguests.virsh import VirshError
+
+
+def run_status(ctx: Context) -> int:
+    if refuse_bad_config(ctx, "status"):
+        return EXIT_CONFIG
+    entries, pending, bad = records.read_recorded(ctx)
+    owed = any(pending.values()) or any(b.unreadable for b in bad)
+    if ctx.paths.list_file.exists() or owed:
+        # Guests a start could not resume are saved guests still owed: never "started".
+        word, code = "stopped, with saved guests", EXIT_STOPPED
+    elif ctx.paths.marker.exists():
+        word, code = "started", EXIT_OK
+    else:
+        word, code = "stopped, with no saved guests", EXIT_STOPPED
+    if ctx.json:
+        document: dict[str, Any] = {
+            "state": word,
+            "exit_status": code,
+            "list_file": {"path": str(ctx.paths.list_file), "entries": entries,
+                          "bad_lines": [str(b) for b in bad if b.path == ctx.paths.list_file]},
+            "not_resumed": {"path": str(ctx.paths.pending), "entries": pending,
+                            "bad_lines": [str(b) for b in bad if b.path == ctx.paths.pending]},
+            "last_run": records.read_report(ctx, ctx.report.warn),
+        }
+        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        return code
+    ctx.report.say(word)
+    for uri, ids in pending.items():
+        ctx.report.say(f"Not resumed at the last start, kept for the next one: {uri}: "
+                       + " ".join(ids))
+    for line in bad:
+        ctx.report.error(str(line))
+    return code
+
+
+def run_gueststatus(ctx: Context) -> int:
+    if refuse_bad_config(ctx):
+        return EXIT_CONFIG
+    config = ctx.config
+    uris = unique(config.uris)
+    if ctx.json:
+        views = for_each_uri(uris, lambda uri: _describe_uri(ctx, uri))
+        ctx.report.out.write(json.dumps({"uris": [views[u] for u in uris]}, indent=2,
+                                        sort_keys=True) + "\n")
+        return EXIT_FAIL if any(v.get("error") for v in views.values()) else EXIT_OK
+
+    def table(uri: str) -> Optional[str]:
+        try:
+            return observe.guest_table(ctx.virsh, uri, config)
+        except VirshError as err:
+            ctx.report.error(str(err))
+            return None
+
+    tables = for_each_uri(uris, table)
+    code = EXIT_OK
+    for uri in uris:
+        ctx.report.say(f"* {uri} URI:")
+        text = tables.get(uri)
+        if text is None:
+            code = EXIT_FAIL
+            ctx.report.say("")
+        else:
+            ctx.report.out.write(virshout.table_without_domain0(text))
+            ctx.report.out.flush()
+    return code
+
+
+def _describe_uri(ctx: Context, uri: str) -> dict[str, Any]:
+    config = ctx.config
+    view = observe.view_all(ctx.virsh, uri, config, ctx.clock, managed_save=True)
+    if not view.reachable:
+        return {"uri": uri, "error": view.error, "guests": []}
+    persistent: Optional[set[str]] = None
+    try:
+        persistent = observe.persistent_uuids(ctx.virsh, uri, config)
+    except VirshError as err:
+        return {"uri": uri, "error": str(err), "guests": []}
+    return {"uri": uri, "error": None, "guests": [
+        {"uuid": g.uuid, "name": g.name, "active": g.active,
+         "persistent": g.uuid in persistent, "managed_save": g.managed_save}
+        for g in view.guests]}
