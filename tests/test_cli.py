@@ -69,10 +69,11 @@ def test_status_lifecycle(fake_host: Make) -> None:
     first = host.run("status")
     assert (first.code, first.out) == (3, "stopped, with no saved guests\n")
     assert host.run("stop").code == 0
-    assert (host.run("status").code, host.run("status").out) == (3,
-                                                                "stopped, with saved guests\n")
+    saved = host.run("status")
+    assert (saved.code, saved.out) == (3, "stopped, with saved guests\n")
     assert host.run("start").code == 0
-    assert (host.run("status").code, host.run("status").out) == (0, "started\n")
+    started = host.run("status")
+    assert (started.code, started.out) == (0, "started\n")
 
 
 def test_status_json(fake_host: Make) -> None:
