@@ -1,4 +1,9 @@
-"""The command line: usage, exit codes, status, check, dry-run, JSON."""
+"""The command line: usage, exit codes, status, check, dry-run, JSON.
+
+Most tests run ``cli.main`` and the fake virsh in-process (``run_inprocess``); the few
+whose subject is the process (entry points, argv from the command line, --virsh/$VIRSH)
+run ``python -m virtguests``.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +16,17 @@ from collections.abc import Callable
 import pytest
 
 from virtguests import observe
-from virtguests.testing import FakeHost
+from virtguests.testing import FakeHost, Run, run_inprocess
 
 USAGE = ("Usage: virtguests {start|stop|status|restart|condrestart|try-restart|reload|"
          "force-reload|gueststatus|shutdown}")
 
 Make = Callable[..., FakeHost]
+
+
+def inproc(host: FakeHost, *args: str) -> Run:
+    """virtguests in this process on the jumping virtual clock, the fake virsh too."""
+    return run_inprocess(host, *args)[0]
 
 
 def two_guests() -> dict[str, object]:
@@ -27,13 +37,13 @@ def two_guests() -> dict[str, object]:
 def test_bad_or_missing_command_prints_usage_and_exits_2(fake_host: Make,
                                                          args: list[str]) -> None:
     host = fake_host(two_guests())
-    run = host.run(*args)
+    run = inproc(host, *args)
     assert (run.code, run.out.strip()) == (2, USAGE)
     assert host.calls() == []
 
 
 def test_help_exits_0_and_documents_every_command(fake_host: Make) -> None:
-    run = fake_host(two_guests()).run("--help")
+    run = inproc(fake_host(two_guests()), "--help")
     assert run.code == 0 and run.lines[0] == USAGE
     for word in ("start", "stop", "shutdown", "gueststatus", "condrestart", "check",
                  "--dry-run", "--state-dir", "--virsh", "--json"):
@@ -73,31 +83,35 @@ def test_one_exit_status_list_agrees_with_the_man_page_and_help() -> None:
 
 
 def test_unknown_option_is_a_usage_error(fake_host: Make) -> None:
+    """A process: argv as the command line gives it, exit status 2 from the interpreter."""
     run = fake_host(two_guests()).run("--frobnicate", "status")
     assert run.code == 2 and "--frobnicate" in run.err and USAGE in run.out
 
 
 def test_python_dash_m_and_console_script_agree(fake_host: Make) -> None:
+    """A process: the `python -m virtguests` entry point."""
     proc = subprocess.run([sys.executable, "-m", "virtguests", "--help"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and proc.stdout.startswith(USAGE)
 
 
 def test_status_lifecycle(fake_host: Make) -> None:
+    """Processes: status, stop and start end to end, as systemd runs them."""
     host = fake_host(two_guests())
     first = host.run("status")
     assert (first.code, first.out) == (3, "stopped, with no saved guests\n")
     assert host.run("stop").code == 0
-    assert (host.run("status").code, host.run("status").out) == (3,
-                                                                "stopped, with saved guests\n")
+    saved = host.run("status")
+    assert (saved.code, saved.out) == (3, "stopped, with saved guests\n")
     assert host.run("start").code == 0
-    assert (host.run("status").code, host.run("status").out) == (0, "started\n")
+    started = host.run("status")
+    assert (started.code, started.out) == (0, "started\n")
 
 
 def test_status_json(fake_host: Make) -> None:
     host = fake_host(two_guests())
-    host.run("stop")
-    run = host.run("--json", "status")
+    inproc(host, "stop")
+    run = inproc(host, "--json", "status")
     doc = json.loads(run.out)
     assert run.code == 3 and doc["state"] == "stopped, with saved guests"
     assert doc["list_file"]["entries"] == {"default": [host.uuid("web"), host.uuid("db")]}
@@ -107,17 +121,17 @@ def test_status_json(fake_host: Make) -> None:
 def test_reload_does_nothing(fake_host: Make) -> None:
     host = fake_host(two_guests())
     for command in ("reload", "force-reload"):
-        run = host.run(command)
+        run = inproc(host, command)
         assert (run.code, run.out) == (0, "")
     assert host.calls() == []
 
 
 def test_condrestart_only_when_started(fake_host: Make) -> None:
     host = fake_host(two_guests())
-    assert host.run("condrestart").code == 0
+    assert inproc(host, "condrestart").code == 0
     assert host.calls() == []
-    host.run("start")
-    run = host.run("try-restart")
+    inproc(host, "start")
+    run = inproc(host, "try-restart")
     assert run.code == 0
     assert "Suspending web: done" in run.lines and "Resuming guest web: done" in run.lines
     assert host.active() == {"web", "db"}
@@ -125,7 +139,7 @@ def test_condrestart_only_when_started(fake_host: Make) -> None:
 
 def test_restart_stops_then_starts(fake_host: Make) -> None:
     host = fake_host(two_guests())
-    run = host.run("restart")
+    run = inproc(host, "restart")
     assert run.code == 0
     assert run.lines.index("Suspending db: done") < run.lines.index("Resuming guest web: done")
     assert not host.list_file.exists() and host.active() == {"web", "db"}
@@ -133,24 +147,24 @@ def test_restart_stops_then_starts(fake_host: Make) -> None:
 
 def test_check_reports_every_problem_and_exits_6(fake_host: Make) -> None:
     host = fake_host(two_guests(), "ON_BOOT=maybe\nSTART_DELAY=-3\nFOO=1\n")
-    run = host.run("check")
+    run = inproc(host, "check")
     assert run.code == 6
     path = host.config_file
     assert f"{path}:1: ON_BOOT: invalid value 'maybe' (allowed: start, ignore)" in run.err
     assert f"{path}:2: START_DELAY: must be equal or greater than 0" in run.err
     assert f"{path}:3: FOO: unknown variable, ignored" in run.err
     host.set_config("ON_BOOT=ignore\n")
-    ok = host.run("check")
+    ok = inproc(host, "check")
     assert ok.code == 0 and ok.out == f"{path}: OK\n"
 
 
 @pytest.mark.parametrize("command", ["gueststatus", "restart", "reload", "condrestart"])
 def test_invalid_config_makes_other_commands_refuse(fake_host: Make, command: str) -> None:
     host = fake_host(two_guests(), "ON_SHUTDOWN=hibernate\n")
-    host.run("stop")  # leaves a list file for start to refuse to act on
+    inproc(host, "stop")  # leaves a list file for start to refuse to act on
     before = host.list_file.read_text()
     calls = len(host.calls())
-    run = host.run(command)
+    run = inproc(host, command)
     assert run.code == 6
     assert "ON_SHUTDOWN: invalid action 'hibernate'" in run.err
     assert len(host.calls()) == calls and host.list_file.read_text() == before
@@ -158,7 +172,7 @@ def test_invalid_config_makes_other_commands_refuse(fake_host: Make, command: st
 
 def test_stop_with_invalid_config_still_protects_guests_then_exits_6(fake_host: Make) -> None:
     host = fake_host(two_guests(), "ON_SHUTDOWN=hibernate\nSHUTDOWN_TIMEOUT=-1\n")
-    run = host.run("stop")
+    run = inproc(host, "stop")
     assert run.code == 6
     assert "Suspending web: done" in run.lines and "Suspending db: done" in run.lines
     assert "SHUTDOWN_TIMEOUT: must be equal or greater than 0" in run.err
@@ -168,15 +182,15 @@ def test_stop_with_invalid_config_still_protects_guests_then_exits_6(fake_host: 
 def test_missing_explicit_config_is_an_error(fake_host: Make) -> None:
     host = fake_host(two_guests())
     host.config_file.unlink()
-    run = host.run("start")
+    run = inproc(host, "start")
     assert run.code == 6 and f"{host.config_file}: config file does not exist" in run.err
-    status = host.run("status")  # needs nothing from the config: answers, with a warning
+    status = inproc(host, "status")  # needs nothing from the config: answers, with a warning
     assert status.code == 3 and f"{host.config_file}: config file does not exist" in status.err
 
 
 def test_dry_run_stop_prints_exact_commands_and_changes_nothing(fake_host: Make) -> None:
     host = fake_host(two_guests(), "BYPASS_CACHE=1\n")
-    run = host.run("--dry-run", "stop")
+    run = inproc(host, "--dry-run", "stop")
     web, db = host.uuid("web"), host.uuid("db")
     assert run.code == 0
     virsh = host.bin / "virsh"
@@ -188,16 +202,16 @@ def test_dry_run_stop_prints_exact_commands_and_changes_nothing(fake_host: Make)
 
 def test_dry_run_start(fake_host: Make) -> None:
     host = fake_host(two_guests(), "SYNC_TIME=1\n")
-    host.run("stop")
+    inproc(host, "stop")
     after_stop = len(host.commands())
-    run = host.run("-n", "start")
+    run = inproc(host, "-n", "start")
     web, db = host.uuid("web"), host.uuid("db")
     virsh = host.bin / "virsh"
     assert run.lines[-4:] == [f"{virsh} start {web}", f"{virsh} domtime --sync {web}",
                               f"{virsh} start {db}", f"{virsh} domtime --sync {db}"]
     assert host.list_file.exists() and host.active() == set()
     assert len(host.commands()) == after_stop, "names from the stop: nothing to list"
-    plan = host.run("plan", "start")
+    plan = inproc(host, "plan", "start")
     assert plan.lines[:2] == ["default:", "  (not listed: names from the last stop; virsh "
                               "start reports guests already running)"]
     assert f"{virsh} start {web}" in plan.out
@@ -209,7 +223,7 @@ def test_gueststatus_prints_each_uri_table(fake_host: Make) -> None:
         "test:///other": {"guests": [{"name": "x"}, {"name": "y", "state": "shutoff"}]},
         "test:///down": {"unreachable": True}}},
         'URIS="default test:///other test:///down"\nCONNECT_RETRIES=0\n')
-    run = host.run("gueststatus")
+    run = inproc(host, "gueststatus")
     table_web = host.virsh("list").stdout
     table_other = host.virsh("-c", "test:///other", "list").stdout
     assert run.out == ("* default URI:\n" + table_web + "* test:///other URI:\n" + table_other
@@ -221,7 +235,7 @@ def test_gueststatus_json(fake_host: Make) -> None:
     host = fake_host({"uris": {"default": {"guests": [
         {"name": "web"}, {"name": "gone", "state": "shutoff", "managed_save": True},
         {"name": "tmp", "persistent": False}]}}})
-    doc = json.loads(host.run("--json", "gueststatus").out)
+    doc = json.loads(inproc(host, "--json", "gueststatus").out)
     guests = {g["name"]: g for g in doc["uris"][0]["guests"]}
     assert guests["web"]["active"] and guests["web"]["persistent"]
     assert guests["gone"]["managed_save"] and not guests["gone"]["active"]
@@ -229,6 +243,8 @@ def test_gueststatus_json(fake_host: Make) -> None:
 
 
 def test_virsh_path_option_and_env(fake_host: Make) -> None:
+    """Processes: $VIRSH and --virsh against a PATH without the fake; the dry run end to
+    end."""
     host = fake_host(two_guests())
     shim = str(host.bin / "virsh")
     env = host.env()
@@ -242,6 +258,8 @@ def test_virsh_path_option_and_env(fake_host: Make) -> None:
 
 
 def test_missing_virsh_is_a_clear_error(fake_host: Make) -> None:
+    """A process: --virsh names a program that cannot be started (run_inprocess runs only
+    the fake)."""
     host = fake_host(two_guests(), "CONNECT_RETRIES=0\n")
     run = host.run("--virsh", "/nonexistent/virsh", "stop")
     assert run.code == 1
@@ -250,13 +268,13 @@ def test_missing_virsh_is_a_clear_error(fake_host: Make) -> None:
 
 def test_quiet_prints_only_errors(fake_host: Make) -> None:
     host = fake_host(two_guests(), "FOO=1\n")
-    run = host.run("-q", "stop")
+    run = inproc(host, "-q", "stop")
     assert run.code == 0 and run.out == "" and run.err == ""
 
 
 def test_verbose_logs_each_virsh_command(fake_host: Make) -> None:
     host = fake_host(two_guests())
-    run = host.run("-v", "stop")
+    run = inproc(host, "-v", "stop")
     listing = shlex.quote(observe.batch(observe.RUNNING))
     assert f"virtguests: virsh: {host.bin / 'virsh'} {listing} (" in run.err
     assert f"managedsave {host.uuid('web')} (" in run.err
@@ -268,11 +286,9 @@ def test_verbose_logs_each_virsh_command(fake_host: Make) -> None:
     ["status", "now"], ["stop", "--", "extra"], ["gueststatus", "all"]])
 def test_what_the_cli_cannot_mean_is_a_usage_error(fake_host: Make, args: list[str]) -> None:
     host = fake_host(two_guests())
-    proc = subprocess.run([sys.executable, "-m", "virtguests", *args], env=host.env(),
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          timeout=60, check=False)
-    assert (proc.returncode, proc.stdout.strip()) == (2, USAGE), proc.stderr
-    assert proc.stderr.startswith("virtguests: error: ") and "Traceback" not in proc.stderr
+    run = inproc(host, *args)
+    assert (run.code, run.out.strip()) == (2, USAGE), run.err
+    assert run.err.startswith("virtguests: error: ") and "Traceback" not in run.err
     assert host.calls() == []
 
 
