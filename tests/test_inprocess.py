@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from virtguests.testing import FakeHost, VirtualClock, run_inprocess
+from virtguests.testing.inprocess import VIRTUAL_EPOCH
 
 Make = Callable[..., FakeHost]
 
@@ -163,3 +164,15 @@ def test_a_run_for_another_virsh_is_refused_not_ignored(fake_host: Make, tmp_pat
         run_inprocess(host, "--virsh", str(wrapper), "stop")
     assert host.commands() == []
     assert run_inprocess(host, "--virsh", str(host.bin / "virsh"), "stop")[0].code == 0
+
+
+def test_a_second_run_goes_on_from_the_virtual_time_the_first_left(tmp_path: Path) -> None:
+    """Found in review: each run started the virtual clock at the same moment again, so
+    a save or shutdown still under way from the first run went back in time."""
+    host = FakeHost(tmp_path, {"uris": {"default": {"guests": [
+        {"name": "g", "shutdown_seconds": 40}]}}}, "ON_SHUTDOWN=shutdown\nSHUTDOWN_TIMEOUT=5\n")
+    first, clock = run_inprocess(host, "stop")
+    left_at = clock.now()
+    assert left_at > VIRTUAL_EPOCH, first
+    second, again = run_inprocess(host, "status")
+    assert again.now() >= left_at, (left_at, again.now())

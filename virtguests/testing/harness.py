@@ -16,16 +16,44 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import yaml
 
 from virtguests import cli, virshout
 from virtguests.testing.clock import FakeClock
-from virtguests.testing.fakevirsh.commandline import split_commands
-from virtguests.testing.fakevirsh.main import write_shim
-from virtguests.testing.fakevirsh.state import apply_due_transitions_now
+from virtguests.testing.fakevirsh.commandline import VirshCall, split_commands
+from virtguests.testing.fakevirsh.errors import Unsupported
+from virtguests.testing.fakevirsh.main import answer, write_shim
+from virtguests.testing.fakevirsh.process import CallerProcess
+from virtguests.testing.fakevirsh.state import HostClock, apply_due_transitions_now
 from virtguests.testing.recordings import SOURCE_TREE
+
+ASK_TIMEOUT = 30.0
+"""How long ``FakeHost.virsh`` lets a question take (the fake's time) before it fails."""
+
+
+class _AskingClock(HostClock):
+    """The host's clock for a question asked in-process: a call that would hang, or
+    wait past ``ASK_TIMEOUT``, raises TimeoutExpired at once (as a process would after
+    30 s; in-process nothing else could move a virtual clock meanwhile)."""
+
+    def __init__(self, argv: list[str], environ: dict[str, str]) -> None:
+        super().__init__(environ)
+        self.argv = argv
+        self.deadline = self.now() + ASK_TIMEOUT
+
+    def wait_until(self, moment: float) -> None:
+        if moment > self.deadline or (self.path is not None and moment > self.now()):
+            raise subprocess.TimeoutExpired(self.argv, ASK_TIMEOUT)
+        super().wait_until(moment)
+
+    def hang(self) -> NoReturn:
+        raise subprocess.TimeoutExpired(self.argv, ASK_TIMEOUT)
+
+
+def _as_written(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8")
 
 
 @dataclass
@@ -160,13 +188,34 @@ class FakeHost(CliHarness):
                 for command in (split_commands(argv[0]) if len(argv) == 1 else [argv])]
 
     def virsh(self, *args: str) -> subprocess.CompletedProcess[str]:
-        """Ask the simulated host directly (not logged as virtguests' work)."""
+        """Ask the simulated host directly (not logged as virtguests' work).
+
+        Answered by the fake's own code in this process (a process per question cost
+        most of the time of tests that look at the host), as the process would
+        answer: a call that would hang or wait 30 s raises TimeoutExpired at once.
+        ``event`` runs the fake as a process.
+        """
         env = self.env()
         env.pop("VIRTGUESTS_FAKE_LOG")
         env.pop("VIRTGUESTS_FAKE_JOURNAL", None)
         env["VIRTGUESTS_FAKE_FAULTS"] = "off"  # asking is not a call the faults count
-        raw = subprocess.run([str(self.bin / "virsh"), *args], env=env, capture_output=True,
-                             timeout=30, stdin=subprocess.DEVNULL)
+        argv = [str(self.bin / "virsh"), *args]
+        try:
+            call = VirshCall(list(args), CallerProcess(env))
+            if call.command == "event" and not call.version:
+                return self._virsh_process(argv, env)
+            status, out, err = answer(call, env, _AskingClock(argv, env))
+        except Unsupported as exc:
+            status, out, err = 2, "", f"fakevirsh: {exc}\n"
+        except SystemExit as exc:
+            status, out, err = exc.code if isinstance(exc.code, int) else 1, "", ""
+        # As a process's bytes are read back: strict UTF-8, no newline translation
+        return subprocess.CompletedProcess(argv, status, _as_written(out), _as_written(err))
+
+    def _virsh_process(self, argv: list[str], env: dict[str, str]
+                       ) -> subprocess.CompletedProcess[str]:
+        raw = subprocess.run(argv, env=env, capture_output=True, timeout=ASK_TIMEOUT,
+                             stdin=subprocess.DEVNULL)
         # Decoded by hand: text=True would turn a \r in a guest's name into a line break.
         return subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(),
                                            raw.stderr.decode())

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, NoReturn, Optional
 
@@ -34,15 +35,16 @@ from virtguests import cli
 from virtguests.clock import clamp
 from virtguests.testing.clock import FakeClock
 from virtguests.testing.fakevirsh.commandline import VirshCall
-from virtguests.testing.fakevirsh.commands import execute, execute_script
 from virtguests.testing.fakevirsh.errors import Unsupported
 from virtguests.testing.fakevirsh.faults import inject
-from virtguests.testing.fakevirsh.main import VERSION_FALLBACK
+from virtguests.testing.fakevirsh.main import answer, state_file
 from virtguests.testing.fakevirsh.process import CallerProcess
 from virtguests.testing.fakevirsh.state import HostClock, StateFile, apply_due_transitions
 from virtguests.testing.harness import FakeHost, Run
 from virtguests.virsh import Result, Virsh, VirshError
 
+VIRTUAL_EPOCH = 1_000_000.0
+"""Where a host's first in-process run starts the virtual clock."""
 POLL = 0.001
 """Real seconds between two looks at the other threads by the thread on duty."""
 OFF_DUTY = 0.05
@@ -100,7 +102,7 @@ class VirtualClock(FakeClock):
     out; ``jumps`` counts how often the clock moved.
     """
 
-    def __init__(self, start: float = 1_000_000.0, **kwargs: Any) -> None:
+    def __init__(self, start: float = VIRTUAL_EPOCH, **kwargs: Any) -> None:
         super().__init__(start, **kwargs)
         self._cond = threading.Condition()
         self._sleepers: dict[int, _Sleeper] = {}
@@ -312,9 +314,7 @@ class InProcessVirsh(Virsh):
 
     def state(self, clock: Optional[HostClock] = None) -> StateFile:
         """The fake's state file, as a call with this runner's environment finds it."""
-        host = os.path.abspath(self._env["VIRTGUESTS_FAKE_HOST"])
-        return StateFile(host, self._env.get("VIRTGUESTS_FAKE_STATE") or host + ".state.json",
-                         clock)
+        return state_file(self._env, clock)
 
     def process(self, started: float) -> _VirtguestsProcess:
         return _VirtguestsProcess(self._env, started)
@@ -351,14 +351,7 @@ class InProcessVirsh(Virsh):
     def _dispatch(self, args: list[str], when: _CallClock,
                   started: float) -> tuple[int, str, str]:
         try:
-            call = VirshCall(args, self.process(started))
-            if call.version:
-                return 0, VERSION_FALLBACK + "\n", ""
-            if call.command == "event":
-                raise Unsupported("'event' is only simulated by watch()")
-            if call.script:
-                return execute_script(call, self.state(when), when)
-            return execute(call, self.state(when), when)
+            return answer(VirshCall(args, self.process(started)), self._env, when)
         except Unsupported as exc:
             return 2, "", f"fakevirsh: {exc}\n"
 
@@ -480,6 +473,15 @@ def _as_read(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
 
 
+def _time_left_at(now_file: Path) -> float:
+    """Where an earlier run left the virtual clock: a second run of a test goes on from
+    there (a save or shutdown still under way keeps its timing), never back."""
+    try:
+        return max(VIRTUAL_EPOCH, float(now_file.read_text()))
+    except (OSError, ValueError):
+        return VIRTUAL_EPOCH
+
+
 def run_inprocess(host: FakeHost, *args: str, events: bool = True) -> tuple[Run, VirtualClock]:
     """virtguests in-process, the fake virsh in-process, on a virtual clock.
 
@@ -488,7 +490,7 @@ def run_inprocess(host: FakeHost, *args: str, events: bool = True) -> tuple[Run,
     ``$VIRSH``, say a wrapper script) raises ValueError instead of ignoring it.
     """
     host.now_file = host.root / "now"
-    clock = VirtualClock(now_file=host.now_file)
+    clock = VirtualClock(start=_time_left_at(host.now_file), now_file=host.now_file)
     world = _World(clock, events)
     shim = os.path.realpath(host.bin / "virsh")
     other: list[str] = []

@@ -15,7 +15,9 @@ from virtguests.testing.fakevirsh.state import HostClock, StateFile
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from pathlib import Path
+    from typing import Optional
 
 VERSION_FALLBACK = "9.0.0"
 
@@ -47,22 +49,9 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             call = VirshCall(argv)
-            if call.version:
-                out = VERSION_FALLBACK + "\n"
-                status, err = 0, ""
-            else:
-                host = os.environ.get("VIRTGUESTS_FAKE_HOST")
-                if not host:
-                    raise Unsupported("VIRTGUESTS_FAKE_HOST is not set (path of the host YAML)")
-                host = os.path.abspath(host)
-                state_path = os.environ.get("VIRTGUESTS_FAKE_STATE") or host + ".state.json"
-                if call.command == "event":
-                    return event_loop(call, StateFile(host, state_path), HostClock())
-                if call.script:
-                    status, out, err = execute_script(call, StateFile(host, state_path),
-                                                      HostClock())
-                else:
-                    status, out, err = execute(call, StateFile(host, state_path), HostClock())
+            if call.command == "event" and not call.version:
+                return event_loop(call, state_file(os.environ), HostClock())
+            status, out, err = answer(call, os.environ, HostClock())
         except Unsupported as exc:
             status, out, err = 2, "", f"fakevirsh: {exc}\n"
         write(sys.stdout, out)
@@ -72,6 +61,27 @@ def main(argv: list[str]) -> int:
     finally:
         _log(argv, start, status)
     return status
+
+
+def state_file(environ: Mapping[str, str], clock: Optional[HostClock] = None) -> StateFile:
+    """The host's state, as a call with *environ* finds it."""
+    host = environ.get("VIRTGUESTS_FAKE_HOST")
+    if not host:
+        raise Unsupported("VIRTGUESTS_FAKE_HOST is not set (path of the host YAML)")
+    host = os.path.abspath(host)
+    return StateFile(host, environ.get("VIRTGUESTS_FAKE_STATE") or host + ".state.json", clock)
+
+
+def answer(call: VirshCall, environ: Mapping[str, str],
+           clock: HostClock) -> tuple[int, str, str]:
+    """One call that ends (not ``event``): exit status, stdout, stderr."""
+    if call.version:
+        return 0, VERSION_FALLBACK + "\n", ""
+    if call.command == "event":
+        raise Unsupported("'event' runs only as a process")
+    if call.script:
+        return execute_script(call, state_file(environ, clock), clock)
+    return execute(call, state_file(environ, clock), clock)
 
 
 def console_main() -> int:

@@ -11,6 +11,7 @@ from virtguests.testing.fakevirsh.errors import Unsupported
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from typing import Any, NoReturn, Optional
 
 STATE_FORMAT = 5
@@ -23,8 +24,9 @@ class HostClock:
     Everything a call waits for goes through it, hanging too: the in-process runner
     gives calls a clock of its own (:mod:`virtguests.testing.inprocess`)."""
 
-    def __init__(self) -> None:
-        self.path = os.environ.get("VIRTGUESTS_FAKE_NOW_FILE") or None
+    def __init__(self, environ: Optional[Mapping[str, str]] = None) -> None:
+        environ = os.environ if environ is None else environ
+        self.path = environ.get("VIRTGUESTS_FAKE_NOW_FILE") or None
 
     def now(self) -> float:
         if self.path is None:
