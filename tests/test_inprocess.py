@@ -175,4 +175,4 @@ def test_a_second_run_goes_on_from_the_virtual_time_the_first_left(tmp_path: Pat
     left_at = clock.now()
     assert left_at > VIRTUAL_EPOCH, first
     second, again = run_inprocess(host, "status")
-    assert again.now() >= left_at, (left_at, again.now())
+    assert again.now() >= left_at, (left_at, again.now(), second)
