@@ -23,12 +23,12 @@ import math
 import threading
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Optional, TypeVar, Union
 
 from virtguests import commands, query, virshout
 from virtguests.clock import Clock
+from virtguests.concurrently import Job, run_all
 from virtguests.config import Config
 from virtguests.model import POWEROFF, SHUTDOWN, START, SUSPEND
 from virtguests.plan import (
@@ -245,22 +245,11 @@ class Executor:
         A bug hit on one URI is reported and fails the run, but never stops the
         other URIs' guests from being handled.
         """
-        if len(jobs) == 1:
-            self._guarded(*jobs[0])
-            return
-        threads = [threading.Thread(target=self._guarded, args=job, daemon=True)
-                   for job in jobs]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
+        run_all([self._guarded(what, job) for what, job in jobs], len(jobs))
 
-    def _guarded(self, what: str, job: Callable[[], None]) -> None:
-        try:
-            job()
-        except Exception as exc:
-            self.internal_error(what, exc)
+    def _guarded(self, what: str, job: Callable[[], None]) -> Job[None]:
+        """*job*, whose bug is reported as an internal error about *what*."""
+        return Job(job, lambda exc: self.internal_error(what, exc))
 
     def internal_error(self, what: str, exc: BaseException) -> None:
         """Report a bug (see ``internal_error``); the run fails."""
@@ -268,20 +257,20 @@ class Executor:
         self.report.internal_error(what, exc)
 
     def _for_guest(self, uri: str, guest: str, uuid: str, action: str,
-                   job: Callable[[], T], after_bug: T) -> T:
+                   job: Callable[[], T], after_bug: T) -> Job[T]:
         """One guest's step; a bug there is reported for that guest alone.
 
         The guest keeps its record, and a bug never leads to a harsher step
         (*after_bug* says "do not escalate").
         """
-        try:
-            return job()
-        except Exception as exc:
+        def bug(exc: Exception) -> T:
             self.internal_error(f"{action} of guest {guest} on {uri}", exc)
             self.report.step(self.report.outcome(uri, uuid, guest), action,
                              Res.INTERNAL_ERROR, 0.0, _one_line(exc))
             self.checkpoint()
             return after_bug
+
+        return Job(job, bug)
 
     # -- stop -----------------------------------------------------------------
 
@@ -300,8 +289,9 @@ class Executor:
             self.report.say(f"Shutting down guests on {item.uri} URI...")
         try:
             for group in item.groups():
-                self._guarded(f"stopping a group of guests on {item.uri}",
-                              functools.partial(self._stop_group, item.uri, group))
+                run_all([self._guarded(f"stopping a group of guests on {item.uri}",
+                                       functools.partial(self._stop_group, item.uri, group))],
+                        1)
         finally:
             self._report_given_up_stop(item)
 
@@ -390,15 +380,9 @@ class Executor:
 
         *job* returns True when the chain's next step should take the guest.
         """
-        def one(step: GuestStop) -> bool:
-            return self._for_guest(uri, step.guest.name, step.guest.uuid, action,
-                                   functools.partial(job, uri, step), False)
-
-        if workers <= 1 or len(steps) == 1:
-            escalate = [one(step) for step in steps]
-        else:
-            with ThreadPoolExecutor(max_workers=min(workers, len(steps))) as pool:
-                escalate = list(pool.map(one, steps))
+        escalate = run_all([self._for_guest(uri, step.guest.name, step.guest.uuid, action,
+                                            functools.partial(job, uri, step), False)
+                            for step in steps], workers)
         return [step for step, again in zip(steps, escalate) if again]
 
     # suspend ---------------------------------------------------------------
@@ -427,40 +411,32 @@ class Executor:
             return escalate
         self.report.say(f"{label}...")
         started = self.clock.now()
-        done = threading.Event()
-        errors: list[VirshError] = []
-        bugs: list[Exception] = []
 
-        def save() -> None:
+        def save() -> Optional[VirshError]:
             try:
                 self.virsh.run(uri, commands.managedsave(uuid, self.config), timeout=budget,
                                ignore_interrupt=True)
             except VirshError as err:
-                errors.append(err)
-            except Exception as exc:  # raised again below, in this guest's own guard
-                bugs.append(exc)
-            finally:
-                done.set()
+                return err
+            return None
 
-        worker = threading.Thread(target=save, daemon=True)
-        worker.start()
-        next_progress = started + PROGRESS_EVERY
-        asking = True  # until a progress query times out (a hung QEMU): then "..."
-        while not self.clock.wait(done, max(next_progress - self.clock.now(), 0.0)):
-            if self.clock.now() >= next_progress:
-                next_progress += PROGRESS_EVERY
-                progress = self._save_progress(uri, uuid) if asking else "..."
-                asking = progress is not None
-                self.report.say(f"{label}{progress or '...'}")
-        worker.join()
-        if bugs:
-            raise bugs[0]
-        if not errors:
+        def progress(done: threading.Event) -> None:
+            next_progress = started + PROGRESS_EVERY
+            asking = True  # until a progress query times out (a hung QEMU): then "..."
+            while not self.clock.wait(done, max(next_progress - self.clock.now(), 0.0)):
+                if self.clock.now() >= next_progress:
+                    next_progress += PROGRESS_EVERY
+                    progress = self._save_progress(uri, uuid) if asking else "..."
+                    asking = progress is not None
+                    self.report.say(f"{label}{progress or '...'}")
+
+        # a bug in the save is raised again here, in this guest's own guard
+        [err] = run_all([Job(save)], 1, waiting=progress)
+        if err is None:
             self.report.say(f"{label}done")
             self.report.step(outcome, SUSPEND, Res.SAVED, self.clock.now() - started)
             self.checkpoint()
             return False
-        err = errors[0]
         if err.wedged:
             self._give_up(uri, step, SUSPEND)
             return False
@@ -673,50 +649,18 @@ class Executor:
         for step in steps:
             self.report.say(f"Starting shutdown on guest: {step.guest.name}")
 
-        return self._through_clock([functools.partial(
-            self._for_guest, uri, step.guest.name, step.guest.uuid, SHUTDOWN,
-            functools.partial(self._send_shutdown, uri, step), None) for step in steps],
-            at_once=max(1, self.config.parallel_shutdown))
+        return run_all([self._for_guest(uri, step.guest.name, step.guest.uuid, SHUTDOWN,
+                                        functools.partial(self._send_shutdown, uri, step),
+                                        None) for step in steps],
+                       max(1, self.config.parallel_shutdown), waiting=self._through_clock)
 
-    def _through_clock(self, jobs: Sequence[Callable[[], T]], at_once: int) -> list[T]:
-        """Run *jobs*, *at_once* at a time (each in a worker thread), and wait for all.
-
-        A call that takes longer than QUICK_CALL (virsh waiting for a guest's
-        lock, say) is waited for through the Clock, so that a virtual clock lets
-        time pass for it too; each job's virsh call has its own timeout.
-        """
-        results: dict[int, T] = {}
-        done = threading.Event()
-        lock = threading.Lock()
-        todo = iter(enumerate(jobs))
-        finished: list[int] = []
-        bugs: list[Exception] = []
-
-        def work() -> None:
-            while True:
-                with lock:
-                    item = next(todo, None)
-                if item is None:
-                    return
-                index, job = item
-                try:
-                    results[index] = job()
-                except Exception as exc:  # raised again below: a worker never dies early
-                    bugs.append(exc)
-                finally:
-                    with lock:
-                        finished.append(index)
-                        if len(finished) == len(jobs):
-                            done.set()
-
-        for _ in range(min(max(at_once, 1), len(jobs))):
-            threading.Thread(target=work, daemon=True).start()
-        if jobs and not done.wait(QUICK_CALL):
+    def _through_clock(self, done: threading.Event) -> None:
+        """Wait for requests in worker threads: a call that takes longer than QUICK_CALL
+        (virsh waiting for a guest's lock, say) is waited for through the Clock, so that a
+        virtual clock lets time pass for it too; each virsh call has its own timeout."""
+        if not done.wait(QUICK_CALL):
             while not self.clock.wait(done, PROGRESS_EVERY):
                 pass
-        if bugs:
-            raise bugs[0]
-        return [results[index] for index in range(len(jobs))]
 
     def _wait_for_shutdowns(self, uri: str, flight: _Flight, bell: Doorbell) -> None:
         """Request shutdowns and wait for them: one loop for both modes.
@@ -955,7 +899,7 @@ class Executor:
                 tried[lead.uuid] = attempt
         self.report.say(f"Resuming guests on {item.uri} URI...")
 
-        def start_one(guest: GuestStart) -> bool:
+        def start_one(guest: GuestStart) -> Job[bool]:
             return self._for_guest(
                 item.uri, guest.name, guest.uuid, START,
                 functools.partial(self._start_guest, item.uri, guest, tried.get(guest.uuid)),
@@ -967,8 +911,7 @@ class Executor:
             parallel = (self.config.start_delay == 0 and self.config.parallel_start > 1
                         and all(g.delay_after is None for g in members))
             if parallel:
-                with ThreadPoolExecutor(max_workers=self.config.parallel_start) as pool:
-                    list(pool.map(start_one, members))
+                run_all([start_one(guest) for guest in members], self.config.parallel_start)
                 continue
             for guest in members:
                 if guest.start and not first and not self.cancelled \
@@ -976,7 +919,7 @@ class Executor:
                     delay = self.config.start_delay
                     if delay:
                         self.clock.sleep(delay)
-                started = start_one(guest)
+                [started] = run_all([start_one(guest)], 1)
                 if started:
                     first = False
                     if guest.delay_after and self.virsh.wedged(item.uri) is None:
