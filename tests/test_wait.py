@@ -32,7 +32,8 @@ from tests.simvirsh import (
     slow,
 )
 from virtguests.config import Config
-from virtguests.executor import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT, Executor
+from virtguests.execution import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
+from virtguests.executor import Executor
 from virtguests.model import Guest, UriView
 from virtguests.plan import PROTECTED, Res, plan_stop
 from virtguests.report import Reporter
