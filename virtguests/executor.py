@@ -1,4 +1,5 @@
-"""Carry out a plan: the stages run it, this hands them one ``Execution``.
+"""Carry out a plan: the stages run it, this hands them one ``Execution`` and returns
+what happened as a value.
 
 ``stopping`` (per URI, per group: ``suspending``, ``shuttingdown``,
 ``poweringoff``, with ``othersave`` before anything harsher than a save) and
@@ -9,6 +10,8 @@ questions through ``query``, never through ``observe``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from virtguests import stopping
@@ -19,6 +22,17 @@ from virtguests.plan import StartPlan, StopPlan
 from virtguests.report import Reporter
 from virtguests.starting import Starting
 from virtguests.virsh import Virsh
+
+
+@dataclass(frozen=True)
+class Executed:
+    """What a stop or a start did, beyond the outcomes in the report."""
+
+    status: int
+    """0, or 1 when anything failed (a step, a URI given up, a bug)."""
+    settled: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """start: the guests with a definite outcome (``plan.SETTLED``) per URI; every
+    other recorded guest stays recorded for the next start.  Empty for stop."""
 
 
 class Executor:
@@ -36,36 +50,27 @@ class Executor:
         self.report = reporter
         self.clock = clock
         self.checkpoint = checkpoint
-        self._run = self._execution()
-        self.settled: dict[str, set[str]] = {}
-        """start: the guests with a definite outcome (``plan.SETTLED``) per URI; every
-        other recorded guest stays recorded for the next start."""
 
     def _execution(self, deadline: Optional[float] = None) -> Execution:
         return Execution(self.virsh, self.config, self.report, self.clock, self.checkpoint,
                          deadline)
 
-    @property
-    def status(self) -> int:
-        return self._run.status
-
-    def internal_error(self, what: str, exc: BaseException) -> None:
-        """Report a bug (see ``Reporter.internal_error``); the run fails."""
-        self._run.internal_error(what, exc)
-
-    def stop(self, plan: StopPlan) -> int:
+    def stop(self, plan: StopPlan) -> Executed:
         deadline = None
         if self.config.stop_deadline > 0:
             deadline = self.clock.now() + self.config.stop_deadline
-        self._run = self._execution(deadline)
-        stopping.stop(self._run, plan)
-        return self.status
+        run = self._execution(deadline)
+        try:
+            stopping.stop(run, plan)
+        except Exception as exc:  # a bug past the stages' own guards
+            run.internal_error("stopping the guests", exc)
+        return Executed(run.status)
 
-    def start(self, plan: StartPlan) -> int:
-        self._run = self._execution()
-        starting = Starting(self._run)
+    def start(self, plan: StartPlan) -> Executed:
+        run = self._execution()
+        starting = Starting(run)
         try:
             starting.start(plan)
-        finally:
-            self.settled = {uri: set(ids) for uri, ids in starting.settled().items()}
-        return self.status
+        except Exception as exc:  # a bug past the stages' own guards: the settled so far
+            run.internal_error("starting the guests", exc)
+        return Executed(run.status, starting.settled())

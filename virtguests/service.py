@@ -261,14 +261,10 @@ def _stop(ctx: Context, config: Config) -> int:
         status = EXIT_FAIL
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=_Checkpoint(ctx, "stop"))
-    try:
-        result = executor.stop(the_plan)
-    except Exception as exc:  # a bug past the executor's own guards: the list file is written
-        executor.internal_error("stopping the guests", exc)
-        result = EXIT_FAIL
+    result = executor.stop(the_plan)  # its bugs are reported: the list file is written
     _disk(ctx, f"remove the started marker {ctx.paths.marker}",
           lambda: state.remove(ctx.paths.marker))
-    status = max(status, result)
+    status = max(status, result.status)
     if ctx.clock.cancel.is_set():
         status = _interrupted_summary(ctx, "stop")
     _write_report(ctx, "stop", status)
@@ -424,17 +420,13 @@ def _start(ctx: Context) -> int:
         return status
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=_Checkpoint(ctx, "start"))
-    try:
-        result = executor.start(the_plan)
-    except Exception as exc:  # a bug past the executor's own guards: keep every record
-        executor.internal_error("starting the guests", exc)
-        result = EXIT_FAIL
+    result = executor.start(the_plan)  # the executor reports its own bugs
     up: dict[str, dict[str, str]] = {}
     for done in ctx.report.outcomes.values():
         if done.outcome in (plan.Res.RESUMED, plan.Res.ALREADY_ACTIVE):
             up.setdefault(done.uri, {})[done.uuid] = done.name
     _update_seen(ctx, up, replace_uris=False)
-    keep = _still_recorded(config, recorded, executor.settled, the_plan.missing)
+    keep = _still_recorded(config, recorded, result.settled, the_plan.missing)
     # Unreachable and given-up URIs were named with their guests already.
     unreachable = {view.uri for view in the_plan.unreachable} | {
         uri for uri in keep if ctx.virsh.wedged(uri) is not None}
@@ -449,7 +441,7 @@ def _start(ctx: Context) -> int:
     else:
         status = EXIT_FAIL  # the list file stays: the next start retries everything
     _started(ctx)
-    status = max(status, result)
+    status = max(status, result.status)
     if ctx.clock.cancel.is_set():
         status = _interrupted_summary(ctx, "start")
     _write_report(ctx, "start", status)
@@ -457,7 +449,7 @@ def _start(ctx: Context) -> int:
 
 
 def _still_recorded(config: Config, recorded: Mapping[str, Sequence[str]],
-                    settled: Mapping[str, set[str]],
+                    settled: Mapping[str, frozenset[str]],
                     missing: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     """What stays recorded after a start: every guest without a definite outcome.
 
