@@ -153,32 +153,60 @@ def test_a_bug_on_one_uri_fails_the_run_but_not_the_other_uris() -> None:
     import io
 
     from virtguests.clock import Clock
+    from virtguests.concurrently import run_all
     from virtguests.config import Config
-    from virtguests.executor import Executor
+    from virtguests.execution import Execution
     from virtguests.report import Reporter
     from virtguests.virsh import Virsh
 
     out, err = io.StringIO(), io.StringIO()
     reporter = Reporter(out, err)
-    executor = Executor(Virsh("virsh"), Config(), reporter, Clock())
+    run = Execution(Virsh("virsh"), Config(), reporter, Clock(), lambda: None)
     done: list[str] = []
 
     def broken() -> None:
         raise KeyError("surprise")
 
-    executor._run_concurrently([("stopping one URI", broken),
-                                ("stopping another", lambda: done.append("other URI"))])
+    run_all([run.guarded("stopping one URI", broken),
+             run.guarded("stopping another", lambda: done.append("other URI"))], 2)
     reporter.close()
     assert done == ["other URI"]
-    assert executor.status == 1
+    assert run.status == 1
     assert err.getvalue() == ("virtguests: error: internal error, please report it: "
                               "stopping one URI: KeyError: 'surprise' "
                               "(run with -v for the traceback)\n")  # one line
 
 
+def test_a_bug_past_the_stages_guards_fails_the_run_and_is_a_result() -> None:
+    """The executor reports its own bugs; stop and start always return their result."""
+    import io
+
+    from virtguests.clock import Clock
+    from virtguests.config import Config
+    from virtguests.executor import Executed, Executor
+    from virtguests.report import Reporter
+    from virtguests.virsh import Virsh
+
+    class Broken:
+        @property
+        def uris(self) -> list[object]:
+            raise KeyError("surprise")
+
+    for command, verb in (("stop", "stopping"), ("start", "starting")):
+        out, err = io.StringIO(), io.StringIO()
+        reporter = Reporter(out, err)
+        executor = Executor(Virsh("virsh"), Config(), reporter, Clock())
+        result = getattr(executor, command)(Broken())
+        reporter.close()
+        assert result == Executed(1, {})
+        assert err.getvalue() == ("virtguests: error: internal error, please report it: "
+                                  f"{verb} the guests: KeyError: 'surprise' "
+                                  "(run with -v for the traceback)\n")
+
+
 def test_doorbell_only_rings_whatever_a_line_says() -> None:
     """Event lines name guests, and tenants choose names: a line decides nothing."""
-    from virtguests.executor import Doorbell
+    from virtguests.doorbell import Doorbell
     from virtguests.virsh import VirshError
 
     class NoEvents:

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from virtguests import cli, executor, observe
+from virtguests import cli, execution, observe
 from virtguests.testing import FakeHost, Run, run_inprocess
 
 Make = Callable[..., FakeHost]
@@ -258,7 +258,7 @@ def test_a_shutdown_request_hung_on_one_guest_costs_no_other_guest(
         fake_host: Make, monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     """A tenant's unresponsive guest agent keeps ``virsh shutdown`` busy: that guest
     goes on to poweroff, the others shut down."""
-    monkeypatch.setattr(executor, "AGENT_SHUTDOWN_WAIT", 0.0)  # the request: 1 s here
+    monkeypatch.setattr(execution, "AGENT_SHUTDOWN_WAIT", 0.0)  # the request: 1 s here
     host = fake_host(guests({"name": "a", "shutdown_seconds": 0.3},
                             {"name": "deaf", "hang": ["shutdown"]},
                             {"name": "c", "shutdown_seconds": 0.3}),
@@ -396,8 +396,8 @@ def test_a_uri_that_hangs_after_its_listing_costs_one_timeout_not_one_per_guest(
 
     The calls in flight time out, one liveness check (shared by all of them) times out
     too, and nothing more is tried there."""
-    monkeypatch.setattr(executor, "JOB_LOCK_WAIT", 0.0)  # requests time out after 1 s here
-    monkeypatch.setattr(executor, "AGENT_SHUTDOWN_WAIT", 0.0)
+    monkeypatch.setattr(execution, "JOB_LOCK_WAIT", 0.0)  # requests time out after 1 s here
+    monkeypatch.setattr(execution, "AGENT_SHUTDOWN_WAIT", 0.0)
     names = [f"w{i}" for i in range(5)]
     ids = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(5)]
     host = fake_host({"uris": {

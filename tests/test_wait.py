@@ -32,7 +32,8 @@ from tests.simvirsh import (
     slow,
 )
 from virtguests.config import Config
-from virtguests.executor import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT, Executor
+from virtguests.execution import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
+from virtguests.executor import Executed, Executor
 from virtguests.model import Guest, UriView
 from virtguests.plan import PROTECTED, Res, plan_stop
 from virtguests.report import Reporter
@@ -60,7 +61,8 @@ def stopped_line(name: str, reason: str = "Shutdown") -> str:
 class Stopped:
     """One `stop` run on the simulated host: what happened, and where to look."""
 
-    executor: Executor
+    result: Executed
+    reporter: Reporter
     virsh: SimVirsh
     host: SimHost
     clock: SimClock
@@ -72,11 +74,11 @@ class Stopped:
         return self.out.splitlines()
 
     def outcome(self, guest: SimGuest) -> str:
-        return self.executor.report.outcomes[("default", guest.uuid)].outcome
+        return self.reporter.outcomes[("default", guest.uuid)].outcome
 
     def steps(self, guest: SimGuest) -> list[tuple[str, str]]:
         return [(s.action, s.result)
-                for s in self.executor.report.outcomes[("default", guest.uuid)].steps]
+                for s in self.reporter.outcomes[("default", guest.uuid)].steps]
 
 
 def stop(guests: Sequence[SimGuest], config: Config, *, fault: Optional[Fault] = None,
@@ -89,10 +91,9 @@ def stop(guests: Sequence[SimGuest], config: Config, *, fault: Optional[Fault] =
     out, err = io.StringIO(), io.StringIO()
     view = UriView("default", tuple(Guest(g.uuid, g.name) for g in guests))
     reporter = Reporter(out, err)
-    executor = Executor(virsh, config, reporter, clock)
-    executor.stop(plan_stop(config, [view]))
+    result = Executor(virsh, config, reporter, clock).stop(plan_stop(config, [view]))
     reporter.close()
-    return Stopped(executor, virsh, host, clock, out.getvalue(), err.getvalue())
+    return Stopped(result, reporter, virsh, host, clock, out.getvalue(), err.getvalue())
 
 
 def shutdown_config(parallel: int, timeout: int, **changes: object) -> Config:
@@ -315,7 +316,7 @@ def test_a_wedged_libvirtd_is_given_up_once_within_the_bound(data: st.DataObject
     else:
         assert after == [], after
     assert run.clock.now() - hung_at == bound
-    assert run.executor.status == 1
+    assert run.result.status == 1
     given_up = [line for line in run.err.splitlines() if "gave up on default" in line]
     assert len(given_up) == 1, run.err
     assert "timed out after" in given_up[0]
@@ -388,7 +389,7 @@ def test_a_save_outlasting_save_timeout_is_left_to_libvirt_and_the_others_saved(
             "is being written (it stays recorded)") in run.err
     assert "trying" not in run.err and "gave up" not in run.err
     assert all(run.steps(g) == [("suspend", Res.SAVED)] for g in others)
-    assert run.virsh.liveness_checks == 1 and run.executor.status == 1
+    assert run.virsh.liveness_checks == 1 and run.result.status == 1
     assert big.saving_until == 1_000_000.0 + 3000  # libvirt's job goes on
 
 
@@ -486,7 +487,7 @@ def test_a_bug_on_one_guest_never_stops_the_others(data: st.DataObject) -> None:
     assert "Traceback" not in run.err
     hurt = [g for g in guests if run.outcome(g) == Res.INTERNAL_ERROR]
     if len(run.host.calls) > call:
-        assert run.executor.status == 1
+        assert run.result.status == 1
         assert "internal error, please report it: " in run.err
         assert "RuntimeError: injected bug in call" in run.err
         assert len(run.err.splitlines()) <= 2 * count  # one line each, no traceback

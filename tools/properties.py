@@ -34,7 +34,7 @@ from typing import Any, Optional
 import yaml
 from hypothesis import strategies as st
 
-from virtguests.executor import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
+from virtguests.execution import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
 from virtguests.state import read_list
 from virtguests.testing import LOCK_WAIT as LOCK_WAIT
 from virtguests.testing import FakeHost, Run

@@ -113,7 +113,7 @@ def managedsave(uuid: str, config: Config) -> list[str]:
 
 
 def shutdown(uuid: str) -> list[str]:
-    """No ``--mode``: libvirt tries the guest agent, then ACPI (executor.AGENT_SHUTDOWN_WAIT)."""
+    """No ``--mode``: libvirt tries the guest agent, then ACPI (execution.AGENT_SHUTDOWN_WAIT)."""
     return ["shutdown", uuid]
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 import pytest
 
 from tools.realhost.libvirtd import Guest, PrivateLibvirtd
-from virtguests.executor import Doorbell
+from virtguests.doorbell import Doorbell
 from virtguests.virsh import Virsh, Watch
 
 from .conftest import DefineGuest, record_timing

@@ -68,17 +68,13 @@ def _start(ctx: Context) -> int:
 
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=Checkpoint(ctx, "start"))
-    try:
-        result = executor.start(the_plan)
-    except Exception as exc:  # a bug past the executor's own guards: keep every record
-        executor.internal_error("starting the guests", exc)
-        result = EXIT_FAIL
+    result = executor.start(the_plan)  # the executor reports its own bugs
 
     _remember_running(ctx)
-    keep = _still_recorded(config, recorded, executor.settled, the_plan.missing)
+    keep = _still_recorded(config, recorded, result.settled, the_plan.missing)
     status = max(status, _record_owed(ctx, the_plan, keep))
     records.mark_started(ctx)
-    status = max(status, result)
+    status = max(status, result.status)
     if ctx.clock.cancel.is_set():
         status = interrupted_summary(ctx, "start")
     records.write_report(ctx, "start", status)
@@ -197,7 +193,7 @@ def _add_orphans(ctx: Context, views: Mapping[str, UriView],
 
 
 def _still_recorded(config: Config, recorded: Mapping[str, Sequence[str]],
-                    settled: Mapping[str, set[str]],
+                    settled: Mapping[str, frozenset[str]],
                     missing: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     """What stays recorded after a start: every guest without a definite outcome.
 

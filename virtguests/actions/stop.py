@@ -75,15 +75,11 @@ def _stop(ctx: Context, config: Config) -> int:
 
     executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
                         checkpoint=Checkpoint(ctx, "stop"))
-    try:
-        result = executor.stop(the_plan)
-    except Exception as exc:  # a bug past the executor's own guards: the list file is written
-        executor.internal_error("stopping the guests", exc)
-        result = EXIT_FAIL
+    result = executor.stop(the_plan)  # its bugs are reported: the list file is written
 
     records.disk(ctx, f"remove the started marker {ctx.paths.marker}",
                  lambda: state.remove(ctx.paths.marker))
-    status = max(status, result)
+    status = max(status, result.status)
     if ctx.clock.cancel.is_set():
         status = interrupted_summary(ctx, "stop")
     records.write_report(ctx, "stop", status)

@@ -1,0 +1,162 @@
+"""What the stages of one run of a plan share: its status, its deadline, and the
+words every stage uses for a guest's step.
+
+A stage (``stopping``, ``suspending``, ``shuttingdown``, ``poweringoff``,
+``starting``) gets one ``Execution`` and reports through it.  The status is the
+only thing stages change here; it is read back once, as the run's result.
+A bug hit while handling one guest is that guest's internal error (``for_guest``);
+a bug on a URI is that URI's (``guarded``): the others are still handled.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Callable, Optional, TypeVar
+
+from virtguests.clock import Clock
+from virtguests.concurrently import Job
+from virtguests.config import Config
+from virtguests.model import SHUTDOWN
+from virtguests.plan import GuestStop, Res
+from virtguests.report import Outcome, Reporter
+from virtguests.virsh import Virsh, VirshError
+
+T = TypeVar("T")
+
+PROGRESS_EVERY = 5.0
+"""The reference prints save and shutdown progress every 5 seconds."""
+
+JOB_LOCK_WAIT = 30.0
+"""libvirt waits this long for a guest's state-change lock (held by a save, say) before
+a request fails: a destroy request gets QUERY_TIMEOUT on top of it."""
+
+AGENT_SHUTDOWN_WAIT = 70.0
+"""How long libvirt may spend on ``virsh shutdown`` of a guest with a guest agent before
+it falls back to ACPI.  Without flags it tries the agent first (qemuDomainShutdownFlags):
+up to 2 x 5 s to sync with it, then 60 s for ``guest-shutdown``
+(VIR_DOMAIN_QEMU_AGENT_COMMAND_SHUTDOWN).  A tenant's unresponsive agent must not look
+like a hung libvirtd, so a shutdown request gets QUERY_TIMEOUT on top of it.  A guest
+being saved is paused, and the agent path then fails at once: this wait and
+JOB_LOCK_WAIT do not add up."""
+
+
+class Execution:
+    """One run of a plan, shared by its stages (and their threads)."""
+
+    def __init__(self, virsh: Virsh, config: Config, reporter: Reporter, clock: Clock,
+                 checkpoint: Callable[[], None], deadline: Optional[float] = None) -> None:
+        self.virsh = virsh
+        self.config = config
+        self.report = reporter
+        self.clock = clock
+        self.checkpoint = checkpoint
+        """Called after each guest's step, to save the progress so far."""
+        self.deadline = deadline
+        """STOP_DEADLINE as a time on *clock*; None: no deadline."""
+        self._status = 0
+        self._lock = threading.Lock()
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @property
+    def cancelled(self) -> bool:
+        return self.clock.cancel.is_set()
+
+    def wedged(self, uri: str) -> Optional[str]:
+        """Why *uri* was given up (a call there timed out), or None."""
+        return self.virsh.wedged(uri)
+
+    def fail(self) -> None:
+        with self._lock:
+            self._status = 1
+
+    def remaining(self) -> float:
+        if self.deadline is None:
+            return math.inf
+        return self.deadline - self.clock.now()
+
+    def request_timeout(self, action: str) -> float:
+        """QUERY_TIMEOUT, plus what libvirt itself may wait before it answers *action*."""
+        return self.config.query_timeout + (
+            AGENT_SHUTDOWN_WAIT if action == SHUTDOWN else JOB_LOCK_WAIT)
+
+    # -- bugs -------------------------------------------------------------------
+
+    def internal_error(self, what: str, exc: BaseException) -> None:
+        """Report a bug (see ``Reporter.internal_error``); the run fails."""
+        self.fail()
+        self.report.internal_error(what, exc)
+
+    def guarded(self, what: str, job: Callable[[], None]) -> Job[None]:
+        """*job*, whose bug is reported as an internal error about *what*."""
+        return Job(job, lambda exc: self.internal_error(what, exc))
+
+    def for_guest(self, uri: str, guest: str, uuid: str, action: str,
+                  job: Callable[[], T], after_bug: T) -> Job[T]:
+        """One guest's step; a bug there is reported for that guest alone.
+
+        The guest keeps its record, and a bug never leads to a harsher step
+        (*after_bug* says "do not escalate").
+        """
+        def bug(exc: Exception) -> T:
+            self.internal_error(f"{action} of guest {guest} on {uri}", exc)
+            self.report.step(self.report.outcome(uri, uuid, guest), action,
+                             Res.INTERNAL_ERROR, 0.0, one_line(exc))
+            self.checkpoint()
+            return after_bug
+
+        return Job(job, bug)
+
+    # -- a stop step's words ----------------------------------------------------
+
+    def outcome(self, uri: str, step: GuestStop) -> Outcome:
+        return self.report.outcome(uri, step.guest.uuid, step.guest.name)
+
+    def interrupted(self, uri: str, step: GuestStop) -> None:
+        self.report.step(self.outcome(uri, step), "none", Res.INTERRUPTED, 0.0,
+                         "stop requested before this guest was handled")
+        self.checkpoint()
+
+    def give_up(self, uri: str, step: GuestStop, action: str) -> None:
+        """Not tried: the URI stopped answering.  Named in the URI's error at the end."""
+        self.report.step(self.outcome(uri, step), action, Res.GIVEN_UP, 0.0,
+                         f"{uri} is not answering: {self.wedged(uri)}")
+        self.checkpoint()
+
+    def escalating(self, uri: str, step: GuestStop, action: str) -> tuple[str, bool]:
+        """Whether the chain's next step takes a guest, and the words that say so.
+
+        Not on a URI given up (nothing more is tried there); after a stop request
+        the next step only records the guest as interrupted, so "trying" is not said.
+        """
+        following = next_action(step, action)
+        if following is None or self.wedged(uri) is not None:
+            return "", False
+        return ("" if self.cancelled else f"; trying {following}"), True
+
+    def failed_step(self, uri: str, step: GuestStop, action: str, what: str,
+                    err: VirshError, seconds: float) -> bool:
+        """Report a failed step (``WHAT failed: DETAIL[; trying NEXT]``); True: escalate."""
+        trying, escalate = self.escalating(uri, step, action)
+        self.fail()
+        self.report.error(f"{what} failed: {err.detail}{trying}")
+        self.report.step(self.outcome(uri, step), action, Res.FAILED, seconds, err.detail)
+        self.checkpoint()
+        return escalate
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def next_action(step: GuestStop, after: str) -> Optional[str]:
+    """The action of *step*'s chain after *after*, or None (none, or not in the chain)."""
+    actions = step.actions
+    if after not in actions:
+        return None
+    index = actions.index(after)
+    return actions[index + 1] if index + 1 < len(actions) else None

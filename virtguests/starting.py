@@ -1,0 +1,229 @@
+"""Start: resume the recorded guests, each URI in its own thread, group after group.
+
+Within a group guests start one after the other (START_DELAY, a guest's own
+delay), or PARALLEL_START at a time when nothing asks for a delay.  On a URI
+that was not listed, the first ``virsh start`` doubles as its connection check.
+Only a definite outcome (``plan.SETTLED``) ends a guest's record
+(``Starting.settled``); every other guest stays recorded for the next start.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Optional
+
+from virtguests import commands, query, virshout
+from virtguests.concurrently import Job, run_all
+from virtguests.execution import Execution
+from virtguests.model import START
+from virtguests.othersave import saving
+from virtguests.plan import SETTLED, GuestStart, Res, StartPlan, UriStart
+from virtguests.report import Outcome
+from virtguests.virsh import VirshError
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One ``virsh start``: its time, and either the name virsh printed or the error."""
+
+    seconds: float
+    name: Optional[str] = None
+    error: Optional[VirshError] = None
+
+    @property
+    def refusal(self) -> Optional[str]:
+        return virshout.start_refusal(self.error.stderr) if self.error else None
+
+    @property
+    def timed_out(self) -> bool:
+        return self.error is not None and self.error.timed_out
+
+    @property
+    def detail(self) -> str:
+        return self.error.detail if self.error else ""
+
+
+class Starting:
+    """One start run: its URIs' threads share the guests settled so far."""
+
+    def __init__(self, run: Execution) -> None:
+        self.run = run
+        self._settled: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
+
+    def start(self, plan: StartPlan) -> None:
+        """Start the plan's guests, the URIs side by side."""
+        jobs = [self.run.guarded(f"starting the guests on {item.uri}",
+                                 functools.partial(self._uri, item))
+                for item in plan.uris]
+        run_all(jobs, len(jobs))
+
+    def settled(self) -> Mapping[str, frozenset[str]]:
+        """The UUIDs per URI with a definite outcome so far (``plan.SETTLED``)."""
+        with self._lock:
+            return {uri: frozenset(ids) for uri, ids in self._settled.items()}
+
+    def _uri(self, item: UriStart) -> None:
+        try:
+            self._guests(item)
+        finally:
+            self._report_given_up(item)
+
+    def _report_given_up(self, item: UriStart) -> None:
+        run = self.run
+        why = run.wedged(item.uri)
+        if why is None:
+            return
+        run.fail()
+        settled = self.settled().get(item.uri, frozenset())
+        left = [g.name for g in item.guests if g.uuid not in settled]
+        if left:
+            run.report.error(f"gave up on {item.uri}: a call there timed out ({why}); not "
+                             f"resumed, kept for the next start: {', '.join(left)}")
+
+    def _guests(self, item: UriStart) -> None:
+        run = self.run
+        order = sorted(item.guests, key=lambda g: g.group)  # stable: list order within a group
+        tried: dict[str, _Attempt] = {}
+        if item.probe and not run.cancelled:
+            lead = next((g for g in order if g.start), None)
+            if lead is not None:
+                attempt = self._attempt(item.uri, lead, first=True)
+                if attempt.refusal == "unreachable":
+                    run.fail()
+                    run.report.cannot_resume_uri(item.uri, attempt.detail,
+                                                 [g.uuid for g in item.guests])
+                    return
+                tried[lead.uuid] = attempt
+        run.report.say(f"Resuming guests on {item.uri} URI...")
+
+        def start_one(guest: GuestStart) -> Job[bool]:
+            return run.for_guest(
+                item.uri, guest.name, guest.uuid, START,
+                functools.partial(self._guest, item.uri, guest, tried.get(guest.uuid)),
+                False)
+
+        first = True
+        for group in sorted({g.group for g in order}):
+            members = [g for g in order if g.group == group]
+            parallel = (run.config.start_delay == 0 and run.config.parallel_start > 1
+                        and all(g.delay_after is None for g in members))
+            if parallel:
+                run_all([start_one(guest) for guest in members], run.config.parallel_start)
+                continue
+            for guest in members:
+                if guest.start and not first and not run.cancelled \
+                        and guest.uuid not in tried and run.wedged(item.uri) is None:
+                    delay = run.config.start_delay
+                    if delay:
+                        run.clock.sleep(delay)
+                [started] = run_all([start_one(guest)], 1)
+                if started:
+                    first = False
+                    if guest.delay_after and run.wedged(item.uri) is None:
+                        run.clock.sleep(guest.delay_after)
+
+    def _attempt(self, uri: str, guest: GuestStart, *, first: bool = False) -> _Attempt:
+        """One ``virsh start``.  The *first* on a URI that was not listed doubles as its
+        connection check, retried like a listing while libvirtd may still be starting."""
+        run = self.run
+        began = run.clock.now()
+        try:
+            result = query.run_with_retries(
+                run.virsh, uri, commands.start(guest.uuid, run.config), run.config,
+                run.clock,
+                timeout=run.config.save_timeout,
+                retry_if=lambda err: first
+                and virshout.start_refusal(err.stderr) == "unreachable")
+        except VirshError as err:
+            return _Attempt(run.clock.now() - began, error=err)
+        return _Attempt(run.clock.now() - began, name=virshout.started_name(result.stdout))
+
+    def _step(self, uri: str, outcome: Outcome, result: str, seconds: float,
+              detail: str = "") -> None:
+        """Record a start step; a definite outcome (``plan.SETTLED``) ends the record."""
+        self.run.report.step(outcome, START, result, seconds, detail)
+        if result in SETTLED:
+            with self._lock:
+                self._settled.setdefault(uri, set()).add(outcome.uuid)
+
+    def _guest(self, uri: str, guest: GuestStart, attempt: Optional[_Attempt] = None) -> bool:
+        """Start (resume) one guest; True if a start was issued and succeeded."""
+        run = self.run
+        outcome = run.report.outcome(uri, guest.uuid, guest.name)
+        issued = False
+        if not guest.start:
+            if guest.reason == Res.ALREADY_ACTIVE \
+                    and self._kept_while_saved(uri, guest.uuid, guest.name, outcome, 0.0):
+                return False
+            run.report.say(f"Resuming guest {guest.name}: {guest.reason}")
+            self._step(uri, outcome, guest.reason, 0.0)
+        elif run.cancelled and attempt is None:
+            self._step(uri, outcome, Res.INTERRUPTED, 0.0,
+                       "stop requested before this guest was started")
+        else:
+            if attempt is None and run.wedged(uri) is None:
+                attempt = self._attempt(uri, guest)
+            if attempt is None or (attempt.error is not None and attempt.error.wedged):
+                self._step(uri, outcome, Res.GIVEN_UP, 0.0,
+                           f"{uri} is not answering: {run.wedged(uri)}")
+                run.checkpoint()
+                return False
+            name = attempt.name or guest.name
+            if attempt.refusal == "already active" \
+                    and self._kept_while_saved(uri, guest.uuid, name, outcome, attempt.seconds):
+                return False
+            if attempt.refusal == "already active":
+                run.report.say(f"Resuming guest {name}: already active")
+                self._step(uri, outcome, Res.ALREADY_ACTIVE, attempt.seconds)
+            elif attempt.refusal == "missing":
+                run.fail()
+                run.report.gone(uri, guest.uuid)
+                self._step(uri, outcome, Res.GONE, attempt.seconds, attempt.detail)
+                run.checkpoint()
+                return False
+            elif attempt.error is not None:
+                run.fail()
+                run.report.say(f"Resuming guest {name}: failed")
+                run.report.error(f"starting guest {name} failed: {attempt.detail}; "
+                                 "it stays recorded for the next start")
+                self._step(uri, outcome, Res.FAILED, attempt.seconds, attempt.detail)
+                run.checkpoint()
+                return False
+            else:
+                issued = True
+                outcome.name = name
+                run.report.say(f"Resuming guest {name}: done")
+                self._step(uri, outcome, Res.RESUMED, attempt.seconds)
+        if run.config.sync_time and guest.reason != Res.SKIPPED_BY_POLICY \
+                and not run.cancelled and run.wedged(uri) is None:
+            self._sync_time(uri, guest)
+        run.checkpoint()
+        return issued
+
+    def _kept_while_saved(self, uri: str, uuid: str, name: str, outcome: Outcome,
+                          seconds: float) -> bool:
+        """An active guest that another job is saving is not "already active": once
+        that save ends it is shut off with an image, so its record stays (True)."""
+        run = self.run
+        _state, what = saving(run, uri, uuid)
+        if what is None:
+            return False
+        run.report.say(f"Resuming guest {name}: a save by another job is in progress")
+        run.report.warn(f"guest {name} on {uri} is being saved by another job ({what}); "
+                        "not resumed, kept for the next start")
+        self._step(uri, outcome, Res.SAVE_IN_PROGRESS, seconds,
+                   f"being saved by another job ({what})")
+        run.checkpoint()
+        return True
+
+    def _sync_time(self, uri: str, guest: GuestStart) -> None:
+        run = self.run
+        try:
+            run.virsh.run(uri, commands.sync_time(guest.uuid),
+                          timeout=run.config.query_timeout, ignore_interrupt=True)
+        except VirshError as err:
+            run.report.warn(f"could not sync the time of guest {guest.name}: {err.detail}")

@@ -1,0 +1,91 @@
+"""Stop: each URI in its own thread, each group of guests in order, each guest's chain.
+
+URIs are often different hosts: each has its own timeout accounting.  A
+guest's action chain (suspend -> shutdown -> poweroff) moves to the next stage
+when a step fails or times out, but never while a save of the guest is still in
+progress.  A URI that stopped answering is given up at once (``Virsh.wedged``):
+its guests stay recorded and are named in one error; a timeout of one guest's
+call costs only that guest's step.  After a stop request (SIGTERM/SIGINT)
+nothing new is started; calls in flight finish or time out.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+from virtguests.concurrently import run_all
+from virtguests.execution import Execution, next_action
+from virtguests.model import POWEROFF, SHUTDOWN, SUSPEND
+from virtguests.plan import PROTECTED, GuestStop, StopPlan, UriStop
+from virtguests.poweringoff import poweroff_all
+from virtguests.shuttingdown import shutdown_all
+from virtguests.suspending import suspend_all
+
+STAGES = (SUSPEND, SHUTDOWN, POWEROFF)
+
+_STAGE = {SUSPEND: suspend_all, SHUTDOWN: shutdown_all, POWEROFF: poweroff_all}
+"""Each stage: its guests in, the ones the chain's next step takes out."""
+
+
+def stop(run: Execution, plan: StopPlan) -> None:
+    """Stop the plan's guests, the URIs side by side."""
+    jobs = [run.guarded(f"stopping the guests on {item.uri}",
+                        functools.partial(_stop_uri, run, item))
+            for item in plan.uris if item.guests]
+    run_all(jobs, len(jobs))
+
+
+def _stop_uri(run: Execution, item: UriStop) -> None:
+    if run.config.suspending:
+        run.report.say(f"Suspending guests on {item.uri} URI...")
+    else:
+        run.report.say(f"Shutting down guests on {item.uri} URI...")
+    try:
+        for group in item.groups():
+            run_all([run.guarded(f"stopping a group of guests on {item.uri}",
+                                 functools.partial(_stop_group, run, item.uri, group))], 1)
+    finally:
+        _report_given_up(run, item)
+
+
+def _report_given_up(run: Execution, item: UriStop) -> None:
+    """One error naming every guest a URI that stopped answering left unprotected."""
+    why = run.wedged(item.uri)
+    if why is None:
+        return
+    run.fail()
+    left = [s for s in item.guests if run.outcome(item.uri, s).outcome not in PROTECTED]
+    recorded = [s.guest.name for s in left if s.record]
+    transient = [s.guest.name for s in left if not s.record]
+    message = f"gave up on {item.uri}: a call there timed out ({why})"
+    if recorded:
+        message += ("; not protected, recorded so that start brings them back: "
+                    + ", ".join(recorded))
+    if transient:
+        message += "; not protected (transient): " + ", ".join(transient)
+    run.report.error(message)
+
+
+def _stop_group(run: Execution, uri: str, steps: Sequence[GuestStop]) -> None:
+    """Each stage in turn takes its guests: those whose chain starts there, and those
+    an earlier stage failed to stop."""
+    queues: dict[str, list[GuestStop]] = {stage: [] for stage in STAGES}
+    for step in steps:
+        queues[step.actions[0]].append(step)
+    for stage in STAGES:
+        todo = queues[stage]
+        if not todo:
+            continue
+        if run.cancelled:
+            for step in todo:
+                run.interrupted(uri, step)
+            continue
+        if run.wedged(uri) is not None:
+            for step in todo:
+                run.give_up(uri, step, stage)
+            continue
+        for step in _STAGE[stage](run, uri, todo):
+            following = next_action(step, stage)
+            if following is not None:
+                queues[following].append(step)
