@@ -116,8 +116,10 @@ def three_guests(*faults: dict[str, Any]) -> dict[str, Any]:
     ("stop", three_guests(), ""),
     ("stop", three_guests({"cmd": "managedsave", "guest": "a", "action": "fail",
                            "error": "internal"}), ""),
-    ("stop", {"uris": {"default": {"guests": [{"name": "a", "shutdown_seconds": 0.2},
-                                              {"name": "b", "shutdown_seconds": 0.1}]}},
+    # a shuts off long before b: a process run sends the two requests up to a few
+    # tenths of a second apart under load, and must still see a first
+    ("stop", {"uris": {"default": {"guests": [{"name": "a", "shutdown_seconds": 0.1},
+                                              {"name": "b", "shutdown_seconds": 0.6}]}},
               "faults": [{"cmd": "shutdown", "guest": "a", "action": "garbage"}]},
      "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=2\nSHUTDOWN_TIMEOUT=20\n"),
     ("gueststatus", three_guests({"cmd": "list", "options": ["uuid"], "action": "garbage",
