@@ -149,6 +149,15 @@ def test_a_hung_call_is_killed_at_its_timeout_in_virtual_time(fake_host: Make) -
     assert host.commands() == []  # the listing hung and was killed: the fake logs nothing
 
 
+def test_a_killed_call_is_logged_only_when_asked(fake_host: Make) -> None:
+    host = fake_host(three_guests({"cmd": "list", "nth": 1, "action": "hang"}),
+                     "QUERY_TIMEOUT=40\n")
+    run, _ = run_inprocess(host, "gueststatus", log_killed=True)
+    assert run.code != 0
+    assert [(call["argv"], call["exit"], call["virtual_start"] - START)
+            for call in host.calls()] == [(["list"], None, 0.0)]
+
+
 def test_a_signal_fault_is_refused_in_process(fake_host: Make) -> None:
     host = fake_host(three_guests({"cmd": "managedsave", "action": "signal"}))
     run, _ = run_inprocess(host, "stop")

@@ -298,9 +298,10 @@ class _VirtguestsProcess(CallerProcess):
 class _World:
     """The clock, the options and the event watches shared by one in-process run."""
 
-    def __init__(self, clock: VirtualClock, events: bool) -> None:
+    def __init__(self, clock: VirtualClock, events: bool, log_killed: bool = False) -> None:
         self.clock = clock
         self.events = events
+        self.log_killed = log_killed
         self.watches: list[InProcessWatch] = []
         self.lock = threading.Lock()
         self.made = 0
@@ -329,7 +330,8 @@ class InProcessVirsh(Virsh):
     def process(self, started: float) -> _VirtguestsProcess:
         return _VirtguestsProcess(self._env, started)
 
-    def log(self, args: Sequence[str], start: float, status: int, made: _Made) -> None:
+    def log(self, args: Sequence[str], start: float, status: Optional[int],
+            made: _Made) -> None:
         """One line of ``VIRTGUESTS_FAKE_LOG``, as the fake writes it when it exits, plus
         what only an in-process run knows: the order the calls were made in (``seq``),
         the virtual time then (``virtual_start``) and the calling thread (``thread``)."""
@@ -363,6 +365,8 @@ class InProcessVirsh(Virsh):
                 timed_out = True
         if not timed_out:  # a killed fake logs nothing
             self.log(args, started, status, made)
+        elif self.world.log_killed:
+            self.log(args, started, None, made)
         for watch in self.world.watches:
             watch.look()
         if timed_out:
@@ -503,16 +507,19 @@ def _as_read(text: str) -> str:
     return text.encode("utf-8", "surrogateescape").decode("utf-8", errors="replace")
 
 
-def run_inprocess(host: FakeHost, *args: str, events: bool = True) -> tuple[Run, VirtualClock]:
+def run_inprocess(host: FakeHost, *args: str, events: bool = True,
+                  log_killed: bool = False) -> tuple[Run, VirtualClock]:
     """virtguests in-process, the fake virsh in-process, on a virtual clock.
 
     With *events* False the fake behaves as a virsh without ``event`` (before 0.9.x).
+    With *log_killed* a call killed at its timeout is logged too, with ``"exit": null``
+    (a fake process that is killed logs nothing).
     Every call goes to the fake: a run that would use another virsh (``--virsh``,
     ``$VIRSH``, say a wrapper script) raises ValueError instead of ignoring it.
     """
     host.now_file = host.root / "now"
     clock = VirtualClock(now_file=host.now_file)
-    world = _World(clock, events)
+    world = _World(clock, events, log_killed)
     shim = os.path.realpath(host.bin / "virsh")
     other: list[str] = []
 
