@@ -23,8 +23,7 @@ normalised: a character that is not printable (a guest name's newline inside an 
 a carriage return, an escape) is written as a Python escape (``\\r``, ``\\x1b``) and a
 backslash as ``\\\\``; output lines are split on newlines only; output without a final
 newline ends with the line ``\\ no newline at end``.  A virsh call killed at its
-timeout is not listed (the fake logs nothing for it, as a killed process would not);
-the run's stderr says so.
+timeout is listed with ``killed`` for its exit status.
 """
 
 from __future__ import annotations
@@ -120,7 +119,7 @@ class Transcript:
         self.lines += text_lines(self.normalised(text))
 
     def run(self, *args: str) -> None:
-        run, clock = run_inprocess(self.host, *args)
+        run, clock = run_inprocess(self.host, *args, log_killed=True)
         assert clock.stalls == 0  # every jump of the clock was a decided one
         calls = self.host.calls()[self.logged:]
         self.logged += len(calls)
@@ -130,10 +129,11 @@ class Transcript:
         self.lines += [f"$ {escaped(self.tmp(command))}", f"exit {run.code}"]
         self.output("stdout", run.out)
         self.output("stderr", run.err)
-        self.lines.append("--- virsh calls (virtual second made, exit status, argv)")
+        self.lines.append("--- virsh calls (virtual second made, exit status or killed, argv)")
         for call in in_order(calls):
             argv = escaped(self.tmp(shlex.join(call["argv"])))
-            self.lines.append(f"{call['virtual_start'] - START:8.3f} {call['exit']:>3} {argv}")
+            status = "killed" if call["exit"] is None else call["exit"]
+            self.lines.append(f"{call['virtual_start'] - START:8.3f} {status:>6} {argv}")
         listed = self.host.list_file
         self.output("list file", listed.read_text() if listed.exists() else "")
 
