@@ -54,17 +54,20 @@ TIMESTAMP = re.compile(r'^(\s*"(?:started|finished)": )[0-9.e+-]+(?=,?$)', re.MU
 
 def escaped(text: str) -> str:
     """*text* with every character that is not printable written as a Python escape."""
-    out = []
-    for char in text:
-        if char == "\\":
-            out.append("\\\\")
-        elif char.isprintable():
-            out.append(char)
-        else:
-            out.append(repr(char)[1:-1] if char in "\t\r\n" else f"\\x{ord(char):02x}"
-                       if ord(char) < 0x100 else f"\\u{ord(char):04x}"
-                       if ord(char) < 0x10000 else f"\\U{ord(char):08x}")
-    return "".join(out)
+    return "".join(_escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    if char == "\\":
+        return "\\\\"
+    if char.isprintable():
+        return char
+    if char in "\t\r\n":
+        return repr(char)[1:-1]
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def text_lines(text: str) -> list[str]:
