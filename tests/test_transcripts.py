@@ -15,7 +15,9 @@ Normalised, because it legitimately varies, and nothing else:
 - calls made at the same virtual moment by more than one thread ran concurrently, so
   their order is the scheduler's: within such a moment they are listed per URI, then
   per guest (calls naming no guest first, then by UUID), each group in the order made.
-  A moment with calls from one thread only is listed exactly as made.
+  A moment with calls from one thread only is listed exactly as made.  stdout is not
+  reordered: scenarios that start several guests set ``PARALLEL_START=1``, since
+  concurrent starts print in the order they end.
 
 Times need no normalising: they are virtual seconds since the run began, the same on
 every run.  Durations in the output are virtual too.  Written without loss, not
@@ -206,7 +208,8 @@ def libvirt_guests_list(host: FakeHost) -> None:
 CONTROL = "tab\tcr\rbell\x07\x1b[31mred\x1b[0m\u202e"
 """A tenant-chosen name: what a terminal or a log reader would misread."""
 NEWLINE = "two\nlines"
-"""libvirt refuses a newline in a name (since 5.x); a fake host does not."""
+"""Recent libvirt refuses a newline in a name when a guest is defined (not checked here);
+a fake host accepts one."""
 
 SCENARIOS: dict[str, Scenario] = {
     "stop-suspend": Scenario(
@@ -336,6 +339,11 @@ def test_one_thread_keeps_its_order_and_concurrent_calls_are_listed_canonically(
                 ["list", "--uuid"]]  # per URI, then per guest; the next moment after
     assert [c["argv"] for c in in_order(one_way)] == expected
     assert [c["argv"] for c in in_order(other_way)] == expected
+
+
+def test_every_transcript_file_has_its_scenario() -> None:
+    """A renamed or removed scenario leaves no stale golden file behind."""
+    assert sorted(path.stem for path in TRANSCRIPTS.glob("*.txt")) == sorted(SCENARIOS)
 
 
 def test_a_missing_or_different_transcript_fails_and_regenerate_rewrites_it(
