@@ -17,3 +17,14 @@ def fake_host(tmp_path: Path) -> Callable[..., FakeHost]:
         return FakeHost(tmp_path, host, config)
 
     return make
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--regenerate", action="store_true", default=False,
+                     help="rewrite the golden files (tests/transcripts/) instead of comparing")
+
+
+@pytest.fixture
+def regenerate(request: pytest.FixtureRequest) -> bool:
+    """Whether golden files are rewritten (``--regenerate``) rather than compared."""
+    return bool(request.config.getoption("--regenerate"))

@@ -117,8 +117,10 @@ def three_guests(*faults: dict[str, Any]) -> dict[str, Any]:
     ("stop", three_guests(), ""),
     ("stop", three_guests({"cmd": "managedsave", "guest": "a", "action": "fail",
                            "error": "internal"}), ""),
-    ("stop", {"uris": {"default": {"guests": [{"name": "a", "shutdown_seconds": 0.2},
-                                              {"name": "b", "shutdown_seconds": 0.1}]}},
+    # a shuts off long before b: a process run sends the two requests up to a few
+    # tenths of a second apart under load, and must still see a first
+    ("stop", {"uris": {"default": {"guests": [{"name": "a", "shutdown_seconds": 0.1},
+                                              {"name": "b", "shutdown_seconds": 0.6}]}},
               "faults": [{"cmd": "shutdown", "guest": "a", "action": "garbage"}]},
      "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=2\nSHUTDOWN_TIMEOUT=20\n"),
     ("gueststatus", three_guests({"cmd": "list", "options": ["uuid"], "action": "garbage",
@@ -146,6 +148,15 @@ def test_a_hung_call_is_killed_at_its_timeout_in_virtual_time(fake_host: Make) -
     assert "timed out after 40s and was killed" in run.out + run.err
     assert clock.now() - START >= 40
     assert host.commands() == []  # the listing hung and was killed: the fake logs nothing
+
+
+def test_a_killed_call_is_logged_only_when_asked(fake_host: Make) -> None:
+    host = fake_host(three_guests({"cmd": "list", "nth": 1, "action": "hang"}),
+                     "QUERY_TIMEOUT=40\n")
+    run, _ = run_inprocess(host, "gueststatus", log_killed=True)
+    assert run.code != 0
+    assert [(call["argv"], call["exit"], call["virtual_start"] - START)
+            for call in host.calls()] == [(["list"], None, 0.0)]
 
 
 def test_a_signal_fault_is_refused_in_process(fake_host: Make) -> None:

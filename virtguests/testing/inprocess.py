@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Callable, NoReturn, Optional
@@ -299,10 +300,20 @@ class _VirtguestsProcess(CallerProcess):
 class _World:
     """The clock, the options and the event watches shared by one in-process run."""
 
-    def __init__(self, clock: VirtualClock, events: bool) -> None:
+    def __init__(self, clock: VirtualClock, events: bool, log_killed: bool = False) -> None:
         self.clock = clock
         self.events = events
+        self.log_killed = log_killed
         self.watches: list[InProcessWatch] = []
+        self.lock = threading.Lock()
+        self.made = 0
+
+
+@dataclass(frozen=True)
+class _Made:
+    seq: int
+    now: float
+    thread: str
 
 
 class InProcessVirsh(Virsh):
@@ -319,17 +330,30 @@ class InProcessVirsh(Virsh):
     def process(self, started: float) -> _VirtguestsProcess:
         return _VirtguestsProcess(self._env, started)
 
-    def log(self, args: Sequence[str], start: float, status: int) -> None:
-        """One line of ``VIRTGUESTS_FAKE_LOG``, as the fake writes it when it exits."""
+    def log(self, args: Sequence[str], start: float, status: Optional[int],
+            made: _Made) -> None:
+        """One line of ``VIRTGUESTS_FAKE_LOG``, as the fake writes it when it exits, plus
+        what only an in-process run knows: the order the calls were made in (``seq``),
+        the virtual time then (``virtual_start``) and the calling thread (``thread``)."""
         path = self._env.get("VIRTGUESTS_FAKE_LOG")
         if path:
             with open(path, "a", encoding="utf-8") as log:
                 log.write(json.dumps({"argv": list(args), "pid": os.getpid(), "start": start,
-                                      "end": time.time(), "exit": status}) + "\n")
+                                      "end": time.time(), "exit": status, "seq": made.seq,
+                                      "virtual_start": made.now, "thread": made.thread})
+                          + "\n")
+
+    def made(self) -> _Made:
+        """A call made now, by this thread."""
+        with self.world.lock:
+            self.world.made += 1
+            seq = self.world.made
+        return _Made(seq, self.world.clock.now(), threading.current_thread().name)
 
     def _spawn(self, argv: list[str], limit: float) -> Result:
         clock = self.world.clock
-        began, started = clock.now(), time.time()
+        made = self.made()
+        began, started = made.now, time.time()
         args = argv[1:]
         when = _CallClock(clock, began + clamp(limit) if limit > 0 else None)
         status, out, err = 2, "", ""
@@ -340,7 +364,9 @@ class InProcessVirsh(Virsh):
             except _TimedOut:
                 timed_out = True
         if not timed_out:  # a killed fake logs nothing
-            self.log(args, started, status)
+            self.log(args, started, status, made)
+        elif self.world.log_killed:
+            self.log(args, started, None, made)
         for watch in self.world.watches:
             watch.look()
         if timed_out:
@@ -377,6 +403,7 @@ class InProcessWatch:
         self.argv = tuple(argv)
         self.on_line = on_line
         self.started = time.time()
+        self.made = runner.made()
         self.running = False
         self.silent = False
         self.seen: Optional[dict[str, tuple[str, bool]]] = None
@@ -396,7 +423,7 @@ class InProcessWatch:
             uri_state = host["uris"].get(self.key)
             if uri_state is None:  # the fake exits 2: not in the host file
                 self.running = False
-                self.runner.log(self.argv[1:], self.started, 2)
+                self.runner.log(self.argv[1:], self.started, 2, self.made)
                 return
             now = self.runner.world.clock.now()
             dirty = apply_due_transitions(uri_state, now)
@@ -411,7 +438,7 @@ class InProcessWatch:
         if (uri_state["unreachable"] or now < uri_state["unreachable_until"]
                 or injected.action == "fail"):
             self.running = False
-            self.runner.log(self.argv[1:], self.started, 1)
+            self.runner.log(self.argv[1:], self.started, 1, self.made)
         elif (uri_state["hang"] or injected.hang
               or 0 < uri_state["hang_after_calls"] < uri_state["calls"]
               or injected.action == "slow"):
@@ -465,7 +492,7 @@ class InProcessWatch:
         """SIGTERM: the fake exits 143 and logs the call."""
         if self.running:
             self.running = False
-            self.runner.log(self.argv[1:], self.started, 143)
+            self.runner.log(self.argv[1:], self.started, 143, self.made)
 
 
 def _as_read(text: str) -> str:
@@ -482,16 +509,19 @@ def _time_left_at(now_file: Path) -> float:
         return VIRTUAL_EPOCH
 
 
-def run_inprocess(host: FakeHost, *args: str, events: bool = True) -> tuple[Run, VirtualClock]:
+def run_inprocess(host: FakeHost, *args: str, events: bool = True,
+                  log_killed: bool = False) -> tuple[Run, VirtualClock]:
     """virtguests in-process, the fake virsh in-process, on a virtual clock.
 
     With *events* False the fake behaves as a virsh without ``event`` (before 0.9.x).
+    With *log_killed* a call killed at its timeout is logged too, with ``"exit": null``
+    (a fake process that is killed logs nothing).
     Every call goes to the fake: a run that would use another virsh (``--virsh``,
     ``$VIRSH``, say a wrapper script) raises ValueError instead of ignoring it.
     """
     host.now_file = host.root / "now"
     clock = VirtualClock(start=_time_left_at(host.now_file), now_file=host.now_file)
-    world = _World(clock, events)
+    world = _World(clock, events, log_killed)
     shim = os.path.realpath(host.bin / "virsh")
     other: list[str] = []
 
