@@ -30,9 +30,12 @@ DRAIN_SECONDS = 2.0
 """How long the end of a run waits for a slow reader before giving up on it."""
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c != 0x09}
-_CONTROL.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029)})
-"""Control characters and line separators (a tenant can put a newline in a guest's
-name) are shown escaped, so no guest can forge or split a line of the log."""
+BIDI_CONTROLS = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+"""Unicode's Bidi_Control characters: they reorder what a terminal shows (a name with
+U+202E reads backwards), so a tenant could make one guest's line look like another's."""
+_CONTROL.update({c: f"\\u{c:04x}" for c in (0x2028, 0x2029, *BIDI_CONTROLS)})
+"""Control characters, line separators and bidi controls (a tenant chooses a guest's
+name) are shown escaped, so no guest can forge, split or disguise a line of the log."""
 
 
 def printable(line: str) -> str:
