@@ -23,7 +23,7 @@ LOWER = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("cli", "__
 ACTIONS = sorted(f"actions/{p.stem}" for p in (PACKAGE / "actions").glob("*.py"))
 TOOLS = sorted((REPO / "tools").rglob("*.py"))
 
-ONLY = {"model": set(), "commands": {"config", "model"}}
+ONLY = {"model": set(), "render": set(), "commands": {"config", "model"}}
 """The first modules of the flow, and all they may import from virtguests."""
 
 EXECUTING = {"execution", "othersave", "suspending", "doorbell", "shuttingdown",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from virtguests import files
+from virtguests import files, render
 from virtguests.config import Problem
 from virtguests.model import is_uuid
 
@@ -238,7 +238,7 @@ def touch(path: Path) -> None:
 
 
 def write_json(path: Path, document: Any) -> None:
-    write_atomic(path, (json.dumps(document, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, render.json_text(document).encode())
 
 
 def read_json(path: Path) -> Optional[Any]:

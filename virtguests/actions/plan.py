@@ -7,10 +7,9 @@ report (a table, or one JSON document).  Nothing is recorded or executed.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from virtguests import commands, observe, plan, policy
+from virtguests import commands, observe, plan, policy, render
 from virtguests.actions import records
 from virtguests.actions.context import Context, for_each_uri, refuse_bad_config, unique
 from virtguests.actions.start import start_views
@@ -43,7 +42,7 @@ def run_plan(ctx: Context, which: str = "stop") -> int:
             entries.append(_start_entry(ctx, views[uri], start_plan))
     document = {"command": which, "uris": entries}
     if ctx.json:
-        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        ctx.report.out.write(render.json_text(document))
     else:
         _print_plan(ctx, document)
     return EXIT_FAIL if any(e["error"] for e in entries) else EXIT_OK
@@ -115,7 +114,5 @@ def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
         if len(rows) == 1:
             ctx.report.say("  no guests to act on")
             continue
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        for row in rows:
-            cells = [row[i].ljust(widths[i]) for i in range(4)]
-            ctx.report.say("  " + "  ".join([*cells, row[4]]).rstrip())
+        for line in render.table(rows, indent="  "):
+            ctx.report.say(line)

@@ -6,9 +6,7 @@ its problems (FILE:LINE: KEY), what is valid, exit 6.
 
 from __future__ import annotations
 
-import json
-
-from virtguests import state
+from virtguests import render, state
 from virtguests.actions.context import Context
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 
@@ -18,7 +16,7 @@ def run_report(ctx: Context) -> int:
     for problem in problems:
         ctx.report.error(str(problem))
     if ctx.json:
-        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        ctx.report.out.write(render.json_text(document))
     elif not isinstance(document, dict):
         if not problems:
             ctx.report.say(f"no run recorded yet ({ctx.paths.report})")
@@ -32,9 +30,8 @@ def run_report(ctx: Context) -> int:
             seconds = sum(float(s.get("seconds", 0)) for s in guest.get("steps", []))
             rows.append((str(guest.get("name")), str(guest.get("uri")),
                          str(guest.get("outcome")), steps, f"{seconds:.1f}"))
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
-        for row in rows:
-            ctx.report.say("  ".join([*(row[i].ljust(widths[i]) for i in range(4)), row[4]]))
+        for line in render.table(rows):
+            ctx.report.say(line)
     if problems:
         return EXIT_CONFIG
     if not isinstance(document, dict):

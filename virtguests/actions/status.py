@@ -4,10 +4,9 @@ recorded or executed."""
 
 from __future__ import annotations
 
-import json
 from typing import Any, Optional
 
-from virtguests import observe, virshout
+from virtguests import observe, render, virshout
 from virtguests.actions import records
 from virtguests.actions.context import Context, for_each_uri, refuse_bad_config, unique
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_STOPPED
@@ -36,7 +35,7 @@ def run_status(ctx: Context) -> int:
                             "bad_lines": [str(b) for b in bad if b.path == ctx.paths.pending]},
             "last_run": records.read_report(ctx, ctx.report.warn),
         }
-        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        ctx.report.out.write(render.json_text(document))
         return code
     ctx.report.say(word)
     for uri, ids in pending.items():
@@ -54,8 +53,7 @@ def run_gueststatus(ctx: Context) -> int:
     uris = unique(config.uris)
     if ctx.json:
         views = for_each_uri(uris, lambda uri: _describe_uri(ctx, uri))
-        ctx.report.out.write(json.dumps({"uris": [views[u] for u in uris]}, indent=2,
-                                        sort_keys=True) + "\n")
+        ctx.report.out.write(render.json_text({"uris": [views[u] for u in uris]}))
         return EXIT_FAIL if any(v.get("error") for v in views.values()) else EXIT_OK
 
     def table(uri: str) -> Optional[str]:
