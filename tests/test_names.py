@@ -38,9 +38,17 @@ def test_outcome_words() -> None:
 
 
 def test_action_words() -> None:
-    assert (model.SUSPEND, model.SHUTDOWN, model.POWEROFF, model.START) == (
-        "suspend", "shutdown", "poweroff", "start")
-    assert tuple(config.ACTIONS) == ACTIONS
+    assert {str(action) for action in model.Action} == {*ACTIONS, "start", "none"}
+    assert model.STOP_CHAIN == ACTIONS
+
+
+def test_words_are_their_values() -> None:
+    """A ``Word`` equals, hashes and prints as its plain string (files read back, JSON)."""
+    word = model.Action.SUSPEND
+    assert word == "suspend" and hash(word) == hash("suspend") and "suspend" in {word}
+    assert (str(word), f"{word}", f"{word:>8}", "%s" % word) == (  # noqa: UP031
+        "suspend", "suspend", " suspend", "suspend")
+    assert json.dumps({"action": word}) == '{"action": "suspend"}'
 
 
 def test_file_names(tmp_path: Path) -> None:

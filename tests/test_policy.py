@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virtguests.model import Guest, GuestPolicy
+from virtguests.model import Action, Guest, GuestPolicy
 from virtguests.policy import EXAMPLE, load, parse, resolving, wants_canonical
 from virtguests.testing import FakeHost
 
@@ -23,7 +23,7 @@ def test_example_is_valid() -> None:
     policy, problems = parse(EXAMPLE, "guests.yaml")
     assert problems == []
     assert policy.lookup("qemu:///system", Guest(UUID, "db-main")) == GuestPolicy(
-        actions=("shutdown", "poweroff"), group=10, shutdown_timeout=120, start_delay=30)
+        actions=(Action.SHUTDOWN, Action.POWEROFF), group=10, shutdown_timeout=120, start_delay=30)
     assert policy.lookup("qemu:///other", Guest(UUID, "db-main")) == GuestPolicy()
 
 

@@ -34,7 +34,7 @@ from tests.simvirsh import (
 from virtguests.config import Config
 from virtguests.execution import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
 from virtguests.executor import Executed, Executor
-from virtguests.model import Guest, UriView
+from virtguests.model import STOP_CHAIN, Action, Guest, UriView
 from virtguests.plan import PROTECTED, Res, plan_stop
 from virtguests.report import Reporter
 from virtguests.virsh import is_guest_call
@@ -97,7 +97,7 @@ def stop(guests: Sequence[SimGuest], config: Config, *, fault: Optional[Fault] =
 
 
 def shutdown_config(parallel: int, timeout: int, **changes: object) -> Config:
-    return dataclasses.replace(Config(), on_shutdown=("shutdown", "poweroff"),
+    return dataclasses.replace(Config(), on_shutdown=(Action.SHUTDOWN, Action.POWEROFF),
                                parallel_shutdown=parallel, shutdown_timeout=timeout,
                                **changes)  # type: ignore[arg-type]
 
@@ -378,7 +378,7 @@ def test_a_save_outlasting_save_timeout_is_left_to_libvirt_and_the_others_saved(
     powered off meanwhile, and the other guests are saved."""
     big = SimGuest(uuid(0), "g0", save_seconds=3000)
     others = [SimGuest(uuid(i), f"g{i}") for i in range(1, 4)]
-    config = dataclasses.replace(Config(), on_shutdown=("suspend", "shutdown", "poweroff"),
+    config = dataclasses.replace(Config(), on_shutdown=STOP_CHAIN,
                                  save_timeout=1800, parallel_suspend=parallel)
     run = stop([big, *others], config)
     assert run.steps(big) == [("suspend", Res.SAVE_IN_PROGRESS)]
@@ -396,7 +396,7 @@ def test_a_save_outlasting_save_timeout_is_left_to_libvirt_and_the_others_saved(
 def test_a_save_cut_at_stop_deadline_leaves_the_other_guests_handled() -> None:
     big = SimGuest(uuid(0), "g0", save_seconds=3000)
     others = [SimGuest(uuid(i), f"g{i}", None) for i in range(1, 3)]
-    config = dataclasses.replace(Config(), on_shutdown=("suspend", "shutdown", "poweroff"),
+    config = dataclasses.replace(Config(), on_shutdown=STOP_CHAIN,
                                  save_timeout=1800, stop_deadline=600, shutdown_timeout=60)
     run = stop([big, *others], config)
     assert run.clock.now() - 1_000_000.0 >= 600
@@ -450,7 +450,7 @@ def test_a_shutdown_answered_after_libvirts_agent_wait_is_no_timeout() -> None:
 
 def test_a_uri_that_hangs_at_the_first_save_gives_up_its_other_guests_at_once() -> None:
     guests = [SimGuest(uuid(i), f"g{i}") for i in range(4)]
-    config = dataclasses.replace(Config(), on_shutdown=("suspend", "shutdown", "poweroff"),
+    config = dataclasses.replace(Config(), on_shutdown=STOP_CHAIN,
                                  save_timeout=1800)
     run = stop(guests, config, fault=wedge_from(0))
     assert [args for _, args in run.host.calls] == [("managedsave", guests[0].uuid),
@@ -477,8 +477,8 @@ def test_a_bug_on_one_guest_never_stops_the_others(data: st.DataObject) -> None:
     guests = [SimGuest(uuid(i), f"g{i}", data.draw(st.one_of(st.none(), st.floats(0, 30)),
                                                     label=f"g{i} shutdown seconds"))
               for i in range(count)]
-    actions = data.draw(st.sampled_from([("suspend",), ("shutdown", "poweroff"),
-                                         ("suspend", "shutdown", "poweroff")]))
+    actions = data.draw(st.sampled_from([(Action.SUSPEND,), (Action.SHUTDOWN, Action.POWEROFF),
+                                         (Action.SUSPEND, Action.SHUTDOWN, Action.POWEROFF)]))
     config = dataclasses.replace(Config(), on_shutdown=actions, shutdown_timeout=30,
                                  parallel_shutdown=data.draw(st.sampled_from([0, 3])),
                                  parallel_suspend=data.draw(st.sampled_from([0, 3])))

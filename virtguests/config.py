@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from virtguests import files, shellvars
+from virtguests.model import STOP_CHAIN, Action
 
 SEARCH_PATH = (
     Path("/etc/sysconfig/libvirt-guests"),
@@ -25,7 +26,7 @@ SEARCH_PATH = (
     Path("/usr/local/etc/sysconfig/libvirt-guests"),
 )
 
-ACTIONS = ("suspend", "shutdown", "poweroff")
+CHAIN_WORDS = ", ".join(STOP_CHAIN)
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ class Config:
     uris: tuple[str, ...] = ("default",)
     on_boot: str = "start"
     start_delay: int = 0
-    on_shutdown: tuple[str, ...] = ("suspend",)
+    on_shutdown: tuple[Action, ...] = (Action.SUSPEND,)
     parallel_shutdown: int = 0
     shutdown_timeout: int = 300
     bypass_cache: bool = False
@@ -54,7 +55,7 @@ class Config:
     @property
     def suspending(self) -> bool:
         """True when the first action is a managed save (the reference's "suspend" mode)."""
-        return self.on_shutdown[0] == "suspend"
+        return self.on_shutdown[0] == Action.SUSPEND
 
 
 @dataclass(frozen=True)
@@ -206,23 +207,24 @@ def _uris(raw: str) -> tuple[str, ...]:
     return uris
 
 
-def _chain(raw: str) -> tuple[str, ...]:
+def _chain(raw: str) -> tuple[Action, ...]:
     words = tuple(ifs_split(raw))
     if not words:
-        raise Invalid(f"empty (allowed: {', '.join(ACTIONS)}, or a chain such as "
+        raise Invalid(f"empty (allowed: {CHAIN_WORDS}, or a chain such as "
                        "'suspend shutdown poweroff')")
     for word in words:
-        if word not in ACTIONS:
+        if word not in STOP_CHAIN:
             raise Invalid(
-                f"invalid action {word!r} (allowed: {', '.join(ACTIONS)}, or a chain "
+                f"invalid action {word!r} (allowed: {CHAIN_WORDS}, or a chain "
                 "such as 'suspend shutdown poweroff')"
             )
     if len(set(words)) != len(words):
         raise Invalid(f"an action is repeated in {raw!r} (allowed: each action at most once)")
-    if list(words) != sorted(words, key=ACTIONS.index):
+    actions = tuple(Action(word) for word in words)
+    if list(actions) != sorted(actions, key=STOP_CHAIN.index):
         raise Invalid(f"actions out of order in {raw!r} (allowed: in the order "
-                       f"{' -> '.join(ACTIONS)}, each optional)")
-    return words
+                       f"{' -> '.join(STOP_CHAIN)}, each optional)")
+    return actions
 
 
 def _path(raw: str) -> Optional[str]:

@@ -17,7 +17,7 @@ from typing import Callable, Optional, TypeVar
 from virtguests.clock import Clock
 from virtguests.concurrently import Job
 from virtguests.config import Config
-from virtguests.model import SHUTDOWN
+from virtguests.model import Action
 from virtguests.plan import GuestStop, Res
 from virtguests.report import Outcome, Reporter
 from virtguests.virsh import Virsh, VirshError
@@ -78,10 +78,10 @@ class Execution:
             return math.inf
         return self.deadline - self.clock.now()
 
-    def request_timeout(self, action: str) -> float:
+    def request_timeout(self, action: Action) -> float:
         """QUERY_TIMEOUT, plus what libvirt itself may wait before it answers *action*."""
         return self.config.query_timeout + (
-            AGENT_SHUTDOWN_WAIT if action == SHUTDOWN else JOB_LOCK_WAIT)
+            AGENT_SHUTDOWN_WAIT if action == Action.SHUTDOWN else JOB_LOCK_WAIT)
 
     # -- bugs -------------------------------------------------------------------
 
@@ -94,7 +94,7 @@ class Execution:
         """*job*, whose bug is reported as an internal error about *what*."""
         return Job(job, lambda exc: self.internal_error(what, exc))
 
-    def for_guest(self, uri: str, guest: str, uuid: str, action: str,
+    def for_guest(self, uri: str, guest: str, uuid: str, action: Action,
                   job: Callable[[], T], after_bug: T) -> Job[T]:
         """One guest's step; a bug there is reported for that guest alone.
 
@@ -116,17 +116,17 @@ class Execution:
         return self.report.outcome(uri, step.guest.uuid, step.guest.name)
 
     def interrupted(self, uri: str, step: GuestStop) -> None:
-        self.report.step(self.outcome(uri, step), "none", Res.INTERRUPTED, 0.0,
+        self.report.step(self.outcome(uri, step), Action.NONE, Res.INTERRUPTED, 0.0,
                          "stop requested before this guest was handled")
         self.checkpoint()
 
-    def give_up(self, uri: str, step: GuestStop, action: str) -> None:
+    def give_up(self, uri: str, step: GuestStop, action: Action) -> None:
         """Not tried: the URI stopped answering.  Named in the URI's error at the end."""
         self.report.step(self.outcome(uri, step), action, Res.GIVEN_UP, 0.0,
                          f"{uri} is not answering: {self.wedged(uri)}")
         self.checkpoint()
 
-    def escalating(self, uri: str, step: GuestStop, action: str) -> tuple[str, bool]:
+    def escalating(self, uri: str, step: GuestStop, action: Action) -> tuple[str, bool]:
         """Whether the chain's next step takes a guest, and the words that say so.
 
         Not on a URI given up (nothing more is tried there); after a stop request
@@ -137,7 +137,7 @@ class Execution:
             return "", False
         return ("" if self.cancelled else f"; trying {following}"), True
 
-    def failed_step(self, uri: str, step: GuestStop, action: str, what: str,
+    def failed_step(self, uri: str, step: GuestStop, action: Action, what: str,
                     err: VirshError, seconds: float) -> bool:
         """Report a failed step (``WHAT failed: DETAIL[; trying NEXT]``); True: escalate."""
         trying, escalate = self.escalating(uri, step, action)
@@ -153,7 +153,7 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def next_action(step: GuestStop, after: str) -> Optional[str]:
+def next_action(step: GuestStop, after: Action) -> Optional[Action]:
     """The action of *step*'s chain after *after*, or None (none, or not in the chain)."""
     actions = step.actions
     if after not in actions:

@@ -9,11 +9,38 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 from typing import Callable, Optional
 
-SUSPEND, SHUTDOWN, POWEROFF = "suspend", "shutdown", "poweroff"
-"""The steps of a guest's stop chain (ON_SHUTDOWN, policy ``actions``)."""
-START = "start"
+
+class Word(str, Enum):
+    """A word users read (messages, JSON, config): an enum member that is its own value.
+
+    The ``str`` mixin keeps it equal to the plain string read back from a file or
+    config, and ``json.dumps`` writes the value; ``str()`` and f-strings give the value
+    too (Python 3.11 would print ``Action.SUSPEND``).
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class Action(Word):
+    """What is done to a guest: the stop chain's steps (ON_SHUTDOWN, policy ``actions``),
+    ``start``, and ``none`` for a step that never began (the run report's ``action``)."""
+
+    SUSPEND = "suspend"
+    SHUTDOWN = "shutdown"
+    POWEROFF = "poweroff"
+    START = "start"
+    NONE = "none"
+
+
+STOP_CHAIN = (Action.SUSPEND, Action.SHUTDOWN, Action.POWEROFF)
+"""The stop chain's actions, in the only order a chain may take them."""
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -62,7 +89,7 @@ class UriView:
 class GuestPolicy:
     """Per-guest overrides (from the policy file); None means "use the config"."""
 
-    actions: Optional[tuple[str, ...]] = None
+    actions: Optional[tuple[Action, ...]] = None
     group: int = 0
     shutdown_timeout: Optional[int] = None
     start_delay: Optional[int] = None

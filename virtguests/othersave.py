@@ -15,7 +15,7 @@ from typing import Optional
 
 from virtguests import query, virshout
 from virtguests.execution import Execution
-from virtguests.model import SUSPEND
+from virtguests.model import Action
 from virtguests.plan import GuestStop, Res
 from virtguests.virsh import VirshError
 
@@ -130,7 +130,7 @@ def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
     return OtherSave.SAVED if saved else OtherSave.OFF
 
 
-def after_other_save(run: Execution, uri: str, step: GuestStop, action: str, other: str,
+def after_other_save(run: Execution, uri: str, step: GuestStop, action: Action, other: str,
                      started: float, *, failure: Optional[VirshError] = None) -> bool:
     """Report how a save in progress ended; never escalates (False).
 
@@ -140,12 +140,12 @@ def after_other_save(run: Execution, uri: str, step: GuestStop, action: str, oth
     outcome = run.outcome(uri, step)
     seconds = run.clock.now() - started
     if other == OtherSave.SAVED:
-        if action == SUSPEND:
+        if action == Action.SUSPEND:
             run.report.say(f"Suspending {name}: done")
         else:
             run.report.warn(f"guest {name} on {uri} was saved by another job; "
                             f"no {action} needed")
-        run.report.step(outcome, SUSPEND, Res.SAVED, seconds,
+        run.report.step(outcome, Action.SUSPEND, Res.SAVED, seconds,
                         "saved after its virsh call timed out" if failure
                         else "saved by another job")
     elif other == OtherSave.OFF:

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 from virtguests import commands
 from virtguests.config import Config
-from virtguests.model import SUSPEND, Guest, PolicyLookup, UriView, no_policy
+from virtguests.model import Action, Guest, PolicyLookup, UriView, no_policy
 
 
 class Res:
@@ -52,7 +52,7 @@ SETTLED = frozenset({Res.RESUMED, Res.ALREADY_ACTIVE, Res.GONE, Res.SKIPPED_BY_P
 @dataclass(frozen=True)
 class GuestStop:
     guest: Guest
-    actions: tuple[str, ...]
+    actions: tuple[Action, ...]
     timeout: int
     group: int = 0
     record: bool = True
@@ -112,7 +112,7 @@ def plan_stop(
                 if not _acts_on_transient(config, actions):
                     skipped.append(guest)
                     continue
-                actions = tuple(a for a in actions if a != SUSPEND)
+                actions = tuple(a for a in actions if a != Action.SUSPEND)
                 if not actions:
                     skipped.append(guest)
                     continue
@@ -124,13 +124,13 @@ def plan_stop(
     return StopPlan(config.suspending, tuple(uris), unreachable, dict(earlier or {}))
 
 
-def _acts_on_transient(config: Config, actions: Sequence[str]) -> bool:
+def _acts_on_transient(config: Config, actions: Sequence[Action]) -> bool:
     """PERSISTENT_ONLY as the reference defines it; a chain past suspend can stop them."""
     if config.persistent_only == "true":
         return False
     if config.persistent_only == "false":
         return True
-    return actions[0] != SUSPEND or len(actions) > 1
+    return actions[0] != Action.SUSPEND or len(actions) > 1
 
 
 def stop_commands(plan: StopPlan, config: Config,

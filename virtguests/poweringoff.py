@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from virtguests import commands
 from virtguests.concurrently import run_all
 from virtguests.execution import Execution
-from virtguests.model import POWEROFF
+from virtguests.model import Action
 from virtguests.othersave import OtherSave, after_other_save, other_save
 from virtguests.plan import GuestStop, Res
 from virtguests.virsh import VirshError
@@ -20,7 +20,7 @@ from virtguests.virsh import VirshError
 
 def poweroff_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
     """Power each guest off; nothing is left for a next step (an empty list)."""
-    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, POWEROFF,
+    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, Action.POWEROFF,
                                       functools.partial(_poweroff, run, uri, step), False)
                         for step in steps], 1)
     return [step for step, again in zip(steps, escalate) if again]
@@ -32,26 +32,26 @@ def _poweroff(run: Execution, uri: str, step: GuestStop) -> bool:
         run.interrupted(uri, step)
         return False
     if run.wedged(uri) is not None:
-        run.give_up(uri, step, POWEROFF)
+        run.give_up(uri, step, Action.POWEROFF)
         return False
     started = run.clock.now()
     budget = min(float(run.config.save_timeout), run.remaining())
     other = other_save(run, uri, step, started + budget)
     if other != OtherSave.NONE:
-        return after_other_save(run, uri, step, POWEROFF, other, started)
+        return after_other_save(run, uri, step, Action.POWEROFF, other, started)
     outcome = run.outcome(uri, step)
     try:
         run.virsh.run(uri, commands.destroy(step.guest.uuid),
-                      timeout=run.request_timeout(POWEROFF), ignore_interrupt=True)
+                      timeout=run.request_timeout(Action.POWEROFF), ignore_interrupt=True)
     except VirshError as err:
         if err.wedged:
-            run.give_up(uri, step, POWEROFF)
+            run.give_up(uri, step, Action.POWEROFF)
             return False
         run.fail()
         run.report.error(f"powering off guest {step.guest.name} failed: {err.detail}")
-        run.report.step(outcome, POWEROFF, Res.FAILED, 0.0, err.detail)
+        run.report.step(outcome, Action.POWEROFF, Res.FAILED, 0.0, err.detail)
     else:
         run.report.say(f"Powering off guest {step.guest.name}: done")
-        run.report.step(outcome, POWEROFF, Res.POWERED_OFF, run.clock.now() - started)
+        run.report.step(outcome, Action.POWEROFF, Res.POWERED_OFF, run.clock.now() - started)
     run.checkpoint()
     return False

@@ -23,7 +23,7 @@ from virtguests import commands, query
 from virtguests.concurrently import run_all
 from virtguests.doorbell import POLL, Doorbell
 from virtguests.execution import PROGRESS_EVERY, Execution, one_line
-from virtguests.model import SHUTDOWN
+from virtguests.model import Action
 from virtguests.othersave import OtherSave, after_other_save, other_save
 from virtguests.plan import GuestStop, Res
 from virtguests.virsh import Interrupted, VirshError
@@ -95,7 +95,7 @@ def shutdown_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[G
     except Exception as exc:
         run.internal_error(f"waiting for the shutdowns on {uri}", exc)
         for step in flight.unsettled():
-            run.report.step(run.outcome(uri, step), SHUTDOWN, Res.INTERNAL_ERROR, 0.0,
+            run.report.step(run.outcome(uri, step), Action.SHUTDOWN, Res.INTERNAL_ERROR, 0.0,
                             one_line(exc))
         run.checkpoint()
     finally:
@@ -103,7 +103,7 @@ def shutdown_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[G
     if not flight.refused:
         return flight.failed
     refused = {r.step.guest.uuid: r for r in flight.refused}
-    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, SHUTDOWN,
+    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, Action.SHUTDOWN,
                                       functools.partial(_after_refusal, run, uri,
                                                         refused[step.guest.uuid]), False)
                         for step in (r.step for r in flight.refused)],
@@ -118,8 +118,8 @@ def _after_refusal(run: Execution, uri: str, refused: _Refused) -> bool:
     if run.wedged(uri) is None:
         other = other_save(run, uri, step, refused.until, failure=err)
         if other != OtherSave.NONE:
-            return after_other_save(run, uri, step, SHUTDOWN, other, refused.at)
-    return run.failed_step(uri, step, SHUTDOWN, f"shutdown of guest {step.guest.name}",
+            return after_other_save(run, uri, step, Action.SHUTDOWN, other, refused.at)
+    return run.failed_step(uri, step, Action.SHUTDOWN, f"shutdown of guest {step.guest.name}",
                            err, 0.0)
 
 
@@ -186,12 +186,12 @@ class _Shutdowns:
                 for uuid in stopped:
                     waited = flight.waiting.pop(uuid)
                     run.report.say(f"Shutdown of guest {waited.step.guest.name} complete.")
-                    run.report.step(run.outcome(uri, waited.step), SHUTDOWN, Res.SHUT_OFF,
+                    run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN, Res.SHUT_OFF,
                                     now - waited.since)
                     run.checkpoint()
             if run.cancelled and flight.waiting:
                 for waited in flight.waiting.values():
-                    run.report.step(run.outcome(uri, waited.step), SHUTDOWN,
+                    run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN,
                                     Res.INTERRUPTED, now - waited.since,
                                     "stop requested while waiting")
                 flight.waiting.clear()
@@ -216,7 +216,7 @@ class _Shutdowns:
                 if serial:
                     run.report.say(f"Shutdown of guest {waited.step.guest.name} failed to "
                                    "complete in time.")
-                run.report.step(run.outcome(uri, waited.step), SHUTDOWN, Res.TIMED_OUT,
+                run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN, Res.TIMED_OUT,
                                 now - waited.since)
                 flight.failed.append(waited.step)
                 run.checkpoint()
@@ -279,7 +279,7 @@ class _Shutdowns:
         run, uri = self.run, self.uri
         for step in steps:
             run.report.say(f"Starting shutdown on guest: {step.guest.name}")
-        return run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, SHUTDOWN,
+        return run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, Action.SHUTDOWN,
                                       functools.partial(self._send_shutdown, step), None)
                         for step in steps],
                        max(1, run.config.parallel_shutdown), waiting=self._through_clock)
@@ -298,10 +298,10 @@ class _Shutdowns:
         run, uri = self.run, self.uri
         try:
             run.virsh.run(uri, commands.shutdown(step.guest.uuid),
-                          timeout=run.request_timeout(SHUTDOWN), ignore_interrupt=True)
+                          timeout=run.request_timeout(Action.SHUTDOWN), ignore_interrupt=True)
         except VirshError as err:
             if err.wedged:
-                run.give_up(uri, step, SHUTDOWN)
+                run.give_up(uri, step, Action.SHUTDOWN)
                 return None
             now = run.clock.now()
             return _Refused(step, err, now,
@@ -311,7 +311,7 @@ class _Shutdowns:
     def _give_up_waiting(self) -> None:
         """The URI stopped answering: no check can succeed there, stop waiting at once."""
         for step in self.flight.unsettled():
-            self.run.give_up(self.uri, step, SHUTDOWN)
+            self.run.give_up(self.uri, step, Action.SHUTDOWN)
         self.flight.waiting.clear()
         self.flight.queue.clear()
 
@@ -322,11 +322,11 @@ class _Shutdowns:
             waited = flight.waiting.pop(uuid)
             step = waited.step
             run.fail()
-            trying, _ = run.escalating(uri, step, SHUTDOWN)
+            trying, _ = run.escalating(uri, step, Action.SHUTDOWN)
             run.report.error(f"cannot tell whether guest {step.guest.name} on {uri} shut "
                              f"down: its status checks failed for {round(seconds)}s"
                              f"{trying}")
-            run.report.step(run.outcome(uri, step), SHUTDOWN, Res.FAILED,
+            run.report.step(run.outcome(uri, step), Action.SHUTDOWN, Res.FAILED,
                             run.clock.now() - waited.since, "status checks kept failing")
             flight.failed.append(step)
             run.checkpoint()

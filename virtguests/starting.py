@@ -18,7 +18,7 @@ from typing import Optional
 from virtguests import commands, query, virshout
 from virtguests.concurrently import Job, run_all
 from virtguests.execution import Execution
-from virtguests.model import START
+from virtguests.model import Action
 from virtguests.othersave import saving
 from virtguests.plan import SETTLED, GuestStart, Res, StartPlan, UriStart
 from virtguests.report import Outcome
@@ -102,7 +102,7 @@ class Starting:
 
         def start_one(guest: GuestStart) -> Job[bool]:
             return run.for_guest(
-                item.uri, guest.name, guest.uuid, START,
+                item.uri, guest.name, guest.uuid, Action.START,
                 functools.partial(self._guest, item.uri, guest, tried.get(guest.uuid)),
                 False)
 
@@ -145,7 +145,7 @@ class Starting:
     def _step(self, uri: str, outcome: Outcome, result: str, seconds: float,
               detail: str = "") -> None:
         """Record a start step; a definite outcome (``plan.SETTLED``) ends the record."""
-        self.run.report.step(outcome, START, result, seconds, detail)
+        self.run.report.step(outcome, Action.START, result, seconds, detail)
         if result in SETTLED:
             with self._lock:
                 self._settled.setdefault(uri, set()).add(outcome.uuid)

@@ -16,15 +16,13 @@ from collections.abc import Sequence
 
 from virtguests.concurrently import run_all
 from virtguests.execution import Execution, next_action
-from virtguests.model import POWEROFF, SHUTDOWN, SUSPEND
+from virtguests.model import STOP_CHAIN, Action
 from virtguests.plan import PROTECTED, GuestStop, StopPlan, UriStop
 from virtguests.poweringoff import poweroff_all
 from virtguests.shuttingdown import shutdown_all
 from virtguests.suspending import suspend_all
 
-STAGES = (SUSPEND, SHUTDOWN, POWEROFF)
-
-_STAGE = {SUSPEND: suspend_all, SHUTDOWN: shutdown_all, POWEROFF: poweroff_all}
+_STAGE = {Action.SUSPEND: suspend_all, Action.SHUTDOWN: shutdown_all, Action.POWEROFF: poweroff_all}
 """Each stage: its guests in, the ones the chain's next step takes out."""
 
 
@@ -70,10 +68,10 @@ def _report_given_up(run: Execution, item: UriStop) -> None:
 def _stop_group(run: Execution, uri: str, steps: Sequence[GuestStop]) -> None:
     """Each stage in turn takes its guests: those whose chain starts there, and those
     an earlier stage failed to stop."""
-    queues: dict[str, list[GuestStop]] = {stage: [] for stage in STAGES}
+    queues: dict[Action, list[GuestStop]] = {stage: [] for stage in STOP_CHAIN}
     for step in steps:
         queues[step.actions[0]].append(step)
-    for stage in STAGES:
+    for stage in STOP_CHAIN:
         todo = queues[stage]
         if not todo:
             continue

@@ -16,7 +16,7 @@ from typing import Optional
 from virtguests import commands, virshout
 from virtguests.concurrently import Job, run_all
 from virtguests.execution import PROGRESS_EVERY, Execution
-from virtguests.model import SUSPEND
+from virtguests.model import Action
 from virtguests.othersave import OtherSave, after_other_save, other_save
 from virtguests.plan import GuestStop, Res
 from virtguests.virsh import Interrupted, VirshError
@@ -24,7 +24,7 @@ from virtguests.virsh import Interrupted, VirshError
 
 def suspend_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
     """Save each guest; the ones the chain's next step takes."""
-    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, SUSPEND,
+    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, Action.SUSPEND,
                                       functools.partial(_suspend, run, uri, step), False)
                         for step in steps], run.config.parallel_suspend)
     return [step for step, again in zip(steps, escalate) if again]
@@ -39,13 +39,13 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
         run.interrupted(uri, step)
         return False
     if run.wedged(uri) is not None:
-        run.give_up(uri, step, SUSPEND)
+        run.give_up(uri, step, Action.SUSPEND)
         return False
     budget = min(float(run.config.save_timeout), run.remaining())
     if budget <= 0:
-        trying, escalate = run.escalating(uri, step, SUSPEND)
+        trying, escalate = run.escalating(uri, step, Action.SUSPEND)
         run.report.error(f"no time left before STOP_DEADLINE to save guest {name}{trying}")
-        run.report.step(outcome, SUSPEND, Res.SKIPPED, 0.0, "STOP_DEADLINE reached")
+        run.report.step(outcome, Action.SUSPEND, Res.SKIPPED, 0.0, "STOP_DEADLINE reached")
         return escalate
     run.report.say(f"{label}...")
     started = run.clock.now()
@@ -72,11 +72,11 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
     [err] = run_all([Job(save)], 1, waiting=progress)
     if err is None:
         run.report.say(f"{label}done")
-        run.report.step(outcome, SUSPEND, Res.SAVED, run.clock.now() - started)
+        run.report.step(outcome, Action.SUSPEND, Res.SAVED, run.clock.now() - started)
         run.checkpoint()
         return False
     if err.wedged:
-        run.give_up(uri, step, SUSPEND)
+        run.give_up(uri, step, Action.SUSPEND)
         return False
     if run.wedged(uri) is None:
         # A save must end before anything harsher is tried: another job's (an
@@ -85,9 +85,9 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
         other = other_save(run, uri, step, started + budget, failure=err,
                            ours=err.timed_out)
         if other != OtherSave.NONE:
-            return after_other_save(run, uri, step, SUSPEND, other, started,
+            return after_other_save(run, uri, step, Action.SUSPEND, other, started,
                                     failure=err if err.timed_out else None)
-    return run.failed_step(uri, step, SUSPEND, f"saving guest {name}", err,
+    return run.failed_step(uri, step, Action.SUSPEND, f"saving guest {name}", err,
                            run.clock.now() - started)
 
 

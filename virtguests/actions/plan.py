@@ -15,7 +15,7 @@ from virtguests.actions import records
 from virtguests.actions.context import Context, for_each_uri, refuse_bad_config, unique
 from virtguests.actions.start import start_views
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import SHUTDOWN, UriView
+from virtguests.model import Action, UriView
 from virtguests.virsh import format_argv
 
 
@@ -60,7 +60,7 @@ def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[st
             entry["guests"].append({
                 "name": step.guest.name, "uuid": step.guest.uuid, "order": step.group,
                 "actions": list(step.actions),
-                "timeout": step.timeout if SHUTDOWN in step.actions else None,
+                "timeout": step.timeout if Action.SHUTDOWN in step.actions else None,
                 "commands": [format_argv(ctx.virsh.argv(view.uri, commands.stop_action(
                     a, step.guest.uuid, ctx.config))) for a in step.actions],
             })

@@ -27,7 +27,7 @@ from virtguests.actions.records import Checkpoint
 from virtguests.config import Config
 from virtguests.executor import Executor
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import UriView
+from virtguests.model import Action, UriView
 from virtguests.virsh import format_argv
 
 
@@ -35,7 +35,8 @@ def run_stop(ctx: Context, *, force_shutdown: bool = False) -> int:
     config = ctx.config
     if force_shutdown:
         chain = config.on_shutdown
-        chain = chain[chain.index("shutdown"):] if "shutdown" in chain else ("shutdown",)
+        chain = (chain[chain.index(Action.SHUTDOWN):] if Action.SHUTDOWN in chain
+                 else (Action.SHUTDOWN,))
         config = replace(config, on_shutdown=chain)
     report_config(ctx)
     report_conflicts(ctx)
