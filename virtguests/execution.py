@@ -17,9 +17,9 @@ from typing import Callable, Optional, TypeVar
 from virtguests.clock import Clock
 from virtguests.concurrently import Job
 from virtguests.config import Config
-from virtguests.model import Action
-from virtguests.plan import GuestStop, Res
-from virtguests.report import Outcome, Reporter
+from virtguests.model import Action, Outcome
+from virtguests.plan import GuestStop
+from virtguests.report import GuestResult, Reporter
 from virtguests.virsh import Virsh, VirshError
 
 T = TypeVar("T")
@@ -104,7 +104,7 @@ class Execution:
         def bug(exc: Exception) -> T:
             self.internal_error(f"{action} of guest {guest} on {uri}", exc)
             self.report.step(self.report.outcome(uri, uuid, guest), action,
-                             Res.INTERNAL_ERROR, 0.0, one_line(exc))
+                             Outcome.INTERNAL_ERROR, 0.0, one_line(exc))
             self.checkpoint()
             return after_bug
 
@@ -112,17 +112,17 @@ class Execution:
 
     # -- a stop step's words ----------------------------------------------------
 
-    def outcome(self, uri: str, step: GuestStop) -> Outcome:
+    def outcome(self, uri: str, step: GuestStop) -> GuestResult:
         return self.report.outcome(uri, step.guest.uuid, step.guest.name)
 
     def interrupted(self, uri: str, step: GuestStop) -> None:
-        self.report.step(self.outcome(uri, step), Action.NONE, Res.INTERRUPTED, 0.0,
+        self.report.step(self.outcome(uri, step), Action.NONE, Outcome.INTERRUPTED, 0.0,
                          "stop requested before this guest was handled")
         self.checkpoint()
 
     def give_up(self, uri: str, step: GuestStop, action: Action) -> None:
         """Not tried: the URI stopped answering.  Named in the URI's error at the end."""
-        self.report.step(self.outcome(uri, step), action, Res.GIVEN_UP, 0.0,
+        self.report.step(self.outcome(uri, step), action, Outcome.GIVEN_UP, 0.0,
                          f"{uri} is not answering: {self.wedged(uri)}")
         self.checkpoint()
 
@@ -143,7 +143,7 @@ class Execution:
         trying, escalate = self.escalating(uri, step, action)
         self.fail()
         self.report.error(f"{what} failed: {err.detail}{trying}")
-        self.report.step(self.outcome(uri, step), action, Res.FAILED, seconds, err.detail)
+        self.report.step(self.outcome(uri, step), action, Outcome.FAILED, seconds, err.detail)
         self.checkpoint()
         return escalate
 

@@ -31,7 +31,7 @@ class Executed:
     status: int
     """0, or 1 when anything failed (a step, a URI given up, a bug)."""
     settled: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    """start: the guests with a definite outcome (``plan.SETTLED``) per URI; every
+    """start: the guests with a definite outcome (``model.SETTLED``) per URI; every
     other recorded guest stays recorded for the next start.  Empty for stop."""
 
 

@@ -42,6 +42,40 @@ class Action(Word):
 STOP_CHAIN = (Action.SUSPEND, Action.SHUTDOWN, Action.POWEROFF)
 """The stop chain's actions, in the only order a chain may take them."""
 
+
+class Outcome(Word):
+    """What one step did to a guest: the words of the run report (``report``, ``--json``),
+    so the executor and the bookkeeping that reads outcomes back compare names, not text.
+    """
+
+    PENDING = "pending"
+    """No step yet."""
+    SAVED = "saved"
+    SHUT_OFF = "shut off"
+    POWERED_OFF = "powered off"
+    FAILED = "failed"
+    TIMED_OUT = "timed out"
+    SKIPPED = "skipped"
+    INTERRUPTED = "interrupted"
+    GIVEN_UP = "given up"
+    """Not tried: the URI stopped answering (a call there timed out)."""
+    SAVE_IN_PROGRESS = "save in progress"
+    """Another job was still saving the guest when our time ran out: left alone."""
+    INTERNAL_ERROR = "internal error"
+    RESUMED = "resumed"
+    ALREADY_ACTIVE = "already active"
+    GONE = "no longer exists"
+    """The recorded guest is not defined any more."""
+    SKIPPED_BY_POLICY = "skipped by policy"
+
+
+PROTECTED = frozenset({Outcome.SAVED, Outcome.SHUT_OFF, Outcome.POWERED_OFF})
+"""Stop outcomes after which the guest cannot lose anything at power-off."""
+
+SETTLED = frozenset({Outcome.RESUMED, Outcome.ALREADY_ACTIVE, Outcome.GONE,
+                     Outcome.SKIPPED_BY_POLICY})
+"""Start outcomes that end a guest's record; every other outcome keeps it for the next start."""
+
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 

@@ -15,8 +15,8 @@ from typing import Optional
 
 from virtguests import query, virshout
 from virtguests.execution import Execution
-from virtguests.model import Action
-from virtguests.plan import GuestStop, Res
+from virtguests.model import Action, Outcome
+from virtguests.plan import GuestStop
 from virtguests.virsh import VirshError
 
 log = logging.getLogger(__name__)
@@ -145,13 +145,13 @@ def after_other_save(run: Execution, uri: str, step: GuestStop, action: Action, 
         else:
             run.report.warn(f"guest {name} on {uri} was saved by another job; "
                             f"no {action} needed")
-        run.report.step(outcome, Action.SUSPEND, Res.SAVED, seconds,
+        run.report.step(outcome, Action.SUSPEND, Outcome.SAVED, seconds,
                         "saved after its virsh call timed out" if failure
                         else "saved by another job")
     elif other == OtherSave.OFF:
         run.report.warn(f"guest {name} on {uri} is shut off already (without a "
                         f"managed-save image); no {action} needed")
-        run.report.step(outcome, action, Res.SHUT_OFF, seconds, "already shut off")
+        run.report.step(outcome, action, Outcome.SHUT_OFF, seconds, "already shut off")
     elif other == OtherSave.STILL_SAVING:
         run.fail()
         if failure is not None:
@@ -163,9 +163,9 @@ def after_other_save(run: Execution, uri: str, step: GuestStop, action: Action, 
             detail = "another job was still saving it when our time ran out"
         run.report.error(f"{what} not shutting it down or powering it off while its "
                          "memory is being written (it stays recorded)")
-        run.report.step(outcome, action, Res.SAVE_IN_PROGRESS, seconds, detail)
+        run.report.step(outcome, action, Outcome.SAVE_IN_PROGRESS, seconds, detail)
     else:
-        run.report.step(outcome, action, Res.INTERRUPTED, seconds,
+        run.report.step(outcome, action, Outcome.INTERRUPTED, seconds,
                         "stop requested while another job was saving it")
     run.checkpoint()
     return False

@@ -14,39 +14,7 @@ from typing import Callable, Optional
 
 from virtguests import commands
 from virtguests.config import Config
-from virtguests.model import Action, Guest, PolicyLookup, UriView, no_policy
-
-
-class Res:
-    """What one step did to a guest: the words of the run report (``report``, ``--json``).
-
-    Constants, so the executor and the bookkeeping that reads outcomes back
-    compare names, not free text.
-    """
-
-    SAVED = "saved"
-    SHUT_OFF = "shut off"
-    POWERED_OFF = "powered off"
-    FAILED = "failed"
-    TIMED_OUT = "timed out"
-    SKIPPED = "skipped"
-    INTERRUPTED = "interrupted"
-    GIVEN_UP = "given up"
-    """Not tried: the URI stopped answering (a call there timed out)."""
-    SAVE_IN_PROGRESS = "save in progress"
-    """Another job was still saving the guest when our time ran out: left alone."""
-    INTERNAL_ERROR = "internal error"
-    RESUMED = "resumed"
-    ALREADY_ACTIVE = "already active"
-    GONE = "no longer exists"
-    SKIPPED_BY_POLICY = "skipped by policy"
-
-
-PROTECTED = frozenset({Res.SAVED, Res.SHUT_OFF, Res.POWERED_OFF})
-"""Stop outcomes after which the guest cannot lose anything at power-off."""
-
-SETTLED = frozenset({Res.RESUMED, Res.ALREADY_ACTIVE, Res.GONE, Res.SKIPPED_BY_POLICY})
-"""Start outcomes that end a guest's record; every other outcome keeps it for the next start."""
+from virtguests.model import Action, Guest, Outcome, PolicyLookup, UriView, no_policy
 
 
 @dataclass(frozen=True)
@@ -209,10 +177,10 @@ def plan_start(
                 continue
             rule = policy(uri, guest)
             if rule.skip_start:
-                guests.append(GuestStart(uuid, guest.name, False, Res.SKIPPED_BY_POLICY,
+                guests.append(GuestStart(uuid, guest.name, False, Outcome.SKIPPED_BY_POLICY,
                                          rule.group, rule.start_delay))
             elif guest.active:
-                guests.append(GuestStart(uuid, guest.name, False, Res.ALREADY_ACTIVE,
+                guests.append(GuestStart(uuid, guest.name, False, Outcome.ALREADY_ACTIVE,
                                          rule.group, rule.start_delay))
             else:
                 guests.append(GuestStart(uuid, guest.name, True, "", rule.group,
@@ -234,6 +202,6 @@ def start_commands(plan: StartPlan, config: Config,
         for guest in sorted(item.guests, key=lambda g: g.group):
             if guest.start:
                 out.append(argv(item.uri, commands.start(guest.uuid, config)))
-            if config.sync_time and guest.reason != Res.SKIPPED_BY_POLICY:
+            if config.sync_time and guest.reason != Outcome.SKIPPED_BY_POLICY:
                 out.append(argv(item.uri, commands.sync_time(guest.uuid)))
     return out

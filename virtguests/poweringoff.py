@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from virtguests import commands
 from virtguests.concurrently import run_all
 from virtguests.execution import Execution
-from virtguests.model import Action
+from virtguests.model import Action, Outcome
 from virtguests.othersave import OtherSave, after_other_save, other_save
-from virtguests.plan import GuestStop, Res
+from virtguests.plan import GuestStop
 from virtguests.virsh import VirshError
 
 
@@ -49,9 +49,9 @@ def _poweroff(run: Execution, uri: str, step: GuestStop) -> bool:
             return False
         run.fail()
         run.report.error(f"powering off guest {step.guest.name} failed: {err.detail}")
-        run.report.step(outcome, Action.POWEROFF, Res.FAILED, 0.0, err.detail)
+        run.report.step(outcome, Action.POWEROFF, Outcome.FAILED, 0.0, err.detail)
     else:
         run.report.say(f"Powering off guest {step.guest.name}: done")
-        run.report.step(outcome, Action.POWEROFF, Res.POWERED_OFF, run.clock.now() - started)
+        run.report.step(outcome, Action.POWEROFF, Outcome.POWERED_OFF, run.clock.now() - started)
     run.checkpoint()
     return False

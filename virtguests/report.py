@@ -18,26 +18,31 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, TextIO
 
+from virtguests.model import Action, Outcome
 from virtguests.output import Output, printable
 
 
 @dataclass
-class Step:
-    action: str
-    result: str
+class StepResult:
+    """One action on a guest and its outcome (the run report's ``steps``; the field
+    names are its JSON keys)."""
+
+    action: Action
+    result: Outcome
     seconds: float
     detail: str = ""
 
 
 @dataclass
-class Outcome:
-    """What happened to one guest during this run."""
+class GuestResult:
+    """What happened to one guest during this run: the outcome of its last step
+    (``pending`` before the first)."""
 
     uri: str
     uuid: str
     name: str
-    outcome: str = "pending"
-    steps: list[Step] = field(default_factory=list)
+    outcome: Outcome = Outcome.PENDING
+    steps: list[StepResult] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,7 +64,7 @@ class Reporter:
         self.quiet = quiet
         self.verbose = verbose
         self._lock = threading.Lock()
-        self.outcomes: dict[tuple[str, str], Outcome] = {}
+        self.outcomes: dict[tuple[str, str], GuestResult] = {}
         self.started = time.time()
 
     def say(self, line: str) -> None:
@@ -101,17 +106,17 @@ class Reporter:
     def gone(self, uri: str, uuid: str) -> None:
         self.error(f"recorded guest {uuid} no longer exists on {uri}; dropped")
 
-    def outcome(self, uri: str, uuid: str, name: str) -> Outcome:
+    def outcome(self, uri: str, uuid: str, name: str) -> GuestResult:
         with self._lock:
             key = (uri, uuid)
             if key not in self.outcomes:
-                self.outcomes[key] = Outcome(uri, uuid, name)
+                self.outcomes[key] = GuestResult(uri, uuid, name)
             return self.outcomes[key]
 
-    def step(self, outcome: Outcome, action: str, result: str, seconds: float,
+    def step(self, outcome: GuestResult, action: Action, result: Outcome, seconds: float,
              detail: str = "") -> None:
         with self._lock:
-            outcome.steps.append(Step(action, result, round(seconds, 3), detail))
+            outcome.steps.append(StepResult(action, result, round(seconds, 3), detail))
             outcome.outcome = result
 
     def document(self, command: str, status: int) -> dict[str, Any]:

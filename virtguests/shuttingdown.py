@@ -23,9 +23,9 @@ from virtguests import commands, query
 from virtguests.concurrently import run_all
 from virtguests.doorbell import POLL, Doorbell
 from virtguests.execution import PROGRESS_EVERY, Execution, one_line
-from virtguests.model import Action
+from virtguests.model import Action, Outcome
 from virtguests.othersave import OtherSave, after_other_save, other_save
-from virtguests.plan import GuestStop, Res
+from virtguests.plan import GuestStop
 from virtguests.virsh import Interrupted, VirshError
 
 SLOW_POLL = 1.0
@@ -95,7 +95,7 @@ def shutdown_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[G
     except Exception as exc:
         run.internal_error(f"waiting for the shutdowns on {uri}", exc)
         for step in flight.unsettled():
-            run.report.step(run.outcome(uri, step), Action.SHUTDOWN, Res.INTERNAL_ERROR, 0.0,
+            run.report.step(run.outcome(uri, step), Action.SHUTDOWN, Outcome.INTERNAL_ERROR, 0.0,
                             one_line(exc))
         run.checkpoint()
     finally:
@@ -186,13 +186,13 @@ class _Shutdowns:
                 for uuid in stopped:
                     waited = flight.waiting.pop(uuid)
                     run.report.say(f"Shutdown of guest {waited.step.guest.name} complete.")
-                    run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN, Res.SHUT_OFF,
-                                    now - waited.since)
+                    run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN,
+                                    Outcome.SHUT_OFF, now - waited.since)
                     run.checkpoint()
             if run.cancelled and flight.waiting:
                 for waited in flight.waiting.values():
                     run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN,
-                                    Res.INTERRUPTED, now - waited.since,
+                                    Outcome.INTERRUPTED, now - waited.since,
                                     "stop requested while waiting")
                 flight.waiting.clear()
                 run.checkpoint()
@@ -216,7 +216,7 @@ class _Shutdowns:
                 if serial:
                     run.report.say(f"Shutdown of guest {waited.step.guest.name} failed to "
                                    "complete in time.")
-                run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN, Res.TIMED_OUT,
+                run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN, Outcome.TIMED_OUT,
                                 now - waited.since)
                 flight.failed.append(waited.step)
                 run.checkpoint()
@@ -326,7 +326,7 @@ class _Shutdowns:
             run.report.error(f"cannot tell whether guest {step.guest.name} on {uri} shut "
                              f"down: its status checks failed for {round(seconds)}s"
                              f"{trying}")
-            run.report.step(run.outcome(uri, step), Action.SHUTDOWN, Res.FAILED,
+            run.report.step(run.outcome(uri, step), Action.SHUTDOWN, Outcome.FAILED,
                             run.clock.now() - waited.since, "status checks kept failing")
             flight.failed.append(step)
             run.checkpoint()

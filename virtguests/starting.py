@@ -3,7 +3,7 @@
 Within a group guests start one after the other (START_DELAY, a guest's own
 delay), or PARALLEL_START at a time when nothing asks for a delay.  On a URI
 that was not listed, the first ``virsh start`` doubles as its connection check.
-Only a definite outcome (``plan.SETTLED``) ends a guest's record
+Only a definite outcome (``model.SETTLED``) ends a guest's record
 (``Starting.settled``); every other guest stays recorded for the next start.
 """
 
@@ -18,10 +18,10 @@ from typing import Optional
 from virtguests import commands, query, virshout
 from virtguests.concurrently import Job, run_all
 from virtguests.execution import Execution
-from virtguests.model import Action
+from virtguests.model import SETTLED, Action, Outcome
 from virtguests.othersave import saving
-from virtguests.plan import SETTLED, GuestStart, Res, StartPlan, UriStart
-from virtguests.report import Outcome
+from virtguests.plan import GuestStart, StartPlan, UriStart
+from virtguests.report import GuestResult
 from virtguests.virsh import VirshError
 
 
@@ -62,7 +62,7 @@ class Starting:
         run_all(jobs, len(jobs))
 
     def settled(self) -> Mapping[str, frozenset[str]]:
-        """The UUIDs per URI with a definite outcome so far (``plan.SETTLED``)."""
+        """The UUIDs per URI with a definite outcome so far (``model.SETTLED``)."""
         with self._lock:
             return {uri: frozenset(ids) for uri, ids in self._settled.items()}
 
@@ -142,9 +142,9 @@ class Starting:
             return _Attempt(run.clock.now() - began, error=err)
         return _Attempt(run.clock.now() - began, name=virshout.started_name(result.stdout))
 
-    def _step(self, uri: str, outcome: Outcome, result: str, seconds: float,
+    def _step(self, uri: str, outcome: GuestResult, result: Outcome, seconds: float,
               detail: str = "") -> None:
-        """Record a start step; a definite outcome (``plan.SETTLED``) ends the record."""
+        """Record a start step; a definite outcome (``model.SETTLED``) ends the record."""
         self.run.report.step(outcome, Action.START, result, seconds, detail)
         if result in SETTLED:
             with self._lock:
@@ -156,19 +156,19 @@ class Starting:
         outcome = run.report.outcome(uri, guest.uuid, guest.name)
         issued = False
         if not guest.start:
-            if guest.reason == Res.ALREADY_ACTIVE \
+            if guest.reason == Outcome.ALREADY_ACTIVE \
                     and self._kept_while_saved(uri, guest.uuid, guest.name, outcome, 0.0):
                 return False
             run.report.say(f"Resuming guest {guest.name}: {guest.reason}")
-            self._step(uri, outcome, guest.reason, 0.0)
+            self._step(uri, outcome, Outcome(guest.reason), 0.0)
         elif run.cancelled and attempt is None:
-            self._step(uri, outcome, Res.INTERRUPTED, 0.0,
+            self._step(uri, outcome, Outcome.INTERRUPTED, 0.0,
                        "stop requested before this guest was started")
         else:
             if attempt is None and run.wedged(uri) is None:
                 attempt = self._attempt(uri, guest)
             if attempt is None or (attempt.error is not None and attempt.error.wedged):
-                self._step(uri, outcome, Res.GIVEN_UP, 0.0,
+                self._step(uri, outcome, Outcome.GIVEN_UP, 0.0,
                            f"{uri} is not answering: {run.wedged(uri)}")
                 run.checkpoint()
                 return False
@@ -178,11 +178,11 @@ class Starting:
                 return False
             if attempt.refusal == "already active":
                 run.report.say(f"Resuming guest {name}: already active")
-                self._step(uri, outcome, Res.ALREADY_ACTIVE, attempt.seconds)
+                self._step(uri, outcome, Outcome.ALREADY_ACTIVE, attempt.seconds)
             elif attempt.refusal == "missing":
                 run.fail()
                 run.report.gone(uri, guest.uuid)
-                self._step(uri, outcome, Res.GONE, attempt.seconds, attempt.detail)
+                self._step(uri, outcome, Outcome.GONE, attempt.seconds, attempt.detail)
                 run.checkpoint()
                 return False
             elif attempt.error is not None:
@@ -190,21 +190,21 @@ class Starting:
                 run.report.say(f"Resuming guest {name}: failed")
                 run.report.error(f"starting guest {name} failed: {attempt.detail}; "
                                  "it stays recorded for the next start")
-                self._step(uri, outcome, Res.FAILED, attempt.seconds, attempt.detail)
+                self._step(uri, outcome, Outcome.FAILED, attempt.seconds, attempt.detail)
                 run.checkpoint()
                 return False
             else:
                 issued = True
                 outcome.name = name
                 run.report.say(f"Resuming guest {name}: done")
-                self._step(uri, outcome, Res.RESUMED, attempt.seconds)
-        if run.config.sync_time and guest.reason != Res.SKIPPED_BY_POLICY \
+                self._step(uri, outcome, Outcome.RESUMED, attempt.seconds)
+        if run.config.sync_time and guest.reason != Outcome.SKIPPED_BY_POLICY \
                 and not run.cancelled and run.wedged(uri) is None:
             self._sync_time(uri, guest)
         run.checkpoint()
         return issued
 
-    def _kept_while_saved(self, uri: str, uuid: str, name: str, outcome: Outcome,
+    def _kept_while_saved(self, uri: str, uuid: str, name: str, outcome: GuestResult,
                           seconds: float) -> bool:
         """An active guest that another job is saving is not "already active": once
         that save ends it is shut off with an image, so its record stays (True)."""
@@ -215,7 +215,7 @@ class Starting:
         run.report.say(f"Resuming guest {name}: a save by another job is in progress")
         run.report.warn(f"guest {name} on {uri} is being saved by another job ({what}); "
                         "not resumed, kept for the next start")
-        self._step(uri, outcome, Res.SAVE_IN_PROGRESS, seconds,
+        self._step(uri, outcome, Outcome.SAVE_IN_PROGRESS, seconds,
                    f"being saved by another job ({what})")
         run.checkpoint()
         return True

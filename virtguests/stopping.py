@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from virtguests.concurrently import run_all
 from virtguests.execution import Execution, next_action
-from virtguests.model import STOP_CHAIN, Action
-from virtguests.plan import PROTECTED, GuestStop, StopPlan, UriStop
+from virtguests.model import PROTECTED, STOP_CHAIN, Action
+from virtguests.plan import GuestStop, StopPlan, UriStop
 from virtguests.poweringoff import poweroff_all
 from virtguests.shuttingdown import shutdown_all
 from virtguests.suspending import suspend_all

@@ -16,9 +16,9 @@ from typing import Optional
 from virtguests import commands, virshout
 from virtguests.concurrently import Job, run_all
 from virtguests.execution import PROGRESS_EVERY, Execution
-from virtguests.model import Action
+from virtguests.model import Action, Outcome
 from virtguests.othersave import OtherSave, after_other_save, other_save
-from virtguests.plan import GuestStop, Res
+from virtguests.plan import GuestStop
 from virtguests.virsh import Interrupted, VirshError
 
 
@@ -45,7 +45,7 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
     if budget <= 0:
         trying, escalate = run.escalating(uri, step, Action.SUSPEND)
         run.report.error(f"no time left before STOP_DEADLINE to save guest {name}{trying}")
-        run.report.step(outcome, Action.SUSPEND, Res.SKIPPED, 0.0, "STOP_DEADLINE reached")
+        run.report.step(outcome, Action.SUSPEND, Outcome.SKIPPED, 0.0, "STOP_DEADLINE reached")
         return escalate
     run.report.say(f"{label}...")
     started = run.clock.now()
@@ -72,7 +72,7 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
     [err] = run_all([Job(save)], 1, waiting=progress)
     if err is None:
         run.report.say(f"{label}done")
-        run.report.step(outcome, Action.SUSPEND, Res.SAVED, run.clock.now() - started)
+        run.report.step(outcome, Action.SUSPEND, Outcome.SAVED, run.clock.now() - started)
         run.checkpoint()
         return False
     if err.wedged:

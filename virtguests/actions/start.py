@@ -27,7 +27,7 @@ from virtguests.actions.records import Checkpoint
 from virtguests.config import Config
 from virtguests.executor import Executor
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import Guest, UriView
+from virtguests.model import Guest, Outcome, UriView
 from virtguests.virsh import format_argv
 
 
@@ -123,7 +123,7 @@ def _remember_running(ctx: Context) -> None:
     """The guests now running (resumed, or found already active) join the seen file."""
     up: dict[str, dict[str, str]] = {}
     for done in ctx.report.outcomes.values():
-        if done.outcome in (plan.Res.RESUMED, plan.Res.ALREADY_ACTIVE):
+        if done.outcome in (Outcome.RESUMED, Outcome.ALREADY_ACTIVE):
             up.setdefault(done.uri, {})[done.uuid] = done.name
     records.update_seen(ctx, up, replace_uris=False)
 
@@ -198,7 +198,7 @@ def _still_recorded(config: Config, recorded: Mapping[str, Sequence[str]],
     """What stays recorded after a start: every guest without a definite outcome.
 
     Only guests that were resumed, found running, found gone or skipped by
-    policy (``plan.SETTLED``) leave the record, whatever else happened (a
+    policy (``model.SETTLED``) leave the record, whatever else happened (a
     failure, a signal, an unreachable or given-up URI, a bug).  Guests of URIs
     no longer in URIS are dropped, as the reference does.
     """
