@@ -100,8 +100,8 @@ def test_start_plan() -> None:
     plan = plan_start(config, {"default": [U1, U3, U2], "lxc:///": [U4]}, {"default": view})
     assert plan.ignored == ("lxc:///",)
     assert plan.missing == (("default", U2),)
-    assert [(g.name, g.start, g.reason) for g in plan.uris[0].guests] == [
-        ("web", True, ""), ("db", False, "already active")]
+    assert [(g.name, g.decided) for g in plan.uris[0].guests] == [
+        ("web", None), ("db", "already active")]
     assert start_commands(plan, config, argv) == [
         ["virsh", "start", U1], ["virsh", "domtime", "--sync", U1],
         ["virsh", "domtime", "--sync", U3]]

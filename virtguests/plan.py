@@ -121,8 +121,9 @@ def stop_commands(plan: StopPlan, config: Config,
 class GuestStart:
     uuid: str
     name: str
-    start: bool
-    reason: str = ""
+    decided: Optional[Outcome] = None
+    """The outcome the plan already knows (already active, skipped by policy), or None:
+    ``virsh start`` it."""
     group: int = 0
     delay_after: Optional[int] = None
 
@@ -177,13 +178,13 @@ def plan_start(
                 continue
             rule = policy(uri, guest)
             if rule.skip_start:
-                guests.append(GuestStart(uuid, guest.name, False, Outcome.SKIPPED_BY_POLICY,
+                guests.append(GuestStart(uuid, guest.name, Outcome.SKIPPED_BY_POLICY,
                                          rule.group, rule.start_delay))
             elif guest.active:
-                guests.append(GuestStart(uuid, guest.name, False, Outcome.ALREADY_ACTIVE,
+                guests.append(GuestStart(uuid, guest.name, Outcome.ALREADY_ACTIVE,
                                          rule.group, rule.start_delay))
             else:
-                guests.append(GuestStart(uuid, guest.name, True, "", rule.group,
+                guests.append(GuestStart(uuid, guest.name, None, rule.group,
                                          rule.start_delay))
         uris.append(UriStart(uri, tuple(guests), probe=not view.listed))
     return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(missing), keep)
@@ -200,8 +201,8 @@ def start_commands(plan: StartPlan, config: Config,
     out: list[list[str]] = []
     for item in plan.uris:
         for guest in sorted(item.guests, key=lambda g: g.group):
-            if guest.start:
+            if guest.decided is None:
                 out.append(argv(item.uri, commands.start(guest.uuid, config)))
-            if config.sync_time and guest.reason != Outcome.SKIPPED_BY_POLICY:
+            if config.sync_time and guest.decided != Outcome.SKIPPED_BY_POLICY:
                 out.append(argv(item.uri, commands.sync_time(guest.uuid)))
     return out

@@ -89,7 +89,7 @@ class Starting:
         order = sorted(item.guests, key=lambda g: g.group)  # stable: list order within a group
         tried: dict[str, _Attempt] = {}
         if item.probe and not run.cancelled:
-            lead = next((g for g in order if g.start), None)
+            lead = next((g for g in order if g.decided is None), None)
             if lead is not None:
                 attempt = self._attempt(item.uri, lead, first=True)
                 if attempt.refusal == "unreachable":
@@ -115,7 +115,7 @@ class Starting:
                 run_all([start_one(guest) for guest in members], run.config.parallel_start)
                 continue
             for guest in members:
-                if guest.start and not first and not run.cancelled \
+                if guest.decided is None and not first and not run.cancelled \
                         and guest.uuid not in tried and run.wedged(item.uri) is None:
                     delay = run.config.start_delay
                     if delay:
@@ -155,12 +155,12 @@ class Starting:
         run = self.run
         outcome = run.report.outcome(uri, guest.uuid, guest.name)
         issued = False
-        if not guest.start:
-            if guest.reason == Outcome.ALREADY_ACTIVE \
+        if guest.decided is not None:
+            if guest.decided == Outcome.ALREADY_ACTIVE \
                     and self._kept_while_saved(uri, guest.uuid, guest.name, outcome, 0.0):
                 return False
-            run.report.say(f"Resuming guest {guest.name}: {guest.reason}")
-            self._step(uri, outcome, Outcome(guest.reason), 0.0)
+            run.report.say(f"Resuming guest {guest.name}: {guest.decided}")
+            self._step(uri, outcome, guest.decided, 0.0)
         elif run.cancelled and attempt is None:
             self._step(uri, outcome, Outcome.INTERRUPTED, 0.0,
                        "stop requested before this guest was started")
@@ -198,7 +198,7 @@ class Starting:
                 outcome.name = name
                 run.report.say(f"Resuming guest {name}: done")
                 self._step(uri, outcome, Outcome.RESUMED, attempt.seconds)
-        if run.config.sync_time and guest.reason != Outcome.SKIPPED_BY_POLICY \
+        if run.config.sync_time and guest.decided != Outcome.SKIPPED_BY_POLICY \
                 and not run.cancelled and run.wedged(uri) is None:
             self._sync_time(uri, guest)
         run.checkpoint()

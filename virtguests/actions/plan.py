@@ -81,12 +81,13 @@ def _start_entry(ctx: Context, view: UriView,
     item = next((i for i in start_plan.uris if i.uri == view.uri), None)
     for guest in sorted(item.guests if item else (), key=lambda g: g.group):
         calls = []
-        if guest.start:
+        if guest.decided is None:
             calls.append(format_argv(ctx.virsh.argv(view.uri,
                                                     commands.start(guest.uuid, ctx.config))))
         entry["guests"].append({
             "name": guest.name, "uuid": guest.uuid, "order": guest.group,
-            "actions": ["start"] if guest.start else [], "note": guest.reason or None,
+            "actions": [Action.START] if guest.decided is None else [],
+            "note": guest.decided,
             "delay_after": guest.delay_after, "commands": calls})
     for uri, uuid in start_plan.missing:
         if uri == view.uri:
