@@ -23,6 +23,7 @@ from virtguests.othersave import saving
 from virtguests.plan import GuestStart, StartPlan, UriStart
 from virtguests.report import GuestResult
 from virtguests.virsh import VirshError
+from virtguests.virshout import StartRefusal
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class _Attempt:
     error: Optional[VirshError] = None
 
     @property
-    def refusal(self) -> Optional[str]:
+    def refusal(self) -> Optional[StartRefusal]:
         return virshout.start_refusal(self.error.stderr) if self.error else None
 
     @property
@@ -92,7 +93,7 @@ class Starting:
             lead = next((g for g in order if g.decided is None), None)
             if lead is not None:
                 attempt = self._attempt(item.uri, lead, first=True)
-                if attempt.refusal == "unreachable":
+                if attempt.refusal == StartRefusal.UNREACHABLE:
                     run.fail()
                     run.report.cannot_resume_uri(item.uri, attempt.detail,
                                                  [g.uuid for g in item.guests])
@@ -137,7 +138,7 @@ class Starting:
                 run.clock,
                 timeout=run.config.save_timeout,
                 retry_if=lambda err: first
-                and virshout.start_refusal(err.stderr) == "unreachable")
+                and virshout.start_refusal(err.stderr) == StartRefusal.UNREACHABLE)
         except VirshError as err:
             return _Attempt(run.clock.now() - began, error=err)
         return _Attempt(run.clock.now() - began, name=virshout.started_name(result.stdout))
@@ -173,13 +174,13 @@ class Starting:
                 run.checkpoint()
                 return False
             name = attempt.name or guest.name
-            if attempt.refusal == "already active" \
+            if attempt.refusal == StartRefusal.ALREADY_ACTIVE \
                     and self._kept_while_saved(uri, guest.uuid, name, outcome, attempt.seconds):
                 return False
-            if attempt.refusal == "already active":
+            if attempt.refusal == StartRefusal.ALREADY_ACTIVE:
                 run.report.say(f"Resuming guest {name}: already active")
                 self._step(uri, outcome, Outcome.ALREADY_ACTIVE, attempt.seconds)
-            elif attempt.refusal == "missing":
+            elif attempt.refusal == StartRefusal.GONE:
                 run.fail()
                 run.report.gone(uri, guest.uuid)
                 self._step(uri, outcome, Outcome.GONE, attempt.seconds, attempt.detail)
