@@ -11,6 +11,7 @@ guest's state-change lock.
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import Optional
 
 from virtguests import query, virshout
@@ -21,12 +22,7 @@ from virtguests.virsh import VirshError
 
 log = logging.getLogger(__name__)
 
-SAVING = ("paused", "saving")
-"""``virsh domstate --reason`` while a managedsave of a running guest runs
-(fixtures/qemu-domstate-reason-saving); a guest paused before keeps its reason."""
-
-
-class OtherSave:
+class OtherSave(Enum):
     """How another job's save of a guest ended, as far as we waited for it."""
 
     NONE = "none"
@@ -45,7 +41,7 @@ def save_job_poll(waited: float) -> float:
     return 1.0 if waited < 10 else 5.0
 
 
-def _domain_state(run: Execution, uri: str, uuid: str) -> Optional[tuple[str, str]]:
+def _domain_state(run: Execution, uri: str, uuid: str) -> Optional[query.DomState]:
     try:
         return query.domain_state(run.virsh, uri, uuid, run.config)
     except VirshError as err:
@@ -63,7 +59,7 @@ def _save_job(run: Execution, uri: str, uuid: str) -> Optional[bool]:
 
 
 def saving(run: Execution, uri: str, uuid: str, failure: Optional[VirshError] = None
-           ) -> tuple[Optional[tuple[str, str]], Optional[str]]:
+           ) -> tuple[Optional[query.DomState], Optional[str]]:
     """The guest's ``domstate --reason`` (None: no answer), and what shows a save of
     it in progress (None: nothing does).
 
@@ -74,12 +70,12 @@ def saving(run: Execution, uri: str, uuid: str, failure: Optional[VirshError] = 
     longer being saved.
     """
     state = _domain_state(run, uri, uuid)
-    if state == SAVING:
-        return state, f"virsh domstate: {state[0]} ({state[1]})"
+    if state is not None and state.saving:
+        return state, f"virsh domstate: {state}"
     lock = virshout.save_lock(failure.stderr) if failure is not None else None
-    if state is not None and state[0] == "shut off":
+    if state is not None and state.shut_off:
         return state, None
-    if (state is not None and state[0] == "paused") or lock:
+    if (state is not None and state.paused) or lock:
         job = _save_job(run, uri, uuid)
         if job:
             return state, "virsh domjobinfo: a save job is running"
@@ -89,7 +85,7 @@ def saving(run: Execution, uri: str, uuid: str, failure: Optional[VirshError] = 
 
 
 def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
-               failure: Optional[VirshError] = None, ours: bool = False) -> str:
+               failure: Optional[VirshError] = None, ours: bool = False) -> OtherSave:
     """Is a save of this guest in progress?  Wait for it until *until*; how did it end?
 
     *failure* is the call that failed; *ours*: it was our own save whose virsh
@@ -118,9 +114,9 @@ def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
                     return OtherSave.STILL_SAVING
                 continue
             state, still = answer, again
-    if state is None or state[0] != "shut off":
+    if state is None or not state.shut_off:
         return OtherSave.NONE
-    if state[1] == "saved":
+    if state.saved:
         return OtherSave.SAVED
     try:
         saved = query.has_managed_save(run.virsh, uri, uuid, run.config)
@@ -130,8 +126,9 @@ def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
     return OtherSave.SAVED if saved else OtherSave.OFF
 
 
-def after_other_save(run: Execution, uri: str, step: GuestStop, action: Action, other: str,
-                     started: float, *, failure: Optional[VirshError] = None) -> bool:
+def after_other_save(run: Execution, uri: str, step: GuestStop, action: Action,
+                     other: OtherSave, started: float, *,
+                     failure: Optional[VirshError] = None) -> bool:
     """Report how a save in progress ended; never escalates (False).
 
     *failure*: our own save, whose virsh call timed out (see ``other_save``).
