@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from virtguests.config import Config
+from virtguests.config import Config, PersistentOnly
 from virtguests.model import Action, Guest, GuestPolicy, UriView
 from virtguests.plan import (
     orphans,
@@ -58,7 +58,8 @@ def test_shutdown_acts_on_transient_but_does_not_record_it() -> None:
 
 
 def test_persistent_only_true_skips_transient_when_shutting_down() -> None:
-    plan = plan_stop(Config(on_shutdown=(Action.SHUTDOWN,), persistent_only="true"), [host()])
+    plan = plan_stop(Config(on_shutdown=(Action.SHUTDOWN,), persistent_only=PersistentOnly.TRUE),
+                     [host()])
     assert [g.name for g in plan.uris[0].transient_skipped] == ["scratch"]
 
 

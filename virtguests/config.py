@@ -14,10 +14,10 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from virtguests import files, shellvars
-from virtguests.model import STOP_CHAIN, Action
+from virtguests.model import STOP_CHAIN, Action, Word
 
 SEARCH_PATH = (
     Path("/etc/sysconfig/libvirt-guests"),
@@ -29,19 +29,35 @@ SEARCH_PATH = (
 CHAIN_WORDS = ", ".join(STOP_CHAIN)
 
 
+class OnBoot(Word):
+    """ON_BOOT: what ``start`` does with the recorded guests."""
+
+    START = "start"
+    IGNORE = "ignore"
+
+
+class PersistentOnly(Word):
+    """PERSISTENT_ONLY: whether the stop chain acts on transient guests."""
+
+    DEFAULT = "default"
+    """As the reference: not when the chain is only ``suspend``."""
+    TRUE = "true"
+    FALSE = "false"
+
+
 @dataclass(frozen=True)
 class Config:
     """Every setting, with upstream libvirt-guests' defaults."""
 
     uris: tuple[str, ...] = ("default",)
-    on_boot: str = "start"
+    on_boot: OnBoot = OnBoot.START
     start_delay: int = 0
     on_shutdown: tuple[Action, ...] = (Action.SUSPEND,)
     parallel_shutdown: int = 0
     shutdown_timeout: int = 300
     bypass_cache: bool = False
     sync_time: bool = False
-    persistent_only: str = "default"
+    persistent_only: PersistentOnly = PersistentOnly.DEFAULT
     parallel_suspend: int = 0
     parallel_start: int = 4
     query_timeout: int = 10
@@ -121,11 +137,16 @@ class Invalid(Exception):
     """A value a converter refuses; the message ends with ``(allowed: ...)``."""
 
 
-def _enum(*allowed: str) -> Callable[[str], str]:
-    def convert(raw: str) -> str:
-        if raw not in allowed:
-            raise Invalid(f"invalid value {raw!r} (allowed: {', '.join(allowed)})")
-        return raw
+W = TypeVar("W", bound=Word)
+
+
+def _enum(kind: type[W]) -> Callable[[str], W]:
+    words = [str(member) for member in kind]
+
+    def convert(raw: str) -> W:
+        if raw not in words:
+            raise Invalid(f"invalid value {raw!r} (allowed: {', '.join(words)})")
+        return kind(raw)
 
     return convert
 
@@ -233,14 +254,14 @@ def _path(raw: str) -> Optional[str]:
 
 _CONVERTERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "URIS": ("uris", _uris),
-    "ON_BOOT": ("on_boot", _enum("start", "ignore")),
+    "ON_BOOT": ("on_boot", _enum(OnBoot)),
     "START_DELAY": ("start_delay", _int(0, YEAR)),
     "ON_SHUTDOWN": ("on_shutdown", _chain),
     "PARALLEL_SHUTDOWN": ("parallel_shutdown", _int(0, MAX_PARALLEL)),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _int(0, YEAR)),
     "BYPASS_CACHE": ("bypass_cache", _flag),
     "SYNC_TIME": ("sync_time", _flag),
-    "PERSISTENT_ONLY": ("persistent_only", _enum("default", "true", "false")),
+    "PERSISTENT_ONLY": ("persistent_only", _enum(PersistentOnly)),
     "PARALLEL_SUSPEND": ("parallel_suspend", _int(0, MAX_PARALLEL)),
     "PARALLEL_START": ("parallel_start", _int(1, MAX_PARALLEL)),
     "QUERY_TIMEOUT": ("query_timeout", _int(1, YEAR)),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from virtguests import commands
-from virtguests.config import Config
+from virtguests.config import Config, PersistentOnly
 from virtguests.model import Action, Guest, Outcome, PolicyLookup, UriView, no_policy
 
 
@@ -94,9 +94,9 @@ def plan_stop(
 
 def _acts_on_transient(config: Config, actions: Sequence[Action]) -> bool:
     """PERSISTENT_ONLY as the reference defines it; a chain past suspend can stop them."""
-    if config.persistent_only == "true":
+    if config.persistent_only == PersistentOnly.TRUE:
         return False
-    if config.persistent_only == "false":
+    if config.persistent_only == PersistentOnly.FALSE:
         return True
     return actions[0] != Action.SUSPEND or len(actions) > 1
 

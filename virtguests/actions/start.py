@@ -24,7 +24,7 @@ from virtguests.actions.context import (
     unique,
 )
 from virtguests.actions.records import Checkpoint
-from virtguests.config import Config
+from virtguests.config import Config, OnBoot
 from virtguests.executor import Executor
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 from virtguests.model import Guest, Outcome, UriView
@@ -43,11 +43,11 @@ def run_start(ctx: Context) -> int:
 def _start(ctx: Context) -> int:
     config = ctx.config
     recorded, status = _read_records(ctx)
-    orphans_wanted = config.resume_orphans and config.on_boot == "start"
+    orphans_wanted = config.resume_orphans and config.on_boot == OnBoot.START
     if not recorded and not orphans_wanted:
         records.mark_started(ctx)
         return status
-    if config.on_boot != "start":
+    if config.on_boot != OnBoot.START:
         ctx.report.say("libvirt-guests is configured not to start any guests on boot")
         if not ctx.dry_run:
             _forget_records(ctx)
