@@ -44,6 +44,11 @@ def test_words_are_their_values() -> None:
     assert json.dumps({"action": word}) == '{"action": "suspend"}'
 
 
+def test_plan_notes() -> None:
+    assert {str(note) for note in model.PlanNote} == {
+        "transient: not suspended", "left running by policy", "recorded but no longer exists"}
+
+
 def test_file_names(tmp_path: Path) -> None:
     paths = Paths.in_dir(tmp_path)
     assert {name: Path(str(path)).name for name, path in vars(paths).items()} == {

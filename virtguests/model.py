@@ -76,6 +76,15 @@ SETTLED = frozenset({Outcome.RESUMED, Outcome.ALREADY_ACTIVE, Outcome.GONE,
                      Outcome.SKIPPED_BY_POLICY})
 """Start outcomes that end a guest's record; every other outcome keeps it for the next start."""
 
+
+class PlanNote(Word):
+    """Why ``plan`` lists a guest with no action (its ``note``); on ``plan start`` a
+    guest the plan already decided has that outcome for its note."""
+
+    TRANSIENT = "transient: not suspended"
+    LEFT_RUNNING = "left running by policy"
+    GONE = "recorded but no longer exists"
+
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 

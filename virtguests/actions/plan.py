@@ -15,7 +15,7 @@ from virtguests.actions import records
 from virtguests.actions.context import Context, for_each_uri, refuse_bad_config, unique
 from virtguests.actions.start import start_views
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import Action, UriView
+from virtguests.model import Action, PlanNote, UriView
 from virtguests.virsh import format_argv
 
 
@@ -66,8 +66,8 @@ def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[st
             })
     for guest in item.running:
         if guest.uuid not in planned:
-            why = ("transient: not suspended" if guest in item.transient_skipped
-                   else "left running by policy")
+            why = (PlanNote.TRANSIENT if guest in item.transient_skipped
+                   else PlanNote.LEFT_RUNNING)
             entry["guests"].append({"name": guest.name, "uuid": guest.uuid, "order": None,
                                     "actions": [], "timeout": None, "commands": [],
                                     "note": why})
@@ -92,7 +92,7 @@ def _start_entry(ctx: Context, view: UriView,
     for uri, uuid in start_plan.missing:
         if uri == view.uri:
             entry["guests"].append({"name": None, "uuid": uuid, "order": None, "actions": [],
-                                    "note": "recorded but no longer exists", "commands": []})
+                                    "note": PlanNote.GONE, "commands": []})
     return entry
 
 
