@@ -112,7 +112,7 @@ def test_start_keeps_unreachable_uris_for_next_time() -> None:
     config = Config(uris=("default", "qemu+ssh://h/system"))
     plan = plan_start(config, {"qemu+ssh://h/system": [U1]},
                       {"qemu+ssh://h/system": UriView("qemu+ssh://h/system", error="down")})
-    assert plan.keep == {"qemu+ssh://h/system": [U1]}
+    assert plan.pending_unreachable == {"qemu+ssh://h/system": [U1]}
     assert plan.uris == ()
 
 

@@ -142,8 +142,8 @@ class StartPlan:
     ignored: tuple[str, ...]
     unreachable: tuple[UriView, ...]
     missing: tuple[tuple[str, str], ...]
-    keep: Mapping[str, Sequence[str]]
-    """Entries that stay recorded for the next start (unreachable URIs)."""
+    pending_unreachable: Mapping[str, Sequence[str]]
+    """The guests of unreachable URIs: they stay pending for the next start."""
 
 
 def plan_start(
@@ -160,7 +160,7 @@ def plan_start(
     ignored: list[str] = []
     unreachable: list[UriView] = []
     missing: list[tuple[str, str]] = []
-    keep: dict[str, list[str]] = {}
+    pending_unreachable: dict[str, list[str]] = {}
     for uri, ids in recorded.items():
         if uri not in config.uris:
             ignored.append(uri)
@@ -168,7 +168,7 @@ def plan_start(
         view = views.get(uri)
         if view is None or not view.reachable:
             unreachable.append(view or UriView(uri, error="not contacted"))
-            keep.setdefault(uri, []).extend(ids)
+            pending_unreachable.setdefault(uri, []).extend(ids)
             continue
         guests: list[GuestStart] = []
         for uuid in ids:
@@ -187,7 +187,8 @@ def plan_start(
                 guests.append(GuestStart(uuid, guest.name, None, rule.group,
                                          rule.start_delay))
         uris.append(UriStart(uri, tuple(guests), probe=not view.listed))
-    return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(missing), keep)
+    return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(missing),
+                     pending_unreachable)
 
 
 def orphans(view: UriView, recorded: Sequence[str]) -> list[str]:

@@ -1,4 +1,4 @@
-"""On-disk state: the list file (shared with libvirt-guests), marker, leftovers, lock.
+"""On-disk state: the list file (shared with libvirt-guests), marker, pending file, lock.
 
 The list file keeps the reference's format and place, so either tool can
 resume what the other saved: one line per URI, ``URI UUID UUID ...``.

@@ -1,5 +1,6 @@
-"""The files the actions keep true: the list file and the pending file (guests owed a
-start), the seen file (what each URI was running), the started marker and the run report.
+"""The files the actions keep true: the list file and the pending file (guests a start
+must still resume), the seen file (what each URI was running), the started marker and
+the run report.
 
 A failed write is reported, never fatal to the guests.
 """
@@ -26,7 +27,8 @@ def disk(ctx: Context, what: str, action: Callable[[], None]) -> bool:
 
 
 def read_recorded(ctx: Context) -> tuple[state.Entries, state.Entries, list[state.BadLine]]:
-    """The list file, the leftovers of failed starts, and their damaged lines."""
+    """The list file, the pending file (guests earlier starts could not resume), and
+    their damaged lines."""
     entries, bad = state.read_list(ctx.paths.list_file)
     pending, bad_pending = state.read_list(ctx.paths.pending)
     return entries, pending, [*bad, *bad_pending]

@@ -2,8 +2,8 @@
 
 observe (the list and pending files, the URIs that must be listed, saved guests nobody
 recorded with RESUME_ORPHANS) -> plan (``plan.plan_start``) -> say what cannot be done
-(a dry run also prints the commands and stops there) -> execute -> record (what is still
-owed goes to the pending file, the list file goes) -> report (the marker, the run report).
+(a dry run also prints the commands and stops there) -> execute -> record (the guests
+still pending go to the pending file, the list file goes) -> report (the marker, the run report).
 The list file written by stop is the record while the guests start.
 """
 
@@ -71,8 +71,8 @@ def _start(ctx: Context) -> int:
     result = executor.start(the_plan)  # the executor reports its own bugs
 
     _remember_running(ctx)
-    keep = _still_recorded(config, recorded, result.settled, the_plan.missing)
-    status = max(status, _record_owed(ctx, the_plan, keep))
+    pending = still_pending(config, recorded, result.settled, the_plan.missing)
+    status = max(status, _record_pending(ctx, the_plan, pending))
     records.mark_started(ctx)
     status = max(status, result.status)
     if ctx.clock.cancel.is_set():
@@ -82,7 +82,7 @@ def _start(ctx: Context) -> int:
 
 
 def _read_records(ctx: Context) -> tuple[dict[str, list[str]], int]:
-    """The guests the list and pending files owe a start; exit 1 when one is damaged
+    """The guests the list and pending files record; exit 1 when one is damaged
     (an unreadable one is set aside, except in a dry run)."""
     list_entries, pending, bad = records.read_recorded(ctx)
     status = EXIT_OK
@@ -112,7 +112,7 @@ def _say_unplanned(ctx: Context, the_plan: plan.StartPlan) -> int:
     for view in the_plan.unreachable:
         status = EXIT_FAIL
         ctx.report.cannot_resume_uri(view.uri, str(view.error),
-                                     list(the_plan.keep.get(view.uri, [])))
+                                     list(the_plan.pending_unreachable.get(view.uri, [])))
     for uri, uuid in the_plan.missing:
         status = EXIT_FAIL
         ctx.report.gone(uri, uuid)
@@ -128,21 +128,21 @@ def _remember_running(ctx: Context) -> None:
     records.update_seen(ctx, up, replace_uris=False)
 
 
-def _record_owed(ctx: Context, the_plan: plan.StartPlan,
-                 keep: Mapping[str, Sequence[str]]) -> int:
-    """What is still owed goes to the pending file, then the list file goes; exit 1 when
-    the pending file cannot be written (the list file stays: the next start retries all).
-    """
+def _record_pending(ctx: Context, the_plan: plan.StartPlan,
+                    pending: Mapping[str, Sequence[str]]) -> int:
+    """The guests still pending go to the pending file, then the list file goes; exit 1
+    when the pending file cannot be written (the list file stays: the next start retries
+    all)."""
     # Unreachable and given-up URIs were named with their guests already.
     unreachable = {view.uri for view in the_plan.unreachable} | {
-        uri for uri in keep if ctx.virsh.wedged(uri) is not None}
-    not_resumed = [ctx.report.outcomes[(uri, uuid)].name
-                   if (uri, uuid) in ctx.report.outcomes else uuid
-                   for uri, ids in keep.items() if uri not in unreachable for uuid in ids]
-    if not_resumed:
-        ctx.report.error("not resumed, kept for the next start: " + ", ".join(not_resumed))
+        uri for uri in pending if ctx.virsh.wedged(uri) is not None}
+    names = [ctx.report.outcomes[(uri, uuid)].name
+             if (uri, uuid) in ctx.report.outcomes else uuid
+             for uri, ids in pending.items() if uri not in unreachable for uuid in ids]
+    if names:
+        ctx.report.error("not resumed, kept for the next start: " + ", ".join(names))
     if records.disk(ctx, f"write {ctx.paths.pending}",
-                    lambda: state.write_list(ctx.paths.pending, keep)):
+                    lambda: state.write_list(ctx.paths.pending, pending)):
         records.disk(ctx, f"remove the list file {ctx.paths.list_file}",
                      lambda: state.remove(ctx.paths.list_file))
         return EXIT_OK
@@ -192,10 +192,10 @@ def _add_orphans(ctx: Context, views: Mapping[str, UriView],
             recorded[uri] = [*known, *extra]
 
 
-def _still_recorded(config: Config, recorded: Mapping[str, Sequence[str]],
-                    settled: Mapping[str, frozenset[str]],
-                    missing: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
-    """What stays recorded after a start: every guest without a definite outcome.
+def still_pending(config: Config, recorded: Mapping[str, Sequence[str]],
+                  settled: Mapping[str, frozenset[str]],
+                  missing: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The guests pending after a start: every recorded guest without a definite outcome.
 
     Only guests that were resumed, found running, found gone or skipped by
     policy (``model.SETTLED``) leave the record, whatever else happened (a
@@ -205,11 +205,11 @@ def _still_recorded(config: Config, recorded: Mapping[str, Sequence[str]],
     done = {uri: set(ids) for uri, ids in settled.items()}
     for uri, uuid in missing:
         done.setdefault(uri, set()).add(uuid)
-    keep: dict[str, list[str]] = {}
+    pending: dict[str, list[str]] = {}
     for uri, ids in recorded.items():
         if uri not in config.uris:
             continue
         left = [uuid for uuid in dict.fromkeys(ids) if uuid not in done.get(uri, set())]
         if left:
-            keep[uri] = left
-    return keep
+            pending[uri] = left
+    return pending
