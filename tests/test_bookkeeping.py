@@ -28,8 +28,8 @@ from virtguests.actions.status import run_status
 from virtguests.actions.stop import run_stop
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded
+from virtguests.messages import Messages
 from virtguests.model import Action
-from virtguests.report import Reporter
 from virtguests.virsh import Virsh
 
 PROPERTY = settings(max_examples=60, deadline=None,
@@ -55,10 +55,10 @@ class Box:
         self.host.fault = fault or (lambda index, args: None)
         self.virsh = SimVirsh(self.clock, {"default": self.host})  # a new run: nothing wedged
         out, err = io.StringIO(), io.StringIO()
-        reporter = Reporter(out, err)
-        ctx = Context(Loaded(self.config, None), self.paths, self.virsh, reporter, self.clock)
+        messages = Messages(out, err)
+        ctx = Context(Loaded(self.config, None), self.paths, self.virsh, messages, self.clock)
         code = {"stop": run_stop, "start": run_start, "status": run_status}[command](ctx)
-        reporter.close()
+        messages.close()
         return code, out.getvalue(), err.getvalue()
 
     def recorded(self) -> set[str]:

@@ -53,7 +53,7 @@ def test_file_names(tmp_path: Path) -> None:
     paths = Paths.in_dir(tmp_path)
     assert {name: Path(str(path)).name for name, path in vars(paths).items()} == {
         "list_file": "libvirt-guests", "marker": "libvirt-guests.started",
-        "pending": "virtguests-pending", "report": "virtguests-last-run.json",
+        "pending": "virtguests-pending", "run_report": "virtguests-last-run.json",
         "lock": "virtguests.lock", "seen": "virtguests-seen.json"}
 
 

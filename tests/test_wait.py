@@ -34,9 +34,10 @@ from tests.simvirsh import (
 from virtguests.config import Config
 from virtguests.execution import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
 from virtguests.executor import Executed, Executor
+from virtguests.messages import Messages
 from virtguests.model import PROTECTED, STOP_CHAIN, Action, Guest, Outcome, UriView
 from virtguests.plan import plan_stop
-from virtguests.report import Reporter
+from virtguests.runreport import RunReport
 from virtguests.virsh import is_guest_call
 
 PROPERTY = settings(max_examples=120, deadline=None,
@@ -62,7 +63,7 @@ class Stopped:
     """One `stop` run on the simulated host: what happened, and where to look."""
 
     result: Executed
-    reporter: Reporter
+    run_report: RunReport
     virsh: SimVirsh
     host: SimHost
     clock: SimClock
@@ -74,11 +75,11 @@ class Stopped:
         return self.out.splitlines()
 
     def outcome(self, guest: SimGuest) -> str:
-        return self.reporter.outcomes[("default", guest.uuid)].outcome
+        return self.run_report.results[("default", guest.uuid)].outcome
 
     def steps(self, guest: SimGuest) -> list[tuple[str, str]]:
         return [(s.action, s.result)
-                for s in self.reporter.outcomes[("default", guest.uuid)].steps]
+                for s in self.run_report.results[("default", guest.uuid)].steps]
 
 
 def stop(guests: Sequence[SimGuest], config: Config, *, fault: Optional[Fault] = None,
@@ -90,10 +91,12 @@ def stop(guests: Sequence[SimGuest], config: Config, *, fault: Optional[Fault] =
     virsh = SimVirsh(clock, {"default": host}, query_timeout=config.query_timeout)
     out, err = io.StringIO(), io.StringIO()
     view = UriView("default", tuple(Guest(g.uuid, g.name) for g in guests))
-    reporter = Reporter(out, err)
-    result = Executor(virsh, config, reporter, clock).stop(plan_stop(config, [view]))
-    reporter.close()
-    return Stopped(result, reporter, virsh, host, clock, out.getvalue(), err.getvalue())
+    messages = Messages(out, err)
+    executor = Executor(virsh, config, messages, clock)
+    result = executor.stop(plan_stop(config, [view]))
+    messages.close()
+    return Stopped(result, executor.run_report, virsh, host, clock, out.getvalue(),
+                   err.getvalue())
 
 
 def shutdown_config(parallel: int, timeout: int, **changes: object) -> Config:

@@ -17,9 +17,10 @@ from typing import Callable, Optional, TypeVar
 from virtguests.clock import Clock
 from virtguests.concurrently import Job
 from virtguests.config import Config
+from virtguests.messages import Messages
 from virtguests.model import Action, Outcome
 from virtguests.plan import GuestStop
-from virtguests.report import GuestResult, Reporter
+from virtguests.runreport import GuestResult, RunReport
 from virtguests.virsh import Virsh, VirshError
 
 T = TypeVar("T")
@@ -44,11 +45,13 @@ JOB_LOCK_WAIT do not add up."""
 class Execution:
     """One run of a plan, shared by its stages (and their threads)."""
 
-    def __init__(self, virsh: Virsh, config: Config, reporter: Reporter, clock: Clock,
-                 checkpoint: Callable[[], None], deadline: Optional[float] = None) -> None:
+    def __init__(self, virsh: Virsh, config: Config, messages: Messages, clock: Clock,
+                 checkpoint: Callable[[], None], deadline: Optional[float] = None,
+                 run_report: Optional[RunReport] = None) -> None:
         self.virsh = virsh
         self.config = config
-        self.report = reporter
+        self.messages = messages
+        self.run_report = run_report if run_report is not None else RunReport()
         self.clock = clock
         self.checkpoint = checkpoint
         """Called after each guest's step, to save the progress so far."""
@@ -86,9 +89,9 @@ class Execution:
     # -- bugs -------------------------------------------------------------------
 
     def internal_error(self, what: str, exc: BaseException) -> None:
-        """Report a bug (see ``Reporter.internal_error``); the run fails."""
+        """Report a bug (see ``Messages.internal_error``); the run fails."""
         self.fail()
-        self.report.internal_error(what, exc)
+        self.messages.internal_error(what, exc)
 
     def guarded(self, what: str, job: Callable[[], None]) -> Job[None]:
         """*job*, whose bug is reported as an internal error about *what*."""
@@ -103,8 +106,8 @@ class Execution:
         """
         def bug(exc: Exception) -> T:
             self.internal_error(f"{action} of guest {guest} on {uri}", exc)
-            self.report.step(self.report.outcome(uri, uuid, guest), action,
-                             Outcome.INTERNAL_ERROR, 0.0, one_line(exc))
+            self.run_report.step(self.run_report.guest(uri, uuid, guest), action,
+                                 Outcome.INTERNAL_ERROR, 0.0, one_line(exc))
             self.checkpoint()
             return after_bug
 
@@ -112,18 +115,18 @@ class Execution:
 
     # -- a stop step's words ----------------------------------------------------
 
-    def outcome(self, uri: str, step: GuestStop) -> GuestResult:
-        return self.report.outcome(uri, step.guest.uuid, step.guest.name)
+    def result(self, uri: str, step: GuestStop) -> GuestResult:
+        return self.run_report.guest(uri, step.guest.uuid, step.guest.name)
 
     def interrupted(self, uri: str, step: GuestStop) -> None:
-        self.report.step(self.outcome(uri, step), Action.NONE, Outcome.INTERRUPTED, 0.0,
-                         "stop requested before this guest was handled")
+        self.run_report.step(self.result(uri, step), Action.NONE, Outcome.INTERRUPTED, 0.0,
+                             "stop requested before this guest was handled")
         self.checkpoint()
 
     def give_up(self, uri: str, step: GuestStop, action: Action) -> None:
         """Not tried: the URI stopped answering.  Named in the URI's error at the end."""
-        self.report.step(self.outcome(uri, step), action, Outcome.GIVEN_UP, 0.0,
-                         f"{uri} is not answering: {self.wedged(uri)}")
+        self.run_report.step(self.result(uri, step), action, Outcome.GIVEN_UP, 0.0,
+                             f"{uri} is not answering: {self.wedged(uri)}")
         self.checkpoint()
 
     def escalating(self, uri: str, step: GuestStop, action: Action) -> tuple[str, bool]:
@@ -142,8 +145,8 @@ class Execution:
         """Report a failed step (``WHAT failed: DETAIL[; trying NEXT]``); True: escalate."""
         trying, escalate = self.escalating(uri, step, action)
         self.fail()
-        self.report.error(f"{what} failed: {err.detail}{trying}")
-        self.report.step(self.outcome(uri, step), action, Outcome.FAILED, seconds, err.detail)
+        self.messages.error(f"{what} failed: {err.detail}{trying}")
+        self.run_report.step(self.result(uri, step), action, Outcome.FAILED, seconds, err.detail)
         self.checkpoint()
         return escalate
 

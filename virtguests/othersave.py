@@ -98,10 +98,10 @@ def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
         if ours:
             return OtherSave.STILL_SAVING
         began = clock.now()
-        run.report.warn(f"guest {name} on {uri} is being saved by another job "
-                        f"({still}); waiting up to {max(round(until - began), 0)}s "
-                        "for it to finish; it is not shut down or powered off "
-                        "meanwhile")
+        run.messages.warn(f"guest {name} on {uri} is being saved by another job "
+                          f"({still}); waiting up to {max(round(until - began), 0)}s "
+                          "for it to finish; it is not shut down or powered off "
+                          "meanwhile")
         while still is not None:
             left = until - clock.now()
             if left <= 0:
@@ -134,21 +134,21 @@ def after_other_save(run: Execution, uri: str, step: GuestStop, action: Action,
     *failure*: our own save, whose virsh call timed out (see ``other_save``).
     """
     name = step.guest.name
-    outcome = run.outcome(uri, step)
+    outcome = run.result(uri, step)
     seconds = run.clock.now() - started
     if other == OtherSave.SAVED:
         if action == Action.SUSPEND:
-            run.report.say(f"Suspending {name}: done")
+            run.messages.say(f"Suspending {name}: done")
         else:
-            run.report.warn(f"guest {name} on {uri} was saved by another job; "
-                            f"no {action} needed")
-        run.report.step(outcome, Action.SUSPEND, Outcome.SAVED, seconds,
-                        "saved after its virsh call timed out" if failure
-                        else "saved by another job")
+            run.messages.warn(f"guest {name} on {uri} was saved by another job; "
+                              f"no {action} needed")
+        run.run_report.step(outcome, Action.SUSPEND, Outcome.SAVED, seconds,
+                            "saved after its virsh call timed out" if failure
+                            else "saved by another job")
     elif other == OtherSave.OFF:
-        run.report.warn(f"guest {name} on {uri} is shut off already (without a "
-                        f"managed-save image); no {action} needed")
-        run.report.step(outcome, action, Outcome.SHUT_OFF, seconds, "already shut off")
+        run.messages.warn(f"guest {name} on {uri} is shut off already (without a "
+                          f"managed-save image); no {action} needed")
+        run.run_report.step(outcome, action, Outcome.SHUT_OFF, seconds, "already shut off")
     elif other == OtherSave.STILL_SAVING:
         run.fail()
         if failure is not None:
@@ -158,11 +158,11 @@ def after_other_save(run: Execution, uri: str, step: GuestStop, action: Action,
         else:
             what = f"guest {name} on {uri} is still being saved by another job;"
             detail = "another job was still saving it when our time ran out"
-        run.report.error(f"{what} not shutting it down or powering it off while its "
-                         "memory is being written (it stays recorded)")
-        run.report.step(outcome, action, Outcome.SAVE_IN_PROGRESS, seconds, detail)
+        run.messages.error(f"{what} not shutting it down or powering it off while its "
+                           "memory is being written (it stays recorded)")
+        run.run_report.step(outcome, action, Outcome.SAVE_IN_PROGRESS, seconds, detail)
     else:
-        run.report.step(outcome, action, Outcome.INTERRUPTED, seconds,
-                        "stop requested while another job was saving it")
+        run.run_report.step(outcome, action, Outcome.INTERRUPTED, seconds,
+                            "stop requested while another job was saving it")
     run.checkpoint()
     return False

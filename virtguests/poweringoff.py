@@ -39,7 +39,7 @@ def _poweroff(run: Execution, uri: str, step: GuestStop) -> bool:
     other = other_save(run, uri, step, started + budget)
     if other != OtherSave.NONE:
         return after_other_save(run, uri, step, Action.POWEROFF, other, started)
-    outcome = run.outcome(uri, step)
+    outcome = run.result(uri, step)
     try:
         run.virsh.run(uri, commands.destroy(step.guest.uuid),
                       timeout=run.request_timeout(Action.POWEROFF), ignore_interrupt=True)
@@ -48,10 +48,11 @@ def _poweroff(run: Execution, uri: str, step: GuestStop) -> bool:
             run.give_up(uri, step, Action.POWEROFF)
             return False
         run.fail()
-        run.report.error(f"powering off guest {step.guest.name} failed: {err.detail}")
-        run.report.step(outcome, Action.POWEROFF, Outcome.FAILED, 0.0, err.detail)
+        run.messages.error(f"powering off guest {step.guest.name} failed: {err.detail}")
+        run.run_report.step(outcome, Action.POWEROFF, Outcome.FAILED, 0.0, err.detail)
     else:
-        run.report.say(f"Powering off guest {step.guest.name}: done")
-        run.report.step(outcome, Action.POWEROFF, Outcome.POWERED_OFF, run.clock.now() - started)
+        run.messages.say(f"Powering off guest {step.guest.name}: done")
+        run.run_report.step(outcome, Action.POWEROFF, Outcome.POWERED_OFF,
+                            run.clock.now() - started)
     run.checkpoint()
     return False

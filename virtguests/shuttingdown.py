@@ -95,8 +95,8 @@ def shutdown_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[G
     except Exception as exc:
         run.internal_error(f"waiting for the shutdowns on {uri}", exc)
         for step in flight.unsettled():
-            run.report.step(run.outcome(uri, step), Action.SHUTDOWN, Outcome.INTERNAL_ERROR, 0.0,
-                            one_line(exc))
+            run.run_report.step(run.result(uri, step), Action.SHUTDOWN, Outcome.INTERNAL_ERROR, 0.0,
+                                one_line(exc))
         run.checkpoint()
     finally:
         bell.close()
@@ -185,15 +185,15 @@ class _Shutdowns:
                     bell.proven = True
                 for uuid in stopped:
                     waited = flight.waiting.pop(uuid)
-                    run.report.say(f"Shutdown of guest {waited.step.guest.name} complete.")
-                    run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN,
-                                    Outcome.SHUT_OFF, now - waited.since)
+                    run.messages.say(f"Shutdown of guest {waited.step.guest.name} complete.")
+                    run.run_report.step(run.result(uri, waited.step), Action.SHUTDOWN,
+                                        Outcome.SHUT_OFF, now - waited.since)
                     run.checkpoint()
             if run.cancelled and flight.waiting:
                 for waited in flight.waiting.values():
-                    run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN,
-                                    Outcome.INTERRUPTED, now - waited.since,
-                                    "stop requested while waiting")
+                    run.run_report.step(run.result(uri, waited.step), Action.SHUTDOWN,
+                                        Outcome.INTERRUPTED, now - waited.since,
+                                        "stop requested while waiting")
                 flight.waiting.clear()
                 run.checkpoint()
                 continue
@@ -203,7 +203,7 @@ class _Shutdowns:
             if not serial and now >= uri_deadline and not expired \
                     and (flight.waiting or flight.queue):
                 expired = True
-                run.report.say("Timeout expired while shutting down domains")
+                run.messages.say("Timeout expired while shutting down domains")
                 run.fail()
                 # Unlike the reference, guests still queued get a shutdown request too
                 # (PARALLEL_SHUTDOWN requests at a time, like the others).
@@ -214,22 +214,22 @@ class _Shutdowns:
             for uuid in [u for u, w in flight.waiting.items() if now >= w.due]:
                 waited = flight.waiting.pop(uuid)
                 if serial:
-                    run.report.say(f"Shutdown of guest {waited.step.guest.name} failed to "
-                                   "complete in time.")
-                run.report.step(run.outcome(uri, waited.step), Action.SHUTDOWN, Outcome.TIMED_OUT,
-                                now - waited.since)
+                    run.messages.say(f"Shutdown of guest {waited.step.guest.name} failed to "
+                                     "complete in time.")
+                run.run_report.step(run.result(uri, waited.step), Action.SHUTDOWN,
+                                    Outcome.TIMED_OUT, now - waited.since)
                 flight.failed.append(waited.step)
                 run.checkpoint()
             if serial:
                 for waited in flight.waiting.values():
                     if now >= waited.next_progress:
                         waited.next_progress += PROGRESS_EVERY
-                        run.report.say(_waiting(f"guest {waited.step.guest.name}",
-                                                waited.due - now))
+                        run.messages.say(_waiting(f"guest {waited.step.guest.name}",
+                                                  waited.due - now))
             elif now >= next_progress and (flight.waiting or flight.queue):
                 next_progress += PROGRESS_EVERY
-                run.report.say(_waiting(f"{len(flight.waiting) + len(flight.queue)} guests",
-                                        uri_deadline - now))
+                run.messages.say(_waiting(f"{len(flight.waiting) + len(flight.queue)} guests",
+                                          uri_deadline - now))
 
     def _check_active(self, *, first_failure: bool) -> Optional[set[str]]:
         """The UUIDs active on the URI, or None when the check failed (it is retried).
@@ -242,9 +242,9 @@ class _Shutdowns:
             return query.active_uuids(run.virsh, uri, run.config)
         except (VirshError, Interrupted) as err:
             if first_failure and run.wedged(uri) is None:
-                run.report.warn(f"cannot check which guests on {uri} are still running "
-                                f"({err}); still waiting for {len(self.flight.waiting)} "
-                                "guest(s), checking again")
+                run.messages.warn(f"cannot check which guests on {uri} are still running "
+                                  f"({err}); still waiting for {len(self.flight.waiting)} "
+                                  "guest(s), checking again")
         except Exception as exc:
             if first_failure:
                 run.internal_error(f"checking which guests on {uri} are still running", exc)
@@ -278,7 +278,7 @@ class _Shutdowns:
         (each is one virsh call, in a worker thread)."""
         run, uri = self.run, self.uri
         for step in steps:
-            run.report.say(f"Starting shutdown on guest: {step.guest.name}")
+            run.messages.say(f"Starting shutdown on guest: {step.guest.name}")
         return run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, Action.SHUTDOWN,
                                       functools.partial(self._send_shutdown, step), None)
                         for step in steps],
@@ -323,11 +323,11 @@ class _Shutdowns:
             step = waited.step
             run.fail()
             trying, _ = run.escalating(uri, step, Action.SHUTDOWN)
-            run.report.error(f"cannot tell whether guest {step.guest.name} on {uri} shut "
-                             f"down: its status checks failed for {round(seconds)}s"
-                             f"{trying}")
-            run.report.step(run.outcome(uri, step), Action.SHUTDOWN, Outcome.FAILED,
-                            run.clock.now() - waited.since, "status checks kept failing")
+            run.messages.error(f"cannot tell whether guest {step.guest.name} on {uri} shut "
+                               f"down: its status checks failed for {round(seconds)}s"
+                               f"{trying}")
+            run.run_report.step(run.result(uri, step), Action.SHUTDOWN, Outcome.FAILED,
+                                run.clock.now() - waited.since, "status checks kept failing")
             flight.failed.append(step)
             run.checkpoint()
 

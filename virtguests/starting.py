@@ -21,7 +21,7 @@ from virtguests.execution import Execution
 from virtguests.model import SETTLED, Action, Outcome
 from virtguests.othersave import saving
 from virtguests.plan import GuestStart, StartPlan, UriStart
-from virtguests.report import GuestResult
+from virtguests.runreport import GuestResult
 from virtguests.virsh import VirshError
 from virtguests.virshout import StartRefusal
 
@@ -71,9 +71,9 @@ class Starting:
         try:
             self._guests(item)
         finally:
-            self._report_given_up(item)
+            self._name_given_up(item)
 
-    def _report_given_up(self, item: UriStart) -> None:
+    def _name_given_up(self, item: UriStart) -> None:
         run = self.run
         why = run.wedged(item.uri)
         if why is None:
@@ -82,8 +82,8 @@ class Starting:
         settled = self.settled().get(item.uri, frozenset())
         left = [g.name for g in item.guests if g.uuid not in settled]
         if left:
-            run.report.error(f"gave up on {item.uri}: a call there timed out ({why}); not "
-                             f"resumed, kept for the next start: {', '.join(left)}")
+            run.messages.error(f"gave up on {item.uri}: a call there timed out ({why}); not "
+                               f"resumed, kept for the next start: {', '.join(left)}")
 
     def _guests(self, item: UriStart) -> None:
         run = self.run
@@ -95,11 +95,11 @@ class Starting:
                 attempt = self._attempt(item.uri, lead, first=True)
                 if attempt.refusal == StartRefusal.UNREACHABLE:
                     run.fail()
-                    run.report.cannot_resume_uri(item.uri, attempt.detail,
-                                                 [g.uuid for g in item.guests])
+                    run.messages.cannot_resume_uri(item.uri, attempt.detail,
+                                                   [g.uuid for g in item.guests])
                     return
                 tried[lead.uuid] = attempt
-        run.report.say(f"Resuming guests on {item.uri} URI...")
+        run.messages.say(f"Resuming guests on {item.uri} URI...")
 
         def start_one(guest: GuestStart) -> Job[bool]:
             return run.for_guest(
@@ -146,7 +146,7 @@ class Starting:
     def _step(self, uri: str, outcome: GuestResult, result: Outcome, seconds: float,
               detail: str = "") -> None:
         """Record a start step; a definite outcome (``model.SETTLED``) ends the record."""
-        self.run.report.step(outcome, Action.START, result, seconds, detail)
+        self.run.run_report.step(outcome, Action.START, result, seconds, detail)
         if result in SETTLED:
             with self._lock:
                 self._settled.setdefault(uri, set()).add(outcome.uuid)
@@ -154,13 +154,13 @@ class Starting:
     def _guest(self, uri: str, guest: GuestStart, attempt: Optional[_Attempt] = None) -> bool:
         """Start (resume) one guest; True if a start was issued and succeeded."""
         run = self.run
-        outcome = run.report.outcome(uri, guest.uuid, guest.name)
+        outcome = run.run_report.guest(uri, guest.uuid, guest.name)
         issued = False
         if guest.decided is not None:
             if guest.decided == Outcome.ALREADY_ACTIVE \
                     and self._kept_while_saved(uri, guest.uuid, guest.name, outcome, 0.0):
                 return False
-            run.report.say(f"Resuming guest {guest.name}: {guest.decided}")
+            run.messages.say(f"Resuming guest {guest.name}: {guest.decided}")
             self._step(uri, outcome, guest.decided, 0.0)
         elif run.cancelled and attempt is None:
             self._step(uri, outcome, Outcome.INTERRUPTED, 0.0,
@@ -178,26 +178,26 @@ class Starting:
                     and self._kept_while_saved(uri, guest.uuid, name, outcome, attempt.seconds):
                 return False
             if attempt.refusal == StartRefusal.ALREADY_ACTIVE:
-                run.report.say(f"Resuming guest {name}: already active")
+                run.messages.say(f"Resuming guest {name}: already active")
                 self._step(uri, outcome, Outcome.ALREADY_ACTIVE, attempt.seconds)
             elif attempt.refusal == StartRefusal.GONE:
                 run.fail()
-                run.report.gone(uri, guest.uuid)
+                run.messages.gone(uri, guest.uuid)
                 self._step(uri, outcome, Outcome.GONE, attempt.seconds, attempt.detail)
                 run.checkpoint()
                 return False
             elif attempt.error is not None:
                 run.fail()
-                run.report.say(f"Resuming guest {name}: failed")
-                run.report.error(f"starting guest {name} failed: {attempt.detail}; "
-                                 "it stays recorded for the next start")
+                run.messages.say(f"Resuming guest {name}: failed")
+                run.messages.error(f"starting guest {name} failed: {attempt.detail}; "
+                                   "it stays recorded for the next start")
                 self._step(uri, outcome, Outcome.FAILED, attempt.seconds, attempt.detail)
                 run.checkpoint()
                 return False
             else:
                 issued = True
                 outcome.name = name
-                run.report.say(f"Resuming guest {name}: done")
+                run.messages.say(f"Resuming guest {name}: done")
                 self._step(uri, outcome, Outcome.RESUMED, attempt.seconds)
         if run.config.sync_time and guest.decided != Outcome.SKIPPED_BY_POLICY \
                 and not run.cancelled and run.wedged(uri) is None:
@@ -213,9 +213,9 @@ class Starting:
         _state, what = saving(run, uri, uuid)
         if what is None:
             return False
-        run.report.say(f"Resuming guest {name}: a save by another job is in progress")
-        run.report.warn(f"guest {name} on {uri} is being saved by another job ({what}); "
-                        "not resumed, kept for the next start")
+        run.messages.say(f"Resuming guest {name}: a save by another job is in progress")
+        run.messages.warn(f"guest {name} on {uri} is being saved by another job ({what}); "
+                          "not resumed, kept for the next start")
         self._step(uri, outcome, Outcome.SAVE_IN_PROGRESS, seconds,
                    f"being saved by another job ({what})")
         run.checkpoint()
@@ -227,4 +227,4 @@ class Starting:
             run.virsh.run(uri, commands.sync_time(guest.uuid),
                           timeout=run.config.query_timeout, ignore_interrupt=True)
         except VirshError as err:
-            run.report.warn(f"could not sync the time of guest {guest.name}: {err.detail}")
+            run.messages.warn(f"could not sync the time of guest {guest.name}: {err.detail}")

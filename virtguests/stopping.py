@@ -36,24 +36,24 @@ def stop(run: Execution, plan: StopPlan) -> None:
 
 def _stop_uri(run: Execution, item: UriStop) -> None:
     if run.config.suspending:
-        run.report.say(f"Suspending guests on {item.uri} URI...")
+        run.messages.say(f"Suspending guests on {item.uri} URI...")
     else:
-        run.report.say(f"Shutting down guests on {item.uri} URI...")
+        run.messages.say(f"Shutting down guests on {item.uri} URI...")
     try:
         for group in item.groups():
             run_all([run.guarded(f"stopping a group of guests on {item.uri}",
                                  functools.partial(_stop_group, run, item.uri, group))], 1)
     finally:
-        _report_given_up(run, item)
+        _name_given_up(run, item)
 
 
-def _report_given_up(run: Execution, item: UriStop) -> None:
+def _name_given_up(run: Execution, item: UriStop) -> None:
     """One error naming every guest a URI that stopped answering left unprotected."""
     why = run.wedged(item.uri)
     if why is None:
         return
     run.fail()
-    left = [s for s in item.guests if run.outcome(item.uri, s).outcome not in PROTECTED]
+    left = [s for s in item.guests if run.result(item.uri, s).outcome not in PROTECTED]
     recorded = [s.guest.name for s in left if s.record]
     transient = [s.guest.name for s in left if not s.record]
     message = f"gave up on {item.uri}: a call there timed out ({why})"
@@ -62,7 +62,7 @@ def _report_given_up(run: Execution, item: UriStop) -> None:
                     + ", ".join(recorded))
     if transient:
         message += "; not protected (transient): " + ", ".join(transient)
-    run.report.error(message)
+    run.messages.error(message)
 
 
 def _stop_group(run: Execution, uri: str, steps: Sequence[GuestStop]) -> None:

@@ -33,7 +33,7 @@ def suspend_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[Gu
 def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
     """managedsave one guest, printing progress every 5 s; True: go on with the chain."""
     name, uuid = step.guest.name, step.guest.uuid
-    outcome = run.outcome(uri, step)
+    outcome = run.result(uri, step)
     label = f"Suspending {name}: "
     if run.cancelled:
         run.interrupted(uri, step)
@@ -44,10 +44,10 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
     budget = min(float(run.config.save_timeout), run.remaining())
     if budget <= 0:
         trying, escalate = run.escalating(uri, step, Action.SUSPEND)
-        run.report.error(f"no time left before STOP_DEADLINE to save guest {name}{trying}")
-        run.report.step(outcome, Action.SUSPEND, Outcome.SKIPPED, 0.0, "STOP_DEADLINE reached")
+        run.messages.error(f"no time left before STOP_DEADLINE to save guest {name}{trying}")
+        run.run_report.step(outcome, Action.SUSPEND, Outcome.SKIPPED, 0.0, "STOP_DEADLINE reached")
         return escalate
-    run.report.say(f"{label}...")
+    run.messages.say(f"{label}...")
     started = run.clock.now()
 
     def save() -> Optional[VirshError]:
@@ -66,13 +66,13 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
                 next_progress += PROGRESS_EVERY
                 said = _save_progress(run, uri, uuid) if asking else "..."
                 asking = said is not None
-                run.report.say(f"{label}{said or '...'}")
+                run.messages.say(f"{label}{said or '...'}")
 
     # a bug in the save is raised again here, in this guest's own guard
     [err] = run_all([Job(save)], 1, waiting=progress)
     if err is None:
-        run.report.say(f"{label}done")
-        run.report.step(outcome, Action.SUSPEND, Outcome.SAVED, run.clock.now() - started)
+        run.messages.say(f"{label}done")
+        run.run_report.step(outcome, Action.SUSPEND, Outcome.SAVED, run.clock.now() - started)
         run.checkpoint()
         return False
     if err.wedged:

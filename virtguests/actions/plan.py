@@ -43,7 +43,7 @@ def run_plan(ctx: Context, which: str = "stop") -> int:
             entries.append(_start_entry(ctx, views[uri], start_plan))
     document = {"command": which, "uris": entries}
     if ctx.json:
-        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        ctx.messages.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     else:
         _print_plan(ctx, document)
     return EXIT_FAIL if any(e["error"] for e in entries) else EXIT_OK
@@ -98,13 +98,13 @@ def _start_entry(ctx: Context, view: UriView,
 
 def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
     for entry in document["uris"]:
-        ctx.report.say(f"{entry['uri']}:")
+        ctx.messages.say(f"{entry['uri']}:")
         if entry["error"]:
-            ctx.report.say(f"  cannot list guests: {entry['error']}")
+            ctx.messages.say(f"  cannot list guests: {entry['error']}")
             continue
         if entry.get("listed") is False:
-            ctx.report.say("  (not listed: names from the last stop; virsh start reports "
-                           "guests already running)")
+            ctx.messages.say("  (not listed: names from the last stop; virsh start reports "
+                             "guests already running)")
         rows = [("GUEST", "ORDER", "ACTIONS", "TIMEOUT", "COMMAND")]
         for guest in entry["guests"]:
             actions = " -> ".join(guest["actions"]) or guest.get("note") or "none"
@@ -114,9 +114,9 @@ def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
                          actions, "" if timeout is None else f"{timeout}s",
                          guest["commands"][0] if guest["commands"] else ""))
         if len(rows) == 1:
-            ctx.report.say("  no guests to act on")
+            ctx.messages.say("  no guests to act on")
             continue
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
             cells = [row[i].ljust(widths[i]) for i in range(4)]
-            ctx.report.say("  " + "  ".join([*cells, row[4]]).rstrip())
+            ctx.messages.say("  " + "  ".join([*cells, row[4]]).rstrip())

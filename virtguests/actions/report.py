@@ -14,18 +14,18 @@ from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 
 
 def run_report(ctx: Context) -> int:
-    document, problems = state.read_report(ctx.paths.report)
+    document, problems = state.read_run_report(ctx.paths.run_report)
     for problem in problems:
-        ctx.report.error(str(problem))
+        ctx.messages.error(str(problem))
     if ctx.json:
-        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        ctx.messages.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
     elif not isinstance(document, dict):
         if not problems:
-            ctx.report.say(f"no run recorded yet ({ctx.paths.report})")
+            ctx.messages.say(f"no run recorded yet ({ctx.paths.run_report})")
         return EXIT_CONFIG if problems else EXIT_OK
     else:
-        ctx.report.say(f"last run: {document.get('command')}, exit status "
-                       f"{document.get('exit_status')}")
+        ctx.messages.say(f"last run: {document.get('command')}, exit status "
+                         f"{document.get('exit_status')}")
         rows = [("GUEST", "URI", "OUTCOME", "STEPS", "SECONDS")]
         for guest in document.get("guests", []):
             steps = " -> ".join(f"{s['action']}:{s['result']}" for s in guest.get("steps", []))
@@ -34,7 +34,7 @@ def run_report(ctx: Context) -> int:
                          str(guest.get("outcome")), steps, f"{seconds:.1f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for row in rows:
-            ctx.report.say("  ".join([*(row[i].ljust(widths[i]) for i in range(4)), row[4]]))
+            ctx.messages.say("  ".join([*(row[i].ljust(widths[i]) for i in range(4)), row[4]]))
     if problems:
         return EXIT_CONFIG
     if not isinstance(document, dict):

@@ -20,8 +20,8 @@ from virtguests.actions.context import (
     interrupted_summary,
     look,
     refuse_bad_config,
-    report_conflicts,
     unique,
+    warn_conflicts,
 )
 from virtguests.actions.records import Checkpoint
 from virtguests.config import Config, OnBoot
@@ -34,7 +34,7 @@ from virtguests.virsh import format_argv
 def run_start(ctx: Context) -> int:
     if refuse_bad_config(ctx, "start"):
         return EXIT_CONFIG
-    report_conflicts(ctx)
+    warn_conflicts(ctx)
     with holding_lock(ctx) as held:
         code = _start(ctx) if held else EXIT_FAIL
     return EXIT_CONFIG if ctx.loaded.problems else code
@@ -48,7 +48,7 @@ def _start(ctx: Context) -> int:
         records.mark_started(ctx)
         return status
     if config.on_boot != OnBoot.START:
-        ctx.report.say("libvirt-guests is configured not to start any guests on boot")
+        ctx.messages.say("libvirt-guests is configured not to start any guests on boot")
         if not ctx.dry_run:
             _forget_records(ctx)
         return status
@@ -63,10 +63,10 @@ def _start(ctx: Context) -> int:
     status = max(status, _say_unplanned(ctx, the_plan))
     if ctx.dry_run:
         for argv in plan.start_commands(the_plan, config, ctx.virsh.argv):
-            ctx.report.say(format_argv(argv))
+            ctx.messages.say(format_argv(argv))
         return status
 
-    executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
+    executor = Executor(ctx.virsh, config, ctx.messages, ctx.clock, run_report=ctx.run_report,
                         checkpoint=Checkpoint(ctx, "start"))
     result = executor.start(the_plan)  # the executor reports its own bugs
 
@@ -77,7 +77,7 @@ def _start(ctx: Context) -> int:
     status = max(status, result.status)
     if ctx.clock.cancel.is_set():
         status = interrupted_summary(ctx, "start")
-    records.write_report(ctx, "start", status)
+    records.write_run_report(ctx, "start", status)
     return status
 
 
@@ -87,7 +87,7 @@ def _read_records(ctx: Context) -> tuple[dict[str, list[str]], int]:
     list_entries, pending, bad = records.read_recorded(ctx)
     status = EXIT_OK
     for line in bad:
-        ctx.report.error(str(line))
+        ctx.messages.error(str(line))
         status = EXIT_FAIL
     if not ctx.dry_run:
         records.set_aside_unreadable(ctx, bad)
@@ -108,21 +108,21 @@ def _say_unplanned(ctx: Context, the_plan: plan.StartPlan) -> int:
     exit 1 for the last two."""
     status = EXIT_OK
     for token in the_plan.ignored:
-        ctx.report.say(f"Ignoring guests on {token} URI")
+        ctx.messages.say(f"Ignoring guests on {token} URI")
     for view in the_plan.unreachable:
         status = EXIT_FAIL
-        ctx.report.cannot_resume_uri(view.uri, str(view.error),
-                                     list(the_plan.pending_unreachable.get(view.uri, [])))
+        ctx.messages.cannot_resume_uri(view.uri, str(view.error),
+                                       list(the_plan.pending_unreachable.get(view.uri, [])))
     for uri, uuid in the_plan.missing:
         status = EXIT_FAIL
-        ctx.report.gone(uri, uuid)
+        ctx.messages.gone(uri, uuid)
     return status
 
 
 def _remember_running(ctx: Context) -> None:
     """The guests now running (resumed, or found already active) join the seen file."""
     up: dict[str, dict[str, str]] = {}
-    for done in ctx.report.outcomes.values():
+    for done in ctx.run_report.results.values():
         if done.outcome in (Outcome.RESUMED, Outcome.ALREADY_ACTIVE):
             up.setdefault(done.uri, {})[done.uuid] = done.name
     records.update_seen(ctx, up, replace_uris=False)
@@ -136,11 +136,11 @@ def _record_pending(ctx: Context, the_plan: plan.StartPlan,
     # Unreachable and given-up URIs were named with their guests already.
     unreachable = {view.uri for view in the_plan.unreachable} | {
         uri for uri in pending if ctx.virsh.wedged(uri) is not None}
-    names = [ctx.report.outcomes[(uri, uuid)].name
-             if (uri, uuid) in ctx.report.outcomes else uuid
+    names = [ctx.run_report.results[(uri, uuid)].name
+             if (uri, uuid) in ctx.run_report.results else uuid
              for uri, ids in pending.items() if uri not in unreachable for uuid in ids]
     if names:
-        ctx.report.error("not resumed, kept for the next start: " + ", ".join(names))
+        ctx.messages.error("not resumed, kept for the next start: " + ", ".join(names))
     if records.disk(ctx, f"write {ctx.paths.pending}",
                     lambda: state.write_list(ctx.paths.pending, pending)):
         records.disk(ctx, f"remove the list file {ctx.paths.list_file}",
@@ -160,7 +160,7 @@ def start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Seq
     START_DELAY (no delay is spent on a guest that is already running) need a
     listing.  ``plan start`` looks the same way.
     """
-    seen = records.read_seen(ctx, report=False)
+    seen = records.read_seen(ctx, warn=False)
 
     def view(uri: str) -> UriView:
         names = seen.get(uri, {})
@@ -185,9 +185,9 @@ def _add_orphans(ctx: Context, views: Mapping[str, UriView],
         extra = plan.orphans(view, known)
         for uuid in extra:
             guest = view.find(uuid)
-            ctx.report.warn(f"guest {guest.name if guest else uuid} on {uri} has a "
-                            "managed-save image but was not recorded; resuming it "
-                            "(RESUME_ORPHANS)")
+            ctx.messages.warn(f"guest {guest.name if guest else uuid} on {uri} has a "
+                              "managed-save image but was not recorded; resuming it "
+                              "(RESUME_ORPHANS)")
         if extra:
             recorded[uri] = [*known, *extra]
 

@@ -39,16 +39,16 @@ def run_status(ctx: Context) -> int:
             STATUS_PENDING_KEY: {
                 "path": str(ctx.paths.pending), "entries": pending,
                 "bad_lines": [str(b) for b in bad if b.path == ctx.paths.pending]},
-            "last_run": records.read_report(ctx, ctx.report.warn),
+            "last_run": records.read_run_report(ctx, ctx.messages.warn),
         }
-        ctx.report.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        ctx.messages.out.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
         return code
-    ctx.report.say(word)
+    ctx.messages.say(word)
     for uri, ids in pending.items():
-        ctx.report.say(f"Not resumed at the last start, kept for the next one: {uri}: "
-                       + " ".join(ids))
+        ctx.messages.say(f"Not resumed at the last start, kept for the next one: {uri}: "
+                         + " ".join(ids))
     for line in bad:
-        ctx.report.error(str(line))
+        ctx.messages.error(str(line))
     return code
 
 
@@ -59,28 +59,28 @@ def run_gueststatus(ctx: Context) -> int:
     uris = unique(config.uris)
     if ctx.json:
         views = for_each_uri(uris, lambda uri: _describe_uri(ctx, uri))
-        ctx.report.out.write(json.dumps({"uris": [views[u] for u in uris]}, indent=2,
-                                        sort_keys=True) + "\n")
+        ctx.messages.out.write(json.dumps({"uris": [views[u] for u in uris]}, indent=2,
+                                          sort_keys=True) + "\n")
         return EXIT_FAIL if any(v.get("error") for v in views.values()) else EXIT_OK
 
     def table(uri: str) -> Optional[str]:
         try:
             return observe.guest_table(ctx.virsh, uri, config)
         except VirshError as err:
-            ctx.report.error(str(err))
+            ctx.messages.error(str(err))
             return None
 
     tables = for_each_uri(uris, table)
     code = EXIT_OK
     for uri in uris:
-        ctx.report.say(f"* {uri} URI:")
+        ctx.messages.say(f"* {uri} URI:")
         text = tables.get(uri)
         if text is None:
             code = EXIT_FAIL
-            ctx.report.say("")
+            ctx.messages.say("")
         else:
-            ctx.report.out.write(virshout.table_without_domain0(text))
-            ctx.report.out.flush()
+            ctx.messages.out.write(virshout.table_without_domain0(text))
+            ctx.messages.out.flush()
     return code
 
 
