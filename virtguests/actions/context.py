@@ -1,8 +1,8 @@
 """What every action is given, and the guards it runs in.
 
 The context (config, paths, virsh, messages, clock, options, run report), asking every
-URI at once, warning about the config and refusing a bad one, the lock, and the summary of a run a
-signal cut short.
+URI at once, warning about the config and refusing a bad one, the lock, and the summary
+of a run a signal cut short.
 """
 
 from __future__ import annotations
