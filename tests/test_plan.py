@@ -100,7 +100,7 @@ def test_start_plan() -> None:
     config = Config(sync_time=True)
     plan = plan_start(config, {"default": [U1, U3, U2], "lxc:///": [U4]}, {"default": view})
     assert plan.ignored == ("lxc:///",)
-    assert plan.missing == (("default", U2),)
+    assert plan.gone == (("default", U2),)
     assert [(g.name, g.decided) for g in plan.uris[0].guests] == [
         ("web", None), ("db", "already active")]
     assert start_commands(plan, config, argv) == [

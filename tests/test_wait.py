@@ -360,7 +360,7 @@ def test_one_guests_timeout_costs_that_guest_not_its_uri(data: st.DataObject) ->
         assert "gave up on default" in run.err
         return
     assert run.virsh.liveness_checks == 1
-    assert run.virsh.wedged("default") is None and "gave up" not in run.err, run.err
+    assert run.virsh.given_up("default") is None and "gave up" not in run.err, run.err
     hurt = run.host.find(hung[-1])
     for guest in guests:
         assert not guest.destroyed_while_saving

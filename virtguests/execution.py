@@ -68,9 +68,9 @@ class Execution:
     def cancelled(self) -> bool:
         return self.clock.cancel.is_set()
 
-    def wedged(self, uri: str) -> Optional[str]:
+    def given_up(self, uri: str) -> Optional[str]:
         """Why *uri* was given up (a call there timed out), or None."""
-        return self.virsh.wedged(uri)
+        return self.virsh.given_up(uri)
 
     def fail(self) -> None:
         with self._lock:
@@ -126,7 +126,7 @@ class Execution:
     def give_up(self, uri: str, step: GuestStop, action: Action) -> None:
         """Not tried: the URI stopped answering.  Named in the URI's error at the end."""
         self.run_report.step(self.result(uri, step), action, Outcome.GIVEN_UP, 0.0,
-                             f"{uri} is not answering: {self.wedged(uri)}")
+                             f"{uri} is not answering: {self.given_up(uri)}")
         self.checkpoint()
 
     def escalating(self, uri: str, step: GuestStop, action: Action) -> tuple[str, bool]:
@@ -136,7 +136,7 @@ class Execution:
         the next step only records the guest as interrupted, so "trying" is not said.
         """
         following = next_action(step, action)
-        if following is None or self.wedged(uri) is not None:
+        if following is None or self.given_up(uri) is not None:
             return "", False
         return ("" if self.cancelled else f"; trying {following}"), True
 

@@ -110,7 +110,7 @@ def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
                 return OtherSave.INTERRUPTED
             answer, again = saving(run, uri, uuid, failure)
             if answer is None and again is None:  # no answer: still saving, as far
-                if run.wedged(uri) is not None:  # as we know
+                if run.given_up(uri) is not None:  # as we know
                     return OtherSave.STILL_SAVING
                 continue
             state, still = answer, again

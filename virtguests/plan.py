@@ -141,7 +141,8 @@ class StartPlan:
     uris: tuple[UriStart, ...]
     ignored: tuple[str, ...]
     unreachable: tuple[UriView, ...]
-    missing: tuple[tuple[str, str], ...]
+    gone: tuple[tuple[str, str], ...]
+    """Recorded guests (URI, UUID) that are no longer defined."""
     pending_unreachable: Mapping[str, Sequence[str]]
     """The guests of unreachable URIs: they stay pending for the next start."""
 
@@ -159,7 +160,7 @@ def plan_start(
     uris: list[UriStart] = []
     ignored: list[str] = []
     unreachable: list[UriView] = []
-    missing: list[tuple[str, str]] = []
+    gone: list[tuple[str, str]] = []
     pending_unreachable: dict[str, list[str]] = {}
     for uri, ids in recorded.items():
         if uri not in config.uris:
@@ -174,7 +175,7 @@ def plan_start(
         for uuid in ids:
             guest = view.find(uuid)
             if guest is None:
-                missing.append((uri, uuid))
+                gone.append((uri, uuid))
                 continue
             rule = policy(uri, guest)
             if rule.skip_start:
@@ -187,7 +188,7 @@ def plan_start(
                 guests.append(GuestStart(uuid, guest.name, None, rule.group,
                                          rule.start_delay))
         uris.append(UriStart(uri, tuple(guests), probe=not view.listed))
-    return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(missing),
+    return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(gone),
                      pending_unreachable)
 
 

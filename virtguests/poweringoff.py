@@ -31,7 +31,7 @@ def _poweroff(run: Execution, uri: str, step: GuestStop) -> bool:
     if run.cancelled:
         run.interrupted(uri, step)
         return False
-    if run.wedged(uri) is not None:
+    if run.given_up(uri) is not None:
         run.give_up(uri, step, Action.POWEROFF)
         return False
     started = run.clock.now()
@@ -44,7 +44,7 @@ def _poweroff(run: Execution, uri: str, step: GuestStop) -> bool:
         run.virsh.run(uri, commands.destroy(step.guest.uuid),
                       timeout=run.request_timeout(Action.POWEROFF), ignore_interrupt=True)
     except VirshError as err:
-        if err.wedged:
+        if err.given_up:
             run.give_up(uri, step, Action.POWEROFF)
             return False
         run.fail()

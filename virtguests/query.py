@@ -32,7 +32,7 @@ def run_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config
             return virsh.run(uri, args, ignore_interrupt=True,
                              timeout=config.query_timeout if timeout is None else timeout)
         except VirshError as err:
-            if err.timed_out or err.wedged or attempt >= config.connect_retries \
+            if err.timed_out or err.given_up or attempt >= config.connect_retries \
                     or not retry_if(err):
                 raise
             attempt += 1

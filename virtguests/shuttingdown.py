@@ -115,7 +115,7 @@ def _after_refusal(run: Execution, uri: str, refused: _Refused) -> bool:
     """A failed shutdown request: a save in progress (another job's, holding the
     guest's lock) is waited for and never escalated; True: the chain goes on."""
     step, err = refused.step, refused.error
-    if run.wedged(uri) is None:
+    if run.given_up(uri) is None:
         other = other_save(run, uri, step, refused.until, failure=err)
         if other != OtherSave.NONE:
             return after_other_save(run, uri, step, Action.SHUTDOWN, other, refused.at)
@@ -157,14 +157,14 @@ class _Shutdowns:
         expired = False
         while flight.queue or flight.waiting:
             if flight.queue and len(flight.waiting) < self.width and not run.cancelled \
-                    and run.wedged(uri) is None:
+                    and run.given_up(uri) is None:
                 self._admit(self.width, uri_deadline)
                 last_request = clock.now()
             if run.cancelled:
                 for step in flight.queue:
                     run.interrupted(uri, step)
                 flight.queue.clear()
-            if run.wedged(uri) is not None:
+            if run.given_up(uri) is not None:
                 self._give_up_waiting()
                 return
             if not flight.waiting:
@@ -197,7 +197,7 @@ class _Shutdowns:
                 flight.waiting.clear()
                 run.checkpoint()
                 continue
-            if run.wedged(uri) is not None:
+            if run.given_up(uri) is not None:
                 self._give_up_waiting()
                 return
             if not serial and now >= uri_deadline and not expired \
@@ -241,7 +241,7 @@ class _Shutdowns:
         try:
             return query.active_uuids(run.virsh, uri, run.config)
         except (VirshError, Interrupted) as err:
-            if first_failure and run.wedged(uri) is None:
+            if first_failure and run.given_up(uri) is None:
                 run.messages.warn(f"cannot check which guests on {uri} are still running "
                                   f"({err}); still waiting for {len(self.flight.waiting)} "
                                   "guest(s), checking again")
@@ -300,7 +300,7 @@ class _Shutdowns:
             run.virsh.run(uri, commands.shutdown(step.guest.uuid),
                           timeout=run.request_timeout(Action.SHUTDOWN), ignore_interrupt=True)
         except VirshError as err:
-            if err.wedged:
+            if err.given_up:
                 run.give_up(uri, step, Action.SHUTDOWN)
                 return None
             now = run.clock.now()

@@ -75,7 +75,7 @@ class Starting:
 
     def _name_given_up(self, item: UriStart) -> None:
         run = self.run
-        why = run.wedged(item.uri)
+        why = run.given_up(item.uri)
         if why is None:
             return
         run.fail()
@@ -117,14 +117,14 @@ class Starting:
                 continue
             for guest in members:
                 if guest.decided is None and not first and not run.cancelled \
-                        and guest.uuid not in tried and run.wedged(item.uri) is None:
+                        and guest.uuid not in tried and run.given_up(item.uri) is None:
                     delay = run.config.start_delay
                     if delay:
                         run.clock.sleep(delay)
                 [started] = run_all([start_one(guest)], 1)
                 if started:
                     first = False
-                    if guest.delay_after and run.wedged(item.uri) is None:
+                    if guest.delay_after and run.given_up(item.uri) is None:
                         run.clock.sleep(guest.delay_after)
 
     def _attempt(self, uri: str, guest: GuestStart, *, first: bool = False) -> _Attempt:
@@ -166,11 +166,11 @@ class Starting:
             self._step(uri, outcome, Outcome.INTERRUPTED, 0.0,
                        "stop requested before this guest was started")
         else:
-            if attempt is None and run.wedged(uri) is None:
+            if attempt is None and run.given_up(uri) is None:
                 attempt = self._attempt(uri, guest)
-            if attempt is None or (attempt.error is not None and attempt.error.wedged):
+            if attempt is None or (attempt.error is not None and attempt.error.given_up):
                 self._step(uri, outcome, Outcome.GIVEN_UP, 0.0,
-                           f"{uri} is not answering: {run.wedged(uri)}")
+                           f"{uri} is not answering: {run.given_up(uri)}")
                 run.checkpoint()
                 return False
             name = attempt.name or guest.name
@@ -200,7 +200,7 @@ class Starting:
                 run.messages.say(f"Resuming guest {name}: done")
                 self._step(uri, outcome, Outcome.RESUMED, attempt.seconds)
         if run.config.sync_time and guest.decided != Outcome.SKIPPED_BY_POLICY \
-                and not run.cancelled and run.wedged(uri) is None:
+                and not run.cancelled and run.given_up(uri) is None:
             self._sync_time(uri, guest)
         run.checkpoint()
         return issued

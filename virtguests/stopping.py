@@ -3,7 +3,7 @@
 URIs are often different hosts: each has its own timeout accounting.  A
 guest's action chain (suspend -> shutdown -> poweroff) moves to the next stage
 when a step fails or times out, but never while a save of the guest is still in
-progress.  A URI that stopped answering is given up at once (``Virsh.wedged``):
+progress.  A URI that stopped answering is given up at once (``Virsh.given_up``):
 its guests stay recorded and are named in one error; a timeout of one guest's
 call costs only that guest's step.  After a stop request (SIGTERM/SIGINT)
 nothing new is started; calls in flight finish or time out.
@@ -49,7 +49,7 @@ def _stop_uri(run: Execution, item: UriStop) -> None:
 
 def _name_given_up(run: Execution, item: UriStop) -> None:
     """One error naming every guest a URI that stopped answering left unprotected."""
-    why = run.wedged(item.uri)
+    why = run.given_up(item.uri)
     if why is None:
         return
     run.fail()
@@ -79,7 +79,7 @@ def _stop_group(run: Execution, uri: str, steps: Sequence[GuestStop]) -> None:
             for step in todo:
                 run.interrupted(uri, step)
             continue
-        if run.wedged(uri) is not None:
+        if run.given_up(uri) is not None:
             for step in todo:
                 run.give_up(uri, step, stage)
             continue

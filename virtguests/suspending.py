@@ -38,7 +38,7 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
     if run.cancelled:
         run.interrupted(uri, step)
         return False
-    if run.wedged(uri) is not None:
+    if run.given_up(uri) is not None:
         run.give_up(uri, step, Action.SUSPEND)
         return False
     budget = min(float(run.config.save_timeout), run.remaining())
@@ -75,10 +75,10 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
         run.run_report.step(outcome, Action.SUSPEND, Outcome.SAVED, run.clock.now() - started)
         run.checkpoint()
         return False
-    if err.wedged:
+    if err.given_up:
         run.give_up(uri, step, Action.SUSPEND)
         return False
-    if run.wedged(uri) is None:
+    if run.given_up(uri) is None:
         # A save must end before anything harsher is tried: another job's (an
         # earlier run killed mid-save, another tool) or ours, which libvirt goes on
         # with after its virsh timed out (SAVE_TIMEOUT, STOP_DEADLINE).

@@ -89,7 +89,7 @@ def _start_entry(ctx: Context, view: UriView,
             "actions": [Action.START] if guest.decided is None else [],
             "note": guest.decided,
             "delay_after": guest.delay_after, "commands": calls})
-    for uri, uuid in start_plan.missing:
+    for uri, uuid in start_plan.gone:
         if uri == view.uri:
             entry["guests"].append({"name": None, "uuid": uuid, "order": None, "actions": [],
                                     "note": PlanNote.GONE, "commands": []})

@@ -71,7 +71,7 @@ def _start(ctx: Context) -> int:
     result = executor.start(the_plan)  # the executor reports its own bugs
 
     _remember_running(ctx)
-    pending = still_pending(config, recorded, result.settled, the_plan.missing)
+    pending = still_pending(config, recorded, result.settled, the_plan.gone)
     status = max(status, _record_pending(ctx, the_plan, pending))
     records.mark_started(ctx)
     status = max(status, result.status)
@@ -113,7 +113,7 @@ def _say_unplanned(ctx: Context, the_plan: plan.StartPlan) -> int:
         status = EXIT_FAIL
         ctx.messages.cannot_resume_uri(view.uri, str(view.error),
                                        list(the_plan.pending_unreachable.get(view.uri, [])))
-    for uri, uuid in the_plan.missing:
+    for uri, uuid in the_plan.gone:
         status = EXIT_FAIL
         ctx.messages.gone(uri, uuid)
     return status
@@ -135,7 +135,7 @@ def _record_pending(ctx: Context, the_plan: plan.StartPlan,
     all)."""
     # Unreachable and given-up URIs were named with their guests already.
     unreachable = {view.uri for view in the_plan.unreachable} | {
-        uri for uri in pending if ctx.virsh.wedged(uri) is not None}
+        uri for uri in pending if ctx.virsh.given_up(uri) is not None}
     names = [ctx.run_report.results[(uri, uuid)].name
              if (uri, uuid) in ctx.run_report.results else uuid
              for uri, ids in pending.items() if uri not in unreachable for uuid in ids]
@@ -194,7 +194,7 @@ def _add_orphans(ctx: Context, views: Mapping[str, UriView],
 
 def still_pending(config: Config, recorded: Mapping[str, Sequence[str]],
                   settled: Mapping[str, frozenset[str]],
-                  missing: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+                  gone: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
     """The guests pending after a start: every recorded guest without a definite outcome.
 
     Only guests that were resumed, found running, found gone or skipped by
@@ -203,7 +203,7 @@ def still_pending(config: Config, recorded: Mapping[str, Sequence[str]],
     no longer in URIS are dropped, as the reference does.
     """
     done = {uri: set(ids) for uri, ids in settled.items()}
-    for uri, uuid in missing:
+    for uri, uuid in gone:
         done.setdefault(uri, set()).add(uuid)
     pending: dict[str, list[str]] = {}
     for uri, ids in recorded.items():
