@@ -81,14 +81,14 @@ def test_unreachable_uris_are_kept_apart_and_earlier_entries_survive() -> None:
 def test_policy_orders_groups_and_overrides_actions() -> None:
     def policy(uri: str, guest: Guest) -> GuestPolicy:
         if guest.name == "db":
-            return GuestPolicy(actions=(Action.SHUTDOWN,), group=1, shutdown_timeout=30)
+            return GuestPolicy(actions=(Action.SHUTDOWN,), order=1, shutdown_timeout=30)
         if guest.name == "web":
             return GuestPolicy(actions=())
         return GuestPolicy()
 
     config = Config(on_shutdown=(Action.SUSPEND, Action.SHUTDOWN))
     plan = plan_stop(config, [host()], policy=policy)
-    groups = plan.uris[0].groups()
+    groups = plan.uris[0].by_order()
     assert [[s.guest.name for s in g] for g in groups] == [["db"], ["scratch"]]
     assert groups[0][0].timeout == 30
     assert groups[1][0].actions == ("shutdown",)

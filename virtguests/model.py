@@ -133,7 +133,7 @@ class GuestPolicy:
     """Per-guest overrides (from the policy file); None means "use the config"."""
 
     actions: Optional[tuple[Action, ...]] = None
-    group: int = 0
+    order: int = 0
     shutdown_timeout: Optional[int] = None
     start_delay: Optional[int] = None
     skip_start: bool = False

@@ -22,7 +22,7 @@ class GuestStop:
     guest: Guest
     actions: tuple[Action, ...]
     timeout: int
-    group: int = 0
+    order: int = 0
     record: bool = True
 
 
@@ -33,10 +33,10 @@ class UriStop:
     transient_skipped: tuple[Guest, ...]
     guests: tuple[GuestStop, ...]
 
-    def groups(self) -> list[list[GuestStop]]:
+    def by_order(self) -> list[list[GuestStop]]:
         """Order groups for stopping: highest first."""
-        keys = sorted({g.group for g in self.guests}, reverse=True)
-        return [[g for g in self.guests if g.group == k] for k in keys]
+        keys = sorted({g.order for g in self.guests}, reverse=True)
+        return [[g for g in self.guests if g.order == k] for k in keys]
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def plan_stop(
                     continue
             timeout = (rule.shutdown_timeout if rule.shutdown_timeout is not None
                        else config.shutdown_timeout)
-            steps.append(GuestStop(guest, actions, timeout, rule.group, guest.persistent))
+            steps.append(GuestStop(guest, actions, timeout, rule.order, guest.persistent))
         uris.append(UriStop(view.uri, running, tuple(skipped), tuple(steps)))
     unreachable = tuple(v for v in views if not v.reachable)
     return StopPlan(config.suspending, tuple(uris), unreachable, dict(earlier or {}))
@@ -110,7 +110,7 @@ def stop_commands(plan: StopPlan, config: Config,
     """
     out: list[list[str]] = []
     for item in plan.uris:
-        for group in item.groups():
+        for group in item.by_order():
             for step in group:
                 out.append(argv(item.uri, commands.stop_action(step.actions[0],
                                                                step.guest.uuid, config)))
@@ -124,7 +124,7 @@ class GuestStart:
     decided: Optional[Outcome] = None
     """The outcome the plan already knows (already active, skipped by policy), or None:
     ``virsh start`` it."""
-    group: int = 0
+    order: int = 0
     delay_after: Optional[int] = None
 
 
@@ -180,12 +180,12 @@ def plan_start(
             rule = policy(uri, guest)
             if rule.skip_start:
                 guests.append(GuestStart(uuid, guest.name, Outcome.SKIPPED_BY_POLICY,
-                                         rule.group, rule.start_delay))
+                                         rule.order, rule.start_delay))
             elif guest.active:
                 guests.append(GuestStart(uuid, guest.name, Outcome.ALREADY_ACTIVE,
-                                         rule.group, rule.start_delay))
+                                         rule.order, rule.start_delay))
             else:
-                guests.append(GuestStart(uuid, guest.name, None, rule.group,
+                guests.append(GuestStart(uuid, guest.name, None, rule.order,
                                          rule.start_delay))
         uris.append(UriStart(uri, tuple(guests), probe=not view.listed))
     return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(gone),
@@ -202,7 +202,7 @@ def start_commands(plan: StartPlan, config: Config,
                    argv: Callable[[str, Sequence[str]], list[str]]) -> list[list[str]]:
     out: list[list[str]] = []
     for item in plan.uris:
-        for guest in sorted(item.guests, key=lambda g: g.group):
+        for guest in sorted(item.guests, key=lambda g: g.order):
             if guest.decided is None:
                 out.append(argv(item.uri, commands.start(guest.uuid, config)))
             if config.sync_time and guest.decided != Outcome.SKIPPED_BY_POLICY:

@@ -403,7 +403,7 @@ def _rule(node: _Node, path: str, problems: list[Problem]) -> Optional[Rule]:
         return None
     return Rule(
         fields["match"], fields.get("uri"),
-        GuestPolicy(actions=fields.get("actions"), group=fields.get("order", 0),
+        GuestPolicy(actions=fields.get("actions"), order=fields.get("order", 0),
                     shutdown_timeout=fields.get("shutdown_timeout"),
                     start_delay=fields.get("start_delay"),
                     skip_start=fields.get("skip_start", False)),

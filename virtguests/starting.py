@@ -87,10 +87,10 @@ class Starting:
 
     def _guests(self, item: UriStart) -> None:
         run = self.run
-        order = sorted(item.guests, key=lambda g: g.group)  # stable: list order within a group
+        ordered = sorted(item.guests, key=lambda g: g.order)  # stable: list order per order
         tried: dict[str, _Attempt] = {}
         if item.probe and not run.cancelled:
-            lead = next((g for g in order if g.decided is None), None)
+            lead = next((g for g in ordered if g.decided is None), None)
             if lead is not None:
                 attempt = self._attempt(item.uri, lead, first=True)
                 if attempt.refusal == StartRefusal.UNREACHABLE:
@@ -108,8 +108,8 @@ class Starting:
                 False)
 
         first = True
-        for group in sorted({g.group for g in order}):
-            members = [g for g in order if g.group == group]
+        for group in sorted({g.order for g in ordered}):
+            members = [g for g in ordered if g.order == group]
             parallel = (run.config.start_delay == 0 and run.config.parallel_start > 1
                         and all(g.delay_after is None for g in members))
             if parallel:

@@ -40,7 +40,7 @@ def _stop_uri(run: Execution, item: UriStop) -> None:
     else:
         run.messages.say(f"Shutting down guests on {item.uri} URI...")
     try:
-        for group in item.groups():
+        for group in item.by_order():
             run_all([run.guarded(f"stopping a group of guests on {item.uri}",
                                  functools.partial(_stop_group, run, item.uri, group))], 1)
     finally:

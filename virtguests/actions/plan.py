@@ -55,10 +55,10 @@ def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[st
     if item is None:
         return entry
     planned = {s.guest.uuid: s for s in item.guests}
-    for group in item.groups():
+    for group in item.by_order():
         for step in group:
             entry["guests"].append({
-                "name": step.guest.name, "uuid": step.guest.uuid, "order": step.group,
+                "name": step.guest.name, "uuid": step.guest.uuid, "order": step.order,
                 "actions": list(step.actions),
                 "timeout": step.timeout if Action.SHUTDOWN in step.actions else None,
                 "commands": [format_argv(ctx.virsh.argv(view.uri, commands.stop_action(
@@ -79,13 +79,13 @@ def _start_entry(ctx: Context, view: UriView,
     entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": [],
                              "listed": view.listed}
     item = next((i for i in start_plan.uris if i.uri == view.uri), None)
-    for guest in sorted(item.guests if item else (), key=lambda g: g.group):
+    for guest in sorted(item.guests if item else (), key=lambda g: g.order):
         calls = []
         if guest.decided is None:
             calls.append(format_argv(ctx.virsh.argv(view.uri,
                                                     commands.start(guest.uuid, ctx.config))))
         entry["guests"].append({
-            "name": guest.name, "uuid": guest.uuid, "order": guest.group,
+            "name": guest.name, "uuid": guest.uuid, "order": guest.order,
             "actions": [Action.START] if guest.decided is None else [],
             "note": guest.decided,
             "delay_after": guest.delay_after, "commands": calls})
