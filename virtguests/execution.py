@@ -115,38 +115,38 @@ class Execution:
 
     # -- a stop step's words ----------------------------------------------------
 
-    def result(self, uri: str, step: GuestStop) -> GuestResult:
-        return self.run_report.guest(uri, step.guest.uuid, step.guest.name)
+    def result(self, uri: str, planned: GuestStop) -> GuestResult:
+        return self.run_report.guest(uri, planned.guest.uuid, planned.guest.name)
 
-    def interrupted(self, uri: str, step: GuestStop) -> None:
-        self.run_report.step(self.result(uri, step), Action.NONE, Outcome.INTERRUPTED, 0.0,
+    def interrupted(self, uri: str, planned: GuestStop) -> None:
+        self.run_report.step(self.result(uri, planned), Action.NONE, Outcome.INTERRUPTED, 0.0,
                              "stop requested before this guest was handled")
         self.checkpoint()
 
-    def give_up(self, uri: str, step: GuestStop, action: Action) -> None:
+    def give_up(self, uri: str, planned: GuestStop, action: Action) -> None:
         """Not tried: the URI stopped answering.  Named in the URI's error at the end."""
-        self.run_report.step(self.result(uri, step), action, Outcome.GIVEN_UP, 0.0,
+        self.run_report.step(self.result(uri, planned), action, Outcome.GIVEN_UP, 0.0,
                              f"{uri} is not answering: {self.given_up(uri)}")
         self.checkpoint()
 
-    def escalating(self, uri: str, step: GuestStop, action: Action) -> tuple[str, bool]:
+    def escalating(self, uri: str, planned: GuestStop, action: Action) -> tuple[str, bool]:
         """Whether the chain's next step takes a guest, and the words that say so.
 
         Not on a URI given up (nothing more is tried there); after a stop request
         the next step only records the guest as interrupted, so "trying" is not said.
         """
-        following = next_action(step, action)
+        following = next_action(planned, action)
         if following is None or self.given_up(uri) is not None:
             return "", False
         return ("" if self.cancelled else f"; trying {following}"), True
 
-    def failed_step(self, uri: str, step: GuestStop, action: Action, what: str,
+    def failed_step(self, uri: str, planned: GuestStop, action: Action, what: str,
                     err: VirshError, seconds: float) -> bool:
         """Report a failed step (``WHAT failed: DETAIL[; trying NEXT]``); True: escalate."""
-        trying, escalate = self.escalating(uri, step, action)
+        trying, escalate = self.escalating(uri, planned, action)
         self.fail()
         self.messages.error(f"{what} failed: {err.detail}{trying}")
-        self.run_report.step(self.result(uri, step), action, Outcome.FAILED, seconds, err.detail)
+        self.run_report.step(self.result(uri, planned), action, Outcome.FAILED, seconds, err.detail)
         self.checkpoint()
         return escalate
 
@@ -156,9 +156,9 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def next_action(step: GuestStop, after: Action) -> Optional[Action]:
+def next_action(planned: GuestStop, after: Action) -> Optional[Action]:
     """The action of *step*'s chain after *after*, or None (none, or not in the chain)."""
-    actions = step.actions
+    actions = planned.actions
     if after not in actions:
         return None
     index = actions.index(after)

@@ -84,14 +84,14 @@ def saving(run: Execution, uri: str, uuid: str, failure: Optional[VirshError] = 
     return state, None
 
 
-def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
+def other_save(run: Execution, uri: str, planned: GuestStop, until: float, *,
                failure: Optional[VirshError] = None, ours: bool = False) -> OtherSave:
     """Is a save of this guest in progress?  Wait for it until *until*; how did it end?
 
     *failure* is the call that failed; *ours*: it was our own save whose virsh
     timed out, which libvirt goes on with: our time is up, so it is not waited for.
     """
-    name, uuid = step.guest.name, step.guest.uuid
+    name, uuid = planned.guest.name, planned.guest.uuid
     clock = run.clock
     state, still = saving(run, uri, uuid, failure)
     if still is not None:
@@ -126,15 +126,15 @@ def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
     return OtherSave.SAVED if saved else OtherSave.OFF
 
 
-def after_other_save(run: Execution, uri: str, step: GuestStop, action: Action,
+def after_other_save(run: Execution, uri: str, planned: GuestStop, action: Action,
                      other: OtherSave, started: float, *,
                      failure: Optional[VirshError] = None) -> bool:
     """Report how a save in progress ended; never escalates (False).
 
     *failure*: our own save, whose virsh call timed out (see ``other_save``).
     """
-    name = step.guest.name
-    outcome = run.result(uri, step)
+    name = planned.guest.name
+    outcome = run.result(uri, planned)
     seconds = run.clock.now() - started
     if other == OtherSave.SAVED:
         if action == Action.SUSPEND:

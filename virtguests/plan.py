@@ -69,7 +69,7 @@ def plan_stop(
         if not view.reachable:
             continue
         running = tuple(g for g in view.guests if g.active)
-        steps: list[GuestStop] = []
+        stops: list[GuestStop] = []
         skipped: list[Guest] = []
         for guest in running:
             rule = policy(view.uri, guest)
@@ -86,8 +86,8 @@ def plan_stop(
                     continue
             timeout = (rule.shutdown_timeout if rule.shutdown_timeout is not None
                        else config.shutdown_timeout)
-            steps.append(GuestStop(guest, actions, timeout, rule.order, guest.persistent))
-        uris.append(UriStop(view.uri, running, tuple(skipped), tuple(steps)))
+            stops.append(GuestStop(guest, actions, timeout, rule.order, guest.persistent))
+        uris.append(UriStop(view.uri, running, tuple(skipped), tuple(stops)))
     unreachable = tuple(v for v in views if not v.reachable)
     return StopPlan(config.suspending, tuple(uris), unreachable, dict(earlier or {}))
 
@@ -111,9 +111,9 @@ def stop_commands(plan: StopPlan, config: Config,
     out: list[list[str]] = []
     for item in plan.uris:
         for group in item.by_order():
-            for step in group:
-                out.append(argv(item.uri, commands.stop_action(step.actions[0],
-                                                               step.guest.uuid, config)))
+            for planned in group:
+                out.append(argv(item.uri, commands.stop_action(planned.actions[0],
+                                                               planned.guest.uuid, config)))
     return out
 
 

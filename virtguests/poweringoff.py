@@ -18,40 +18,40 @@ from virtguests.plan import GuestStop
 from virtguests.virsh import VirshError
 
 
-def poweroff_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+def poweroff_all(run: Execution, uri: str, stops: Sequence[GuestStop]) -> list[GuestStop]:
     """Power each guest off; nothing is left for a next step (an empty list)."""
-    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, Action.POWEROFF,
-                                      functools.partial(_poweroff, run, uri, step), False)
-                        for step in steps], 1)
-    return [step for step, again in zip(steps, escalate) if again]
+    escalate = run_all([run.for_guest(uri, planned.guest.name, planned.guest.uuid, Action.POWEROFF,
+                                      functools.partial(_poweroff, run, uri, planned), False)
+                        for planned in stops], 1)
+    return [planned for planned, again in zip(stops, escalate) if again]
 
 
-def _poweroff(run: Execution, uri: str, step: GuestStop) -> bool:
+def _poweroff(run: Execution, uri: str, planned: GuestStop) -> bool:
     """virsh destroy, unless another job is saving the guest; never escalates."""
     if run.cancelled:
-        run.interrupted(uri, step)
+        run.interrupted(uri, planned)
         return False
     if run.given_up(uri) is not None:
-        run.give_up(uri, step, Action.POWEROFF)
+        run.give_up(uri, planned, Action.POWEROFF)
         return False
     started = run.clock.now()
     budget = min(float(run.config.save_timeout), run.remaining())
-    other = other_save(run, uri, step, started + budget)
+    other = other_save(run, uri, planned, started + budget)
     if other != OtherSave.NONE:
-        return after_other_save(run, uri, step, Action.POWEROFF, other, started)
-    outcome = run.result(uri, step)
+        return after_other_save(run, uri, planned, Action.POWEROFF, other, started)
+    outcome = run.result(uri, planned)
     try:
-        run.virsh.run(uri, commands.destroy(step.guest.uuid),
+        run.virsh.run(uri, commands.destroy(planned.guest.uuid),
                       timeout=run.request_timeout(Action.POWEROFF), ignore_interrupt=True)
     except VirshError as err:
         if err.given_up:
-            run.give_up(uri, step, Action.POWEROFF)
+            run.give_up(uri, planned, Action.POWEROFF)
             return False
         run.fail()
-        run.messages.error(f"powering off guest {step.guest.name} failed: {err.detail}")
+        run.messages.error(f"powering off guest {planned.guest.name} failed: {err.detail}")
         run.run_report.step(outcome, Action.POWEROFF, Outcome.FAILED, 0.0, err.detail)
     else:
-        run.messages.say(f"Powering off guest {step.guest.name}: done")
+        run.messages.say(f"Powering off guest {planned.guest.name}: done")
         run.run_report.step(outcome, Action.POWEROFF, Outcome.POWERED_OFF,
                             run.clock.now() - started)
     run.checkpoint()

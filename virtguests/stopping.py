@@ -65,25 +65,25 @@ def _name_given_up(run: Execution, item: UriStop) -> None:
     run.messages.error(message)
 
 
-def _stop_group(run: Execution, uri: str, steps: Sequence[GuestStop]) -> None:
+def _stop_group(run: Execution, uri: str, stops: Sequence[GuestStop]) -> None:
     """Each stage in turn takes its guests: those whose chain starts there, and those
     an earlier stage failed to stop."""
     queues: dict[Action, list[GuestStop]] = {stage: [] for stage in STOP_CHAIN}
-    for step in steps:
-        queues[step.actions[0]].append(step)
+    for planned in stops:
+        queues[planned.actions[0]].append(planned)
     for stage in STOP_CHAIN:
         todo = queues[stage]
         if not todo:
             continue
         if run.cancelled:
-            for step in todo:
-                run.interrupted(uri, step)
+            for planned in todo:
+                run.interrupted(uri, planned)
             continue
         if run.given_up(uri) is not None:
-            for step in todo:
-                run.give_up(uri, step, stage)
+            for planned in todo:
+                run.give_up(uri, planned, stage)
             continue
-        for step in _STAGE[stage](run, uri, todo):
-            following = next_action(step, stage)
+        for planned in _STAGE[stage](run, uri, todo):
+            following = next_action(planned, stage)
             if following is not None:
-                queues[following].append(step)
+                queues[following].append(planned)

@@ -54,18 +54,18 @@ def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[st
     item = next((i for i in the_plan.uris if i.uri == view.uri), None)
     if item is None:
         return entry
-    planned = {s.guest.uuid: s for s in item.guests}
+    acted_on = {s.guest.uuid for s in item.guests}
     for group in item.by_order():
-        for step in group:
+        for planned in group:
             entry["guests"].append({
-                "name": step.guest.name, "uuid": step.guest.uuid, "order": step.order,
-                "actions": list(step.actions),
-                "timeout": step.timeout if Action.SHUTDOWN in step.actions else None,
+                "name": planned.guest.name, "uuid": planned.guest.uuid, "order": planned.order,
+                "actions": list(planned.actions),
+                "timeout": planned.timeout if Action.SHUTDOWN in planned.actions else None,
                 "commands": [format_argv(ctx.virsh.argv(view.uri, commands.stop_action(
-                    a, step.guest.uuid, ctx.config))) for a in step.actions],
+                    a, planned.guest.uuid, ctx.config))) for a in planned.actions],
             })
     for guest in item.running:
-        if guest.uuid not in planned:
+        if guest.uuid not in acted_on:
             why = (PlanNote.TRANSIENT if guest in item.transient_skipped
                    else PlanNote.LEFT_RUNNING)
             entry["guests"].append({"name": guest.name, "uuid": guest.uuid, "order": None,

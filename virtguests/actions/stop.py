@@ -144,10 +144,10 @@ def _say_commands(ctx: Context, config: Config, the_plan: plan.StopPlan) -> None
     for argv in plan.stop_commands(the_plan, config, ctx.virsh.argv):
         ctx.messages.say(format_argv(argv))
     for item in the_plan.uris:
-        for step in item.guests:
-            if len(step.actions) > 1:
-                ctx.messages.say(f"# {step.guest.name}: if {step.actions[0]} fails: "
-                                 + " -> ".join(step.actions[1:]))
+        for planned in item.guests:
+            if len(planned.actions) > 1:
+                ctx.messages.say(f"# {planned.guest.name}: if {planned.actions[0]} fails: "
+                                 + " -> ".join(planned.actions[1:]))
 
 
 def _record(ctx: Context, the_plan: plan.StopPlan, damaged: Sequence[state.BadLine]) -> int:
