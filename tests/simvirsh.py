@@ -120,7 +120,7 @@ class SimVirsh(Virsh):
     def watch(self, uri: str, args: Sequence[str],
               on_line: Callable[[str], None]) -> SimWatch:
         argv = self.argv(uri, args)
-        self._refuse_if_wedged(uri, argv)
+        self._refuse_if_given_up(uri, argv)
         with self.sim_lock:
             self.watchers.setdefault(uri, []).append(on_line)
         bell = getattr(getattr(on_line, "__self__", None), "rung", None)

@@ -28,7 +28,8 @@ from virtguests.actions.status import run_status
 from virtguests.actions.stop import run_stop
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded
-from virtguests.report import Reporter
+from virtguests.messages import Messages
+from virtguests.model import Action
 from virtguests.virsh import Virsh
 
 PROPERTY = settings(max_examples=60, deadline=None,
@@ -54,10 +55,10 @@ class Box:
         self.host.fault = fault or (lambda index, args: None)
         self.virsh = SimVirsh(self.clock, {"default": self.host})  # a new run: nothing wedged
         out, err = io.StringIO(), io.StringIO()
-        reporter = Reporter(out, err)
-        ctx = Context(Loaded(self.config, None), self.paths, self.virsh, reporter, self.clock)
+        messages = Messages(out, err)
+        ctx = Context(Loaded(self.config, None), self.paths, self.virsh, messages, self.clock)
         code = {"stop": run_stop, "start": run_start, "status": run_status}[command](ctx)
-        reporter.close()
+        messages.close()
         return code, out.getvalue(), err.getvalue()
 
     def recorded(self) -> set[str]:
@@ -111,10 +112,10 @@ def test_a_bug_at_start_keeps_every_guest_not_resumed(count: int, call: int,
 
 @PROPERTY
 @given(count=st.integers(1, 6), call=st.integers(0, 8),
-       actions=st.sampled_from([("suspend",), ("shutdown", "poweroff"),
-                                ("suspend", "shutdown", "poweroff")]))
+       actions=st.sampled_from([(Action.SUSPEND,), (Action.SHUTDOWN, Action.POWEROFF),
+                                (Action.SUSPEND, Action.SHUTDOWN, Action.POWEROFF)]))
 def test_a_bug_at_stop_leaves_every_guest_recorded(count: int, call: int,
-                                                   actions: tuple[str, ...]) -> None:
+                                                   actions: tuple[Action, ...]) -> None:
     config = dataclasses.replace(Config(), on_shutdown=actions, shutdown_timeout=30)
     with tempfile.TemporaryDirectory() as root:
         box = Box(Path(root), count, config)

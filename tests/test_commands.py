@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import virtguests
-from virtguests import cli, commands, config, model, observe
+from virtguests import cli, commands, model, observe
 from virtguests.config import Config
 from virtguests.virsh import is_guest_call
 
@@ -123,25 +123,25 @@ def test_managedsave_with_bypass_cache() -> None:
 
 @pytest.mark.parametrize("cfg", [PLAIN, BYPASS])
 def test_shutdown_has_no_options(cfg: Config) -> None:
-    assert commands.stop_action(model.SHUTDOWN, U, cfg) == commands.shutdown(U) == [
+    assert commands.stop_action(model.Action.SHUTDOWN, U, cfg) == commands.shutdown(U) == [
         "shutdown", U]
 
 
 @pytest.mark.parametrize("cfg", [PLAIN, BYPASS])
 def test_destroy_has_no_options(cfg: Config) -> None:
-    assert commands.stop_action(model.POWEROFF, U, cfg) == commands.destroy(U) == [
+    assert commands.stop_action(model.Action.POWEROFF, U, cfg) == commands.destroy(U) == [
         "destroy", U]
 
 
 @pytest.mark.parametrize(("cfg", "expected"), [
     (PLAIN, ["managedsave", U]), (BYPASS, ["managedsave", "--bypass-cache", U])])
 def test_stop_action_suspend_is_managedsave(cfg: Config, expected: list[str]) -> None:
-    assert commands.stop_action(model.SUSPEND, U, cfg) == expected
+    assert commands.stop_action(model.Action.SUSPEND, U, cfg) == expected
 
 
 def test_stop_action_refuses_an_unknown_action() -> None:
     with pytest.raises(ValueError, match="unknown action 'hibernate'"):
-        commands.stop_action("hibernate", U, PLAIN)
+        commands.stop_action("hibernate", U, PLAIN)  # type: ignore[arg-type]
 
 
 def test_start() -> None:
@@ -260,7 +260,7 @@ vol-path vol-pool vol-resize vol-upload vol-wipe cd echo exit help pwd quit conn
 
 VIRSH_SUBCOMMANDS = frozenset(VIRSH_HELP.split())
 
-OUR_WORDS = frozenset([*config.ACTIONS, *cli.COMMANDS, *cli.EXTRA_COMMANDS])
+OUR_WORDS = frozenset([*model.STOP_CHAIN, *cli.COMMANDS, *cli.EXTRA_COMMANDS])
 """Our own commands and actions; some are virsh subcommands too (start, shutdown, suspend)."""
 
 ALLOWED = {"commands.py"}

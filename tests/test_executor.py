@@ -156,12 +156,12 @@ def test_a_bug_on_one_uri_fails_the_run_but_not_the_other_uris() -> None:
     from virtguests.concurrently import run_all
     from virtguests.config import Config
     from virtguests.execution import Execution
-    from virtguests.report import Reporter
+    from virtguests.messages import Messages
     from virtguests.virsh import Virsh
 
     out, err = io.StringIO(), io.StringIO()
-    reporter = Reporter(out, err)
-    run = Execution(Virsh("virsh"), Config(), reporter, Clock(), lambda: None)
+    messages = Messages(out, err)
+    run = Execution(Virsh("virsh"), Config(), messages, Clock(), lambda: None)
     done: list[str] = []
 
     def broken() -> None:
@@ -169,7 +169,7 @@ def test_a_bug_on_one_uri_fails_the_run_but_not_the_other_uris() -> None:
 
     run_all([run.guarded("stopping one URI", broken),
              run.guarded("stopping another", lambda: done.append("other URI"))], 2)
-    reporter.close()
+    messages.close()
     assert done == ["other URI"]
     assert run.status == 1
     assert err.getvalue() == ("virtguests: error: internal error, please report it: "
@@ -184,7 +184,7 @@ def test_a_bug_past_the_stages_guards_fails_the_run_and_is_a_result() -> None:
     from virtguests.clock import Clock
     from virtguests.config import Config
     from virtguests.executor import Executed, Executor
-    from virtguests.report import Reporter
+    from virtguests.messages import Messages
     from virtguests.virsh import Virsh
 
     class Broken:
@@ -194,10 +194,10 @@ def test_a_bug_past_the_stages_guards_fails_the_run_and_is_a_result() -> None:
 
     for command, verb in (("stop", "stopping"), ("start", "starting")):
         out, err = io.StringIO(), io.StringIO()
-        reporter = Reporter(out, err)
-        executor = Executor(Virsh("virsh"), Config(), reporter, Clock())
+        messages = Messages(out, err)
+        executor = Executor(Virsh("virsh"), Config(), messages, Clock())
         result = getattr(executor, command)(Broken())
-        reporter.close()
+        messages.close()
         assert result == Executed(1, {})
         assert err.getvalue() == ("virtguests: error: internal error, please report it: "
                                   f"{verb} the guests: KeyError: 'surprise' "

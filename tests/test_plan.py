@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from virtguests.config import Config
-from virtguests.model import Guest, GuestPolicy, UriView
+from virtguests.config import Config, PersistentOnly
+from virtguests.model import Action, Guest, GuestPolicy, UriView
 from virtguests.plan import (
     orphans,
     plan_start,
@@ -49,7 +49,7 @@ def test_bypass_cache_and_uri() -> None:
 
 
 def test_shutdown_acts_on_transient_but_does_not_record_it() -> None:
-    config = Config(on_shutdown=("shutdown",))
+    config = Config(on_shutdown=(Action.SHUTDOWN,))
     plan = plan_stop(config, [host()])
     assert [s.guest.name for s in plan.uris[0].guests] == ["web", "scratch", "db"]
     assert plan.uris[0].transient_skipped == ()
@@ -58,12 +58,13 @@ def test_shutdown_acts_on_transient_but_does_not_record_it() -> None:
 
 
 def test_persistent_only_true_skips_transient_when_shutting_down() -> None:
-    plan = plan_stop(Config(on_shutdown=("shutdown",), persistent_only="true"), [host()])
+    plan = plan_stop(Config(on_shutdown=(Action.SHUTDOWN,), persistent_only=PersistentOnly.TRUE),
+                     [host()])
     assert [g.name for g in plan.uris[0].transient_skipped] == ["scratch"]
 
 
 def test_chain_sends_transient_guests_straight_to_shutdown() -> None:
-    config = Config(on_shutdown=("suspend", "shutdown", "poweroff"))
+    config = Config(on_shutdown=(Action.SUSPEND, Action.SHUTDOWN, Action.POWEROFF))
     steps = {s.guest.name: s.actions for s in plan_stop(config, [host()]).uris[0].guests}
     assert steps == {"web": ("suspend", "shutdown", "poweroff"),
                      "scratch": ("shutdown", "poweroff"),
@@ -80,14 +81,14 @@ def test_unreachable_uris_are_kept_apart_and_earlier_entries_survive() -> None:
 def test_policy_orders_groups_and_overrides_actions() -> None:
     def policy(uri: str, guest: Guest) -> GuestPolicy:
         if guest.name == "db":
-            return GuestPolicy(actions=("shutdown",), group=1, shutdown_timeout=30)
+            return GuestPolicy(actions=(Action.SHUTDOWN,), order=1, shutdown_timeout=30)
         if guest.name == "web":
             return GuestPolicy(actions=())
         return GuestPolicy()
 
-    config = Config(on_shutdown=("suspend", "shutdown"))
+    config = Config(on_shutdown=(Action.SUSPEND, Action.SHUTDOWN))
     plan = plan_stop(config, [host()], policy=policy)
-    groups = plan.uris[0].groups()
+    groups = plan.uris[0].by_order()
     assert [[s.guest.name for s in g] for g in groups] == [["db"], ["scratch"]]
     assert groups[0][0].timeout == 30
     assert groups[1][0].actions == ("shutdown",)
@@ -99,9 +100,9 @@ def test_start_plan() -> None:
     config = Config(sync_time=True)
     plan = plan_start(config, {"default": [U1, U3, U2], "lxc:///": [U4]}, {"default": view})
     assert plan.ignored == ("lxc:///",)
-    assert plan.missing == (("default", U2),)
-    assert [(g.name, g.start, g.reason) for g in plan.uris[0].guests] == [
-        ("web", True, ""), ("db", False, "already active")]
+    assert plan.gone == (("default", U2),)
+    assert [(g.name, g.decided) for g in plan.uris[0].guests] == [
+        ("web", None), ("db", "already active")]
     assert start_commands(plan, config, argv) == [
         ["virsh", "start", U1], ["virsh", "domtime", "--sync", U1],
         ["virsh", "domtime", "--sync", U3]]
@@ -111,7 +112,7 @@ def test_start_keeps_unreachable_uris_for_next_time() -> None:
     config = Config(uris=("default", "qemu+ssh://h/system"))
     plan = plan_start(config, {"qemu+ssh://h/system": [U1]},
                       {"qemu+ssh://h/system": UriView("qemu+ssh://h/system", error="down")})
-    assert plan.keep == {"qemu+ssh://h/system": [U1]}
+    assert plan.pending_unreachable == {"qemu+ssh://h/system": [U1]}
     assert plan.uris == ()
 
 

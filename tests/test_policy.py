@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from virtguests.model import Guest, GuestPolicy
+from virtguests.model import Action, Guest, GuestPolicy
 from virtguests.policy import EXAMPLE, load, parse, resolving, wants_canonical
 from virtguests.testing import FakeHost
 
@@ -23,7 +23,7 @@ def test_example_is_valid() -> None:
     policy, problems = parse(EXAMPLE, "guests.yaml")
     assert problems == []
     assert policy.lookup("qemu:///system", Guest(UUID, "db-main")) == GuestPolicy(
-        actions=("shutdown", "poweroff"), group=10, shutdown_timeout=120, start_delay=30)
+        actions=(Action.SHUTDOWN, Action.POWEROFF), order=10, shutdown_timeout=120, start_delay=30)
     assert policy.lookup("qemu:///other", Guest(UUID, "db-main")) == GuestPolicy()
 
 
@@ -39,8 +39,8 @@ guests:
 """, "p.yaml")
     assert problems == []
     assert policy.lookup("default", Guest(UUID, "anything")).actions == ()
-    assert policy.lookup("default", Guest("1" * 8 + UUID[8:], "web1")).group == 2
-    assert policy.lookup("default", Guest("1" * 8 + UUID[8:], "web12")).group == 1
+    assert policy.lookup("default", Guest("1" * 8 + UUID[8:], "web1")).order == 2
+    assert policy.lookup("default", Guest("1" * 8 + UUID[8:], "web12")).order == 1
 
 
 def test_every_problem_has_file_line_and_key() -> None:
@@ -337,7 +337,7 @@ def test_a_uri_rule_matches_default_once_it_is_resolved() -> None:
     assert lookup("default", db) == GuestPolicy()
     assert wants_canonical(lookup, "default") and not wants_canonical(lookup, "qemu:///system")
     resolved = resolving(lookup, {"default": "qemu:///system", "test:///default": None})
-    assert resolved("default", db).group == 10
+    assert resolved("default", db).order == 10
     assert resolving(lookup, {"default": "qemu:///session"})("default", db) == GuestPolicy()
     plain, _ = parse("guests:\n  - match: db-*\n    order: 1\n", "p.yaml")
     assert not wants_canonical(plain.lookup, "default")

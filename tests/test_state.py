@@ -213,7 +213,7 @@ def test_state_files_that_are_not_regular_files_are_refused(tmp_path: Path, what
     assert entries == {} and len(bad) == 1 and bad[0].message.startswith("cannot read: ")
     seen, problems = within_deadline(lambda: state.read_seen(path))
     assert seen == {} and len(problems) == 1 and "cannot read: " in str(problems[0])
-    report, problems = within_deadline(lambda: state.read_report(path))
+    report, problems = within_deadline(lambda: state.read_run_report(path))
     assert report is None and len(problems) == 1
 
 
@@ -240,7 +240,7 @@ def report_doc(**changes: object) -> dict[str, object]:
 def test_a_valid_report_reads_back_unchanged(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     state.write_json(path, report_doc())
-    assert state.read_report(path) == (report_doc(), [])
+    assert state.read_run_report(path) == (report_doc(), [])
 
 
 def test_schema_problems_name_line_and_key_path_and_keep_the_rest(tmp_path: Path) -> None:
@@ -254,7 +254,7 @@ def test_schema_problems_name_line_and_key_path_and_keep_the_rest(tmp_path: Path
                                                           "seconds": "slow"}]))
     doc["exit_status"] = "zero"
     state.write_json(path, doc)  # sort_keys, indent=2: a line per key
-    report, problems = state.read_report(path)
+    report, problems = state.read_run_report(path)
     text = path.read_text().splitlines()
     keys = [p.key for p in problems]
     assert keys == ["exit_status", "guests[2].outcome", "guests[3]", "guests[4].steps[0].seconds"]
@@ -282,7 +282,7 @@ def test_malformed_json_is_one_located_problem(tmp_path: Path, content: str, lin
                                                message: str) -> None:
     path = tmp_path / "r.json"
     path.write_text(content)
-    _, problems = state.read_report(path)
+    _, problems = state.read_run_report(path)
     assert len(problems) == 1 and problems[0].line == line and message in str(problems[0]), \
         problems
 
@@ -313,7 +313,7 @@ def test_fuzz_json_readers_never_raise(tmp_path_factory: pytest.TempPathFactory,
                                        content: str) -> None:
     path = tmp_path_factory.mktemp("j") / "f.json"
     path.write_text(content)
-    for reader in (state.read_report, state.read_seen):
+    for reader in (state.read_run_report, state.read_seen):
         _, problems = reader(path)
         for problem in problems:
             assert problem.line >= 1, problem

@@ -62,10 +62,10 @@ def test_a_uri_level_call_that_times_out_gives_the_uri_up_at_once(args: list[str
         virsh.run(URI, args)
     assert caught.value.timed_out and not is_guest_call(args)
     assert virsh.spawned == [tuple(args)] and virsh.liveness_checks == 0
-    assert virsh.wedged(URI) == str(caught.value)
+    assert virsh.given_up(URI) == str(caught.value)
     with pytest.raises(VirshError) as refused:
         virsh.run(URI, ["domstate", "--reason", SAVE[1]])
-    assert refused.value.wedged and virsh.spawned == [tuple(args)]
+    assert refused.value.given_up and virsh.spawned == [tuple(args)]
 
 
 @pytest.mark.parametrize("args", [SAVE, ("shutdown", SAVE[1]), ("destroy", SAVE[1]),
@@ -76,24 +76,24 @@ def test_a_guests_call_that_times_out_costs_that_call_while_libvirtd_answers(
     virsh = Scripted(timed_out(args))
     with pytest.raises(VirshError) as caught:
         virsh.run(URI, args)
-    assert caught.value.timed_out and not caught.value.wedged
+    assert caught.value.timed_out and not caught.value.given_up
     assert virsh.spawned == [args, LIVENESS] and virsh.liveness_checks == 1
-    assert virsh.wedged(URI) is None
+    assert virsh.given_up(URI) is None
     virsh.run(URI, ["domstate", "--reason", "another-guest"])  # the URI goes on
-    assert virsh.wedged("other") is None
+    assert virsh.given_up("other") is None
 
 
 def test_a_guests_call_and_the_check_timing_out_give_the_uri_up() -> None:
     virsh = Scripted(timed_out(SAVE, LIVENESS))
     with pytest.raises(VirshError):
         virsh.run(URI, SAVE, timeout=1800)
-    why = virsh.wedged(URI)
+    why = virsh.given_up(URI)
     assert why == (f"virsh -c {URI} managedsave {SAVE[1]}: timed out after 1800s and was "
                    f"killed; then virsh -c {URI} list --uuid: timed out after 7s and was "
                    "killed")
     with pytest.raises(VirshError) as refused:
         virsh.run(URI, ["list", "--uuid"])
-    assert refused.value.wedged and virsh.spawned == [SAVE, LIVENESS]
+    assert refused.value.given_up and virsh.spawned == [SAVE, LIVENESS]
 
 
 @pytest.mark.parametrize(("stderr", "wedged"), [
@@ -108,7 +108,7 @@ def test_a_check_that_cannot_connect_gives_the_uri_up(stderr: str, wedged: bool)
     virsh = Scripted(answer)
     with pytest.raises(VirshError):
         virsh.run(URI, SAVE)
-    assert (virsh.wedged(URI) is not None) == wedged
+    assert (virsh.given_up(URI) is not None) == wedged
 
 
 def test_concurrent_timeouts_share_one_check_and_new_calls_wait_for_its_verdict() -> None:
@@ -152,5 +152,5 @@ def test_concurrent_timeouts_share_one_check_and_new_calls_wait_for_its_verdict(
     assert virsh.liveness_checks == 1
     assert sorted(virsh.spawned) == sorted([*saves, LIVENESS])  # the late call never ran
     assert sum(1 for e in errors if e.timed_out) == 3
-    assert [e.wedged for e in errors if not e.timed_out] == [True]
-    assert virsh.wedged(URI) is not None
+    assert [e.given_up for e in errors if not e.timed_out] == [True]
+    assert virsh.given_up(URI) is not None

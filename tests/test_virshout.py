@@ -139,3 +139,15 @@ def test_every_name_but_a_newline_survives_a_listing(guests: list[tuple[str, str
     listed = virshout.uuid_names(["list", "--uuid", "--name"], text)
     assert [(g.uuid, g.name) for g in listed] == [
         (u, n) for u, n in guests if u != virshout.ZERO_UUID]
+
+
+@pytest.mark.parametrize(("stderr", "refusal"), [
+    ("error: Domain is already active\n", virshout.StartRefusal.ALREADY_ACTIVE),
+    ("error: failed to get domain '5a1e'\n", virshout.StartRefusal.GONE),
+    ("error: failed to connect to the hypervisor\nerror: no socket\n",
+     virshout.StartRefusal.UNREACHABLE),
+    ("error: Failed to start domain 'g'\nerror: internal error\n", None),
+])
+def test_start_refusal_names_the_reasons_start_acts_on(
+        stderr: str, refusal: virshout.StartRefusal | None) -> None:
+    assert virshout.start_refusal(stderr) == refusal

@@ -34,9 +34,10 @@ from tests.simvirsh import (
 from virtguests.config import Config
 from virtguests.execution import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
 from virtguests.executor import Executed, Executor
-from virtguests.model import Guest, UriView
-from virtguests.plan import PROTECTED, Res, plan_stop
-from virtguests.report import Reporter
+from virtguests.messages import Messages
+from virtguests.model import PROTECTED, STOP_CHAIN, Action, Guest, Outcome, UriView
+from virtguests.plan import plan_stop
+from virtguests.runreport import RunReport
 from virtguests.virsh import is_guest_call
 
 PROPERTY = settings(max_examples=120, deadline=None,
@@ -62,7 +63,7 @@ class Stopped:
     """One `stop` run on the simulated host: what happened, and where to look."""
 
     result: Executed
-    reporter: Reporter
+    run_report: RunReport
     virsh: SimVirsh
     host: SimHost
     clock: SimClock
@@ -74,11 +75,11 @@ class Stopped:
         return self.out.splitlines()
 
     def outcome(self, guest: SimGuest) -> str:
-        return self.reporter.outcomes[("default", guest.uuid)].outcome
+        return self.run_report.results[("default", guest.uuid)].outcome
 
     def steps(self, guest: SimGuest) -> list[tuple[str, str]]:
         return [(s.action, s.result)
-                for s in self.reporter.outcomes[("default", guest.uuid)].steps]
+                for s in self.run_report.results[("default", guest.uuid)].steps]
 
 
 def stop(guests: Sequence[SimGuest], config: Config, *, fault: Optional[Fault] = None,
@@ -90,14 +91,16 @@ def stop(guests: Sequence[SimGuest], config: Config, *, fault: Optional[Fault] =
     virsh = SimVirsh(clock, {"default": host}, query_timeout=config.query_timeout)
     out, err = io.StringIO(), io.StringIO()
     view = UriView("default", tuple(Guest(g.uuid, g.name) for g in guests))
-    reporter = Reporter(out, err)
-    result = Executor(virsh, config, reporter, clock).stop(plan_stop(config, [view]))
-    reporter.close()
-    return Stopped(result, reporter, virsh, host, clock, out.getvalue(), err.getvalue())
+    messages = Messages(out, err)
+    executor = Executor(virsh, config, messages, clock)
+    result = executor.stop(plan_stop(config, [view]))
+    messages.close()
+    return Stopped(result, executor.run_report, virsh, host, clock, out.getvalue(),
+                   err.getvalue())
 
 
 def shutdown_config(parallel: int, timeout: int, **changes: object) -> Config:
-    return dataclasses.replace(Config(), on_shutdown=("shutdown", "poweroff"),
+    return dataclasses.replace(Config(), on_shutdown=(Action.SHUTDOWN, Action.POWEROFF),
                                parallel_shutdown=parallel, shutdown_timeout=timeout,
                                **changes)  # type: ignore[arg-type]
 
@@ -108,11 +111,11 @@ def assert_every_guest_stopped(run: Stopped, guests: Sequence[SimGuest]) -> None
         complete = f"Shutdown of guest {guest.name} complete."
         assert not guest.active, (guest, run.out, run.err)
         if guest.destroyed:
-            assert run.outcome(guest) == Res.POWERED_OFF, run.steps(guest)
+            assert run.outcome(guest) == Outcome.POWERED_OFF, run.steps(guest)
             assert complete not in run.lines, (guest, run.out)
         else:
             assert guest.shut_down
-            assert run.outcome(guest) in (Res.SHUT_OFF, Res.POWERED_OFF), run.steps(guest)
+            assert run.outcome(guest) in (Outcome.SHUT_OFF, Outcome.POWERED_OFF), run.steps(guest)
         if complete in run.lines:
             assert guest.shut_down and not guest.destroyed, (guest, run.out)
     assert "Not tracking it anymore" not in run.out
@@ -141,7 +144,7 @@ def test_only_a_uuid_listing_decides_that_a_guest_stopped(names: list[str],
     assert_every_guest_stopped(run, guests)
     for guest in guests:
         if guest.shutdown_seconds is None:  # ignores ACPI: only a power-off stops it
-            assert guest.destroyed and run.outcome(guest) == Res.POWERED_OFF
+            assert guest.destroyed and run.outcome(guest) == Outcome.POWERED_OFF
 
 
 @pytest.mark.parametrize("parallel", [0, 3])
@@ -194,9 +197,10 @@ def test_a_guest_ignoring_acpi_is_powered_off_whatever_the_polls_say(
     assert_every_guest_stopped(run, guests)
     assert guests[0].destroyed and "Powering off guest stubborn: done" in run.lines
     assert "cannot check which guests on default are still running" in run.err
-    assert run.steps(guests[0]) == [("shutdown", Res.TIMED_OUT), ("poweroff", Res.POWERED_OFF)]
+    assert run.steps(guests[0]) == [("shutdown", Outcome.TIMED_OUT),
+                                    ("poweroff", Outcome.POWERED_OFF)]
     if failures != [True]:
-        assert run.outcome(guests[1]) == Res.SHUT_OFF
+        assert run.outcome(guests[1]) == Outcome.SHUT_OFF
 
 
 @PROPERTY
@@ -356,7 +360,7 @@ def test_one_guests_timeout_costs_that_guest_not_its_uri(data: st.DataObject) ->
         assert "gave up on default" in run.err
         return
     assert run.virsh.liveness_checks == 1
-    assert run.virsh.wedged("default") is None and "gave up" not in run.err, run.err
+    assert run.virsh.given_up("default") is None and "gave up" not in run.err, run.err
     hurt = run.host.find(hung[-1])
     for guest in guests:
         assert not guest.destroyed_while_saving
@@ -367,7 +371,7 @@ def test_one_guests_timeout_costs_that_guest_not_its_uri(data: st.DataObject) ->
     assert hurt is not None
     if hurt.active:  # its step failed, said so, and the chain went on as far as it could
         assert hurt.name in run.err, run.err
-        assert run.steps(hurt)[-1][1] in (Res.FAILED, Res.TIMED_OUT), run.steps(hurt)
+        assert run.steps(hurt)[-1][1] in (Outcome.FAILED, Outcome.TIMED_OUT), run.steps(hurt)
 
 
 @pytest.mark.parametrize("parallel", [0, 3])
@@ -378,17 +382,17 @@ def test_a_save_outlasting_save_timeout_is_left_to_libvirt_and_the_others_saved(
     powered off meanwhile, and the other guests are saved."""
     big = SimGuest(uuid(0), "g0", save_seconds=3000)
     others = [SimGuest(uuid(i), f"g{i}") for i in range(1, 4)]
-    config = dataclasses.replace(Config(), on_shutdown=("suspend", "shutdown", "poweroff"),
+    config = dataclasses.replace(Config(), on_shutdown=STOP_CHAIN,
                                  save_timeout=1800, parallel_suspend=parallel)
     run = stop([big, *others], config)
-    assert run.steps(big) == [("suspend", Res.SAVE_IN_PROGRESS)]
+    assert run.steps(big) == [("suspend", Outcome.SAVE_IN_PROGRESS)]
     assert [args[0] for _, args in run.host.calls if args[-1] == big.uuid] == [
         "managedsave", "domstate"]
     assert ("saving guest g0 failed: timed out after 1800s and was killed; libvirt is "
             "still saving it: not shutting it down or powering it off while its memory "
             "is being written (it stays recorded)") in run.err
     assert "trying" not in run.err and "gave up" not in run.err
-    assert all(run.steps(g) == [("suspend", Res.SAVED)] for g in others)
+    assert all(run.steps(g) == [("suspend", Outcome.SAVED)] for g in others)
     assert run.virsh.liveness_checks == 1 and run.result.status == 1
     assert big.saving_until == 1_000_000.0 + 3000  # libvirt's job goes on
 
@@ -396,16 +400,16 @@ def test_a_save_outlasting_save_timeout_is_left_to_libvirt_and_the_others_saved(
 def test_a_save_cut_at_stop_deadline_leaves_the_other_guests_handled() -> None:
     big = SimGuest(uuid(0), "g0", save_seconds=3000)
     others = [SimGuest(uuid(i), f"g{i}", None) for i in range(1, 3)]
-    config = dataclasses.replace(Config(), on_shutdown=("suspend", "shutdown", "poweroff"),
+    config = dataclasses.replace(Config(), on_shutdown=STOP_CHAIN,
                                  save_timeout=1800, stop_deadline=600, shutdown_timeout=60)
     run = stop([big, *others], config)
     assert run.clock.now() - 1_000_000.0 >= 600
-    assert run.steps(big) == [("suspend", Res.SAVE_IN_PROGRESS)]
+    assert run.steps(big) == [("suspend", Outcome.SAVE_IN_PROGRESS)]
     assert "timed out after 600s and was killed; libvirt is still saving it" in run.err
     for guest in others:  # no time left to save them: the chain goes on, as it says
         assert f"no time left before STOP_DEADLINE to save guest {guest.name}; trying " \
             "shutdown" in run.err
-        assert run.outcome(guest) == Res.POWERED_OFF and not guest.active
+        assert run.outcome(guest) == Outcome.POWERED_OFF and not guest.active
     assert_trying_is_tried(run, [big, *others])
     assert not big.destroyed and "gave up" not in run.err
 
@@ -425,11 +429,11 @@ def test_a_shutdown_request_hung_on_one_guest_fails_that_guest_only(parallel: in
     limit = config.query_timeout + AGENT_SHUTDOWN_WAIT
     assert (f"shutdown of guest g1 failed: timed out after {limit:g}s and was killed; "
             "trying poweroff") in run.err
-    assert deaf.destroyed and run.steps(deaf) == [("shutdown", Res.FAILED),
-                                                  ("poweroff", Res.POWERED_OFF)]
+    assert deaf.destroyed and run.steps(deaf) == [("shutdown", Outcome.FAILED),
+                                                  ("poweroff", Outcome.POWERED_OFF)]
     for guest in guests:
         if guest is not deaf:
-            assert run.steps(guest) == [("shutdown", Res.SHUT_OFF)], run.steps(guest)
+            assert run.steps(guest) == [("shutdown", Outcome.SHUT_OFF)], run.steps(guest)
             assert guest.shut_down
     assert run.virsh.liveness_checks == 1 and "gave up" not in run.err
     assert_trying_is_tried(run, guests)
@@ -445,20 +449,20 @@ def test_a_shutdown_answered_after_libvirts_agent_wait_is_no_timeout() -> None:
 
     run = stop(guests, shutdown_config(0, 300, query_timeout=1), fault=fault)
     assert run.err == "" and run.virsh.liveness_checks == 0
-    assert all(run.steps(g) == [("shutdown", Res.SHUT_OFF)] for g in guests)
+    assert all(run.steps(g) == [("shutdown", Outcome.SHUT_OFF)] for g in guests)
 
 
 def test_a_uri_that_hangs_at_the_first_save_gives_up_its_other_guests_at_once() -> None:
     guests = [SimGuest(uuid(i), f"g{i}") for i in range(4)]
-    config = dataclasses.replace(Config(), on_shutdown=("suspend", "shutdown", "poweroff"),
+    config = dataclasses.replace(Config(), on_shutdown=STOP_CHAIN,
                                  save_timeout=1800)
     run = stop(guests, config, fault=wedge_from(0))
     assert [args for _, args in run.host.calls] == [("managedsave", guests[0].uuid),
                                                    ("list", "--uuid")]
     assert run.clock.now() - 1_000_000.0 == 1800 + 10  # one SAVE_TIMEOUT + the check
     assert run.virsh.watchers == {}  # no virsh event on a URI given up
-    assert run.steps(guests[0]) == [("suspend", Res.FAILED)]
-    assert all(run.steps(g) == [("suspend", Res.GIVEN_UP)] for g in guests[1:])
+    assert run.steps(guests[0]) == [("suspend", Outcome.FAILED)]
+    assert all(run.steps(g) == [("suspend", Outcome.GIVEN_UP)] for g in guests[1:])
     assert all(g.active for g in guests)
     assert "saving guest g0 failed: timed out after 1800s and was killed\n" in run.err
     assert ("gave up on default: a call there timed out (virsh managedsave "
@@ -477,15 +481,15 @@ def test_a_bug_on_one_guest_never_stops_the_others(data: st.DataObject) -> None:
     guests = [SimGuest(uuid(i), f"g{i}", data.draw(st.one_of(st.none(), st.floats(0, 30)),
                                                     label=f"g{i} shutdown seconds"))
               for i in range(count)]
-    actions = data.draw(st.sampled_from([("suspend",), ("shutdown", "poweroff"),
-                                         ("suspend", "shutdown", "poweroff")]))
+    actions = data.draw(st.sampled_from([(Action.SUSPEND,), (Action.SHUTDOWN, Action.POWEROFF),
+                                         (Action.SUSPEND, Action.SHUTDOWN, Action.POWEROFF)]))
     config = dataclasses.replace(Config(), on_shutdown=actions, shutdown_timeout=30,
                                  parallel_shutdown=data.draw(st.sampled_from([0, 3])),
                                  parallel_suspend=data.draw(st.sampled_from([0, 3])))
     call = data.draw(st.integers(0, 15), label="call with a bug")
     run = stop(guests, config, fault=lambda index, args: BUG if index == call else None)
     assert "Traceback" not in run.err
-    hurt = [g for g in guests if run.outcome(g) == Res.INTERNAL_ERROR]
+    hurt = [g for g in guests if run.outcome(g) == Outcome.INTERNAL_ERROR]
     if len(run.host.calls) > call:
         assert run.result.status == 1
         assert "internal error, please report it: " in run.err
@@ -493,7 +497,7 @@ def test_a_bug_on_one_guest_never_stops_the_others(data: st.DataObject) -> None:
         assert len(run.err.splitlines()) <= 2 * count  # one line each, no traceback
     for guest in guests:
         if guest in hurt:  # reported; a bug never escalates to a power-off
-            assert run.steps(guest)[-1][1] == Res.INTERNAL_ERROR
+            assert run.steps(guest)[-1][1] == Outcome.INTERNAL_ERROR
             continue
         assert run.outcome(guest) in PROTECTED, (guest, run.steps(guest), run.err)
         assert not guest.active, (guest, run.out, run.err)

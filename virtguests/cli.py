@@ -18,7 +18,8 @@ from virtguests.signals import StopRequests
 if TYPE_CHECKING:
     from virtguests.actions.context import Context
     from virtguests.clock import Clock
-    from virtguests.report import Reporter
+    from virtguests.messages import Messages
+    from virtguests.runreport import RunReport
     from virtguests.virsh import Virsh
 
 COMMANDS = ("start", "stop", "status", "restart", "condrestart", "try-restart", "reload",
@@ -127,63 +128,65 @@ def main(
     in-process on virtual time.
     """
     from virtguests.clock import Clock
-    from virtguests.report import Reporter
+    from virtguests.messages import Messages
+    from virtguests.runreport import RunReport
 
+    run_report = RunReport()  # a run starts here
     args_in = list(sys.argv[1:] if argv is None else argv)
-    reporter = Reporter(out if out is not None else sys.stdout,
+    messages = Messages(out if out is not None else sys.stdout,
                         err if err is not None else sys.stderr,
                         verbose="-v" in args_in or "--verbose" in args_in)
     real_clock = clock if clock is not None else Clock()
-    requests = StopRequests(_on_stop_request(real_clock, reporter))
+    requests = StopRequests(_on_stop_request(real_clock, messages))
     with requests:  # until the output is drained: a late signal changes nothing
         try:
             return _main(args_in, environ if environ is not None else os.environ,
-                         reporter, real_clock, requests, prog, make_virsh)
+                         messages, run_report, real_clock, requests, prog, make_virsh)
         except Exception as exc:
-            reporter.internal_error("running virtguests", exc)
+            messages.internal_error("running virtguests", exc)
             return EXIT_FAIL
         finally:
-            reporter.close()
+            messages.close()
 
 
-def _on_stop_request(clock: Clock, reporter: Reporter) -> Callable[[int, bool], None]:
+def _on_stop_request(clock: Clock, messages: Messages) -> Callable[[int, bool], None]:
     def react(signum: int, first: bool) -> None:
         clock.cancel.set()
         name = signal.Signals(signum).name
         if first:
-            reporter.error(f"got {name}: finishing what is in flight, starting nothing new")
+            messages.error(f"got {name}: finishing what is in flight, starting nothing new")
         else:
-            reporter.error(f"got {name} again: still finishing what is in flight (every "
+            messages.error(f"got {name} again: still finishing what is in flight (every "
                            "virsh call ends within its timeout)")
 
     return react
 
 
-def _main(args_in: list[str], env: Mapping[str, str], reporter: Reporter, clock: Clock,
-          requests: StopRequests, prog: str,
+def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
+          run_report: RunReport, clock: Clock, requests: StopRequests, prog: str,
           make_virsh: Optional[Callable[..., Virsh]] = None) -> int:
     parser = _parser()
     parser.error = _raise_usage  # type: ignore[method-assign]
     try:
         args = parser.parse_args(args_in)
         if args.help:
-            reporter.out.write(_usage(prog) + "\n\n" + HELP)
+            messages.out.write(_usage(prog) + "\n\n" + HELP)
             return EXIT_OK
         command, argument = _command(args)
     except _UsageError as problem:
-        reporter.error(str(problem))
-        reporter.out.write(_usage(prog) + "\n")
+        messages.error(str(problem))
+        messages.out.write(_usage(prog) + "\n")
         return EXIT_USAGE
-    reporter.quiet = args.quiet
+    messages.quiet = args.quiet
 
     from virtguests import config as config_mod
     from virtguests import state
     from virtguests.actions.context import Context
-    from virtguests.report import LogHandler
+    from virtguests.messages import LogHandler
     from virtguests.virsh import Virsh, resolve_path
 
     if args.verbose:
-        handler = LogHandler(reporter)
+        handler = LogHandler(messages)
         handler.setFormatter(logging.Formatter("virtguests: virsh: %(message)s"))
         logger = logging.getLogger("virtguests")
         logger.handlers[:] = [handler]
@@ -205,7 +208,8 @@ def _main(args_in: list[str], env: Mapping[str, str], reporter: Reporter, clock:
     if clock.cancel.is_set():
         virsh.interrupt()
     requests.on_signal = _and_then(requests.on_signal, virsh.interrupt)
-    ctx = Context(loaded, paths, virsh, reporter, clock, dry_run=args.dry_run, json=args.json)
+    ctx = Context(loaded, paths, virsh, messages, clock, dry_run=args.dry_run, json=args.json,
+                  run_report=run_report)
     if guest_policy is not None:
         ctx.policy = guest_policy.lookup
     try:

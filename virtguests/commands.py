@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from virtguests.config import Config
-from virtguests.model import POWEROFF, SHUTDOWN, SUSPEND
+from virtguests.model import Action
 
 GUEST_SUBCOMMANDS = frozenset({
     "managedsave", "start", "shutdown", "destroy", "domjobinfo", "domstate", "domtime",
@@ -121,13 +121,13 @@ def destroy(uuid: str) -> list[str]:
     return ["destroy", uuid]
 
 
-def stop_action(action: str, uuid: str, config: Config) -> list[str]:
+def stop_action(action: Action, uuid: str, config: Config) -> list[str]:
     """The call for one step (suspend, shutdown, poweroff) of a guest's stop chain."""
-    if action == SUSPEND:
+    if action == Action.SUSPEND:
         return managedsave(uuid, config)
-    if action == SHUTDOWN:
+    if action == Action.SHUTDOWN:
         return shutdown(uuid)
-    if action == POWEROFF:
+    if action == Action.POWEROFF:
         return destroy(uuid)
     raise ValueError(f"unknown action {action!r}")
 

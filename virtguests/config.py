@@ -14,9 +14,10 @@ import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 from virtguests import files, shellvars
+from virtguests.model import STOP_CHAIN, Action, Word
 
 SEARCH_PATH = (
     Path("/etc/sysconfig/libvirt-guests"),
@@ -25,7 +26,23 @@ SEARCH_PATH = (
     Path("/usr/local/etc/sysconfig/libvirt-guests"),
 )
 
-ACTIONS = ("suspend", "shutdown", "poweroff")
+CHAIN_WORDS = ", ".join(STOP_CHAIN)
+
+
+class OnBoot(Word):
+    """ON_BOOT: what ``start`` does with the recorded guests."""
+
+    START = "start"
+    IGNORE = "ignore"
+
+
+class PersistentOnly(Word):
+    """PERSISTENT_ONLY: whether the stop chain acts on transient guests."""
+
+    DEFAULT = "default"
+    """As the reference: not when the chain is only ``suspend``."""
+    TRUE = "true"
+    FALSE = "false"
 
 
 @dataclass(frozen=True)
@@ -33,14 +50,14 @@ class Config:
     """Every setting, with upstream libvirt-guests' defaults."""
 
     uris: tuple[str, ...] = ("default",)
-    on_boot: str = "start"
+    on_boot: OnBoot = OnBoot.START
     start_delay: int = 0
-    on_shutdown: tuple[str, ...] = ("suspend",)
+    on_shutdown: tuple[Action, ...] = (Action.SUSPEND,)
     parallel_shutdown: int = 0
     shutdown_timeout: int = 300
     bypass_cache: bool = False
     sync_time: bool = False
-    persistent_only: str = "default"
+    persistent_only: PersistentOnly = PersistentOnly.DEFAULT
     parallel_suspend: int = 0
     parallel_start: int = 4
     query_timeout: int = 10
@@ -54,7 +71,7 @@ class Config:
     @property
     def suspending(self) -> bool:
         """True when the first action is a managed save (the reference's "suspend" mode)."""
-        return self.on_shutdown[0] == "suspend"
+        return self.on_shutdown[0] == Action.SUSPEND
 
 
 @dataclass(frozen=True)
@@ -120,11 +137,16 @@ class Invalid(Exception):
     """A value a converter refuses; the message ends with ``(allowed: ...)``."""
 
 
-def _enum(*allowed: str) -> Callable[[str], str]:
-    def convert(raw: str) -> str:
-        if raw not in allowed:
-            raise Invalid(f"invalid value {raw!r} (allowed: {', '.join(allowed)})")
-        return raw
+W = TypeVar("W", bound=Word)
+
+
+def _enum(kind: type[W]) -> Callable[[str], W]:
+    words = [str(member) for member in kind]
+
+    def convert(raw: str) -> W:
+        if raw not in words:
+            raise Invalid(f"invalid value {raw!r} (allowed: {', '.join(words)})")
+        return kind(raw)
 
     return convert
 
@@ -206,23 +228,24 @@ def _uris(raw: str) -> tuple[str, ...]:
     return uris
 
 
-def _chain(raw: str) -> tuple[str, ...]:
+def _chain(raw: str) -> tuple[Action, ...]:
     words = tuple(ifs_split(raw))
     if not words:
-        raise Invalid(f"empty (allowed: {', '.join(ACTIONS)}, or a chain such as "
+        raise Invalid(f"empty (allowed: {CHAIN_WORDS}, or a chain such as "
                        "'suspend shutdown poweroff')")
     for word in words:
-        if word not in ACTIONS:
+        if word not in STOP_CHAIN:
             raise Invalid(
-                f"invalid action {word!r} (allowed: {', '.join(ACTIONS)}, or a chain "
+                f"invalid action {word!r} (allowed: {CHAIN_WORDS}, or a chain "
                 "such as 'suspend shutdown poweroff')"
             )
     if len(set(words)) != len(words):
         raise Invalid(f"an action is repeated in {raw!r} (allowed: each action at most once)")
-    if list(words) != sorted(words, key=ACTIONS.index):
+    actions = tuple(Action(word) for word in words)
+    if list(actions) != sorted(actions, key=STOP_CHAIN.index):
         raise Invalid(f"actions out of order in {raw!r} (allowed: in the order "
-                       f"{' -> '.join(ACTIONS)}, each optional)")
-    return words
+                       f"{' -> '.join(STOP_CHAIN)}, each optional)")
+    return actions
 
 
 def _path(raw: str) -> Optional[str]:
@@ -231,14 +254,14 @@ def _path(raw: str) -> Optional[str]:
 
 _CONVERTERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "URIS": ("uris", _uris),
-    "ON_BOOT": ("on_boot", _enum("start", "ignore")),
+    "ON_BOOT": ("on_boot", _enum(OnBoot)),
     "START_DELAY": ("start_delay", _int(0, YEAR)),
     "ON_SHUTDOWN": ("on_shutdown", _chain),
     "PARALLEL_SHUTDOWN": ("parallel_shutdown", _int(0, MAX_PARALLEL)),
     "SHUTDOWN_TIMEOUT": ("shutdown_timeout", _int(0, YEAR)),
     "BYPASS_CACHE": ("bypass_cache", _flag),
     "SYNC_TIME": ("sync_time", _flag),
-    "PERSISTENT_ONLY": ("persistent_only", _enum("default", "true", "false")),
+    "PERSISTENT_ONLY": ("persistent_only", _enum(PersistentOnly)),
     "PARALLEL_SUSPEND": ("parallel_suspend", _int(0, MAX_PARALLEL)),
     "PARALLEL_START": ("parallel_start", _int(1, MAX_PARALLEL)),
     "QUERY_TIMEOUT": ("query_timeout", _int(1, YEAR)),

@@ -17,9 +17,10 @@ from typing import Callable, Optional, TypeVar
 from virtguests.clock import Clock
 from virtguests.concurrently import Job
 from virtguests.config import Config
-from virtguests.model import SHUTDOWN
-from virtguests.plan import GuestStop, Res
-from virtguests.report import Outcome, Reporter
+from virtguests.messages import Messages
+from virtguests.model import Action, Outcome
+from virtguests.plan import GuestStop
+from virtguests.runreport import GuestResult, RunReport
 from virtguests.virsh import Virsh, VirshError
 
 T = TypeVar("T")
@@ -44,11 +45,13 @@ JOB_LOCK_WAIT do not add up."""
 class Execution:
     """One run of a plan, shared by its stages (and their threads)."""
 
-    def __init__(self, virsh: Virsh, config: Config, reporter: Reporter, clock: Clock,
-                 checkpoint: Callable[[], None], deadline: Optional[float] = None) -> None:
+    def __init__(self, virsh: Virsh, config: Config, messages: Messages, clock: Clock,
+                 checkpoint: Callable[[], None], deadline: Optional[float] = None,
+                 run_report: Optional[RunReport] = None) -> None:
         self.virsh = virsh
         self.config = config
-        self.report = reporter
+        self.messages = messages
+        self.run_report = run_report if run_report is not None else RunReport()
         self.clock = clock
         self.checkpoint = checkpoint
         """Called after each guest's step, to save the progress so far."""
@@ -65,9 +68,9 @@ class Execution:
     def cancelled(self) -> bool:
         return self.clock.cancel.is_set()
 
-    def wedged(self, uri: str) -> Optional[str]:
+    def given_up(self, uri: str) -> Optional[str]:
         """Why *uri* was given up (a call there timed out), or None."""
-        return self.virsh.wedged(uri)
+        return self.virsh.given_up(uri)
 
     def fail(self) -> None:
         with self._lock:
@@ -78,23 +81,23 @@ class Execution:
             return math.inf
         return self.deadline - self.clock.now()
 
-    def request_timeout(self, action: str) -> float:
+    def request_timeout(self, action: Action) -> float:
         """QUERY_TIMEOUT, plus what libvirt itself may wait before it answers *action*."""
         return self.config.query_timeout + (
-            AGENT_SHUTDOWN_WAIT if action == SHUTDOWN else JOB_LOCK_WAIT)
+            AGENT_SHUTDOWN_WAIT if action == Action.SHUTDOWN else JOB_LOCK_WAIT)
 
     # -- bugs -------------------------------------------------------------------
 
     def internal_error(self, what: str, exc: BaseException) -> None:
-        """Report a bug (see ``Reporter.internal_error``); the run fails."""
+        """Report a bug (see ``Messages.internal_error``); the run fails."""
         self.fail()
-        self.report.internal_error(what, exc)
+        self.messages.internal_error(what, exc)
 
     def guarded(self, what: str, job: Callable[[], None]) -> Job[None]:
         """*job*, whose bug is reported as an internal error about *what*."""
         return Job(job, lambda exc: self.internal_error(what, exc))
 
-    def for_guest(self, uri: str, guest: str, uuid: str, action: str,
+    def for_guest(self, uri: str, guest: str, uuid: str, action: Action,
                   job: Callable[[], T], after_bug: T) -> Job[T]:
         """One guest's step; a bug there is reported for that guest alone.
 
@@ -103,8 +106,8 @@ class Execution:
         """
         def bug(exc: Exception) -> T:
             self.internal_error(f"{action} of guest {guest} on {uri}", exc)
-            self.report.step(self.report.outcome(uri, uuid, guest), action,
-                             Res.INTERNAL_ERROR, 0.0, one_line(exc))
+            self.run_report.step(self.run_report.guest(uri, uuid, guest), action,
+                                 Outcome.INTERNAL_ERROR, 0.0, one_line(exc))
             self.checkpoint()
             return after_bug
 
@@ -112,38 +115,38 @@ class Execution:
 
     # -- a stop step's words ----------------------------------------------------
 
-    def outcome(self, uri: str, step: GuestStop) -> Outcome:
-        return self.report.outcome(uri, step.guest.uuid, step.guest.name)
+    def result(self, uri: str, planned: GuestStop) -> GuestResult:
+        return self.run_report.guest(uri, planned.guest.uuid, planned.guest.name)
 
-    def interrupted(self, uri: str, step: GuestStop) -> None:
-        self.report.step(self.outcome(uri, step), "none", Res.INTERRUPTED, 0.0,
-                         "stop requested before this guest was handled")
+    def interrupted(self, uri: str, planned: GuestStop) -> None:
+        self.run_report.step(self.result(uri, planned), Action.NONE, Outcome.INTERRUPTED, 0.0,
+                             "stop requested before this guest was handled")
         self.checkpoint()
 
-    def give_up(self, uri: str, step: GuestStop, action: str) -> None:
+    def give_up(self, uri: str, planned: GuestStop, action: Action) -> None:
         """Not tried: the URI stopped answering.  Named in the URI's error at the end."""
-        self.report.step(self.outcome(uri, step), action, Res.GIVEN_UP, 0.0,
-                         f"{uri} is not answering: {self.wedged(uri)}")
+        self.run_report.step(self.result(uri, planned), action, Outcome.GIVEN_UP, 0.0,
+                             f"{uri} is not answering: {self.given_up(uri)}")
         self.checkpoint()
 
-    def escalating(self, uri: str, step: GuestStop, action: str) -> tuple[str, bool]:
+    def escalating(self, uri: str, planned: GuestStop, action: Action) -> tuple[str, bool]:
         """Whether the chain's next step takes a guest, and the words that say so.
 
         Not on a URI given up (nothing more is tried there); after a stop request
         the next step only records the guest as interrupted, so "trying" is not said.
         """
-        following = next_action(step, action)
-        if following is None or self.wedged(uri) is not None:
+        following = next_action(planned, action)
+        if following is None or self.given_up(uri) is not None:
             return "", False
         return ("" if self.cancelled else f"; trying {following}"), True
 
-    def failed_step(self, uri: str, step: GuestStop, action: str, what: str,
+    def failed_step(self, uri: str, planned: GuestStop, action: Action, what: str,
                     err: VirshError, seconds: float) -> bool:
         """Report a failed step (``WHAT failed: DETAIL[; trying NEXT]``); True: escalate."""
-        trying, escalate = self.escalating(uri, step, action)
+        trying, escalate = self.escalating(uri, planned, action)
         self.fail()
-        self.report.error(f"{what} failed: {err.detail}{trying}")
-        self.report.step(self.outcome(uri, step), action, Res.FAILED, seconds, err.detail)
+        self.messages.error(f"{what} failed: {err.detail}{trying}")
+        self.run_report.step(self.result(uri, planned), action, Outcome.FAILED, seconds, err.detail)
         self.checkpoint()
         return escalate
 
@@ -153,9 +156,9 @@ def one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def next_action(step: GuestStop, after: str) -> Optional[str]:
+def next_action(planned: GuestStop, after: Action) -> Optional[Action]:
     """The action of *step*'s chain after *after*, or None (none, or not in the chain)."""
-    actions = step.actions
+    actions = planned.actions
     if after not in actions:
         return None
     index = actions.index(after)

@@ -18,20 +18,21 @@ from virtguests import stopping
 from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.execution import Execution
+from virtguests.messages import Messages
 from virtguests.plan import StartPlan, StopPlan
-from virtguests.report import Reporter
+from virtguests.runreport import RunReport
 from virtguests.starting import Starting
 from virtguests.virsh import Virsh
 
 
 @dataclass(frozen=True)
 class Executed:
-    """What a stop or a start did, beyond the outcomes in the report."""
+    """What a stop or a start did, beyond the outcomes in the run report."""
 
     status: int
     """0, or 1 when anything failed (a step, a URI given up, a bug)."""
     settled: Mapping[str, frozenset[str]] = field(default_factory=dict)
-    """start: the guests with a definite outcome (``plan.SETTLED``) per URI; every
+    """start: the guests with a definite outcome (``model.SETTLED``) per URI; every
     other recorded guest stays recorded for the next start.  Empty for stop."""
 
 
@@ -40,20 +41,23 @@ class Executor:
         self,
         virsh: Virsh,
         config: Config,
-        reporter: Reporter,
+        messages: Messages,
         clock: Clock,
         *,
         checkpoint: Callable[[], None] = lambda: None,
+        run_report: Optional[RunReport] = None,
     ) -> None:
         self.virsh = virsh
         self.config = config
-        self.report = reporter
+        self.messages = messages
         self.clock = clock
         self.checkpoint = checkpoint
+        self.run_report = run_report if run_report is not None else RunReport()
+        """Where each guest's steps go (the action's, to be written at the end)."""
 
     def _execution(self, deadline: Optional[float] = None) -> Execution:
-        return Execution(self.virsh, self.config, self.report, self.clock, self.checkpoint,
-                         deadline)
+        return Execution(self.virsh, self.config, self.messages, self.clock, self.checkpoint,
+                         deadline, self.run_report)
 
     def stop(self, plan: StopPlan) -> Executed:
         deadline = None

@@ -11,22 +11,18 @@ guest's state-change lock.
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import Optional
 
 from virtguests import query, virshout
 from virtguests.execution import Execution
-from virtguests.model import SUSPEND
-from virtguests.plan import GuestStop, Res
+from virtguests.model import Action, Outcome
+from virtguests.plan import GuestStop
 from virtguests.virsh import VirshError
 
 log = logging.getLogger(__name__)
 
-SAVING = ("paused", "saving")
-"""``virsh domstate --reason`` while a managedsave of a running guest runs
-(fixtures/qemu-domstate-reason-saving); a guest paused before keeps its reason."""
-
-
-class OtherSave:
+class OtherSave(Enum):
     """How another job's save of a guest ended, as far as we waited for it."""
 
     NONE = "none"
@@ -45,7 +41,7 @@ def save_job_poll(waited: float) -> float:
     return 1.0 if waited < 10 else 5.0
 
 
-def _domain_state(run: Execution, uri: str, uuid: str) -> Optional[tuple[str, str]]:
+def _domain_state(run: Execution, uri: str, uuid: str) -> Optional[query.DomState]:
     try:
         return query.domain_state(run.virsh, uri, uuid, run.config)
     except VirshError as err:
@@ -63,7 +59,7 @@ def _save_job(run: Execution, uri: str, uuid: str) -> Optional[bool]:
 
 
 def saving(run: Execution, uri: str, uuid: str, failure: Optional[VirshError] = None
-           ) -> tuple[Optional[tuple[str, str]], Optional[str]]:
+           ) -> tuple[Optional[query.DomState], Optional[str]]:
     """The guest's ``domstate --reason`` (None: no answer), and what shows a save of
     it in progress (None: nothing does).
 
@@ -74,12 +70,12 @@ def saving(run: Execution, uri: str, uuid: str, failure: Optional[VirshError] = 
     longer being saved.
     """
     state = _domain_state(run, uri, uuid)
-    if state == SAVING:
-        return state, f"virsh domstate: {state[0]} ({state[1]})"
+    if state is not None and state.saving:
+        return state, f"virsh domstate: {state}"
     lock = virshout.save_lock(failure.stderr) if failure is not None else None
-    if state is not None and state[0] == "shut off":
+    if state is not None and state.shut_off:
         return state, None
-    if (state is not None and state[0] == "paused") or lock:
+    if (state is not None and state.paused) or lock:
         job = _save_job(run, uri, uuid)
         if job:
             return state, "virsh domjobinfo: a save job is running"
@@ -88,24 +84,24 @@ def saving(run: Execution, uri: str, uuid: str, failure: Optional[VirshError] = 
     return state, None
 
 
-def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
-               failure: Optional[VirshError] = None, ours: bool = False) -> str:
+def other_save(run: Execution, uri: str, planned: GuestStop, until: float, *,
+               failure: Optional[VirshError] = None, ours: bool = False) -> OtherSave:
     """Is a save of this guest in progress?  Wait for it until *until*; how did it end?
 
     *failure* is the call that failed; *ours*: it was our own save whose virsh
     timed out, which libvirt goes on with: our time is up, so it is not waited for.
     """
-    name, uuid = step.guest.name, step.guest.uuid
+    name, uuid = planned.guest.name, planned.guest.uuid
     clock = run.clock
     state, still = saving(run, uri, uuid, failure)
     if still is not None:
         if ours:
             return OtherSave.STILL_SAVING
         began = clock.now()
-        run.report.warn(f"guest {name} on {uri} is being saved by another job "
-                        f"({still}); waiting up to {max(round(until - began), 0)}s "
-                        "for it to finish; it is not shut down or powered off "
-                        "meanwhile")
+        run.messages.warn(f"guest {name} on {uri} is being saved by another job "
+                          f"({still}); waiting up to {max(round(until - began), 0)}s "
+                          "for it to finish; it is not shut down or powered off "
+                          "meanwhile")
         while still is not None:
             left = until - clock.now()
             if left <= 0:
@@ -114,13 +110,13 @@ def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
                 return OtherSave.INTERRUPTED
             answer, again = saving(run, uri, uuid, failure)
             if answer is None and again is None:  # no answer: still saving, as far
-                if run.wedged(uri) is not None:  # as we know
+                if run.given_up(uri) is not None:  # as we know
                     return OtherSave.STILL_SAVING
                 continue
             state, still = answer, again
-    if state is None or state[0] != "shut off":
+    if state is None or not state.shut_off:
         return OtherSave.NONE
-    if state[1] == "saved":
+    if state.saved:
         return OtherSave.SAVED
     try:
         saved = query.has_managed_save(run.virsh, uri, uuid, run.config)
@@ -130,28 +126,29 @@ def other_save(run: Execution, uri: str, step: GuestStop, until: float, *,
     return OtherSave.SAVED if saved else OtherSave.OFF
 
 
-def after_other_save(run: Execution, uri: str, step: GuestStop, action: str, other: str,
-                     started: float, *, failure: Optional[VirshError] = None) -> bool:
+def after_other_save(run: Execution, uri: str, planned: GuestStop, action: Action,
+                     other: OtherSave, started: float, *,
+                     failure: Optional[VirshError] = None) -> bool:
     """Report how a save in progress ended; never escalates (False).
 
     *failure*: our own save, whose virsh call timed out (see ``other_save``).
     """
-    name = step.guest.name
-    outcome = run.outcome(uri, step)
+    name = planned.guest.name
+    outcome = run.result(uri, planned)
     seconds = run.clock.now() - started
     if other == OtherSave.SAVED:
-        if action == SUSPEND:
-            run.report.say(f"Suspending {name}: done")
+        if action == Action.SUSPEND:
+            run.messages.say(f"Suspending {name}: done")
         else:
-            run.report.warn(f"guest {name} on {uri} was saved by another job; "
-                            f"no {action} needed")
-        run.report.step(outcome, SUSPEND, Res.SAVED, seconds,
-                        "saved after its virsh call timed out" if failure
-                        else "saved by another job")
+            run.messages.warn(f"guest {name} on {uri} was saved by another job; "
+                              f"no {action} needed")
+        run.run_report.step(outcome, Action.SUSPEND, Outcome.SAVED, seconds,
+                            "saved after its virsh call timed out" if failure
+                            else "saved by another job")
     elif other == OtherSave.OFF:
-        run.report.warn(f"guest {name} on {uri} is shut off already (without a "
-                        f"managed-save image); no {action} needed")
-        run.report.step(outcome, action, Res.SHUT_OFF, seconds, "already shut off")
+        run.messages.warn(f"guest {name} on {uri} is shut off already (without a "
+                          f"managed-save image); no {action} needed")
+        run.run_report.step(outcome, action, Outcome.SHUT_OFF, seconds, "already shut off")
     elif other == OtherSave.STILL_SAVING:
         run.fail()
         if failure is not None:
@@ -161,11 +158,11 @@ def after_other_save(run: Execution, uri: str, step: GuestStop, action: str, oth
         else:
             what = f"guest {name} on {uri} is still being saved by another job;"
             detail = "another job was still saving it when our time ran out"
-        run.report.error(f"{what} not shutting it down or powering it off while its "
-                         "memory is being written (it stays recorded)")
-        run.report.step(outcome, action, Res.SAVE_IN_PROGRESS, seconds, detail)
+        run.messages.error(f"{what} not shutting it down or powering it off while its "
+                           "memory is being written (it stays recorded)")
+        run.run_report.step(outcome, action, Outcome.SAVE_IN_PROGRESS, seconds, detail)
     else:
-        run.report.step(outcome, action, Res.INTERRUPTED, seconds,
-                        "stop requested while another job was saving it")
+        run.run_report.step(outcome, action, Outcome.INTERRUPTED, seconds,
+                            "stop requested while another job was saving it")
     run.checkpoint()
     return False

@@ -13,48 +13,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from virtguests import commands
-from virtguests.config import Config
-from virtguests.model import SUSPEND, Guest, PolicyLookup, UriView, no_policy
-
-
-class Res:
-    """What one step did to a guest: the words of the run report (``report``, ``--json``).
-
-    Constants, so the executor and the bookkeeping that reads outcomes back
-    compare names, not free text.
-    """
-
-    SAVED = "saved"
-    SHUT_OFF = "shut off"
-    POWERED_OFF = "powered off"
-    FAILED = "failed"
-    TIMED_OUT = "timed out"
-    SKIPPED = "skipped"
-    INTERRUPTED = "interrupted"
-    GIVEN_UP = "given up"
-    """Not tried: the URI stopped answering (a call there timed out)."""
-    SAVE_IN_PROGRESS = "save in progress"
-    """Another job was still saving the guest when our time ran out: left alone."""
-    INTERNAL_ERROR = "internal error"
-    RESUMED = "resumed"
-    ALREADY_ACTIVE = "already active"
-    GONE = "no longer exists"
-    SKIPPED_BY_POLICY = "skipped by policy"
-
-
-PROTECTED = frozenset({Res.SAVED, Res.SHUT_OFF, Res.POWERED_OFF})
-"""Stop outcomes after which the guest cannot lose anything at power-off."""
-
-SETTLED = frozenset({Res.RESUMED, Res.ALREADY_ACTIVE, Res.GONE, Res.SKIPPED_BY_POLICY})
-"""Start outcomes that end a guest's record; every other outcome keeps it for the next start."""
+from virtguests.config import Config, PersistentOnly
+from virtguests.model import Action, Guest, Outcome, PolicyLookup, UriView, no_policy
 
 
 @dataclass(frozen=True)
 class GuestStop:
     guest: Guest
-    actions: tuple[str, ...]
+    actions: tuple[Action, ...]
     timeout: int
-    group: int = 0
+    order: int = 0
     record: bool = True
 
 
@@ -65,10 +33,10 @@ class UriStop:
     transient_skipped: tuple[Guest, ...]
     guests: tuple[GuestStop, ...]
 
-    def groups(self) -> list[list[GuestStop]]:
+    def by_order(self) -> list[list[GuestStop]]:
         """Order groups for stopping: highest first."""
-        keys = sorted({g.group for g in self.guests}, reverse=True)
-        return [[g for g in self.guests if g.group == k] for k in keys]
+        keys = sorted({g.order for g in self.guests}, reverse=True)
+        return [[g for g in self.guests if g.order == k] for k in keys]
 
 
 @dataclass(frozen=True)
@@ -101,7 +69,7 @@ def plan_stop(
         if not view.reachable:
             continue
         running = tuple(g for g in view.guests if g.active)
-        steps: list[GuestStop] = []
+        stops: list[GuestStop] = []
         skipped: list[Guest] = []
         for guest in running:
             rule = policy(view.uri, guest)
@@ -112,25 +80,25 @@ def plan_stop(
                 if not _acts_on_transient(config, actions):
                     skipped.append(guest)
                     continue
-                actions = tuple(a for a in actions if a != SUSPEND)
+                actions = tuple(a for a in actions if a != Action.SUSPEND)
                 if not actions:
                     skipped.append(guest)
                     continue
             timeout = (rule.shutdown_timeout if rule.shutdown_timeout is not None
                        else config.shutdown_timeout)
-            steps.append(GuestStop(guest, actions, timeout, rule.group, guest.persistent))
-        uris.append(UriStop(view.uri, running, tuple(skipped), tuple(steps)))
+            stops.append(GuestStop(guest, actions, timeout, rule.order, guest.persistent))
+        uris.append(UriStop(view.uri, running, tuple(skipped), tuple(stops)))
     unreachable = tuple(v for v in views if not v.reachable)
     return StopPlan(config.suspending, tuple(uris), unreachable, dict(earlier or {}))
 
 
-def _acts_on_transient(config: Config, actions: Sequence[str]) -> bool:
+def _acts_on_transient(config: Config, actions: Sequence[Action]) -> bool:
     """PERSISTENT_ONLY as the reference defines it; a chain past suspend can stop them."""
-    if config.persistent_only == "true":
+    if config.persistent_only == PersistentOnly.TRUE:
         return False
-    if config.persistent_only == "false":
+    if config.persistent_only == PersistentOnly.FALSE:
         return True
-    return actions[0] != SUSPEND or len(actions) > 1
+    return actions[0] != Action.SUSPEND or len(actions) > 1
 
 
 def stop_commands(plan: StopPlan, config: Config,
@@ -142,10 +110,10 @@ def stop_commands(plan: StopPlan, config: Config,
     """
     out: list[list[str]] = []
     for item in plan.uris:
-        for group in item.groups():
-            for step in group:
-                out.append(argv(item.uri, commands.stop_action(step.actions[0],
-                                                               step.guest.uuid, config)))
+        for group in item.by_order():
+            for planned in group:
+                out.append(argv(item.uri, commands.stop_action(planned.actions[0],
+                                                               planned.guest.uuid, config)))
     return out
 
 
@@ -153,9 +121,10 @@ def stop_commands(plan: StopPlan, config: Config,
 class GuestStart:
     uuid: str
     name: str
-    start: bool
-    reason: str = ""
-    group: int = 0
+    decided: Optional[Outcome] = None
+    """The outcome the plan already knows (already active, skipped by policy), or None:
+    ``virsh start`` it."""
+    order: int = 0
     delay_after: Optional[int] = None
 
 
@@ -172,9 +141,10 @@ class StartPlan:
     uris: tuple[UriStart, ...]
     ignored: tuple[str, ...]
     unreachable: tuple[UriView, ...]
-    missing: tuple[tuple[str, str], ...]
-    keep: Mapping[str, Sequence[str]]
-    """Entries that stay recorded for the next start (unreachable URIs)."""
+    gone: tuple[tuple[str, str], ...]
+    """Recorded guests (URI, UUID) that are no longer defined."""
+    pending_unreachable: Mapping[str, Sequence[str]]
+    """The guests of unreachable URIs: they stay pending for the next start."""
 
 
 def plan_start(
@@ -190,8 +160,8 @@ def plan_start(
     uris: list[UriStart] = []
     ignored: list[str] = []
     unreachable: list[UriView] = []
-    missing: list[tuple[str, str]] = []
-    keep: dict[str, list[str]] = {}
+    gone: list[tuple[str, str]] = []
+    pending_unreachable: dict[str, list[str]] = {}
     for uri, ids in recorded.items():
         if uri not in config.uris:
             ignored.append(uri)
@@ -199,26 +169,27 @@ def plan_start(
         view = views.get(uri)
         if view is None or not view.reachable:
             unreachable.append(view or UriView(uri, error="not contacted"))
-            keep.setdefault(uri, []).extend(ids)
+            pending_unreachable.setdefault(uri, []).extend(ids)
             continue
         guests: list[GuestStart] = []
         for uuid in ids:
             guest = view.find(uuid)
             if guest is None:
-                missing.append((uri, uuid))
+                gone.append((uri, uuid))
                 continue
             rule = policy(uri, guest)
             if rule.skip_start:
-                guests.append(GuestStart(uuid, guest.name, False, Res.SKIPPED_BY_POLICY,
-                                         rule.group, rule.start_delay))
+                guests.append(GuestStart(uuid, guest.name, Outcome.SKIPPED_BY_POLICY,
+                                         rule.order, rule.start_delay))
             elif guest.active:
-                guests.append(GuestStart(uuid, guest.name, False, Res.ALREADY_ACTIVE,
-                                         rule.group, rule.start_delay))
+                guests.append(GuestStart(uuid, guest.name, Outcome.ALREADY_ACTIVE,
+                                         rule.order, rule.start_delay))
             else:
-                guests.append(GuestStart(uuid, guest.name, True, "", rule.group,
+                guests.append(GuestStart(uuid, guest.name, None, rule.order,
                                          rule.start_delay))
         uris.append(UriStart(uri, tuple(guests), probe=not view.listed))
-    return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(missing), keep)
+    return StartPlan(tuple(uris), tuple(ignored), tuple(unreachable), tuple(gone),
+                     pending_unreachable)
 
 
 def orphans(view: UriView, recorded: Sequence[str]) -> list[str]:
@@ -231,9 +202,9 @@ def start_commands(plan: StartPlan, config: Config,
                    argv: Callable[[str, Sequence[str]], list[str]]) -> list[list[str]]:
     out: list[list[str]] = []
     for item in plan.uris:
-        for guest in sorted(item.guests, key=lambda g: g.group):
-            if guest.start:
+        for guest in sorted(item.guests, key=lambda g: g.order):
+            if guest.decided is None:
                 out.append(argv(item.uri, commands.start(guest.uuid, config)))
-            if config.sync_time and guest.reason != Res.SKIPPED_BY_POLICY:
+            if config.sync_time and guest.decided != Outcome.SKIPPED_BY_POLICY:
                 out.append(argv(item.uri, commands.sync_time(guest.uuid)))
     return out

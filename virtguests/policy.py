@@ -23,8 +23,16 @@ from pathlib import Path
 from typing import Any, Optional
 
 from virtguests import files
-from virtguests.config import ACTIONS, POLICY_KEYS, YEAR, Invalid, Problem, ifs_split, strict_int
-from virtguests.model import Guest, GuestPolicy, PolicyLookup
+from virtguests.config import (
+    CHAIN_WORDS,
+    POLICY_KEYS,
+    YEAR,
+    Invalid,
+    Problem,
+    ifs_split,
+    strict_int,
+)
+from virtguests.model import STOP_CHAIN, Action, Guest, GuestPolicy, PolicyLookup
 
 DEFAULT_PATH = Path("/etc/virtguests/guests.yaml")
 
@@ -312,8 +320,8 @@ def _boolean(node: _Node) -> bool:
                   "which YAML versions read differently)")
 
 
-def _actions(node: _Node) -> tuple[str, ...]:
-    allowed = f"{', '.join(ACTIONS)} in that order, or none"
+def _actions(node: _Node) -> tuple[Action, ...]:
+    allowed = f"{CHAIN_WORDS} in that order, or none"
     if node.kind == "scalar" and not node.null:
         words = ifs_split(node.text)
     elif node.kind == "seq":
@@ -326,15 +334,15 @@ def _actions(node: _Node) -> tuple[str, ...]:
                 raise Invalid(f"must be a word or a list of words (allowed: {allowed})")
             words.append(item.text)
     else:
-        raise Invalid(f"must be a word or a list (allowed: {', '.join(ACTIONS)}, none)")
+        raise Invalid(f"must be a word or a list (allowed: {CHAIN_WORDS}, none)")
     if not words:
-        raise Invalid(f"must be a word or a list (allowed: {', '.join(ACTIONS)}, none)")
-    if words == ["none"]:
+        raise Invalid(f"must be a word or a list (allowed: {CHAIN_WORDS}, none)")
+    if words == [Action.NONE]:
         return ()
-    if any(w not in ACTIONS for w in words) or len(set(words)) != len(words) \
-            or words != sorted(words, key=ACTIONS.index):
+    if any(w not in STOP_CHAIN for w in words) or len(set(words)) != len(words) \
+            or words != sorted(words, key=STOP_CHAIN.index):
         raise Invalid(f"invalid chain {' '.join(words)!r} (allowed: {allowed})")
-    return tuple(words)
+    return tuple(Action(word) for word in words)
 
 
 _CONVERT: dict[str, Any] = {
@@ -395,7 +403,7 @@ def _rule(node: _Node, path: str, problems: list[Problem]) -> Optional[Rule]:
         return None
     return Rule(
         fields["match"], fields.get("uri"),
-        GuestPolicy(actions=fields.get("actions"), group=fields.get("order", 0),
+        GuestPolicy(actions=fields.get("actions"), order=fields.get("order", 0),
                     shutdown_timeout=fields.get("shutdown_timeout"),
                     start_delay=fields.get("start_delay"),
                     skip_start=fields.get("skip_start", False)),

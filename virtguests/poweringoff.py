@@ -12,46 +12,47 @@ from collections.abc import Sequence
 from virtguests import commands
 from virtguests.concurrently import run_all
 from virtguests.execution import Execution
-from virtguests.model import POWEROFF
+from virtguests.model import Action, Outcome
 from virtguests.othersave import OtherSave, after_other_save, other_save
-from virtguests.plan import GuestStop, Res
+from virtguests.plan import GuestStop
 from virtguests.virsh import VirshError
 
 
-def poweroff_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+def poweroff_all(run: Execution, uri: str, stops: Sequence[GuestStop]) -> list[GuestStop]:
     """Power each guest off; nothing is left for a next step (an empty list)."""
-    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, POWEROFF,
-                                      functools.partial(_poweroff, run, uri, step), False)
-                        for step in steps], 1)
-    return [step for step, again in zip(steps, escalate) if again]
+    escalate = run_all([run.for_guest(uri, planned.guest.name, planned.guest.uuid, Action.POWEROFF,
+                                      functools.partial(_poweroff, run, uri, planned), False)
+                        for planned in stops], 1)
+    return [planned for planned, again in zip(stops, escalate) if again]
 
 
-def _poweroff(run: Execution, uri: str, step: GuestStop) -> bool:
+def _poweroff(run: Execution, uri: str, planned: GuestStop) -> bool:
     """virsh destroy, unless another job is saving the guest; never escalates."""
     if run.cancelled:
-        run.interrupted(uri, step)
+        run.interrupted(uri, planned)
         return False
-    if run.wedged(uri) is not None:
-        run.give_up(uri, step, POWEROFF)
+    if run.given_up(uri) is not None:
+        run.give_up(uri, planned, Action.POWEROFF)
         return False
     started = run.clock.now()
     budget = min(float(run.config.save_timeout), run.remaining())
-    other = other_save(run, uri, step, started + budget)
+    other = other_save(run, uri, planned, started + budget)
     if other != OtherSave.NONE:
-        return after_other_save(run, uri, step, POWEROFF, other, started)
-    outcome = run.outcome(uri, step)
+        return after_other_save(run, uri, planned, Action.POWEROFF, other, started)
+    outcome = run.result(uri, planned)
     try:
-        run.virsh.run(uri, commands.destroy(step.guest.uuid),
-                      timeout=run.request_timeout(POWEROFF), ignore_interrupt=True)
+        run.virsh.run(uri, commands.destroy(planned.guest.uuid),
+                      timeout=run.request_timeout(Action.POWEROFF), ignore_interrupt=True)
     except VirshError as err:
-        if err.wedged:
-            run.give_up(uri, step, POWEROFF)
+        if err.given_up:
+            run.give_up(uri, planned, Action.POWEROFF)
             return False
         run.fail()
-        run.report.error(f"powering off guest {step.guest.name} failed: {err.detail}")
-        run.report.step(outcome, POWEROFF, Res.FAILED, 0.0, err.detail)
+        run.messages.error(f"powering off guest {planned.guest.name} failed: {err.detail}")
+        run.run_report.step(outcome, Action.POWEROFF, Outcome.FAILED, 0.0, err.detail)
     else:
-        run.report.say(f"Powering off guest {step.guest.name}: done")
-        run.report.step(outcome, POWEROFF, Res.POWERED_OFF, run.clock.now() - started)
+        run.messages.say(f"Powering off guest {planned.guest.name}: done")
+        run.run_report.step(outcome, Action.POWEROFF, Outcome.POWERED_OFF,
+                            run.clock.now() - started)
     run.checkpoint()
     return False

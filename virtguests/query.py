@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from virtguests import commands, virshout
 from virtguests.clock import Clock
@@ -32,7 +32,7 @@ def run_with_retries(virsh: Virsh, uri: str, args: Sequence[str], config: Config
             return virsh.run(uri, args, ignore_interrupt=True,
                              timeout=config.query_timeout if timeout is None else timeout)
         except VirshError as err:
-            if err.timed_out or err.wedged or attempt >= config.connect_retries \
+            if err.timed_out or err.given_up or attempt >= config.connect_retries \
                     or not retry_if(err):
                 raise
             attempt += 1
@@ -50,7 +50,36 @@ def active_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:
 DOMSTATE = re.compile(r"^(?P<state>[^()]+?) \((?P<reason>[^()]+)\)$")
 
 
-def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> tuple[str, str]:
+class DomState(NamedTuple):
+    """``virsh domstate --reason``: a state and its reason, as virsh words them."""
+
+    state: str
+    reason: str
+
+    @property
+    def shut_off(self) -> bool:
+        return self.state == "shut off"
+
+    @property
+    def paused(self) -> bool:
+        return self.state == "paused"
+
+    @property
+    def saving(self) -> bool:
+        """A managedsave of a guest that was running is in progress
+        (fixtures/qemu-domstate-reason-saving); a guest paused before keeps its reason."""
+        return self.paused and self.reason == "saving"
+
+    @property
+    def saved(self) -> bool:
+        """Shut off by a managed save: it has an image."""
+        return self.shut_off and self.reason == "saved"
+
+    def __str__(self) -> str:
+        return f"{self.state} ({self.reason})"
+
+
+def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> DomState:
     """``virsh domstate --reason UUID``: e.g. ``("paused", "saving")`` during a managedsave.
 
     It needs no job on the guest, so it answers while another save holds the
@@ -63,7 +92,7 @@ def domain_state(virsh: Virsh, uri: str, uuid: str, config: Config) -> tuple[str
     if match is None:
         raise virshout.OutputError(result.argv, f"unexpected output {result.stdout[:120]!r} "
                                    "(expected 'STATE (REASON)')")
-    return match.group("state"), match.group("reason")
+    return DomState(match.group("state"), match.group("reason"))
 
 
 def save_job_running(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:

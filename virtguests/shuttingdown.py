@@ -23,9 +23,9 @@ from virtguests import commands, query
 from virtguests.concurrently import run_all
 from virtguests.doorbell import POLL, Doorbell
 from virtguests.execution import PROGRESS_EVERY, Execution, one_line
-from virtguests.model import SHUTDOWN
+from virtguests.model import Action, Outcome
 from virtguests.othersave import OtherSave, after_other_save, other_save
-from virtguests.plan import GuestStop, Res
+from virtguests.plan import GuestStop
 from virtguests.virsh import Interrupted, VirshError
 
 SLOW_POLL = 1.0
@@ -53,7 +53,7 @@ def poll_interval(waited: float) -> float:
 class _Refused:
     """A shutdown request that failed: asked about (another job's save?) after the wait."""
 
-    step: GuestStop
+    planned: GuestStop
     error: VirshError
     at: float
     until: float
@@ -64,7 +64,7 @@ class _Refused:
 class _Waiting:
     """A guest asked to shut down, with the time its wait ends."""
 
-    step: GuestStop
+    planned: GuestStop
     since: float
     due: float
     next_progress: float
@@ -83,43 +83,43 @@ class _Flight:
     """Their request failed: whether the chain goes on is decided after the wait."""
 
     def unsettled(self) -> list[GuestStop]:
-        return [*self.sending, *(w.step for w in self.waiting.values()), *self.queue]
+        return [*self.sending, *(w.planned for w in self.waiting.values()), *self.queue]
 
 
-def shutdown_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+def shutdown_all(run: Execution, uri: str, stops: Sequence[GuestStop]) -> list[GuestStop]:
     """Shut the guests down and wait for them; the ones the chain's next step takes."""
-    flight = _Flight(deque(steps))
+    flight = _Flight(deque(stops))
     bell = Doorbell(run.virsh, uri)
     try:
         _Shutdowns(run, uri, flight, bell).wait()
     except Exception as exc:
         run.internal_error(f"waiting for the shutdowns on {uri}", exc)
-        for step in flight.unsettled():
-            run.report.step(run.outcome(uri, step), SHUTDOWN, Res.INTERNAL_ERROR, 0.0,
-                            one_line(exc))
+        for planned in flight.unsettled():
+            run.run_report.step(run.result(uri, planned), Action.SHUTDOWN,
+                                Outcome.INTERNAL_ERROR, 0.0, one_line(exc))
         run.checkpoint()
     finally:
         bell.close()
     if not flight.refused:
         return flight.failed
-    refused = {r.step.guest.uuid: r for r in flight.refused}
-    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, SHUTDOWN,
+    refused = {r.planned.guest.uuid: r for r in flight.refused}
+    escalate = run_all([run.for_guest(uri, planned.guest.name, planned.guest.uuid, Action.SHUTDOWN,
                                       functools.partial(_after_refusal, run, uri,
-                                                        refused[step.guest.uuid]), False)
-                        for step in (r.step for r in flight.refused)],
+                                                        refused[planned.guest.uuid]), False)
+                        for planned in (r.planned for r in flight.refused)],
                        run.config.parallel_shutdown)
-    return flight.failed + [r.step for r, again in zip(flight.refused, escalate) if again]
+    return flight.failed + [r.planned for r, again in zip(flight.refused, escalate) if again]
 
 
 def _after_refusal(run: Execution, uri: str, refused: _Refused) -> bool:
     """A failed shutdown request: a save in progress (another job's, holding the
     guest's lock) is waited for and never escalated; True: the chain goes on."""
-    step, err = refused.step, refused.error
-    if run.wedged(uri) is None:
-        other = other_save(run, uri, step, refused.until, failure=err)
+    planned, err = refused.planned, refused.error
+    if run.given_up(uri) is None:
+        other = other_save(run, uri, planned, refused.until, failure=err)
         if other != OtherSave.NONE:
-            return after_other_save(run, uri, step, SHUTDOWN, other, refused.at)
-    return run.failed_step(uri, step, SHUTDOWN, f"shutdown of guest {step.guest.name}",
+            return after_other_save(run, uri, planned, Action.SHUTDOWN, other, refused.at)
+    return run.failed_step(uri, planned, Action.SHUTDOWN, f"shutdown of guest {planned.guest.name}",
                            err, 0.0)
 
 
@@ -157,14 +157,14 @@ class _Shutdowns:
         expired = False
         while flight.queue or flight.waiting:
             if flight.queue and len(flight.waiting) < self.width and not run.cancelled \
-                    and run.wedged(uri) is None:
+                    and run.given_up(uri) is None:
                 self._admit(self.width, uri_deadline)
                 last_request = clock.now()
             if run.cancelled:
-                for step in flight.queue:
-                    run.interrupted(uri, step)
+                for planned in flight.queue:
+                    run.interrupted(uri, planned)
                 flight.queue.clear()
-            if run.wedged(uri) is not None:
+            if run.given_up(uri) is not None:
                 self._give_up_waiting()
                 return
             if not flight.waiting:
@@ -185,25 +185,25 @@ class _Shutdowns:
                     bell.proven = True
                 for uuid in stopped:
                     waited = flight.waiting.pop(uuid)
-                    run.report.say(f"Shutdown of guest {waited.step.guest.name} complete.")
-                    run.report.step(run.outcome(uri, waited.step), SHUTDOWN, Res.SHUT_OFF,
-                                    now - waited.since)
+                    run.messages.say(f"Shutdown of guest {waited.planned.guest.name} complete.")
+                    run.run_report.step(run.result(uri, waited.planned), Action.SHUTDOWN,
+                                        Outcome.SHUT_OFF, now - waited.since)
                     run.checkpoint()
             if run.cancelled and flight.waiting:
                 for waited in flight.waiting.values():
-                    run.report.step(run.outcome(uri, waited.step), SHUTDOWN,
-                                    Res.INTERRUPTED, now - waited.since,
-                                    "stop requested while waiting")
+                    run.run_report.step(run.result(uri, waited.planned), Action.SHUTDOWN,
+                                        Outcome.INTERRUPTED, now - waited.since,
+                                        "stop requested while waiting")
                 flight.waiting.clear()
                 run.checkpoint()
                 continue
-            if run.wedged(uri) is not None:
+            if run.given_up(uri) is not None:
                 self._give_up_waiting()
                 return
             if not serial and now >= uri_deadline and not expired \
                     and (flight.waiting or flight.queue):
                 expired = True
-                run.report.say("Timeout expired while shutting down domains")
+                run.messages.say("Timeout expired while shutting down domains")
                 run.fail()
                 # Unlike the reference, guests still queued get a shutdown request too
                 # (PARALLEL_SHUTDOWN requests at a time, like the others).
@@ -214,22 +214,22 @@ class _Shutdowns:
             for uuid in [u for u, w in flight.waiting.items() if now >= w.due]:
                 waited = flight.waiting.pop(uuid)
                 if serial:
-                    run.report.say(f"Shutdown of guest {waited.step.guest.name} failed to "
-                                   "complete in time.")
-                run.report.step(run.outcome(uri, waited.step), SHUTDOWN, Res.TIMED_OUT,
-                                now - waited.since)
-                flight.failed.append(waited.step)
+                    run.messages.say(f"Shutdown of guest {waited.planned.guest.name} failed to "
+                                     "complete in time.")
+                run.run_report.step(run.result(uri, waited.planned), Action.SHUTDOWN,
+                                    Outcome.TIMED_OUT, now - waited.since)
+                flight.failed.append(waited.planned)
                 run.checkpoint()
             if serial:
                 for waited in flight.waiting.values():
                     if now >= waited.next_progress:
                         waited.next_progress += PROGRESS_EVERY
-                        run.report.say(_waiting(f"guest {waited.step.guest.name}",
-                                                waited.due - now))
+                        run.messages.say(_waiting(f"guest {waited.planned.guest.name}",
+                                                  waited.due - now))
             elif now >= next_progress and (flight.waiting or flight.queue):
                 next_progress += PROGRESS_EVERY
-                run.report.say(_waiting(f"{len(flight.waiting) + len(flight.queue)} guests",
-                                        uri_deadline - now))
+                run.messages.say(_waiting(f"{len(flight.waiting) + len(flight.queue)} guests",
+                                          uri_deadline - now))
 
     def _check_active(self, *, first_failure: bool) -> Optional[set[str]]:
         """The UUIDs active on the URI, or None when the check failed (it is retried).
@@ -241,10 +241,10 @@ class _Shutdowns:
         try:
             return query.active_uuids(run.virsh, uri, run.config)
         except (VirshError, Interrupted) as err:
-            if first_failure and run.wedged(uri) is None:
-                run.report.warn(f"cannot check which guests on {uri} are still running "
-                                f"({err}); still waiting for {len(self.flight.waiting)} "
-                                "guest(s), checking again")
+            if first_failure and run.given_up(uri) is None:
+                run.messages.warn(f"cannot check which guests on {uri} are still running "
+                                  f"({err}); still waiting for {len(self.flight.waiting)} "
+                                  "guest(s), checking again")
         except Exception as exc:
             if first_failure:
                 run.internal_error(f"checking which guests on {uri} are still running", exc)
@@ -260,28 +260,28 @@ class _Shutdowns:
         share = run.remaining() / (len(flight.queue) + count)
         sent = self._request_shutdowns(flight.sending)
         now = run.clock.now()
-        for step, ok in zip(flight.sending, sent):
+        for planned, ok in zip(flight.sending, sent):
             if isinstance(ok, _Refused):
                 flight.refused.append(ok)
                 continue
             if not ok:
                 continue
-            own = now + step.timeout if step.timeout > 0 else math.inf
+            own = now + planned.timeout if planned.timeout > 0 else math.inf
             limit = min(own, now + share) if self.serial else min(own, uri_deadline)
-            flight.waiting[step.guest.uuid] = _Waiting(
-                step, now, limit if due is None else due, now + PROGRESS_EVERY)
+            flight.waiting[planned.guest.uuid] = _Waiting(
+                planned, now, limit if due is None else due, now + PROGRESS_EVERY)
         flight.sending = []
 
-    def _request_shutdowns(self, steps: Sequence[GuestStop]
+    def _request_shutdowns(self, stops: Sequence[GuestStop]
                            ) -> list[Optional[Union[bool, _Refused]]]:
         """Announce, then send shutdown requests, PARALLEL_SHUTDOWN at a time at most
         (each is one virsh call, in a worker thread)."""
         run, uri = self.run, self.uri
-        for step in steps:
-            run.report.say(f"Starting shutdown on guest: {step.guest.name}")
-        return run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, SHUTDOWN,
-                                      functools.partial(self._send_shutdown, step), None)
-                        for step in steps],
+        for planned in stops:
+            run.messages.say(f"Starting shutdown on guest: {planned.guest.name}")
+        return run_all([run.for_guest(uri, planned.guest.name, planned.guest.uuid, Action.SHUTDOWN,
+                                      functools.partial(self._send_shutdown, planned), None)
+                        for planned in stops],
                        max(1, run.config.parallel_shutdown), waiting=self._through_clock)
 
     def _through_clock(self, done: threading.Event) -> None:
@@ -292,26 +292,26 @@ class _Shutdowns:
             while not self.run.clock.wait(done, PROGRESS_EVERY):
                 pass
 
-    def _send_shutdown(self, step: GuestStop) -> Optional[Union[bool, _Refused]]:
+    def _send_shutdown(self, planned: GuestStop) -> Optional[Union[bool, _Refused]]:
         """One shutdown request: True sent; a _Refused if it failed; None if nothing
         more is done (the URI was given up)."""
         run, uri = self.run, self.uri
         try:
-            run.virsh.run(uri, commands.shutdown(step.guest.uuid),
-                          timeout=run.request_timeout(SHUTDOWN), ignore_interrupt=True)
+            run.virsh.run(uri, commands.shutdown(planned.guest.uuid),
+                          timeout=run.request_timeout(Action.SHUTDOWN), ignore_interrupt=True)
         except VirshError as err:
-            if err.wedged:
-                run.give_up(uri, step, SHUTDOWN)
+            if err.given_up:
+                run.give_up(uri, planned, Action.SHUTDOWN)
                 return None
             now = run.clock.now()
-            return _Refused(step, err, now,
+            return _Refused(planned, err, now,
                             now + min(float(run.config.save_timeout), run.remaining()))
         return True
 
     def _give_up_waiting(self) -> None:
         """The URI stopped answering: no check can succeed there, stop waiting at once."""
-        for step in self.flight.unsettled():
-            self.run.give_up(self.uri, step, SHUTDOWN)
+        for planned in self.flight.unsettled():
+            self.run.give_up(self.uri, planned, Action.SHUTDOWN)
         self.flight.waiting.clear()
         self.flight.queue.clear()
 
@@ -320,15 +320,15 @@ class _Shutdowns:
         run, uri, flight = self.run, self.uri, self.flight
         for uuid in [u for u, w in flight.waiting.items() if math.isinf(w.due)]:
             waited = flight.waiting.pop(uuid)
-            step = waited.step
+            planned = waited.planned
             run.fail()
-            trying, _ = run.escalating(uri, step, SHUTDOWN)
-            run.report.error(f"cannot tell whether guest {step.guest.name} on {uri} shut "
-                             f"down: its status checks failed for {round(seconds)}s"
-                             f"{trying}")
-            run.report.step(run.outcome(uri, step), SHUTDOWN, Res.FAILED,
-                            run.clock.now() - waited.since, "status checks kept failing")
-            flight.failed.append(step)
+            trying, _ = run.escalating(uri, planned, Action.SHUTDOWN)
+            run.messages.error(f"cannot tell whether guest {planned.guest.name} on {uri} shut "
+                               f"down: its status checks failed for {round(seconds)}s"
+                               f"{trying}")
+            run.run_report.step(run.result(uri, planned), Action.SHUTDOWN, Outcome.FAILED,
+                                run.clock.now() - waited.since, "status checks kept failing")
+            flight.failed.append(planned)
             run.checkpoint()
 
 

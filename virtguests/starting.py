@@ -3,7 +3,7 @@
 Within a group guests start one after the other (START_DELAY, a guest's own
 delay), or PARALLEL_START at a time when nothing asks for a delay.  On a URI
 that was not listed, the first ``virsh start`` doubles as its connection check.
-Only a definite outcome (``plan.SETTLED``) ends a guest's record
+Only a definite outcome (``model.SETTLED``) ends a guest's record
 (``Starting.settled``); every other guest stays recorded for the next start.
 """
 
@@ -18,11 +18,12 @@ from typing import Optional
 from virtguests import commands, query, virshout
 from virtguests.concurrently import Job, run_all
 from virtguests.execution import Execution
-from virtguests.model import START
+from virtguests.model import SETTLED, Action, Outcome
 from virtguests.othersave import saving
-from virtguests.plan import SETTLED, GuestStart, Res, StartPlan, UriStart
-from virtguests.report import Outcome
+from virtguests.plan import GuestStart, StartPlan, UriStart
+from virtguests.runreport import GuestResult
 from virtguests.virsh import VirshError
+from virtguests.virshout import StartRefusal
 
 
 @dataclass(frozen=True)
@@ -34,7 +35,7 @@ class _Attempt:
     error: Optional[VirshError] = None
 
     @property
-    def refusal(self) -> Optional[str]:
+    def refusal(self) -> Optional[StartRefusal]:
         return virshout.start_refusal(self.error.stderr) if self.error else None
 
     @property
@@ -62,7 +63,7 @@ class Starting:
         run_all(jobs, len(jobs))
 
     def settled(self) -> Mapping[str, frozenset[str]]:
-        """The UUIDs per URI with a definite outcome so far (``plan.SETTLED``)."""
+        """The UUIDs per URI with a definite outcome so far (``model.SETTLED``)."""
         with self._lock:
             return {uri: frozenset(ids) for uri, ids in self._settled.items()}
 
@@ -70,60 +71,60 @@ class Starting:
         try:
             self._guests(item)
         finally:
-            self._report_given_up(item)
+            self._name_given_up(item)
 
-    def _report_given_up(self, item: UriStart) -> None:
+    def _name_given_up(self, item: UriStart) -> None:
         run = self.run
-        why = run.wedged(item.uri)
+        why = run.given_up(item.uri)
         if why is None:
             return
         run.fail()
         settled = self.settled().get(item.uri, frozenset())
         left = [g.name for g in item.guests if g.uuid not in settled]
         if left:
-            run.report.error(f"gave up on {item.uri}: a call there timed out ({why}); not "
-                             f"resumed, kept for the next start: {', '.join(left)}")
+            run.messages.error(f"gave up on {item.uri}: a call there timed out ({why}); not "
+                               f"resumed, kept for the next start: {', '.join(left)}")
 
     def _guests(self, item: UriStart) -> None:
         run = self.run
-        order = sorted(item.guests, key=lambda g: g.group)  # stable: list order within a group
+        ordered = sorted(item.guests, key=lambda g: g.order)  # stable: list order per order
         tried: dict[str, _Attempt] = {}
         if item.probe and not run.cancelled:
-            lead = next((g for g in order if g.start), None)
+            lead = next((g for g in ordered if g.decided is None), None)
             if lead is not None:
                 attempt = self._attempt(item.uri, lead, first=True)
-                if attempt.refusal == "unreachable":
+                if attempt.refusal == StartRefusal.UNREACHABLE:
                     run.fail()
-                    run.report.cannot_resume_uri(item.uri, attempt.detail,
-                                                 [g.uuid for g in item.guests])
+                    run.messages.cannot_resume_uri(item.uri, attempt.detail,
+                                                   [g.uuid for g in item.guests])
                     return
                 tried[lead.uuid] = attempt
-        run.report.say(f"Resuming guests on {item.uri} URI...")
+        run.messages.say(f"Resuming guests on {item.uri} URI...")
 
         def start_one(guest: GuestStart) -> Job[bool]:
             return run.for_guest(
-                item.uri, guest.name, guest.uuid, START,
+                item.uri, guest.name, guest.uuid, Action.START,
                 functools.partial(self._guest, item.uri, guest, tried.get(guest.uuid)),
                 False)
 
         first = True
-        for group in sorted({g.group for g in order}):
-            members = [g for g in order if g.group == group]
+        for group in sorted({g.order for g in ordered}):
+            members = [g for g in ordered if g.order == group]
             parallel = (run.config.start_delay == 0 and run.config.parallel_start > 1
                         and all(g.delay_after is None for g in members))
             if parallel:
                 run_all([start_one(guest) for guest in members], run.config.parallel_start)
                 continue
             for guest in members:
-                if guest.start and not first and not run.cancelled \
-                        and guest.uuid not in tried and run.wedged(item.uri) is None:
+                if guest.decided is None and not first and not run.cancelled \
+                        and guest.uuid not in tried and run.given_up(item.uri) is None:
                     delay = run.config.start_delay
                     if delay:
                         run.clock.sleep(delay)
                 [started] = run_all([start_one(guest)], 1)
                 if started:
                     first = False
-                    if guest.delay_after and run.wedged(item.uri) is None:
+                    if guest.delay_after and run.given_up(item.uri) is None:
                         run.clock.sleep(guest.delay_after)
 
     def _attempt(self, uri: str, guest: GuestStart, *, first: bool = False) -> _Attempt:
@@ -137,15 +138,15 @@ class Starting:
                 run.clock,
                 timeout=run.config.save_timeout,
                 retry_if=lambda err: first
-                and virshout.start_refusal(err.stderr) == "unreachable")
+                and virshout.start_refusal(err.stderr) == StartRefusal.UNREACHABLE)
         except VirshError as err:
             return _Attempt(run.clock.now() - began, error=err)
         return _Attempt(run.clock.now() - began, name=virshout.started_name(result.stdout))
 
-    def _step(self, uri: str, outcome: Outcome, result: str, seconds: float,
+    def _step(self, uri: str, outcome: GuestResult, result: Outcome, seconds: float,
               detail: str = "") -> None:
-        """Record a start step; a definite outcome (``plan.SETTLED``) ends the record."""
-        self.run.report.step(outcome, START, result, seconds, detail)
+        """Record a start step; a definite outcome (``model.SETTLED``) ends the record."""
+        self.run.run_report.step(outcome, Action.START, result, seconds, detail)
         if result in SETTLED:
             with self._lock:
                 self._settled.setdefault(uri, set()).add(outcome.uuid)
@@ -153,58 +154,58 @@ class Starting:
     def _guest(self, uri: str, guest: GuestStart, attempt: Optional[_Attempt] = None) -> bool:
         """Start (resume) one guest; True if a start was issued and succeeded."""
         run = self.run
-        outcome = run.report.outcome(uri, guest.uuid, guest.name)
+        outcome = run.run_report.guest(uri, guest.uuid, guest.name)
         issued = False
-        if not guest.start:
-            if guest.reason == Res.ALREADY_ACTIVE \
+        if guest.decided is not None:
+            if guest.decided == Outcome.ALREADY_ACTIVE \
                     and self._kept_while_saved(uri, guest.uuid, guest.name, outcome, 0.0):
                 return False
-            run.report.say(f"Resuming guest {guest.name}: {guest.reason}")
-            self._step(uri, outcome, guest.reason, 0.0)
+            run.messages.say(f"Resuming guest {guest.name}: {guest.decided}")
+            self._step(uri, outcome, guest.decided, 0.0)
         elif run.cancelled and attempt is None:
-            self._step(uri, outcome, Res.INTERRUPTED, 0.0,
+            self._step(uri, outcome, Outcome.INTERRUPTED, 0.0,
                        "stop requested before this guest was started")
         else:
-            if attempt is None and run.wedged(uri) is None:
+            if attempt is None and run.given_up(uri) is None:
                 attempt = self._attempt(uri, guest)
-            if attempt is None or (attempt.error is not None and attempt.error.wedged):
-                self._step(uri, outcome, Res.GIVEN_UP, 0.0,
-                           f"{uri} is not answering: {run.wedged(uri)}")
+            if attempt is None or (attempt.error is not None and attempt.error.given_up):
+                self._step(uri, outcome, Outcome.GIVEN_UP, 0.0,
+                           f"{uri} is not answering: {run.given_up(uri)}")
                 run.checkpoint()
                 return False
             name = attempt.name or guest.name
-            if attempt.refusal == "already active" \
+            if attempt.refusal == StartRefusal.ALREADY_ACTIVE \
                     and self._kept_while_saved(uri, guest.uuid, name, outcome, attempt.seconds):
                 return False
-            if attempt.refusal == "already active":
-                run.report.say(f"Resuming guest {name}: already active")
-                self._step(uri, outcome, Res.ALREADY_ACTIVE, attempt.seconds)
-            elif attempt.refusal == "missing":
+            if attempt.refusal == StartRefusal.ALREADY_ACTIVE:
+                run.messages.say(f"Resuming guest {name}: already active")
+                self._step(uri, outcome, Outcome.ALREADY_ACTIVE, attempt.seconds)
+            elif attempt.refusal == StartRefusal.GONE:
                 run.fail()
-                run.report.gone(uri, guest.uuid)
-                self._step(uri, outcome, Res.GONE, attempt.seconds, attempt.detail)
+                run.messages.gone(uri, guest.uuid)
+                self._step(uri, outcome, Outcome.GONE, attempt.seconds, attempt.detail)
                 run.checkpoint()
                 return False
             elif attempt.error is not None:
                 run.fail()
-                run.report.say(f"Resuming guest {name}: failed")
-                run.report.error(f"starting guest {name} failed: {attempt.detail}; "
-                                 "it stays recorded for the next start")
-                self._step(uri, outcome, Res.FAILED, attempt.seconds, attempt.detail)
+                run.messages.say(f"Resuming guest {name}: failed")
+                run.messages.error(f"starting guest {name} failed: {attempt.detail}; "
+                                   "it stays recorded for the next start")
+                self._step(uri, outcome, Outcome.FAILED, attempt.seconds, attempt.detail)
                 run.checkpoint()
                 return False
             else:
                 issued = True
                 outcome.name = name
-                run.report.say(f"Resuming guest {name}: done")
-                self._step(uri, outcome, Res.RESUMED, attempt.seconds)
-        if run.config.sync_time and guest.reason != Res.SKIPPED_BY_POLICY \
-                and not run.cancelled and run.wedged(uri) is None:
+                run.messages.say(f"Resuming guest {name}: done")
+                self._step(uri, outcome, Outcome.RESUMED, attempt.seconds)
+        if run.config.sync_time and guest.decided != Outcome.SKIPPED_BY_POLICY \
+                and not run.cancelled and run.given_up(uri) is None:
             self._sync_time(uri, guest)
         run.checkpoint()
         return issued
 
-    def _kept_while_saved(self, uri: str, uuid: str, name: str, outcome: Outcome,
+    def _kept_while_saved(self, uri: str, uuid: str, name: str, outcome: GuestResult,
                           seconds: float) -> bool:
         """An active guest that another job is saving is not "already active": once
         that save ends it is shut off with an image, so its record stays (True)."""
@@ -212,10 +213,10 @@ class Starting:
         _state, what = saving(run, uri, uuid)
         if what is None:
             return False
-        run.report.say(f"Resuming guest {name}: a save by another job is in progress")
-        run.report.warn(f"guest {name} on {uri} is being saved by another job ({what}); "
-                        "not resumed, kept for the next start")
-        self._step(uri, outcome, Res.SAVE_IN_PROGRESS, seconds,
+        run.messages.say(f"Resuming guest {name}: a save by another job is in progress")
+        run.messages.warn(f"guest {name} on {uri} is being saved by another job ({what}); "
+                          "not resumed, kept for the next start")
+        self._step(uri, outcome, Outcome.SAVE_IN_PROGRESS, seconds,
                    f"being saved by another job ({what})")
         run.checkpoint()
         return True
@@ -226,4 +227,4 @@ class Starting:
             run.virsh.run(uri, commands.sync_time(guest.uuid),
                           timeout=run.config.query_timeout, ignore_interrupt=True)
         except VirshError as err:
-            run.report.warn(f"could not sync the time of guest {guest.name}: {err.detail}")
+            run.messages.warn(f"could not sync the time of guest {guest.name}: {err.detail}")

@@ -1,4 +1,4 @@
-"""On-disk state: the list file (shared with libvirt-guests), marker, leftovers, lock.
+"""On-disk state: the list file (shared with libvirt-guests), marker, pending file, lock.
 
 The list file keeps the reference's format and place, so either tool can
 resume what the other saved: one line per URI, ``URI UUID UUID ...``.
@@ -42,7 +42,7 @@ class Paths:
     list_file: Path
     marker: Path
     pending: Path
-    report: Path
+    run_report: Path
     lock: Path
     seen: Path
 
@@ -439,8 +439,9 @@ _RUN = (("command", _is_text, "a string", True), ("exit_status", _is_int, "an in
         ("started", _is_number, "a number", False), ("finished", _is_number, "a number", False))
 
 
-def check_report(document: Any, where: _Where, problems: list[Problem]) -> Optional[dict[str, Any]]:
-    """virtguests-last-run.json, as ``Reporter.document`` writes it."""
+def check_run_report(document: Any, where: _Where, problems: list[Problem]
+                     ) -> Optional[dict[str, Any]]:
+    """virtguests-last-run.json, as ``RunReport.document`` writes it."""
     root = _object(document, where, problems)
     if root is None:
         return None
@@ -486,9 +487,9 @@ def read_seen(path: Path) -> tuple[dict[str, dict[str, str]], list[Problem]]:
     return document or {}, problems
 
 
-def read_report(path: Path) -> tuple[Optional[dict[str, Any]], list[Problem]]:
-    """The last run's report (its valid parts), and what is wrong with the file."""
-    return read_json_checked(path, check_report)
+def read_run_report(path: Path) -> tuple[Optional[dict[str, Any]], list[Problem]]:
+    """The last run report (its valid parts), and what is wrong with the file."""
+    return read_json_checked(path, check_run_report)
 
 
 def _fsync_dir(directory: Path) -> None:

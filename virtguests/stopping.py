@@ -3,7 +3,7 @@
 URIs are often different hosts: each has its own timeout accounting.  A
 guest's action chain (suspend -> shutdown -> poweroff) moves to the next stage
 when a step fails or times out, but never while a save of the guest is still in
-progress.  A URI that stopped answering is given up at once (``Virsh.wedged``):
+progress.  A URI that stopped answering is given up at once (``Virsh.given_up``):
 its guests stay recorded and are named in one error; a timeout of one guest's
 call costs only that guest's step.  After a stop request (SIGTERM/SIGINT)
 nothing new is started; calls in flight finish or time out.
@@ -16,15 +16,13 @@ from collections.abc import Sequence
 
 from virtguests.concurrently import run_all
 from virtguests.execution import Execution, next_action
-from virtguests.model import POWEROFF, SHUTDOWN, SUSPEND
-from virtguests.plan import PROTECTED, GuestStop, StopPlan, UriStop
+from virtguests.model import PROTECTED, STOP_CHAIN, Action
+from virtguests.plan import GuestStop, StopPlan, UriStop
 from virtguests.poweringoff import poweroff_all
 from virtguests.shuttingdown import shutdown_all
 from virtguests.suspending import suspend_all
 
-STAGES = (SUSPEND, SHUTDOWN, POWEROFF)
-
-_STAGE = {SUSPEND: suspend_all, SHUTDOWN: shutdown_all, POWEROFF: poweroff_all}
+_STAGE = {Action.SUSPEND: suspend_all, Action.SHUTDOWN: shutdown_all, Action.POWEROFF: poweroff_all}
 """Each stage: its guests in, the ones the chain's next step takes out."""
 
 
@@ -38,24 +36,24 @@ def stop(run: Execution, plan: StopPlan) -> None:
 
 def _stop_uri(run: Execution, item: UriStop) -> None:
     if run.config.suspending:
-        run.report.say(f"Suspending guests on {item.uri} URI...")
+        run.messages.say(f"Suspending guests on {item.uri} URI...")
     else:
-        run.report.say(f"Shutting down guests on {item.uri} URI...")
+        run.messages.say(f"Shutting down guests on {item.uri} URI...")
     try:
-        for group in item.groups():
+        for group in item.by_order():
             run_all([run.guarded(f"stopping a group of guests on {item.uri}",
                                  functools.partial(_stop_group, run, item.uri, group))], 1)
     finally:
-        _report_given_up(run, item)
+        _name_given_up(run, item)
 
 
-def _report_given_up(run: Execution, item: UriStop) -> None:
+def _name_given_up(run: Execution, item: UriStop) -> None:
     """One error naming every guest a URI that stopped answering left unprotected."""
-    why = run.wedged(item.uri)
+    why = run.given_up(item.uri)
     if why is None:
         return
     run.fail()
-    left = [s for s in item.guests if run.outcome(item.uri, s).outcome not in PROTECTED]
+    left = [s for s in item.guests if run.result(item.uri, s).outcome not in PROTECTED]
     recorded = [s.guest.name for s in left if s.record]
     transient = [s.guest.name for s in left if not s.record]
     message = f"gave up on {item.uri}: a call there timed out ({why})"
@@ -64,28 +62,28 @@ def _report_given_up(run: Execution, item: UriStop) -> None:
                     + ", ".join(recorded))
     if transient:
         message += "; not protected (transient): " + ", ".join(transient)
-    run.report.error(message)
+    run.messages.error(message)
 
 
-def _stop_group(run: Execution, uri: str, steps: Sequence[GuestStop]) -> None:
+def _stop_group(run: Execution, uri: str, stops: Sequence[GuestStop]) -> None:
     """Each stage in turn takes its guests: those whose chain starts there, and those
     an earlier stage failed to stop."""
-    queues: dict[str, list[GuestStop]] = {stage: [] for stage in STAGES}
-    for step in steps:
-        queues[step.actions[0]].append(step)
-    for stage in STAGES:
+    queues: dict[Action, list[GuestStop]] = {stage: [] for stage in STOP_CHAIN}
+    for planned in stops:
+        queues[planned.actions[0]].append(planned)
+    for stage in STOP_CHAIN:
         todo = queues[stage]
         if not todo:
             continue
         if run.cancelled:
-            for step in todo:
-                run.interrupted(uri, step)
+            for planned in todo:
+                run.interrupted(uri, planned)
             continue
-        if run.wedged(uri) is not None:
-            for step in todo:
-                run.give_up(uri, step, stage)
+        if run.given_up(uri) is not None:
+            for planned in todo:
+                run.give_up(uri, planned, stage)
             continue
-        for step in _STAGE[stage](run, uri, todo):
-            following = next_action(step, stage)
+        for planned in _STAGE[stage](run, uri, todo):
+            following = next_action(planned, stage)
             if following is not None:
-                queues[following].append(step)
+                queues[following].append(planned)

@@ -16,38 +16,38 @@ from typing import Optional
 from virtguests import commands, virshout
 from virtguests.concurrently import Job, run_all
 from virtguests.execution import PROGRESS_EVERY, Execution
-from virtguests.model import SUSPEND
+from virtguests.model import Action, Outcome
 from virtguests.othersave import OtherSave, after_other_save, other_save
-from virtguests.plan import GuestStop, Res
+from virtguests.plan import GuestStop
 from virtguests.virsh import Interrupted, VirshError
 
 
-def suspend_all(run: Execution, uri: str, steps: Sequence[GuestStop]) -> list[GuestStop]:
+def suspend_all(run: Execution, uri: str, stops: Sequence[GuestStop]) -> list[GuestStop]:
     """Save each guest; the ones the chain's next step takes."""
-    escalate = run_all([run.for_guest(uri, step.guest.name, step.guest.uuid, SUSPEND,
-                                      functools.partial(_suspend, run, uri, step), False)
-                        for step in steps], run.config.parallel_suspend)
-    return [step for step, again in zip(steps, escalate) if again]
+    escalate = run_all([run.for_guest(uri, planned.guest.name, planned.guest.uuid, Action.SUSPEND,
+                                      functools.partial(_suspend, run, uri, planned), False)
+                        for planned in stops], run.config.parallel_suspend)
+    return [planned for planned, again in zip(stops, escalate) if again]
 
 
-def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
+def _suspend(run: Execution, uri: str, planned: GuestStop) -> bool:
     """managedsave one guest, printing progress every 5 s; True: go on with the chain."""
-    name, uuid = step.guest.name, step.guest.uuid
-    outcome = run.outcome(uri, step)
+    name, uuid = planned.guest.name, planned.guest.uuid
+    outcome = run.result(uri, planned)
     label = f"Suspending {name}: "
     if run.cancelled:
-        run.interrupted(uri, step)
+        run.interrupted(uri, planned)
         return False
-    if run.wedged(uri) is not None:
-        run.give_up(uri, step, SUSPEND)
+    if run.given_up(uri) is not None:
+        run.give_up(uri, planned, Action.SUSPEND)
         return False
     budget = min(float(run.config.save_timeout), run.remaining())
     if budget <= 0:
-        trying, escalate = run.escalating(uri, step, SUSPEND)
-        run.report.error(f"no time left before STOP_DEADLINE to save guest {name}{trying}")
-        run.report.step(outcome, SUSPEND, Res.SKIPPED, 0.0, "STOP_DEADLINE reached")
+        trying, escalate = run.escalating(uri, planned, Action.SUSPEND)
+        run.messages.error(f"no time left before STOP_DEADLINE to save guest {name}{trying}")
+        run.run_report.step(outcome, Action.SUSPEND, Outcome.SKIPPED, 0.0, "STOP_DEADLINE reached")
         return escalate
-    run.report.say(f"{label}...")
+    run.messages.say(f"{label}...")
     started = run.clock.now()
 
     def save() -> Optional[VirshError]:
@@ -66,28 +66,28 @@ def _suspend(run: Execution, uri: str, step: GuestStop) -> bool:
                 next_progress += PROGRESS_EVERY
                 said = _save_progress(run, uri, uuid) if asking else "..."
                 asking = said is not None
-                run.report.say(f"{label}{said or '...'}")
+                run.messages.say(f"{label}{said or '...'}")
 
     # a bug in the save is raised again here, in this guest's own guard
     [err] = run_all([Job(save)], 1, waiting=progress)
     if err is None:
-        run.report.say(f"{label}done")
-        run.report.step(outcome, SUSPEND, Res.SAVED, run.clock.now() - started)
+        run.messages.say(f"{label}done")
+        run.run_report.step(outcome, Action.SUSPEND, Outcome.SAVED, run.clock.now() - started)
         run.checkpoint()
         return False
-    if err.wedged:
-        run.give_up(uri, step, SUSPEND)
+    if err.given_up:
+        run.give_up(uri, planned, Action.SUSPEND)
         return False
-    if run.wedged(uri) is None:
+    if run.given_up(uri) is None:
         # A save must end before anything harsher is tried: another job's (an
         # earlier run killed mid-save, another tool) or ours, which libvirt goes on
         # with after its virsh timed out (SAVE_TIMEOUT, STOP_DEADLINE).
-        other = other_save(run, uri, step, started + budget, failure=err,
+        other = other_save(run, uri, planned, started + budget, failure=err,
                            ours=err.timed_out)
         if other != OtherSave.NONE:
-            return after_other_save(run, uri, step, SUSPEND, other, started,
+            return after_other_save(run, uri, planned, Action.SUSPEND, other, started,
                                     failure=err if err.timed_out else None)
-    return run.failed_step(uri, step, SUSPEND, f"saving guest {name}", err,
+    return run.failed_step(uri, planned, Action.SUSPEND, f"saving guest {name}", err,
                            run.clock.now() - started)
 
 

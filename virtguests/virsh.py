@@ -45,7 +45,7 @@ class VirshError(Exception):
         exit_code: Optional[int] = None,
         stderr: str = "",
         timed_out: bool = False,
-        wedged: bool = False,
+        given_up: bool = False,
     ) -> None:
         super().__init__(message)
         self.argv = tuple(argv)
@@ -53,7 +53,7 @@ class VirshError(Exception):
         self.exit_code = exit_code
         self.stderr = stderr
         self.timed_out = timed_out
-        self.wedged = wedged
+        self.given_up = given_up
         """Refused without running: an earlier call on this URI timed out."""
 
     @property
@@ -107,15 +107,15 @@ class Virsh:
     Counts calls so reports and benchmarks can say how much work was done,
     and refuses to start new calls after ``interrupt()``.
 
-    A URI can be *wedged* for the rest of the run: libvirtd (or the ssh to it)
+    A URI can be *given up* for the rest of the run: libvirtd (or the ssh to it)
     stopped answering, and waiting a full timeout again for every guest there
     would turn one hung host into hours of shutdown.  Later calls there fail at
-    once (``VirshError.wedged``), naming the call that timed out; calls already
+    once (``VirshError.given_up``), naming the call that timed out; calls already
     running finish or time out.  A URI-level call (a listing, ``uri``) that
-    times out wedges its URI at once.  A call about one guest
+    times out gives its URI up at once.  A call about one guest
     (``is_guest_call``) that times out fails only that call and triggers one
     liveness check (``commands.liveness()``, *default_timeout*, i.e. QUERY_TIMEOUT):
-    the URI is wedged only if that check times out or cannot connect too.  One
+    the URI is given up only if that check times out or cannot connect too.  One
     check runs at a time per URI; timeouts and new calls meanwhile wait for its
     verdict.
     """
@@ -135,7 +135,7 @@ class Virsh:
         self.calls = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._wedged: dict[str, str] = {}
+        self._given_up: dict[str, str] = {}
         self._checks: dict[str, threading.Event] = {}
         self.liveness_checks = 0
 
@@ -152,12 +152,12 @@ class Virsh:
     def interrupted(self) -> bool:
         return self._stopping.is_set()
 
-    def wedged(self, uri: str) -> Optional[str]:
+    def given_up(self, uri: str) -> Optional[str]:
         """Why *uri* is given up (its first timed-out call), or None if it is not."""
         with self._lock:
-            return self._wedged.get(uri)
+            return self._given_up.get(uri)
 
-    def _refuse_if_wedged(self, uri: str, argv: Sequence[str]) -> None:
+    def _refuse_if_given_up(self, uri: str, argv: Sequence[str]) -> None:
         """Refuse a call on a URI given up; while its liveness check runs, wait for the
         verdict first (bounded by the check's timeout), so that no call started
         meanwhile waits out its own timeout on a libvirtd that is gone."""
@@ -165,22 +165,22 @@ class Virsh:
             check = self._checks.get(uri)
         if check is not None:
             check.wait()
-        why = self.wedged(uri)
+        why = self.given_up(uri)
         if why is not None:
-            raise VirshError(argv, f"not run: {uri} is not answering ({why})", wedged=True)
+            raise VirshError(argv, f"not run: {uri} is not answering ({why})", given_up=True)
 
-    def _mark_wedged(self, uri: str, why: str) -> None:
+    def _give_up(self, uri: str, why: str) -> None:
         with self._lock:
-            self._wedged.setdefault(uri, why)
+            self._given_up.setdefault(uri, why)
         log.debug("%s: given up for the rest of the run: %s", uri, why)
 
     def _after_timeout(self, uri: str, args: Sequence[str], err: VirshError) -> None:
-        """A URI-level call that timed out wedges its URI; a guest's call asks first."""
+        """A URI-level call that timed out gives its URI up; a guest's call asks first."""
         if not is_guest_call(args):
-            self._mark_wedged(uri, str(err))
+            self._give_up(uri, str(err))
             return
         with self._lock:
-            if uri in self._wedged:
+            if uri in self._given_up:
                 return
             check = self._checks.get(uri)
             ours = check is None
@@ -192,7 +192,7 @@ class Virsh:
         try:
             failed = self._liveness(uri)
             if failed is not None:
-                self._mark_wedged(uri, f"{err}; then {failed}")
+                self._give_up(uri, f"{err}; then {failed}")
         finally:
             with self._lock:
                 del self._checks[uri]
@@ -227,7 +227,7 @@ class Virsh:
         if self._stopping.is_set() and not ignore_interrupt:
             raise Interrupted(format_argv(self.argv(uri, args)))
         argv = self.argv(uri, args)
-        self._refuse_if_wedged(uri, argv)
+        self._refuse_if_given_up(uri, argv)
         limit = self.default_timeout if timeout is None else timeout
         with self._lock:
             self.calls += 1
@@ -254,7 +254,7 @@ class Virsh:
         import sh
 
         argv = self.argv(uri, args)
-        self._refuse_if_wedged(uri, argv)
+        self._refuse_if_given_up(uri, argv)
         with self._lock:
             self.calls += 1
         try:

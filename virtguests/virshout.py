@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Optional
 
 from virtguests.model import is_uuid
@@ -97,10 +98,18 @@ def batch_parts(text: str, mark: str) -> list[str]:
 
 _STARTED = re.compile(r"^Domain '(?P<name>.*)' started$", re.MULTILINE)
 
+class StartRefusal(Enum):
+    """Why ``virsh start`` refused, where the reason changes what we do."""
+
+    ALREADY_ACTIVE = "already active"
+    GONE = "gone"
+    UNREACHABLE = "unreachable"
+
+
 START_REFUSALS = {
-    "already active": ("error: Domain is already active",),
-    "missing": ("error: failed to get domain ",),
-    "unreachable": ("error: failed to connect to the hypervisor",),
+    StartRefusal.ALREADY_ACTIVE: ("error: Domain is already active",),
+    StartRefusal.GONE: ("error: failed to get domain ",),
+    StartRefusal.UNREACHABLE: ("error: failed to connect to the hypervisor",),
 }
 """virsh start's refusals as recorded (fixtures/*start-active, *start-missing-uuid,
 nohost-connect); any other failure is a failed start."""
@@ -112,7 +121,7 @@ def started_name(text: str) -> Optional[str]:
     return match.group("name") if match else None
 
 
-def start_refusal(stderr: str) -> Optional[str]:
+def start_refusal(stderr: str) -> Optional[StartRefusal]:
     """Why ``virsh start`` refused, if it is a reason we act on (see START_REFUSALS)."""
     for line in lines(stderr):
         for reason, prefixes in START_REFUSALS.items():

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from virtguests.actions.context import Context, report_config, report_conflicts
+from virtguests.actions.context import Context, warn_config, warn_conflicts
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_OK
 
 
 def run_check(ctx: Context) -> int:
-    report_config(ctx)
-    report_conflicts(ctx)
+    warn_config(ctx)
+    warn_conflicts(ctx)
     where = str(ctx.loaded.path) if ctx.loaded.path else "no config file (defaults)"
     if ctx.loaded.problems:
-        ctx.report.error(f"{where}: {len(ctx.loaded.problems)} problem(s)")
+        ctx.messages.error(f"{where}: {len(ctx.loaded.problems)} problem(s)")
         return EXIT_CONFIG
-    ctx.report.say(f"{where}: OK")
+    ctx.messages.say(f"{where}: OK")
     return EXIT_OK

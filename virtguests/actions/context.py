@@ -1,8 +1,8 @@
 """What every action is given, and the guards it runs in.
 
-The context (config, paths, virsh, reporter, clock, options), asking every URI at once,
-reporting the config and refusing a bad one, the lock, and the summary of a run a
-signal cut short.
+The context (config, paths, virsh, messages, clock, options, run report), asking every
+URI at once, warning about the config and refusing a bad one, the lock, and the summary
+of a run a signal cut short.
 """
 
 from __future__ import annotations
@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional, TypeVar
 
 from virtguests import state
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded, blocks
 from virtguests.exitstatus import EXIT_FAIL
+from virtguests.messages import Messages
 from virtguests.model import PolicyLookup, UriView, no_policy
-from virtguests.report import Reporter
+from virtguests.runreport import RunReport
 from virtguests.virsh import Virsh
 
 T = TypeVar("T")
@@ -29,12 +30,13 @@ class Context:
     loaded: Loaded
     paths: state.Paths
     virsh: Virsh
-    report: Reporter
+    messages: Messages
     clock: Clock
     dry_run: bool = False
     json: bool = False
     lock_wait: float = 3600.0
     policy: PolicyLookup = no_policy
+    run_report: RunReport = field(default_factory=RunReport)
 
     @property
     def config(self) -> Config:
@@ -74,7 +76,7 @@ def look(ctx: Context, uri: str, view: Callable[[], UriView]) -> UriView:
         return view()
     except Exception as exc:
         what = f"listing the guests on {uri}"
-        ctx.report.internal_error(what, exc)
+        ctx.messages.internal_error(what, exc)
         return UriView(uri, error=f"internal error while {what}")
 
 
@@ -82,22 +84,22 @@ def unique(uris: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(uris))
 
 
-def report_config(ctx: Context, command: Optional[str] = None) -> None:
+def warn_config(ctx: Context, command: Optional[str] = None) -> None:
     """Warnings, then problems: errors, or warnings for those *command* does not use."""
     for warning in ctx.loaded.warnings:
-        ctx.report.warn(warning)
+        ctx.messages.warn(warning)
     for problem in ctx.loaded.problems:
         if command is None or blocks(command, problem):
-            ctx.report.error(str(problem))
+            ctx.messages.error(str(problem))
         else:
-            ctx.report.warn(f"{problem} (not used by {command})")
+            ctx.messages.warn(f"{problem} (not used by {command})")
 
 
-def report_conflicts(ctx: Context) -> None:
+def warn_conflicts(ctx: Context) -> None:
     from virtguests import conflicts
 
     for warning in conflicts.warnings():
-        ctx.report.warn(warning)
+        ctx.messages.warn(warning)
 
 
 def refuse_bad_config(ctx: Context, command: Optional[str] = None) -> bool:
@@ -106,10 +108,10 @@ def refuse_bad_config(ctx: Context, command: Optional[str] = None) -> bool:
     Without *command*, every problem counts (config.USED_BY says what each
     command uses).
     """
-    report_config(ctx, command)
+    warn_config(ctx, command)
     if any(blocks(command, problem) for problem in ctx.loaded.problems):
-        ctx.report.error("refusing to act with an invalid configuration (see above); "
-                         "`virtguests check` lists every problem")
+        ctx.messages.error("refusing to act with an invalid configuration (see above); "
+                           "`virtguests check` lists every problem")
         return True
     return False
 
@@ -129,21 +131,21 @@ def holding_lock(ctx: Context) -> Iterator[bool]:
 def _lock(ctx: Context, held: contextlib.ExitStack) -> bool:
     try:
         held.enter_context(state.exclusive(ctx.paths.lock, wait=ctx.lock_wait,
-                                           on_wait=ctx.report.warn, sleep=ctx.clock.sleep))
+                                           on_wait=ctx.messages.warn, sleep=ctx.clock.sleep))
     except (state.LockBusy, state.LockInterrupted) as err:
-        ctx.report.error(str(err))
+        ctx.messages.error(str(err))
         return False
     except OSError as err:
         # A read-only or full /var at shutdown must not stop us protecting guests.
-        ctx.report.error(f"cannot lock {ctx.paths.lock}: {err}; going on without the lock")
+        ctx.messages.error(f"cannot lock {ctx.paths.lock}: {err}; going on without the lock")
     return True
 
 
 def interrupted_summary(ctx: Context, command: str) -> int:
     """Say what a run cut short by a signal did; its exit status."""
     counts: dict[str, int] = {}
-    for outcome in ctx.report.outcomes.values():
+    for outcome in ctx.run_report.results.values():
         counts[outcome.outcome] = counts.get(outcome.outcome, 0) + 1
     summary = ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "nothing done"
-    ctx.report.error(f"{command} interrupted by a signal: {summary}")
+    ctx.messages.error(f"{command} interrupted by a signal: {summary}")
     return EXIT_FAIL

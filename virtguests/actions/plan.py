@@ -14,7 +14,7 @@ from virtguests.actions import records
 from virtguests.actions.context import Context, for_each_uri, refuse_bad_config, unique
 from virtguests.actions.start import start_views
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import SHUTDOWN, UriView
+from virtguests.model import Action, PlanNote, UriView
 from virtguests.virsh import format_argv
 
 
@@ -42,7 +42,7 @@ def run_plan(ctx: Context, which: str = "stop") -> int:
             entries.append(_start_entry(ctx, views[uri], start_plan))
     document = {"command": which, "uris": entries}
     if ctx.json:
-        ctx.report.out.write(render.json_text(document))
+        ctx.messages.out.write(render.json_text(document))
     else:
         _print_plan(ctx, document)
     return EXIT_FAIL if any(e["error"] for e in entries) else EXIT_OK
@@ -53,20 +53,20 @@ def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[st
     item = next((i for i in the_plan.uris if i.uri == view.uri), None)
     if item is None:
         return entry
-    planned = {s.guest.uuid: s for s in item.guests}
-    for group in item.groups():
-        for step in group:
+    acted_on = {s.guest.uuid for s in item.guests}
+    for group in item.by_order():
+        for planned in group:
             entry["guests"].append({
-                "name": step.guest.name, "uuid": step.guest.uuid, "order": step.group,
-                "actions": list(step.actions),
-                "timeout": step.timeout if SHUTDOWN in step.actions else None,
+                "name": planned.guest.name, "uuid": planned.guest.uuid, "order": planned.order,
+                "actions": list(planned.actions),
+                "timeout": planned.timeout if Action.SHUTDOWN in planned.actions else None,
                 "commands": [format_argv(ctx.virsh.argv(view.uri, commands.stop_action(
-                    a, step.guest.uuid, ctx.config))) for a in step.actions],
+                    a, planned.guest.uuid, ctx.config))) for a in planned.actions],
             })
     for guest in item.running:
-        if guest.uuid not in planned:
-            why = ("transient: not suspended" if guest in item.transient_skipped
-                   else "left running by policy")
+        if guest.uuid not in acted_on:
+            why = (PlanNote.TRANSIENT if guest in item.transient_skipped
+                   else PlanNote.LEFT_RUNNING)
             entry["guests"].append({"name": guest.name, "uuid": guest.uuid, "order": None,
                                     "actions": [], "timeout": None, "commands": [],
                                     "note": why})
@@ -78,31 +78,32 @@ def _start_entry(ctx: Context, view: UriView,
     entry: dict[str, Any] = {"uri": view.uri, "error": view.error, "guests": [],
                              "listed": view.listed}
     item = next((i for i in start_plan.uris if i.uri == view.uri), None)
-    for guest in sorted(item.guests if item else (), key=lambda g: g.group):
+    for guest in sorted(item.guests if item else (), key=lambda g: g.order):
         calls = []
-        if guest.start:
+        if guest.decided is None:
             calls.append(format_argv(ctx.virsh.argv(view.uri,
                                                     commands.start(guest.uuid, ctx.config))))
         entry["guests"].append({
-            "name": guest.name, "uuid": guest.uuid, "order": guest.group,
-            "actions": ["start"] if guest.start else [], "note": guest.reason or None,
+            "name": guest.name, "uuid": guest.uuid, "order": guest.order,
+            "actions": [Action.START] if guest.decided is None else [],
+            "note": guest.decided,
             "delay_after": guest.delay_after, "commands": calls})
-    for uri, uuid in start_plan.missing:
+    for uri, uuid in start_plan.gone:
         if uri == view.uri:
             entry["guests"].append({"name": None, "uuid": uuid, "order": None, "actions": [],
-                                    "note": "recorded but no longer exists", "commands": []})
+                                    "note": PlanNote.GONE, "commands": []})
     return entry
 
 
 def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
     for entry in document["uris"]:
-        ctx.report.say(f"{entry['uri']}:")
+        ctx.messages.say(f"{entry['uri']}:")
         if entry["error"]:
-            ctx.report.say(f"  cannot list guests: {entry['error']}")
+            ctx.messages.say(f"  cannot list guests: {entry['error']}")
             continue
         if entry.get("listed") is False:
-            ctx.report.say("  (not listed: names from the last stop; virsh start reports "
-                           "guests already running)")
+            ctx.messages.say("  (not listed: names from the last stop; virsh start reports "
+                             "guests already running)")
         rows = [("GUEST", "ORDER", "ACTIONS", "TIMEOUT", "COMMAND")]
         for guest in entry["guests"]:
             actions = " -> ".join(guest["actions"]) or guest.get("note") or "none"
@@ -112,7 +113,7 @@ def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
                          actions, "" if timeout is None else f"{timeout}s",
                          guest["commands"][0] if guest["commands"] else ""))
         if len(rows) == 1:
-            ctx.report.say("  no guests to act on")
+            ctx.messages.say("  no guests to act on")
             continue
         for line in render.table(rows, indent="  "):
-            ctx.report.say(line)
+            ctx.messages.say(line)

@@ -1,5 +1,6 @@
-"""The files the actions keep true: the list file and the pending file (guests owed a
-start), the seen file (what each URI was running), the started marker and the run report.
+"""The files the actions keep true: the list file and the pending file (guests a start
+must still resume), the seen file (what each URI was running), the started marker and
+the run report.
 
 A failed write is reported, never fatal to the guests.
 """
@@ -20,13 +21,14 @@ def disk(ctx: Context, what: str, action: Callable[[], None]) -> bool:
     try:
         action()
     except OSError as err:
-        ctx.report.error(f"cannot {what}: {err}")
+        ctx.messages.error(f"cannot {what}: {err}")
         return False
     return True
 
 
 def read_recorded(ctx: Context) -> tuple[state.Entries, state.Entries, list[state.BadLine]]:
-    """The list file, the leftovers of failed starts, and their damaged lines."""
+    """The list file, the pending file (guests earlier starts could not resume), and
+    their damaged lines."""
     entries, bad = state.read_list(ctx.paths.list_file)
     pending, bad_pending = state.read_list(ctx.paths.pending)
     return entries, pending, [*bad, *bad_pending]
@@ -38,10 +40,10 @@ def recorded_earlier(ctx: Context, *,
     damage found (reported here)."""
     entries, pending, bad = read_recorded(ctx)
     for line in bad:
-        ctx.report.error(str(line))
+        ctx.messages.error(str(line))
     if entries and stale_warning:
         count = sum(len(v) for v in entries.values())
-        ctx.report.warn(
+        ctx.messages.warn(
             f"{ctx.paths.list_file} from an earlier stop was never resumed by a start; "
             f"its {count} guest(s) stay recorded, and running guests are protected now"
         )
@@ -58,10 +60,10 @@ def set_aside_unreadable(ctx: Context, bad: Sequence[state.BadLine]) -> bool:
         try:
             aside = state.set_aside(path)
         except OSError as err:
-            ctx.report.error(f"cannot move the unreadable {path} aside: {err}")
+            ctx.messages.error(f"cannot move the unreadable {path} aside: {err}")
             ok = False
         else:
-            ctx.report.error(f"{path} could not be read; kept as {aside}")
+            ctx.messages.error(f"{path} could not be read; kept as {aside}")
     return ok
 
 
@@ -73,23 +75,24 @@ def update_seen(ctx: Context, running: Mapping[str, Mapping[str, str]], *,
     still name, and record for the next start.  `stop` sees everything running
     (*replace_uris*); `start` adds what it resumed or found already running.
     """
-    seen = read_seen(ctx, report=True)
+    seen = read_seen(ctx, warn=True)
     for uri, guests in running.items():
         seen[uri] = dict(guests) if replace_uris else {**seen.get(uri, {}), **guests}
     if not ctx.dry_run:
         try:
             state.write_json(ctx.paths.seen, seen)
         except OSError as err:
-            ctx.report.warn(f"cannot write {ctx.paths.seen}: {err}")
+            ctx.messages.warn(f"cannot write {ctx.paths.seen}: {err}")
     return seen
 
 
-def read_seen(ctx: Context, *, report: bool) -> dict[str, dict[str, str]]:
-    """The seen file's valid entries; its damage is *report*ed (once per run is enough)."""
+def read_seen(ctx: Context, *, warn: bool) -> dict[str, dict[str, str]]:
+    """The seen file's valid entries; with *warn*, a warning for its damage (once per run
+    is enough)."""
     seen, problems = state.read_seen(ctx.paths.seen)
-    if report:
+    if warn:
         for problem in problems:
-            ctx.report.warn(f"{problem} (ignored; the file is rewritten)")
+            ctx.messages.warn(f"{problem} (ignored; the file is rewritten)")
     return seen
 
 
@@ -103,19 +106,19 @@ def marker_exists(ctx: Context) -> bool:
     return ctx.paths.marker.exists()
 
 
-def write_report(ctx: Context, command: str, status: Optional[int]) -> None:
+def write_run_report(ctx: Context, command: str, status: Optional[int]) -> None:
     if ctx.dry_run:
         return
     try:
-        state.write_json(ctx.paths.report, ctx.report.document(command, status
+        state.write_json(ctx.paths.run_report, ctx.run_report.document(command, status
                                                                 if status is not None else -1))
     except OSError as err:
-        ctx.report.warn(f"cannot write the run report {ctx.paths.report}: {err}")
+        ctx.messages.warn(f"cannot write the run report {ctx.paths.run_report}: {err}")
 
 
-def read_report(ctx: Context, say: Callable[[str], None]) -> Optional[dict[str, Any]]:
+def read_run_report(ctx: Context, say: Callable[[str], None]) -> Optional[dict[str, Any]]:
     """The last run's report, its valid parts; each problem with the file goes to *say*."""
-    document, problems = state.read_report(ctx.paths.report)
+    document, problems = state.read_run_report(ctx.paths.run_report)
     for problem in problems:
         say(str(problem))
     return document
@@ -140,7 +143,7 @@ class Checkpoint:
         if time.monotonic() - self.last < self.EVERY or not self.lock.acquire(blocking=False):
             return
         try:
-            write_report(self.ctx, self.command, None)
+            write_run_report(self.ctx, self.command, None)
             self.last = time.monotonic()
         finally:
             self.lock.release()

@@ -12,18 +12,18 @@ from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 
 
 def run_report(ctx: Context) -> int:
-    document, problems = state.read_report(ctx.paths.report)
+    document, problems = state.read_run_report(ctx.paths.run_report)
     for problem in problems:
-        ctx.report.error(str(problem))
+        ctx.messages.error(str(problem))
     if ctx.json:
-        ctx.report.out.write(render.json_text(document))
+        ctx.messages.out.write(render.json_text(document))
     elif not isinstance(document, dict):
         if not problems:
-            ctx.report.say(f"no run recorded yet ({ctx.paths.report})")
+            ctx.messages.say(f"no run recorded yet ({ctx.paths.run_report})")
         return EXIT_CONFIG if problems else EXIT_OK
     else:
-        ctx.report.say(f"last run: {document.get('command')}, exit status "
-                       f"{document.get('exit_status')}")
+        ctx.messages.say(f"last run: {document.get('command')}, exit status "
+                         f"{document.get('exit_status')}")
         rows = [("GUEST", "URI", "OUTCOME", "STEPS", "SECONDS")]
         for guest in document.get("guests", []):
             steps = " -> ".join(f"{s['action']}:{s['result']}" for s in guest.get("steps", []))
@@ -31,7 +31,7 @@ def run_report(ctx: Context) -> int:
             rows.append((str(guest.get("name")), str(guest.get("uri")),
                          str(guest.get("outcome")), steps, f"{seconds:.1f}"))
         for line in render.table(rows):
-            ctx.report.say(line)
+            ctx.messages.say(line)
     if problems:
         return EXIT_CONFIG
     if not isinstance(document, dict):

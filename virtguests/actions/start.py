@@ -2,8 +2,8 @@
 
 observe (the list and pending files, the URIs that must be listed, saved guests nobody
 recorded with RESUME_ORPHANS) -> plan (``plan.plan_start``) -> say what cannot be done
-(a dry run also prints the commands and stops there) -> execute -> record (what is still
-owed goes to the pending file, the list file goes) -> report (the marker, the run report).
+(a dry run also prints the commands and stops there) -> execute -> record (the guests
+still pending go to the pending file, the list file goes) -> report (the marker, the run report).
 The list file written by stop is the record while the guests start.
 """
 
@@ -20,21 +20,21 @@ from virtguests.actions.context import (
     interrupted_summary,
     look,
     refuse_bad_config,
-    report_conflicts,
     unique,
+    warn_conflicts,
 )
 from virtguests.actions.records import Checkpoint
-from virtguests.config import Config
+from virtguests.config import Config, OnBoot
 from virtguests.executor import Executor
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import Guest, UriView
+from virtguests.model import Guest, Outcome, UriView
 from virtguests.virsh import format_argv
 
 
 def run_start(ctx: Context) -> int:
     if refuse_bad_config(ctx, "start"):
         return EXIT_CONFIG
-    report_conflicts(ctx)
+    warn_conflicts(ctx)
     with holding_lock(ctx) as held:
         code = _start(ctx) if held else EXIT_FAIL
     return EXIT_CONFIG if ctx.loaded.problems else code
@@ -43,12 +43,12 @@ def run_start(ctx: Context) -> int:
 def _start(ctx: Context) -> int:
     config = ctx.config
     recorded, status = _read_records(ctx)
-    orphans_wanted = config.resume_orphans and config.on_boot == "start"
+    orphans_wanted = config.resume_orphans and config.on_boot == OnBoot.START
     if not recorded and not orphans_wanted:
         records.mark_started(ctx)
         return status
-    if config.on_boot != "start":
-        ctx.report.say("libvirt-guests is configured not to start any guests on boot")
+    if config.on_boot != OnBoot.START:
+        ctx.messages.say("libvirt-guests is configured not to start any guests on boot")
         if not ctx.dry_run:
             _forget_records(ctx)
         return status
@@ -63,31 +63,31 @@ def _start(ctx: Context) -> int:
     status = max(status, _say_unplanned(ctx, the_plan))
     if ctx.dry_run:
         for argv in plan.start_commands(the_plan, config, ctx.virsh.argv):
-            ctx.report.say(format_argv(argv))
+            ctx.messages.say(format_argv(argv))
         return status
 
-    executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
+    executor = Executor(ctx.virsh, config, ctx.messages, ctx.clock, run_report=ctx.run_report,
                         checkpoint=Checkpoint(ctx, "start"))
     result = executor.start(the_plan)  # the executor reports its own bugs
 
     _remember_running(ctx)
-    keep = _still_recorded(config, recorded, result.settled, the_plan.missing)
-    status = max(status, _record_owed(ctx, the_plan, keep))
+    pending = still_pending(config, recorded, result.settled, the_plan.gone)
+    status = max(status, _record_pending(ctx, the_plan, pending))
     records.mark_started(ctx)
     status = max(status, result.status)
     if ctx.clock.cancel.is_set():
         status = interrupted_summary(ctx, "start")
-    records.write_report(ctx, "start", status)
+    records.write_run_report(ctx, "start", status)
     return status
 
 
 def _read_records(ctx: Context) -> tuple[dict[str, list[str]], int]:
-    """The guests the list and pending files owe a start; exit 1 when one is damaged
+    """The guests the list and pending files record; exit 1 when one is damaged
     (an unreadable one is set aside, except in a dry run)."""
     list_entries, pending, bad = records.read_recorded(ctx)
     status = EXIT_OK
     for line in bad:
-        ctx.report.error(str(line))
+        ctx.messages.error(str(line))
         status = EXIT_FAIL
     if not ctx.dry_run:
         records.set_aside_unreadable(ctx, bad)
@@ -108,41 +108,41 @@ def _say_unplanned(ctx: Context, the_plan: plan.StartPlan) -> int:
     exit 1 for the last two."""
     status = EXIT_OK
     for token in the_plan.ignored:
-        ctx.report.say(f"Ignoring guests on {token} URI")
+        ctx.messages.say(f"Ignoring guests on {token} URI")
     for view in the_plan.unreachable:
         status = EXIT_FAIL
-        ctx.report.cannot_resume_uri(view.uri, str(view.error),
-                                     list(the_plan.keep.get(view.uri, [])))
-    for uri, uuid in the_plan.missing:
+        ctx.messages.cannot_resume_uri(view.uri, str(view.error),
+                                       list(the_plan.pending_unreachable.get(view.uri, [])))
+    for uri, uuid in the_plan.gone:
         status = EXIT_FAIL
-        ctx.report.gone(uri, uuid)
+        ctx.messages.gone(uri, uuid)
     return status
 
 
 def _remember_running(ctx: Context) -> None:
     """The guests now running (resumed, or found already active) join the seen file."""
     up: dict[str, dict[str, str]] = {}
-    for done in ctx.report.outcomes.values():
-        if done.outcome in (plan.Res.RESUMED, plan.Res.ALREADY_ACTIVE):
+    for done in ctx.run_report.results.values():
+        if done.outcome in (Outcome.RESUMED, Outcome.ALREADY_ACTIVE):
             up.setdefault(done.uri, {})[done.uuid] = done.name
     records.update_seen(ctx, up, replace_uris=False)
 
 
-def _record_owed(ctx: Context, the_plan: plan.StartPlan,
-                 keep: Mapping[str, Sequence[str]]) -> int:
-    """What is still owed goes to the pending file, then the list file goes; exit 1 when
-    the pending file cannot be written (the list file stays: the next start retries all).
-    """
+def _record_pending(ctx: Context, the_plan: plan.StartPlan,
+                    pending: Mapping[str, Sequence[str]]) -> int:
+    """The guests still pending go to the pending file, then the list file goes; exit 1
+    when the pending file cannot be written (the list file stays: the next start retries
+    all)."""
     # Unreachable and given-up URIs were named with their guests already.
     unreachable = {view.uri for view in the_plan.unreachable} | {
-        uri for uri in keep if ctx.virsh.wedged(uri) is not None}
-    not_resumed = [ctx.report.outcomes[(uri, uuid)].name
-                   if (uri, uuid) in ctx.report.outcomes else uuid
-                   for uri, ids in keep.items() if uri not in unreachable for uuid in ids]
-    if not_resumed:
-        ctx.report.error("not resumed, kept for the next start: " + ", ".join(not_resumed))
+        uri for uri in pending if ctx.virsh.given_up(uri) is not None}
+    names = [ctx.run_report.results[(uri, uuid)].name
+             if (uri, uuid) in ctx.run_report.results else uuid
+             for uri, ids in pending.items() if uri not in unreachable for uuid in ids]
+    if names:
+        ctx.messages.error("not resumed, kept for the next start: " + ", ".join(names))
     if records.disk(ctx, f"write {ctx.paths.pending}",
-                    lambda: state.write_list(ctx.paths.pending, keep)):
+                    lambda: state.write_list(ctx.paths.pending, pending)):
         records.disk(ctx, f"remove the list file {ctx.paths.list_file}",
                      lambda: state.remove(ctx.paths.list_file))
         return EXIT_OK
@@ -160,7 +160,7 @@ def start_views(ctx: Context, recorded: Mapping[str, Sequence[str]], wanted: Seq
     START_DELAY (no delay is spent on a guest that is already running) need a
     listing.  ``plan start`` looks the same way.
     """
-    seen = records.read_seen(ctx, report=False)
+    seen = records.read_seen(ctx, warn=False)
 
     def view(uri: str) -> UriView:
         names = seen.get(uri, {})
@@ -185,31 +185,31 @@ def _add_orphans(ctx: Context, views: Mapping[str, UriView],
         extra = plan.orphans(view, known)
         for uuid in extra:
             guest = view.find(uuid)
-            ctx.report.warn(f"guest {guest.name if guest else uuid} on {uri} has a "
-                            "managed-save image but was not recorded; resuming it "
-                            "(RESUME_ORPHANS)")
+            ctx.messages.warn(f"guest {guest.name if guest else uuid} on {uri} has a "
+                              "managed-save image but was not recorded; resuming it "
+                              "(RESUME_ORPHANS)")
         if extra:
             recorded[uri] = [*known, *extra]
 
 
-def _still_recorded(config: Config, recorded: Mapping[str, Sequence[str]],
-                    settled: Mapping[str, frozenset[str]],
-                    missing: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
-    """What stays recorded after a start: every guest without a definite outcome.
+def still_pending(config: Config, recorded: Mapping[str, Sequence[str]],
+                  settled: Mapping[str, frozenset[str]],
+                  gone: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The guests pending after a start: every recorded guest without a definite outcome.
 
     Only guests that were resumed, found running, found gone or skipped by
-    policy (``plan.SETTLED``) leave the record, whatever else happened (a
+    policy (``model.SETTLED``) leave the record, whatever else happened (a
     failure, a signal, an unreachable or given-up URI, a bug).  Guests of URIs
     no longer in URIS are dropped, as the reference does.
     """
     done = {uri: set(ids) for uri, ids in settled.items()}
-    for uri, uuid in missing:
+    for uri, uuid in gone:
         done.setdefault(uri, set()).add(uuid)
-    keep: dict[str, list[str]] = {}
+    pending: dict[str, list[str]] = {}
     for uri, ids in recorded.items():
         if uri not in config.uris:
             continue
         left = [uuid for uuid in dict.fromkeys(ids) if uuid not in done.get(uri, set())]
         if left:
-            keep[uri] = left
-    return keep
+            pending[uri] = left
+    return pending

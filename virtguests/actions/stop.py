@@ -19,15 +19,15 @@ from virtguests.actions.context import (
     holding_lock,
     interrupted_summary,
     look,
-    report_config,
-    report_conflicts,
     unique,
+    warn_config,
+    warn_conflicts,
 )
 from virtguests.actions.records import Checkpoint
 from virtguests.config import Config
 from virtguests.executor import Executor
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import UriView
+from virtguests.model import Action, UriView
 from virtguests.virsh import format_argv
 
 
@@ -35,10 +35,11 @@ def run_stop(ctx: Context, *, force_shutdown: bool = False) -> int:
     config = ctx.config
     if force_shutdown:
         chain = config.on_shutdown
-        chain = chain[chain.index("shutdown"):] if "shutdown" in chain else ("shutdown",)
+        chain = (chain[chain.index(Action.SHUTDOWN):] if Action.SHUTDOWN in chain
+                 else (Action.SHUTDOWN,))
         config = replace(config, on_shutdown=chain)
-    report_config(ctx)
-    report_conflicts(ctx)
+    warn_config(ctx)
+    warn_conflicts(ctx)
     with holding_lock(ctx) as held:
         status = _stop(ctx, config) if held else EXIT_FAIL
     if ctx.loaded.problems:
@@ -73,7 +74,7 @@ def _stop(ctx: Context, config: Config) -> int:
 
     status = max(status, _record(ctx, the_plan, damaged))
 
-    executor = Executor(ctx.virsh, config, ctx.report, ctx.clock,
+    executor = Executor(ctx.virsh, config, ctx.messages, ctx.clock, run_report=ctx.run_report,
                         checkpoint=Checkpoint(ctx, "stop"))
     result = executor.stop(the_plan)  # its bugs are reported: the list file is written
 
@@ -82,7 +83,7 @@ def _stop(ctx: Context, config: Config) -> int:
     status = max(status, result.status)
     if ctx.clock.cancel.is_set():
         status = interrupted_summary(ctx, "stop")
-    records.write_report(ctx, "stop", status)
+    records.write_run_report(ctx, "stop", status)
     return status
 
 
@@ -95,10 +96,10 @@ def _stop_uris(ctx: Context, config: Config, earlier: Mapping[str, object]) -> l
     salvaged = ctx.loaded.salvaged_uris
     if salvaged is None:
         return unique(config.uris)
-    seen = records.read_seen(ctx, report=False)
+    seen = records.read_seen(ctx, warn=False)
     uris = unique([*salvaged, *(u for u in [*earlier, *seen] if _plausible_uri(u))])
-    ctx.report.warn("URIS could not be read as written; protecting every URI it names and "
-                    "every URI in the state files: " + " ".join(uris))
+    ctx.messages.warn("URIS could not be read as written; protecting every URI it names and "
+                      "every URI in the state files: " + " ".join(uris))
     return uris
 
 
@@ -121,32 +122,32 @@ def _say_found(ctx: Context, config: Config, views: Sequence[UriView],
         uri = view.uri
         if not view.reachable:
             status = EXIT_FAIL
-            ctx.report.say(f"Can't connect to {uri}. Skipping.")
+            ctx.messages.say(f"Can't connect to {uri}. Skipping.")
             known = seen.get(uri, {})
             names = (f"; last seen running there: {', '.join(known.values())} (recorded, so "
                      "start brings them back)") if known else ""
-            ctx.report.error(f"cannot list guests on {uri}: {view.error}; its guests are not "
-                             f"protected{names}")
+            ctx.messages.error(f"cannot list guests on {uri}: {view.error}; its guests are not "
+                               f"protected{names}")
             continue
         item = next(i for i in the_plan.uris if i.uri == uri)
         names = ", ".join(g.name for g in item.running) or "no running guests."
-        ctx.report.say(f"Running guests on {uri} URI: {names}")
+        ctx.messages.say(f"Running guests on {uri} URI: {names}")
         if item.transient_skipped:
             verb = "suspending" if config.suspending else "shutting down"
-            ctx.report.say(f"Not {verb} transient guests on URI: {uri}: "
-                           + ", ".join(g.name for g in item.transient_skipped))
+            ctx.messages.say(f"Not {verb} transient guests on URI: {uri}: "
+                             + ", ".join(g.name for g in item.transient_skipped))
     return status
 
 
 def _say_commands(ctx: Context, config: Config, the_plan: plan.StopPlan) -> None:
     """A dry run: the virsh commands stop would run, and each guest's fallbacks."""
     for argv in plan.stop_commands(the_plan, config, ctx.virsh.argv):
-        ctx.report.say(format_argv(argv))
+        ctx.messages.say(format_argv(argv))
     for item in the_plan.uris:
-        for step in item.guests:
-            if len(step.actions) > 1:
-                ctx.report.say(f"# {step.guest.name}: if {step.actions[0]} fails: "
-                               + " -> ".join(step.actions[1:]))
+        for planned in item.guests:
+            if len(planned.actions) > 1:
+                ctx.messages.say(f"# {planned.guest.name}: if {planned.actions[0]} fails: "
+                                 + " -> ".join(planned.actions[1:]))
 
 
 def _record(ctx: Context, the_plan: plan.StopPlan, damaged: Sequence[state.BadLine]) -> int:

@@ -384,7 +384,7 @@ class InProcessVirsh(Virsh):
     def watch(self, uri: str, args: Sequence[str],  # type: ignore[override]
               on_line: Callable[[str], None]) -> InProcessWatch:
         argv = self.argv(uri, args)
-        self._refuse_if_wedged(uri, argv)
+        self._refuse_if_given_up(uri, argv)
         with self._lock:
             self.calls += 1
         watch = InProcessWatch(self, argv, on_line)

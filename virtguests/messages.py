@@ -1,10 +1,10 @@
-"""Reporting: the reference's message lines on stdout, problems on stderr.
+"""Messages: the reference's message lines on stdout, problems on stderr.
 
 Admins and test suites grep libvirt-guests' exact English lines, so the
 wording of every ``say`` call matches the reference.  Lines go out whole and
 in order through ``output.Output``, which never lets a slow, full or closed
-stream hold up the guests.  Per-guest outcomes are collected here too, for
-the run report.
+stream hold up the guests.  What happened to each guest is not kept here but
+in the run report (``runreport``).
 """
 
 from __future__ import annotations
@@ -12,38 +12,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
-import threading
-import time
 import traceback
-from dataclasses import asdict, dataclass, field
-from typing import Any, Optional, TextIO
+from typing import Optional, TextIO
 
 from virtguests.output import Output, printable
 
 
-@dataclass
-class Step:
-    action: str
-    result: str
-    seconds: float
-    detail: str = ""
+class Messages:
+    """Where every line goes: progress (worded like libvirt-guests) on stdout, problems
+    on stderr, in order, through ``output.Output``."""
 
-
-@dataclass
-class Outcome:
-    """What happened to one guest during this run."""
-
-    uri: str
-    uuid: str
-    name: str
-    outcome: str = "pending"
-    steps: list[Step] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class Reporter:
     def __init__(
         self,
         out: Optional[TextIO] = None,
@@ -58,9 +36,6 @@ class Reporter:
         self.err = _Writer(self.output, 1)
         self.quiet = quiet
         self.verbose = verbose
-        self._lock = threading.Lock()
-        self.outcomes: dict[tuple[str, str], Outcome] = {}
-        self.started = time.time()
 
     def say(self, line: str) -> None:
         """A progress line, worded like libvirt-guests."""
@@ -101,29 +76,6 @@ class Reporter:
     def gone(self, uri: str, uuid: str) -> None:
         self.error(f"recorded guest {uuid} no longer exists on {uri}; dropped")
 
-    def outcome(self, uri: str, uuid: str, name: str) -> Outcome:
-        with self._lock:
-            key = (uri, uuid)
-            if key not in self.outcomes:
-                self.outcomes[key] = Outcome(uri, uuid, name)
-            return self.outcomes[key]
-
-    def step(self, outcome: Outcome, action: str, result: str, seconds: float,
-             detail: str = "") -> None:
-        with self._lock:
-            outcome.steps.append(Step(action, result, round(seconds, 3), detail))
-            outcome.outcome = result
-
-    def document(self, command: str, status: int) -> dict[str, Any]:
-        with self._lock:
-            return {
-                "command": command,
-                "started": self.started,
-                "finished": time.time(),
-                "exit_status": status,
-                "guests": [o.to_json() for o in self.outcomes.values()],
-            }
-
 
 class _Writer:
     """File-like access for whole documents (JSON, virsh tables), through the same queue."""
@@ -142,12 +94,12 @@ class _Writer:
 
 
 class LogHandler(logging.Handler):
-    """``-v`` logging through the reporter, so it shares its order and its safety."""
+    """``-v`` logging through the messages, so it shares their order and their safety."""
 
-    def __init__(self, reporter: Reporter) -> None:
+    def __init__(self, messages: Messages) -> None:
         super().__init__()
-        self.reporter = reporter
+        self.messages = messages
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # logging must never break a run
-            self.reporter.output.line(1, self.format(record))
+            self.messages.output.line(1, self.format(record))

@@ -1,0 +1,120 @@
+"""Every user-visible spelling of a concept, pinned: renaming code must not move these.
+
+The words below are read by admins, scripts and earlier runs' files (the run report,
+the pending file, ``status --json``): the names in the code may change, these may not.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from virtguests import config, model
+from virtguests.state import Paths
+from virtguests.testing import FakeHost, run_inprocess
+
+Make = Callable[..., FakeHost]
+
+OUTCOMES = {
+    "saved", "shut off", "powered off", "failed", "timed out", "skipped", "interrupted",
+    "given up", "save in progress", "internal error", "resumed", "already active",
+    "no longer exists", "skipped by policy",
+}
+ACTIONS = ("suspend", "shutdown", "poweroff")
+
+
+def test_outcome_words() -> None:
+    assert {str(outcome) for outcome in model.Outcome} == {*OUTCOMES, "pending"}
+    assert {"saved", "shut off", "powered off"} == model.PROTECTED
+    assert {"resumed", "already active", "no longer exists", "skipped by policy"} == model.SETTLED
+
+
+def test_action_words() -> None:
+    assert {str(action) for action in model.Action} == {*ACTIONS, "start", "none"}
+    assert model.STOP_CHAIN == ACTIONS
+
+
+def test_words_are_their_values() -> None:
+    """A ``Word`` equals, hashes and prints as its plain string (files read back, JSON)."""
+    word = model.Action.SUSPEND
+    assert word == "suspend" and hash(word) == hash("suspend") and "suspend" in {word}
+    assert (str(word), f"{word}", f"{word:>8}", "%s" % word) == (  # noqa: UP031
+        "suspend", "suspend", " suspend", "suspend")
+    assert json.dumps({"action": word}) == '{"action": "suspend"}'
+
+
+def test_plan_notes() -> None:
+    assert {str(note) for note in model.PlanNote} == {
+        "transient: not suspended", "left running by policy", "recorded but no longer exists"}
+
+
+def test_file_names(tmp_path: Path) -> None:
+    paths = Paths.in_dir(tmp_path)
+    assert {name: Path(str(path)).name for name, path in vars(paths).items()} == {
+        "list_file": "libvirt-guests", "marker": "libvirt-guests.started",
+        "pending": "virtguests-pending", "run_report": "virtguests-last-run.json",
+        "lock": "virtguests.lock", "seen": "virtguests-seen.json"}
+
+
+def test_config_words() -> None:
+    defaults = config.Config()
+    assert (defaults.on_boot, defaults.persistent_only, defaults.on_shutdown) == (
+        "start", "default", ("suspend",))
+
+
+HOST = {"uris": {"default": {"guests": [
+    {"name": "web", "uuid": "5a1e0000-0000-4000-8000-000000000001"},
+    {"name": "db", "uuid": "5a1e0000-0000-4000-8000-000000000002"}]}}}
+
+
+def test_status_report_and_plan_keys(fake_host: Make) -> None:
+    host = fake_host(HOST, "ON_SHUTDOWN=shutdown\nON_BOOT=start\n")
+    plan_stop = json.loads(run_inprocess(host, "--json", "plan")[0].out)
+    assert set(plan_stop) == {"command", "uris"}
+    assert set(plan_stop["uris"][0]) == {"uri", "error", "guests"}
+    assert set(plan_stop["uris"][0]["guests"][0]) == {
+        "name", "uuid", "order", "actions", "timeout", "commands"}
+    assert plan_stop["uris"][0]["guests"][0]["actions"] == ["shutdown"]
+
+    assert run_inprocess(host, "stop")[0].code == 0
+    status = json.loads(run_inprocess(host, "--json", "status")[0].out)
+    assert set(status) == {"state", "exit_status", "list_file", "not_resumed", "last_run"}
+    assert set(status["list_file"]) == set(status["not_resumed"]) == {
+        "path", "entries", "bad_lines"}
+    report = status["last_run"]
+    assert set(report) == {"command", "started", "finished", "exit_status", "guests"}
+    assert set(report["guests"][0]) == {"uri", "uuid", "name", "outcome", "steps"}
+    assert set(report["guests"][0]["steps"][0]) == {"action", "result", "seconds", "detail"}
+    assert [(g["outcome"], g["steps"][0]["action"]) for g in report["guests"]] == [
+        ("shut off", "shutdown"), ("shut off", "shutdown")]
+
+    plan_start = json.loads(run_inprocess(host, "--json", "plan", "start")[0].out)
+    assert set(plan_start["uris"][0]) == {"uri", "error", "guests", "listed"}
+    assert set(plan_start["uris"][0]["guests"][0]) == {
+        "name", "uuid", "order", "actions", "note", "delay_after", "commands"}
+    assert plan_start["uris"][0]["guests"][0]["actions"] == ["start"]
+
+    host.set_host({"uris": {"default": {"guests": [HOST["uris"]["default"]["guests"][0]]}}})
+    run, _ = run_inprocess(host, "start")
+    assert run.code == 1
+    report = json.loads(run_inprocess(host, "--json", "report")[0].out)
+    assert [(g["name"], g["outcome"]) for g in report["guests"]] == [
+        ("web", "already active"), ("db", "no longer exists")]
+    assert "recorded guest 5a1e0000-0000-4000-8000-000000000002 no longer exists" in run.err
+
+
+def test_pending_words(fake_host: Make) -> None:
+    """A guest start cannot resume stays in ``virtguests-pending``, under ``not_resumed``."""
+    host = fake_host({**HOST, "faults": [{"cmd": "start", "action": "fail", "error": "internal"}]},
+                     "ON_SHUTDOWN=suspend\nON_BOOT=start\n")
+    assert run_inprocess(host, "stop")[0].code == 0
+    run, _ = run_inprocess(host, "start")
+    assert run.code == 1
+    assert "not resumed, kept for the next start: web, db" in run.err
+    assert (host.root / "state" / "virtguests-pending").exists()
+    status, _ = run_inprocess(host, "status")
+    assert "Not resumed at the last start, kept for the next one: default: " in status.out
+    document = json.loads(run_inprocess(host, "--json", "status")[0].out)
+    assert len(document["not_resumed"]["entries"]["default"]) == 2
+    assert {g["outcome"] for g in document["last_run"]["guests"]} == {"failed"}
