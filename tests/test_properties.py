@@ -138,6 +138,7 @@ def test_fault_class(name: str) -> None:
     assert_invariant(CLASSES[name])
 
 
+@pytest.mark.timeout(max(300, 60 * EXAMPLES))  # VIRTGUESTS_PROPERTY_EXAMPLES=200 too
 @seed(SEED)
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           phases=[Phase.explicit, Phase.generate] + ([Phase.shrink] if SHRINK else []),
