@@ -19,17 +19,18 @@ $(STAMP): setup.cfg setup.py
 venv: $(STAMP)
 
 # make test: the fast suite, without the tests marked slow (it says how many it left
-# out); make test-slow: only those; make test-all: every test (what CI runs).
-# PYTEST_ARGS adds pytest options (-x, -k NAME, a file, -n 2 with pytest-xdist).
+# out), hypothesis' fast profile; make test-slow: only those; make test-all: every test
+# (what CI runs); both at the ci profile's sizes. HYPOTHESIS_PROFILE=fast|ci overrides
+# (tests/conftest.py); PYTEST_ARGS adds pytest options (-x, -k NAME, a file).
 PYTEST_ARGS ?=
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-fast} $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check virtguests tests tools

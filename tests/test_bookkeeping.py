@@ -21,13 +21,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.simvirsh import BUG, HANG, Fault, SimClock, SimGuest, SimHost, SimVirsh
+from tests.sizes import examples
 from virtguests import service, state
 from virtguests.clock import Clock
 from virtguests.config import Config, Loaded
 from virtguests.report import Reporter
 from virtguests.virsh import Virsh
 
-PROPERTY = settings(max_examples=60, deadline=None,
+PROPERTY = settings(max_examples=examples(60), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 
