@@ -1,4 +1,4 @@
-# virtguests: make demo | make test | make lint | make fixtures | make bench | make soak
+# virtguests: make demo | make test | make test-all | make lint | make fixtures | make bench | make soak
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: all venv test lint demo fixtures bench soak man install clean
+.PHONY: all venv test test-slow test-all lint demo fixtures bench soak man install clean
 
 all: test
 
@@ -18,8 +18,19 @@ $(STAMP): setup.cfg setup.py
 
 venv: $(STAMP)
 
+# make test: the fast suite, without the tests marked slow (it says how many it left
+# out), hypothesis' fast profile; make test-slow: only those; make test-all: every test
+# (what CI runs); both at the ci profile's sizes. HYPOTHESIS_PROFILE=fast|ci overrides
+# (tests/conftest.py); PYTEST_ARGS adds pytest options (-x, -k NAME, a file).
+PYTEST_ARGS ?=
 test: $(STAMP)
-	$(PY) -m pytest -q
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-fast} $(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check virtguests tests tools

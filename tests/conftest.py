@@ -1,12 +1,44 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from virtguests.testing import FakeHost
+
+# -- hypothesis profiles, chosen by HYPOTHESIS_PROFILE (tests/sizes.py scales the tests
+# that ask for more examples). ci: today's sizes, with hypothesis' own CI settings
+# (derandomized, no deadline, no example database): make test-all, .ci/run. fast: the
+# same with a quarter of the examples: make test. Unset: hypothesis' own choice (its
+# built-in ci profile when CI is set, else its defaults).
+settings.register_profile("ci", derandomize=True, deadline=None, database=None,
+                          print_blob=True, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fast", settings.get_profile("ci"), max_examples=25)
+if os.environ.get("HYPOTHESIS_PROFILE"):
+    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+
+# -- the slow marker (registered in setup.cfg): `make test` deselects it and says so ------
+_SLOW_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.config.stash[_SLOW_LEFT_OUT] = item.config.stash.get(_SLOW_LEFT_OUT, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    left_out = config.stash.get(_SLOW_LEFT_OUT, 0)
+    if left_out:
+        terminalreporter.write_line(
+            f"{left_out} slow tests left out (real-time fault runs: tests/test_properties.py, "
+            f"the soak, ...); run them with `make test-slow`, everything with `make test-all`",
+            yellow=True, bold=True)
 
 
 @pytest.fixture

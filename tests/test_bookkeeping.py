@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.simvirsh import BUG, HANG, Fault, SimClock, SimGuest, SimHost, SimVirsh
+from tests.sizes import examples
 from virtguests import state
 from virtguests.actions.context import Context
 from virtguests.actions.start import run_start
@@ -32,7 +33,7 @@ from virtguests.messages import Messages
 from virtguests.model import Action
 from virtguests.virsh import Virsh
 
-PROPERTY = settings(max_examples=60, deadline=None,
+PROPERTY = settings(max_examples=examples(60), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -24,6 +24,8 @@ from virtguests import cli, config
 from virtguests.testing import FakeHost
 
 REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.timeout(660)  # past _make's own 600 s deadline, which reports better
 UNIT = REPO / "dist" / "virtguests.service"
 INIT = REPO / "dist" / "virtguests.init"
 MAN_SOURCE = REPO / "doc" / "virtguests.8.md"

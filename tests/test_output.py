@@ -25,6 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.sizes import examples
 from virtguests.output import MAX_QUEUED, Output, printable
 from virtguests.testing import FakeHost
 
@@ -215,7 +216,7 @@ def test_lines_keep_their_order_across_stdout_and_stderr() -> None:
     assert shared.getvalue().split() == [str(n) for n in range(200)]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text())
 def test_no_name_can_split_or_forge_a_line(name: str) -> None:
     shown = printable(f"Suspending {name}: done")

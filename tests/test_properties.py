@@ -39,6 +39,11 @@ EXAMPLES = int(os.environ.get("VIRTGUESTS_PROPERTY_EXAMPLES", "8"))
 SEED = int(os.environ.get("VIRTGUESTS_PROPERTY_SEED", "10"))
 SHRINK = os.environ.get("VIRTGUESTS_PROPERTY_SHRINK", "") not in ("", "0")
 
+pytestmark = pytest.mark.slow
+"""Real processes on real time (each scenario a few seconds of fake virsh calls and
+timeouts); every fault class here also has a deterministic test in the fast suite
+(tests/test_faults.py, test_signals.py, test_output.py).  `make test-slow` runs it."""
+
 
 def assert_invariant(sc: Scenario) -> None:
     with tempfile.TemporaryDirectory(prefix="virtguests-prop-") as tmp:
@@ -133,6 +138,7 @@ def test_fault_class(name: str) -> None:
     assert_invariant(CLASSES[name])
 
 
+@pytest.mark.timeout(max(300, 60 * EXAMPLES))  # VIRTGUESTS_PROPERTY_EXAMPLES=200 too
 @seed(SEED)
 @settings(max_examples=EXAMPLES, deadline=None, database=None,
           phases=[Phase.explicit, Phase.generate] + ([Phase.shrink] if SHRINK else []),

@@ -32,6 +32,10 @@ import pytest
 from tools.reference import fetch_reference, reference_available, run_reference
 from virtguests.testing import FakeHost, Run
 
+pytestmark = pytest.mark.timeout(1500)
+"""The first test fetches Debian's package (tools/reference.py: apt-get download, and
+apt-get update when that fails, up to 600 s each); setup.cfg's 300 s would end the run."""
+
 COMMANDS = "{start|stop|status|restart|condrestart|try-restart|reload|force-reload|" \
            "gueststatus|shutdown}"
 

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.sizes import examples
 from virtguests.shellvars import parse
 
 
@@ -211,7 +212,7 @@ _BASH = shutil.which("bash")
 
 
 @pytest.mark.skipif(_BASH is None, reason="bash is not installed")
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(_TEXTS)
 def test_what_we_accept_bash_reads_the_same(tmp_path_factory: pytest.TempPathFactory,
                                             text: str) -> None:

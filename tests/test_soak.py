@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from virtguests.testing import FakeHost
 
 REPO = Path(__file__).resolve().parent.parent
@@ -20,6 +22,8 @@ REPO = Path(__file__).resolve().parent.parent
 Make = Callable[..., FakeHost]
 
 
+@pytest.mark.slow  # a minute or more of real processes and real timeouts: `make test-slow`
+@pytest.mark.timeout(660)  # past the soak's own 600 s deadline
 def test_tiny_soak_loses_no_guest() -> None:
     # seed 35: URIs hung, down and flaky at stop and start, failed/hung/slow saves,
     # shutdowns and starts, SIGKILL of stop and of start; and from the fault layer: a

@@ -31,6 +31,7 @@ from tests.simvirsh import (
     SimVirsh,
     slow,
 )
+from tests.sizes import examples
 from virtguests.config import Config
 from virtguests.execution import AGENT_SHUTDOWN_WAIT, JOB_LOCK_WAIT
 from virtguests.executor import Executed, Executor
@@ -40,7 +41,7 @@ from virtguests.plan import plan_stop
 from virtguests.runreport import RunReport
 from virtguests.virsh import is_guest_call
 
-PROPERTY = settings(max_examples=120, deadline=None,
+PROPERTY = settings(max_examples=examples(120), deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 
 FRAGMENTS = ["web", "db", "'", '"', "': Stopped", " Shutdown", "event 'lifecycle' for domain '",

@@ -31,6 +31,11 @@ from tools.realhost.libvirtd import Guest, LibvirtdError, PrivateLibvirtd
 HERE = Path(__file__).resolve().parent
 ENABLE_HINT = "run `sudo .ci/install-realhost-deps` and the tests as root"
 
+REALHOST_TIMEOUT = 1200
+"""Seconds before pytest-timeout fails a real-host test (setup.cfg's default is 300):
+the first one builds the guest image, and each boots QEMU guests under TCG and waits
+up to 120 s per virsh step."""
+
 # Timings measured by tests (name -> seconds), printed in the terminal summary.
 TIMINGS: dict[str, list[float]] = {}
 
@@ -95,10 +100,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test in this directory ``realhost`` (select/deselect with -m)."""
+    """Mark every test in this directory ``realhost`` (select/deselect with -m), with its
+    own timeout."""
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.realhost)
+            item.add_marker(pytest.mark.timeout(REALHOST_TIMEOUT))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

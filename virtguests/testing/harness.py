@@ -1,14 +1,13 @@
 """A simulated libvirt host for end-to-end tests, benchmarks and soaks: the fake virsh
 on PATH.
 
-virtguests runs as a real subprocess (or through ``main()`` when a test
-injects a virtual clock), and talks to ``virtguests-fake-virsh`` installed as
-``virsh`` on PATH: the same code paths as production.
+virtguests runs as a real subprocess and talks to ``virtguests-fake-virsh``
+installed as ``virsh`` on PATH: the same code paths as production.  For a run
+in this process on a virtual clock, see :mod:`virtguests.testing.inprocess`.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import subprocess
@@ -20,8 +19,7 @@ from typing import Any, NoReturn, Optional
 
 import yaml
 
-from virtguests import cli, virshout
-from virtguests.testing.clock import FakeClock
+from virtguests import virshout
 from virtguests.testing.fakevirsh.commandline import VirshCall, split_commands
 from virtguests.testing.fakevirsh.errors import Unsupported
 from virtguests.testing.fakevirsh.main import answer, write_shim
@@ -159,14 +157,6 @@ class FakeHost(CliHarness):
             env["VIRTGUESTS_FAKE_NOW_FILE"] = str(self.now_file)
         return env
 
-    def run_virtual(self, *args: str) -> tuple[Run, FakeClock]:
-        """virtguests in-process with a virtual clock shared with the fake virsh."""
-        self.now_file = self.root / "now"
-        clock = FakeClock(now_file=self.now_file)
-        out, err = io.StringIO(), io.StringIO()
-        code = cli.main(self.argv(*args), environ=self.env(), out=out, err=err, clock=clock)
-        return Run(code, out.getvalue(), err.getvalue()), clock
-
     def calls(self) -> list[dict[str, Any]]:
         if not self.log_file.exists():
             return []
@@ -236,7 +226,7 @@ class FakeHost(CliHarness):
 
     def guests_now(self) -> dict[str, list[dict[str, Any]]]:
         """The fake's guests per URI key, with every transition due by now (the virtual
-        clock's, after ``run_virtual``) applied."""
+        clock's, after ``run_inprocess``) applied."""
         now = None
         if self.now_file is not None and self.now_file.exists():
             now = float(self.now_file.read_text())

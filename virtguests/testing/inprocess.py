@@ -1,7 +1,7 @@
 """virtguests against the fake virsh in-process: no process per call, no real sleeping.
 
-``run_inprocess(host, "stop")`` is ``FakeHost.run_virtual`` without processes:
-``cli.main`` runs in this process as before, but every virsh call is dispatched
+``run_inprocess(host, "stop")`` is ``host.run("stop")`` without processes:
+``cli.main`` runs in this process, and every virsh call is dispatched
 to the fake's own ``execute`` (the same host state file, recordings, lock waits
 and fault rules) by ``InProcessVirsh`` (given to ``cli.main`` as *make_virsh*),
 the production ``Virsh`` with only ``_spawn`` and ``watch`` replaced: timeouts,
