@@ -171,7 +171,7 @@ def test_sigterm_while_waiting_for_the_lock_ends_the_run(fake_host: Make,
         assert proc.wait(timeout=DEADLINE) == 1
     finally:
         holder.kill()
-        holder.wait()
+        holder.wait(timeout=DEADLINE)
     error = err_path.read_text()
     assert "stop requested while waiting for another virtguests" in error
     assert "Traceback" not in error
