@@ -211,7 +211,7 @@ def one_uri(*guests: dict[str, Any], **conf: Any) -> dict[str, Any]:
     return {"uris": {"default": {"guests": list(guests), **conf}}}
 
 
-def wait_for(pred: Any, timeout: float = 10) -> None:
+def wait_for(pred: Any, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         assert time.monotonic() < deadline, "timed out"
@@ -341,7 +341,7 @@ def test_uri_hang_and_sigterm_is_logged(virsh: Path, tmp_path: Path) -> None:
     with pytest.raises(subprocess.TimeoutExpired):
         h("list", timeout=1.0)
     proc = h.popen("list")
-    time.sleep(0.5)
+    h.dispatched(proc)  # its SIGTERM handler is in place: a late start would die of it
     proc.terminate()
     assert proc.wait(timeout=5) == 143
     assert [c["exit"] for c in h.calls()] == [143]  # the killed (SIGKILL) one left no line
@@ -492,7 +492,7 @@ def test_saving_seconds_on_a_paused_guest_keeps_its_reason(virsh: Path, tmp_path
     recorded = recording("qemu-domjobinfo-saving")["stdout"]
     assert domjobinfo_labels(out) == domjobinfo_labels(recorded)
     proc = h.popen("shutdown", "g")
-    time.sleep(0.3)
+    h.dispatched(proc)
     assert proc.poll() is None, "no wait for the state-change lock"
     h.set_now(1030.0)
     _, err = proc.communicate(timeout=10)
@@ -537,7 +537,7 @@ def test_a_uris_lock_wait_is_how_long_a_second_job_waits(
     """``lock_wait`` (libvirt: 30 s) moves when a second job gives up, nothing else."""
     h = Host(virsh, tmp_path, one_uri({"name": "g", "saving_seconds": 100}, lock_wait=2))
     proc = h.popen(command, "g")
-    time.sleep(0.3)
+    h.dispatched(proc)
     h.set_now(1001.9)
     time.sleep(0.1)
     assert proc.poll() is None, "gave up on the lock early"
@@ -788,7 +788,7 @@ def test_event_stream_faults(virsh: Path, tmp_path: Path) -> None:
     proc = subprocess.Popen([str(virsh), "event", "--loop", "--event", "lifecycle"],
                             env=h.env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     assert proc.stdout is not None
-    ready, _, _ = select.select([proc.stdout], [], [], 10)
+    ready, _, _ = select.select([proc.stdout], [], [], 60)
     # garbage first, then events as usual
     first = os.read(proc.stdout.fileno(), 4096) if ready else b""
     proc.terminate()
@@ -815,6 +815,7 @@ def test_random_faults_are_reproducible_from_the_seed(virsh: Path, tmp_path: Pat
 
 
 def test_faults_off_and_the_journal(virsh: Path, tmp_path: Path) -> None:
+    before = time.time()
     h = with_journal(Host(virsh, tmp_path, faulty(
         {"cmd": "destroy", "action": "fail", "nth": 1},
         guests=[{"name": "g", "save_seconds": 100}])))
@@ -833,7 +834,8 @@ def test_faults_off_and_the_journal(virsh: Path, tmp_path: Path) -> None:
         ("destroy", "save", None)]
     assert ("domstate", "save") in [(j["cmd"], j["job"]) for j in entries]  # wait_for's
     assert all(j["uri"] == "default" and j["pid"] > 0 for j in entries)
-    assert all(j["t"] - 5 < j["spawned"] <= j["t"] + 0.02 for j in entries)  # clock ticks
+    # forked by this test, before it was dispatched (to a clock tick), however late
+    assert all(before - 0.02 <= j["spawned"] <= j["t"] + 0.02 for j in entries)
 
 
 @pytest.mark.parametrize(("rules", "message"), [

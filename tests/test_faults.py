@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -17,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from virtguests import cli, execution, observe
-from virtguests.testing import FakeHost, Run, run_inprocess
+from virtguests import execution, observe
+from virtguests.testing import FakeClock, FakeHost, run_inprocess
 
 Make = Callable[..., FakeHost]
 
@@ -39,6 +38,20 @@ def wait_for(predicate: Callable[[], bool], what: str, proc: subprocess.Popen[st
         time.sleep(0.05)
 
 
+def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Poll until *predicate* holds; fail after 60 s."""
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline, f"never saw {what}"
+        time.sleep(0.05)
+
+
+def later(host: FakeHost, seconds: float) -> None:
+    """Let *seconds* of the host's virtual time pass after an in-process run."""
+    assert host.now_file is not None, "no in-process run yet"
+    FakeClock(float(host.now_file.read_text()) + seconds, now_file=host.now_file)
+
+
 def leftover_fakes(host: FakeHost) -> list[str]:
     proc = subprocess.run(["pgrep", "-af", str(host.bin / "virsh")], capture_output=True,
                           text=True)
@@ -50,12 +63,12 @@ def test_hung_uri_is_given_up_with_defaults_while_others_finish(fake_host: Make)
     host = fake_host({"uris": {"default": {"guests": [{"name": "web"}, {"name": "db"}]},
                                "test:///wedged": sick}},
                      'URIS="test:///wedged default"\n')
-    assert host.run("stop").code == 0      # a good night: names are remembered
-    assert host.run("start").code == 0
+    assert run_inprocess(host, "stop")[0].code == 0  # a good night: names are remembered
+    assert run_inprocess(host, "start")[0].code == 0
     host.set_host({"uris": {"default": {"guests": [{"name": "web"}, {"name": "db"}]},
                             "test:///wedged": {**sick, "hang": True}}})
     host.log_file.unlink()
-    run = host.run("stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 1
     # one listing, killed after QUERY_TIMEOUT; nothing else tried there
     assert fake_state(host)["uris"]["test:///wedged"]["calls"] == 1
@@ -63,6 +76,18 @@ def test_hung_uri_is_given_up_with_defaults_while_others_finish(fake_host: Make)
     assert "Can't connect to test:///wedged. Skipping." in run.lines
     assert "timed out after 10s" in run.err
     assert "last seen running there: far1, far2" in run.err
+
+
+def test_a_hung_virsh_process_is_killed_and_none_is_left(fake_host: Make) -> None:
+    """The process side of every hang above (those run in-process): the fake that
+    hangs is killed at the timeout, and no virsh process outlives the run.  Only a
+    hung URI: whether its fake had started within 1 s or not, it must be gone."""
+    host = fake_host({"uris": {"test:///wedged": {"hang": True, "guests": [{"name": "far"}]}}},
+                     'URIS="test:///wedged"\nQUERY_TIMEOUT=1\n')
+    run = host.run("stop")
+    assert run.code == 1
+    assert "Can't connect to test:///wedged. Skipping." in run.lines
+    assert "timed out after 1s and was killed" in run.err
     assert leftover_fakes(host) == []
 
 
@@ -119,10 +144,10 @@ def test_two_concurrent_stops_never_act_twice(fake_host: Make) -> None:
 
 def test_damaged_list_file_good_lines_still_resumed(fake_host: Make) -> None:
     host = fake_host({"uris": {"default": {"guests": [{"name": "web"}, {"name": "db"}]}}})
-    host.run("stop")
+    assert run_inprocess(host, "stop")[0].code == 0
     web, db = host.uuid("web"), host.uuid("db")
     host.list_file.write_text(f"default {web} zzzz\n%%%garbage\ndefault {db[:10]}")
-    run = host.run("start")
+    run, _ = run_inprocess(host, "start")
     assert run.code == 1
     assert "Resuming guest web: done" in run.lines
     assert f"{host.list_file}:1: not a UUID, skipped: 'zzzz'" in run.err
@@ -150,7 +175,7 @@ def test_connect_retries_survive_a_libvirtd_that_is_still_starting(fake_host: Ma
     host = fake_host({"uris": {"default": {"unreachable_calls": 3,
                                            "guests": [{"name": "web"}]}}},
                      "RETRIES_SLEEP=0.05\n")
-    run = host.run("stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 0, run.err
     assert "Suspending web: done" in run.lines
     assert host.commands()[:5] == [[observe.batch(observe.RUNNING)]] * 4 + [
@@ -160,10 +185,9 @@ def test_connect_retries_survive_a_libvirtd_that_is_still_starting(fake_host: Ma
 def test_timed_out_calls_are_not_retried(fake_host: Make) -> None:
     host = fake_host({"uris": {"default": {"hang": True, "guests": [{"name": "web"}]}}},
                      "QUERY_TIMEOUT=1\nCONNECT_RETRIES=10\n")
-    run = host.run("stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 1 and "timed out after 1s" in run.err
     assert fake_state(host)["uris"]["default"]["calls"] == 1  # not retried
-    assert leftover_fakes(host) == []
 
 
 def test_a_hung_save_costs_that_guest_not_its_uri(fake_host: Make) -> None:
@@ -176,7 +200,7 @@ def test_a_hung_save_costs_that_guest_not_its_uri(fake_host: Make) -> None:
         "test:///fine": {"guests": [{"name": "far"}]}}},
         'URIS="default test:///fine"\nON_SHUTDOWN="suspend shutdown poweroff"\n'
         "SAVE_TIMEOUT=1\n")
-    run = host.run("stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 1
     assert "saving guest stuck failed: timed out after 1s and was killed; trying shutdown" \
         in run.err
@@ -194,7 +218,6 @@ def test_a_hung_save_costs_that_guest_not_its_uri(fake_host: Make) -> None:
     assert host.list_file.read_text().splitlines() == [
         f"default {stuck} {host.uuid('next')}",
         f"test:///fine {host.uuid('far', 'test:///fine')}"]
-    assert leftover_fakes(host) == []
 
 
 def test_a_save_outlasting_save_timeout_is_left_to_finish(fake_host: Make) -> None:
@@ -203,7 +226,7 @@ def test_a_save_outlasting_save_timeout_is_left_to_finish(fake_host: Make) -> No
     host = fake_host(guests({"name": "big", "save_seconds": 4}, {"name": "web"},
                             {"name": "db"}),
                      'ON_SHUTDOWN="suspend shutdown poweroff"\nSAVE_TIMEOUT=1\n')
-    run = in_process(host, "stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 1
     big = host.uuid("big")
     assert ("saving guest big failed: timed out after 1s and was killed; libvirt is still "
@@ -213,11 +236,10 @@ def test_a_save_outlasting_save_timeout_is_left_to_finish(fake_host: Make) -> No
     assert not [c for c in host.commands() if c[0] in ("shutdown", "destroy")]
     assert report_steps(host, "big")[-1][:2] == ("suspend", "save in progress")
     assert big in host.list_file.read_text().split()
-    deadline = time.monotonic() + 30
-    while host.virsh("domstate", "--reason", "big").stdout.strip() != "shut off (saved)":
-        assert time.monotonic() < deadline, "the save never finished"
-        time.sleep(0.2)
-    assert host.run("start").code == 0
+    assert host.virsh("domstate", "--reason", "big").stdout.strip() == "paused (saving)"
+    later(host, 4)  # the save's own time: it has ended by then, whenever the run did
+    assert host.virsh("domstate", "--reason", "big").stdout.strip() == "shut off (saved)"
+    assert run_inprocess(host, "start")[0].code == 0
     assert host.active() == {"big", "web", "db"}
 
 
@@ -264,7 +286,7 @@ def test_a_shutdown_request_hung_on_one_guest_costs_no_other_guest(
                             {"name": "c", "shutdown_seconds": 0.3}),
                      f'ON_SHUTDOWN="shutdown poweroff"\nQUERY_TIMEOUT=1\n'
                      f"SHUTDOWN_TIMEOUT=30\n{mode}")
-    run = in_process(host, "stop")
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 1
     assert ("shutdown of guest deaf failed: timed out after 1s and was killed; trying "
             "poweroff") in run.err
@@ -274,7 +296,6 @@ def test_a_shutdown_request_hung_on_one_guest_costs_no_other_guest(
     assert "gave up" not in run.err and host.active() == set()
     assert [s[:2] for s in report_steps(host, "deaf")] == [("shutdown", "failed"),
                                                           ("poweroff", "powered off")]
-    assert leftover_fakes(host) == []
 
 
 def test_a_hung_time_sync_at_start_costs_no_other_guest(fake_host: Make) -> None:
@@ -284,8 +305,8 @@ def test_a_hung_time_sync_at_start_costs_no_other_guest(fake_host: Make) -> None
                             {"name": "db", "agent": True, "hang": ["domtime"]},
                             {"name": "app", "agent": True}),
                      "SYNC_TIME=1\nQUERY_TIMEOUT=1\nPARALLEL_START=1\n")
-    assert host.run("stop").code == 0
-    run = in_process(host, "start")
+    assert run_inprocess(host, "stop")[0].code == 0
+    run, _ = run_inprocess(host, "start")
     assert run.code == 0, run.err
     assert [ln for ln in run.lines if ln.startswith("Resuming guest ")] == [
         "Resuming guest web: done", "Resuming guest db: done", "Resuming guest app: done"]
@@ -305,12 +326,14 @@ def test_queued_guests_get_their_requests_parallel_shutdown_at_a_time(
         {"name": f"g{i}", "ignore_shutdown": True} for i in range(6)]}},
         "faults": [{"cmd": "shutdown", "action": "slow", "seconds": 0.3}]},
         "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=2\nSHUTDOWN_TIMEOUT=1\n")
-    run = in_process(host, "stop")
+    run, _ = run_inprocess(host, "stop")
     assert "Timeout expired while shutting down domains" in run.lines
     requests = [c for c in host.calls() if c["argv"][0] == "shutdown"]
     assert sorted(c["argv"][1] for c in requests) == sorted(
         host.uuid(f"g{i}") for i in range(6))
-    edges = sorted([(c["start"], 1) for c in requests] + [(c["end"], -1) for c in requests],
+    assert all(c["virtual_end"] - c["virtual_start"] == pytest.approx(0.3) for c in requests)
+    edges = sorted([(c["virtual_start"], 1) for c in requests]
+                   + [(c["virtual_end"], -1) for c in requests],
                    key=lambda e: (e[0], e[1]))
     running = peak = 0
     for _, step in edges:
@@ -332,8 +355,7 @@ def test_kill_9_during_stop_then_rerun_protects_everyone(fake_host: Make) -> Non
     # the save that was in flight when we died may still hold the guest's job lock:
     # the rerun waits for it and counts the guest as saved by that job
     assert rerun.code == 0, rerun.err
-    time.sleep(1)
-    assert host.active() == set()
+    wait_until(lambda: host.active() == set(), "every guest saved or off")
     assert len(host.list_file.read_text().split()) == 9
     assert host.run("start").code == 0
     assert len(host.active()) == 8
@@ -342,7 +364,7 @@ def test_kill_9_during_stop_then_rerun_protects_everyone(fake_host: Make) -> Non
 
 def test_unwritable_state_dir_at_shutdown_still_protects_guests(fake_host: Make) -> None:
     host = fake_host({"uris": {"default": {"guests": [{"name": "web"}, {"name": "db"}]}}})
-    run = host.run("--state-dir", "/dev/null/state", "stop")  # mkdir fails: ENOTDIR
+    run, _ = run_inprocess(host, "--state-dir", "/dev/null/state", "stop")  # ENOTDIR
     assert run.code == 1
     assert "cannot lock /dev/null/state/virtguests.lock" in run.err
     assert "cannot write the list file /dev/null/state/libvirt-guests" in run.err
@@ -406,7 +428,7 @@ def test_a_uri_that_hangs_after_its_listing_costs_one_timeout_not_one_per_guest(
         "default": {"guests": [{"name": "web", "shutdown_seconds": 2}]}}},
         f'URIS="test:///wedged default"\nON_SHUTDOWN="{chain}"\nSAVE_TIMEOUT=2\n'
         f"QUERY_TIMEOUT=1\nSHUTDOWN_TIMEOUT=30\n{extra}")
-    run = in_process(host, "stop")  # real time: timeouts of 1-2 s, no progress queries
+    run, _ = run_inprocess(host, "stop")
     assert run.code == 1
     # the listing, then only the calls in flight when it wedged and the liveness check
     # (each killed after its timeout, so the fake could not log them; its own counter
@@ -428,7 +450,6 @@ def test_a_uri_that_hangs_after_its_listing_costs_one_timeout_not_one_per_guest(
                        if ln.startswith("test:///wedged "))
     assert wedged_line.split()[1:] == ids
     assert host.active() == set()  # the other URI is handled as usual
-    assert leftover_fakes(host) == []
 
 
 @pytest.mark.parametrize("config", ["", "START_DELAY=5\n"])
@@ -439,7 +460,7 @@ def test_a_uri_that_hangs_at_start_keeps_its_guests_pending(fake_host: Make,
     two = {"default": {"guests": [{"name": "web"}]},
            "test:///far": {"guests": [{"name": f"f{i}"} for i in range(4)]}}
     host = fake_host({"uris": two}, 'URIS="default test:///far"\n')
-    assert host.run("stop").code == 0  # real time: default timeouts, whatever the load
+    assert run_inprocess(host, "stop")[0].code == 0
     host.set_config(f'URIS="default test:///far"\nSAVE_TIMEOUT=2\nQUERY_TIMEOUT=1\n{config}')
     far = [host.uuid(f"f{i}", "test:///far") for i in range(4)]
     saved = {"state": "shutoff", "managed_save": True}
@@ -464,7 +485,7 @@ def test_a_uri_that_hangs_at_start_keeps_its_guests_pending(fake_host: Make,
     assert "kept for the next start: f0, f1, f2, f3" in run.err
     assert run.err.count("kept for the next start: ") == 1  # named once, not twice
     assert host.pending_file.read_text() == f"test:///far {' '.join(far)}\n"
-    status = host.run("status")
+    status, _ = run_inprocess(host, "status")
     assert (status.code, status.lines[0]) == (3, "stopped, with saved guests")
     host.set_host({"uris": {**sick["uris"], "test:///far": {
         "guests": [{"name": f"f{i}", "uuid": far[i], **saved} for i in range(4)]}}})
@@ -472,17 +493,9 @@ def test_a_uri_that_hangs_at_start_keeps_its_guests_pending(fake_host: Make,
     assert again.code == 0, again.err
     assert host.active("test:///far") == {f"f{i}" for i in range(4)}
     assert not host.pending_file.exists()
-    assert leftover_fakes(host) == []
 
 
 # -- never destroy a guest whose save is in progress (issue 10, item 9) -------------------
-
-
-def in_process(host: FakeHost, *args: str) -> Run:
-    """virtguests in this process (so a test can patch it), with the real clock."""
-    out, err = io.StringIO(), io.StringIO()
-    code = cli.main(host.argv(*args), environ=host.env(), out=out, err=err)
-    return Run(code, out.getvalue(), err.getvalue())
 
 
 def fake_state(host: FakeHost) -> dict[str, Any]:
@@ -576,7 +589,7 @@ def test_start_keeps_a_recorded_guest_another_job_is_saving(fake_host: Make, sta
     if listed:
         host.list_file.write_text(f"default {busy} {idle}\n")
     else:
-        assert host.run("stop").code == 0
+        assert run_inprocess(host, "stop")[0].code == 0
         assert host.list_file.read_text() == f"default {busy} {idle}\n"
     host.set_host(guests({"name": "busy", "uuid": busy, "saving_seconds": 100,
                           "state": state},
@@ -593,7 +606,7 @@ def test_start_keeps_a_recorded_guest_another_job_is_saving(fake_host: Make, sta
     assert ["start", busy] not in host.commands() or not listed
     assert ["domtime", "--sync", busy] not in host.commands()
     assert host.pending_file.read_text() == f"default {busy}\n"
-    status = host.run("status")
+    status, _ = run_inprocess(host, "status")
     assert (status.code, status.lines[0]) == (3, "stopped, with saved guests")
     host.set_host(guests({"name": "busy", "uuid": busy, "state": "shutoff",
                           "managed_save": True},

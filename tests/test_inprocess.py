@@ -117,10 +117,11 @@ def three_guests(*faults: dict[str, Any]) -> dict[str, Any]:
     ("stop", three_guests(), ""),
     ("stop", three_guests({"cmd": "managedsave", "guest": "a", "action": "fail",
                            "error": "internal"}), ""),
-    # a shuts off long before b: a process run sends the two requests up to a few
-    # tenths of a second apart under load, and must still see a first
+    # a shuts off long before b: a process run's two requests are two fake processes
+    # started at once, dispatched a second or more apart under load (b's first), and
+    # it must still see a first
     ("stop", {"uris": {"default": {"guests": [{"name": "a", "shutdown_seconds": 0.1},
-                                              {"name": "b", "shutdown_seconds": 0.6}]}},
+                                              {"name": "b", "shutdown_seconds": 3}]}},
               "faults": [{"cmd": "shutdown", "guest": "a", "action": "garbage"}]},
      "ON_SHUTDOWN=shutdown\nPARALLEL_SHUTDOWN=2\nSHUTDOWN_TIMEOUT=20\n"),
     ("gueststatus", three_guests({"cmd": "list", "options": ["uuid"], "action": "garbage",

@@ -56,13 +56,16 @@ def test_every_signal_is_seen_and_the_first_is_marked(tmp_path: Path) -> None:
         if len(seen) == 3:
             done.set()
 
+    # Python's default_int_handler, or SIG_IGN when the suite was started in the
+    # background by a non-interactive shell (which ignores SIGINT for such jobs)
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     with StopRequests(react):
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM):
             os.kill(os.getpid(), sig)
             time.sleep(0.01)
         assert done.wait(DEADLINE)
     assert seen == [(signal.SIGTERM, True), (signal.SIGINT, False), (signal.SIGTERM, False)]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert {sig: signal.getsignal(sig) for sig in before} == before  # restored
 
 
 def wait_for(predicate: Callable[[], bool], what: str) -> None:
@@ -168,7 +171,7 @@ def test_sigterm_while_waiting_for_the_lock_ends_the_run(fake_host: Make,
         assert proc.wait(timeout=DEADLINE) == 1
     finally:
         holder.kill()
-        holder.wait()
+        holder.wait(timeout=DEADLINE)
     error = err_path.read_text()
     assert "stop requested while waiting for another virtguests" in error
     assert "Traceback" not in error

@@ -97,7 +97,8 @@ def test_lock_makes_a_second_holder_wait_then_give_up(tmp_path: Path) -> None:
 
         thread = threading.Thread(target=second)
         thread.start()
-        thread.join()
+        thread.join(60)
+        assert not thread.is_alive(), "the second lock never gave up"
     assert inner and f"pid {os.getpid()}" in str(inner[0])
     assert waits and "waiting for another virtguests" in waits[0]
     with state.exclusive(lock, wait=0, on_wait=waits.append, sleep=lambda s: True):

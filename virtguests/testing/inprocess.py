@@ -334,13 +334,16 @@ class InProcessVirsh(Virsh):
             made: _Made) -> None:
         """One line of ``VIRTGUESTS_FAKE_LOG``, as the fake writes it when it exits, plus
         what only an in-process run knows: the order the calls were made in (``seq``),
-        the virtual time then (``virtual_start``) and the calling thread (``thread``)."""
+        the virtual time then and at the end (``virtual_start``, ``virtual_end``) and
+        the calling thread (``thread``)."""
         path = self._env.get("VIRTGUESTS_FAKE_LOG")
         if path:
             with open(path, "a", encoding="utf-8") as log:
                 log.write(json.dumps({"argv": list(args), "pid": os.getpid(), "start": start,
                                       "end": time.time(), "exit": status, "seq": made.seq,
-                                      "virtual_start": made.now, "thread": made.thread})
+                                      "virtual_start": made.now,
+                                      "virtual_end": self.world.clock.now(),
+                                      "thread": made.thread})
                           + "\n")
 
     def made(self) -> _Made:
