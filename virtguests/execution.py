@@ -129,6 +129,17 @@ class Execution:
                              f"{uri} is not answering: {self.given_up(uri)}")
         self.checkpoint()
 
+    def held_back(self, uri: str, planned: GuestStop, action: Action) -> bool:
+        """True when *action* may no longer be tried on the guest (a stop was requested,
+        or its URI was given up); its run report then says why."""
+        if self.cancelled:
+            self.interrupted(uri, planned)
+            return True
+        if self.given_up(uri) is not None:
+            self.give_up(uri, planned, action)
+            return True
+        return False
+
     def escalating(self, uri: str, planned: GuestStop, action: Action) -> tuple[str, bool]:
         """Whether the chain's next step takes a guest, and the words that say so.
 

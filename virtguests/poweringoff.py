@@ -28,11 +28,7 @@ def poweroff_all(run: Execution, uri: str, stops: Sequence[GuestStop]) -> list[G
 
 def _poweroff(run: Execution, uri: str, planned: GuestStop) -> bool:
     """virsh destroy, unless another job is saving the guest; never escalates."""
-    if run.cancelled:
-        run.interrupted(uri, planned)
-        return False
-    if run.given_up(uri) is not None:
-        run.give_up(uri, planned, Action.POWEROFF)
+    if run.held_back(uri, planned, Action.POWEROFF):
         return False
     started = run.clock.now()
     budget = min(float(run.config.save_timeout), run.remaining())

@@ -75,13 +75,9 @@ def _stop_group(run: Execution, uri: str, stops: Sequence[GuestStop]) -> None:
         todo = queues[stage]
         if not todo:
             continue
-        if run.cancelled:
+        if run.cancelled or run.given_up(uri) is not None:
             for planned in todo:
-                run.interrupted(uri, planned)
-            continue
-        if run.given_up(uri) is not None:
-            for planned in todo:
-                run.give_up(uri, planned, stage)
+                run.held_back(uri, planned, stage)
             continue
         for planned in _STAGE[stage](run, uri, todo):
             following = next_action(planned, stage)

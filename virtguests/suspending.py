@@ -35,11 +35,7 @@ def _suspend(run: Execution, uri: str, planned: GuestStop) -> bool:
     name, uuid = planned.guest.name, planned.guest.uuid
     outcome = run.result(uri, planned)
     label = f"Suspending {name}: "
-    if run.cancelled:
-        run.interrupted(uri, planned)
-        return False
-    if run.given_up(uri) is not None:
-        run.give_up(uri, planned, Action.SUSPEND)
+    if run.held_back(uri, planned, Action.SUSPEND):
         return False
     budget = min(float(run.config.save_timeout), run.remaining())
     if budget <= 0:
