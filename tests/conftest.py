@@ -13,13 +13,13 @@ from virtguests.testing import FakeHost
 # -- hypothesis profiles, chosen by HYPOTHESIS_PROFILE (tests/sizes.py scales the tests
 # that ask for more examples). ci: today's sizes, with hypothesis' own CI settings
 # (derandomized, no deadline, no example database): make test-all, .ci/run. fast: the
-# same with a quarter of the examples: make test. Unset: hypothesis' own choice (its
-# built-in ci profile when CI is set, else its defaults).
+# same with a quarter of the examples: make test. Unset: ci.
 settings.register_profile("ci", derandomize=True, deadline=None, database=None,
                           print_blob=True, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("fast", settings.get_profile("ci"), max_examples=25)
-if os.environ.get("HYPOTHESIS_PROFILE"):
-    settings.load_profile(os.environ["HYPOTHESIS_PROFILE"])
+# Never hypothesis' default per-example deadline (200 ms of wall clock: a timed
+# assertion that fails under load).
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or "ci")
 
 # -- the slow marker (registered in setup.cfg): `make test` deselects it and says so ------
 _SLOW_LEFT_OUT = pytest.StashKey[int]()
