@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from virtguests.model import Action, Guest, GuestPolicy
 from virtguests.policy import EXAMPLE, load, parse, resolving, wants_canonical
-from virtguests.testing import FakeHost, run_inprocess
+from virtguests.testing import FakeHost, Run, run_inprocess
 
 Make = Callable[..., FakeHost]
 UUID = "6695eb01-f6a4-8304-79aa-97f2502e193f"
@@ -108,7 +108,14 @@ RULES = """guests:
 """
 
 
+def here(host: FakeHost, *args: str) -> Run:
+    """One run of virtguests and the fake in this process, on virtual time."""
+    return run_inprocess(host, *args)[0]
+
+
 def test_order_groups_and_per_guest_actions_end_to_end(fake_host: Make, tmp_path: Path) -> None:
+    """End to end: stop as a process, as systemd runs it; the rest of this file's
+    commands run in-process."""
     host = host_with_policy(fake_host, tmp_path, RULES)
     run = host.run("stop")
     assert run.code == 0, run.err
@@ -127,7 +134,7 @@ def test_order_groups_and_per_guest_actions_end_to_end(fake_host: Make, tmp_path
 def test_plan_shows_each_guest_without_changing_anything(fake_host: Make,
                                                          tmp_path: Path) -> None:
     host = host_with_policy(fake_host, tmp_path, RULES)
-    run = host.run("plan")
+    run = here(host, "plan")
     assert run.code == 0, run.err
     virsh = host.bin / "virsh"
     assert run.lines[0] == "default:"
@@ -136,26 +143,26 @@ def test_plan_shows_each_guest_without_changing_anything(fake_host: Make,
     assert run.lines[1].split() == ["GUEST", "ORDER", "ACTIONS", "TIMEOUT", "COMMAND"]
     assert f"{virsh} shutdown {host.uuid('db')}" in run.out
     assert "left running by policy" in run.out
-    doc = json.loads(host.run("--json", "plan", "stop").out)
+    doc = json.loads(here(host, "--json", "plan", "stop").out)
     db = next(g for g in doc["uris"][0]["guests"] if g["name"] == "db")
     assert (db["actions"], db["order"], db["timeout"]) == (["shutdown"], 0, 30)
     assert host.active() == {"db", "app", "web", "pet"}
     assert set(host.verbs()) == {"list", "echo"}
     assert not host.list_file.exists()
-    host.run("stop")
-    start = json.loads(host.run("--json", "plan", "start").out)
+    here(host, "stop")
+    start = json.loads(here(host, "--json", "plan", "start").out)
     assert [g["name"] for g in start["uris"][0]["guests"]] == ["db", "app", "web"]
 
 
 def test_report_after_a_run(fake_host: Make, tmp_path: Path) -> None:
     host = host_with_policy(fake_host, tmp_path, RULES)
-    assert host.run("report").out.startswith("no run recorded yet")
-    host.run("stop")
-    run = host.run("report")
+    assert here(host, "report").out.startswith("no run recorded yet")
+    here(host, "stop")
+    run = here(host, "report")
     assert run.code == 0 and run.lines[0] == "last run: stop, exit status 0"
     table = {ln.split()[0]: ln.split() for ln in run.lines[2:]}
     assert table["db"][2:4] == ["shut", "off"] and table["web"][2] == "saved"
-    doc = json.loads(host.run("--json", "report").out)
+    doc = json.loads(here(host, "--json", "report").out)
     assert {g["name"]: g["outcome"] for g in doc["guests"]} == {
         "web": "saved", "app": "saved", "db": "shut off"}
 
@@ -163,17 +170,17 @@ def test_report_after_a_run(fake_host: Make, tmp_path: Path) -> None:
 def test_invalid_policy_refuses_start_but_stop_still_protects(fake_host: Make,
                                                               tmp_path: Path) -> None:
     host = host_with_policy(fake_host, tmp_path, "guests:\n  - match: web\n    order: x\n")
-    run = host.run("stop")
+    run = here(host, "stop")
     assert run.code == 6 and "guests.yaml:3: order: not an integer: 'x'" in run.err
     assert host.managed_saved() == {"db", "app", "web", "pet"}
-    assert host.run("start").code == 6
-    assert host.run("check").code == 6
+    assert here(host, "start").code == 6
+    assert here(host, "check").code == 6
 
 
 def test_missing_named_policy_file(fake_host: Make, tmp_path: Path) -> None:
     host = fake_host({"uris": {"default": {"guests": []}}},
                      f"GUEST_POLICY={tmp_path / 'nope.yaml'}\n")
-    run = host.run("check")
+    run = here(host, "check")
     assert run.code == 6 and "nope.yaml: GUEST_POLICY: policy file does not exist" in run.err
 
 
