@@ -31,14 +31,29 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
             item.config.stash[_SLOW_LEFT_OUT] = item.config.stash.get(_SLOW_LEFT_OUT, 0) + 1
 
 
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Under pytest-xdist the workers collect: each tells the controller its count."""
+    output = getattr(session.config, "workeroutput", None)
+    if output is not None:
+        output["slow_left_out"] = session.config.stash.get(_SLOW_LEFT_OUT, 0)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """The controller's side (every worker collected the same tests)."""
+    count = int(getattr(node, "workeroutput", {}).get("slow_left_out", 0))
+    config = node.config
+    config.stash[_SLOW_LEFT_OUT] = max(config.stash.get(_SLOW_LEFT_OUT, 0), count)
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
                             config: pytest.Config) -> None:
     left_out = config.stash.get(_SLOW_LEFT_OUT, 0)
     if left_out:
         terminalreporter.write_line(
-            f"{left_out} slow tests left out (real-time fault runs: tests/test_properties.py, "
-            f"the soak, ...); run them with `make test-slow`, everything with `make test-all`",
-            yellow=True, bold=True)
+            f"{left_out} slow tests left out (real-time runs: tests/realhost/, "
+            f"tests/test_properties.py, the soak); run them with `make test-slow`, "
+            f"everything with `make test-all`", yellow=True, bold=True)
 
 
 @pytest.fixture

@@ -99,12 +99,15 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test in this directory ``realhost`` (select/deselect with -m), with its
-    own timeout."""
+    """Mark every test in this directory ``realhost`` and ``slow`` (real QEMU guests on
+    real time: ``make test`` leaves them out, ``make test-slow``/``test-all`` run them;
+    select with -m), with its own timeout.  First, so ``-m`` sees the marks."""
     for item in items:
         if HERE in Path(str(item.fspath)).resolve().parents:
             item.add_marker(pytest.mark.realhost)
+            item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.timeout(REALHOST_TIMEOUT))
 
 
