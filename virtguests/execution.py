@@ -86,6 +86,19 @@ class Execution:
         return self.config.query_timeout + (
             AGENT_SHUTDOWN_WAIT if action == Action.SHUTDOWN else JOB_LOCK_WAIT)
 
+    def request(self, uri: str, planned: GuestStop, action: Action,
+                argv: list[str]) -> Optional[VirshError]:
+        """Send the request that does *action* to the guest: None once sent, else the
+        error; a URI given up meanwhile is recorded here (the error says ``given_up``)."""
+        try:
+            self.virsh.run(uri, argv, timeout=self.request_timeout(action),
+                           ignore_interrupt=True)
+        except VirshError as err:
+            if err.given_up:
+                self.give_up(uri, planned, action)
+            return err
+        return None
+
     # -- bugs -------------------------------------------------------------------
 
     def internal_error(self, what: str, exc: BaseException) -> None:

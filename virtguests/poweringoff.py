@@ -15,7 +15,6 @@ from virtguests.execution import Execution
 from virtguests.model import Action, Outcome
 from virtguests.othersave import OtherSave, after_other_save, other_save
 from virtguests.plan import GuestStop
-from virtguests.virsh import VirshError
 
 
 def poweroff_all(run: Execution, uri: str, stops: Sequence[GuestStop]) -> list[GuestStop]:
@@ -36,13 +35,10 @@ def _poweroff(run: Execution, uri: str, planned: GuestStop) -> bool:
     if other != OtherSave.NONE:
         return after_other_save(run, uri, planned, Action.POWEROFF, other, started)
     outcome = run.result(uri, planned)
-    try:
-        run.virsh.run(uri, commands.destroy(planned.guest.uuid),
-                      timeout=run.request_timeout(Action.POWEROFF), ignore_interrupt=True)
-    except VirshError as err:
-        if err.given_up:
-            run.give_up(uri, planned, Action.POWEROFF)
-            return False
+    err = run.request(uri, planned, Action.POWEROFF, commands.destroy(planned.guest.uuid))
+    if err is not None and err.given_up:
+        return False
+    if err is not None:
         run.fail()
         run.messages.error(f"powering off guest {planned.guest.name} failed: {err.detail}")
         run.run_report.step(outcome, Action.POWEROFF, Outcome.FAILED, 0.0, err.detail)

@@ -295,18 +295,16 @@ class _Shutdowns:
     def _send_shutdown(self, planned: GuestStop) -> Optional[Union[bool, _Refused]]:
         """One shutdown request: True sent; a _Refused if it failed; None if nothing
         more is done (the URI was given up)."""
-        run, uri = self.run, self.uri
-        try:
-            run.virsh.run(uri, commands.shutdown(planned.guest.uuid),
-                          timeout=run.request_timeout(Action.SHUTDOWN), ignore_interrupt=True)
-        except VirshError as err:
-            if err.given_up:
-                run.give_up(uri, planned, Action.SHUTDOWN)
-                return None
-            now = run.clock.now()
-            return _Refused(planned, err, now,
-                            now + min(float(run.config.save_timeout), run.remaining()))
-        return True
+        run = self.run
+        err = run.request(self.uri, planned, Action.SHUTDOWN,
+                          commands.shutdown(planned.guest.uuid))
+        if err is None:
+            return True
+        if err.given_up:
+            return None
+        now = run.clock.now()
+        return _Refused(planned, err, now,
+                        now + min(float(run.config.save_timeout), run.remaining()))
 
     def _give_up_waiting(self) -> None:
         """The URI stopped answering: no check can succeed there, stop waiting at once."""
