@@ -559,6 +559,27 @@ def test_a_failed_call_naming_a_saves_lock_is_enough_to_wait(fake_host: Make,
     assert host.managed_saved() == {"busy"}
 
 
+@pytest.mark.parametrize("chain", ["poweroff", "suspend shutdown poweroff"])
+@pytest.mark.parametrize("nth", [2, 3, 50])
+def test_a_domjobinfo_that_fails_while_waiting_for_a_save_never_ends_the_wait(
+        fake_host: Make, chain: str, nth: int) -> None:
+    """Found in CI on real libvirt: the wait for another job's save of a paused guest
+    ended when one ``domjobinfo`` failed (there, because the save had just ended and the
+    guest was off; the ``domstate`` before it still said paused), and the guest was
+    sent ``destroy``.  A question that cannot tell is no answer: the wait goes on until
+    the state says how the save ended.  *nth*: which domjobinfo fails (50: none, for
+    contrast)."""
+    host = fake_host({"uris": {"default": {"guests": [
+        {"name": "busy", "saving_seconds": 10, "state": "paused"}]}},
+        "faults": [{"cmd": "domjobinfo", "nth": nth, "action": "fail", "error": "internal"}]},
+        f'ON_SHUTDOWN="{chain}"\nSHUTDOWN_TIMEOUT=20\nSAVE_TIMEOUT=600\n')
+    run, _ = run_inprocess(host, "stop")
+    assert ["destroy", host.uuid("busy")] not in host.commands(), run
+    assert report_steps(host, "busy")[-1] == ("suspend", "saved", "saved by another job")
+    assert host.managed_saved() == {"busy"}
+    assert run.code == 0, run
+
+
 @pytest.mark.parametrize("chain", CHAINS)
 def test_a_save_by_another_job_that_outlasts_save_timeout_is_left_alone(
         fake_host: Make, chain: str) -> None:

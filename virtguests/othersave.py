@@ -60,14 +60,15 @@ def _save_job(run: Execution, uri: str, uuid: str) -> Optional[bool]:
 
 def saving(run: Execution, uri: str, uuid: str, failure: Optional[VirshError] = None
            ) -> tuple[Optional[query.DomState], Optional[str]]:
-    """The guest's ``domstate --reason`` (None: no answer), and what shows a save of
-    it in progress (None: nothing does).
+    """The guest's ``domstate --reason`` and what shows a save of it in progress
+    (None: nothing does); (None, None) when virsh could not tell.
 
     Any one sign is enough: the reason ``saving`` (a guest that was running when
     the save began); for a paused guest, or after a call that failed on a lock held
     by a save, a save job in ``virsh domjobinfo``; and when domjobinfo cannot
     tell, that failed call's own words.  A shut-off guest is saved or not, no
-    longer being saved.
+    longer being saved.  A paused guest whose domjobinfo failed is not known to be
+    free of a save: no answer (it may also have been saved just after its domstate).
     """
     state = _domain_state(run, uri, uuid)
     if state is not None and state.saving:
@@ -81,6 +82,8 @@ def saving(run: Execution, uri: str, uuid: str, failure: Optional[VirshError] = 
             return state, "virsh domjobinfo: a save job is running"
         if job is None and lock:
             return state, f"the failed call said: {lock}"
+        if job is None:
+            return None, None
     return state, None
 
 
