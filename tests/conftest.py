@@ -26,8 +26,10 @@ _SLOW_LEFT_OUT = pytest.StashKey[int]()
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:
+    """Counts only what ``-m "not slow"`` left out (not a ``-k`` selection)."""
     for item in items:
-        if item.get_closest_marker("slow") is not None:
+        if "not slow" in (item.config.option.markexpr or "") \
+                and item.get_closest_marker("slow") is not None:
             item.config.stash[_SLOW_LEFT_OUT] = item.config.stash.get(_SLOW_LEFT_OUT, 0) + 1
 
 
