@@ -40,6 +40,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         output["slow_left_out"] = session.config.stash.get(_SLOW_LEFT_OUT, 0)
 
 
+# Modules whose module fixtures build in the worktree (test_dist: make man and make
+# install write build/): under pytest-xdist's loadgroup their tests stay on one worker,
+# so the fixtures build once and never concurrently; every other test is scheduled on
+# its own, which keeps both cores busy to the end of the run.
+_ONE_WORKER_MODULES = ("test_dist.py",)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in _ONE_WORKER_MODULES:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node: Any, error: Any) -> None:
     """The controller's side (every worker collected the same tests)."""

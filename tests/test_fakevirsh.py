@@ -863,3 +863,46 @@ def test_unknown_top_level_keys_are_rejected(virsh: Path, tmp_path: Path) -> Non
     h = Host(virsh, tmp_path, {**one_uri({"name": "g"}), "fault": []})
     r = h("list")
     assert r.returncode == 2 and "unknown keys ['fault']" in r.stderr
+
+
+# ---------------------------------------------------------------------------
+# the shim's byte-code cache
+# ---------------------------------------------------------------------------
+def _cached(pycache: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in pycache.rglob("*.pyc")}
+
+
+def test_shims_sharing_a_pycache_compile_the_fake_once(tmp_path: Path) -> None:
+    """FakeHost's shims share one cache: the fake is compiled by the first call of a
+    session, not by every host's first call (about six times a call's own cost)."""
+    pycache = tmp_path / "pycache"
+    env = dict(base_env(), VIRTGUESTS_FAKE_HOST=str(tmp_path / "host.yaml"))
+    (tmp_path / "host.yaml").write_text(yaml.safe_dump({"uris": {"default": {"guests": [
+        {"name": "web", "state": "running"}]}}}))
+    first = write_shim(tmp_path / "one", pycache)
+    assert run(first, env, "list", "--name").stdout.split() == ["web"]
+    compiled = _cached(pycache)
+    assert any(p.name.startswith("commands.") for p in compiled), sorted(compiled)
+
+    second = write_shim(tmp_path / "two", pycache)
+    assert run(second, env, "list", "--name").stdout.split() == ["web"]
+    assert _cached(pycache) == compiled
+    assert not (tmp_path / "two" / "__pycache__").exists()
+
+
+def test_a_shim_without_a_pycache_keeps_its_own(tmp_path: Path) -> None:
+    env = dict(base_env(), VIRTGUESTS_FAKE_HOST=str(tmp_path / "host.yaml"))
+    (tmp_path / "host.yaml").write_text(yaml.safe_dump({"uris": {"default": {"guests": []}}}))
+    shim = write_shim(tmp_path / "bin")
+    assert run(shim, env, "list", "--name").returncode == 0
+    assert _cached(tmp_path / "bin" / "__pycache__")
+
+
+def test_every_fake_host_of_a_process_shares_one_pycache(fake_host: Any,
+                                                          tmp_path: Path) -> None:
+    from virtguests.testing.harness import shared_pycache
+
+    host = fake_host({"uris": {"default": {"guests": []}}})
+    assert f"sys.pycache_prefix = {str(shared_pycache())!r}" in (host.bin / "virsh").read_text()
+    assert shared_pycache() == shared_pycache()
+    assert not str(shared_pycache()).startswith(str(tmp_path))

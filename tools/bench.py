@@ -35,9 +35,9 @@ Honest numbers: this environment may set PYTHONDONTWRITEBYTECODE=1, which
 makes every Python start recompile everything it imports.  The bench
 byte-compiles ``virtguests/`` first and removes PYTHONDONTWRITEBYTECODE from
 the environment of every child (virtguests and the fake virsh, whose shim
-keeps its own byte-code cache under the host's ``bin/__pycache__``; each
-fresh host gets one unlogged warm-up call that compiles it and builds the
-simulated host's state, for both tools alike).
+keeps its byte-code in one cache shared by this process's hosts; each
+fresh host gets one unlogged warm-up call that builds the simulated host's
+state (and compiles the fake the first time), for both tools alike).
 
 Output: a markdown report on stdout and in ``bench/results.md`` (``--out``),
 with PASS/FAIL for the targets.  Exit status 0 even when a target fails (this

@@ -88,13 +88,14 @@ def console_main() -> int:
     return main(sys.argv[1:])
 
 
-def write_shim(bin_dir: Path) -> Path:
+def write_shim(bin_dir: Path, pycache: Optional[Path] = None) -> Path:
     """Create ``bin_dir/virsh``: an executable that runs this fake with sys.executable.
 
     The shim starts Python with ``-S`` (no site import: much faster startup),
     puts this package's source tree on ``sys.path`` itself and keeps
-    byte-code in ``bin_dir/__pycache__`` even under PYTHONDONTWRITEBYTECODE
-    (compiling the modules on every call would double the cost of a call).
+    byte-code in *pycache* (default ``bin_dir/__pycache__``) even under
+    PYTHONDONTWRITEBYTECODE: compiling the modules costs a call about six times
+    what running it does, so shims that share a *pycache* compile them once.
     """
     from pathlib import Path as _Path
 
@@ -102,12 +103,13 @@ def write_shim(bin_dir: Path) -> Path:
 
     bin_dir = _Path(bin_dir)
     bin_dir.mkdir(parents=True, exist_ok=True)
+    cache = _Path(pycache) if pycache is not None else bin_dir / "__pycache__"
     shim = bin_dir / "virsh"
     shim.write_text(
         f"#!{sys.executable} -S\n"
         "import sys\n"
         "sys.dont_write_bytecode = False\n"
-        f"sys.pycache_prefix = {str(bin_dir.resolve() / '__pycache__')!r}\n"
+        f"sys.pycache_prefix = {str(cache.resolve())!r}\n"
         f"sys.path.insert(0, {SOURCE_TREE!r})\n"
         "from virtguests.testing.fakevirsh.main import console_main\n"
         "sys.exit(console_main())\n",
