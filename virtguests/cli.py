@@ -209,7 +209,7 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
         virsh.interrupt()
     requests.on_signal = _and_then(requests.on_signal, virsh.interrupt)
     ctx = Context(loaded, paths, virsh, messages, clock, dry_run=args.dry_run, json=args.json,
-                  run_report=run_report)
+                  run_report=run_report, host_root=Path(env.get("VIRTGUESTS_HOST_ROOT") or "/"))
     if guest_policy is not None:
         ctx.policy = guest_policy.lookup
     try:

@@ -17,6 +17,7 @@ from virtguests import files
 QEMU_CONF = Path("/etc/libvirt/qemu.conf")
 UNIT_WANTS_DIRS = (Path("/etc/systemd/system"),)
 SYSV_RC_DIRS = tuple(Path(f"/etc/rc{n}.d") for n in "0123456S")
+HOST_ROOT = Path("/")
 
 _ACTIVE = re.compile(
     r"^\s*(auto_shutdown_try_save|auto_shutdown_try_shutdown|auto_shutdown_poweroff)"
@@ -70,3 +71,14 @@ def warnings(qemu_conf: Path = QEMU_CONF,
         out.append("libvirt-guests is also enabled (" + ", ".join(enabled) + "): both would "
                    "save or shut down the same guests; disable one of them")
     return out
+
+
+def on_host(root: Path = HOST_ROOT) -> list[str]:
+    """``warnings()`` for the host whose ``/etc`` is under *root*
+    (``$VIRTGUESTS_HOST_ROOT``: a chroot, or a test's empty directory)."""
+
+    def under(path: Path) -> Path:
+        return root / path.relative_to("/")
+
+    return warnings(under(QEMU_CONF), [under(p) for p in UNIT_WANTS_DIRS],
+                    [under(p) for p in SYSV_RC_DIRS])

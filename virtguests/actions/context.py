@@ -11,6 +11,7 @@ import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
 from virtguests import state
@@ -37,6 +38,8 @@ class Context:
     lock_wait: float = 3600.0
     policy: PolicyLookup = no_policy
     run_report: RunReport = field(default_factory=RunReport)
+    host_root: Path = Path("/")
+    """Where the host's ``/etc`` is, for the conflict checks (``$VIRTGUESTS_HOST_ROOT``)."""
 
     @property
     def config(self) -> Config:
@@ -98,7 +101,7 @@ def warn_config(ctx: Context, command: Optional[str] = None) -> None:
 def warn_conflicts(ctx: Context) -> None:
     from virtguests import conflicts
 
-    for warning in conflicts.warnings():
+    for warning in conflicts.on_host(ctx.host_root):
         ctx.messages.warn(warning)
 
 

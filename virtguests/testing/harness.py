@@ -86,6 +86,9 @@ class CliHarness:
         self.state_dir = root / "state"
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.config_file = root / "libvirt-guests"
+        self.host_root = root / "host-root"
+        """The host's ``/`` for the conflict checks: empty unless a test writes
+        ``etc/libvirt/qemu.conf`` or unit links there; this machine's never show."""
         self.set_config(config)
 
     def set_config(self, text: str) -> None:
@@ -110,6 +113,7 @@ class CliHarness:
         for key in ("VIRSH", "VIRTGUESTS_CONFIG", "VIRTGUESTS_STATE_DIR",
                     "LIBVIRT_DEFAULT_URI", "VIRSH_DEFAULT_CONNECT_URI"):
             env.pop(key, None)
+        env["VIRTGUESTS_HOST_ROOT"] = str(self.host_root)
         return env
 
     def argv(self, *args: str) -> list[str]:
