@@ -19,16 +19,16 @@ $(STAMP): setup.cfg setup.py
 venv: $(STAMP)
 
 # make test: the fast suite, without the tests marked slow (it says how many it left
-# out), hypothesis' fast profile, one pytest-xdist worker per core (tests are shared out
-# one by one, except test_dist's, which stay on one worker: their module fixtures run
-# make install once; tests/conftest.py);
+# out), hypothesis' fast profile, one pytest-xdist worker per core (a test module stays
+# on one worker: module fixtures such as test_dist's make install are built once; the
+# modules that start the most processes go first, tests/conftest.py);
 # make test-slow: only those (the real host included); make test-all: every test (what
 # CI runs), one at a time; both at the ci profile's sizes. HYPOTHESIS_PROFILE=fast|ci overrides
 # (tests/conftest.py); PYTEST_ARGS adds pytest options (-x, -k NAME, a file).
 PYTEST_ARGS ?=
 test: $(STAMP)
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-fast} $(PY) -m pytest -q -m "not slow" \
-		-n auto --dist loadgroup $(PYTEST_ARGS)
+		-n auto --dist loadscope $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q -m slow $(PYTEST_ARGS)

@@ -40,18 +40,21 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         output["slow_left_out"] = session.config.stash.get(_SLOW_LEFT_OUT, 0)
 
 
-# Modules whose module fixtures build in the worktree (test_dist: make man and make
-# install write build/): under pytest-xdist's loadgroup their tests stay on one worker,
-# so the fixtures build once and never concurrently; every other test is scheduled on
-# its own, which keeps both cores busy to the end of the run.
-_ONE_WORKER_MODULES = ("test_dist.py",)
+# The modules that start the most processes (child CPU seconds in a serial run, see
+# doc/testing-speed.md), heaviest first. They are collected first, so pytest-xdist's
+# loadscope hands them out first and the short in-process modules fill in at the
+# end: both workers finish at about the same time. Order only; every test runs.
+_HEAVY_FIRST = ("test_fakevirsh.py", "test_output.py", "test_dist.py", "test_signals.py",
+                "test_faults.py", "test_service.py", "test_inprocess.py", "test_soak.py",
+                "test_cli.py")
 
 
-@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in _ONE_WORKER_MODULES:
-            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    def weight(item: pytest.Item) -> int:
+        name = item.path.name
+        return _HEAVY_FIRST.index(name) if name in _HEAVY_FIRST else len(_HEAVY_FIRST)
+
+    items.sort(key=weight)
 
 
 @pytest.hookimpl(optionalhook=True)
