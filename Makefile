@@ -48,7 +48,7 @@ fixtures: $(STAMP)
 	$(PY) tools/record_fixtures.py $(FIXTURE_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 bench: $(STAMP)
 	$(PY) tools/bench.py $(BENCH_ARGS)
@@ -57,7 +57,7 @@ SOAK_ARGS ?= --cycles 50 --scenarios 100
 soak: $(STAMP)
 	$(PY) tools/soak.py $(SOAK_ARGS)
 
-# -- man page, install, uninstall (see dist/README.md) ---------------------------
+# -- man page, install, uninstall (see packaging/README.md) ---------------------------
 # make install [DESTDIR=...] [PREFIX=/usr/local] [PYTHON=python3]: the package goes
 # into its own directory LIBDIR (with its dependencies, unless PIP_FLAGS=--no-deps),
 # run by a small BINDIR/virtguests wrapper. Never starts, stops or restarts a service.
@@ -89,14 +89,14 @@ install: build/virtguests.8
 		'from virtguests.cli import console_main' 'console_main()'; \
 	} > build/virtguests.wrapper
 	install -m 0755 build/virtguests.wrapper '$(DESTDIR)$(BINDIR)/virtguests'
-	sed 's|@BINDIR@|$(BINDIR)|g' dist/virtguests.service > build/virtguests.service
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/virtguests.service.in > build/virtguests.service
 	install -m 0644 build/virtguests.service '$(DESTDIR)$(UNITDIR)/virtguests.service'
-	sed 's|@BINDIR@|$(BINDIR)|g' dist/virtguests.init > build/virtguests.init
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/virtguests.init.in > build/virtguests.init
 	install -m 0755 build/virtguests.init '$(DESTDIR)$(INITDIR)/virtguests'
 	install -m 0644 build/virtguests.8 '$(DESTDIR)$(MANDIR)/man8/virtguests.8'
 	@echo "Installed. No service was started, stopped or restarted. To use it:"
 	@echo "  systemctl daemon-reload; systemctl disable libvirt-guests.service;"
-	@echo "  systemctl enable virtguests.service   (takes over at the next boot; see dist/README.md)"
+	@echo "  systemctl enable virtguests.service   (takes over at the next boot; see packaging/README.md)"
 
 uninstall:
 	@case '$(LIBDIR)' in */virtguests) ;; *) echo "LIBDIR must end in /virtguests" >&2; exit 1;; esac

@@ -1,4 +1,4 @@
-"""dist/: the systemd unit, the LSB init script, the man page, make man/install/uninstall.
+"""packaging/: the systemd unit, the LSB init script, the man page, make man/install/uninstall.
 
 Tools these tests need (systemd-analyze, groff, man, dash) come from
 .ci/install-dist-deps; when one is missing the test skips here and fails in CI.
@@ -26,8 +26,8 @@ from virtguests.testing import FakeHost
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(660)  # past _make's own 600 s deadline, which reports better
-UNIT = REPO / "dist" / "virtguests.service"
-INIT = REPO / "dist" / "virtguests.init"
+UNIT = REPO / "packaging" / "virtguests.service.in"
+INIT = REPO / "packaging" / "virtguests.init.in"
 MAN_SOURCE = REPO / "doc" / "virtguests.8.md"
 SERVICE_MANAGERS = ("systemctl", "deb-systemd-invoke", "deb-systemd-helper", "service",
                     "invoke-rc.d", "update-rc.d", "initctl", "rc-service", "chkconfig")
@@ -173,10 +173,22 @@ def test_unit_upgrade_guard() -> None:
 
 
 def test_packaging_notes_name_the_guards() -> None:
-    text = (REPO / "dist" / "README.md").read_text()
+    text = (REPO / "packaging" / "README.md").read_text()
     for needle in ("--no-stop-on-upgrade", "--no-restart-after-upgrade", "%systemd_postun",
                    "restartIfChanged", "never start, stop, restart or reload"):
         assert needle in text
+
+
+def test_no_source_where_build_tools_write() -> None:
+    """Python builds write dist/ and build/ (make clean removes both): no source there."""
+    git = shutil.which("git")
+    if git is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: which files are sources is unknown")
+    tracked = _run([git, "-C", str(REPO), "ls-files", "--", "dist", "build"])
+    assert (tracked.returncode, tracked.stdout) == (0, "")
+    templates = _run([git, "-C", str(REPO), "ls-files", "--", "packaging/*.in"])
+    assert templates.stdout.split() == ["packaging/virtguests.init.in",
+                                        "packaging/virtguests.service.in"]
 
 
 @pytest.mark.parametrize("command", ["reload", "force-reload"])
