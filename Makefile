@@ -68,7 +68,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 INITDIR ?= /etc/init.d
 PIP_FLAGS ?=
 
-.PHONY: uninstall
+.PHONY: uninstall deb
 
 man: build/virtguests.8
 
@@ -106,3 +106,19 @@ uninstall:
 	@echo "Removed the files; the list file and state in /var/lib/libvirt are kept."
 	@echo "Disable virtguests.service first (systemctl disable virtguests.service), or"
 	@echo "its stop at the next shutdown fails and no guest is saved."
+
+# -- make deb: a binary Debian package, offline, with Debian's own tooling ---------
+# (packaging/README.md; .ci/install-deb-deps installs the tools). The files the
+# package is built from and packaging/debian are copied into build/deb/src, where
+# dpkg-buildpackage runs (nothing it writes lands in the tree); the .deb ends in build/.
+DEB_SOURCES = setup.cfg setup.py README.md virtguests tools/mkman.py doc fixtures packaging
+DEB_OPTIONAL = pyproject.toml LICENSE COPYING MANIFEST.in
+deb:
+	rm -rf build/deb build/virtguests_*.deb
+	mkdir -p build/deb/src
+	tar -cf - --exclude=__pycache__ --exclude='*.egg-info' --exclude=packaging/debian \
+		$(DEB_SOURCES) $(wildcard $(DEB_OPTIONAL)) | tar -xf - -C build/deb/src
+	cp -R packaging/debian build/deb/src/debian
+	cd build/deb/src && dpkg-buildpackage -b -us -uc
+	mv build/deb/virtguests_*.deb build/
+	@echo "Built: $$(ls build/virtguests_*.deb)"

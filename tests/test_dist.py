@@ -627,3 +627,116 @@ def test_libvirt_guests_after_virtguests_does_nothing(tmp_path: Path) -> None:
     calls = len(host.calls())
     assert host.run("start").code == 0
     assert not [c for c in host.calls()[calls:] if "start" in c["argv"]]
+
+
+# ---------------------------------------------------------------------------
+# the Debian package (make deb; packaging/debian)
+# ---------------------------------------------------------------------------
+DEBIAN = REPO / "packaging" / "debian"
+
+
+def test_debian_changelog_version_is_the_package_version() -> None:
+    import virtguests
+
+    first = (DEBIAN / "changelog").read_text().splitlines()[0]
+    assert re.match(r"virtguests \(([^)]+)\) ", first)
+    assert first.split("(", 1)[1].split(")", 1)[0] == virtguests.__version__
+    assert (DEBIAN / "source" / "format").read_text() == "3.0 (native)\n"
+
+
+def test_debian_control_depends() -> None:
+    control = (DEBIAN / "control").read_text()
+    binary = control.split("\nPackage: virtguests\n", 1)[1]
+    depends = re.search(r"^Depends:(.*?)^\S", binary, re.MULTILINE | re.DOTALL)
+    assert depends is not None
+    assert [d.strip() for d in depends.group(1).split(",") if d.strip()] == [
+        "python3 (>= 3.9)", "python3-sh", "python3-yaml", "libvirt-clients",
+        "${python3:Depends}", "${misc:Depends}"]
+
+
+def _deb_field(info: str, field: str) -> str:
+    match = re.search(rf"^ {field}: (.*)$", info, re.MULTILINE)
+    assert match, field
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def built_deb() -> Path:
+    """``make deb``, in CI only: it needs debhelper and dh-python (.ci/install-deb-deps)."""
+    if not _required():
+        pytest.skip("make deb builds a Debian package (20 s, debhelper, dh-python): "
+                    "run with CI=true after .ci/install-deb-deps")
+    for tool in ("dpkg-buildpackage", "dh", "pybuild", "dpkg-deb"):
+        need(tool)
+    before = sorted(p.relative_to(DEBIAN) for p in DEBIAN.rglob("*"))
+    result = _run([need("make"), "-C", str(REPO), "--no-print-directory", "deb"], timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # dpkg-buildpackage ran on a copy: nothing it writes lands in the tree
+    assert sorted(p.relative_to(DEBIAN) for p in DEBIAN.rglob("*")) == before
+    debs = sorted((REPO / "build").glob("virtguests_*_all.deb"))
+    assert len(debs) == 1, debs
+    return debs[0]
+
+
+def test_deb_metadata_and_maintainer_scripts(built_deb: Path, tmp_path: Path) -> None:
+    import virtguests
+
+    info = _run(["dpkg-deb", "-I", str(built_deb)]).stdout
+    assert _deb_field(info, "Package") == "virtguests"
+    assert _deb_field(info, "Version") == virtguests.__version__
+    assert _deb_field(info, "Architecture") == "all"
+    depends = [d.strip() for d in _deb_field(info, "Depends").split(",")]
+    for dep in ("python3 (>= 3.9)", "python3-sh", "python3-yaml", "libvirt-clients"):
+        assert dep in depends
+    control = tmp_path / "control"
+    assert _run(["dpkg-deb", "-e", str(built_deb), str(control)]).returncode == 0
+    # the init script is the only conffile: /etc/default/libvirt-guests is libvirt's
+    assert (control / "conffiles").read_text().split() == ["/etc/init.d/virtguests"]
+    scripts = {name: (control / name).read_text() for name in
+               ("preinst", "postinst", "prerm", "postrm") if (control / name).exists()}
+    everything = "\n".join(scripts.values())
+    # installing or upgrading never enables, starts or restarts anything
+    assert "deb-systemd-invoke" not in scripts["postinst"]
+    assert "invoke-rc.d" not in scripts["postinst"]
+    assert "defaults-disabled" in scripts["postinst"]
+    # enable only re-creates what the admin had enabled (was-enabled)
+    lines = scripts["postinst"].splitlines()
+    for n, line in enumerate(lines):
+        if "deb-systemd-helper enable" in line:
+            assert any("was-enabled" in before for before in lines[max(0, n - 3):n]), line
+    assert not re.search(r"\b(restart|try-restart|reload-or-restart)\b", everything)
+    # removal (only) stops it; an upgrade's prerm does not
+    assert 'if [ "$1" = remove ]' in scripts["prerm"]
+    assert "deb-systemd-invoke stop virtguests.service" in scripts["prerm"]
+
+
+def test_deb_contents(built_deb: Path, tmp_path: Path) -> None:
+    listing = _run(["dpkg-deb", "-c", str(built_deb)]).stdout
+    files = {line.split()[5].lstrip("."): line.split()[0] for line in listing.splitlines()
+             if not line.startswith("d")}
+    assert files["/usr/bin/virtguests"] == "-rwxr-xr-x"
+    assert files["/etc/init.d/virtguests"] == "-rwxr-xr-x"
+    for path in ("/lib/systemd/system/virtguests.service",
+                 "/usr/share/man/man8/virtguests.8.gz",
+                 "/usr/share/doc/virtguests/README.Debian",
+                 "/usr/share/doc/virtguests/copyright",
+                 "/usr/lib/python3/dist-packages/virtguests/cli.py"):
+        assert files[path] == "-rw-r--r--", path
+    assert [p for p in files if p.startswith("/usr/bin/")] == ["/usr/bin/virtguests"]
+    assert not [p for p in files if p.startswith("/etc/") and p != "/etc/init.d/virtguests"]
+    assert not [p for p in files if "/tests/" in p or "/tools/" in p]
+    root = tmp_path / "root"
+    assert _run(["dpkg-deb", "-x", str(built_deb), str(root)]).returncode == 0
+    command = (root / "usr/bin/virtguests").read_text()
+    assert command.startswith("#!/usr/bin/python3\n")
+    unit = (root / "lib/systemd/system/virtguests.service").read_text()
+    assert unit == UNIT.read_text().replace("@BINDIR@", "/usr/bin")
+    init = (root / "etc/init.d/virtguests").read_text()
+    assert init == INIT.read_text().replace("@BINDIR@", "/usr/bin")
+
+
+def test_deb_lintian_reports_no_error(built_deb: Path) -> None:
+    lintian = need("lintian")
+    result = _run([lintian, "--fail-on", "error", str(built_deb)], timeout=600)
+    errors = [line for line in result.stdout.splitlines() if line.startswith("E:")]
+    assert (result.returncode, errors) == (0, []), result.stdout + result.stderr
