@@ -302,10 +302,10 @@ def test_init_script_passes_commands_and_exit_status(tmp_path: Path, stub_virtgu
     dash = need("dash")
     script = _init_copy(tmp_path, stub_virtguests)
     log = tmp_path / "log"
-    for code in (0, 1, 3, 6):
+    for code in (0, 1, 3, 5, 6):
         env = dict(os.environ, STUB_LOG=str(log), STUB_EXIT=str(code))
         assert _run([dash, str(script), command], env=env).returncode == code
-    assert log.read_text() == f"{command}\n" * 4
+    assert log.read_text() == f"{command}\n" * 5
 
 
 @pytest.mark.parametrize("args", [[], ["bogus"], ["check"], ["--config"]])
@@ -399,7 +399,7 @@ def test_man_page_files_exit_codes_and_signals() -> None:
                  *(str(p) for p in config.SEARCH_PATH)):
         assert f"`{path}`" in sections["FILES"], path
     codes = [t.strip("`") for t in terms(sections["EXIT STATUS"])]
-    assert codes == ["0", "1", "2", "3", "6"]
+    assert codes == ["0", "1", "2", "3", "5", "6"]
     assert "`SIGTERM`, `SIGINT`" in sections["SIGNALS"]
     for variable in ("VIRTGUESTS_CONFIG", "VIRTGUESTS_STATE_DIR", "VIRSH"):
         assert f"`{variable}`" in terms(sections["ENVIRONMENT"])
