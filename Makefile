@@ -58,9 +58,16 @@ soak: $(STAMP)
 	$(PY) tools/soak.py $(SOAK_ARGS)
 
 # -- man page, install, uninstall (see packaging/README.md) ---------------------------
-# make install [DESTDIR=...] [PREFIX=/usr/local] [PYTHON=python3]: the package goes
-# into its own directory LIBDIR (with its dependencies, unless PIP_FLAGS=--no-deps),
-# run by a small BINDIR/virtguests wrapper. Never starts, stops or restarts a service.
+# make install [DESTDIR=...] [PREFIX=/usr/local] [PYTHON=...] [VENDOR=1]: offline, on
+# the distribution's Python: pip builds the package with that interpreter's own
+# setuptools and wheel (--no-build-isolation --no-index) into its own directory LIBDIR,
+# run by a small BINDIR/virtguests wrapper, #!/usr/bin/python3 -I unless PYTHON is
+# given. sh and PyYAML are the interpreter's (Debian: python3-sh, python3-yaml);
+# VENDOR=1 puts PyPI's into LIBDIR instead (network). Never starts, stops or restarts
+# a service.
+INSTALL_PYTHON = $(if $(filter file,$(origin PYTHON)),/usr/bin/python3,$(PYTHON))
+VENDOR ?=
+INSTALL_PIP_FLAGS = --no-build-isolation $(if $(VENDOR),,--no-deps --no-index)
 BINDIR ?= $(PREFIX)/bin
 LIBDIR ?= $(PREFIX)/lib/virtguests
 MANDIR ?= $(PREFIX)/share/man
@@ -77,13 +84,17 @@ build/virtguests.8: doc/virtguests.8.md tools/mkman.py virtguests/__init__.py
 
 install: build/virtguests.8
 	@case '$(LIBDIR)' in */virtguests) ;; *) echo "LIBDIR must end in /virtguests" >&2; exit 1;; esac
+	@'$(INSTALL_PYTHON)' -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is \
+		None for m in ("pip", "setuptools", "wheel")))' 2>/dev/null || { echo \
+		"make install builds offline with $(INSTALL_PYTHON)'s pip, setuptools and wheel" \
+		"(Debian: apt-get install python3-pip python3-setuptools python3-wheel)" >&2; exit 1; }
 	rm -rf '$(DESTDIR)$(LIBDIR)' build/lib build/bdist.*
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile \
-		--target='$(DESTDIR)$(LIBDIR)' $(PIP_FLAGS) .
-	$(PYTHON) -m compileall -q -d '$(LIBDIR)' '$(DESTDIR)$(LIBDIR)'
+	'$(INSTALL_PYTHON)' -m pip install --quiet --disable-pip-version-check --no-compile \
+		--target='$(DESTDIR)$(LIBDIR)' $(INSTALL_PIP_FLAGS) $(PIP_FLAGS) .
+	'$(INSTALL_PYTHON)' -m compileall -q -d '$(LIBDIR)' '$(DESTDIR)$(LIBDIR)'
 	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(INITDIR)' \
 		'$(DESTDIR)$(MANDIR)/man8'
-	{ printf '#!%s -I\n' "$$($(PYTHON) -c 'import sys; print(sys.executable)')"; \
+	{ printf '#!%s -I\n' "$$('$(INSTALL_PYTHON)' -c 'import sys; print(sys.executable)')"; \
 	  printf '%s\n' '# virtguests: installed by make install; the package is in $(LIBDIR)' \
 		'import sys' 'sys.path.insert(0, "$(LIBDIR)")' \
 		'from virtguests.cli import console_main' 'console_main()'; \
@@ -94,6 +105,10 @@ install: build/virtguests.8
 	sed 's|@BINDIR@|$(BINDIR)|g' packaging/virtguests.init.in > build/virtguests.init
 	install -m 0755 build/virtguests.init '$(DESTDIR)$(INITDIR)/virtguests'
 	install -m 0644 build/virtguests.8 '$(DESTDIR)$(MANDIR)/man8/virtguests.8'
+	@'$(INSTALL_PYTHON)' -I -c 'import sys; sys.path.insert(0, sys.argv[1]); \
+		from virtguests import deps; r = deps.refusal(); \
+		r and print("warning: virtguests will refuse to run:", r.split(": nothing")[0])' \
+		'$(DESTDIR)$(LIBDIR)'
 	@echo "Installed. No service was started, stopped or restarted. To use it:"
 	@echo "  systemctl daemon-reload; systemctl disable libvirt-guests.service;"
 	@echo "  systemctl enable virtguests.service   (takes over at the next boot; see packaging/README.md)"
