@@ -702,8 +702,12 @@ def test_debian_control_depends() -> None:
     depends = re.search(r"^Depends:(.*?)^\S", binary, re.MULTILINE | re.DOTALL)
     assert depends is not None
     assert [d.strip() for d in depends.group(1).split(",") if d.strip()] == [
-        "python3 (>= 3.9)", "python3-sh", "python3-yaml", "libvirt-clients",
+        "python3 (>= 3.9)", "python3-sh (>= 1.14)", "python3-yaml (>= 6.0)", "libvirt-clients",
         "${python3:Depends}", "${misc:Depends}"]
+    # the versions virtguests.deps accepts (Debian 12: python3-sh 1.14.2, python3-yaml 6.0)
+    from virtguests import deps
+
+    assert deps.SUPPORTED["sh"][1] == (1, 14) and deps.SUPPORTED["PyYAML"][1] == (6, 0)
 
 
 def _deb_field(info: str, field: str) -> str:
@@ -738,7 +742,8 @@ def test_deb_metadata_and_maintainer_scripts(built_deb: Path, tmp_path: Path) ->
     assert _deb_field(info, "Version") == virtguests.__version__
     assert _deb_field(info, "Architecture") == "all"
     depends = [d.strip() for d in _deb_field(info, "Depends").split(",")]
-    for dep in ("python3 (>= 3.9)", "python3-sh", "python3-yaml", "libvirt-clients"):
+    for dep in ("python3 (>= 3.9)", "python3-sh (>= 1.14)", "python3-yaml (>= 6.0)",
+                "libvirt-clients"):
         assert dep in depends
     control = tmp_path / "control"
     assert _run(["dpkg-deb", "-e", str(built_deb), str(control)]).returncode == 0
