@@ -126,7 +126,8 @@ uninstall:
 # (packaging/README.md; .ci/install-deb-deps installs the tools). The files the
 # package is built from and packaging/debian are copied into build/deb/src, where
 # dpkg-buildpackage runs (nothing it writes lands in the tree); the .deb ends in build/.
-DEB_SOURCES = setup.cfg setup.py README.md virtguests tools/mkman.py doc fixtures packaging
+DEB_SOURCES = setup.cfg setup.py README.md virtguests tools/mkman.py tools/mkconfig.py doc \
+	fixtures packaging
 DEB_OPTIONAL = pyproject.toml LICENSE COPYING MANIFEST.in
 deb:
 	rm -rf build/deb build/virtguests_*.deb

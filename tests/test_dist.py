@@ -62,6 +62,17 @@ def _mkman() -> ModuleType:
 mkman = _mkman()
 
 
+def _mkconfig() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mkconfig", REPO / "tools" / "mkconfig.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mkconfig = _mkconfig()
+
+
 def unit_entries(text: str) -> list[tuple[str, str, str]]:
     """(section, key, value) for every assignment, in order (keys repeat in units)."""
     section = ""
@@ -465,6 +476,38 @@ def test_mkman_refuses_what_it_cannot_render(bad: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# tools/mkconfig.py: the example configuration file (the Debian package's)
+# ---------------------------------------------------------------------------
+def test_example_config_names_every_variable_in_order() -> None:
+    text = mkconfig.convert(MAN_SOURCE.read_text())
+    assert re.findall(r"^#([A-Z_]+)=", text, re.MULTILINE) == list(config.variable_names())
+    assert all(len(line) <= 86 for line in text.splitlines())
+    # as shipped, everything is commented out: the defaults, no problem, no warning
+    loaded = config.parse_text(text, "example", {})
+    assert (loaded.problems, loaded.warnings) == ((), ())
+    assert loaded.config == config.parse_text("", "empty", {}).config
+
+
+def test_example_config_values_are_the_defaults() -> None:
+    """Uncommented, every line parses and sets its variable to its default
+    (GUEST_POLICY's default applies only when the file exists: left commented)."""
+    text = mkconfig.convert(MAN_SOURCE.read_text())
+    active = re.sub(r"^#(?!GUEST_POLICY=)([A-Z_]+=)", r"\1", text, flags=re.MULTILINE)
+    assert active.count("\n#") < text.count("\n#")
+    loaded = config.parse_text(active, "example", {})
+    assert (loaded.problems, loaded.warnings) == ((), ())
+    assert set(loaded.sources) == set(config.variable_names()) - {"GUEST_POLICY"}
+    assert loaded.config == config.parse_text("", "empty", {}).config
+
+
+def test_mkconfig_refuses_a_page_without_variables() -> None:
+    for page in ("% x(8) | T\n\n# NAME\n\nx\n",
+                 "% x(8) | T\n\n# CONFIGURATION\n\nnone\n\n# FILES\n"):
+        with pytest.raises(mkconfig.SourceError):
+            mkconfig.convert(page)
+
+
+# ---------------------------------------------------------------------------
 # make install / uninstall
 # ---------------------------------------------------------------------------
 def _recording_path(tmp: Path) -> tuple[dict[str, str], Path]:
@@ -776,6 +819,7 @@ def test_deb_contents(built_deb: Path, tmp_path: Path) -> None:
     for path in ("/lib/systemd/system/virtguests.service",
                  "/usr/share/man/man8/virtguests.8.gz",
                  "/usr/share/doc/virtguests/README.Debian",
+                 "/usr/share/doc/virtguests/examples/libvirt-guests",
                  "/usr/share/doc/virtguests/copyright",
                  "/usr/lib/python3/dist-packages/virtguests/cli.py"):
         assert files[path] == "-rw-r--r--", path
@@ -790,6 +834,8 @@ def test_deb_contents(built_deb: Path, tmp_path: Path) -> None:
     assert unit == UNIT.read_text().replace("@BINDIR@", "/usr/bin")
     init = (root / "etc/init.d/virtguests").read_text()
     assert init == INIT.read_text().replace("@BINDIR@", "/usr/bin")
+    example = (root / "usr/share/doc/virtguests/examples/libvirt-guests").read_text()
+    assert example == mkconfig.convert(MAN_SOURCE.read_text())
 
 
 def test_deb_lintian_reports_no_error(built_deb: Path) -> None:
