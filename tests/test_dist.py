@@ -1,7 +1,10 @@
-"""packaging/: the systemd unit, the LSB init script, the man page, make man/install/uninstall.
+"""packaging/: the systemd unit, the LSB init script, the man page, the example config,
+make man/install/uninstall, make deb.
 
 Tools these tests need (systemd-analyze, groff, man, dash) come from
-.ci/install-dist-deps; when one is missing the test skips here and fails in CI.
+.ci/install-dist-deps, those of make deb and make install's default Python
+(debhelper, dh-python, lintian, python3-pip, ...) from .ci/install-deb-deps; when one
+is missing the test skips here and fails in CI. make deb itself runs only in CI.
 """
 
 from __future__ import annotations
