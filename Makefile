@@ -49,7 +49,7 @@ fixtures: $(STAMP)
 	$(PY) tools/record_fixtures.py $(FIXTURE_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 bench: $(STAMP)
 	$(PY) tools/bench.py $(BENCH_ARGS)
@@ -58,10 +58,17 @@ SOAK_ARGS ?= --cycles 50 --scenarios 100
 soak: $(STAMP)
 	$(PY) tools/soak.py $(SOAK_ARGS)
 
-# -- man page, install, uninstall (see dist/README.md) ---------------------------
-# make install [DESTDIR=...] [PREFIX=/usr/local] [PYTHON=python3]: the package goes
-# into its own directory LIBDIR (with its dependencies, unless PIP_FLAGS=--no-deps),
-# run by a small BINDIR/virtguests wrapper. Never starts, stops or restarts a service.
+# -- man page, install, uninstall (see packaging/README.md) ---------------------------
+# make install [DESTDIR=...] [PREFIX=/usr/local] [PYTHON=...] [VENDOR=1]: offline, on
+# the distribution's Python: pip builds the package with that interpreter's own
+# setuptools and wheel (--no-build-isolation --no-index) into its own directory LIBDIR,
+# run by a small BINDIR/virtguests wrapper, #!/usr/bin/python3 -I unless PYTHON is
+# given. sh and PyYAML are the interpreter's (Debian: python3-sh, python3-yaml);
+# VENDOR=1 puts PyPI's into LIBDIR instead (network). Never starts, stops or restarts
+# a service.
+INSTALL_PYTHON = $(if $(filter file,$(origin PYTHON)),/usr/bin/python3,$(PYTHON))
+VENDOR ?=
+INSTALL_PIP_FLAGS = --no-build-isolation $(if $(VENDOR),,--no-deps --no-index)
 BINDIR ?= $(PREFIX)/bin
 LIBDIR ?= $(PREFIX)/lib/virtguests
 MANDIR ?= $(PREFIX)/share/man
@@ -69,7 +76,7 @@ UNITDIR ?= $(PREFIX)/lib/systemd/system
 INITDIR ?= /etc/init.d
 PIP_FLAGS ?=
 
-.PHONY: uninstall
+.PHONY: uninstall deb
 
 man: build/virtguests.8
 
@@ -78,26 +85,34 @@ build/virtguests.8: doc/virtguests.8.md tools/mkman.py virtguests/__init__.py
 
 install: build/virtguests.8
 	@case '$(LIBDIR)' in */virtguests) ;; *) echo "LIBDIR must end in /virtguests" >&2; exit 1;; esac
+	@'$(INSTALL_PYTHON)' -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is \
+		None for m in ("pip", "setuptools", "wheel")))' 2>/dev/null || { echo \
+		"make install builds offline with $(INSTALL_PYTHON)'s pip, setuptools and wheel" \
+		"(Debian: apt-get install python3-pip python3-setuptools python3-wheel)" >&2; exit 1; }
 	rm -rf '$(DESTDIR)$(LIBDIR)' build/lib build/bdist.*
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-compile \
-		--target='$(DESTDIR)$(LIBDIR)' $(PIP_FLAGS) .
-	$(PYTHON) -m compileall -q -d '$(LIBDIR)' '$(DESTDIR)$(LIBDIR)'
+	'$(INSTALL_PYTHON)' -m pip install --quiet --disable-pip-version-check --no-compile \
+		--target='$(DESTDIR)$(LIBDIR)' $(INSTALL_PIP_FLAGS) $(PIP_FLAGS) .
+	'$(INSTALL_PYTHON)' -m compileall -q -d '$(LIBDIR)' '$(DESTDIR)$(LIBDIR)'
 	install -d '$(DESTDIR)$(BINDIR)' '$(DESTDIR)$(UNITDIR)' '$(DESTDIR)$(INITDIR)' \
 		'$(DESTDIR)$(MANDIR)/man8'
-	{ printf '#!%s -I\n' "$$($(PYTHON) -c 'import sys; print(sys.executable)')"; \
+	{ printf '#!%s -I\n' "$$('$(INSTALL_PYTHON)' -c 'import sys; print(sys.executable)')"; \
 	  printf '%s\n' '# virtguests: installed by make install; the package is in $(LIBDIR)' \
 		'import sys' 'sys.path.insert(0, "$(LIBDIR)")' \
 		'from virtguests.cli import console_main' 'console_main()'; \
 	} > build/virtguests.wrapper
 	install -m 0755 build/virtguests.wrapper '$(DESTDIR)$(BINDIR)/virtguests'
-	sed 's|@BINDIR@|$(BINDIR)|g' dist/virtguests.service > build/virtguests.service
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/virtguests.service.in > build/virtguests.service
 	install -m 0644 build/virtguests.service '$(DESTDIR)$(UNITDIR)/virtguests.service'
-	sed 's|@BINDIR@|$(BINDIR)|g' dist/virtguests.init > build/virtguests.init
+	sed 's|@BINDIR@|$(BINDIR)|g' packaging/virtguests.init.in > build/virtguests.init
 	install -m 0755 build/virtguests.init '$(DESTDIR)$(INITDIR)/virtguests'
 	install -m 0644 build/virtguests.8 '$(DESTDIR)$(MANDIR)/man8/virtguests.8'
+	@'$(INSTALL_PYTHON)' -I -c 'import sys; sys.path.insert(0, sys.argv[1]); \
+		from virtguests import deps; r = deps.refusal(); \
+		r and print("warning: virtguests will refuse to run:", r.split(": nothing")[0])' \
+		'$(DESTDIR)$(LIBDIR)'
 	@echo "Installed. No service was started, stopped or restarted. To use it:"
 	@echo "  systemctl daemon-reload; systemctl disable libvirt-guests.service;"
-	@echo "  systemctl enable virtguests.service   (takes over at the next boot; see dist/README.md)"
+	@echo "  systemctl enable virtguests.service   (takes over at the next boot; see packaging/README.md)"
 
 uninstall:
 	@case '$(LIBDIR)' in */virtguests) ;; *) echo "LIBDIR must end in /virtguests" >&2; exit 1;; esac
@@ -107,3 +122,20 @@ uninstall:
 	@echo "Removed the files; the list file and state in /var/lib/libvirt are kept."
 	@echo "Disable virtguests.service first (systemctl disable virtguests.service), or"
 	@echo "its stop at the next shutdown fails and no guest is saved."
+
+# -- make deb: a binary Debian package, offline, with Debian's own tooling ---------
+# (packaging/README.md; .ci/install-deb-deps installs the tools). The files the
+# package is built from and packaging/debian are copied into build/deb/src, where
+# dpkg-buildpackage runs (nothing it writes lands in the tree); the .deb ends in build/.
+DEB_SOURCES = setup.cfg setup.py README.md virtguests tools/mkman.py tools/mkconfig.py doc \
+	fixtures packaging
+DEB_OPTIONAL = pyproject.toml LICENSE COPYING MANIFEST.in
+deb:
+	rm -rf build/deb build/virtguests_*.deb
+	mkdir -p build/deb/src
+	tar -cf - --exclude=__pycache__ --exclude='*.egg-info' --exclude=packaging/debian \
+		$(DEB_SOURCES) $(wildcard $(DEB_OPTIONAL)) | tar -xf - -C build/deb/src
+	cp -R packaging/debian build/deb/src/debian
+	cd build/deb/src && dpkg-buildpackage -b -us -uc
+	mv build/deb/virtguests_*.deb build/
+	@echo "Built: $$(ls build/virtguests_*.deb)"

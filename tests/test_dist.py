@@ -1,7 +1,10 @@
-"""dist/: the systemd unit, the LSB init script, the man page, make man/install/uninstall.
+"""packaging/: the systemd unit, the LSB init script, the man page, the example config,
+make man/install/uninstall, make deb.
 
 Tools these tests need (systemd-analyze, groff, man, dash) come from
-.ci/install-dist-deps; when one is missing the test skips here and fails in CI.
+.ci/install-dist-deps, those of make deb and make install's default Python
+(debhelper, dh-python, lintian, python3-pip, ...) from .ci/install-deb-deps; when one
+is missing the test skips here and fails in CI. make deb itself runs only in CI.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from virtguests.testing import FakeHost
 REPO = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.timeout(660)  # past _make's own 600 s deadline, which reports better
-UNIT = REPO / "dist" / "virtguests.service"
-INIT = REPO / "dist" / "virtguests.init"
+UNIT = REPO / "packaging" / "virtguests.service.in"
+INIT = REPO / "packaging" / "virtguests.init.in"
 MAN_SOURCE = REPO / "doc" / "virtguests.8.md"
 SERVICE_MANAGERS = ("systemctl", "deb-systemd-invoke", "deb-systemd-helper", "service",
                     "invoke-rc.d", "update-rc.d", "initctl", "rc-service", "chkconfig")
@@ -60,6 +63,17 @@ def _mkman() -> ModuleType:
 
 
 mkman = _mkman()
+
+
+def _mkconfig() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mkconfig", REPO / "tools" / "mkconfig.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+mkconfig = _mkconfig()
 
 
 def unit_entries(text: str) -> list[tuple[str, str, str]]:
@@ -173,10 +187,22 @@ def test_unit_upgrade_guard() -> None:
 
 
 def test_packaging_notes_name_the_guards() -> None:
-    text = (REPO / "dist" / "README.md").read_text()
+    text = (REPO / "packaging" / "README.md").read_text()
     for needle in ("--no-stop-on-upgrade", "--no-restart-after-upgrade", "%systemd_postun",
                    "restartIfChanged", "never start, stop, restart or reload"):
         assert needle in text
+
+
+def test_no_source_where_build_tools_write() -> None:
+    """Python builds write dist/ and build/ (make clean removes both): no source there."""
+    git = shutil.which("git")
+    if git is None or not (REPO / ".git").exists():
+        pytest.skip("not a git checkout: which files are sources is unknown")
+    tracked = _run([git, "-C", str(REPO), "ls-files", "--", "dist", "build"])
+    assert (tracked.returncode, tracked.stdout) == (0, "")
+    templates = _run([git, "-C", str(REPO), "ls-files", "--", "packaging/*.in"])
+    assert templates.stdout.split() == ["packaging/virtguests.init.in",
+                                        "packaging/virtguests.service.in"]
 
 
 @pytest.mark.parametrize("command", ["reload", "force-reload"])
@@ -290,10 +316,10 @@ def test_init_script_passes_commands_and_exit_status(tmp_path: Path, stub_virtgu
     dash = need("dash")
     script = _init_copy(tmp_path, stub_virtguests)
     log = tmp_path / "log"
-    for code in (0, 1, 3, 6):
+    for code in (0, 1, 3, 5, 6):
         env = dict(os.environ, STUB_LOG=str(log), STUB_EXIT=str(code))
         assert _run([dash, str(script), command], env=env).returncode == code
-    assert log.read_text() == f"{command}\n" * 4
+    assert log.read_text() == f"{command}\n" * 5
 
 
 @pytest.mark.parametrize("args", [[], ["bogus"], ["check"], ["--config"]])
@@ -387,7 +413,7 @@ def test_man_page_files_exit_codes_and_signals() -> None:
                  *(str(p) for p in config.SEARCH_PATH)):
         assert f"`{path}`" in sections["FILES"], path
     codes = [t.strip("`") for t in terms(sections["EXIT STATUS"])]
-    assert codes == ["0", "1", "2", "3", "6"]
+    assert codes == ["0", "1", "2", "3", "5", "6"]
     assert "`SIGTERM`, `SIGINT`" in sections["SIGNALS"]
     for variable in ("VIRTGUESTS_CONFIG", "VIRTGUESTS_STATE_DIR", "VIRSH"):
         assert f"`{variable}`" in terms(sections["ENVIRONMENT"])
@@ -453,6 +479,38 @@ def test_mkman_refuses_what_it_cannot_render(bad: str) -> None:
 
 
 # ---------------------------------------------------------------------------
+# tools/mkconfig.py: the example configuration file (the Debian package's)
+# ---------------------------------------------------------------------------
+def test_example_config_names_every_variable_in_order() -> None:
+    text = mkconfig.convert(MAN_SOURCE.read_text())
+    assert re.findall(r"^#([A-Z_]+)=", text, re.MULTILINE) == list(config.variable_names())
+    assert all(len(line) <= 86 for line in text.splitlines())
+    # as shipped, everything is commented out: the defaults, no problem, no warning
+    loaded = config.parse_text(text, "example", {})
+    assert (loaded.problems, loaded.warnings) == ((), ())
+    assert loaded.config == config.parse_text("", "empty", {}).config
+
+
+def test_example_config_values_are_the_defaults() -> None:
+    """Uncommented, every line parses and sets its variable to its default
+    (GUEST_POLICY's default applies only when the file exists: left commented)."""
+    text = mkconfig.convert(MAN_SOURCE.read_text())
+    active = re.sub(r"^#(?!GUEST_POLICY=)([A-Z_]+=)", r"\1", text, flags=re.MULTILINE)
+    assert active.count("\n#") < text.count("\n#")
+    loaded = config.parse_text(active, "example", {})
+    assert (loaded.problems, loaded.warnings) == ((), ())
+    assert set(loaded.sources) == set(config.variable_names()) - {"GUEST_POLICY"}
+    assert loaded.config == config.parse_text("", "empty", {}).config
+
+
+def test_mkconfig_refuses_a_page_without_variables() -> None:
+    for page in ("% x(8) | T\n\n# NAME\n\nx\n",
+                 "% x(8) | T\n\n# CONFIGURATION\n\nnone\n\n# FILES\n"):
+        with pytest.raises(mkconfig.SourceError):
+            mkconfig.convert(page)
+
+
+# ---------------------------------------------------------------------------
 # make install / uninstall
 # ---------------------------------------------------------------------------
 def _recording_path(tmp: Path) -> tuple[dict[str, str], Path]:
@@ -468,31 +526,53 @@ def _recording_path(tmp: Path) -> tuple[dict[str, str], Path]:
     return env, log
 
 
-def _pip_flags() -> str:
-    flags = ["--no-deps"]  # the interpreter running the tests has sh and PyYAML
-    have = [importlib.util.find_spec(m) is not None for m in ("setuptools", "wheel")]
-    if all(have):
-        flags.append("--no-build-isolation")  # no download of the build backend
-    return " ".join(flags)
+SYSTEM_PYTHON = "/usr/bin/python3"
 
 
-def _make(target: str, tmp: Path, *variables: str) -> tuple[subprocess.CompletedProcess[str],
-                                                            str]:
+def _offline() -> list[str]:
+    """A prefix that runs a command without network (a new network namespace), when
+    this process may create one; [] otherwise (--no-index still keeps pip off it)."""
+    unshare = shutil.which("unshare")
+    if unshare and _run([unshare, "--net", "true"]).returncode == 0:
+        return [unshare, "--net"]
+    return []
+
+
+def _make(target: str, tmp: Path, *variables: str,
+          python: Optional[str] = sys.executable) -> tuple[subprocess.CompletedProcess[str],
+                                                           str]:
+    """make TARGET with the service managers recorded; PYTHON=python unless None (the
+    Makefile's default, /usr/bin/python3), without network."""
     make = need("make")
     env, log = _recording_path(tmp)
-    result = _run([make, "-C", str(REPO), "--no-print-directory", target,
-                   f"PYTHON={sys.executable}", f"PIP_FLAGS={_pip_flags()}", *variables],
-                  env=env, timeout=600)
+    argv = [make, "-C", str(REPO), "--no-print-directory", target, *variables]
+    if python is not None:
+        argv.append(f"PYTHON={python}")
+    result = _run([*_offline(), *argv], env=env, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     calls = log.read_text() if log.exists() else ""
     return result, calls
 
 
+def _need_system_python() -> None:
+    """make install's default: Debian's python3 with pip, setuptools and wheel."""
+    probe = [SYSTEM_PYTHON, "-c", "import importlib.util as u, sys; sys.exit(any("
+             "u.find_spec(m) is None for m in ('pip', 'setuptools', 'wheel')))"]
+    if not os.access(SYSTEM_PYTHON, os.X_OK) or _run(probe).returncode != 0:
+        reason = (f"{SYSTEM_PYTHON} with pip, setuptools and wheel "
+                  "(.ci/install-deb-deps installs them)")
+        if _required():
+            pytest.fail(f"{reason}; required in CI", pytrace=False)
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def installed_destdir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """make install's defaults: Debian's python3, nothing vendored, offline."""
+    _need_system_python()
     tmp = tmp_path_factory.mktemp("destdir")
     root = tmp / "root"
-    _, calls = _make("install", tmp, f"DESTDIR={root}")
+    _, calls = _make("install", tmp, f"DESTDIR={root}", python=None)
     assert calls == "", f"make install called a service manager: {calls}"
     yield root
 
@@ -531,17 +611,45 @@ def test_make_install_destdir_layout(installed_destdir: Path) -> None:
     page = (installed_destdir / "usr/local/share/man/man8/virtguests.8").read_text()
     assert page.startswith('.\\" Generated by tools/mkman.py') and ".SH NAME" in page
     wrapper = (installed_destdir / "usr/local/bin/virtguests").read_text()
-    assert wrapper.startswith(f"#!{sys.executable} -I\n")
+    assert wrapper.startswith(f"#!{SYSTEM_PYTHON} -I\n")
     assert 'sys.path.insert(0, "/usr/local/lib/virtguests")' in wrapper
     assert str(installed_destdir) not in wrapper + unit + init
     # the developers' tooling is not shipped (the fake virsh is: virtguests.testing)
     lib = installed_destdir / "usr/local/lib/virtguests"
     assert not (lib / "tools").exists() and not (lib / "tests").exists()
+    # nothing vendored: sh and PyYAML are the distribution's (python3-sh, python3-yaml)
+    assert sorted(p.name for p in lib.iterdir() if p.name != "bin" and p.name != "share") == [
+        "virtguests", f"virtguests-{_version()}.dist-info"]
     # nothing lands outside DESTDIR's documented places
     tops = {p.relative_to(installed_destdir).parts[:3] for p in installed_destdir.rglob("*")
             if p.is_file()}
     assert tops <= {("usr", "local", "bin"), ("usr", "local", "lib"),
                     ("usr", "local", "share"), ("etc", "init.d", "virtguests")}
+
+
+def _version() -> str:
+    import virtguests
+
+    return virtguests.__version__
+
+
+def test_make_install_runs_on_the_system_python(installed_destdir: Path) -> None:
+    """The wrapper, as installed, imports the package from LIBDIR and the distribution's
+    sh and PyYAML (-I: no PYTHONPATH, no user site)."""
+    lib = installed_destdir / "usr/local/lib/virtguests"
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); "
+              "import sh, yaml, virtguests; "
+              "print(virtguests.__file__, sh.__file__, yaml.__file__, sep='\\n')")
+    result = _run([SYSTEM_PYTHON, "-I", "-c", script, str(lib)])
+    if result.returncode != 0 and "No module named" in result.stderr:
+        reason = f"{SYSTEM_PYTHON} lacks sh or PyYAML (apt-get install python3-sh python3-yaml)"
+        if _required():
+            pytest.fail(f"{reason}; required in CI", pytrace=False)
+        pytest.skip(reason)
+    assert result.returncode == 0, result.stderr
+    package, sh_file, yaml_file = result.stdout.splitlines()
+    assert package.startswith(str(lib))
+    assert not sh_file.startswith(str(lib)) and not yaml_file.startswith(str(lib))
 
 
 def test_make_uninstall_removes_what_install_put(installed_destdir: Path,
@@ -555,6 +663,8 @@ def test_make_uninstall_removes_what_install_put(installed_destdir: Path,
 
 def test_installed_command_runs(installed_prefix: Path, fake_host: Any) -> None:
     virtguests = installed_prefix / "bin" / "virtguests"
+    # PYTHON overrides the default /usr/bin/python3
+    assert virtguests.read_text().startswith(f"#!{sys.executable} -I\n")
     result = _run([str(virtguests), "--help"])
     assert result.returncode == 0 and result.stdout.startswith("Usage: virtguests {start|")
     host: FakeHost = fake_host({"uris": {"default": {"guests": [{"name": "web"}]}}})
@@ -615,3 +725,124 @@ def test_libvirt_guests_after_virtguests_does_nothing(tmp_path: Path) -> None:
     calls = len(host.calls())
     assert host.run("start").code == 0
     assert not [c for c in host.calls()[calls:] if "start" in c["argv"]]
+
+
+# ---------------------------------------------------------------------------
+# the Debian package (make deb; packaging/debian)
+# ---------------------------------------------------------------------------
+DEBIAN = REPO / "packaging" / "debian"
+
+
+def test_debian_changelog_version_is_the_package_version() -> None:
+    import virtguests
+
+    first = (DEBIAN / "changelog").read_text().splitlines()[0]
+    assert re.match(r"virtguests \(([^)]+)\) ", first)
+    assert first.split("(", 1)[1].split(")", 1)[0] == virtguests.__version__
+    assert (DEBIAN / "source" / "format").read_text() == "3.0 (native)\n"
+
+
+def test_debian_control_depends() -> None:
+    control = (DEBIAN / "control").read_text()
+    binary = control.split("\nPackage: virtguests\n", 1)[1]
+    depends = re.search(r"^Depends:(.*?)^\S", binary, re.MULTILINE | re.DOTALL)
+    assert depends is not None
+    assert [d.strip() for d in depends.group(1).split(",") if d.strip()] == [
+        "python3 (>= 3.9)", "python3-sh (>= 1.14)", "python3-yaml (>= 6.0)", "libvirt-clients",
+        "${python3:Depends}", "${misc:Depends}"]
+    # the versions virtguests.deps accepts (Debian 12: python3-sh 1.14.2, python3-yaml 6.0)
+    from virtguests import deps
+
+    assert deps.SUPPORTED["sh"][1] == (1, 14) and deps.SUPPORTED["PyYAML"][1] == (6, 0)
+
+
+def _deb_field(info: str, field: str) -> str:
+    match = re.search(rf"^ {field}: (.*)$", info, re.MULTILINE)
+    assert match, field
+    return match.group(1)
+
+
+@pytest.fixture(scope="module")
+def built_deb() -> Path:
+    """``make deb``, in CI only: it needs debhelper and dh-python (.ci/install-deb-deps)."""
+    if not _required():
+        pytest.skip("make deb builds a Debian package (20 s, debhelper, dh-python): "
+                    "run with CI=true after .ci/install-deb-deps")
+    for tool in ("dpkg-buildpackage", "dh", "pybuild", "dpkg-deb"):
+        need(tool)
+    before = sorted(p.relative_to(DEBIAN) for p in DEBIAN.rglob("*"))
+    result = _run([need("make"), "-C", str(REPO), "--no-print-directory", "deb"], timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    # dpkg-buildpackage ran on a copy: nothing it writes lands in the tree
+    assert sorted(p.relative_to(DEBIAN) for p in DEBIAN.rglob("*")) == before
+    debs = sorted((REPO / "build").glob("virtguests_*_all.deb"))
+    assert len(debs) == 1, debs
+    return debs[0]
+
+
+def test_deb_metadata_and_maintainer_scripts(built_deb: Path, tmp_path: Path) -> None:
+    import virtguests
+
+    info = _run(["dpkg-deb", "-I", str(built_deb)]).stdout
+    assert _deb_field(info, "Package") == "virtguests"
+    assert _deb_field(info, "Version") == virtguests.__version__
+    assert _deb_field(info, "Architecture") == "all"
+    depends = [d.strip() for d in _deb_field(info, "Depends").split(",")]
+    for dep in ("python3 (>= 3.9)", "python3-sh (>= 1.14)", "python3-yaml (>= 6.0)",
+                "libvirt-clients"):
+        assert dep in depends
+    control = tmp_path / "control"
+    assert _run(["dpkg-deb", "-e", str(built_deb), str(control)]).returncode == 0
+    # the init script is the only conffile: /etc/default/libvirt-guests is libvirt's
+    assert (control / "conffiles").read_text().split() == ["/etc/init.d/virtguests"]
+    scripts = {name: (control / name).read_text() for name in
+               ("preinst", "postinst", "prerm", "postrm") if (control / name).exists()}
+    everything = "\n".join(scripts.values())
+    # installing or upgrading never enables, starts or restarts anything
+    assert "deb-systemd-invoke" not in scripts["postinst"]
+    assert "invoke-rc.d" not in scripts["postinst"]
+    assert "defaults-disabled" in scripts["postinst"]
+    # enable only re-creates what the admin had enabled (was-enabled)
+    lines = scripts["postinst"].splitlines()
+    for n, line in enumerate(lines):
+        if "deb-systemd-helper enable" in line:
+            assert any("was-enabled" in before for before in lines[max(0, n - 3):n]), line
+    assert not re.search(r"\b(restart|try-restart|reload-or-restart)\b", everything)
+    # removal (only) stops it; an upgrade's prerm does not
+    assert 'if [ "$1" = remove ]' in scripts["prerm"]
+    assert "deb-systemd-invoke stop virtguests.service" in scripts["prerm"]
+
+
+def test_deb_contents(built_deb: Path, tmp_path: Path) -> None:
+    listing = _run(["dpkg-deb", "-c", str(built_deb)]).stdout
+    files = {line.split()[5].lstrip("."): line.split()[0] for line in listing.splitlines()
+             if not line.startswith("d")}
+    assert files["/usr/bin/virtguests"] == "-rwxr-xr-x"
+    assert files["/etc/init.d/virtguests"] == "-rwxr-xr-x"
+    for path in ("/lib/systemd/system/virtguests.service",
+                 "/usr/share/man/man8/virtguests.8.gz",
+                 "/usr/share/doc/virtguests/README.Debian",
+                 "/usr/share/doc/virtguests/examples/libvirt-guests",
+                 "/usr/share/doc/virtguests/copyright",
+                 "/usr/lib/python3/dist-packages/virtguests/cli.py"):
+        assert files[path] == "-rw-r--r--", path
+    assert [p for p in files if p.startswith("/usr/bin/")] == ["/usr/bin/virtguests"]
+    assert not [p for p in files if p.startswith("/etc/") and p != "/etc/init.d/virtguests"]
+    assert not [p for p in files if "/tests/" in p or "/tools/" in p]
+    root = tmp_path / "root"
+    assert _run(["dpkg-deb", "-x", str(built_deb), str(root)]).returncode == 0
+    command = (root / "usr/bin/virtguests").read_text()
+    assert command.startswith("#!/usr/bin/python3\n")
+    unit = (root / "lib/systemd/system/virtguests.service").read_text()
+    assert unit == UNIT.read_text().replace("@BINDIR@", "/usr/bin")
+    init = (root / "etc/init.d/virtguests").read_text()
+    assert init == INIT.read_text().replace("@BINDIR@", "/usr/bin")
+    example = (root / "usr/share/doc/virtguests/examples/libvirt-guests").read_text()
+    assert example == mkconfig.convert(MAN_SOURCE.read_text())
+
+
+def test_deb_lintian_reports_no_error(built_deb: Path) -> None:
+    lintian = need("lintian")
+    result = _run([lintian, "--fail-on", "error", str(built_deb)], timeout=600)
+    errors = [line for line in result.stdout.splitlines() if line.startswith("E:")]
+    assert (result.returncode, errors) == (0, []), result.stdout + result.stderr

@@ -7,8 +7,13 @@ out, fail or answer, and may hold a call until it lets it go.
 
 from __future__ import annotations
 
+import json
+import sys
+import textwrap
 import threading
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Callable, Optional
 
 import pytest
@@ -154,3 +159,112 @@ def test_concurrent_timeouts_share_one_check_and_new_calls_wait_for_its_verdict(
     assert sum(1 for e in errors if e.timed_out) == 3
     assert [e.given_up for e in errors if not e.timed_out] == [True]
     assert virsh.given_up(URI) is not None
+
+
+# ---------------------------------------------------------------------------
+# The runner on real processes, under whichever sh is installed (make test: sh 2.x;
+# make test-sh1: sh 1.14). The "virsh" is a small Python program of the test's own.
+# ---------------------------------------------------------------------------
+def program(tmp_path: Path, body: str) -> str:
+    """An executable that runs *body* (Python) with ``argv``, ``os``, ``sys`` imported."""
+    path = tmp_path / "virsh"
+    path.write_text(f"#!{sys.executable}\nimport json, os, sys, time\nargv = sys.argv[1:]\n"
+                    + textwrap.dedent(body))
+    path.chmod(0o755)
+    return str(path)
+
+
+REPORT = """\
+    sys.stdout.write(json.dumps({"argv": argv, "stdin": sys.stdin.read(),
+                                 "LC_ALL": os.environ.get("LC_ALL"),
+                                 "KEPT": os.environ.get("KEPT"),
+                                 "leader": os.getsid(0) == os.getpid()}) + "\\n")
+    sys.stderr.write("error: first line\\nerror: second line\\n")
+    sys.exit(int(argv[-1]))
+"""
+
+
+@pytest.mark.parametrize("status", [0, 3, 255])
+def test_a_call_gets_exactly_its_argv_no_stdin_lc_all_c_its_own_session(
+        tmp_path: Path, status: int) -> None:
+    """Nothing but the argv reaches the program (sh 1.x turned an unknown special
+    keyword into an argument); exit status, stdout and the whole stderr come back."""
+    virsh = Virsh(program(tmp_path, REPORT), environ={"KEPT": "yes", "LC_ALL": "de_DE"})
+    args = ["list", "--name", "it's a \"guest\"; rm -rf /", "--", str(status)]
+    result = virsh.run(URI, args, check=False)
+    assert json.loads(result.stdout) == {"argv": ["-c", URI, *args], "stdin": "",
+                                         "LC_ALL": "C", "KEPT": "yes", "leader": True}
+    assert (result.exit_code, result.stderr) == (status, "error: first line\n"
+                                                 "error: second line\n")
+    if status:
+        with pytest.raises(VirshError) as caught:
+            virsh.run(URI, args)
+        assert caught.value.exit_code == status
+        assert caught.value.detail == "error: first line; error: second line"
+
+
+def test_output_that_is_not_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
+    virsh = Virsh(program(tmp_path, """\
+        sys.stdout.buffer.write(b"guest-\\xff\\n"); sys.stderr.buffer.write(b"\\xfe\\n")
+    """))
+    result = virsh.run("default", ["list"])
+    assert (result.stdout, result.stderr) == ("guest-\ufffd\n", "\ufffd\n")
+
+
+def gone(pid: int) -> bool:
+    """Whether *pid* has exited (a zombie nobody reaps counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_timeout_kills_the_program_and_everything_it_started(tmp_path: Path) -> None:
+    """Like virsh and the ssh it started for a remote URI: the whole session goes."""
+    pids = tmp_path / "pids"
+    virsh = Virsh(program(tmp_path, f"""\
+        import subprocess
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+        with open({str(pids)!r}, "w") as out:
+            out.write(f"{{os.getpid()}} {{child.pid}}")
+        time.sleep(600)
+    """), default_timeout=0.5)
+    with pytest.raises(VirshError) as caught:
+        virsh.run("default", ["managedsave", "guest"])
+    assert caught.value.timed_out
+    ours = [int(pid) for pid in pids.read_text().split()]
+    deadline = time.monotonic() + WAIT
+    while not all(gone(pid) for pid in ours) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(gone(pid) for pid in ours), ours
+
+
+def test_a_program_that_cannot_start_is_a_virsh_error(tmp_path: Path) -> None:
+    with pytest.raises(VirshError, match="cannot run"):
+        Virsh(str(tmp_path / "missing")).run("default", ["list"])
+
+
+def test_a_watch_feeds_each_line_and_close_ends_the_session(tmp_path: Path) -> None:
+    lines: list[str] = []
+    printed = threading.Event()
+
+    def on_line(line: str) -> None:
+        lines.append(line)
+        if len(lines) == 2:
+            printed.set()
+
+    virsh = Virsh(program(tmp_path, """\
+        print("event 'lifecycle' for domain 'a': Stopped", flush=True)
+        print("event 'lifecycle' for domain 'b': Started", flush=True)
+        time.sleep(600)
+    """))
+    watch = virsh.watch("default", ["event", "--loop"], on_line)
+    try:
+        assert printed.wait(WAIT), lines
+        assert watch.alive()
+    finally:
+        watch.close()
+    assert not watch.alive()
+    assert [line.strip() for line in lines] == [
+        "event 'lifecycle' for domain 'a': Stopped", "event 'lifecycle' for domain 'b': Started"]

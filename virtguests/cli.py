@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, NoReturn, Optional, TextIO
 
-from virtguests.exitstatus import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+from virtguests.exitstatus import EXIT_DEPENDENCY, EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from virtguests.signals import StopRequests
 
 if TYPE_CHECKING:
@@ -62,7 +62,8 @@ options:
   -q, --quiet       print only errors
   -h, --help        this help
 
-exit status: 0 success, 1 a guest or URI failed, 2 usage, 3 stopped (status), 6 bad config.
+exit status: 0 success, 1 a guest or URI failed, 2 usage, 3 stopped (status),
+  5 sh or PyYAML unusable, 6 bad config.
 """
 
 
@@ -178,6 +179,12 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
         messages.out.write(_usage(prog) + "\n")
         return EXIT_USAGE
     messages.quiet = args.quiet
+    from virtguests import deps
+
+    refusal = deps.refusal()
+    if refusal is not None:
+        messages.error(refusal)
+        return EXIT_DEPENDENCY
 
     from virtguests import config as config_mod
     from virtguests import state

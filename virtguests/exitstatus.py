@@ -11,6 +11,7 @@ EXIT_OK = 0
 EXIT_FAIL = 1
 EXIT_USAGE = 2
 EXIT_STOPPED = 3
+EXIT_DEPENDENCY = 5
 EXIT_CONFIG = 6
 
 MEANING: dict[int, str] = {
@@ -21,6 +22,9 @@ MEANING: dict[int, str] = {
     EXIT_USAGE: "Usage error: a missing, unknown or extra command or argument, an unknown "
                 "option, or an empty option value.",
     EXIT_STOPPED: "status: stopped, with or without saved guests.",
+    EXIT_DEPENDENCY: "sh or PyYAML is missing or of a version virtguests does not run on "
+                     "(one line names the version found and the range needed); nothing "
+                     "was done (as LSB's 5, program is not installed).",
     EXIT_CONFIG: "Invalid configuration (stop and shutdown still act first, with the "
                  "defaults).",
 }

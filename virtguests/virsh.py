@@ -4,6 +4,17 @@ Every call gets stdin closed, ``LC_ALL=C`` merged into a copy of the
 environment (we parse the output), its own session so a timeout kills virsh
 and anything it started (ssh for remote URIs), and the full stderr kept for
 the error message.
+
+One call style serves sh 1.14 (Debian 12's and Ubuntu's python3-sh) and sh 2.x
+(PyPI), so there is no version switch: every call is backgrounded (``_bg=True``),
+which returns the running command in both (sh 2.x's ``_return_cmd`` only matters for
+a call that waits itself, and sh 1.x passes that unknown keyword to virsh as an
+argument), then waited for with ``wait()``, which raises ``ErrorReturnCode`` only
+for a signal (``_ok_code`` holds every exit status) in both. Only special keywords
+both accept with the same meaning are used: ``_env``, ``_bg``, ``_bg_exc``,
+``_new_session`` (explicit: sh 2.x's default is False, sh 1.x's True), ``_tty_out``,
+``_out``/``_err`` callbacks (a decoded line in both), ``_ok_code``,
+``_decode_errors``. The supported range is checked at start-up (virtguests.deps).
 """
 
 from __future__ import annotations
@@ -283,7 +294,6 @@ class Virsh:
                 _bg=True,
                 _bg_exc=False,
                 _new_session=True,
-                _return_cmd=True,
                 _ok_code=list(range(256)),
                 _decode_errors="replace",
             )

@@ -115,6 +115,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if not TIMINGS:
         return
     terminalreporter.section("realhost timings (seconds)")
+    command = os.environ.get("VIRTGUESTS_COMMAND")
+    terminalreporter.write_line(f"virtguests under test: {command or 'python -m virtguests'}")
     for name, values in TIMINGS.items():
         vals = ", ".join(f"{v:.2f}" for v in values)
         terminalreporter.write_line(f"{name:<28} {vals}")

@@ -5,11 +5,37 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
+from typing import cast
+
+import pytest
 
 from tools.realhost.guestimage import GuestImage, cache_dir, domain_xml
 from tools.realhost.libvirtd import Guest, PrivateLibvirtd
 
+from .cli import VirtGuestsCli
 from .conftest import DefineGuest, record_timing
+
+
+def test_virtguests_command_runs_an_installed_command(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """VIRTGUESTS_COMMAND: the tests drive that executable, without the source tree."""
+    stub = tmp_path / "virtguests"
+    stub.write_text('#!/bin/sh\necho "${PYTHONPATH-unset}|$*"\n')
+    stub.chmod(0o755)
+    daemon = cast(PrivateLibvirtd, None)  # not asked: the stub runs no virsh
+    monkeypatch.delenv("VIRTGUESTS_COMMAND", raising=False)
+    assert VirtGuestsCli(tmp_path / "a", daemon).command()[1:] == ["-m", "virtguests"]
+    monkeypatch.setenv("VIRTGUESTS_COMMAND", str(stub))
+    cli = VirtGuestsCli(tmp_path / "b", daemon)
+    run = cli.run("status")
+    assert (run.code, run.out) == (0, f"unset|{' '.join(cli.argv('status'))}\n")
+    proc = cli.spawn("stop")
+    out, _ = proc.communicate(timeout=60)
+    assert out == f"unset|{' '.join(cli.argv('stop'))}\n"
+    for bad in ("virtguests", str(tmp_path / "missing")):
+        monkeypatch.setenv("VIRTGUESTS_COMMAND", bad)
+        with pytest.raises(RuntimeError, match="VIRTGUESTS_COMMAND"):
+            cli.run("status")
 
 
 def test_guest_boots_and_reports_ready(define_guest: DefineGuest) -> None:

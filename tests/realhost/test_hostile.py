@@ -29,7 +29,7 @@ import pytest
 from tools.realhost.guestimage import GuestImage, domain_xml
 from tools.realhost.libvirtd import Guest, PrivateLibvirtd, StalledSave, ThreadStop, thread_named
 
-from .cli import Run, VirtGuestsCli
+from .cli import Run, VirtGuestsCli, installed_command
 from .conftest import DefineGuest, private_libvirtd, record_timing
 from .test_e2e import boot, list_entries, managed_saved, outcomes, uuid_of
 
@@ -542,7 +542,7 @@ def test_sigterm_during_a_real_save_lets_it_complete(
 ENTRIES = {
     "python -I -m virtguests": [sys.executable, "-I", "-m", "virtguests"],
     "console script": [str(Path(sys.executable).with_name("virtguests"))],
-}
+} if installed_command() is None else {"installed command": [str(installed_command())]}
 
 
 @pytest.mark.parametrize("entry", sorted(ENTRIES))

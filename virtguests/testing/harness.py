@@ -119,11 +119,15 @@ class CliHarness:
     def argv(self, *args: str) -> list[str]:
         return ["--config", str(self.config_file), "--state-dir", str(self.state_dir), *args]
 
+    def command(self) -> list[str]:
+        """How virtguests is started: this interpreter on the source tree (env())."""
+        return [sys.executable, "-m", "virtguests"]
+
     def run(self, *args: str, timeout: float = 180) -> Run:
         """virtguests as a separate process, exactly as systemd would start it."""
         began = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "virtguests", *self.argv(*args)],
+            [*self.command(), *self.argv(*args)],
             env=self.env(), stdin=subprocess.DEVNULL, capture_output=True, text=True,
             timeout=timeout,
         )
@@ -132,7 +136,7 @@ class CliHarness:
     def spawn(self, *args: str) -> subprocess.Popen[str]:
         """virtguests in the background, for tests that signal or race it."""
         return subprocess.Popen(
-            [sys.executable, "-m", "virtguests", *self.argv(*args)], env=self.env(),
+            [*self.command(), *self.argv(*args)], env=self.env(),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
