@@ -22,8 +22,9 @@ Environment:
     "now" is the float in that file instead of ``time.time()``; waiting for
     virtual time polls the file every 0.01 s.
 ``VIRTGUESTS_FIXTURES``
-    directory of the recordings (default: ``fixtures/`` next to the package,
-    else ``sys.prefix/share/virtguests/fixtures``).
+    directory of the recordings (default: the copy an installed package carries,
+    ``virtguests/testing/recordings``, else ``fixtures/`` of the source tree; none
+    of them is an error naming where it looked).
 
 Host YAML (unknown keys are rejected)::
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from virtguests.testing.fakevirsh.errors import bad_host
+from virtguests.testing.fakevirsh.errors import Unsupported, bad_host
 from virtguests.testing.fakevirsh.faults import build_faults
 from virtguests.testing.fakevirsh.rendering import compile_templates
 from virtguests.testing.fakevirsh.state import STATE_FORMAT
-from virtguests.testing.recordings import fixtures_dir, load_yaml
+from virtguests.testing.recordings import RecordingsMissing, fixtures_dir, load_yaml
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -122,7 +122,10 @@ def build_state(host_path: str, signature: list[int], built: float) -> dict[str,
             uri_state["guests"].append(guest)
         uri_state["next_id"] = next_id
         uris[str(key)] = uri_state
-    fixtures = fixtures_dir()
+    try:
+        fixtures = fixtures_dir()
+    except RecordingsMissing as exc:
+        raise Unsupported(str(exc)) from None
     return {
         "format": STATE_FORMAT,
         "host": host_path,
