@@ -7,6 +7,7 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 
 .PHONY: all venv test test-slow test-all lint demo fixtures bench soak man install clean
+.PHONY: venv-sh1 test-sh1 test-sh1-realhost
 
 all: test
 
@@ -35,6 +36,34 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(PY) -m pytest -q $(PYTEST_ARGS)
+
+# make test-sh1: the fast suite again in a second venv, $(SH1_VENV), on the oldest
+# versions supported (virtguests/deps.py): sh 1.14.2 and PyYAML 6.0, what Debian 12 ships
+# (python3-sh, python3-yaml) and Ubuntu's sh. Built like the main venv, same extras.
+# make test-sh1-realhost: as root, CI=true, a real-libvirt smoke set through that venv
+# (SH1_REALHOST_K selects from tests/realhost/test_e2e.py: save and restore, serial and
+# parallel shutdown with events and destroy, status and gueststatus).
+SH1_VENV ?= .venv-sh1
+SH1_PY := $(SH1_VENV)/bin/python
+SH1_STAMP := $(SH1_VENV)/.installed
+SH1_PINS ?= sh==1.14.2 PyYAML==6.0
+SH1_REALHOST_K ?= test_suspend_saves or test_serial_shutdown or test_parallel_shutdown or \
+	test_status_and_gueststatus
+$(SH1_STAMP): setup.cfg setup.py
+	$(PYTHON) -m venv $(SH1_VENV)
+	$(SH1_PY) -m pip install --quiet --upgrade pip
+	$(SH1_PY) -m pip install --quiet -e '.[test,lint]' $(SH1_PINS)
+	touch $(SH1_STAMP)
+
+venv-sh1: $(SH1_STAMP)
+
+test-sh1: $(SH1_STAMP)
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-fast} $(SH1_PY) -m pytest -q -m "not slow" \
+		-n auto --dist loadscope $(PYTEST_ARGS)
+
+test-sh1-realhost: $(SH1_STAMP)
+	CI=$${CI:-true} HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(SH1_PY) -m pytest -q \
+		tests/realhost/test_e2e.py -k '$(SH1_REALHOST_K)' $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check virtguests tests tools
