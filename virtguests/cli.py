@@ -135,7 +135,9 @@ def main(
     args_in = list(sys.argv[1:] if argv is None else argv)
     messages = Messages(out if out is not None else sys.stdout,
                         err if err is not None else sys.stderr,
-                        verbose="-v" in args_in or "--verbose" in args_in)
+                        verbose="-v" in args_in or "--verbose" in args_in,
+                        journal=(environ if environ is not None else os.environ).get(
+                            "JOURNAL_STREAM"))
     real_clock = clock if clock is not None else Clock()
     requests = StopRequests(_on_stop_request(real_clock, messages))
     with requests:  # until the output is drained: a late signal changes nothing
@@ -185,13 +187,12 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     from virtguests.messages import LogHandler
     from virtguests.virsh import Virsh, resolve_path
 
-    if args.verbose:
-        handler = LogHandler(messages)
-        handler.setFormatter(logging.Formatter("virtguests: virsh: %(message)s"))
-        logger = logging.getLogger("virtguests")
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
+    handler = LogHandler(messages)  # always: a stray warning goes through the messages too
+    handler.setFormatter(logging.Formatter("virtguests: virsh: %(message)s"))
+    logger = logging.getLogger("virtguests")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    logger.propagate = False
     loaded = config_mod.load(args.config, env)
     guest_policy = None
     if command not in NO_POLICY:
@@ -215,8 +216,7 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     try:
         return actions(argument)[command](ctx)
     finally:
-        if args.verbose:
-            logging.getLogger("virtguests").handlers[:] = []
+        logging.getLogger("virtguests").handlers[:] = []
 
 
 def _and_then(first: Callable[[int, bool], None],
