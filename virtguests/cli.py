@@ -61,6 +61,7 @@ options:
   -v, --verbose     also print each virsh command with its duration (stderr)
   -q, --quiet       print only errors
   -h, --help        this help
+  --version         print "virtguests VERSION" and exit 0
 
 exit status: 0 success, 1 a guest or URI failed, 2 usage, 3 stopped (status), 6 bad config.
 """
@@ -84,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("--version", action="store_true")
     parser.add_argument("command", nargs="*")
     return parser
 
@@ -173,6 +175,11 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
         args = parser.parse_args(args_in)
         if args.help:
             messages.out.write(_usage(prog) + "\n\n" + HELP)
+            return EXIT_OK
+        if args.version:
+            from virtguests import __version__
+
+            messages.out.write(f"virtguests {__version__}\n")
             return EXIT_OK
         command, argument = _command(args)
     except _UsageError as problem:
