@@ -8,6 +8,7 @@ bytes is ``journal_entries`` below (``SyslogLevelPrefix=yes``, its default).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -228,3 +229,11 @@ def test_the_same_run_without_the_journal_prints_the_plain_lines(fake_host: Make
     assert "Can't connect to test:///down. Skipping." in lines
     assert not any(PREFIX.match(line) for line in lines)
 
+
+def test_a_json_document_in_the_journal_is_one_prefix_per_line(fake_host: Make) -> None:
+    host = fake_host(HOST, CONFIG)
+    code, data = run_as_the_unit(host, "--json", "check", journal=True)
+    assert code == 0
+    entries = journal_entries(data)
+    assert {p for p, _ in entries} == {INFO}
+    assert json.loads("\n".join(m for _, m in entries))["format_version"] == 1

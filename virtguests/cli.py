@@ -57,7 +57,8 @@ options:
                     (env VIRTGUESTS_STATE_DIR; default /var/lib/libvirt and /var/lock)
   --virsh PATH      virsh to run (env VIRSH; default: virsh on PATH)
   -n, --dry-run     print the virsh commands that would change something; change nothing
-  --json            status, gueststatus, plan and report print one JSON document
+  --json            status, gueststatus, plan, report and check print one JSON
+                    document (format_version 1: virtguests(8), JSON)
   -v, --verbose     also print each virsh command with its duration (stderr)
   -q, --quiet       print only errors
   -h, --help        this help
