@@ -333,7 +333,7 @@ def test_man_page_has_every_section() -> None:
         "NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "WORDS", "OPTIONS", "CONFIGURATION",
         "FILES",
         "ENVIRONMENT", "EXIT STATUS", "SIGNALS", "RELIABILITY", "SERVICE INTEGRATION",
-        "JOURNAL", "JSON", "DIFFERENCES FROM LIBVIRT-GUESTS", "SEE ALSO"]
+        "JOURNAL", "JSON", "METRICS", "DIFFERENCES FROM LIBVIRT-GUESTS", "SEE ALSO"]
 
 
 def test_man_page_documents_every_command() -> None:

@@ -15,7 +15,7 @@ def run_check(ctx: Context) -> int:
     from virtguests import conflicts
 
     warn_config(ctx)
-    conflict_warnings = conflicts.warnings()
+    conflict_warnings = [*conflicts.warnings(), *_metrics_warnings(ctx)]
     for warning in conflict_warnings:
         ctx.messages.warn(warning)
     where = str(ctx.loaded.path) if ctx.loaded.path else "no config file (defaults)"
@@ -34,3 +34,18 @@ def run_check(ctx: Context) -> int:
     else:
         ctx.messages.say(f"{where}: OK")
     return code
+
+
+def _metrics_warnings(ctx: Context) -> list[str]:
+    """METRICS_FILE's directory must exist when stop and start write it (a warning then)."""
+    from pathlib import Path
+
+    if not ctx.config.metrics_file:
+        return []
+    directory = Path(ctx.config.metrics_file).parent
+    if directory.is_dir():
+        return []
+    where = ctx.loaded.path or "config"
+    line = ctx.loaded.sources.get("METRICS_FILE")
+    return [f"{where}:{line}: METRICS_FILE: the directory {directory} does not exist: "
+            "stop and start cannot write the metrics file"]

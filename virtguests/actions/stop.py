@@ -33,6 +33,12 @@ from virtguests.virsh import format_argv
 
 
 def run_stop(ctx: Context, *, force_shutdown: bool = False) -> int:
+    status = _run_stop(ctx, force_shutdown)
+    records.write_metrics(ctx, "stop", status)
+    return status
+
+
+def _run_stop(ctx: Context, force_shutdown: bool) -> int:
     config = ctx.config
     if force_shutdown:
         chain = config.on_shutdown
