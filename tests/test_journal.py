@@ -237,3 +237,18 @@ def test_a_json_document_in_the_journal_is_one_prefix_per_line(fake_host: Make) 
     entries = journal_entries(data)
     assert {p for p, _ in entries} == {INFO}
     assert json.loads("\n".join(m for _, m in entries))["format_version"] == 1
+
+
+def test_a_failed_resume_is_a_warning_in_the_journal(fake_host: Make) -> None:
+    """The reference's ``Resuming guest NAME: failed`` (stdout) at <4>, its error at <3>:
+    what ``ExecStart=-`` hides from ``systemctl --failed``, ``journalctl -p warning`` shows."""
+    host = fake_host({"uris": {"default": {"guests": [{"name": "web"}]}}, "faults": [
+        {"cmd": "start", "action": "fail", "error": "internal"}]}, "ON_BOOT=start\n")
+    assert run_as_the_unit(host, "stop", journal=True)[0] == 0
+    code, data = run_as_the_unit(host, "start", journal=True)
+    assert code == 1
+    entries = journal_entries(data)
+    assert (WARNING, "Resuming guest web: failed") in entries
+    assert [m for p, m in entries if p == ERROR and m.startswith(
+        "virtguests: error: starting guest web failed")]
+    assert (INFO, "Resuming guests on default URI...") in entries
