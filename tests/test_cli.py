@@ -50,6 +50,28 @@ def test_help_exits_0_and_documents_every_command(fake_host: Make) -> None:
         assert word in run.out
 
 
+@pytest.mark.parametrize("args", [["--version"], ["--version", "stop"], ["-q", "--version"]])
+def test_version_prints_the_package_version_and_exits_0(fake_host: Make,
+                                                         args: list[str]) -> None:
+    """Before any command runs: ``--version stop`` stops nothing."""
+    import virtguests
+
+    host = fake_host(two_guests())
+    run = inproc(host, *args)
+    assert (run.code, run.out, run.err) == (0, f"virtguests {virtguests.__version__}\n", "")
+    assert host.calls() == []
+
+
+def test_version_is_in_the_help_and_the_man_page() -> None:
+    from pathlib import Path
+
+    from virtguests import cli
+
+    assert "--version" in cli.HELP
+    man = (Path(__file__).resolve().parent.parent / "doc/virtguests.8.md").read_text()
+    assert "\n`--version`\n: Print `virtguests VERSION`" in man
+
+
 def test_every_command_has_an_action() -> None:
     from virtguests import cli
 

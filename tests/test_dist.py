@@ -154,6 +154,8 @@ def test_unit_service_settings() -> None:
     assert service["RemainAfterExit"] == "yes"
     assert service["TimeoutStopSec"] == "0"
     assert service["StandardOutput"] == "journal+console"
+    # stderr follows stdout into the journal, where the <N> line prefixes are parsed
+    assert "StandardError" not in service and service["SyslogLevelPrefix"] == "yes"
     assert service["SyslogIdentifier"] == "virtguests"
     # a start that fails for one guest must leave the unit active: systemd runs
     # ExecStop only for units that started successfully
@@ -357,7 +359,7 @@ def test_man_page_has_every_section() -> None:
         "NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "WORDS", "OPTIONS", "CONFIGURATION",
         "FILES",
         "ENVIRONMENT", "EXIT STATUS", "SIGNALS", "RELIABILITY", "SERVICE INTEGRATION",
-        "DIFFERENCES FROM LIBVIRT-GUESTS", "SEE ALSO"]
+        "JOURNAL", "JSON", "METRICS", "DIFFERENCES FROM LIBVIRT-GUESTS", "SEE ALSO"]
 
 
 def test_man_page_documents_every_command() -> None:

@@ -156,7 +156,10 @@ def test_report_on_a_damaged_report_file_prints_its_problems_and_exits_6(
     assert [g["name"] for g in json.loads(status.out)["last_run"]["guests"]] == ["web"]
     path.write_text('{"command": "stop",\n "guests": [\n')
     run = inproc(host, "--json", "report")
-    assert run.code == 6 and f"{path}:3: not valid JSON" in run.err and run.out == "null\n"
+    assert run.code == 6 and f"{path}:3: not valid JSON" in run.err
+    document = json.loads(run.out)
+    assert (document["recorded"], document["path"]) == (False, str(path))
+    assert [p.startswith(f"{path}:3: not valid JSON") for p in document["problems"]] == [True]
 
 
 def test_a_damaged_seen_file_is_reported_repaired_and_stop_protects(fake_host: Make) -> None:

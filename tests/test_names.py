@@ -71,15 +71,19 @@ HOST = {"uris": {"default": {"guests": [
 def test_status_report_and_plan_keys(fake_host: Make) -> None:
     host = fake_host(HOST, "ON_SHUTDOWN=shutdown\nON_BOOT=start\n")
     plan_stop = json.loads(run_inprocess(host, "--json", "plan")[0].out)
-    assert set(plan_stop) == {"command", "uris"}
+    assert set(plan_stop) == {"format_version", "command", "uris"}
+    assert plan_stop["format_version"] == 1
     assert set(plan_stop["uris"][0]) == {"uri", "error", "guests"}
     assert set(plan_stop["uris"][0]["guests"][0]) == {
         "name", "uuid", "order", "actions", "timeout", "commands"}
     assert plan_stop["uris"][0]["guests"][0]["actions"] == ["shutdown"]
+    assert plan_stop["uris"][0]["guests"][0]["commands"] == [
+        [str(host.bin / "virsh"), "shutdown", "5a1e0000-0000-4000-8000-000000000001"]]
 
     assert run_inprocess(host, "stop")[0].code == 0
     status = json.loads(run_inprocess(host, "--json", "status")[0].out)
-    assert set(status) == {"state", "exit_status", "list_file", "not_resumed", "last_run"}
+    assert set(status) == {"format_version", "state", "exit_status", "list_file",
+                           "not_resumed", "last_run"}
     assert set(status["list_file"]) == set(status["not_resumed"]) == {
         "path", "entries", "bad_lines"}
     report = status["last_run"]
@@ -99,6 +103,9 @@ def test_status_report_and_plan_keys(fake_host: Make) -> None:
     run, _ = run_inprocess(host, "start")
     assert run.code == 1
     report = json.loads(run_inprocess(host, "--json", "report")[0].out)
+    assert set(report) == {"format_version", "recorded", "path", "problems", "command",
+                           "started", "finished", "exit_status", "guests"}
+    assert (report["format_version"], report["recorded"]) == (1, True)
     assert [(g["name"], g["outcome"]) for g in report["guests"]] == [
         ("web", "already active"), ("db", "no longer exists")]
     assert "recorded guest 5a1e0000-0000-4000-8000-000000000002 no longer exists" in run.err
@@ -118,3 +125,65 @@ def test_pending_words(fake_host: Make) -> None:
     document = json.loads(run_inprocess(host, "--json", "status")[0].out)
     assert len(document["not_resumed"]["entries"]["default"]) == 2
     assert {g["outcome"] for g in document["last_run"]["guests"]} == {"failed"}
+
+
+def test_check_gueststatus_and_empty_report_keys(fake_host: Make) -> None:
+    host = fake_host(HOST, "ON_SHUTDOWN=shutdown\nON_BOOT=sometimes\n")
+    run, _ = run_inprocess(host, "--json", "check")
+    assert run.code == 6
+    check = json.loads(run.out)
+    assert set(check) == {"format_version", "config", "ok", "exit_status", "problems",
+                          "warnings"}
+    assert (check["format_version"], check["ok"], check["exit_status"]) == (1, False, 6)
+    [problem] = check["problems"]
+    assert set(problem) == {"file", "line", "key", "message"}
+    assert (problem["file"], problem["line"], problem["key"]) == (check["config"], 2, "ON_BOOT")
+
+    host = fake_host(HOST, "ON_SHUTDOWN=shutdown\n")
+    run, _ = run_inprocess(host, "--json", "check")
+    assert (run.code, json.loads(run.out)["problems"]) == (0, [])
+    guests = json.loads(run_inprocess(host, "--json", "gueststatus")[0].out)
+    assert set(guests) == {"format_version", "uris"}
+    assert set(guests["uris"][0]) == {"uri", "error", "guests"}
+    assert set(guests["uris"][0]["guests"][0]) == {
+        "uuid", "name", "active", "persistent", "managed_save"}
+
+    run, _ = run_inprocess(host, "--json", "report")
+    assert run.code == 1
+    assert json.loads(run.out) == {"format_version": 1, "recorded": False, "problems": [],
+                                   "path": str(host.root / "state" / "virtguests-last-run.json")}
+    run, _ = run_inprocess(host, "report")
+    assert run.code == 1 and "no run recorded yet" in run.out
+
+
+def test_json_words_are_the_enum_values(fake_host: Make) -> None:
+    """Every action, outcome and note a document shows is one of the ``Word`` values the
+    man page lists (JSON): a stop that fails one guest, then start, then plans."""
+    host = fake_host({**HOST, "faults": [{"cmd": "shutdown", "guest": "db", "action": "fail",
+                                          "error": "internal"}]},
+                     "ON_SHUTDOWN=shutdown\nON_BOOT=start\n")
+    run_inprocess(host, "stop")
+    run_inprocess(host, "start")
+    documents = [json.loads(run_inprocess(host, "--json", *args)[0].out)
+                 for args in (("report",), ("status",), ("plan",), ("plan", "start"))]
+    words: dict[str, set[object]] = {"action": set(), "outcome": set(), "note": set()}
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in ("action", "outcome", "result"):
+                    words["outcome" if key != "action" else "action"].add(value)
+                elif key == "actions":
+                    words["action"].update(value)
+                elif key == "note":
+                    words["note"].add(value)
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(documents)
+    assert words["action"] <= {str(a) for a in model.Action} and words["action"]
+    assert words["outcome"] <= {str(o) for o in model.Outcome} and len(words["outcome"]) > 1
+    assert words["note"] - {None} <= {str(n) for n in model.PlanNote} | {
+        str(o) for o in model.Outcome}

@@ -156,7 +156,8 @@ def test_plan_shows_each_guest_without_changing_anything(fake_host: Make,
 
 def test_report_after_a_run(fake_host: Make, tmp_path: Path) -> None:
     host = host_with_policy(fake_host, tmp_path, RULES)
-    assert here(host, "report").out.startswith("no run recorded yet")
+    run = here(host, "report")
+    assert run.code == 1 and run.out.startswith("no run recorded yet")
     here(host, "stop")
     run = here(host, "report")
     assert run.code == 0 and run.lines[0] == "last run: stop, exit status 0"

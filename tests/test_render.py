@@ -7,7 +7,8 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from virtguests.render import json_text, table
+from virtguests.model import Action, Outcome
+from virtguests.render import FORMAT_VERSION, json_document, json_text, table
 
 
 def test_json_is_indented_sorted_and_ends_with_a_newline() -> None:
@@ -45,3 +46,10 @@ def test_every_cell_starts_where_its_column_starts(rows: list[list[str]]) -> Non
                     lambda inner: st.lists(inner) | st.dictionaries(st.text(), inner)))
 def test_json_reads_back_as_written(document: object) -> None:
     assert json.loads(json_text(document)) == document
+
+
+def test_a_json_document_carries_its_format_version_and_words_as_their_values() -> None:
+    body = {"actions": [Action.SUSPEND], "outcome": Outcome.SHUT_OFF}
+    assert json.loads(json_document(body)) == {
+        "format_version": 1, "actions": ["suspend"], "outcome": "shut off"}
+    assert FORMAT_VERSION == 1 and set(body) == {"actions", "outcome"}, "body unchanged"

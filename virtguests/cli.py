@@ -57,10 +57,12 @@ options:
                     (env VIRTGUESTS_STATE_DIR; default /var/lib/libvirt and /var/lock)
   --virsh PATH      virsh to run (env VIRSH; default: virsh on PATH)
   -n, --dry-run     print the virsh commands that would change something; change nothing
-  --json            status, gueststatus, plan and report print one JSON document
+  --json            status, gueststatus, plan, report and check print one JSON
+                    document (format_version 1: virtguests(8), JSON)
   -v, --verbose     also print each virsh command with its duration (stderr)
   -q, --quiet       print only errors
   -h, --help        this help
+  --version         print "virtguests VERSION" and exit 0
 
 exit status: 0 success, 1 a guest or URI failed, 2 usage, 3 stopped (status),
   5 sh or PyYAML unusable, 6 bad config.
@@ -85,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-h", "--help", action="store_true")
+    parser.add_argument("--version", action="store_true")
     parser.add_argument("command", nargs="*")
     return parser
 
@@ -136,7 +139,9 @@ def main(
     args_in = list(sys.argv[1:] if argv is None else argv)
     messages = Messages(out if out is not None else sys.stdout,
                         err if err is not None else sys.stderr,
-                        verbose="-v" in args_in or "--verbose" in args_in)
+                        verbose="-v" in args_in or "--verbose" in args_in,
+                        journal=(environ if environ is not None else os.environ).get(
+                            "JOURNAL_STREAM"))
     real_clock = clock if clock is not None else Clock()
     requests = StopRequests(_on_stop_request(real_clock, messages))
     with requests:  # until the output is drained: a late signal changes nothing
@@ -173,6 +178,11 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
         if args.help:
             messages.out.write(_usage(prog) + "\n\n" + HELP)
             return EXIT_OK
+        if args.version:
+            from virtguests import __version__
+
+            messages.out.write(f"virtguests {__version__}\n")
+            return EXIT_OK
         command, argument = _command(args)
     except _UsageError as problem:
         messages.error(str(problem))
@@ -192,13 +202,12 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     from virtguests.messages import LogHandler
     from virtguests.virsh import Virsh, resolve_path
 
-    if args.verbose:
-        handler = LogHandler(messages)
-        handler.setFormatter(logging.Formatter("virtguests: virsh: %(message)s"))
-        logger = logging.getLogger("virtguests")
-        logger.handlers[:] = [handler]
-        logger.setLevel(logging.DEBUG)
-        logger.propagate = False
+    handler = LogHandler(messages)  # always: a stray warning goes through the messages too
+    handler.setFormatter(logging.Formatter("virtguests: virsh: %(message)s"))
+    logger = logging.getLogger("virtguests")
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    logger.propagate = False
     loaded = config_mod.load(args.config, env)
     guest_policy = None
     if command not in NO_POLICY:
@@ -222,8 +231,7 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     try:
         return actions(argument)[command](ctx)
     finally:
-        if args.verbose:
-            logging.getLogger("virtguests").handlers[:] = []
+        logging.getLogger("virtguests").handlers[:] = []
 
 
 def _and_then(first: Callable[[int, bool], None],

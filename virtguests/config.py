@@ -67,6 +67,7 @@ class Config:
     stop_deadline: int = 0
     resume_orphans: bool = False
     guest_policy: Optional[str] = None
+    metrics_file: Optional[str] = None
 
     @property
     def suspending(self) -> bool:
@@ -252,6 +253,20 @@ def _path(raw: str) -> Optional[str]:
     return raw or None
 
 
+def _metrics_path(raw: str) -> Optional[str]:
+    """Off when empty; else where node_exporter's textfile collector looks: an absolute
+    path whose name ends in ``.prom`` (the collector reads no other file)."""
+    if not raw:
+        return None
+    allowed = "(allowed: an absolute path ending in .prom, or empty for none)"
+    if not raw.startswith("/"):
+        raise Invalid(f"not an absolute path: {raw[:80]!r} {allowed}")
+    name = raw.rsplit("/", 1)[1]
+    if not name.endswith(".prom") or name == ".prom":
+        raise Invalid(f"the file name must end in .prom: {name[:80]!r} {allowed}")
+    return raw
+
+
 _CONVERTERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "URIS": ("uris", _uris),
     "ON_BOOT": ("on_boot", _enum(OnBoot)),
@@ -271,6 +286,7 @@ _CONVERTERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "STOP_DEADLINE": ("stop_deadline", _int(0, YEAR)),
     "RESUME_ORPHANS": ("resume_orphans", _flag),
     "GUEST_POLICY": ("guest_policy", _path),
+    "METRICS_FILE": ("metrics_file", _metrics_path),
 }
 
 KNOWN_KEYS = frozenset(_CONVERTERS)

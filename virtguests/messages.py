@@ -15,7 +15,7 @@ import sys
 import traceback
 from typing import Optional, TextIO
 
-from virtguests.output import Output, printable
+from virtguests.output import DEBUG, ERROR, INFO, WARNING, Output, journal_stream, printable
 
 
 class Messages:
@@ -29,25 +29,30 @@ class Messages:
         *,
         quiet: bool = False,
         verbose: bool = False,
+        journal: Optional[str] = None,
     ) -> None:
+        """*journal*: the environment's ``JOURNAL_STREAM``; lines to that stream carry
+        their priority (``output``)."""
         self.output = Output(out if out is not None else sys.stdout,
-                             err if err is not None else sys.stderr)
+                             err if err is not None else sys.stderr,
+                             journal_stream(journal))
         self.out = _Writer(self.output, 0)
         self.err = _Writer(self.output, 1)
         self.quiet = quiet
         self.verbose = verbose
 
-    def say(self, line: str) -> None:
-        """A progress line, worded like libvirt-guests."""
+    def say(self, line: str, level: int = INFO) -> None:
+        """A progress line, worded like libvirt-guests; the few the reference prints
+        when a guest or URI is not handled are ``WARNING`` (the journal's priority)."""
         if not self.quiet:
-            self.output.line(0, line)
+            self.output.line(0, line, level)
 
     def warn(self, line: str) -> None:
         if not self.quiet:
-            self.output.line(1, f"virtguests: warning: {line}")
+            self.output.line(1, f"virtguests: warning: {line}", WARNING)
 
     def error(self, line: str) -> None:
-        self.output.line(1, f"virtguests: error: {line}")
+        self.output.line(1, f"virtguests: error: {line}", ERROR)
 
     def internal_error(self, what: str, exc: BaseException) -> None:
         """A bug while doing *what*: one line naming it; the traceback only with ``-v``."""
@@ -58,7 +63,7 @@ class Messages:
         if self.verbose:
             for line in traceback.format_exception(type(exc), exc, exc.__traceback__):
                 for part in line.rstrip("\n").splitlines():
-                    self.output.line(1, f"virtguests: {part}")
+                    self.output.line(1, f"virtguests: {part}", ERROR)
 
     def flush(self) -> None:
         """Wait (a bounded time) until every line so far is out."""
@@ -69,7 +74,7 @@ class Messages:
         self.output.close()
 
     def cannot_resume_uri(self, uri: str, why: str, uuids: list[str]) -> None:
-        self.say(f"Can't connect to {uri}. Skipping.")
+        self.say(f"Can't connect to {uri}. Skipping.", WARNING)
         self.error(f"cannot reach {uri}: {why}; its {len(uuids)} guest(s) stay recorded for "
                    f"the next start: {' '.join(uuids)}")
 
@@ -94,7 +99,10 @@ class _Writer:
 
 
 class LogHandler(logging.Handler):
-    """``-v`` logging through the messages, so it shares their order and their safety."""
+    """The ``logging`` module's records through the messages, so they share their order,
+    their safety and their priorities: warnings and errors as ``warn``/``error`` lines
+    (otherwise ``logging`` would write them to ``sys.stderr`` itself, unescaped and
+    blocking), the rest (``-v``: each virsh call) as debug lines in the handler's format."""
 
     def __init__(self, messages: Messages) -> None:
         super().__init__()
@@ -102,4 +110,9 @@ class LogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):  # logging must never break a run
-            self.messages.output.line(1, self.format(record))
+            if record.levelno >= logging.ERROR:
+                self.messages.error(record.getMessage())
+            elif record.levelno >= logging.WARNING:
+                self.messages.warn(record.getMessage())
+            else:
+                self.messages.output.line(1, self.format(record), DEBUG)

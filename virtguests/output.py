@@ -12,6 +12,14 @@ a bounded time to drain.
 stdout and stderr that lead to the same place (the journal, one terminal, one
 file) share one writer, so their lines stay in order; separate destinations
 get a writer each, so errors still reach a healthy stderr while stdout is stuck.
+
+When a stream is the journal (systemd names it in ``JOURNAL_STREAM``, sd-daemon(3)),
+every line written to it starts with its syslog priority (``<3>`` error, ``<4>``
+warning, ``<6>`` info, ``<7>`` debug), which journald strips and records
+(systemd.exec(5) ``SyslogLevelPrefix=``, on by default).  Info lines carry ``<6>`` too:
+otherwise a line beginning with ``<N>`` (a tenant's guest name at the start of a
+table row) would choose its own priority.  Terminals, pipes and files get the lines
+unchanged.
 """
 
 from __future__ import annotations
@@ -42,6 +50,20 @@ def printable(line: str) -> str:
     return line.translate(_CONTROL)
 
 
+ERROR, WARNING, INFO, DEBUG = 3, 4, 6, 7
+"""syslog priorities (sd-daemon(3)): what a line is, for a journal that reads prefixes."""
+
+
+def journal_stream(value: Optional[str]) -> Optional[tuple[int, int]]:
+    """``JOURNAL_STREAM``'s ``DEVICE:INODE`` (decimal), or None if unset or malformed."""
+    if not value:
+        return None
+    device, sep, inode = value.partition(":")
+    if not sep or not device.isdigit() or not inode.isdigit():
+        return None
+    return int(device), int(inode)
+
+
 class _Stream:
     """One destination: written through its file descriptor when it has one.
 
@@ -55,6 +77,8 @@ class _Stream:
         self.fd: Optional[int] = None
         self.identity: object = stream
         self.dead = stream is None
+        self.journal = False
+        """Whether lines get a priority prefix: set by ``Output`` (JOURNAL_STREAM)."""
         if stream is not None:
             with contextlib.suppress(AttributeError, OSError, ValueError):
                 fd = stream.fileno()
@@ -91,6 +115,10 @@ class _Writer:
         self.busy = False
         self.closing = False
         self.dropped = 0
+        self.line_start = True
+        """Whether the next text queued starts a line (journal prefixes; stdout and stderr
+        to one place share the writer, so one line's parts may come from both); changed
+        under ``Output.lock``."""
         self.thread = threading.Thread(target=self._run, name="virtguests-output",
                                        daemon=True)
         self.thread.start()
@@ -129,11 +157,26 @@ class _Writer:
             stream.write(text)
 
 
+def _prefixed(text: str, prefix: str, line_start: bool) -> str:
+    """*text* with *prefix* at the start of every line it begins (the first only when
+    *line_start*: else it continues a line queued before)."""
+    parts = text.split("\n")
+    return "\n".join(
+        prefix + part if (i > 0 or line_start) and (part or i < len(parts) - 1) else part
+        for i, part in enumerate(parts))
+
+
 class Output:
     """Ordered, bounded, non-blocking line output to stdout (0) and stderr (1)."""
 
-    def __init__(self, out: Optional[TextIO], err: Optional[TextIO]) -> None:
+    def __init__(self, out: Optional[TextIO], err: Optional[TextIO],
+                 journal: Optional[tuple[int, int]] = None) -> None:
+        """*journal*: ``journal_stream(JOURNAL_STREAM)``; a stream that is that socket
+        gets priority prefixes."""
         self.streams = (_Stream(out), _Stream(err))
+        self.lock = threading.Lock()
+        for stream in self.streams:
+            stream.journal = journal is not None and stream.identity == journal
         shared = self.streams[0].identity is self.streams[1].identity or (
             self.streams[0].identity == self.streams[1].identity
             and self.streams[0].stream is not None)
@@ -144,13 +187,22 @@ class Output:
     def dropped(self) -> int:
         return sum(w.dropped for w in set(self.writers))
 
-    def line(self, which: int, text: str) -> None:
+    def line(self, which: int, text: str, level: int = INFO) -> None:
         """Queue one line for stdout (0) or stderr (1); never blocks on the stream."""
-        self.text(which, printable(text) + "\n")
+        self.text(which, printable(text) + "\n", level)
 
-    def text(self, which: int, text: str) -> None:
-        """Queue text that is already safe to print as is (JSON, a virsh table)."""
-        self.writers[which].put(self.streams[which], text)
+    def text(self, which: int, text: str, level: int = INFO) -> None:
+        """Queue text that is already safe to print as is (JSON, a virsh table); each line
+        it starts is at syslog priority *level* (shown only to a journal)."""
+        stream = self.streams[which]
+        if not stream.journal:
+            self.writers[which].put(stream, text)
+            return
+        writer = self.writers[which]
+        with self.lock:  # the prefixes follow the order the lines are queued in
+            writer.put(stream, _prefixed(text, f"<{level}>", writer.line_start))
+            if text:
+                writer.line_start = text.endswith("\n")
 
     def drain(self, timeout: float = DRAIN_SECONDS) -> bool:
         """Wait up to *timeout* seconds in all; True if every line got out."""

@@ -63,6 +63,11 @@ class RunReport:
             result.steps.append(StepResult(action, outcome, round(seconds, 3), detail))
             result.outcome = outcome
 
+    def outcomes(self) -> list[tuple[str, Outcome]]:
+        """Each guest's URI and outcome so far."""
+        with self._lock:
+            return [(r.uri, r.outcome) for r in self.results.values()]
+
     def document(self, command: str, status: int) -> dict[str, Any]:
         with self._lock:
             return {

@@ -25,6 +25,7 @@ from virtguests.doorbell import POLL, Doorbell
 from virtguests.execution import PROGRESS_EVERY, Execution, one_line
 from virtguests.model import Action, Outcome
 from virtguests.othersave import OtherSave, after_other_save, other_save
+from virtguests.output import WARNING
 from virtguests.plan import GuestStop
 from virtguests.virsh import Interrupted, VirshError
 
@@ -203,7 +204,7 @@ class _Shutdowns:
             if not serial and now >= uri_deadline and not expired \
                     and (flight.waiting or flight.queue):
                 expired = True
-                run.messages.say("Timeout expired while shutting down domains")
+                run.messages.say("Timeout expired while shutting down domains", WARNING)
                 run.fail()
                 # Unlike the reference, guests still queued get a shutdown request too
                 # (PARALLEL_SHUTDOWN requests at a time, like the others).
@@ -215,7 +216,7 @@ class _Shutdowns:
                 waited = flight.waiting.pop(uuid)
                 if serial:
                     run.messages.say(f"Shutdown of guest {waited.planned.guest.name} failed to "
-                                     "complete in time.")
+                                     "complete in time.", WARNING)
                 run.run_report.step(run.result(uri, waited.planned), Action.SHUTDOWN,
                                     Outcome.TIMED_OUT, now - waited.since)
                 flight.failed.append(waited.planned)

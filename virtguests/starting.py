@@ -20,6 +20,7 @@ from virtguests.concurrently import Job, run_all
 from virtguests.execution import Execution
 from virtguests.model import SETTLED, Action, Outcome
 from virtguests.othersave import saving
+from virtguests.output import WARNING
 from virtguests.plan import GuestStart, StartPlan, UriStart
 from virtguests.runreport import GuestResult
 from virtguests.virsh import VirshError
@@ -188,7 +189,7 @@ class Starting:
                 return False
             elif attempt.error is not None:
                 run.fail()
-                run.messages.say(f"Resuming guest {name}: failed")
+                run.messages.say(f"Resuming guest {name}: failed", WARNING)
                 run.messages.error(f"starting guest {name} failed: {attempt.detail}; "
                                    "it stays recorded for the next start")
                 self._step(uri, outcome, Outcome.FAILED, attempt.seconds, attempt.detail)

@@ -42,7 +42,7 @@ def run_plan(ctx: Context, which: str = "stop") -> int:
             entries.append(_start_entry(ctx, views[uri], start_plan))
     document = {"command": which, "uris": entries}
     if ctx.json:
-        ctx.messages.out.write(render.json_text(document))
+        ctx.messages.out.write(render.json_document(document))
     else:
         _print_plan(ctx, document)
     return EXIT_FAIL if any(e["error"] for e in entries) else EXIT_OK
@@ -60,8 +60,8 @@ def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[st
                 "name": planned.guest.name, "uuid": planned.guest.uuid, "order": planned.order,
                 "actions": list(planned.actions),
                 "timeout": planned.timeout if Action.SHUTDOWN in planned.actions else None,
-                "commands": [format_argv(ctx.virsh.argv(view.uri, commands.stop_action(
-                    a, planned.guest.uuid, ctx.config))) for a in planned.actions],
+                "commands": [ctx.virsh.argv(view.uri, commands.stop_action(
+                    a, planned.guest.uuid, ctx.config)) for a in planned.actions],
             })
     for guest in item.running:
         if guest.uuid not in acted_on:
@@ -81,8 +81,7 @@ def _start_entry(ctx: Context, view: UriView,
     for guest in sorted(item.guests if item else (), key=lambda g: g.order):
         calls = []
         if guest.decided is None:
-            calls.append(format_argv(ctx.virsh.argv(view.uri,
-                                                    commands.start(guest.uuid, ctx.config))))
+            calls.append(ctx.virsh.argv(view.uri, commands.start(guest.uuid, ctx.config)))
         entry["guests"].append({
             "name": guest.name, "uuid": guest.uuid, "order": guest.order,
             "actions": [Action.START] if guest.decided is None else [],
@@ -111,7 +110,7 @@ def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
             rows.append((str(guest["name"] or guest["uuid"]),
                          "" if guest["order"] is None else str(guest["order"]),
                          actions, "" if timeout is None else f"{timeout}s",
-                         guest["commands"][0] if guest["commands"] else ""))
+                         format_argv(guest["commands"][0]) if guest["commands"] else ""))
         if len(rows) == 1:
             ctx.messages.say("  no guests to act on")
             continue

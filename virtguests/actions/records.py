@@ -116,6 +116,23 @@ def write_run_report(ctx: Context, command: str, status: Optional[int]) -> None:
         ctx.messages.warn(f"cannot write the run report {ctx.paths.run_report}: {err}")
 
 
+def write_metrics(ctx: Context, command: str, status: int) -> None:
+    """METRICS_FILE, when set: the run that ends now.  A failure is a warning: it never
+    changes the exit status, and the run report and the records are written already."""
+    from pathlib import Path
+
+    from virtguests import metrics
+
+    if ctx.dry_run or not ctx.config.metrics_file:
+        return
+    path = Path(ctx.config.metrics_file)
+    try:
+        metrics.write(path, metrics.text(command, status, ctx.run_report.started, time.time(),
+                                         ctx.config.uris, ctx.run_report.outcomes()))
+    except OSError as err:
+        ctx.messages.warn(f"cannot write the metrics file {path}: {err}")
+
+
 def read_run_report(ctx: Context, say: Callable[[str], None]) -> Optional[dict[str, Any]]:
     """The last run's report, its valid parts; each problem with the file goes to *say*."""
     document, problems = state.read_run_report(ctx.paths.run_report)

@@ -1,7 +1,9 @@
 """``report``: the last run's per-guest results, for people and for monitoring.
 
 Only reads the run report the last stop or start wrote (``records``); a damaged one:
-its problems (FILE:LINE: KEY), what is valid, exit 6.
+its problems (FILE:LINE: KEY), what is valid, exit 6.  No run recorded yet is exit 1,
+text or JSON: monitoring that asks whether the last run went well gets no yes before
+there is a run (a host whose unit never ran, a state directory that was lost).
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ def run_report(ctx: Context) -> int:
     document, problems = state.read_run_report(ctx.paths.run_report)
     for problem in problems:
         ctx.messages.error(str(problem))
+    recorded = isinstance(document, dict)
     if ctx.json:
-        ctx.messages.out.write(render.json_text(document))
+        ctx.messages.out.write(render.json_document(
+            {**(document if isinstance(document, dict) else {}), "recorded": recorded,
+             "path": str(ctx.paths.run_report), "problems": [str(p) for p in problems]}))
     elif not isinstance(document, dict):
         if not problems:
             ctx.messages.say(f"no run recorded yet ({ctx.paths.run_report})")
-        return EXIT_CONFIG if problems else EXIT_OK
     else:
         ctx.messages.say(f"last run: {document.get('command')}, exit status "
                          f"{document.get('exit_status')}")
@@ -35,5 +39,5 @@ def run_report(ctx: Context) -> int:
     if problems:
         return EXIT_CONFIG
     if not isinstance(document, dict):
-        return EXIT_OK
+        return EXIT_FAIL
     return EXIT_OK if document.get("exit_status") in (0, None) else EXIT_FAIL

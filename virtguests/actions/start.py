@@ -32,6 +32,12 @@ from virtguests.virsh import format_argv
 
 
 def run_start(ctx: Context) -> int:
+    status = _run_start(ctx)
+    records.write_metrics(ctx, "start", status)
+    return status
+
+
+def _run_start(ctx: Context) -> int:
     if refuse_bad_config(ctx, "start"):
         return EXIT_CONFIG
     warn_conflicts(ctx)

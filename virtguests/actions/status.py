@@ -40,7 +40,7 @@ def run_status(ctx: Context) -> int:
                 "bad_lines": [str(b) for b in bad if b.path == ctx.paths.pending]},
             "last_run": records.read_run_report(ctx, ctx.messages.warn),
         }
-        ctx.messages.out.write(render.json_text(document))
+        ctx.messages.out.write(render.json_document(document))
         return code
     ctx.messages.say(word)
     for uri, ids in pending.items():
@@ -58,7 +58,7 @@ def run_gueststatus(ctx: Context) -> int:
     uris = unique(config.uris)
     if ctx.json:
         views = for_each_uri(uris, lambda uri: _describe_uri(ctx, uri))
-        ctx.messages.out.write(render.json_text({"uris": [views[u] for u in uris]}))
+        ctx.messages.out.write(render.json_document({"uris": [views[u] for u in uris]}))
         return EXIT_FAIL if any(v.get("error") for v in views.values()) else EXIT_OK
 
     def table(uri: str) -> Optional[str]:

@@ -28,10 +28,17 @@ from virtguests.config import Config
 from virtguests.executor import Executor
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
 from virtguests.model import Action, UriView
+from virtguests.output import WARNING
 from virtguests.virsh import format_argv
 
 
 def run_stop(ctx: Context, *, force_shutdown: bool = False) -> int:
+    status = _run_stop(ctx, force_shutdown)
+    records.write_metrics(ctx, "stop", status)
+    return status
+
+
+def _run_stop(ctx: Context, force_shutdown: bool) -> int:
     config = ctx.config
     if force_shutdown:
         chain = config.on_shutdown
@@ -122,7 +129,7 @@ def _say_found(ctx: Context, config: Config, views: Sequence[UriView],
         uri = view.uri
         if not view.reachable:
             status = EXIT_FAIL
-            ctx.messages.say(f"Can't connect to {uri}. Skipping.")
+            ctx.messages.say(f"Can't connect to {uri}. Skipping.", WARNING)
             known = seen.get(uri, {})
             names = (f"; last seen running there: {', '.join(known.values())} (recorded, so "
                      "start brings them back)") if known else ""
