@@ -24,8 +24,8 @@ from typing import Optional
 REPO = Path(__file__).resolve().parent.parent
 
 REQUIRED = (
-    ".ci", "COPYING", "MANIFEST.in", "Makefile", "README.md", "bench", "dist", "doc",
-    "examples", "fixtures", "pyproject.toml", "ruff.toml", "setup.cfg", "setup.py", "tests",
+    ".ci", "COPYING", "MANIFEST.in", "Makefile", "README.md", "bench", "doc", "examples",
+    "fixtures", "packaging", "pyproject.toml", "ruff.toml", "setup.cfg", "setup.py", "tests",
     "tools", "virtguests",
 )
 """The top-level paths a sdist holds, each with every git-tracked file under it (MANIFEST.in
