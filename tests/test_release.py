@@ -40,7 +40,7 @@ def test_sdist_holds_every_required_path(sdist: Path) -> None:
 
 
 def test_problems_names_what_is_missing_unlisted_or_unwanted() -> None:
-    tracked = ["COPYING", "tests/conftest.py", "tests/transcripts/a.txt", "packaging/x.in",
+    tracked = ["COPYING", "tests/conftest.py", "tests/transcripts/a.txt", "contrib/x.in",
                ".gitignore"]
     names = [p for p in REQUIRED if p != "COPYING"]
     names += ["tests/conftest.py", ".gitignore", ".venv/bin/python", "tests/__pycache__/a.pyc",
@@ -49,7 +49,7 @@ def test_problems_names_what_is_missing_unlisted_or_unwanted() -> None:
     assert problems(names, tracked) == [
         "missing: COPYING",
         "missing: tests/transcripts/a.txt",
-        "tracked but neither REQUIRED nor LEFT_OUT (tools/sdist.py): packaging",
+        "tracked but neither REQUIRED nor LEFT_OUT (tools/sdist.py): contrib",
         "unwanted: .hypothesis/examples/1",
         "unwanted: .pytest_cache/v",
         "unwanted: .venv/bin/python",

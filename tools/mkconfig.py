@@ -29,7 +29,8 @@ HEADER = """\
 # only". The file is parsed, never executed. "virtguests check" validates it.
 """
 
-TERM = re.compile(r"^`([A-Z_]+)` \(default:? `([^`]*)`.*\)$")
+TERM = re.compile(r"^`([A-Z_]+)` \(default:? (?:`([^`]*)`|none).*\)$")
+"""A variable's term: its name and default ("none": empty)."""
 
 
 class SourceError(ValueError):
@@ -53,7 +54,7 @@ def variables(markdown: str) -> list[tuple[str, str, str]]:
             if not more.strip():
                 break
             text.append(more[2:])
-        found.append((match.group(1), match.group(2), " ".join(text)))
+        found.append((match.group(1), match.group(2) or "", " ".join(text)))
     if not found:
         raise SourceError("no variables in the CONFIGURATION section")
     return found

@@ -22,6 +22,8 @@ from virtguests import files, state
 from virtguests.model import Outcome
 
 PREFIX = "virtguests_"
+URI_LABEL = "uri"
+"""The label of a URI (a name, not virsh's ``uri`` command)."""
 
 METRICS = (
     ("last_run_timestamp_seconds", "When the last stop or start run ended (Unix time)."),
@@ -58,7 +60,7 @@ def text(command: str, status: int, started: float, finished: float, uris: Itera
         "last_run_timestamp_seconds": [(run, f"{finished:.3f}")],
         "last_run_exit_status": [(run, str(status))],
         "last_run_duration_seconds": [(run, f"{max(finished - started, 0.0):.3f}")],
-        "last_run_guests": [((*run, ("uri", uri), ("outcome", str(word))),
+        "last_run_guests": [((*run, (URI_LABEL, uri), ("outcome", str(word))),
                              str(counts.get((uri, str(word)), 0)))
                             for uri in every_uri for word in Outcome],
     }

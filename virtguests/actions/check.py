@@ -15,7 +15,7 @@ def run_check(ctx: Context) -> int:
     from virtguests import conflicts
 
     warn_config(ctx)
-    conflict_warnings = [*conflicts.warnings(), *_metrics_warnings(ctx)]
+    conflict_warnings = [*conflicts.on_host(ctx.host_root), *_metrics_warnings(ctx)]
     for warning in conflict_warnings:
         ctx.messages.warn(warning)
     where = str(ctx.loaded.path) if ctx.loaded.path else "no config file (defaults)"
