@@ -65,8 +65,9 @@ def test_any_version_string_gets_an_answer_on_one_line(name: str, version: str) 
         assert deps.spec(name) in found and len(found.splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", [*cli.COMMANDS, *cli.EXTRA_COMMANDS])
-def test_every_command_refuses_an_unserved_sh_before_anything(
+@pytest.mark.parametrize("command", [c for c in (*cli.COMMANDS, *cli.EXTRA_COMMANDS)
+                                     if c not in cli.NO_DEPENDENCY])
+def test_every_command_that_needs_sh_refuses_an_unserved_one_before_anything(
         fake_host: Make, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
     host = fake_host(HOST)
     monkeypatch.setattr(sh, "__version__", "1.13.1")
@@ -76,6 +77,20 @@ def test_every_command_refuses_an_unserved_sh_before_anything(
                        "virtguests needs sh>=1.14,<3: nothing was done\n")
     assert host.calls() == []
     assert not host.state_dir.exists() or os.listdir(host.state_dir) == []
+
+
+@pytest.mark.parametrize("command", cli.NO_DEPENDENCY)
+def test_commands_without_virsh_or_yaml_work_whatever_sh_is(
+        fake_host: Make, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+    """status, report and reload need neither: an admin can still ask what happened."""
+    host = fake_host(HOST)
+    monkeypatch.setattr(sh, "__version__", "1.13.1")
+    monkeypatch.setattr(yaml, "__version__", "5.4.1")
+    expected = run_inprocess(host, command)[0]
+    assert expected.code != EXIT_DEPENDENCY and "is installed" not in expected.err
+    monkeypatch.undo()
+    served = run_inprocess(host, command)[0]
+    assert (served.code, served.out, served.err) == (expected.code, expected.out, expected.err)
 
 
 def test_an_unserved_pyyaml_is_refused(fake_host: Make, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,3 +129,18 @@ def test_the_process_says_it_on_one_line_and_exits_5(fake_host: Make, tmp_path: 
     assert proc.stderr == (f"virtguests: error: {expected}, virtguests needs sh>=1.14,<3: "
                            "nothing was done\n")
     assert host.calls() == []
+
+
+def test_status_runs_without_importing_sh(fake_host: Make, tmp_path: Path) -> None:
+    """The process: an sh that cannot even be imported does not stop status (exit 3)."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "sh.py").write_text('raise ImportError("no sh here")\n')
+    host = fake_host(HOST)
+    env = host.env()
+    env["PYTHONPATH"] = f"{shadow}{os.pathsep}{env['PYTHONPATH']}"
+    proc = subprocess.run([sys.executable, "-m", "virtguests", *host.argv("status")], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=180)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        3, "stopped, with no saved guests\n", "")

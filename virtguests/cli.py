@@ -26,6 +26,10 @@ COMMANDS = ("start", "stop", "status", "restart", "condrestart", "try-restart", 
             "force-reload", "gueststatus", "shutdown")
 EXTRA_COMMANDS = ("check", "plan", "report")
 NO_POLICY = ("status", "gueststatus", "report", "reload", "force-reload")
+NO_DEPENDENCY = ("status", "report", "reload", "force-reload")
+"""Commands that run no virsh and read no YAML: they work, and stay quick (importing sh
+and PyYAML to check them doubles status' start-up), whatever sh and PyYAML are
+installed; every other command refuses an unserved one (deps.py)."""
 
 HELP = """\
 Save or shut down libvirt guests when the host stops; bring them back when it boots.
@@ -189,12 +193,13 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
         messages.out.write(_usage(prog) + "\n")
         return EXIT_USAGE
     messages.quiet = args.quiet
-    from virtguests import deps
+    if command not in NO_DEPENDENCY:
+        from virtguests import deps
 
-    refusal = deps.refusal()
-    if refusal is not None:
-        messages.error(refusal)
-        return EXIT_DEPENDENCY
+        refusal = deps.refusal()
+        if refusal is not None:
+            messages.error(refusal)
+            return EXIT_DEPENDENCY
 
     from virtguests import config as config_mod
     from virtguests import state

@@ -24,7 +24,9 @@ MEANING: dict[int, str] = {
     EXIT_STOPPED: "status: stopped, with or without saved guests.",
     EXIT_DEPENDENCY: "sh or PyYAML is missing or of a version virtguests does not run on "
                      "(one line names the version found and the range needed); nothing "
-                     "was done (as LSB's 5, program is not installed).",
+                     "was done (as LSB's 5, program is not installed). status, report "
+                     "and reload run no virsh and read no YAML: they never check, and "
+                     "work whatever is installed.",
     EXIT_CONFIG: "Invalid configuration (stop and shutdown still act first, with the "
                  "defaults).",
 }
