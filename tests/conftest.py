@@ -46,7 +46,8 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 # end: both workers finish at about the same time. Order only; every test runs.
 _HEAVY_FIRST = ("test_fakevirsh.py", "test_output.py", "test_dist.py", "test_signals.py",
                 "test_faults.py", "test_service.py", "test_inprocess.py", "test_soak.py",
-                "test_cli.py")
+                "test_executor.py", "test_cli.py", "test_wait.py", "test_policy.py",
+                "test_inputs_service.py", "test_journal.py", "test_release.py")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
