@@ -172,3 +172,19 @@ deb:
 	cd build/deb/src && dpkg-buildpackage -b -us -uc
 	mv build/deb/virtguests_*.deb build/
 	@echo "Built: $$(ls build/virtguests_*.deb)"
+
+# -- make fresh-debian-check: the .deb on a fresh Debian 12 (packaging/README.md) ----
+# As root, after .ci/install-deb-deps and .ci/install-fresh-deps: builds the .deb when
+# there is none or the tree is newer, installs it in a new minimal Debian 12 chroot
+# (debootstrapped once into FRESH_CACHE) with apt-get alone, and runs the real-host
+# stop, start and status tests through that chroot's /usr/bin/virtguests
+# (tools/fresh_debian.py; FRESH_ARGS adds its options, e.g. --test-k 'EXPR').
+FRESH_CACHE ?= $(HOME)/.cache/virtguests-fresh-debian
+FRESH_ARGS ?= --test-k
+.PHONY: fresh-debian-check
+fresh-debian-check: $(STAMP)
+	@deb=$$(ls build/virtguests_*.deb 2>/dev/null | head -n 1); \
+	if [ -z "$$deb" ] || [ -n "$$(find $(DEB_SOURCES) $(wildcard $(DEB_OPTIONAL)) \
+		-newer "$$deb" -print -quit)" ]; then $(MAKE) --no-print-directory deb; fi
+	$(PY) tools/fresh_debian.py --deb "$$(ls build/virtguests_*.deb)" \
+		--cache '$(FRESH_CACHE)' $(FRESH_ARGS)
