@@ -108,6 +108,19 @@ def test_help_and_usage_errors_need_no_dependency(fake_host: Make,
     assert run_inprocess(host, "frobnicate")[0].code == 2
 
 
+def _with_shadow_sh(host: FakeHost, tmp_path: Path, module: str,
+                    command: str) -> subprocess.CompletedProcess[str]:
+    """virtguests COMMAND as systemd runs it, with *module* as the sh first on sys.path."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    (shadow / "sh.py").write_text(module)
+    env = host.env()
+    env["PYTHONPATH"] = f"{shadow}{os.pathsep}{env['PYTHONPATH']}"
+    return subprocess.run([sys.executable, "-m", "virtguests", *host.argv(command)], env=env,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=180)
+
+
 @pytest.mark.parametrize(("module", "said"), [
     ('__version__ = "1.13.1"\n', "sh 1.13.1 is installed ({path})"),
     ('raise ImportError("no sh here")\n', "cannot import sh (no sh here)")])
@@ -115,17 +128,10 @@ def test_the_process_says_it_on_one_line_and_exits_5(fake_host: Make, tmp_path: 
                                                      module: str, said: str) -> None:
     """As systemd runs it: an sh that cannot serve (found first on sys.path) ends the
     process with one line on stderr, not a traceback, and nothing is done."""
-    shadow = tmp_path / "shadow"
-    shadow.mkdir()
-    (shadow / "sh.py").write_text(module)
     host = fake_host(HOST)
-    env = host.env()
-    env["PYTHONPATH"] = f"{shadow}{os.pathsep}{env['PYTHONPATH']}"
-    proc = subprocess.run([sys.executable, "-m", "virtguests", *host.argv("stop")], env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=180)
+    proc = _with_shadow_sh(host, tmp_path, module, "stop")
     assert (proc.returncode, proc.stdout) == (EXIT_DEPENDENCY, "")
-    expected = said.format(path=shadow / "sh.py")
+    expected = said.format(path=tmp_path / "shadow" / "sh.py")
     assert proc.stderr == (f"virtguests: error: {expected}, virtguests needs sh>=1.14,<3: "
                            "nothing was done\n")
     assert host.calls() == []
@@ -133,14 +139,7 @@ def test_the_process_says_it_on_one_line_and_exits_5(fake_host: Make, tmp_path: 
 
 def test_status_runs_without_importing_sh(fake_host: Make, tmp_path: Path) -> None:
     """The process: an sh that cannot even be imported does not stop status (exit 3)."""
-    shadow = tmp_path / "shadow"
-    shadow.mkdir()
-    (shadow / "sh.py").write_text('raise ImportError("no sh here")\n')
-    host = fake_host(HOST)
-    env = host.env()
-    env["PYTHONPATH"] = f"{shadow}{os.pathsep}{env['PYTHONPATH']}"
-    proc = subprocess.run([sys.executable, "-m", "virtguests", *host.argv("status")], env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=180)
+    proc = _with_shadow_sh(fake_host(HOST), tmp_path, 'raise ImportError("no sh here")\n',
+                           "status")
     assert (proc.returncode, proc.stdout, proc.stderr) == (
         3, "stopped, with no saved guests\n", "")

@@ -54,26 +54,17 @@ def need(tool: str) -> str:
     return path
 
 
-def _mkman() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mkman", REPO / "tools" / "mkman.py")
+def _tool(name: str) -> ModuleType:
+    """tools/NAME.py, a script run by path (make man, debian/rules), as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-mkman = _mkman()
-
-
-def _mkconfig() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mkconfig", REPO / "tools" / "mkconfig.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-mkconfig = _mkconfig()
+mkman = _tool("mkman")
+mkconfig = _tool("mkconfig")
 
 
 def unit_entries(text: str) -> list[tuple[str, str, str]]:
