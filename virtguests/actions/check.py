@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from virtguests import render
 from virtguests.actions.context import Context, warn_config
+from virtguests.config import Problem
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_OK
 
 
@@ -15,8 +16,8 @@ def run_check(ctx: Context) -> int:
     from virtguests import conflicts
 
     warn_config(ctx)
-    conflict_warnings = [*conflicts.on_host(ctx.host_root), *_metrics_warnings(ctx)]
-    for warning in conflict_warnings:
+    host_warnings = [*conflicts.on_host(ctx.host_root), *_metrics_warnings(ctx)]
+    for warning in host_warnings:
         ctx.messages.warn(warning)
     where = str(ctx.loaded.path) if ctx.loaded.path else "no config file (defaults)"
     code = EXIT_CONFIG if ctx.loaded.problems else EXIT_OK
@@ -27,7 +28,7 @@ def run_check(ctx: Context) -> int:
             "exit_status": code,
             "problems": [{"file": p.path, "line": p.line or None, "key": p.key or None,
                           "message": p.message} for p in ctx.loaded.problems],
-            "warnings": [*ctx.loaded.warnings, *conflict_warnings],
+            "warnings": [*ctx.loaded.warnings, *host_warnings],
         }))
     elif ctx.loaded.problems:
         ctx.messages.error(f"{where}: {len(ctx.loaded.problems)} problem(s)")
@@ -45,7 +46,7 @@ def _metrics_warnings(ctx: Context) -> list[str]:
     directory = Path(ctx.config.metrics_file).parent
     if directory.is_dir():
         return []
-    where = ctx.loaded.path or "config"
-    line = ctx.loaded.sources.get("METRICS_FILE")
-    return [f"{where}:{line}: METRICS_FILE: the directory {directory} does not exist: "
-            "stop and start cannot write the metrics file"]
+    return [str(Problem(str(ctx.loaded.path or "config"),
+                        ctx.loaded.sources.get("METRICS_FILE", 0), "METRICS_FILE",
+                        f"the directory {directory} does not exist: stop and start cannot "
+                        "write the metrics file"))]
