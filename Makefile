@@ -53,7 +53,7 @@ SH1_STAMP := $(SH1_VENV)/.installed
 SH1_PINS ?= sh==1.14.2 PyYAML==6.0
 SH1_REALHOST_K ?= test_suspend_saves or test_serial_shutdown or test_parallel_shutdown or \
 	test_status_and_gueststatus
-$(SH1_STAMP): setup.cfg setup.py
+$(SH1_STAMP): setup.cfg setup.py pyproject.toml
 	$(PYTHON) -m venv $(SH1_VENV)
 	$(SH1_PY) -m pip install --quiet --upgrade pip
 	$(SH1_PY) -m pip install --quiet -e '.[test,lint]' $(SH1_PINS)
@@ -82,7 +82,7 @@ fixtures: $(STAMP)
 	$(PY) tools/record_fixtures.py $(FIXTURE_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(SH1_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
 bench: $(STAMP)
 	$(PY) tools/bench.py $(BENCH_ARGS)
