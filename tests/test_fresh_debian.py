@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tools.fresh_debian import FreshDebianError, mounts_under, remove_tree, write_wrapper
+from tools.fresh_debian import FreshDebianError, mounts_under, remove_tree, run, write_wrapper
 
 LOGGER = """#!/bin/sh
 # logs its name and arguments, NUL-terminated, in the next numbered file in $FAKE_LOG
@@ -105,3 +106,28 @@ def test_a_tree_with_a_mount_under_it_is_not_removed(tmp_path: Path) -> None:
     remove_tree(tree)
     remove_tree(tree)
     assert not tree.exists() and os.path.isdir(tmp_path)
+
+
+def test_a_step_past_its_timeout_is_killed_with_everything_it_started(tmp_path: Path) -> None:
+    """A stalled mirror fails the check instead of hanging CI: the step's whole process
+    group goes, a child it left in the background included."""
+    pid_file = tmp_path / "child"
+    with pytest.raises(FreshDebianError, match="did not finish within"):
+        run(["sh", "-c", f'sleep 600 & echo $! > {pid_file}; wait'], timeout=3)
+    child = int(pid_file.read_text())
+    for _ in range(600):  # the kill is asynchronous: up to 60 s for the child to go
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        with open(f"/proc/{child}/stat") as stat:
+            if stat.read().split(") ")[1].startswith("Z"):
+                break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the step's child {child} outlived its timeout")
+
+
+def test_a_failing_step_names_its_exit_status() -> None:
+    with pytest.raises(FreshDebianError, match="exited 3"):
+        run(["sh", "-c", "exit 3"])

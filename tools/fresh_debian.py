@@ -32,6 +32,7 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -51,6 +52,11 @@ DEFAULT_TESTS = (
 )
 """stop (suspend, shutdown), start (resume, refusals), status and gueststatus."""
 
+STEP_TIMEOUT = 1800.0
+"""How long one step may take (debootstrap or apt-get on a slow mirror, the tests)
+before its whole process group is killed: a stalled mirror fails CI, never hangs it."""
+QUICK_TIMEOUT = 120.0
+"""For a quick command (umount, dpkg-query)."""
 POLICY_RC_D = "#!/bin/sh\n# tools/fresh_debian.py: a chroot starts no service\nexit 101\n"
 
 WRAPPER = """#!/bin/sh
@@ -71,12 +77,23 @@ class FreshDebianError(Exception):
 
 
 def run(argv: Sequence[str], *, env: Optional[dict[str, str]] = None,
-        cwd: Optional[Path] = None) -> None:
-    """Runs *argv* (echoed), failing with its exit status."""
+        cwd: Optional[Path] = None, timeout: float = STEP_TIMEOUT) -> None:
+    """Runs *argv* (echoed) in its own process group, failing with its exit status; past
+    *timeout*, or when this script is interrupted, the whole group is killed."""
     print("+", shlex.join(argv), flush=True)
-    proc = subprocess.run(argv, env=env, cwd=cwd, check=False)
-    if proc.returncode != 0:
-        raise FreshDebianError(f"{argv[0]} exited {proc.returncode}: {shlex.join(argv)}")
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True)
+    try:
+        code = proc.wait(timeout=timeout)
+    except BaseException as exc:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        if isinstance(exc, subprocess.TimeoutExpired):
+            raise FreshDebianError(f"{argv[0]} did not finish within {timeout:.0f} s and was "
+                                   f"killed: {shlex.join(argv)}") from None
+        raise
+    if code != 0:
+        raise FreshDebianError(f"{argv[0]} exited {code}: {shlex.join(argv)}")
 
 
 def mounts_under(path: Path) -> list[str]:
@@ -130,7 +147,9 @@ def mounted(root: Path, *, host_tmp: bool) -> Iterator[None]:
         yield
     finally:
         for target in reversed(done):
-            subprocess.run(["umount", "-R", str(target)], check=False)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(["umount", "-R", str(target)], check=False,
+                               timeout=QUICK_TIMEOUT)
 
 
 def chroot_env(extra: dict[str, str]) -> dict[str, str]:
@@ -187,7 +206,8 @@ def packages(root: Path) -> str:
     """The versions that the fresh machine runs virtguests on."""
     names = ["virtguests", "python3", "python3-sh", "python3-yaml", "libvirt-clients"]
     proc = subprocess.run(["chroot", str(root), "dpkg-query", "-W", *names],
-                          capture_output=True, text=True, check=False, env=chroot_env({}))
+                          capture_output=True, text=True, check=False, env=chroot_env({}),
+                          timeout=QUICK_TIMEOUT)
     return proc.stdout.strip().replace("\n", ", ")
 
 
