@@ -215,3 +215,27 @@ def test_check_knows_metrics_file(fake_host: Make, tmp_path: Path) -> None:
     run, _ = run_inprocess(host, "check")
     assert run.code == 0 and "unknown variable" not in run.err
     assert f"METRICS_FILE: the directory {tmp_path}/missing does not exist" in run.err
+
+
+@pytest.mark.parametrize("command", ["stop", "start"])
+def test_a_run_ended_by_a_bug_is_written_as_failed(fake_host: Make, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   command: str) -> None:
+    """Monitoring never keeps the previous run's success when this one crashed."""
+    from virtguests.actions import start, stop
+
+    path = tmp_path / "virtguests.prom"
+    host = fake_host({"uris": {"default": {"guests": [{"name": "web"}]}}},
+                     f"ON_BOOT=start\nMETRICS_FILE={path}\n")
+    assert run_inprocess(host, command)[0].code == 0
+    assert parsed(path.read_text())["virtguests_last_run_exit_status"] == [
+        ({"command": command}, 0.0)]
+
+    def bug(*args: object) -> int:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(stop if command == "stop" else start, f"_run_{command}", bug)
+    run, _ = run_inprocess(host, command)
+    assert run.code == 1 and "a bug" in run.err
+    assert parsed(path.read_text())["virtguests_last_run_exit_status"] == [
+        ({"command": command}, 1.0)]

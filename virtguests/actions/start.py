@@ -32,9 +32,12 @@ from virtguests.virsh import format_argv
 
 
 def run_start(ctx: Context) -> int:
-    status = _run_start(ctx)
-    records.write_metrics(ctx, "start", status)
-    return status
+    status = EXIT_FAIL  # what the top-level handler exits with if a bug ends the run
+    try:
+        status = _run_start(ctx)
+        return status
+    finally:
+        records.write_metrics(ctx, "start", status)
 
 
 def _run_start(ctx: Context) -> int:

@@ -33,9 +33,12 @@ from virtguests.virsh import format_argv
 
 
 def run_stop(ctx: Context, *, force_shutdown: bool = False) -> int:
-    status = _run_stop(ctx, force_shutdown)
-    records.write_metrics(ctx, "stop", status)
-    return status
+    status = EXIT_FAIL  # what the top-level handler exits with if a bug ends the run
+    try:
+        status = _run_stop(ctx, force_shutdown)
+        return status
+    finally:
+        records.write_metrics(ctx, "stop", status)
 
 
 def _run_stop(ctx: Context, force_shutdown: bool) -> int:
