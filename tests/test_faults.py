@@ -689,3 +689,37 @@ def test_hostile_names_never_stand_for_another_guest(fake_host: Make, mode: str)
     assert host.active() == set()
     assert [s[:2] for s in report_steps(host, "web")] == [("shutdown", "timed out"),
                                                         ("poweroff", "powered off")]
+
+
+def running(pid: int) -> bool:
+    """Whether *pid* is alive (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("own_session", [True, False], ids=["own-session", "virsh-session"])
+def test_a_virsh_whose_child_holds_its_output_open_costs_no_timeout(
+        fake_host: Make, own_session: bool) -> None:
+    """Every virsh leaves a child holding stdout and stderr (ssh's ControlPersist master,
+    a wrapper that daemonises): with QUERY_TIMEOUT=1 the listing still succeeds (sh's
+    2 s drain made it time out and skipped the URI) and every guest is saved while every
+    holder is still alive: the run neither waited for them nor killed them."""
+    host = fake_host(guests({"name": "web"}, {"name": "db"}), "QUERY_TIMEOUT=1\n")
+    env = host.env()
+    del env["VIRTGUESTS_FAKE_LOG"]  # a warm-up: the fake's first process compiles it
+    subprocess.run([str(host.bin / "virsh"), "list"], env=env, check=True, timeout=60,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+    virsh = host.holding_virsh(own_session=own_session)
+    try:
+        run = host.run("--virsh", str(virsh), "stop")
+        holders = host.holders()
+        assert run.code == 0, run
+        assert "Suspending web: done" in run.lines and "Suspending db: done" in run.lines
+        assert host.managed_saved() == {"web", "db"}
+        assert len(holders) == len(host.calls()) == 3
+        assert all(running(pid) for pid in holders)
+    finally:
+        host.release_holders()

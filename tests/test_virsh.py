@@ -7,7 +7,10 @@ out, fail or answer, and may hold a call until it lets it go.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import sys
 import textwrap
 import threading
@@ -268,3 +271,88 @@ def test_a_watch_feeds_each_line_and_close_ends_the_session(tmp_path: Path) -> N
     assert not watch.alive()
     assert [line.strip() for line in lines] == [
         "event 'lifecycle' for domain 'a': Stopped", "event 'lifecycle' for domain 'b': Started"]
+
+
+def shell(tmp_path: Path, body: str) -> str:
+    """An executable ``/bin/sh`` script (starts in a millisecond, unlike a Python one)."""
+    path = tmp_path / "virsh"
+    path.write_text("#!/bin/sh\n" + textwrap.dedent(body))
+    path.chmod(0o755)
+    return str(path)
+
+
+def kill_recorded(pids: Path) -> None:
+    for pid in (int(p) for p in pids.read_text().split()) if pids.exists() else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("setsid", ["setsid ", ""], ids=["own-session", "virsh-session"])
+@pytest.mark.parametrize("holds", ["2>/dev/null", ">/dev/null"], ids=["stdout", "stderr"])
+def test_a_child_that_keeps_the_output_open_neither_delays_the_call_nor_is_killed(
+        tmp_path: Path, setsid: str, holds: str) -> None:
+    """ssh's ControlPersist master (its own session) or a wrapper's daemon (virsh's)
+    keeps stdout or stderr open after virsh exits: the call ends when virsh does, with
+    all it wrote, well within a 1 s timeout (sh drained the pipe for 2 s more and the
+    call timed out), and the holder lives on (it is not ours to kill)."""
+    pids = tmp_path / "pids"
+    virsh = Virsh(shell(tmp_path, f"""\
+        {setsid}sleep 600 {holds} &
+        echo $! > {pids}
+        echo " Id   Name   State"
+        echo "error: a warning" >&2
+        exit 3
+    """), default_timeout=1)
+    try:
+        result = virsh.run("default", ["list"], check=False)
+        assert (result.exit_code, result.stdout, result.stderr) == (
+            3, " Id   Name   State\n", "error: a warning\n")
+        assert virsh.given_up("default") is None
+        assert not gone(int(pids.read_text()))
+    finally:
+        kill_recorded(pids)
+
+
+def test_a_child_that_writes_after_virsh_exited_cannot_grow_the_output(tmp_path: Path) -> None:
+    """What virsh left behind may write on for ever: once the call has read the output,
+    the child's further writes fail (EPERM on the sealed file: it cannot fill memory),
+    and it is not killed for it; the call's result is what virsh wrote."""
+    go, ended, pids = tmp_path / "go", tmp_path / "ended", tmp_path / "pids"
+    virsh = Virsh(shell(tmp_path, f"""\
+        (while [ ! -e {go} ]; do sleep 0.01; done
+         while echo more; do :; done 2>/dev/null; touch {ended}) &
+        echo $! > {pids}
+        echo done
+    """))
+    try:
+        result = virsh.run("default", ["list"])
+        go.touch()
+        deadline = time.monotonic() + WAIT
+        while not ended.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ended.exists(), "the child's writes never failed"
+        assert result.stdout == "done\n"
+    finally:
+        go.touch()
+        kill_recorded(pids)
+
+
+def test_without_memfd_the_output_goes_to_unlinked_temporary_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where ``memfd_create`` is missing or refused, the same holds on temporary files."""
+    def refused(*args: object) -> int:
+        raise OSError("memfd_create refused")
+
+    monkeypatch.setattr(os, "memfd_create", refused)
+    pids = tmp_path / "pids"
+    virsh = Virsh(shell(tmp_path, f"""\
+        setsid sleep 600 &
+        echo $! > {pids}
+        echo out; echo err >&2
+    """), default_timeout=1)
+    try:
+        result = virsh.run("default", ["list"])
+        assert (result.stdout, result.stderr) == ("out\n", "err\n")
+        assert not gone(int(pids.read_text()))
+    finally:
+        kill_recorded(pids)

@@ -13,17 +13,20 @@ argument), then waited for with ``wait()``, which raises ``ErrorReturnCode`` onl
 for a signal (``_ok_code`` holds every exit status) in both. Only special keywords
 both accept with the same meaning are used: ``_env``, ``_bg``, ``_bg_exc``,
 ``_new_session`` (explicit: sh 2.x's default is False, sh 1.x's True), ``_tty_out``,
-``_out``/``_err`` callbacks (a decoded line in both), ``_ok_code``,
+``_out``/``_err`` callbacks (a decoded line in both) or files (given to the child
+as they are, no pipe, in both), ``_ok_code``,
 ``_decode_errors``. The supported range is checked at start-up (virtguests.deps).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -279,6 +282,14 @@ class Virsh:
         return Watch(argv, proc)
 
     def _spawn(self, argv: list[str], limit: float) -> Result:
+        """Start *argv*, wait for it (at most *limit* seconds, then kill its session).
+
+        Its stdout and stderr are anonymous files (``_Capture``), not pipes: a child that
+        keeps them open after virsh exits (ssh's ``ControlPersist`` master, a wrapper
+        that daemonises) neither delays the call (sh drains a pipe until its last
+        writer closes it, up to 2 s) nor is killed (it is not ours: only a timeout
+        kills virsh's session).  What virsh wrote is complete once it has exited.
+        """
         import sh  # imported lazily: status and check never start virsh
 
         started = time.monotonic()
@@ -286,46 +297,78 @@ class Virsh:
             command = sh.Command(argv[0])
         except sh.CommandNotFound:
             raise VirshError(argv, f"cannot run {argv[0]!r}: not found") from None
-        try:
-            proc: Any = command(
-                *argv[1:],
-                _env=self._env,
-                _tty_out=False,
-                _bg=True,
-                _bg_exc=False,
-                _new_session=True,
-                _ok_code=list(range(256)),
-                _decode_errors="replace",
-            )
-        except (OSError, sh.ForkException) as err:
-            raise VirshError(argv, f"cannot run {argv[0]!r}: {err}") from None
-        # Our own timer, not sh's _timeout: sh polls for it every 0.1 s (adding that
-        # much to every call) and kills only virsh, not the ssh it may have started.
-        expired = threading.Event()
+        with _Capture("stdout") as out, _Capture("stderr") as err:
+            try:
+                proc: Any = command(
+                    *argv[1:],
+                    _env=self._env,
+                    _out=out.file,
+                    _err=err.file,
+                    _bg=True,
+                    _bg_exc=False,
+                    _new_session=True,
+                    _ok_code=list(range(256)),
+                )
+            except (OSError, sh.ForkException) as error:
+                raise VirshError(argv, f"cannot run {argv[0]!r}: {error}") from None
+            # Our own timer, not sh's _timeout: sh polls for it every 0.1 s (adding that
+            # much to every call) and kills only virsh, not the ssh it may have started.
+            expired = threading.Event()
 
-        def expire() -> None:
-            expired.set()
-            _kill_session(proc.pid)
+            def expire() -> None:
+                expired.set()
+                _kill_session(proc.pid)
 
-        timer = threading.Timer(clamp(limit), expire) if limit > 0 else None
-        if timer is not None:
-            timer.daemon = True
-            timer.start()
-        try:
-            proc.wait()
-        except sh.ErrorReturnCode as err:
-            if not expired.is_set():
-                raise VirshError(argv, f"killed ({err.exit_code})") from None
-        finally:
+            timer = threading.Timer(clamp(limit), expire) if limit > 0 else None
             if timer is not None:
-                timer.cancel()
-        if expired.is_set():
-            raise VirshError(argv, f"timed out after {limit:g}s and was killed",
-                             timed_out=True)
-        stdout = _text(proc.stdout)
-        stderr = _text(proc.stderr)
+                timer.daemon = True
+                timer.start()
+            try:
+                proc.wait()
+            except sh.ErrorReturnCode as error:
+                if not expired.is_set():
+                    raise VirshError(argv, f"killed ({error.exit_code})") from None
+            finally:
+                if timer is not None:
+                    timer.cancel()
+            if expired.is_set():
+                raise VirshError(argv, f"timed out after {limit:g}s and was killed",
+                                 timed_out=True)
+            stdout, stderr = out.read(), err.read()
         return Result(tuple(argv), int(proc.exit_code), stdout, stderr,
                       time.monotonic() - started)
+
+
+class _Capture:
+    """One output stream of a call: an anonymous in-memory file (``memfd_create``; an
+    unlinked temporary file where there is none), so no disk, full or read-only at
+    shutdown, can cut a listing short.  ``read()`` seals it first: a process that kept
+    it open gets EPERM for further writes (as it would get EPIPE from a closed pipe),
+    and cannot grow it while it lives."""
+
+    def __init__(self, name: str) -> None:
+        self.sealable = False
+        try:
+            fd = os.memfd_create(f"virsh-{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        except (AttributeError, OSError):
+            self.file: Any = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
+        else:
+            self.file = os.fdopen(fd, "w+b")
+            self.sealable = True
+
+    def __enter__(self) -> _Capture:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def read(self) -> str:
+        fd = self.file.fileno()
+        if self.sealable:
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_GROW)
+        # pread: a process that still holds the file shares its offset
+        return _text(os.pread(fd, os.fstat(fd).st_size, 0))
 
 
 class Watch:

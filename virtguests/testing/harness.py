@@ -9,9 +9,12 @@ in this process on a virtual clock, see :mod:`virtguests.testing.inprocess`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -257,3 +260,34 @@ class FakeHost(CliHarness):
         if self.now_file is not None and self.now_file.exists():
             now = float(self.now_file.read_text())
         return apply_due_transitions_now(str(self.host_file), now=now)
+
+    @property
+    def holders_file(self) -> Path:
+        return self.root / "holders.pids"
+
+    def holding_virsh(self, *, own_session: bool = True, seconds: int = 600) -> Path:
+        """A virsh for ``--virsh`` that leaves a child holding its stdout and stderr
+        open for *seconds* after it exits, then runs the fake: as ssh's
+        ``ControlPersist`` master does (*own_session*: ``setsid``, so a timeout's kill
+        of virsh's session does not reach it) or a wrapper that daemonises without
+        one.  Each holder's pid is appended to ``holders_file``;
+        ``release_holders()`` ends them."""
+        path = self.root / "holding" / "virsh"
+        path.parent.mkdir(exist_ok=True)
+        holder = f"{'setsid ' if own_session else ''}sleep {int(seconds)}"
+        path.write_text(f"#!/bin/sh\n{holder} &\necho $! >> {shlex.quote(str(self.holders_file))}"
+                        f"\nexec {shlex.quote(str(self.bin / 'virsh'))} \"$@\"\n")
+        path.chmod(0o755)
+        return path
+
+    def holders(self) -> list[int]:
+        """The pids of the holders ``holding_virsh`` started so far."""
+        if not self.holders_file.exists():
+            return []
+        return [int(pid) for pid in self.holders_file.read_text().split()]
+
+    def release_holders(self) -> None:
+        """End every holder (by its recorded pid)."""
+        for pid in self.holders():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
