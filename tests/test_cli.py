@@ -300,6 +300,11 @@ def test_verbose_logs_each_virsh_command(fake_host: Make) -> None:
     listing = shlex.quote(observe.batch(observe.RUNNING))
     assert f"virtguests: virsh: {host.bin / 'virsh'} {listing} (" in run.err
     assert f"managedsave {host.uuid('web')} (" in run.err
+    calls = [ln for ln in run.err.splitlines() if ln.startswith("virtguests: virsh: ")]
+    assert run.err.splitlines()[-1] == (f"virtguests: virsh on default: {len(calls)} "
+                                        f"processes, {len(calls)} connections")
+    assert "virsh on" not in inproc(host, "-v", "status").err  # no virsh, no line
+    assert "virsh on" not in inproc(host, "stop").err  # only with -v
 
 
 @pytest.mark.parametrize("args", [

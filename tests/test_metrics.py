@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +67,17 @@ def guests(families: dict[str, list[tuple[dict[str, str], float]]]) -> dict[tupl
             for labels, value in families["virtguests_last_run_guests"] if value}
 
 
+def started(families: dict[str, list[tuple[dict[str, str], float]]]
+            ) -> dict[str, tuple[float, float]]:
+    """URI -> (virsh processes, connections)."""
+    processes = {labels["uri"]: value
+                 for labels, value in families["virtguests_last_run_virsh_processes"]}
+    connections = {labels["uri"]: value
+                   for labels, value in families["virtguests_last_run_virsh_connections"]}
+    assert processes.keys() == connections.keys()
+    return {uri: (processes[uri], connections[uri]) for uri in processes}
+
+
 def test_the_file_holds_every_metric_with_help_and_type() -> None:
     text = metrics.text("stop", 1, 100.0, 102.5, ["default", "qemu:///system"],
                         [("default", Outcome.SAVED), ("default", Outcome.SAVED),
@@ -77,6 +89,17 @@ def test_the_file_holds_every_metric_with_help_and_type() -> None:
     assert families["virtguests_last_run_duration_seconds"] == [({"command": "stop"}, 2.5)]
     assert guests(families) == {("default", "saved"): 2, ("qemu:///system", "timed out"): 1}
     assert len(families["virtguests_last_run_guests"]) == 2 * len(Outcome)
+    assert started(families) == {"default": (0, 0), "qemu:///system": (0, 0)}
+
+
+def test_every_uri_gets_its_virsh_processes_and_connections() -> None:
+    """Also a URI only the counts name (a recorded URI no longer configured)."""
+    text = metrics.text("stop", 0, 0.0, 1.0, ["default", "test:///idle"], [],
+                        [{"uri": "default", "processes": 11, "connections": 11},
+                         {"uri": "qemu:///old", "processes": 1, "connections": 1}])
+    strict_lines(text)
+    assert started(parsed(text)) == {"default": (11, 11), "test:///idle": (0, 0),
+                                     "qemu:///old": (1, 1)}
 
 
 HOSTILE = ['qemu+ssh://h/system?x="a"', "test:///back\\slash\\", "test:///new\nline",
@@ -85,11 +108,13 @@ HOSTILE = ['qemu+ssh://h/system?x="a"', "test:///back\\slash\\", "test:///new\nl
 
 @pytest.mark.parametrize("uri", HOSTILE)
 def test_a_hostile_uri_stays_one_label_value(uri: str) -> None:
-    text = metrics.text("start", 0, 0.0, 1.0, [uri], [(uri, Outcome.RESUMED)])
+    text = metrics.text("start", 0, 0.0, 1.0, [uri], [(uri, Outcome.RESUMED)],
+                        [{"uri": uri, "processes": 2, "connections": 2}])
     lines = strict_lines(text)
-    assert len(lines) == 3 * 2 + 3 + 2 + len(Outcome)
+    assert len(lines) == len(metrics.METRICS) * 2 + 3 + len(Outcome) + 2
     families = parsed(text)
     assert guests(families) == {(uri, "resumed"): 1}
+    assert started(families) == {uri: (2, 2)}
     assert families["virtguests_last_run_exit_status"] == [({"command": "start"}, 0.0)]
 
 
@@ -139,6 +164,11 @@ def test_stop_and_start_each_write_their_run(fake_host: Make, tmp_path: Path) ->
     report = json.loads((host.state_dir / "virtguests-last-run.json").read_text())
     finished = families["virtguests_last_run_timestamp_seconds"][0][1]
     assert abs(finished - report["finished"]) < 60
+    assert started(families) == {entry["uri"]: (entry["processes"], entry["connections"])
+                                 for entry in report["virsh"]}
+    logged = Counter(call["argv"][1] if call["argv"][0] == "-c" else "default"
+                     for call in host.calls())  # the fake logs every process it ran
+    assert started(families) == {uri: (logged[uri],) * 2 for uri in logged}
 
     run, _ = run_inprocess(host, "start")
     families = parsed(path.read_text())

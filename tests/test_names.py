@@ -87,7 +87,8 @@ def test_status_report_and_plan_keys(fake_host: Make) -> None:
     assert set(status["list_file"]) == set(status["not_resumed"]) == {
         "path", "entries", "bad_lines"}
     report = status["last_run"]
-    assert set(report) == {"command", "started", "finished", "exit_status", "guests"}
+    assert set(report) == {"command", "started", "finished", "exit_status", "guests", "virsh"}
+    assert [set(entry) for entry in report["virsh"]] == [{"uri", "processes", "connections"}]
     assert set(report["guests"][0]) == {"uri", "uuid", "name", "outcome", "steps"}
     assert set(report["guests"][0]["steps"][0]) == {"action", "result", "seconds", "detail"}
     assert [(g["outcome"], g["steps"][0]["action"]) for g in report["guests"]] == [
@@ -104,7 +105,7 @@ def test_status_report_and_plan_keys(fake_host: Make) -> None:
     assert run.code == 1
     report = json.loads(run_inprocess(host, "--json", "report")[0].out)
     assert set(report) == {"format_version", "recorded", "path", "problems", "command",
-                           "started", "finished", "exit_status", "guests"}
+                           "started", "finished", "exit_status", "guests", "virsh"}
     assert (report["format_version"], report["recorded"]) == (1, True)
     assert [(g["name"], g["outcome"]) for g in report["guests"]] == [
         ("web", "already active"), ("db", "no longer exists")]

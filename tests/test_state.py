@@ -244,6 +244,32 @@ def test_a_valid_report_reads_back_unchanged(tmp_path: Path) -> None:
     assert state.read_run_report(path) == (report_doc(), [])
 
 
+def test_a_report_with_virsh_counts_reads_back_unchanged(tmp_path: Path) -> None:
+    """``virsh`` (since issue 13) is kept when valid; a report without it (written
+    before) is no problem and gains none."""
+    path = tmp_path / "r.json"
+    counts = [{"uri": "default", "processes": 11, "connections": 11},
+              {"uri": "qemu+ssh://h/system", "processes": 0, "connections": 0}]
+    state.write_json(path, report_doc(virsh=counts))
+    assert state.read_run_report(path) == (report_doc(virsh=counts), [])
+
+
+def test_damaged_virsh_counts_are_located_and_the_valid_ones_kept(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    good = {"uri": "default", "processes": 3, "connections": 3}
+    state.write_json(path, report_doc(virsh=[
+        good, dict(good, processes=-1), dict(good, connections=True), "x",
+        {"uri": "b", "processes": 1}]))
+    report, problems = state.read_run_report(path)
+    assert [p.key for p in problems] == ["virsh[1].processes", "virsh[2].connections",
+                                         "virsh[3]", "virsh[4].connections"]
+    assert report is not None and report["virsh"] == [good]
+    state.write_json(path, report_doc(virsh={"default": 3}))
+    report, problems = state.read_run_report(path)
+    assert [p.key for p in problems] == ["virsh"] and report is not None
+    assert report["virsh"] == [] and len(report["guests"]) == 2
+
+
 def test_schema_problems_name_line_and_key_path_and_keep_the_rest(tmp_path: Path) -> None:
     path = tmp_path / "r.json"
     doc = report_doc()

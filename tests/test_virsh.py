@@ -21,7 +21,14 @@ from typing import Callable, Optional
 
 import pytest
 
-from virtguests.virsh import CONNECT_FAILED, Result, Virsh, VirshError, is_guest_call
+from virtguests.virsh import (
+    CONNECT_FAILED,
+    Result,
+    Started,
+    Virsh,
+    VirshError,
+    is_guest_call,
+)
 
 WAIT = 10.0
 """Real seconds any wait in these tests may take before the test fails."""
@@ -102,6 +109,20 @@ def test_a_guests_call_and_the_check_timing_out_give_the_uri_up() -> None:
     with pytest.raises(VirshError) as refused:
         virsh.run(URI, ["list", "--uuid"])
     assert refused.value.given_up and virsh.spawned == [SAVE, LIVENESS]
+
+
+def test_processes_and_connections_are_counted_per_uri_as_they_start() -> None:
+    """Every process started counts, the liveness check and one that timed out
+    included; a call refused on a given-up URI starts nothing and counts nothing."""
+    virsh = Scripted(timed_out(SAVE, LIVENESS))
+    virsh.run("qemu:///system", ["list", "--uuid", "--name"])
+    with pytest.raises(VirshError):
+        virsh.run(URI, SAVE)
+    with pytest.raises(VirshError):
+        virsh.run(URI, ["list", "--uuid"])  # refused: given up
+    virsh.run("qemu:///system", ["domstate", "--reason", SAVE[1]])
+    assert virsh.started() == {"qemu:///system": Started(2, 2), URI: Started(2, 2)}
+    assert len(virsh.spawned) == 4 == virsh.calls
 
 
 @pytest.mark.parametrize(("stderr", "wedged"), [
@@ -269,6 +290,7 @@ def test_a_watch_feeds_each_line_and_close_ends_the_session(tmp_path: Path) -> N
     finally:
         watch.close()
     assert not watch.alive()
+    assert virsh.started() == {"default": Started(1, 1)}
     assert [line.strip() for line in lines] == [
         "event 'lifecycle' for domain 'a': Stopped", "event 'lifecycle' for domain 'b': Started"]
 

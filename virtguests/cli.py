@@ -63,7 +63,8 @@ options:
   -n, --dry-run     print the virsh commands that would change something; change nothing
   --json            status, gueststatus, plan, report and check print one JSON
                     document (format_version 1: virtguests(8), JSON)
-  -v, --verbose     also print each virsh command with its duration (stderr)
+  -v, --verbose     also print each virsh command with its duration, and the virsh
+                    processes and connections per URI (stderr)
   -q, --quiet       print only errors
   -h, --help        this help
   --version         print "virtguests VERSION" and exit 0
@@ -236,6 +237,9 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     try:
         return actions(argument)[command](ctx)
     finally:
+        for uri, counts in virsh.started().items():  # -v: what the run cost each URI
+            messages.debug(f"virsh on {uri}: {counts.processes} processes, "
+                           f"{counts.connections} connections")
         logging.getLogger("virtguests").handlers[:] = []
 
 

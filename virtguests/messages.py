@@ -54,6 +54,11 @@ class Messages:
     def error(self, line: str) -> None:
         self.output.line(1, f"virtguests: error: {line}", ERROR)
 
+    def debug(self, line: str) -> None:
+        """A line for ``-v`` only."""
+        if self.verbose:
+            self.output.line(1, f"virtguests: {line}", DEBUG)
+
     def internal_error(self, what: str, exc: BaseException) -> None:
         """A bug while doing *what*: one line naming it; the traceback only with ``-v``."""
         text = " ".join(str(exc).split())

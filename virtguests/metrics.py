@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from virtguests import files, state
 from virtguests.model import Outcome
@@ -32,6 +33,10 @@ METRICS = (
     ("last_run_duration_seconds", "How long the last stop or start run took."),
     ("last_run_guests", "Guests of the last stop or start run per URI and outcome (the "
                         "outcome of each guest's last step; 0 for outcomes no guest had)."),
+    ("last_run_virsh_processes", "virsh processes the last stop or start run started per "
+                                 "URI."),
+    ("last_run_virsh_connections", "Connections to libvirtd those virsh processes opened "
+                                   "per URI (for a remote URI, one ssh handshake each)."),
 )
 
 
@@ -47,14 +52,17 @@ def _labels(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def text(command: str, status: int, started: float, finished: float, uris: Iterable[str],
-         outcomes: Iterable[tuple[str, Outcome]]) -> str:
+         outcomes: Iterable[tuple[str, Outcome]],
+         virsh: Sequence[Mapping[str, Any]] = ()) -> str:
     """The file's content: every metric with its HELP and TYPE; *outcomes* is each
-    guest's (URI, outcome); every URI in *uris* or *outcomes* gets a count for every
-    outcome word."""
+    guest's (URI, outcome), *virsh* each URI's ``processes`` and ``connections`` (as in
+    the run report); every URI in *uris*, *outcomes* or *virsh* gets a count for every
+    outcome word and its processes and connections (0 when none)."""
     counts: dict[tuple[str, str], int] = {}
     for uri, outcome in outcomes:
         counts[(uri, str(outcome))] = counts.get((uri, str(outcome)), 0) + 1
-    every_uri = list(dict.fromkeys([*uris, *(uri for uri, _ in counts)]))
+    started_on = {str(entry["uri"]): entry for entry in virsh}
+    every_uri = list(dict.fromkeys([*uris, *(uri for uri, _ in counts), *started_on]))
     run: tuple[tuple[str, str], ...] = (("command", command),)
     values: dict[str, list[tuple[tuple[tuple[str, str], ...], str]]] = {
         "last_run_timestamp_seconds": [(run, f"{finished:.3f}")],
@@ -63,6 +71,10 @@ def text(command: str, status: int, started: float, finished: float, uris: Itera
         "last_run_guests": [((*run, (URI_LABEL, uri), ("outcome", str(word))),
                              str(counts.get((uri, str(word)), 0)))
                             for uri in every_uri for word in Outcome],
+        **{f"last_run_virsh_{key}": [((*run, (URI_LABEL, uri)),
+                                      str(int(started_on.get(uri, {}).get(key, 0))))
+                                     for uri in every_uri]
+           for key in ("processes", "connections")},
     }
     lines = []
     for name, help_text in METRICS:

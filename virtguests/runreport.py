@@ -1,13 +1,15 @@
 """The run report: what happened to each guest during this run, step by step.
 
 Written to ``virtguests-last-run.json`` at the end of a run (``report``, ``status
---json``); the field names of ``GuestResult`` and ``StepResult`` are its JSON keys.
+--json``); the field names of ``GuestResult`` and ``StepResult`` are its JSON keys, and
+``virsh`` holds the virsh processes and connections the run started per URI.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -68,7 +70,9 @@ class RunReport:
         with self._lock:
             return [(r.uri, r.outcome) for r in self.results.values()]
 
-    def document(self, command: str, status: int) -> dict[str, Any]:
+    def document(self, command: str, status: int,
+                 virsh: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """The report; *virsh*: per URI, ``uri``, ``processes`` and ``connections``."""
         with self._lock:
             return {
                 "command": command,
@@ -76,4 +80,5 @@ class RunReport:
                 "finished": time.time(),
                 "exit_status": status,
                 "guests": [r.to_json() for r in self.results.values()],
+                "virsh": [dict(entry) for entry in virsh],
             }

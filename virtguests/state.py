@@ -374,6 +374,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _is_count(value: Any) -> bool:
+    return _is_int(value) and value >= 0
+
+
 def _type_name(value: Any) -> str:
     if isinstance(value, _Constant):
         return f"the number {value!r}"
@@ -437,6 +441,8 @@ _GUEST = (("uri", _is_text, "a string", True), ("uuid", _is_text, "a string", Tr
           ("name", _is_text, "a string", True), ("outcome", _is_text, "a string", True))
 _RUN = (("command", _is_text, "a string", True), ("exit_status", _is_int, "an integer", True),
         ("started", _is_number, "a number", False), ("finished", _is_number, "a number", False))
+_VIRSH = (("uri", _is_text, "a string", True), ("processes", _is_count, "a count", True),
+          ("connections", _is_count, "a count", True))
 
 
 def check_run_report(document: Any, where: _Where, problems: list[Problem]
@@ -479,6 +485,25 @@ def check_run_report(document: Any, where: _Where, problems: list[Problem]
             if len(problems) == before:
                 fields["steps"].append(step_fields)
         kept["guests"].append(fields)
+    if "virsh" in root:  # written since issue 13; older reports have none
+        kept["virsh"] = _virsh_counts(root["virsh"], inner.at("virsh"), problems)
+    return kept
+
+
+def _virsh_counts(value: Any, where: _Where, problems: list[Problem]) -> list[dict[str, Any]]:
+    """The run report's ``virsh``: per URI, the processes and connections started."""
+    if not isinstance(value, list):
+        problems.append(where.problem(f"expected a list, got {_type_name(value)}"))
+        return []
+    kept = []
+    for index, item in enumerate(value):
+        entry = _object(item, where.at(index), problems)
+        if entry is None:
+            continue
+        before = len(problems)
+        fields = _fields(entry, where.at(index), problems, _VIRSH)
+        if len(problems) == before:
+            kept.append(fields)
     return kept
 
 

@@ -48,6 +48,15 @@ class Result:
     seconds: float
 
 
+@dataclass(frozen=True)
+class Started:
+    """What a run started on one URI: virsh processes, and the connections to libvirtd
+    they opened (one each: for a remote URI, one ssh handshake each)."""
+
+    processes: int = 0
+    connections: int = 0
+
+
 class VirshError(Exception):
     """A virsh call failed, timed out, could not start, or printed nonsense."""
 
@@ -152,6 +161,23 @@ class Virsh:
         self._given_up: dict[str, str] = {}
         self._checks: dict[str, threading.Event] = {}
         self.liveness_checks = 0
+        self._started: dict[str, Started] = {}
+
+    def _count_start(self, uri: str) -> None:
+        """One virsh process is being started on *uri*, opening one connection there
+        (whatever it then runs: a command, a liveness check, a watch, a session's many
+        commands).  Called before it starts, so a process that is killed or never
+        answers is counted too (for a remote URI, its ssh handshake happened or was
+        tried)."""
+        with self._lock:
+            counts = self._started.get(uri, Started())
+            self._started[uri] = Started(counts.processes + 1, counts.connections + 1)
+
+    def started(self) -> dict[str, Started]:
+        """Per URI (in the order first used), the virsh processes started and the
+        connections they opened so far."""
+        with self._lock:
+            return dict(self._started)
 
     def argv(self, uri: str, args: Sequence[str]) -> list[str]:
         """The full command line for *args* on *uri* (``default`` means no ``-c``)."""
@@ -218,6 +244,7 @@ class Virsh:
         with self._lock:
             self.calls += 1
             self.liveness_checks += 1
+        self._count_start(uri)
         try:
             result = self._spawn(argv, self.default_timeout)
         except VirshError as err:
@@ -245,6 +272,7 @@ class Virsh:
         limit = self.default_timeout if timeout is None else timeout
         with self._lock:
             self.calls += 1
+        self._count_start(uri)
         try:
             result = self._spawn(argv, limit)
         except VirshError as err:
@@ -271,6 +299,7 @@ class Virsh:
         self._refuse_if_given_up(uri, argv)
         with self._lock:
             self.calls += 1
+        self._count_start(uri)
         try:
             proc = sh.Command(argv[0])(
                 *argv[1:], _env=self._env, _bg=True, _bg_exc=False, _new_session=True,

@@ -110,10 +110,17 @@ def write_run_report(ctx: Context, command: str, status: Optional[int]) -> None:
     if ctx.dry_run:
         return
     try:
-        state.write_json(ctx.paths.run_report, ctx.run_report.document(command, status
-                                                                if status is not None else -1))
+        state.write_json(ctx.paths.run_report, ctx.run_report.document(
+            command, status if status is not None else -1, virsh_started(ctx)))
     except OSError as err:
         ctx.messages.warn(f"cannot write the run report {ctx.paths.run_report}: {err}")
+
+
+def virsh_started(ctx: Context) -> list[dict[str, Any]]:
+    """Per URI, the virsh processes this run started and the connections they opened
+    (the run report's and the metrics file's ``virsh``)."""
+    return [{"uri": uri, "processes": counts.processes, "connections": counts.connections}
+            for uri, counts in ctx.virsh.started().items()]
 
 
 def write_metrics(ctx: Context, command: str, status: int) -> None:
@@ -128,7 +135,8 @@ def write_metrics(ctx: Context, command: str, status: int) -> None:
     path = Path(ctx.config.metrics_file)
     try:
         metrics.write(path, metrics.text(command, status, ctx.run_report.started, time.time(),
-                                         ctx.config.uris, ctx.run_report.outcomes()))
+                                         ctx.config.uris, ctx.run_report.outcomes(),
+                                         virsh_started(ctx)))
     except OSError as err:
         ctx.messages.warn(f"cannot write the metrics file {path}: {err}")
 

@@ -36,6 +36,9 @@ def run_report(ctx: Context) -> int:
                          str(guest.get("outcome")), steps, f"{seconds:.1f}"))
         for line in render.table(rows):
             ctx.messages.say(line)
+        for entry in document.get("virsh", []):
+            ctx.messages.say(f"virsh on {entry['uri']}: {entry['processes']} processes, "
+                             f"{entry['connections']} connections")
     if problems:
         return EXIT_CONFIG
     if not isinstance(document, dict):

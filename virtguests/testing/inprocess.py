@@ -390,6 +390,7 @@ class InProcessVirsh(Virsh):
         self._refuse_if_given_up(uri, argv)
         with self._lock:
             self.calls += 1
+        self._count_start(uri)
         watch = InProcessWatch(self, argv, on_line)
         self.world.watches.append(watch)
         return watch
