@@ -24,7 +24,9 @@ Scenarios (each on fresh hosts unless said otherwise):
 
 Measured per run: wall time of the tool's process (for the reference this
 includes the namespace harness: unshare, bind mounts), virsh processes
-started (lines of VIRTGUESTS_FAKE_LOG), peak number of virsh processes running
+started (lines of VIRTGUESTS_FAKE_LOG) and the libvirtd connections they opened
+(virtguests: its own count, the run report's ``virsh``; the reference: one per
+process, a virsh process cannot share its connection), peak number of virsh processes running
 at once (largest overlap of the logged [start, end] intervals; these are
 taken inside the fake, so interpreter start-up and exit are not in them), and
 virtguests / reference.
@@ -51,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import platform
@@ -104,6 +107,8 @@ class Result:
     ok: bool             # the host ended in the expected state
     note: str = ""
     cpu: float = 0.0     # user+sys CPU seconds of the tool and every process it waited for
+    connections: int = 0  # libvirtd connections opened (virtguests: its run report's count)
+    counted: Optional[int] = None  # virtguests: the processes its run report counted
 
     def cell(self) -> str:
         flag = "" if self.ok and self.code == 0 else f" ⚠ exit {self.code} {self.note}"
@@ -173,6 +178,9 @@ def measure(tool: str, host: FakeHost, command: str,
             check: Callable[[FakeHost], str], timeout: float,
             options: tuple[str, ...] = ()) -> Result:
     reset_log(host)
+    report = host.state_dir / "virtguests-last-run.json"
+    if report.exists():
+        report.unlink()
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     if tool == "virtguests":
@@ -188,8 +196,13 @@ def measure(tool: str, host: FakeHost, command: str,
     if run.code != 0:
         problem = (problem + " " + run.err.strip().splitlines()[-1:][0][:120]
                    if run.err.strip() else problem)
+    connections, counted = len(calls), None  # the reference: one per virsh process
+    if tool == "virtguests":
+        started = json.loads(report.read_text()).get("virsh", []) if report.exists() else []
+        connections = sum(entry["connections"] for entry in started)
+        counted = sum(entry["processes"] for entry in started)
     return Result(tool, wall, len(calls), peak_concurrency(calls), run.code, not problem,
-                  problem, cpu)
+                  problem, cpu, connections, counted)
 
 
 def all_saved(n: int) -> Callable[[FakeHost], str]:
@@ -377,7 +390,10 @@ def machine() -> list[str]:
 def result_cols(r: Optional[Result]) -> list[str]:
     if r is None:
         return ["not run", "", "", ""]
-    return [r.cell(), f"{r.cpu:.2f} s", str(r.calls), str(r.peak)]
+    virsh = f"{r.calls} / {r.connections}"
+    if r.counted is not None and r.counted != r.calls:  # never seen; would be a bug
+        virsh += f" (own count {r.counted})"
+    return [r.cell(), f"{r.cpu:.2f} s", virsh, str(r.peak)]
 
 
 def report(args: argparse.Namespace, rows: tuple[list[Row], ...], status: dict[str, Any],
@@ -396,11 +412,13 @@ def report(args: argparse.Namespace, rows: tuple[list[Row], ...], status: dict[s
             "`ON_BOOT=start START_DELAY=0` explicitly (Debian's reference defaults differ). "
             "Tools run one at a time. Wall = the whole tool process (the reference's includes "
             "its namespace harness, see the `status` row). virsh = processes started "
-            "(lines of `VIRTGUESTS_FAKE_LOG`); peak = most virsh processes running at once. "
+            "(lines of `VIRTGUESTS_FAKE_LOG`) / libvirtd connections they opened (virtguests: "
+            "its run report's count; the reference: one per process); peak = most virsh "
+            "processes running at once. "
             "ratio = virtguests wall / reference wall. \"not run\": reference skipped at that "
             "size (use `--full`).", ""]
-    out += ["| # | scenario | N | floor | virtguests wall | CPU | virsh | peak | reference wall | "
-            "CPU | virsh | peak | ratio |",
+    out += ["| # | scenario | N | floor | virtguests wall | CPU | virsh proc. / conn. | peak | "
+            "reference wall | CPU | virsh proc. / conn. | peak | ratio |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
 
     def add(num: str, row: Row) -> None:
