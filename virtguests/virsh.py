@@ -127,8 +127,9 @@ def is_guest_call(args: Sequence[str]) -> bool:
 class Virsh:
     """Runs virsh for one invocation of virtguests.
 
-    Counts calls so reports and benchmarks can say how much work was done,
-    and refuses to start new calls after ``interrupt()``.
+    Counts calls, and per URI the processes started and connections opened
+    (``_count_start``, ``started()``), so reports and benchmarks can say how much work
+    was done, and refuses to start new calls after ``interrupt()``.
 
     A URI can be *given up* for the rest of the run: libvirtd (or the ssh to it)
     stopped answering, and waiting a full timeout again for every guest there
