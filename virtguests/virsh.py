@@ -327,20 +327,20 @@ class Virsh:
             command = sh.Command(argv[0])
         except sh.CommandNotFound:
             raise VirshError(argv, f"cannot run {argv[0]!r}: not found") from None
-        with _Capture("stdout") as out, _Capture("stderr") as err:
+        with _Capture("stdout") as stdout_file, _Capture("stderr") as stderr_file:
             try:
                 proc: Any = command(
                     *argv[1:],
                     _env=self._env,
-                    _out=out.file,
-                    _err=err.file,
+                    _out=stdout_file.file,
+                    _err=stderr_file.file,
                     _bg=True,
                     _bg_exc=False,
                     _new_session=True,
                     _ok_code=list(range(256)),
                 )
-            except (OSError, sh.ForkException) as error:
-                raise VirshError(argv, f"cannot run {argv[0]!r}: {error}") from None
+            except (OSError, sh.ForkException) as err:
+                raise VirshError(argv, f"cannot run {argv[0]!r}: {err}") from None
             # Our own timer, not sh's _timeout: sh polls for it every 0.1 s (adding that
             # much to every call) and kills only virsh, not the ssh it may have started.
             expired = threading.Event()
@@ -355,16 +355,17 @@ class Virsh:
                 timer.start()
             try:
                 proc.wait()
-            except sh.ErrorReturnCode as error:
+            except sh.ErrorReturnCode as err:
                 if not expired.is_set():
-                    raise VirshError(argv, f"killed ({error.exit_code})") from None
+                    raise VirshError(argv, f"killed ({err.exit_code})") from None
             finally:
                 if timer is not None:
                     timer.cancel()
             if expired.is_set():
                 raise VirshError(argv, f"timed out after {limit:g}s and was killed",
                                  timed_out=True)
-            stdout, stderr = out.read(), err.read()
+            stdout = stdout_file.read()
+            stderr = stderr_file.read()
         return Result(tuple(argv), int(proc.exit_code), stdout, stderr,
                       time.monotonic() - started)
 
