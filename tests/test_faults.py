@@ -691,6 +691,16 @@ def test_hostile_names_never_stand_for_another_guest(fake_host: Make, mode: str)
                                                         ("poweroff", "powered off")]
 
 
+def warm_up(host: FakeHost) -> None:
+    """Run the fake once, unlogged, before a run with 1 s timeouts: its first process
+    compiles it, which can take longer than that on a busy machine."""
+    env = host.env()
+    del env["VIRTGUESTS_FAKE_LOG"]
+    env["VIRTGUESTS_FAKE_FAULTS"] = "off"
+    subprocess.run([str(host.bin / "virsh"), "domid", "0"], env=env, timeout=60,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+
+
 def running(pid: int) -> bool:
     """Whether *pid* is alive (a zombie counts as gone)."""
     try:
@@ -708,10 +718,7 @@ def test_a_virsh_whose_child_holds_its_output_open_costs_no_timeout(
     2 s drain made it time out and skipped the URI) and every guest is saved while every
     holder is still alive: the run neither waited for them nor killed them."""
     host = fake_host(guests({"name": "web"}, {"name": "db"}), "QUERY_TIMEOUT=1\n")
-    env = host.env()
-    del env["VIRTGUESTS_FAKE_LOG"]  # a warm-up: the fake's first process compiles it
-    subprocess.run([str(host.bin / "virsh"), "list"], env=env, check=True, timeout=60,
-                   stdin=subprocess.DEVNULL, capture_output=True)
+    warm_up(host)
     virsh = host.holding_virsh(own_session=own_session)
     try:
         run = host.run("--virsh", str(virsh), "stop")
@@ -723,3 +730,31 @@ def test_a_virsh_whose_child_holds_its_output_open_costs_no_timeout(
         assert all(running(pid) for pid in holders)
     finally:
         host.release_holders()
+
+
+def test_processes_counted_are_the_processes_run_killed_ones_included(
+        fake_host: Make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run report's (and -v's) virsh processes per URI are the fake processes that
+    started there, as their journal shows (a process per pid, each command of a command
+    string journalled apart): a listing killed on a hung URI, a save killed at its
+    timeout and the liveness check after it included."""
+    host = fake_host({"uris": {
+        "default": {"guests": [{"name": "web"}, {"name": "stuck", "hang": ["managedsave"]}]},
+        "test:///wedged": {"hang": True, "guests": [{"name": "far"}]}}},
+        'URIS="default test:///wedged"\nQUERY_TIMEOUT=1\nSAVE_TIMEOUT=2\n')
+    warm_up(host)
+    path = host.root / "journal.jsonl"
+    monkeypatch.setenv("VIRTGUESTS_FAKE_JOURNAL", str(path))
+    run = host.run("-v", "stop")
+    assert run.code == 1 and "Suspending web: done" in run.lines, run
+    pids: dict[str, set[int]] = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        pids.setdefault(entry["uri"], set()).add(entry["pid"])
+    report = json.loads((host.state_dir / "virtguests-last-run.json").read_text())
+    counted = {e["uri"]: (e["processes"], e["connections"]) for e in report["virsh"]}
+    assert counted == {uri: (len(p), len(p)) for uri, p in pids.items()}
+    assert counted["test:///wedged"] == (1, 1) and counted["default"][0] >= 4
+    for uri, (processes, connections) in counted.items():
+        assert (f"virtguests: virsh on {uri}: {processes} processes, {connections} "
+                "connections") in run.err.splitlines()
