@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -136,46 +137,56 @@ def measure_tool(tool: str, host: Host, root: Path, count: int,
     return out
 
 
-def table(results: list[Measured], count: int, ref_label: str) -> str:
-    got = {(m.tool, m.run): m for m in results}
+def table(results: list[Measured], count: int, rounds: int, ref_label: str) -> str:
+    """The issue's table; over several rounds: the range of connections, median walls."""
+    got: dict[tuple[str, str], list[Measured]] = {}
+    for m in results:
+        got.setdefault((m.tool, m.run), []).append(m)
 
-    def cell(tool: str, run: str, what: str) -> str:
-        m = got.get((tool, run))
-        if m is None:
+    def failed(tool: str, *runs: str) -> str:
+        return " (FAILED)" if any(m.problem for r in runs for m in got.get((tool, r), [])) \
+            else ""
+
+    def conns(tool: str, run: str) -> str:
+        counts = sorted(m.connections for m in got.get((tool, run), []))
+        if not counts:
             return "not run"
-        text = f"{m.connections}" if what == "conn" else f"{m.wall:.1f} s"
-        return text + (" (FAILED)" if m.problem else "")
+        text = str(counts[0]) if counts[0] == counts[-1] else f"{counts[0]}-{counts[-1]}"
+        return text + failed(tool, run)
 
-    def walls(tool: str, *runs: str) -> Optional[float]:
-        ms = [got.get((tool, r)) for r in runs]
-        return sum(m.wall for m in ms if m) if all(ms) else None
-
-    def ratio(*runs: str) -> str:
-        ref, ours = walls("reference", *runs), walls("virtguests", *runs)
-        return f" ({ours / ref:.2f}x)" if ref and ours is not None else ""
+    def wall(tool: str, *runs: str) -> Optional[float]:
+        """Median over rounds of the summed walls of *runs*."""
+        per_run = [got.get((tool, r), []) for r in runs]
+        done = min(len(ms) for ms in per_run)
+        if done == 0:
+            return None
+        return float(statistics.median(sum(ms[i].wall for ms in per_run)
+                                       for i in range(done)))
 
     def wall_cell(tool: str, *runs: str) -> str:
-        w = walls(tool, *runs)
-        failed = any(got[(tool, r)].problem for r in runs if (tool, r) in got)
-        return "not run" if w is None else f"{w:.1f} s" + (" (FAILED)" if failed else "")
+        w = wall(tool, *runs)
+        if w is None:
+            return "not run"
+        ref = wall("reference", *runs)
+        ratio = f" ({w / ref:.2f}x)" if tool == "virtguests" and ref else ""
+        return f"{w:.1f} s{ratio}{failed(tool, *runs)}"
 
     rows = [
-        ("stop (suspend, serial), ssh connections", cell("reference", "suspend", "conn"),
-         cell("virtguests", "suspend", "conn"), "at most 3, whatever the number of guests"),
-        ("start, ssh connections", cell("reference", "start", "conn"),
-         cell("virtguests", "start", "conn"), "at most 2 + PARALLEL_START"),
+        ("stop (suspend, serial), ssh connections", conns("reference", "suspend"),
+         conns("virtguests", "suspend"), "at most 3, whatever the number of guests"),
+        ("start, ssh connections", conns("reference", "start"),
+         conns("virtguests", "start"), "at most 2 + PARALLEL_START"),
         (f"parallel shutdown of {count} (PARALLEL_SHUTDOWN={count}), ssh connections",
-         cell("reference", "pshutdown", "conn"), cell("virtguests", "pshutdown", "conn"),
-         "at most 3"),
+         conns("reference", "pshutdown"), conns("virtguests", "pshutdown"), "at most 3"),
         (f"parallel shutdown of {count}, wall", wall_cell("reference", "pshutdown"),
-         wall_cell("virtguests", "pshutdown") + ratio("pshutdown"),
-         "at most 0.2x the reference's, same run"),
+         wall_cell("virtguests", "pshutdown"), "at most 0.2x the reference's, same run"),
         (f"suspend then start of {count}, wall", wall_cell("reference", "suspend", "start"),
-         wall_cell("virtguests", "suspend", "start") + ratio("suspend", "start"),
-         "at most 0.4x"),
+         wall_cell("virtguests", "suspend", "start"), "at most 0.4x"),
     ]
-    lines = [f"{count} guests behind a private sshd (qemu+ssh, proxy=netcat); reference: "
-             f"{ref_label}; ssh connections = 'Accepted publickey' lines of the sshd log.",
+    lines = [f"{count} guests behind a private sshd (qemu+ssh, proxy=netcat), {rounds} "
+             f"round(s), tools alternating; reference: {ref_label}; ssh connections = "
+             "'Accepted publickey' lines of the sshd log (a range over rounds); walls: "
+             "median over rounds.",
              "", "| run | reference | virtguests | target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)
@@ -187,11 +198,16 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--memory", type=int, default=96, help="MiB per guest")
     parser.add_argument("--tools", default=",".join(TOOLS),
                         help="comma-separated, run in this order (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure each tool this many times (the first tool "
+                             "alternates between rounds)")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args(argv)
     tools = [t for t in args.tools.split(",") if t]
     if any(t not in TOOLS for t in tools):
         parser.error(f"--tools: choose from {', '.join(TOOLS)}")
+    if args.rounds < 1 or args.guests < 1:
+        parser.error("--rounds and --guests: at least 1")
     if os.geteuid() != 0:
         parser.error("run as root (private libvirtd and sshd, the reference's namespace)")
     ref_label = "not run"
@@ -213,15 +229,16 @@ def main(argv: Optional[list[str]] = None) -> int:
         sshd.start()
         host = Host(daemon, sshd, work, args.guests, args.memory)
         log(f"{args.guests} guests ready on {host.uri}")
-        for tool in tools:
-            results += measure_tool(tool, host, work, args.guests, log)
+        for n in range(args.rounds):
+            for tool in tools if n % 2 == 0 else tools[::-1]:
+                results += measure_tool(tool, host, work / f"round{n}", args.guests, log)
     finally:
         sshd.stop()
         daemon.stop()
         sshd.cleanup()
         daemon.cleanup()
         shutil.rmtree(work, ignore_errors=True)
-    print(table(results, args.guests, ref_label))
+    print(table(results, args.guests, args.rounds, ref_label))
     if args.json:
         args.json.write_text(json.dumps([asdict(m) for m in results], indent=2) + "\n")
     return 1 if any(m.problem for m in results) else 0
