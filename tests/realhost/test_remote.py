@@ -6,12 +6,18 @@ through a private sshd (``tools/realhost/sshd.py``) as
 session's libvirtd stays a local URI in the same run.  The test itself defines, boots
 and inspects the remote guests over the daemon's own socket, so the sshd's log counts
 only virtguests' connections.  Made real, not simulated: the sshd killed (with every
-connection it carries) after virtguests' first save there, and the remote libvirtd
-SIGSTOPped behind a sshd that still answers.
+connection it carries) after virtguests' first save there answered, or while that
+save is being written, and the remote libvirtd SIGSTOPped behind a sshd that still
+answers.
+
+The wrappers that time the first kill and the freeze (``PausingCallLog``,
+test_hostile's ``CallLog``) recognise a call by its argv; the kill during a save is
+timed from libvirt's state alone.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,12 +25,12 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pytest
 
 from tools.realhost.guestimage import GuestImage, domain_xml
-from tools.realhost.libvirtd import Guest, PrivateLibvirtd
+from tools.realhost.libvirtd import Guest, PrivateLibvirtd, ThreadStop, thread_named
 from tools.realhost.sshd import PrivateSshd
 
 from .cli import VirtGuestsCli
@@ -338,5 +344,81 @@ def test_remote_libvirtd_frozen_behind_live_sshd_given_up_local_uri_handled(
     assert start.code == 0 and "Traceback" not in start.err, start
     assert near.state() == "running (restored)", f"{start}\n{near.describe()}"
     for guest in far:
+        assert guest.state().startswith("running"), f"{start}\n{guest.describe()}"
+    assert not cli.list_file.exists() and not cli.pending_file.exists(), start
+
+
+def test_remote_sshd_killed_during_a_remote_save_nothing_lost(
+    libvirtd: PrivateLibvirtd, remote: PrivateLibvirtd, sshd: PrivateSshd,
+    define_guest: DefineGuest, guest_image: GuestImage, cli: VirtGuestsCli, tmp_path: Path
+) -> None:
+    """The sshd dies while virtguests' first save on the remote URI is being written
+    (held: QEMU's migration thread stopped from the moment libvirt pauses the guest for
+    it until the run is over or 10 s have passed), so virtguests loses the connection
+    that asked for the save.  Triggered from libvirt's state, not from virtguests'
+    calls.  libvirt finishes the save without its client; virtguests cannot know it
+    did: every remote guest stays recorded and named, the local URI is saved, and the
+    start after the sshd is back leaves every guest running."""
+    remote_uri, local_uri = sshd.qemu_uri(remote), libvirtd.qemu_uri
+    far = boot_remote(remote, guest_image, tmp_path, ("mid-a", {}), ("mid-b", {}))
+    near = define_guest("mid-local")
+    uuids = sorted(uuid_of(g) for g in far)
+    cli.config(uris=[remote_uri, local_uri], ON_SHUTDOWN="suspend", QUERY_TIMEOUT=10,
+               SAVE_TIMEOUT=60)
+
+    began = time.monotonic()
+    proc = cli.spawn("stop")
+    held: Optional[ThreadStop] = None
+    saving: Optional[Guest] = None
+    try:
+        while held is None and proc.poll() is None and time.monotonic() - began < 120:
+            for guest in far:
+                if remote.domain_status(guest.name) != ("paused", "save"):
+                    continue
+                tid = thread_named(remote.qemu_pid(guest.name), "live_migration")
+                if tid is not None:
+                    with contextlib.suppress(OSError):  # OSError: that save just ended
+                        held, saving = ThreadStop(tid), guest
+                    break
+            time.sleep(0.001)
+        assert held is not None and saving is not None, \
+            f"no remote save was seen in progress\n{finish(proc, began)}"
+        during = saving.state()
+        sshd.stop()
+        deadline = time.monotonic() + 10
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        if held is not None:
+            held.cont()
+    run = finish(proc, began)
+    record_timing("stop, remote sshd killed during a save", run.seconds)
+    other = next(g for g in far if g is not saving)
+    context = f"{run}\nheld: the save of {saving.name}"
+    assert during == "paused (saving)", context  # the setup: the save was in flight
+
+    assert run.code == 1, context
+    assert "Traceback" not in run.err, context
+    errors = [ln for ln in run.err.splitlines() if "error" in ln.lower()]
+    for guest in far:
+        assert any(guest.name in ln for ln in errors), f"{guest.name} not named\n{context}"
+    entries = list_entries(cli)
+    assert sorted(entries.get(remote_uri, [])) == uuids, context
+    assert entries.get(local_uri) == [uuid_of(near)], context
+    assert f"Suspending {near.name}: done" in run.lines, context
+    assert near.state() == "shut off (saved)", near.describe()
+    # libvirt finished the save its client no longer waited for; the other guest runs
+    saving.wait_state("shut off", timeout=120)
+    assert saving.state() == "shut off (saved)", saving.describe()
+    assert other.state().startswith("running"), other.describe()
+
+    sshd.start()
+    start = cli.run("start", timeout=RUN_TIMEOUT)
+    assert start.code == 0 and "Traceback" not in start.err, start
+    assert f"Resuming guest {saving.name}: done" in start.lines, start
+    for guest in (*far, near):
         assert guest.state().startswith("running"), f"{start}\n{guest.describe()}"
     assert not cli.list_file.exists() and not cli.pending_file.exists(), start
