@@ -87,6 +87,13 @@ clean:
 bench: $(STAMP)
 	$(PY) tools/bench.py $(BENCH_ARGS)
 
+# make bench-remote (root): issue 13's table on real qemu+ssh, the reference and
+# virtguests side by side (tools/remote_bench.py; REMOTE_BENCH_ARGS, e.g. --guests 6).
+REMOTE_BENCH_ARGS ?=
+.PHONY: bench-remote
+bench-remote: $(STAMP)
+	$(PY) tools/remote_bench.py $(REMOTE_BENCH_ARGS)
+
 SOAK_ARGS ?= --cycles 50 --scenarios 100
 soak: $(STAMP)
 	$(PY) tools/soak.py $(SOAK_ARGS)

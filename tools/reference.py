@@ -56,7 +56,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-from virtguests.testing import FakeHost, Run
+from virtguests.testing import CliHarness, Run
 
 PACKAGE = "libvirt-daemon"
 SCRIPT_NAME = "libvirt-guests.sh"
@@ -218,9 +218,11 @@ def _marker_path(script: Path) -> str:
     return match.group(1) if match else "lock/libvirt-guests"
 
 
-def run_reference(command: Union[str, Sequence[str]], *, host: FakeHost, config_text: str,
+def run_reference(command: Union[str, Sequence[str]], *, host: CliHarness, config_text: str,
                   timeout: float = 120) -> Run:
-    """Run ``libvirt-guests.sh COMMAND`` on ``host``'s simulated libvirt (see module doc).
+    """Run ``libvirt-guests.sh COMMAND`` on ``host``'s simulated libvirt (see module doc),
+    or on real libvirt: a plain CliHarness leaves the real virsh on PATH
+    (``tools/remote_bench.py``).
 
     ``command`` is one argument, or a sequence for the whole argument list
     (``[]`` or two commands, for the usage errors).

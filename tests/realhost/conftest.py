@@ -27,6 +27,7 @@ from tools.realhost.guestimage import (
     domain_xml,
 )
 from tools.realhost.libvirtd import Guest, LibvirtdError, PrivateLibvirtd
+from tools.realhost.sshd import PrivateSshd, SshdError
 
 HERE = Path(__file__).resolve().parent
 ENABLE_HINT = "run `sudo .ci/install-realhost-deps` and the tests as root"
@@ -38,6 +39,8 @@ up to 120 s per virsh step."""
 
 # Timings measured by tests (name -> seconds), printed in the terminal summary.
 TIMINGS: dict[str, list[float]] = {}
+# Counts measured by tests (name -> e.g. ssh connections), printed after the timings.
+COUNTS: dict[str, list[int]] = {}
 
 DefineGuest = Callable[..., Guest]
 
@@ -45,6 +48,11 @@ DefineGuest = Callable[..., Guest]
 def record_timing(name: str, seconds: float) -> None:
     """Remember a measured duration for the end-of-run summary."""
     TIMINGS.setdefault(name, []).append(seconds)
+
+
+def record_count(name: str, count: int) -> None:
+    """Remember a measured count (ssh connections of a run) for the end-of-run summary."""
+    COUNTS.setdefault(name, []).append(count)
 
 
 def realhost_required() -> bool:
@@ -112,6 +120,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if COUNTS:
+        terminalreporter.section("realhost counts")
+        for name, counts in COUNTS.items():
+            terminalreporter.write_line(f"{name:<40} {', '.join(map(str, counts))}")
     if not TIMINGS:
         return
     terminalreporter.section("realhost timings (seconds)")
@@ -159,6 +171,29 @@ def private_libvirtd(label: str) -> Iterator[PrivateLibvirtd]:
         if daemon.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(daemon.pid, signal.SIGCONT)
+        daemon.stop()
+        if os.environ.get("VIRTGUESTS_REALHOST_KEEP") != "1":
+            daemon.cleanup()
+
+
+@pytest.fixture
+def sshd(realhost_ready: None) -> Iterator[PrivateSshd]:
+    """A private sshd on 127.0.0.1 for this test (one a test may stop and restart):
+    ``sshd.qemu_uri(daemon)`` reaches a private libvirtd as a remote host."""
+    missing = [cmd for cmd in ("sshd", "ssh", "ssh-keygen", "nc") if not _which(cmd)]
+    if missing:
+        unavailable(f"{', '.join(missing)} (openssh-server, netcat-openbsd)")
+    daemon = PrivateSshd()
+    start = time.monotonic()
+    try:
+        daemon.start()
+    except (SshdError, OSError, subprocess.SubprocessError) as exc:
+        daemon.cleanup()
+        pytest.fail(f"private sshd did not start: {exc}", pytrace=False)
+    record_timing("sshd start", time.monotonic() - start)
+    try:
+        yield daemon
+    finally:
         daemon.stop()
         if os.environ.get("VIRTGUESTS_REALHOST_KEEP") != "1":
             daemon.cleanup()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
+import socket
+import subprocess
 import time
 from pathlib import Path
 from typing import cast
@@ -11,6 +15,7 @@ import pytest
 
 from tools.realhost.guestimage import GuestImage, cache_dir, domain_xml
 from tools.realhost.libvirtd import Guest, PrivateLibvirtd
+from tools.realhost.sshd import PrivateSshd
 
 from .cli import VirtGuestsCli
 from .conftest import DefineGuest, record_timing
@@ -141,3 +146,73 @@ def test_stop_leaves_no_processes(guest_image: GuestImage, tmp_path: Path) -> No
             assert time.monotonic() - began < 10, f"pid {pid} still alive after stop()"
             time.sleep(0.05)
     daemon.cleanup()
+
+
+def _cmdlines() -> list[str]:
+    out = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            with contextlib.suppress(OSError):
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+                           .decode(errors="replace"))
+    return out
+
+
+def test_private_sshd_carries_qemu_ssh_and_counts_logins(
+    libvirtd: PrivateLibvirtd, sshd: PrivateSshd, tmp_path: Path
+) -> None:
+    """The qemu+ssh URI reaches the private daemon through the private sshd: one login
+    per virsh process, only with the client key, nothing written to root's known_hosts;
+    stop() ends the sshd with the connections it carries, start() serves the same URI."""
+    known_hosts = Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh" / "known_hosts"
+    known_before = known_hosts.read_bytes() if known_hosts.exists() else None
+    uri = sshd.qemu_uri(libvirtd)
+    assert uri.startswith(f"qemu+ssh://root@127.0.0.1:{sshd.port}/system?socket=")
+    before = sshd.connections()
+    res = libvirtd.virsh("list", "--all", "--name", uri=uri, timeout=60)
+    assert res.returncode == 0
+    assert sshd.connections() == before + 1, sshd.log()[-2000:]
+
+    # Debian's virt-ssh-helper (proxy=native) ignores socket=: hence proxy=netcat
+    native = uri.replace("&proxy=netcat", "&proxy=native")
+    res = libvirtd.virsh("uri", uri=native, timeout=60, check=False)
+    assert res.returncode != 0 and "virt-ssh-helper" in res.stderr, res
+    assert "/var/run/libvirt/libvirt-sock" in res.stderr, res
+
+    # another key is refused (no password or keyboard-interactive fallback)
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)],
+                   check=True, timeout=60, capture_output=True)
+    logins = sshd.connections()
+    res = libvirtd.virsh("uri", uri=uri.replace(str(sshd.client_key), str(stranger)),
+                         timeout=60, check=False)
+    assert res.returncode != 0 and "Permission denied" in res.stderr, res
+    assert sshd.connections() == logins
+
+    # stop(): a live connection (an event stream) goes with it
+    events = subprocess.Popen(["virsh", "-c", uri, "event", "--all", "--loop"],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while sshd.connections() == logins and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sshd.connections() == logins + 1, sshd.log()[-2000:]
+        assert any(f"-U {libvirtd.socket}" in c for c in _cmdlines())  # the netcat
+        sshd.stop()
+        assert sshd.pid is None
+        assert not any(f"-U {libvirtd.socket}" in c for c in _cmdlines())
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", sshd.port), timeout=10).close()
+        res = libvirtd.virsh("uri", uri=uri, timeout=60, check=False)
+        assert res.returncode != 0 and "Connection refused" in res.stderr, res
+    finally:
+        events.kill()
+        events.wait(timeout=30)
+
+    sshd.start()  # same port, same keys: the URI works again
+    assert libvirtd.virsh("uri", uri=uri, timeout=60).returncode == 0
+    assert sshd.connections() == logins + 2
+    known_after = known_hosts.read_bytes() if known_hosts.exists() else None
+    assert known_after == known_before, f"{known_hosts} changed"
+    assert sshd.known_hosts.read_text().count("ssh-ed25519") == 1
