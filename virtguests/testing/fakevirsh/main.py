@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 VERSION_FALLBACK = "9.0.0"
 
 
-def _log(argv: list[str], start: float, status: int) -> None:
-    path = os.environ.get("VIRTGUESTS_FAKE_LOG")
+def _log(argv: list[str], start: float, status: int,
+         environ: Optional[Mapping[str, str]] = None) -> None:
+    """The call's line in ``VIRTGUESTS_FAKE_LOG`` (of *environ*, default ``os.environ``)."""
+    path = (os.environ if environ is None else environ).get("VIRTGUESTS_FAKE_LOG")
     if not path:
         return
     line = json.dumps(
