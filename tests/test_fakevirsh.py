@@ -26,9 +26,14 @@ from typing import Any, Optional
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.sizes import examples
 from virtguests.testing import fixtures_dir, write_shim
+from virtguests.testing.fakevirsh import jsonfile
 from virtguests.testing.harness import ask
+from virtguests.testing.recordings import load_yaml
 
 FIXTURES = Path(fixtures_dir())
 TEST_NS = "{http://libvirt.org/schemas/domain/test/1.0}"
@@ -116,7 +121,9 @@ REPLAY = sorted(
     p
     for p in FIXTURES.glob("test-*.yaml")
     if p.stem not in NOT_REPLAYED
-    and (load_fixture(p)["uri"] or "").startswith("test:///FIXTURES/hosts/")
+    # libyaml at collection, which every xdist worker repeats (1 s a worker in pure
+    # Python); the tests read their recording with load_fixture
+    and (load_yaml(str(p))["uri"] or "").startswith("test:///FIXTURES/hosts/")
 )
 NOHOST = sorted(p for p in FIXTURES.glob("nohost-*.yaml") if p.stem != "nohost-version")
 
@@ -951,3 +958,60 @@ def test_every_fake_host_of_a_process_shares_one_pycache(fake_host: Any,
     assert f"sys.pycache_prefix = {str(shared_pycache())!r}" in (host.bin / "virsh").read_text()
     assert shared_pycache() == shared_pycache()
     assert not str(shared_pycache()).startswith(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# what a call costs: its imports
+# ---------------------------------------------------------------------------
+IMPORTS_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from virtguests.testing.fakevirsh.main import main
+status = main(sys.argv[2:])
+print(sorted(m for m in ("json", "re", "enum", "signal", "typing", "yaml", "subprocess")
+             if m in sys.modules), status, file=sys.stderr)
+"""
+
+
+def test_a_call_imports_neither_json_nor_re_nor_enum(virsh: Path, tmp_path: Path) -> None:
+    """Half of what a call imported was json (it imports re, which imports enum) and
+    signal (enum): every fake call is a process, so the fake reads and writes JSON
+    through ``_json`` and sets its SIGTERM handler through ``_signal``."""
+    from virtguests.testing.recordings import SOURCE_TREE
+
+    h = with_journal(Host(virsh, tmp_path, one_uri({"name": "g"}), clock=False))
+    assert h.state("g") == "running (booted)"  # the state is built (from YAML: yaml, re)
+    for argv in (["list", "--name"], ["managedsave", "g"], ["list --all; domstate g"]):
+        proc = subprocess.run([sys.executable, "-S", "-c", IMPORTS_PROBE, SOURCE_TREE, *argv],
+                              env=h.env, capture_output=True, text=True, timeout=20,
+                              stdin=subprocess.DEVNULL)
+        assert proc.stderr == "[] 0\n", argv
+    assert [j["cmd"] for j in journal(h)] == ["domstate", "list", "managedsave", "list",
+                                              "domstate"]
+    assert [c["exit"] for c in h.calls()] == [0, 0, 0, 0]
+    assert h.state("g") == "shut off (saved)"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20)
+
+
+@settings(max_examples=examples(200))
+@given(value=JSON_VALUES, compact=st.booleans())
+def test_jsonfile_writes_and_reads_what_json_does(value: Any, compact: bool) -> None:
+    separators = (",", ":") if compact else (", ", ": ")
+    text = jsonfile.dumps(value, separators=separators)
+    assert text == json.dumps(value, separators=separators)
+    read = jsonfile.loads(f" \n{text}\t".encode())  # as the state file is read: bytes
+    assert json.dumps(read) == json.dumps(json.loads(text))  # NaN != NaN: compared as text
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"a": 1} x', "[1,]", "nul", '"\\x"', "1 2"])
+def test_jsonfile_refuses_what_json_refuses(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError) as got:
+        jsonfile.loads(text)
+    assert str(got.value) == str(expected.value)

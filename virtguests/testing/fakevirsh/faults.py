@@ -6,12 +6,12 @@ the host itself behaves as described.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from virtguests.testing.fakevirsh.commandline import COMMANDS
 from virtguests.testing.fakevirsh.errors import Failure, bad_host
+from virtguests.testing.fakevirsh.jsonfile import dumps
 from virtguests.testing.fakevirsh.rendering import (
     ARG,
     CMD,
@@ -282,12 +282,12 @@ def inject(state: dict[str, Any], call: VirshCall, uri_key: str, uri_state: dict
     injected = Injected(chosen, guest, counted) if chosen is not None or counted else NO_FAULT
     if journal:
         job = guest["job"]["op"] if guest is not None and guest["job"] is not None else None
-        line = json.dumps({"t": time.time(), "spawned": call.process.spawned(), "now": now,
-                           "pid": os.getpid(), "uri": uri_key,
-                           "cmd": call.command, "argv": call.argv,
-                           "guest": guest["uuid"] if guest is not None else None,
-                           "state": guest["state"] if guest is not None else None, "job": job,
-                           "fault": injected.action})
+        line = dumps({"t": time.time(), "spawned": call.process.spawned(), "now": now,
+                    "pid": os.getpid(), "uri": uri_key,
+                    "cmd": call.command, "argv": call.argv,
+                    "guest": guest["uuid"] if guest is not None else None,
+                    "state": guest["state"] if guest is not None else None, "job": job,
+                    "fault": injected.action})
         fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (line + "\n").encode())
