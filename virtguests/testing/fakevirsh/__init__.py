@@ -97,7 +97,8 @@ Fault injection (the ``faults:`` list of the host YAML)
                                 #   connect | internal | invalid | unsupported |
                                 #   missing (default: connect); exit status, stderr
                                 #   and stdout are the recording's
-            seconds: 5          # slow: answer this many (virtual) seconds late
+            seconds: 5          # slow: answer this many (virtual) seconds after the
+                                #   dispatch
             output: binary      # garbage: binary | truncated | not-uuid (exit 0)
             signal: TERM        # signal: TERM | INT to the fake's parent (the
                                 #   virtguests that ran this virsh), then go on
