@@ -24,7 +24,7 @@ from typing import Any, Optional
 import pytest
 
 from virtguests import cli, config
-from virtguests.testing import FakeHost
+from virtguests.testing import FakeHost, run_inprocess
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -198,13 +198,16 @@ def test_no_source_where_build_tools_write() -> None:
                                         "packaging/virtguests.service.in"]
 
 
+# The unit's commands, run in-process (run_inprocess: virtguests and the fake in this
+# process; the command is the subject, not the process): the installed command runs as a
+# process in test_installed_command_runs and the init script's tests.
 @pytest.mark.parametrize("command", ["reload", "force-reload"])
 def test_reload_is_a_no_op(fake_host: Any, command: str) -> None:
     host: FakeHost = fake_host({"uris": {"default": {"guests": [
         {"name": "web"}, {"name": "db"}]}}}, "ON_SHUTDOWN=suspend\n")
-    assert host.run("start").code == 0
+    assert run_inprocess(host, "start")[0].code == 0
     before = len(host.calls())
-    run = host.run(command)
+    run, _ = run_inprocess(host, command)
     assert (run.code, run.out, run.err) == (0, "", "")
     assert host.calls()[before:] == []
     assert host.active() == {"web", "db"} and not host.list_file.exists()
@@ -213,7 +216,7 @@ def test_reload_is_a_no_op(fake_host: Any, command: str) -> None:
 def test_reload_reports_a_bad_config_without_virsh(fake_host: Any) -> None:
     host: FakeHost = fake_host({"uris": {"default": {"guests": [{"name": "web"}]}}},
                                "ON_BOOT=sometimes\n")
-    run = host.run("reload")
+    run, _ = run_inprocess(host, "reload")
     assert run.code == 6 and "ON_BOOT" in run.err
     assert host.calls() == [] and host.active() == {"web"}
 
@@ -222,10 +225,10 @@ def test_try_restart_is_what_an_upgrade_must_not_run(fake_host: Any) -> None:
     """Why packages must not restart the unit: try-restart saves and resumes everyone."""
     host: FakeHost = fake_host({"uris": {"default": {"guests": [{"name": "web"}]}}},
                                "ON_SHUTDOWN=suspend\n")
-    assert host.run("try-restart").code == 0  # not started: nothing
+    assert run_inprocess(host, "try-restart")[0].code == 0  # not started: nothing
     assert host.calls() == []
-    assert host.run("start").code == 0
-    assert host.run("try-restart").code == 0
+    assert run_inprocess(host, "start")[0].code == 0
+    assert run_inprocess(host, "try-restart")[0].code == 0
     assert ["managedsave", host.uuid("web")] in host.commands()
     assert host.active() == {"web"}
 

@@ -1,6 +1,14 @@
 """The fake virsh: (a) it replays the real-virsh recordings byte for byte,
 (b) its simulated host behaves (timing on a virtual clock, failures, hangs,
-unreachable hosts, the call log, concurrency)."""
+unreachable hosts, the call log, concurrency).
+
+Most calls are answered in this process by the fake's own entry points (``ask``: the
+same answer, bytes and call log line as its process; a process per call was most of
+this file's time). Processes stay where they are the subject: the command line, exit
+codes and the call log of the console entry point, a sample of the replays, calls
+that hang or wait for virtual time (``popen``), signals, concurrent processes and the
+shim.
+"""
 
 from __future__ import annotations
 
@@ -18,8 +26,14 @@ from typing import Any, Optional
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tests.sizes import examples
 from virtguests.testing import fixtures_dir, write_shim
+from virtguests.testing.fakevirsh import jsonfile
+from virtguests.testing.harness import ask
+from virtguests.testing.recordings import load_yaml
 
 FIXTURES = Path(fixtures_dir())
 TEST_NS = "{http://libvirt.org/schemas/domain/test/1.0}"
@@ -52,6 +66,7 @@ def base_env() -> dict[str, str]:
 def run(
     virsh: Path, env: dict[str, str], *argv: str, timeout: float = 20
 ) -> subprocess.CompletedProcess[str]:
+    """*virsh* as a process."""
     return subprocess.run(
         [str(virsh), *argv],
         env=env,
@@ -60,6 +75,20 @@ def run(
         text=True,
         timeout=timeout,
     )
+
+
+def ask_text(
+    virsh: Path, env: dict[str, str], *argv: str, timeout: float = 20
+) -> subprocess.CompletedProcess[str]:
+    """*virsh* asked in this process, its output read back as ``run`` reads a process's
+    (``text=True``: UTF-8, universal newlines)."""
+    raw = ask(virsh, argv, env, timeout)
+
+    def text(data: bytes) -> str:
+        return data.decode().replace("\r\n", "\n").replace("\r", "\n")
+
+    return subprocess.CompletedProcess(raw.args, raw.returncode, text(raw.stdout),
+                                       text(raw.stderr))
 
 
 # ---------------------------------------------------------------------------
@@ -92,7 +121,9 @@ REPLAY = sorted(
     p
     for p in FIXTURES.glob("test-*.yaml")
     if p.stem not in NOT_REPLAYED
-    and (load_fixture(p)["uri"] or "").startswith("test:///FIXTURES/hosts/")
+    # libyaml at collection, which every xdist worker repeats (1 s a worker in pure
+    # Python); the tests read their recording with load_fixture
+    and (load_yaml(str(p))["uri"] or "").startswith("test:///FIXTURES/hosts/")
 )
 NOHOST = sorted(p for p in FIXTURES.glob("nohost-*.yaml") if p.stem != "nohost-version")
 
@@ -102,8 +133,19 @@ def test_replay_covers_the_recordings() -> None:
     assert not set(NOT_REPLAYED) - {p.stem for p in FIXTURES.glob("*.yaml")}
 
 
-@pytest.mark.parametrize("path", REPLAY, ids=[p.stem for p in REPLAY])
-def test_replay_test_driver_recording(path: Path, virsh: Path, tmp_path: Path) -> None:
+REPLAY_AS_PROCESS = ["test-batch-every-basic", "test-domstate-missing-name",
+                     "test-list-all-names", "test-list-all-names-utf8", "test-managedsave-ok"]
+"""Replayed by the fake as a process too (command string, an error, names that are not
+ASCII through a real pipe, a state change): its bytes on the real stdout."""
+
+
+@pytest.mark.parametrize(
+    ("path", "process"),
+    [(p, False) for p in REPLAY] + [(FIXTURES / f"{stem}.yaml", True)
+                                    for stem in REPLAY_AS_PROCESS],
+    ids=[p.stem for p in REPLAY] + [f"{stem}-process" for stem in REPLAY_AS_PROCESS])
+def test_replay_test_driver_recording(path: Path, process: bool, virsh: Path,
+                                      tmp_path: Path) -> None:
     doc = load_fixture(path)
     uri = doc["uri"].replace("/FIXTURES", str(FIXTURES))
     xml = FIXTURES / doc["uri"][len("test:///FIXTURES/") :]
@@ -112,13 +154,12 @@ def test_replay_test_driver_recording(path: Path, virsh: Path, tmp_path: Path) -
     env = base_env()
     env.update(doc.get("env") or {})
     env["VIRTGUESTS_FAKE_HOST"] = str(host)
-    proc = subprocess.run(
-        [str(virsh), "-c", uri, *doc["argv"]],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=20,
-    )
+    argv = [str(virsh), "-c", uri, *doc["argv"]]
+    if process:
+        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
+                              timeout=20)
+    else:
+        proc = ask(virsh, argv[1:], env)
     expected_out = doc["stdout"].replace("/FIXTURES", str(FIXTURES))
     assert proc.stdout.decode("utf-8", "surrogateescape") == expected_out
     assert proc.stderr.decode("utf-8", "surrogateescape") == doc["stderr"]
@@ -131,7 +172,7 @@ def test_replay_unreachable_recording(path: Path, virsh: Path, tmp_path: Path) -
     host = tmp_path / "host.yaml"
     host.write_text(yaml.safe_dump({"uris": {doc["uri"]: {"unreachable": True}}}))
     env = base_env() | {"VIRTGUESTS_FAKE_HOST": str(host)}
-    proc = run(virsh, env, "-c", doc["uri"], *doc["argv"])
+    proc = ask_text(virsh, env, "-c", doc["uri"], *doc["argv"])
     assert (proc.returncode, proc.stdout, proc.stderr) == (
         doc["exit"],
         doc["stdout"],
@@ -172,6 +213,11 @@ class Host:
         tmp.replace(self.now_file)
 
     def __call__(self, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        """A call answered in this process (``ask``)."""
+        return ask_text(self.virsh, self.env, *argv, timeout=timeout)
+
+    def process(self, *argv: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+        """A call as a process of its own."""
         return run(self.virsh, self.env, *argv, timeout=timeout)
 
     def popen(self, *argv: str) -> subprocess.Popen[str]:
@@ -339,7 +385,7 @@ def test_guest_hang_is_killable(virsh: Path, tmp_path: Path) -> None:
 def test_uri_hang_and_sigterm_is_logged(virsh: Path, tmp_path: Path) -> None:
     h = Host(virsh, tmp_path, one_uri({"name": "g"}, hang=True))
     with pytest.raises(subprocess.TimeoutExpired):
-        h("list", timeout=1.0)
+        h.process("list", timeout=1.0)
     proc = h.popen("list")
     h.dispatched(proc)  # its SIGTERM handler is in place: a late start would die of it
     proc.terminate()
@@ -368,11 +414,16 @@ def test_unreachable_variants(virsh: Path, tmp_path: Path) -> None:
 
 
 def test_log_lines(virsh: Path, tmp_path: Path) -> None:
+    """The console entry point's log; ``ask`` writes the same lines."""
     h = Host(virsh, tmp_path, one_uri({"name": "g"}))
-    h("list", "--uuid")
+    h.process("list", "--uuid")
+    h.process("domstate", "nosuch")
+    h.process("frobnicate")
     h("domstate", "nosuch")
     h("frobnicate")
-    calls = h.calls()
+    *calls, asked_domstate, asked_frobnicate = h.calls()
+    assert [(c["argv"], c["exit"]) for c in (asked_domstate, asked_frobnicate)] == [
+        (["domstate", "nosuch"], 1), (["frobnicate"], 2)]
     assert [c["argv"] for c in calls] == [
         ["list", "--uuid"],
         ["domstate", "nosuch"],
@@ -387,10 +438,10 @@ def test_log_lines(virsh: Path, tmp_path: Path) -> None:
 def test_unknown_argv_fails_loudly(virsh: Path, tmp_path: Path) -> None:
     h = Host(virsh, tmp_path, one_uri({"name": "g"}))
     for argv in (["frobnicate"], ["list", "--title"], ["--debug", "list"], ["domtime", "g"], []):
-        r = h(*argv)
+        r = h.process(*argv)
         assert r.returncode == 2, argv
         assert r.stderr.startswith("fakevirsh: ") and repr(argv) in r.stderr
-    r = h("-c", "qemu:///nowhere", "list")
+    r = h.process("-c", "qemu:///nowhere", "list")
     assert r.returncode == 2 and "qemu:///nowhere" in r.stderr
 
 
@@ -430,7 +481,7 @@ def test_concurrent_processes_do_not_corrupt_state(virsh: Path, tmp_path: Path) 
     guests = [{"name": f"g{i}", "state": "shutoff"} for i in range(n)]
     h = Host(virsh, tmp_path, one_uri(*guests), clock=False)
     with ThreadPoolExecutor(n) as pool:
-        results = list(pool.map(lambda i: h("start", f"g{i}"), range(n)))
+        results = list(pool.map(lambda i: h.process("start", f"g{i}"), range(n)))
     assert [r.returncode for r in results] == [0] * n
     ids = sorted(int(h("domid", f"g{i}").stdout) for i in range(n))
     assert ids == list(range(1, n + 1))
@@ -439,7 +490,7 @@ def test_concurrent_processes_do_not_corrupt_state(virsh: Path, tmp_path: Path) 
     (tmp_path / "saves").mkdir()
     h2 = Host(virsh, tmp_path / "saves", spec, clock=False)
     with ThreadPoolExecutor(n) as pool:
-        results = list(pool.map(lambda i: h2("managedsave", f"g{i}"), range(n)))
+        results = list(pool.map(lambda i: h2.process("managedsave", f"g{i}"), range(n)))
     assert [r.returncode for r in results] == [0] * n
     assert h2("-q", "list", "--all", "--with-managed-save", "--name").stdout.split() == sorted(
         f"g{i}" for i in range(n)
@@ -558,10 +609,10 @@ def test_destroy_during_a_save_loses_the_memory(virsh: Path, tmp_path: Path) -> 
 
 def test_hang_after_calls(virsh: Path, tmp_path: Path) -> None:
     h = Host(virsh, tmp_path, one_uri({"name": "g"}, hang_after_calls=2))
-    assert h("list", "--name").returncode == 0
-    assert h("list --name; echo x; list --uuid").returncode == 0  # one process, one call
+    assert h.process("list", "--name").returncode == 0
+    assert h.process("list --name; echo x; list --uuid").returncode == 0  # one process, one call
     with pytest.raises(subprocess.TimeoutExpired):
-        h("domstate", "g", timeout=1.0)
+        h.process("domstate", "g", timeout=1.0)
     events = h.popen("event", "--loop", "--event", "lifecycle")
     h.dispatched(events)
     assert events.poll() is None
@@ -679,6 +730,35 @@ def test_slow_acts_at_once_and_answers_late_in_virtual_time(virsh: Path,
     h.set_now(1030.5)
     out, err = proc.communicate(timeout=10)
     assert (proc.returncode, out, err) == (0, "Domain 'g' destroyed\n\n", "")
+
+
+def test_slow_counts_from_the_dispatch_however_late_its_wait_begins(virsh: Path,
+                                                                    tmp_path: Path) -> None:
+    """A fake process descheduled between its dispatch and its wait (load) must not answer
+    later than asked: the test above moves the clock once the journal shows the dispatch.
+    Here the clock moves on at every reading."""
+    from virtguests.testing.fakevirsh.commandline import VirshCall
+    from virtguests.testing.fakevirsh.main import answer
+    from virtguests.testing.fakevirsh.process import CallerProcess
+    from virtguests.testing.fakevirsh.state import HostClock
+
+    h = with_journal(Host(virsh, tmp_path, faulty(
+        {"cmd": "destroy", "action": "slow", "seconds": 30})))
+    waited: list[float] = []
+
+    class Ticking(HostClock):
+        def now(self) -> float:
+            moment = super().now()
+            h.set_now(moment + 1)
+            return moment
+
+        def wait_until(self, moment: float) -> None:
+            waited.append(moment)
+
+    call = VirshCall(["destroy", "g"], CallerProcess(h.env))
+    assert answer(call, h.env, Ticking(h.env)) == (0, "Domain 'g' destroyed\n\n", "")
+    [dispatched] = [j["now"] for j in journal(h) if j["cmd"] == "destroy"]
+    assert waited == [dispatched + 30]
 
 
 @pytest.mark.parametrize("output", ["binary", "truncated", "not-uuid"])
@@ -815,17 +895,18 @@ def test_random_faults_are_reproducible_from_the_seed(virsh: Path, tmp_path: Pat
 
 
 def test_faults_off_and_the_journal(virsh: Path, tmp_path: Path) -> None:
+    """Processes: the journal's pid and fork time are the process's."""
     before = time.time()
     h = with_journal(Host(virsh, tmp_path, faulty(
         {"cmd": "destroy", "action": "fail", "nth": 1},
         guests=[{"name": "g", "save_seconds": 100}])))
     h.env["VIRTGUESTS_FAKE_FAULTS"] = "off"
-    assert h("domid", "g").returncode == 0
+    assert h.process("domid", "g").returncode == 0
     saver = h.popen("managedsave", "g")
-    wait_for(lambda: h.state("g") == "paused (saving)")
+    wait_for(lambda: h.process("-q", "domstate", "--reason", "g").stdout == "paused (saving)\n")
     h.env.pop("VIRTGUESTS_FAKE_FAULTS")
-    assert h("destroy", "g").returncode == 1  # the first *counted* destroy
-    assert h("destroy", "g").returncode == 0
+    assert h.process("destroy", "g").returncode == 1  # the first *counted* destroy
+    assert h.process("destroy", "g").returncode == 0
     saver.kill()
     saver.wait(timeout=5)
     entries = journal(h)
@@ -906,3 +987,60 @@ def test_every_fake_host_of_a_process_shares_one_pycache(fake_host: Any,
     assert f"sys.pycache_prefix = {str(shared_pycache())!r}" in (host.bin / "virsh").read_text()
     assert shared_pycache() == shared_pycache()
     assert not str(shared_pycache()).startswith(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------
+# what a call costs: its imports
+# ---------------------------------------------------------------------------
+IMPORTS_PROBE = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from virtguests.testing.fakevirsh.main import main
+status = main(sys.argv[2:])
+print(sorted(m for m in ("json", "re", "enum", "signal", "typing", "yaml", "subprocess")
+             if m in sys.modules), status, file=sys.stderr)
+"""
+
+
+def test_a_call_imports_neither_json_nor_re_nor_enum(virsh: Path, tmp_path: Path) -> None:
+    """Half of what a call imported was json (it imports re, which imports enum) and
+    signal (enum): every fake call is a process, so the fake reads and writes JSON
+    through ``_json`` and sets its SIGTERM handler through ``_signal``."""
+    from virtguests.testing.recordings import SOURCE_TREE
+
+    h = with_journal(Host(virsh, tmp_path, one_uri({"name": "g"}), clock=False))
+    assert h.state("g") == "running (booted)"  # the state is built (from YAML: yaml, re)
+    for argv in (["list", "--name"], ["managedsave", "g"], ["list --all; domstate g"]):
+        proc = subprocess.run([sys.executable, "-S", "-c", IMPORTS_PROBE, SOURCE_TREE, *argv],
+                              env=h.env, capture_output=True, text=True, timeout=20,
+                              stdin=subprocess.DEVNULL)
+        assert proc.stderr == "[] 0\n", argv
+    assert [j["cmd"] for j in journal(h)] == ["domstate", "list", "managedsave", "list",
+                                              "domstate"]
+    assert [c["exit"] for c in h.calls()] == [0, 0, 0, 0]
+    assert h.state("g") == "shut off (saved)"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=10)
+
+
+@settings(max_examples=examples(100))
+@given(value=JSON_VALUES, compact=st.booleans())
+def test_jsonfile_writes_and_reads_what_json_does(value: Any, compact: bool) -> None:
+    separators = (",", ":") if compact else (", ", ": ")
+    text = jsonfile.dumps(value, separators=separators)
+    assert text == json.dumps(value, separators=separators)
+    read = jsonfile.loads(f" \n{text}\t".encode())  # as the state file is read: bytes
+    assert json.dumps(read) == json.dumps(json.loads(text))  # NaN != NaN: compared as text
+
+
+@pytest.mark.parametrize("text", ["", "{", '{"a": 1} x', "[1,]", "nul", '"\\x"', "1 2"])
+def test_jsonfile_refuses_what_json_refuses(text: str) -> None:
+    with pytest.raises(json.JSONDecodeError) as expected:
+        json.loads(text)
+    with pytest.raises(json.JSONDecodeError) as got:
+        jsonfile.loads(text)
+    assert str(got.value) == str(expected.value)

@@ -112,8 +112,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark every test in this directory ``realhost`` and ``slow`` (real QEMU guests on
     real time: ``make test`` leaves them out, ``make test-slow``/``test-all`` run them;
     select with -m), with its own timeout.  First, so ``-m`` sees the marks."""
+    here: dict[Path, bool] = {}  # per file: resolving each item's path cost 4 s a run
     for item in items:
-        if HERE in Path(str(item.fspath)).resolve().parents:
+        if item.path not in here:
+            here[item.path] = HERE in item.path.resolve().parents
+        if here[item.path]:
             item.add_marker(pytest.mark.realhost)
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.timeout(REALHOST_TIMEOUT))

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, Optional
@@ -28,6 +29,7 @@ import yaml
 from virtguests import virshout
 from virtguests.testing.fakevirsh.commandline import VirshCall, split_commands
 from virtguests.testing.fakevirsh.errors import Unsupported
+from virtguests.testing.fakevirsh.main import _log as log_call
 from virtguests.testing.fakevirsh.main import answer, write_shim
 from virtguests.testing.fakevirsh.process import CallerProcess
 from virtguests.testing.fakevirsh.state import HostClock, apply_due_transitions_now
@@ -39,25 +41,70 @@ ASK_TIMEOUT = 30.0
 
 class _AskingClock(HostClock):
     """The host's clock for a question asked in-process: a call that would hang, or
-    wait past ``ASK_TIMEOUT``, raises TimeoutExpired at once (as a process would after
-    30 s; in-process nothing else could move a virtual clock meanwhile)."""
+    wait past *timeout* (the fake's time), raises TimeoutExpired at once (as a process
+    would be killed then; in-process nothing else could move a virtual clock
+    meanwhile)."""
 
-    def __init__(self, argv: list[str], environ: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], environ: Mapping[str, str],
+                 timeout: float = ASK_TIMEOUT) -> None:
         super().__init__(environ)
         self.argv = argv
-        self.deadline = self.now() + ASK_TIMEOUT
+        self.timeout = timeout
+        self.deadline = self.now() + timeout
 
     def wait_until(self, moment: float) -> None:
         if moment > self.deadline or (self.path is not None and moment > self.now()):
-            raise subprocess.TimeoutExpired(self.argv, ASK_TIMEOUT)
+            raise subprocess.TimeoutExpired(self.argv, self.timeout)
         super().wait_until(moment)
 
     def hang(self) -> NoReturn:
-        raise subprocess.TimeoutExpired(self.argv, ASK_TIMEOUT)
+        raise subprocess.TimeoutExpired(self.argv, self.timeout)
 
 
-def _as_written(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8")
+class _AskingProcess(CallerProcess):
+    """A question's process, seen in this one: forked when it was asked; its parent
+    would be this (the test's) process, so a ``signal`` fault is refused."""
+
+    def __init__(self, environ: Mapping[str, str], started: float) -> None:
+        super().__init__(environ)
+        self.started = started
+
+    def signal_parent(self, name: str) -> None:
+        raise Unsupported(f"a 'signal' fault (SIG{name}) would signal the test process: "
+                          "run the fake as a process")
+
+    def spawned(self) -> float:
+        return self.started
+
+
+def ask(virsh: Path, args: Sequence[str], env: Mapping[str, str],
+        timeout: float = ASK_TIMEOUT) -> subprocess.CompletedProcess[bytes]:
+    """The fake *virsh* called with *args* and *env*, answered in this process by the
+    fake's own entry points (``VirshCall``, ``answer``) as its process would answer:
+    exit status, the bytes it writes, its line in ``VIRTGUESTS_FAKE_LOG``.
+
+    A call that would hang, or wait for virtual time to pass (or *timeout* seconds),
+    raises TimeoutExpired at once and logs nothing, as a process killed at its timeout
+    does. ``event`` runs the fake as a process.
+    """
+    argv = [str(virsh), *args]
+    start = time.time()
+    try:
+        call = VirshCall(list(args), _AskingProcess(env, start))
+        if call.command == "event" and not call.version:
+            return subprocess.run(argv, env=env, capture_output=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        status, out, err = answer(call, env, _AskingClock(argv, env, timeout))
+    except Unsupported as exc:
+        status, out, err = 2, "", f"fakevirsh: {exc}\n"
+    except SystemExit as exc:
+        status, out, err = exc.code if isinstance(exc.code, int) else 1, "", ""
+    log_call(list(args), start, status, env)
+    return subprocess.CompletedProcess(argv, status, _written(out), _written(err))
+
+
+def _written(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 @dataclass
@@ -218,24 +265,9 @@ class FakeHost(CliHarness):
         env.pop("VIRTGUESTS_FAKE_LOG")
         env.pop("VIRTGUESTS_FAKE_JOURNAL", None)
         env["VIRTGUESTS_FAKE_FAULTS"] = "off"  # asking is not a call the faults count
-        argv = [str(self.bin / "virsh"), *args]
-        try:
-            call = VirshCall(list(args), CallerProcess(env))
-            if call.command == "event" and not call.version:
-                return self._virsh_process(argv, env)
-            status, out, err = answer(call, env, _AskingClock(argv, env))
-        except Unsupported as exc:
-            status, out, err = 2, "", f"fakevirsh: {exc}\n"
-        except SystemExit as exc:
-            status, out, err = exc.code if isinstance(exc.code, int) else 1, "", ""
-        # As a process's bytes are read back: strict UTF-8, no newline translation
-        return subprocess.CompletedProcess(argv, status, _as_written(out), _as_written(err))
-
-    def _virsh_process(self, argv: list[str], env: dict[str, str]
-                       ) -> subprocess.CompletedProcess[str]:
-        raw = subprocess.run(argv, env=env, capture_output=True, timeout=ASK_TIMEOUT,
-                             stdin=subprocess.DEVNULL)
-        # Decoded by hand: text=True would turn a \r in a guest's name into a line break.
+        raw = ask(self.bin / "virsh", args, env)
+        # As a process's bytes are read back: strict UTF-8, no newline translation (text=True
+        # would turn a \r in a guest's name into a line break)
         return subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(),
                                            raw.stderr.decode())
 

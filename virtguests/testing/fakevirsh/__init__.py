@@ -97,7 +97,8 @@ Fault injection (the ``faults:`` list of the host YAML)
                                 #   connect | internal | invalid | unsupported |
                                 #   missing (default: connect); exit status, stderr
                                 #   and stdout are the recording's
-            seconds: 5          # slow: answer this many (virtual) seconds late
+            seconds: 5          # slow: answer this many (virtual) seconds after the
+                                #   dispatch
             output: binary      # garbage: binary | truncated | not-uuid (exit 0)
             signal: TERM        # signal: TERM | INT to the fake's parent (the
                                 #   virtguests that ran this virsh), then go on
@@ -121,14 +122,16 @@ Fault injection (the ``faults:`` list of the host YAML)
     "cmd", "argv", "guest" (UUID or null), "state", "job" (the guest's job
     then: "save", "start" or null), "fault" (the action injected, or null)}``.
 
-The hot path imports only ``json``, ``os``, ``sys``, ``time`` and ``fcntl``;
-YAML is read only when the state file is (re)built.
+The hot path imports only ``os``, ``sys``, ``time``, ``fcntl``, ``_signal`` and
+``_json`` (through ``jsonfile``: ``json`` and ``signal`` import ``re`` and ``enum``, which
+cost a call a third of its CPU); YAML is read only when the state file is (re)built.
 
 Modules: ``commandline`` (argv and command strings), ``process`` (what a call sees
 of its process: environment, parent, fork time), ``state`` (the locked state
-file, the fake's clock, jobs, guest lookup), ``hostfile`` (the host YAML, read only
-to (re)build the state), ``faults`` (the fault layer), ``rendering`` (output from
-the recordings), ``commands`` (what each command does), ``main`` (the entry point).
+file, the fake's clock, jobs, guest lookup), ``jsonfile`` (its JSON), ``hostfile``
+(the host YAML, read only to (re)build the state), ``faults`` (the fault layer),
+``rendering`` (output from the recordings), ``commands`` (what each command does),
+``main`` (the entry point).
 This package imports none of them: a call loads only what ``main`` needs.
 ``virtguests.testing.inprocess`` runs the same ``execute`` in a test's process,
 giving each call its own process (``CallerProcess``) and clock (``HostClock``).

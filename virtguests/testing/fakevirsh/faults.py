@@ -6,12 +6,12 @@ the host itself behaves as described.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from virtguests.testing.fakevirsh.commandline import COMMANDS
 from virtguests.testing.fakevirsh.errors import Failure, bad_host
+from virtguests.testing.fakevirsh.jsonfile import dumps
 from virtguests.testing.fakevirsh.rendering import (
     ARG,
     CMD,
@@ -197,8 +197,11 @@ class Injected:
     """The fault chosen for one command (or none), applied at each stage of the call."""
 
     def __init__(self, rule: Optional[dict[str, Any]] = None,
-                 guest: Optional[dict[str, Any]] = None, counted: bool = False) -> None:
+                 guest: Optional[dict[str, Any]] = None, counted: bool = False,
+                 dispatched: float = 0.0) -> None:
         self.rule = rule
+        self.dispatched = dispatched
+        """The fake's time at dispatch (the journal's ``now``)."""
         self.action: Optional[str] = rule["action"] if rule else None
         self.guest = guest
         self.counted = counted  # counters changed: the state must be saved
@@ -221,9 +224,11 @@ class Injected:
             call.process.signal_parent(self.rule["signal"])
 
     def wait(self, clock: HostClock) -> None:
-        """``slow``: the answer comes this many (virtual) seconds late."""
+        """``slow``: the answer comes this many (virtual) seconds after the dispatch
+        (not after the clock is read again: a test moves a virtual clock once the
+        journal shows the dispatch)."""
         if self.rule is not None and self.action == "slow":
-            clock.wait_until(clock.now() + self.rule["seconds"])
+            clock.wait_until(self.dispatched + self.rule["seconds"])
 
     def output(self, text: str, uri_state: dict[str, Any]) -> str:
         """``garbage``: what the command prints instead of *text* (exit status 0)."""
@@ -279,15 +284,16 @@ def inject(state: dict[str, Any], call: VirshCall, uri_key: str, uri_state: dict
             ) >= rule["p"]:
                 continue
             chosen = rule
-    injected = Injected(chosen, guest, counted) if chosen is not None or counted else NO_FAULT
+    injected = (Injected(chosen, guest, counted, now) if chosen is not None or counted
+                else NO_FAULT)
     if journal:
         job = guest["job"]["op"] if guest is not None and guest["job"] is not None else None
-        line = json.dumps({"t": time.time(), "spawned": call.process.spawned(), "now": now,
-                           "pid": os.getpid(), "uri": uri_key,
-                           "cmd": call.command, "argv": call.argv,
-                           "guest": guest["uuid"] if guest is not None else None,
-                           "state": guest["state"] if guest is not None else None, "job": job,
-                           "fault": injected.action})
+        line = dumps({"t": time.time(), "spawned": call.process.spawned(), "now": now,
+                    "pid": os.getpid(), "uri": uri_key,
+                    "cmd": call.command, "argv": call.argv,
+                    "guest": guest["uuid"] if guest is not None else None,
+                    "state": guest["state"] if guest is not None else None, "job": job,
+                    "fault": injected.action})
         fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (line + "\n").encode())

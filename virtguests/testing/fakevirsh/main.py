@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -10,6 +9,7 @@ import time
 from virtguests.testing.fakevirsh.commandline import VirshCall
 from virtguests.testing.fakevirsh.commands import event_loop, execute, execute_script
 from virtguests.testing.fakevirsh.errors import Unsupported
+from virtguests.testing.fakevirsh.jsonfile import dumps
 from virtguests.testing.fakevirsh.rendering import write
 from virtguests.testing.fakevirsh.state import HostClock, StateFile
 
@@ -22,11 +22,13 @@ if TYPE_CHECKING:
 VERSION_FALLBACK = "9.0.0"
 
 
-def _log(argv: list[str], start: float, status: int) -> None:
-    path = os.environ.get("VIRTGUESTS_FAKE_LOG")
+def _log(argv: list[str], start: float, status: int,
+         environ: Optional[Mapping[str, str]] = None) -> None:
+    """The call's line in ``VIRTGUESTS_FAKE_LOG`` (of *environ*, default ``os.environ``)."""
+    path = (os.environ if environ is None else environ).get("VIRTGUESTS_FAKE_LOG")
     if not path:
         return
-    line = json.dumps(
+    line = dumps(
         {"argv": argv, "pid": os.getpid(), "start": start, "end": time.time(), "exit": status}
     )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -44,9 +46,10 @@ def main(argv: list[str]) -> int:
     start = time.time()
     status = 2
     try:
-        import signal
+        # not signal, which imports enum: a third of what a call imports
+        import _signal  # type: ignore[import-not-found]
 
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        _signal.signal(_signal.SIGTERM, _on_sigterm)
         try:
             call = VirshCall(argv)
             if call.command == "event" and not call.version:

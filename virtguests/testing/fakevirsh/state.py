@@ -3,11 +3,11 @@ its (possibly virtual) time, the jobs that end with it, and finding a guest."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from virtguests.testing.fakevirsh.errors import Unsupported
+from virtguests.testing.fakevirsh.jsonfile import dumps, loads
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class StateFile:
             if not chunk:
                 break
             raw += chunk
-        data: Optional[dict[str, Any]] = json.loads(raw) if raw else None
+        data: Optional[dict[str, Any]] = loads(raw) if raw else None
         if (
             data is None
             or data.get("format") != STATE_FORMAT
@@ -99,7 +99,7 @@ class StateFile:
         return data
 
     def _write(self, data: dict[str, Any]) -> None:
-        raw = json.dumps(data, separators=(",", ":")).encode()
+        raw = dumps(data, separators=(",", ":")).encode()
         os.lseek(self.fd, 0, os.SEEK_SET)
         os.ftruncate(self.fd, 0)
         os.write(self.fd, raw)
@@ -186,6 +186,6 @@ def apply_due_transitions_now(host_file: str, state_file: Optional[str] = None,
             changed = apply_due_transitions(uri_state, moment) or changed
         if changed:
             states.save()
-        guests: dict[str, list[dict[str, Any]]] = json.loads(json.dumps(
+        guests: dict[str, list[dict[str, Any]]] = loads(dumps(
             {key: uri_state["guests"] for key, uri_state in state["uris"].items()}))
         return guests
