@@ -93,8 +93,10 @@ REPLAY = sorted(
     for p in FIXTURES.glob("test-*.yaml")
     if p.stem not in NOT_REPLAYED
     and (load_fixture(p)["uri"] or "").startswith("test:///FIXTURES/hosts/")
+    and "stdin" not in load_fixture(p)  # sessions: tests/test_session.py
 )
-NOHOST = sorted(p for p in FIXTURES.glob("nohost-*.yaml") if p.stem != "nohost-version")
+NOHOST = sorted(p for p in FIXTURES.glob("nohost-*.yaml")
+                if p.stem != "nohost-version" and "stdin" not in load_fixture(p))
 
 
 def test_replay_covers_the_recordings() -> None:
