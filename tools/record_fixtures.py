@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -209,7 +210,7 @@ class Recorder:
                     continue
                 want = f"\nrecorder-sync-{number}\n".encode()
                 with arrived:
-                    if not arrived.wait_for(lambda: want in streams["out"],
+                    if not arrived.wait_for(functools.partial(streams["out"].__contains__, want),
                                             max(0.0, deadline - time.monotonic())):
                         raise SystemExit(f"virsh session on {uri}: no answer to {line!r}")
                 step()
