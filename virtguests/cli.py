@@ -225,7 +225,7 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     state_dir = args.state_dir or env.get("VIRTGUESTS_STATE_DIR")
     paths = state.Paths.in_dir(Path(state_dir)) if state_dir else state.Paths.default()
     virsh = (make_virsh or Virsh)(resolve_path(args.virsh, env), environ=env,
-                                  default_timeout=loaded.config.query_timeout)
+                                  default_timeout=loaded.config.query_timeout, sessions=True)
     if clock.cancel.is_set():
         virsh.interrupt()
     requests.on_signal = _and_then(requests.on_signal, virsh.interrupt)
@@ -236,6 +236,7 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     try:
         return actions(argument)[command](ctx)
     finally:
+        virsh.close()
         logging.getLogger("virtguests").handlers[:] = []
 
 

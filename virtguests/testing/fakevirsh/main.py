@@ -49,6 +49,11 @@ def main(argv: list[str]) -> int:
         signal.signal(signal.SIGTERM, _on_sigterm)
         try:
             call = VirshCall(argv)
+            if call.interactive:
+                from virtguests.testing.fakevirsh.interactive import session
+
+                argv = []  # each of its commands is logged by itself
+                return session(call, _log)
             if call.command == "event" and not call.version:
                 return event_loop(call, state_file(os.environ), HostClock())
             status, out, err = answer(call, os.environ, HostClock())
@@ -59,7 +64,8 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
     finally:
-        _log(argv, start, status)
+        if argv:
+            _log(argv, start, status)
     return status
 
 
