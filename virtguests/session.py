@@ -301,6 +301,10 @@ class Sessions:
     def _answer(self, uri: str, state: _Uri, session: Optional[Session], line: str,
                 deadline: float) -> tuple[Optional[Session], Optional[Answer]]:
         """*line* answered in *session* (opened if None): the session to keep and the answer."""
+        if session is not None and session.proc.poll() is not None:
+            session.kill()  # it ended since its last answer: reaped, reopened below
+            session = None
+            self._failed(state)
         for _ in range(2):
             if session is None:
                 with self._lock:
@@ -352,6 +356,7 @@ class Sessions:
             sessions = [s for state in self._uris.values()
                         for s in (state.quick, *state.idle) if s is not None]
             for state in self._uris.values():
+                state.quick = None
                 state.idle.clear()
         for session in sessions:
             session.close()

@@ -76,7 +76,8 @@ Unsupported argv (commands, options) exit 2 with a "fakevirsh:" message.
 Fault injection (the ``faults:`` list of the host YAML)
     Kept apart from the host simulation: a rule picks virsh calls and makes
     them misbehave; the host itself behaves as described above.  A *call* is
-    one virsh process (one line of ``VIRTGUESTS_FAKE_LOG``); a command string
+    one virsh process, or one line a session reads on stdin (one line of
+    ``VIRTGUESTS_FAKE_LOG`` either way: see ``interactive``); a command string
     matches a rule when any of its commands does, and the fault hits the first
     such command.  Every rule that matches a call counts it (counters live in
     the state file, under its flock, so they hold across the separate fake
