@@ -247,26 +247,20 @@ def triple(result: Result) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def wait_dead(pid: int) -> None:
-    """Until *pid* has exited (a zombie for its parent to reap, or reaped)."""
-    deadline = time.monotonic() + DEADLINE
-    while time.monotonic() < deadline:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            return
-        if stat.rsplit(")", 1)[1].split()[0] in ("Z", "X"):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"{pid} still running after SIGKILL")
-
-
 def gone(pid: int) -> bool:
+    """Whether *pid* has exited (reaped, or a zombie: init may not reap in a container)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
         return True
-    return False
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def wait_dead(pid: int) -> None:
+    deadline = time.monotonic() + DEADLINE
+    while not gone(pid):
+        assert time.monotonic() < deadline, f"{pid} still running"
+        time.sleep(0.01)
 
 
 CALLS = [["list", "--uuid", "--name"], ["domstate", "--reason", uuid(0)],
@@ -466,3 +460,21 @@ def test_real_virsh_sessions_answer_as_its_processes_do() -> None:
     assert started == {False: [], True: ["test:///default"]}
     assert answers[True][3][1] == "a b it's c\"d e;f #h \\\n"
     assert [exit for exit, _, _ in answers[True]] == [0, 0, 1, 0, 1, 0, 1]
+
+
+def test_a_killed_virtguests_leaves_no_session_behind(host: FakeHost, tmp_path: Path) -> None:
+    """SIGKILL gives virtguests no chance to close its sessions: each reads EOF on its stdin
+    and exits (real virsh does too: fixtures/test-session-no-markers.yaml)."""
+    script = ("import os, signal, sys\n"
+              "from virtguests.virsh import Virsh\n"
+              "virsh = Virsh(sys.argv[1], sessions=True)\n"
+              "virsh.run('default', ['list', '--uuid'])\n"
+              "virsh.run('default', ['start', sys.argv[2]], check=False)\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, "-c", script, str(host.bin / "virsh"), uuid(0)],
+                          env=host.env(), capture_output=True, timeout=DEADLINE)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    sessions = set(pids(host))
+    assert len(sessions) == 2
+    for pid in sessions:
+        wait_dead(pid)
