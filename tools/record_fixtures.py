@@ -31,6 +31,10 @@ otherwise, stdin ``/dev/null``, a timeout per call) and is written verbatim to
   slow save and once with QEMU hung (``-hung``).
   ``make fixtures FIXTURE_ARGS="--test-uri test:///default --private-libvirtd"``
   records everything; ``--only qemu`` (repeatable) records one group.
+* ``session`` recordings (``*-session-*.yaml``, with the ``stdin`` fed) run one
+  ``virsh -c URI`` reading command lines on a pipe, each followed by the markers
+  ``virtguests/session.py`` sends: the test driver, an unreachable URI and, with
+  ``--private-libvirtd``, a private libvirtd killed between two commands.
 
 In the written files the absolute path of this ``fixtures`` directory is
 replaced by ``/FIXTURES`` (so ``test:///FIXTURES/hosts/basic.xml``), and the

@@ -3,7 +3,8 @@
 Every call gets stdin closed, ``LC_ALL=C`` merged into a copy of the
 environment (we parse the output), its own session so a timeout kills virsh
 and anything it started (ssh for remote URIs), and the full stderr kept for
-the error message.
+the error message.  A session's virsh (``virtguests.session``) reads its commands on a
+pipe instead, started here too.
 
 One call style serves sh 1.14 (Debian 12's and Ubuntu's python3-sh) and sh 2.x
 (PyPI), so there is no version switch: every call is backgrounded (``_bg=True``),
@@ -287,6 +288,7 @@ class Virsh:
             if answer is not None:
                 return Result(tuple(argv), answer.exit_code, answer.stdout, answer.stderr,
                               time.monotonic() - started)
+            self._refuse_if_given_up(uri, argv)  # it may have waited for a call that hung
         return self._spawn(argv, limit)
 
     def _start_session(self, uri: str) -> subprocess.Popen[bytes]:
