@@ -119,6 +119,21 @@ def test_a_killed_libvirtd_makes_the_next_command_lost(
         s.ask("list --uuid", time.monotonic() + DEADLINE)
 
 
+def test_a_libvirtd_started_again_is_reconnected_and_the_command_run(
+        recorded: Callable[[dict[str, Any]], session.Session]) -> None:
+    doc = recording("qemu-session-reconnect")
+    s = recorded(doc)
+    listing = s.ask("list --uuid", time.monotonic() + DEADLINE)
+    assert listing.exit_code == 0 and listing.stdout.strip()
+    s._nonce, s._count = "after", 0  # the recording's second half has its own markers
+    again = s.ask("list --uuid", time.monotonic() + DEADLINE)
+    assert "error: Reconnected to the hypervisor" in doc["stderr"]
+    assert (again.exit_code, again.stderr) == (0, "")  # the notices are not its errors
+    assert again.stdout.endswith(listing.stdout)  # after the recorder's sync echo
+    uri = s.ask("uri", time.monotonic() + DEADLINE)
+    assert uri == session.Answer(0, doc["uri"] + "\n\n", "")
+
+
 def test_a_failed_connection_ends_the_session_with_virsh_s_errors() -> None:
     doc = recording("nohost-session-connect")
     s = session.Session(_exiting(doc), nonce="mark")

@@ -651,6 +651,19 @@ def record_session_lost(rec: Recorder) -> None:
         rec.write("qemu", "session-lost", "a session whose libvirtd is killed (SIGKILL) "
                   "after its first command", daemon.test_uri, [], result, [], SESSION_ENV, fed)
 
+        def restart_libvirtd() -> None:
+            kill_libvirtd()
+            daemon.stop()
+            daemon.start()
+
+        daemon.stop()  # killed by the recording above
+        daemon.start()
+        steps = [*lines, restart_libvirtd, *after]
+        result, fed = rec.session(daemon.test_uri, steps)
+        rec.write("qemu", "session-reconnect", "a session whose libvirtd is killed (SIGKILL) "
+                  "and started again after its first command", daemon.test_uri, [], result, [],
+                  SESSION_ENV, fed)
+
 
 # ---------------------------------------------------------------------------
 # qemu recordings (live private libvirtd)

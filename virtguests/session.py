@@ -18,7 +18,8 @@ session: no guest name printed in a listing can fake it.
 A failed connection makes virsh exit at once with the one-process call's errors: that is
 the answer to the command that opened the session.  Once libvirtd is gone, each later
 command prints ``error: Failed to reconnect to the hypervisor`` and is not run: the session
-is closed and reopened once, and whatever then fails is answered as a process would.  At
+is closed and reopened once, and whatever then fails is answered as a process would.  If
+libvirtd is back, virsh reconnects by itself, says so on stderr, and runs the command.  At
 EOF on stdin virsh exits, so a session outlives virtguests by at most its current command.
 
 Only printable ASCII goes on the line (readline acts on control characters, and on 8-bit
@@ -30,6 +31,7 @@ in a tenant's string stays inside one argument.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -46,12 +48,17 @@ from virtguests import commands
 from virtguests.clock import MAX_WAIT, clamp
 from virtguests.virsh import CONNECT_FAILED
 
+log = logging.getLogger("virtguests.session")
+
 ENV = {"TERM": "dumb", "INPUTRC": "/dev/null"}
 """Set for a session's virsh: readline gets no terminal features and no user key bindings."""
 DROP_ENV = ("COLUMNS", "LINES")
 """Removed: readline scrolls lines wider than 80 columns, which the markers never are."""
 FAILED_RECONNECT = "error: Failed to reconnect to the hypervisor"
 """libvirtd went away since the last command; this one was not run."""
+NOTICES = ("error: Disconnected from ", "error: Reconnected to the hypervisor")
+"""libvirtd went away and came back (``qemu-session-reconnect``): virsh reconnected and ran
+the command; printed as errors, they are not the command's (logged, then dropped)."""
 CLOSE_GRACE = 1.0
 _PLAIN = re.compile(r"[A-Za-z0-9_./:=,+@%-]+")
 
@@ -151,10 +158,15 @@ class Session:
         tail = self._tail(mark)
         if first < 0 or not out.endswith(tail) or first + 1 > len(out) - len(tail):
             raise Ended(f"answer out of protocol: {out[-200:]!r}", stdout=out, stderr=err)
-        errors = [ln for ln in err.split("\n") if ln.startswith("error: ")]
-        if any(ln.startswith(FAILED_RECONNECT) for ln in errors):
+        lines = err.split("\n")
+        if any(ln.startswith(FAILED_RECONNECT) for ln in lines):
             raise Lost(err)
-        return Answer(1 if errors else 0, out[first + 1: len(out) - len(tail)], err)
+        notices = [ln for ln in lines if ln.startswith(NOTICES)]
+        if notices:
+            log.debug("%s", "; ".join(notices))
+            err = "".join(ln + "\n" for ln in lines[:-1] if not ln.startswith(NOTICES))
+        failed = any(ln.startswith("error: ") for ln in err.split("\n"))
+        return Answer(1 if failed else 0, out[first + 1: len(out) - len(tail)], err)
 
     def _send(self, text: str) -> None:
         assert self.proc.stdin is not None
@@ -217,13 +229,19 @@ class Session:
             os.killpg(self.proc.pid, signal.SIGKILL)
         self._reap()
 
-    def close(self) -> None:
-        """EOF on its stdin ends virsh; whatever lingers is killed."""
+    def end_input(self) -> None:
+        """EOF on its stdin: virsh exits once its current command is done."""
         assert self.proc.stdin is not None
         with contextlib.suppress(OSError, ValueError):
             self.proc.stdin.close()
+
+    def close(self, deadline: Optional[float] = None) -> None:
+        """EOF on its stdin ends virsh; whatever lingers at *deadline* (default: in
+        CLOSE_GRACE) is killed."""
+        self.end_input()
+        until = time.monotonic() + CLOSE_GRACE if deadline is None else deadline
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(CLOSE_GRACE)
+            self.proc.wait(max(0.0, until - time.monotonic()))
         self.kill()
 
     def _reap(self) -> None:
@@ -359,4 +377,7 @@ class Sessions:
                 state.quick = None
                 state.idle.clear()
         for session in sessions:
-            session.close()
+            session.end_input()  # all at once: they exit in parallel
+        deadline = time.monotonic() + CLOSE_GRACE
+        for session in sessions:
+            session.close(deadline)
