@@ -493,3 +493,22 @@ def test_a_killed_virtguests_leaves_no_session_behind(host: FakeHost, tmp_path: 
     assert len(sessions) == 2
     for pid in sessions:
         wait_dead(pid)
+
+
+def test_libvirtd_gone_mid_session_answers_as_a_process_does(host: FakeHost) -> None:
+    """The session's next command cannot reconnect (not run): the session is reopened,
+    which fails to connect, and that is the answer, as a process of its own would give."""
+    guests = [{"name": "web1", "uuid": uuid(0), "state": "running"}]
+    host.set_host({"uris": {"default": {"guests": guests}}})
+    virsh, alone = runner(host), runner(host, sessions=False)
+    try:
+        assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
+        host.set_host({"uris": {"default": {"guests": guests, "unreachable": True}}})
+        ours = triple(virsh.run("default", ["list", "--uuid"], check=False))
+        assert ours == triple(alone.run("default", ["list", "--uuid"], check=False))
+        assert ours[0] == 1 and ours[2].startswith("error: failed to connect")
+        host.set_host({"uris": {"default": {"guests": guests}}})
+        assert virsh.run("default", ["list", "--uuid"]).stdout == f"{uuid(0)}\n\n"
+    finally:
+        virsh.close()
+    assert len(virsh.started) == 2  # reopened once; then a process per call
