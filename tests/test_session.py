@@ -512,3 +512,24 @@ def test_libvirtd_gone_mid_session_answers_as_a_process_does(host: FakeHost) -> 
     finally:
         virsh.close()
     assert len(virsh.started) == 2  # reopened once; then a process per call
+
+
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "polled"])
+def test_a_child_holding_the_output_open_does_not_delay_a_failed_connection(
+        fake_host: Callable[..., FakeHost], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        pidfd: bool) -> None:
+    """virsh exits (it cannot connect) but a child it left (ssh's ControlPersist master)
+    keeps its stdout and stderr open: the session sees virsh gone, not a timeout."""
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open")
+    host = fake_host({"uris": {"default": {"unreachable": True}}})
+    wrapper = tmp_path / "virsh"
+    wrapper.write_text(f"#!/bin/sh\nsleep 600 &\nexec {host.bin / 'virsh'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    virsh = Counting(str(wrapper), environ=host.env(), sessions=True)
+    try:
+        result = virsh.run("default", ["list", "--uuid"], timeout=DEADLINE, check=False)
+    finally:
+        virsh.close()
+    assert result.exit_code == 1 and result.stderr.startswith("error: failed to connect")
+    assert virsh.started == ["default"] and virsh.given_up("default") is None

@@ -129,6 +129,10 @@ class Session:
         self._eof: set[int] = set()
         for fd in self._buffers:
             os.set_blocking(fd, False)
+        self._pidfd: Optional[int] = None
+        """Readable once virsh has exited (Linux 5.3); else its exit is polled for."""
+        with contextlib.suppress(AttributeError, OSError):
+            self._pidfd = os.pidfd_open(proc.pid)
 
     def _mark(self) -> str:
         self._count += 1
@@ -180,10 +184,13 @@ class Session:
         """stdout up to the line MARK, stderr up to ``error: MARK``; the rest stays."""
         out_end = f"\n{mark}\n".encode()
         err_end = f"error: {mark}\n".encode()
+        exited = False
         with selectors.DefaultSelector() as selector:
             for fd in self._buffers:
                 if fd not in self._eof:
                     selector.register(fd, selectors.EVENT_READ)
+            if self._pidfd is not None:
+                selector.register(self._pidfd, selectors.EVENT_READ)
             while True:
                 out_at = self._buffers[self._out].find(out_end)
                 err_buffer = self._buffers[self._err]
@@ -192,22 +199,38 @@ class Session:
                     err_at += 0 if err_at == 0 else 1
                     return (self._take(self._out, out_at + 1, len(out_end) - 1),
                             self._take(self._err, err_at, len(err_end)))
-                if len(self._eof) == 2:
+                if len(self._eof) == 2 or exited:
                     raise self._ended()
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimedOut()
-                for key, _ in selector.select(min(left, 3600.0)):
-                    fd = int(key.fd)
-                    try:
-                        data = os.read(fd, 65536)
-                    except BlockingIOError:
-                        continue
-                    if data:
-                        self._buffers[fd] += data
+                ready = selector.select(min(left, 3600.0 if self._pidfd is not None else 0.1))
+                for key, _ in ready:
+                    if key.fd == self._pidfd:
+                        exited = True
                     else:
-                        self._eof.add(fd)
-                        selector.unregister(fd)
+                        self._receive(int(key.fd))
+                        if key.fd in self._eof:
+                            selector.unregister(key.fd)
+                if exited or (self._pidfd is None and self.proc.poll() is not None):
+                    # virsh is gone; a child of it (ssh's ControlPersist master) may hold
+                    # its output open: what is there now is all it said
+                    exited = True
+                    for fd in self._buffers:
+                        while fd not in self._eof and self._receive(fd):
+                            pass
+
+    def _receive(self, fd: int) -> bool:
+        """Read what *fd* holds now; False at EOF."""
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return False
+        if not data:
+            self._eof.add(fd)
+            return False
+        self._buffers[fd] += data
+        return True
 
     def _take(self, fd: int, end: int, skip: int) -> str:
         buffer = self._buffers[fd]
@@ -246,6 +269,9 @@ class Session:
 
     def _reap(self) -> None:
         self.proc.wait()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 with contextlib.suppress(OSError, ValueError):

@@ -301,10 +301,11 @@ class Virsh:
         env = {k: v for k, v in self._env.items() if k not in session.DROP_ENV}
         env.update(session.ENV)
         argv = self.argv(uri, [])
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
         self._count_start(uri)
         log.debug("%s (session)", format_argv(argv))
-        return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        return proc
 
     def _count_start(self, uri: str) -> None:
         """A virsh process, and so a connection, starts on *uri* (connection accounting)."""
