@@ -533,3 +533,20 @@ def test_a_child_holding_the_output_open_does_not_delay_a_failed_connection(
         virsh.close()
     assert result.exit_code == 1 and result.stderr.startswith("error: failed to connect")
     assert virsh.started == ["default"] and virsh.given_up("default") is None
+
+
+def test_sigterm_mid_run_leaves_no_session_behind(fake_host: Callable[..., FakeHost]) -> None:
+    guests = [{"name": f"g{n}", "uuid": uuid(n), "state": "running", "save_seconds": 0.2}
+              for n in range(8)]
+    host = fake_host({"uris": {"default": {"guests": guests}}}, config="PARALLEL_SUSPEND=2\n")
+    proc = host.spawn("stop")
+    deadline = time.monotonic() + DEADLINE
+    while sum(c[0] == "managedsave" for c in host.commands()) < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "no save started"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=DEADLINE)
+    assert proc.returncode in (0, 1) and "Traceback" not in err, err
+    sessions = {c["pid"] for c in host.calls()}
+    assert 2 <= len(sessions) <= 3  # the quick session and at most two for the saves
+    assert all(gone(pid) for pid in sessions)  # closed by the run, not left to read EOF
