@@ -550,3 +550,28 @@ def test_sigterm_mid_run_leaves_no_session_behind(fake_host: Callable[..., FakeH
     sessions = {c["pid"] for c in host.calls()}
     assert 2 <= len(sessions) <= 3  # the quick session and at most two for the saves
     assert all(gone(pid) for pid in sessions)  # closed by the run, not left to read EOF
+
+
+def test_a_quick_call_behind_a_slow_answer_takes_a_pooled_session(
+        fake_host: Callable[..., FakeHost], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shutdown request that answers late (a guest agent that does not reply) holds the
+    URI's session; a listing meanwhile waits QUICK_WAIT, then runs in a pooled session."""
+    monkeypatch.setattr(session, "QUICK_WAIT", 0.05)
+    guests = [{"name": "web1", "uuid": uuid(0), "state": "running"}]
+    host = fake_host({"uris": {"default": {"guests": guests}},
+                      "faults": [{"cmd": "shutdown", "action": "slow", "seconds": 1}]})
+    virsh = runner(host)
+    slow = threading.Thread(target=virsh.run, args=("default", ["shutdown", uuid(0)]))
+    try:
+        slow.start()
+        deadline = time.monotonic() + DEADLINE
+        while not virsh._sessions._uri("default").quick_lock.locked():
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
+        slow.join(DEADLINE)
+        assert not slow.is_alive()
+    finally:
+        virsh.close()
+    by_command = {c["argv"][0]: c["pid"] for c in host.calls()}
+    assert by_command["shutdown"] != by_command["list"] and len(virsh.started) == 2

@@ -60,6 +60,9 @@ NOTICES = ("error: Disconnected from ", "error: Reconnected to the hypervisor")
 """libvirtd went away and came back (``qemu-session-reconnect``): virsh reconnected and ran
 the command; printed as errors, they are not the command's (logged, then dropped)."""
 CLOSE_GRACE = 1.0
+QUICK_WAIT = 1.0
+"""How long a quick call waits for its URI's session before it takes one from the pool:
+a slow answer there (a guest agent that does not reply) holds up no one for long."""
 _PLAIN = re.compile(r"[A-Za-z0-9_./:=,+@%-]+")
 
 
@@ -289,14 +292,14 @@ class _Uri:
 
 class Sessions:
     """Every session of one run: per URI, one for the quick calls (serialised: each takes
-    milliseconds) and a pool for the slow ones (``commands.SLOW_SUBCOMMANDS``), one
-    session per concurrent caller, so the callers' own parallelism (PARALLEL_SUSPEND)
-    bounds it.
+    milliseconds) and a pool for the slow ones (``commands.SLOW_SUBCOMMANDS``, and a
+    quick call that finds its session busy for QUICK_WAIT), one session per concurrent
+    caller, so the callers' own parallelism (PARALLEL_SUSPEND...) bounds it.
 
     ``ask`` answers a call, raises ``TimedOut`` (the session was killed), or returns None:
-    run it in a process of its own (a line that cannot be sent, the quick session busy
-    for the call's whole timeout, sessions given up on this URI, a virsh that reads no
-    commands).  *start* starts a session's process (``Virsh._start_session``).
+    run it in a process of its own (a line that cannot be sent, sessions given up on this
+    URI, a virsh that reads no commands, its session ended under it).  *start* starts a
+    session's process (``Virsh._start_session``).
     """
 
     def __init__(self, start: Callable[[str], subprocess.Popen[bytes]]) -> None:
@@ -315,32 +318,34 @@ class Sessions:
             return None
         deadline = time.monotonic() + (clamp(limit) if limit > 0 else MAX_WAIT)
         state = self._uri(uri)
-        if args[0] in commands.SLOW_SUBCOMMANDS:
-            with self._lock:
-                session = state.idle.pop() if state.idle else None
-            kept, answer = self._answer(uri, state, session, line, deadline)
-            if kept is not None:
-                with self._lock:
-                    closed = self._closed
-                    if not closed:
-                        state.idle.append(kept)
-                if closed:
-                    kept.close()
-            return answer
-        if not state.quick_lock.acquire(timeout=clamp(deadline - time.monotonic())):
+        if args[0] not in commands.SLOW_SUBCOMMANDS and state.quick_lock.acquire(
+                timeout=clamp(min(QUICK_WAIT, deadline - time.monotonic()))):
+            try:
+                session, state.quick = state.quick, None
+                kept, answer = self._answer(uri, state, session, line, deadline)
+                self._keep(kept, lambda s: setattr(state, "quick", s))
+                return answer
+            finally:
+                state.quick_lock.release()
+        if time.monotonic() >= deadline:
             return None
-        try:
-            session, state.quick = state.quick, None
-            kept, answer = self._answer(uri, state, session, line, deadline)
-            with self._lock:
-                closed = self._closed
-            if closed and kept is not None:
-                kept.close()
-                kept = None
-            state.quick = kept
-            return answer
-        finally:
-            state.quick_lock.release()
+        with self._lock:
+            session = state.idle.pop() if state.idle else None
+        kept, answer = self._answer(uri, state, session, line, deadline)
+        self._keep(kept, state.idle.append)
+        return answer
+
+    def _keep(self, session: Optional[Session], put: Callable[[Session], None]) -> None:
+        """*put* the session back for the next call, unless the sessions were closed
+        meanwhile: then it is closed too."""
+        if session is None:
+            return
+        with self._lock:
+            closed = self._closed
+            if not closed:
+                put(session)
+        if closed:
+            session.close()
 
     def _answer(self, uri: str, state: _Uri, session: Optional[Session], line: str,
                 deadline: float) -> tuple[Optional[Session], Optional[Answer]]:
