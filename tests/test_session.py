@@ -565,6 +565,7 @@ def test_a_quick_call_behind_a_slow_answer_takes_a_pooled_session(
     try:
         slow.start()
         deadline = time.monotonic() + DEADLINE
+        assert virsh._sessions is not None
         while not virsh._sessions._uri("default").quick_lock.locked():
             assert time.monotonic() < deadline
             time.sleep(0.005)

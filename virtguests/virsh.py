@@ -37,6 +37,8 @@ from virtguests.clock import clamp
 if TYPE_CHECKING:
     import subprocess
 
+    from virtguests.session import Sessions
+
 log = logging.getLogger("virtguests.virsh")
 
 
@@ -158,7 +160,7 @@ class Virsh:
         self._given_up: dict[str, str] = {}
         self._checks: dict[str, threading.Event] = {}
         self.liveness_checks = 0
-        self._sessions: Any = None
+        self._sessions: Optional[Sessions] = None
         if sessions:
             from virtguests.session import Sessions
 
