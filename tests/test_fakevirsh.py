@@ -382,7 +382,8 @@ def test_log_lines(virsh: Path, tmp_path: Path) -> None:
     ]
     assert [c["exit"] for c in calls] == [0, 1, 2]
     for c in calls:
-        assert set(c) == {"argv", "pid", "start", "end", "exit"}
+        assert set(c) == {"argv", "pid", "call", "start", "end", "exit"}
+        assert c["call"] == str(c["pid"])  # a process of its own (sessions: test_session)
         assert c["start"] <= c["end"]
 
 

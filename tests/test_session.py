@@ -6,6 +6,7 @@ strings, timeouts, a session that dies, the pool, closing."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -576,3 +577,21 @@ def test_a_quick_call_behind_a_slow_answer_takes_a_pooled_session(
         virsh.close()
     by_command = {c["argv"][0]: c["pid"] for c in host.calls()}
     assert by_command["shutdown"] != by_command["list"] and len(virsh.started) == 2
+
+
+def test_each_line_a_session_reads_is_a_call_of_its_own_in_the_log_and_journal(
+        host: FakeHost, tmp_path: Path) -> None:
+    """tools/properties.py and the soak tell calls apart by ``call``, not by pid."""
+    journal = tmp_path / "journal.jsonl"
+    virsh = Counting(str(host.bin / "virsh"),
+                     environ=host.env() | {"VIRTGUESTS_FAKE_JOURNAL": str(journal)},
+                     sessions=True)
+    try:
+        for args in (["list", "--uuid"], ["domstate", uuid(0)], ["domstate", uuid(1)]):
+            virsh.run("default", args)
+    finally:
+        virsh.close()
+    logged = [c["call"] for c in host.calls()]
+    dispatched = [json.loads(line)["call"] for line in journal.read_text().splitlines()]
+    pid = pids(host)[0]
+    assert logged == dispatched == [f"{pid}.1", f"{pid}.2", f"{pid}.3"]

@@ -17,7 +17,8 @@ Environment:
     when missing or when the YAML changed.
 ``VIRTGUESTS_FAKE_LOG``
     append one JSON line per call:
-    ``{"argv": [...], "pid": N, "start": t, "end": t, "exit": rc}``.
+    ``{"argv": [...], "pid": N, "call": ID, "start": t, "end": t, "exit": rc}``
+    (``call``: the pid, or ``PID.N`` for the Nth line a session read).
 ``VIRTGUESTS_FAKE_NOW_FILE``
     "now" is the float in that file instead of ``time.time()``; waiting for
     virtual time polls the file every 0.01 s.
@@ -118,7 +119,8 @@ Fault injection (the ``faults:`` list of the host YAML)
 ``VIRTGUESTS_FAKE_JOURNAL``
     append one JSON line per command *as it is dispatched* (so killed and
     hung calls are there too): ``{"t", "spawned" (when the process was forked:
-    when its caller started the call), "now" (the fake's clock), "pid", "uri",
+    when its caller started the call), "now" (the fake's clock), "pid", "call"
+    (as in the log), "uri",
     "cmd", "argv", "guest" (UUID or null), "state", "job" (the guest's job
     then: "save", "start" or null), "fault" (the action injected, or null)}``.
 

@@ -283,7 +283,7 @@ def inject(state: dict[str, Any], call: VirshCall, uri_key: str, uri_state: dict
     if journal:
         job = guest["job"]["op"] if guest is not None and guest["job"] is not None else None
         line = json.dumps({"t": time.time(), "spawned": call.process.spawned(), "now": now,
-                           "pid": os.getpid(), "uri": uri_key,
+                           "pid": os.getpid(), "call": call.process.call_id(), "uri": uri_key,
                            "cmd": call.command, "argv": call.argv,
                            "guest": guest["uuid"] if guest is not None else None,
                            "state": guest["state"] if guest is not None else None, "job": job,

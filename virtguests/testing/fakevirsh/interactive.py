@@ -8,9 +8,10 @@ whatever failed.  A failed connection prints the one-process errors and exits 1 
 reading anything.  Once the host is unreachable, each command prints the reconnect error
 (``qemu-session-lost``) and is not run.
 
-Each line is one call to the host simulation (fault rules count it, the log has a line for
-it with the session's pid, a command string as one), the connection and the first line
-counting as one, as they would in a process of their own; a line that is one ``echo`` is
+Each line is one call to the host simulation (fault rules count it, the log and the journal
+have a line for it with the session's pid and a ``call`` of its own, a command string as
+one); connecting is counted with the first line (``unreachable_calls``) and is no call for
+the fault rules or the journal, as in a process of its own; a line that is one ``echo`` is
 the protocol's marker and not logged.
 """
 
@@ -31,7 +32,8 @@ from virtguests.testing.recordings import fixtures_dir, load_yaml
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Mapping
+    from typing import Callable, Optional
 
 PROMPT = "virsh # "
 FAILED_RECONNECT = "error: Failed to reconnect to the hypervisor\n"
@@ -46,9 +48,17 @@ def _banner() -> str:
 class _Command(CallerProcess):
     """A command of the session: its process is the session's, started when it was read."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    count = 0
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None, *,
+                 line: bool = True) -> None:
+        super().__init__(environ)
         self.read_at = time.time()
+        _Command.count += line
+        self.number = _Command.count if line else 0
+
+    def call_id(self) -> str:
+        return f"{os.getpid()}.{self.number}"
 
     def spawned(self) -> float:
         return self.read_at
@@ -58,17 +68,19 @@ def _out(text: str, stream: str = "stdout") -> None:
     write(getattr(sys, stream), text)
 
 
-def session(call: VirshCall, log: Callable[[list[str], float, int], None]) -> int:
+def session(call: VirshCall, log: Callable[[list[str], float, int, str], None]) -> int:
     options = call.argv
-    connect = VirshCall([*options, "connect"], _Command())
+    # connecting is no command of virtguests': no fault rule, no journal line
+    quiet = {k: v for k, v in os.environ.items() if k != "VIRTGUESTS_FAKE_JOURNAL"}
+    process = _Command(quiet | {"VIRTGUESTS_FAKE_FAULTS": "off"}, line=False)
+    connect = VirshCall([*options, "connect"], process)
     started = time.time()
     status, _, err = execute(connect, state_file(os.environ, HostClock()), HostClock())
     if status != 0:
-        log([*options, "connect"], started, status)
+        log([*options, "connect"], started, status, process.call_id())
         _out(err, "stderr")
         return status
     _out(_banner())
-    counted = connect.counted_rules  # the first command shares the connection's count
     first = True
     while True:
         _out(PROMPT)
@@ -81,33 +93,32 @@ def session(call: VirshCall, log: Callable[[list[str], float, int], None]) -> in
         try:
             commands = split_commands(line)
         except Unsupported as exc:
-            status = 1
             _out(f"error: fakevirsh: {exc}\n", "stderr")
             continue
         if len(commands) == 1 and commands[0][0] == "echo":
-            status = _echo(commands[0][1:])
+            _echo(commands[0][1:])
         elif commands:
-            status = _run([*options, *(commands[0] if len(commands) == 1 else [line])],
-                          first, counted, log)
+            _run([*options, *(commands[0] if len(commands) == 1 else [line])],
+                 _Command(), first, log)
             first = False
 
 
-def _echo(words: list[str]) -> int:
+def _echo(words: list[str]) -> None:
     if words[:1] == ["--err"]:
         _out(f"error: {' '.join(words[1:])}\n", "stderr")
         _out("\n")
     else:
         _out(" ".join(words) + "\n")
-    return 0
 
 
-def _run(argv: list[str], first: bool, counted: set[int],
-         log: Callable[[list[str], float, int], None]) -> int:
+def _run(argv: list[str], process: _Command, first: bool,
+         log: Callable[[list[str], float, int, str], None]) -> None:
+    """One line; the first was counted with the connection (``unreachable_calls``)."""
     started = time.time()
     status = 2
     try:
         try:
-            call = VirshCall(argv, _Command(), counted_rules=counted if first else None)
+            call = VirshCall(argv, process)
             if call.command == "event":
                 raise Unsupported("'event' in a session is not simulated")
             clock = HostClock()
@@ -121,5 +132,4 @@ def _run(argv: list[str], first: bool, counted: set[int],
         _out(err, "stderr")
         _out(out)
     finally:
-        log(argv, started, status)
-    return status
+        log(argv, started, status, process.call_id())

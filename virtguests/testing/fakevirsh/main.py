@@ -22,12 +22,13 @@ if TYPE_CHECKING:
 VERSION_FALLBACK = "9.0.0"
 
 
-def _log(argv: list[str], start: float, status: int) -> None:
+def _log(argv: list[str], start: float, status: int, call: str = "") -> None:
     path = os.environ.get("VIRTGUESTS_FAKE_LOG")
     if not path:
         return
     line = json.dumps(
-        {"argv": argv, "pid": os.getpid(), "start": start, "end": time.time(), "exit": status}
+        {"argv": argv, "pid": os.getpid(), "call": call or str(os.getpid()), "start": start,
+         "end": time.time(), "exit": status}
     )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
