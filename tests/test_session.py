@@ -141,8 +141,10 @@ def test_a_failed_connection_ends_the_session_with_virsh_s_errors() -> None:
     with pytest.raises(session.Ended) as ended:
         s.greet(time.monotonic() + DEADLINE)
     assert ended.value.connect_failed
+    assert session.NO_HISTORY in doc["stderr"]  # at exit: not the connection's error
+    alone = recording("nohost-list-all")  # the same URI, a process of its own
     assert (ended.value.exit_code, ended.value.stdout, ended.value.stderr) == (
-        doc["exit"], doc["stdout"], doc["stderr"])
+        alone["exit"], alone["stdout"], alone["stderr"])
     s.close()
 
 
@@ -469,13 +471,16 @@ def test_real_virsh_sessions_answer_as_its_processes_do() -> None:
         try:
             answers[sessions] = [triple(virsh.run("test:///default", args, check=False))
                                  for args in calls]
+            answers[sessions].append(triple(virsh.run(  # cannot connect
+                "qemu+unix:///system?socket=/nonexistent/sock", ["list"], check=False)))
         finally:
             virsh.close()
         started[sessions] = virsh.started
     assert answers[True] == answers[False]
-    assert started == {False: [], True: ["test:///default"]}
+    assert started == {False: [], True: ["test:///default",
+                                         "qemu+unix:///system?socket=/nonexistent/sock"]}
     assert answers[True][3][1] == "a b it's c\"d e;f #h \\\n"
-    assert [exit for exit, _, _ in answers[True]] == [0, 0, 1, 0, 1, 0, 1]
+    assert [exit for exit, _, _ in answers[True]] == [0, 0, 1, 0, 1, 0, 1, 1]
 
 
 def test_a_killed_virtguests_leaves_no_session_behind(host: FakeHost, tmp_path: Path) -> None:

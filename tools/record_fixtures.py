@@ -582,9 +582,8 @@ def record_nohost(rec: Recorder) -> None:
 # ---------------------------------------------------------------------------
 # session recordings: one virsh reading commands on a pipe (virtguests/session.py)
 # ---------------------------------------------------------------------------
-SESSION_ENV = {"TERM": "dumb", "INPUTRC": "/dev/null"}
-"""What virtguests gives a session's virsh (readline reads the pipe: no terminal
-features, no user key bindings)."""
+SESSION_ENV = {"TERM": "dumb", "INPUTRC": "/dev/null", "XDG_CACHE_HOME": "/dev/null"}
+"""What virtguests gives a session's virsh (virtguests/session.py ENV)."""
 
 
 def _marked(*lines: str, mark: str = "vg-mark") -> list[str]:

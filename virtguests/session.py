@@ -50,8 +50,10 @@ from virtguests.virsh import CONNECT_FAILED
 
 log = logging.getLogger("virtguests.session")
 
-ENV = {"TERM": "dumb", "INPUTRC": "/dev/null"}
-"""Set for a session's virsh: readline gets no terminal features and no user key bindings."""
+ENV = {"TERM": "dumb", "INPUTRC": "/dev/null", "XDG_CACHE_HOME": "/dev/null"}
+"""Set for a session's virsh: readline gets no terminal features and no user key bindings,
+and virsh keeps no command history (it would rewrite the admin's ~/.cache/libvirt/virsh/
+history with our commands; under /dev/null it cannot, and says so once at exit)."""
 DROP_ENV = ("COLUMNS", "LINES")
 """Removed: readline scrolls lines wider than 80 columns, which the markers never are."""
 FAILED_RECONNECT = "error: Failed to reconnect to the hypervisor"
@@ -59,6 +61,8 @@ FAILED_RECONNECT = "error: Failed to reconnect to the hypervisor"
 NOTICES = ("error: Disconnected from ", "error: Reconnected to the hypervisor")
 """libvirtd went away and came back (``qemu-session-reconnect``): virsh reconnected and ran
 the command; printed as errors, they are not the command's (logged, then dropped)."""
+NO_HISTORY = "error: Failed to create '/dev/null/libvirt/virsh'"
+"""What virsh says at exit about the history it cannot write (ENV): not a command's."""
 CLOSE_GRACE = 1.0
 QUICK_WAIT = 1.0
 """How long a quick call waits for its URI's session before it takes one from the pool:
@@ -247,6 +251,7 @@ class Session:
         except subprocess.TimeoutExpired:
             code = None
         out, err = (_text(self._buffers[fd]) for fd in (self._out, self._err))
+        err = "".join(ln for ln in err.splitlines(keepends=True) if not ln.startswith(NO_HISTORY))
         return Ended(f"virsh ended (exit status {code})", code, out, err)
 
     def kill(self) -> None:

@@ -79,6 +79,7 @@ def session(call: VirshCall, log: Callable[[list[str], float, int, str], None]) 
     if status != 0:
         log([*options, "connect"], started, status, process.call_id())
         _out(err, "stderr")
+        _history()
         return status
     _out(_banner())
     first = True
@@ -87,6 +88,7 @@ def session(call: VirshCall, log: Callable[[list[str], float, int, str], None]) 
         raw = sys.stdin.buffer.readline()
         if not raw:
             _out("\n")
+            _history()
             return 0
         line = raw.decode("utf-8", "surrogateescape").rstrip("\n")
         _out(line + "\n")
@@ -101,6 +103,13 @@ def session(call: VirshCall, log: Callable[[list[str], float, int, str], None]) 
             _run([*options, *(commands[0] if len(commands) == 1 else [line])],
                  _Command(), first, log)
             first = False
+
+
+def _history() -> None:
+    """At exit virsh writes its history under $XDG_CACHE_HOME; it says so where it cannot."""
+    cache = os.environ.get("XDG_CACHE_HOME")
+    if cache and os.path.exists(cache) and not os.path.isdir(cache):
+        _out(f"error: Failed to create '{cache}/libvirt/virsh': Not a directory\n", "stderr")
 
 
 def _echo(words: list[str]) -> None:
