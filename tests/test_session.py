@@ -203,7 +203,8 @@ def unscrolled(stdout: str) -> str:
 
 REPLAYED = ["test-session-basic", "test-session-long-line", "test-session-no-markers",
             "nohost-session-connect"]
-"""Not qemu-session-lost (when libvirtd went away, and its asynchronous message)."""
+"""Not qemu-session-lost nor -reconnect (when libvirtd went away, and virsh's asynchronous
+message about it); the session's handling of them is tested on their recorded bytes above."""
 
 
 @pytest.mark.parametrize("stem", REPLAYED)
