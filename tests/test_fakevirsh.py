@@ -117,15 +117,24 @@ def load_fixture(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _one_shot(path: Path) -> Optional[dict[str, Any]]:
+    """The recording of one virsh process, or None for a session's (fed on stdin:
+    tests/test_session.py).  libyaml at collection, which every xdist worker repeats
+    (1 s a worker in pure Python); the tests read their recording with load_fixture."""
+    doc: dict[str, Any] = load_yaml(str(path))
+    return None if "stdin" in doc else doc
+
+
+_RECORDED = {p: _one_shot(p) for p in FIXTURES.glob("[tn]*-*.yaml")}
 REPLAY = sorted(
     p
-    for p in FIXTURES.glob("test-*.yaml")
-    if p.stem not in NOT_REPLAYED
-    # libyaml at collection, which every xdist worker repeats (1 s a worker in pure
-    # Python); the tests read their recording with load_fixture
-    and (load_yaml(str(p))["uri"] or "").startswith("test:///FIXTURES/hosts/")
+    for p, doc in _RECORDED.items()
+    if p.stem.startswith("test-") and p.stem not in NOT_REPLAYED and doc is not None
+    and (doc["uri"] or "").startswith("test:///FIXTURES/hosts/")
 )
-NOHOST = sorted(p for p in FIXTURES.glob("nohost-*.yaml") if p.stem != "nohost-version")
+NOHOST = sorted(p for p, doc in _RECORDED.items()
+                if p.stem.startswith("nohost-") and p.stem != "nohost-version"
+                and doc is not None)
 
 
 def test_replay_covers_the_recordings() -> None:
@@ -431,13 +440,15 @@ def test_log_lines(virsh: Path, tmp_path: Path) -> None:
     ]
     assert [c["exit"] for c in calls] == [0, 1, 2]
     for c in calls:
-        assert set(c) == {"argv", "pid", "start", "end", "exit"}
+        assert set(c) == {"argv", "pid", "call", "start", "end", "exit"}
+        assert c["call"] == str(c["pid"])  # a process of its own (sessions: test_session)
         assert c["start"] <= c["end"]
 
 
 def test_unknown_argv_fails_loudly(virsh: Path, tmp_path: Path) -> None:
     h = Host(virsh, tmp_path, one_uri({"name": "g"}))
-    for argv in (["frobnicate"], ["list", "--title"], ["--debug", "list"], ["domtime", "g"], []):
+    # no command at all reads commands on stdin (tests/test_session.py)
+    for argv in (["frobnicate"], ["list", "--title"], ["--debug", "list"], ["domtime", "g"]):
         r = h.process(*argv)
         assert r.returncode == 2, argv
         assert r.stderr.startswith("fakevirsh: ") and repr(argv) in r.stderr

@@ -14,7 +14,8 @@ from virtguests.testing import fixtures_dir
 FIXTURES = Path(fixtures_dir())
 FILES = sorted(FIXTURES.glob("*.yaml"))
 REQUIRED = {"description", "virsh_version", "uri", "argv", "exit", "stdout", "stderr", "subjects"}
-OPTIONAL = {"env"}
+OPTIONAL = {"env", "stdin"}
+"""``stdin``: a session recording, one virsh fed these lines on a pipe (argv empty)."""
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -44,7 +45,9 @@ def test_fixture_schema(path: Path) -> None:
     assert doc["uri"] is None or isinstance(doc["uri"], str)
     if driver == "test":
         assert isinstance(doc["uri"], str) and doc["uri"].startswith("test://")
-    assert isinstance(doc["argv"], list) and doc["argv"]
+    session = "stdin" in doc
+    assert isinstance(doc["argv"], list) and (doc["argv"] or session)
+    assert not session or (isinstance(doc["stdin"], str) and doc["stdin"].endswith("\n"))
     assert all(isinstance(a, str) for a in doc["argv"])
     assert isinstance(doc["exit"], int) and not isinstance(doc["exit"], bool)
     assert isinstance(doc["stdout"], str)
@@ -52,7 +55,7 @@ def test_fixture_schema(path: Path) -> None:
     command_string = len(doc["argv"]) == 1 and ";" in doc["argv"][0]
     if doc["exit"] == 0:
         # a command string exits with its last command's status, errors or not
-        assert "error:" not in doc["stderr"] or command_string
+        assert "error:" not in doc["stderr"] or command_string or session
     else:
         assert doc["stderr"].startswith("error: ")
     assert isinstance(doc["subjects"], list)

@@ -33,6 +33,7 @@ EXECUTING = {"execution", "othersave", "suspending", "doorbell", "shuttingdown",
 NOT_IMPORTED = {
     "virshout": {"query", "observe", "plan", "policy", "state", *EXECUTING},
     "state": {"virsh", "virshout", "query", "observe", "plan", *EXECUTING},
+    "session": {"virshout", "query", "observe", "plan", "policy", "state", *EXECUTING},
     "query": {"observe", "plan", "policy", "state", *EXECUTING},
     "observe": {"plan", "policy", "state", *EXECUTING},
     "policy": {"virsh", "query", "observe", "plan", *EXECUTING},

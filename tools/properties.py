@@ -420,13 +420,19 @@ def _named(text: str, g: dict[str, Any]) -> bool:
     return g["uuid"] in text or g["name"] in text
 
 
+def call_id(entry: dict[str, Any]) -> str:
+    """One virsh call in the fake's log or journal: a process, or one line of a session
+    (``call``; the pid in an older log)."""
+    return str(entry.get("call", entry["pid"]))
+
+
 def timed_out(journal: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Calls killed before they answered (no line in the call log: virtguests' timeout
-    kills with SIGKILL), one entry per process; ``event`` streams never answer."""
-    first: dict[int, dict[str, Any]] = {}
+    kills with SIGKILL), one entry per call; ``event`` streams never answer."""
+    first: dict[str, dict[str, Any]] = {}
     for j in journal:
         if not j["answered"] and j["cmd"] != "event":
-            first.setdefault(j["pid"], j)
+            first.setdefault(call_id(j), j)
     return list(first.values())
 
 
@@ -488,10 +494,10 @@ def listed_uris(journal: list[dict[str, Any]]) -> dict[str, float]:
     """URIs where a listing answered cleanly (exit 0, no fault in its virsh process),
     with the fake's time of the first such listing: virtguests saw every guest that
     was active there then."""
-    faulty = {j["pid"] for j in journal if j["fault"]}
+    faulty = {call_id(j) for j in journal if j["fault"]}
     listed: dict[str, float] = {}
     for j in journal:
-        if j["cmd"] == "list" and j["exit"] == 0 and j["pid"] not in faulty:
+        if j["cmd"] == "list" and j["exit"] == 0 and call_id(j) not in faulty:
             listed[j["uri"]] = min(listed.get(j["uri"], j["now"]), j["now"])
     return listed
 
@@ -635,8 +641,8 @@ def play(sc: Scenario, root: Path) -> tuple[list[str], str]:
     before = host.snapshot()
     stop, stop_hung = host.play("stop", "stop", faults=True, mode=sc.mode, sig=sc.mode_signal)
     stop_left = _reap(host)
-    exits = {call["pid"]: call["exit"] for call in host.calls()}
-    stop_journal = [{**j, "answered": j["pid"] in exits, "exit": exits.get(j["pid"])}
+    exits = {call_id(call): call["exit"] for call in host.calls()}
+    stop_journal = [{**j, "answered": call_id(j) in exits, "exit": exits.get(call_id(j))}
                     for j in host.journal("stop")]
     after_stop = host.settle()
     recorded = host.recorded()

@@ -31,6 +31,10 @@ otherwise, stdin ``/dev/null``, a timeout per call) and is written verbatim to
   slow save and once with QEMU hung (``-hung``).
   ``make fixtures FIXTURE_ARGS="--test-uri test:///default --private-libvirtd"``
   records everything; ``--only qemu`` (repeatable) records one group.
+* ``session`` recordings (``*-session-*.yaml``, with the ``stdin`` fed) run one
+  ``virsh -c URI`` reading command lines on a pipe, each followed by the markers
+  ``virtguests/session.py`` sends: the test driver, an unreachable URI and, with
+  ``--private-libvirtd``, a private libvirtd killed between two commands.
 
 In the written files the absolute path of this ``fixtures`` directory is
 replaced by ``/FIXTURES`` (so ``test:///FIXTURES/hosts/basic.xml``), and the
@@ -42,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import subprocess
 import sys
@@ -68,7 +73,7 @@ TEST_TIMEOUT = 5.0  # test-driver calls are instant; a hung one is retried soone
 RETRIES = 3
 # libvirt waits 30 s for a domain's job (state-change lock) before it fails a call
 BUSY_TIMEOUT = 180.0
-GROUPS = ("test", "nohost", "qemu")
+GROUPS = ("test", "nohost", "qemu", "session")
 UNREACHABLE_URI = "qemu+unix:///system?socket=/nonexistent/sock"
 # --private-libvirtd guests: fixed names and UUIDs so re-recording gives small diffs
 FIXTURE_GUEST = ("vg-fixture", "0f1e7a5e-0000-4000-8000-000000000001")
@@ -170,6 +175,60 @@ class Recorder:
             proc.stderr.decode("utf-8", "surrogateescape"),
         )
 
+    def session(self, uri: str, steps: list[Any], timeout: float = TIMEOUT
+                ) -> tuple[tuple[int, str, str], str]:
+        """One interactive ``virsh -c URI`` fed *steps* on a pipe, then EOF: its exit
+        status, stdout, stderr, and the exact text it was fed.
+
+        A step is a command line, or a callable run once virsh has answered every line
+        before it (known by an ``echo`` of a sync word, fed and recorded like the rest).
+        """
+        import threading
+
+        proc = subprocess.Popen([self.virsh, "-c", uri], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=self.env(SESSION_ENV), start_new_session=True)
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        streams = {"out": bytearray(), "err": bytearray()}
+        arrived = threading.Condition()
+
+        def drain(name: str, stream: Any) -> None:
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                with arrived:
+                    streams[name] += chunk
+                    arrived.notify_all()
+
+        readers = [threading.Thread(target=drain, args=(name, stream), daemon=True)
+                   for name, stream in (("out", proc.stdout), ("err", proc.stderr))]
+        for reader in readers:
+            reader.start()
+        fed: list[str] = []
+        deadline = time.monotonic() + timeout
+        try:
+            for number, step in enumerate(steps):
+                line = step if isinstance(step, str) else f"echo recorder-sync-{number}"
+                fed.append(line + "\n")
+                proc.stdin.write((line + "\n").encode())
+                proc.stdin.flush()
+                if isinstance(step, str):
+                    continue
+                want = f"\nrecorder-sync-{number}\n".encode()
+                with arrived:
+                    if not arrived.wait_for(functools.partial(streams["out"].__contains__, want),
+                                            max(0.0, deadline - time.monotonic())):
+                        raise SystemExit(f"virsh session on {uri}: no answer to {line!r}")
+                step()
+            proc.stdin.close()
+            rc = proc.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+            for reader in readers:
+                reader.join(5)
+        return ((rc, streams["out"].decode("utf-8", "surrogateescape"),
+                 streams["err"].decode("utf-8", "surrogateescape")), "".join(fed))
+
     def stable(self, text: str) -> str:
         for path, placeholder in self.replacements:
             text = text.replace(path, placeholder)
@@ -185,6 +244,7 @@ class Recorder:
         result: tuple[int, str, str],
         subjects: list[Guest],
         env: Optional[dict[str, str]] = None,
+        stdin: Optional[str] = None,
     ) -> None:
         rc, out, err = result
         doc: dict[str, Any] = {
@@ -199,6 +259,8 @@ class Recorder:
         }
         if env:
             doc["env"] = dict(env)
+        if stdin is not None:
+            doc["stdin"] = stdin
         path = self.out / f"{driver}-{slug}.yaml"
         with path.open("w", encoding="utf-8") as f:
             f.write("# recorded by tools/record_fixtures.py from real virsh; do not edit\n")
@@ -515,6 +577,91 @@ def record_nohost(rec: Recorder) -> None:
         (rc, out, err),
         [],
     )
+
+
+# ---------------------------------------------------------------------------
+# session recordings: one virsh reading commands on a pipe (virtguests/session.py)
+# ---------------------------------------------------------------------------
+SESSION_ENV = {"TERM": "dumb", "INPUTRC": "/dev/null", "XDG_CACHE_HOME": "/dev/null"}
+"""What virtguests gives a session's virsh (virtguests/session.py ENV)."""
+
+
+def _marked(*lines: str, mark: str = "vg-mark") -> list[str]:
+    """Each line followed by the markers virtguests sends after a command."""
+    out = [f"echo --err {mark}-0", f"echo {mark}-0"]
+    for number, line in enumerate(lines, 1):
+        out += [line, f"echo --err {mark}-{number}", f"echo {mark}-{number}"]
+    return out
+
+
+def record_session(rec: Recorder, private: bool) -> None:
+    xml = REPO / "fixtures" / "hosts" / "basic.xml"
+    uri = f"test://{xml}"
+    guests = host_guests(xml)
+    sessions = {
+        "basic": ("commands on a pipe, each followed by the markers: listings, a "
+                  "failed command, a command string, quoting of ; and quotes",
+                  _marked("list --uuid --name", f"domstate --reason {W}",
+                          f"shutdown {MISSING}", BATCHES["running"], "domstate 'x;y'",
+                          "echo 'a b' 'it'\\''s' \"c\\\"d\" e\\;f", f"destroy {W}",
+                          "list --uuid")),
+        "long-line": ("a command line longer than readline's 80 columns",
+                      _marked("domstate " + "x" * 300, "uri")),
+        "no-markers": ("commands on a pipe, no markers, then EOF",
+                       ["list --uuid", f"domstate {MISSING}"]),
+    }
+    for slug, (desc, lines) in sessions.items():
+        result, fed = rec.session(uri, lines)
+        rec.write("test", f"session-{slug}", desc, uri, [], result, guests, SESSION_ENV, fed)
+    result, fed = rec.session(UNREACHABLE_URI, _marked("list --uuid"))
+    rec.write("nohost", "session-connect", "a session on a URI where no daemon listens",
+              UNREACHABLE_URI, [], result, [], SESSION_ENV, fed)
+    if private:
+        record_session_lost(rec)
+
+
+def record_session_lost(rec: Recorder) -> None:
+    """A session whose libvirtd is killed between two commands."""
+    sys.path.insert(0, str(REPO))
+    from tools.realhost.libvirtd import PrivateLibvirtd
+
+    if os.geteuid() != 0:
+        raise SystemExit("--private-libvirtd needs root (mount namespace, libvirtd)")
+    with PrivateLibvirtd() as daemon:
+        rec.replacements.append((str(daemon.workdir), "/LIBVIRTD"))
+
+        def kill_libvirtd() -> None:
+            pid = daemon.pid
+            assert pid is not None
+            os.kill(pid, 9)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
+            raise SystemExit(f"libvirtd {pid} still there 30 s after SIGKILL")
+
+        lines = _marked("list --uuid")
+        after = _marked("list --uuid", "uri", mark="vg-after")[2:]
+        steps: list[Any] = [*lines, kill_libvirtd, *after]
+        result, fed = rec.session(daemon.test_uri, steps)
+        rec.write("qemu", "session-lost", "a session whose libvirtd is killed (SIGKILL) "
+                  "after its first command", daemon.test_uri, [], result, [], SESSION_ENV, fed)
+
+        def restart_libvirtd() -> None:
+            kill_libvirtd()
+            daemon.stop()
+            daemon.start()
+
+        daemon.stop()  # killed by the recording above
+        daemon.start()
+        steps = [*lines, restart_libvirtd, *after]
+        result, fed = rec.session(daemon.test_uri, steps)
+        rec.write("qemu", "session-reconnect", "a session whose libvirtd is killed (SIGKILL) "
+                  "and started again after its first command", daemon.test_uri, [], result, [],
+                  SESSION_ENV, fed)
 
 
 # ---------------------------------------------------------------------------
@@ -839,6 +986,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         record_qemu(rec, ns.qemu_uri)
         print("  busy recordings skipped: they stop QEMU threads, so only with "
               "--private-libvirtd", file=sys.stderr)
+    if "session" in groups:
+        record_session(rec, ns.private_libvirtd)
     if "qemu" in groups and ns.private_libvirtd:
         with private_libvirtd(rec, ns.guest_memory_mib) as daemon:
             record_qemu(rec, daemon.qemu_uri, guest=FIXTURE_GUEST[0])

@@ -563,13 +563,13 @@ class Soak:
         guest another job was saving is saved (or still saving) and recorded.  Returns
         how many of those saves completed and how many the power cut will cut."""
         props = _properties()
-        exits: dict[int, int] = {}
+        exits: dict[str, int] = {}
         if self.log_file.exists():
             for line in self.log_file.read_text().splitlines():
                 call = json.loads(line)
-                exits[call["pid"]] = call["exit"]
+                exits[props.call_id(call)] = call["exit"]
         path = self.root / f"journal-{cycle}.jsonl"
-        journal = [{**j, "exit": exits.get(j["pid"])} for j in
+        journal = [{**j, "exit": exits.get(props.call_id(j))} for j in
                    map(json.loads, path.read_text().splitlines() if path.exists() else [])]
         live = {(uri, g["uuid"]): g for uri, gs in guests.items() for g in gs}
         recorded = self.recorded()

@@ -226,7 +226,7 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     state_dir = args.state_dir or env.get("VIRTGUESTS_STATE_DIR")
     paths = state.Paths.in_dir(Path(state_dir)) if state_dir else state.Paths.default()
     virsh = (make_virsh or Virsh)(resolve_path(args.virsh, env), environ=env,
-                                  default_timeout=loaded.config.query_timeout)
+                                  default_timeout=loaded.config.query_timeout, sessions=True)
     if clock.cancel.is_set():
         virsh.interrupt()
     requests.on_signal = _and_then(requests.on_signal, virsh.interrupt)
@@ -237,6 +237,7 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     try:
         return actions(argument)[command](ctx)
     finally:
+        virsh.close()
         for uri, counts in virsh.started().items():  # -v: what the run cost each URI
             messages.debug(f"virsh on {uri}: {counts.processes} processes, "
                            f"{counts.connections} connections")

@@ -20,6 +20,10 @@ GUEST_SUBCOMMANDS = frozenset({
     "dominfo", "domname", "domid", "domuuid", "managedsave-remove", "suspend", "resume"})
 """Subcommands about one guest (see ``virsh.is_guest_call``)."""
 
+SLOW_SUBCOMMANDS = frozenset({"managedsave", "start"})
+"""Subcommands that can take minutes (a save or restore): run in a session of their own
+from a pool (``virtguests.session``), never holding up the quick calls of their URI."""
+
 BATCH_MARK = "virtguests-next"
 """Printed between two listings of a batch; no guest line can be exactly this."""
 

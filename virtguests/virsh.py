@@ -3,7 +3,8 @@
 Every call gets stdin closed, ``LC_ALL=C`` merged into a copy of the
 environment (we parse the output), its own session so a timeout kills virsh
 and anything it started (ssh for remote URIs), and the full stderr kept for
-the error message.
+the error message.  A session's virsh (``virtguests.session``) reads its commands on a
+pipe instead, started here too.
 
 One call style serves sh 1.14 (Debian 12's and Ubuntu's python3-sh) and sh 2.x
 (PyPI), so there is no version switch: every call is backgrounded (``_bg=True``),
@@ -31,10 +32,15 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from virtguests import commands
 from virtguests.clock import clamp
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from virtguests.session import Sessions
 
 log = logging.getLogger("virtguests.virsh")
 
@@ -142,6 +148,10 @@ class Virsh:
     the URI is given up only if that check times out or cannot connect too.  One
     check runs at a time per URI; timeouts and new calls meanwhile wait for its
     verdict.
+
+    With *sessions*, calls go through long-lived virsh processes reading commands, one
+    connection per URI instead of one per call (``virtguests.session``); a call timing
+    out there kills its session and counts as above.  ``close()`` ends them.
     """
 
     def __init__(
@@ -150,6 +160,7 @@ class Virsh:
         *,
         environ: Optional[Mapping[str, str]] = None,
         default_timeout: float = 10.0,
+        sessions: bool = False,
     ) -> None:
         self.path = path
         env = dict(os.environ if environ is None else environ)
@@ -162,6 +173,11 @@ class Virsh:
         self._given_up: dict[str, str] = {}
         self._checks: dict[str, threading.Event] = {}
         self.liveness_checks = 0
+        self._sessions: Optional[Sessions] = None
+        if sessions:
+            from virtguests.session import Sessions
+
+            self._sessions = Sessions(self._start_session)
         self._started: dict[str, Started] = {}
 
     def _count_start(self, uri: str) -> None:
@@ -273,9 +289,8 @@ class Virsh:
         limit = self.default_timeout if timeout is None else timeout
         with self._lock:
             self.calls += 1
-        self._count_start(uri)
         try:
-            result = self._spawn(argv, limit)
+            result = self._call(uri, args, argv, limit)
         except VirshError as err:
             if err.timed_out:
                 self._after_timeout(uri, args, err)
@@ -291,6 +306,45 @@ class Virsh:
                 stderr=result.stderr,
             )
         return result
+
+    def _call(self, uri: str, args: Sequence[str], argv: list[str], limit: float) -> Result:
+        """In the URI's session when there is one for *args*, else in a process of its own."""
+        if self._sessions is not None:
+            from virtguests import session
+
+            started = time.monotonic()
+            try:
+                answer = self._sessions.ask(uri, args, limit)
+            except session.TimedOut:
+                raise VirshError(argv, f"timed out after {limit:g}s and was killed",
+                                 timed_out=True) from None
+            if answer is not None:
+                return Result(tuple(argv), answer.exit_code, answer.stdout, answer.stderr,
+                              time.monotonic() - started)
+            self._refuse_if_given_up(uri, argv)  # it may have waited for a call that hung
+        self._count_start(uri)
+        return self._spawn(argv, limit)
+
+    def _start_session(self, uri: str) -> subprocess.Popen[bytes]:
+        """A virsh reading commands on a pipe (``virtguests.session``), in a process
+        session of its own like every call, readline told there is no terminal."""
+        import subprocess
+
+        from virtguests import session
+
+        env = {k: v for k, v in self._env.items() if k not in session.DROP_ENV}
+        env.update(session.ENV)
+        argv = self.argv(uri, [])
+        self._count_start(uri)
+        proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, start_new_session=True)
+        log.debug("%s (session)", format_argv(argv))
+        return proc
+
+    def close(self) -> None:
+        """End every session of this run, killing whatever lingers."""
+        if self._sessions is not None:
+            self._sessions.close()
 
     def watch(self, uri: str, args: Sequence[str], on_line: Callable[[str], None]) -> Watch:
         """Start a virsh that keeps running; *on_line* gets each line it prints."""

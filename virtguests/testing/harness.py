@@ -99,7 +99,7 @@ def ask(virsh: Path, args: Sequence[str], env: Mapping[str, str],
         status, out, err = 2, "", f"fakevirsh: {exc}\n"
     except SystemExit as exc:
         status, out, err = exc.code if isinstance(exc.code, int) else 1, "", ""
-    log_call(list(args), start, status, env)
+    log_call(list(args), start, status, environ=env)
     return subprocess.CompletedProcess(argv, status, _written(out), _written(err))
 
 

@@ -320,6 +320,7 @@ class InProcessVirsh(Virsh):
     """The production runner with the fake virsh dispatched in this process."""
 
     def __init__(self, path: str, *, world: _World, **kwargs: Any) -> None:
+        kwargs["sessions"] = False  # one dispatch per call: sessions are tested as processes
         super().__init__(path, **kwargs)
         self.world = world
 

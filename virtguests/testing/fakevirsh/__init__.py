@@ -17,7 +17,8 @@ Environment:
     when missing or when the YAML changed.
 ``VIRTGUESTS_FAKE_LOG``
     append one JSON line per call:
-    ``{"argv": [...], "pid": N, "start": t, "end": t, "exit": rc}``.
+    ``{"argv": [...], "pid": N, "call": ID, "start": t, "end": t, "exit": rc}``
+    (``call``: the pid, or ``PID.N`` for the Nth line a session read).
 ``VIRTGUESTS_FAKE_NOW_FILE``
     "now" is the float in that file instead of ``time.time()``; waiting for
     virtual time polls the file every 0.01 s.
@@ -76,7 +77,8 @@ Unsupported argv (commands, options) exit 2 with a "fakevirsh:" message.
 Fault injection (the ``faults:`` list of the host YAML)
     Kept apart from the host simulation: a rule picks virsh calls and makes
     them misbehave; the host itself behaves as described above.  A *call* is
-    one virsh process (one line of ``VIRTGUESTS_FAKE_LOG``); a command string
+    one virsh process, or one line a session reads on stdin (one line of
+    ``VIRTGUESTS_FAKE_LOG`` either way: see ``interactive``); a command string
     matches a rule when any of its commands does, and the fault hits the first
     such command.  Every rule that matches a call counts it (counters live in
     the state file, under its flock, so they hold across the separate fake
@@ -118,7 +120,8 @@ Fault injection (the ``faults:`` list of the host YAML)
 ``VIRTGUESTS_FAKE_JOURNAL``
     append one JSON line per command *as it is dispatched* (so killed and
     hung calls are there too): ``{"t", "spawned" (when the process was forked:
-    when its caller started the call), "now" (the fake's clock), "pid", "uri",
+    when its caller started the call), "now" (the fake's clock), "pid", "call"
+    (as in the log), "uri",
     "cmd", "argv", "guest" (UUID or null), "state", "job" (the guest's job
     then: "save", "start" or null), "fault" (the action injected, or null)}``.
 

@@ -52,13 +52,20 @@ def split_commands(text: str) -> list[list[str]]:
     """A virsh command string (``"list --uuid; echo x"``) as one argv per command.
 
     Like virsh's own parser: blanks separate words, ``;`` separates commands,
-    single or double quotes group a word.
+    single or double quotes group a word, a backslash outside single quotes takes
+    the next character as it is.
     """
     commands: list[list[str]] = [[]]
     word: Optional[str] = None
     quote = ""
-    for char in text:
-        if quote:
+    chars = iter(text)
+    for char in chars:
+        if char == "\\" and quote != "'":
+            escaped = next(chars, None)
+            if escaped is None:
+                raise Unsupported(f"dangling \\ in command string {text!r}")
+            word = (word or "") + escaped
+        elif quote:
             if char == quote:
                 quote = ""
             else:
@@ -100,6 +107,7 @@ class VirshCall:
         self.words: list[str] = []
         self.script: list[VirshCall] = []
         """Set when the command is a command string: each of its commands."""
+        self.interactive = False
         self._parse()
 
     @property
@@ -134,7 +142,8 @@ class VirshCall:
                 self.unsupported("--version takes no command")
             return
         if not args:
-            self.unsupported("no command (interactive virsh is not simulated)")
+            self.interactive = True  # commands on stdin: fakevirsh.interactive
+            return
         if len(args) == 1 and (";" in args[0] or any(char.isspace() for char in args[0])):
             global_options = self.argv[: len(self.argv) - 1]
             self.script = [VirshCall(global_options + argv, self.process,

@@ -256,8 +256,8 @@ def event_loop(call: VirshCall, state_file: StateFile, clock: HostClock) -> int:
         time.sleep(0.02)
 
 
-def execute_script(call: VirshCall, state_file: StateFile, clock: HostClock
-                   ) -> tuple[int, str, str]:
+def execute_script(call: VirshCall, state_file: StateFile, clock: HostClock, *,
+                   count_call: bool = True) -> tuple[int, str, str]:
     """A command string: its commands in order on one connection, as virsh runs them.
 
     The exit status is the last command's; a failed command does not stop the
@@ -267,7 +267,8 @@ def execute_script(call: VirshCall, state_file: StateFile, clock: HostClock
     for number, part in enumerate(call.script):
         if part.command == "event":
             part.unsupported("'event' inside a command string is not simulated")
-        status, text, error = execute(part, state_file, clock, count_call=number == 0)
+        status, text, error = execute(part, state_file, clock,
+                                      count_call=count_call and number == 0)
         if status != 0 and error.startswith(CONNECT_FAILED):
             return status, "", error
         out, err = out + text, err + error

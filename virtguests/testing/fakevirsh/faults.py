@@ -289,11 +289,11 @@ def inject(state: dict[str, Any], call: VirshCall, uri_key: str, uri_state: dict
     if journal:
         job = guest["job"]["op"] if guest is not None and guest["job"] is not None else None
         line = dumps({"t": time.time(), "spawned": call.process.spawned(), "now": now,
-                    "pid": os.getpid(), "uri": uri_key,
-                    "cmd": call.command, "argv": call.argv,
-                    "guest": guest["uuid"] if guest is not None else None,
-                    "state": guest["state"] if guest is not None else None, "job": job,
-                    "fault": injected.action})
+                      "pid": os.getpid(), "call": call.process.call_id(), "uri": uri_key,
+                      "cmd": call.command, "argv": call.argv,
+                      "guest": guest["uuid"] if guest is not None else None,
+                      "state": guest["state"] if guest is not None else None, "job": job,
+                      "fault": injected.action})
         fd = os.open(journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (line + "\n").encode())

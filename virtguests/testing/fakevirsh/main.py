@@ -22,14 +22,16 @@ if TYPE_CHECKING:
 VERSION_FALLBACK = "9.0.0"
 
 
-def _log(argv: list[str], start: float, status: int,
+def _log(argv: list[str], start: float, status: int, call: str = "",
          environ: Optional[Mapping[str, str]] = None) -> None:
-    """The call's line in ``VIRTGUESTS_FAKE_LOG`` (of *environ*, default ``os.environ``)."""
+    """The call's line in ``VIRTGUESTS_FAKE_LOG`` (of *environ*, default ``os.environ``);
+    *call* tells a session's commands apart (they share one pid)."""
     path = (os.environ if environ is None else environ).get("VIRTGUESTS_FAKE_LOG")
     if not path:
         return
     line = dumps(
-        {"argv": argv, "pid": os.getpid(), "start": start, "end": time.time(), "exit": status}
+        {"argv": argv, "pid": os.getpid(), "call": call or str(os.getpid()), "start": start,
+         "end": time.time(), "exit": status}
     )
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
@@ -52,6 +54,11 @@ def main(argv: list[str]) -> int:
         _signal.signal(_signal.SIGTERM, _on_sigterm)
         try:
             call = VirshCall(argv)
+            if call.interactive:
+                from virtguests.testing.fakevirsh.interactive import session
+
+                argv = []  # each of its commands is logged by itself
+                return session(call, _log)
             if call.command == "event" and not call.version:
                 return event_loop(call, state_file(os.environ), HostClock())
             status, out, err = answer(call, os.environ, HostClock())
@@ -62,7 +69,8 @@ def main(argv: list[str]) -> int:
     except SystemExit as exc:
         status = exc.code if isinstance(exc.code, int) else 1
     finally:
-        _log(argv, start, status)
+        if argv:
+            _log(argv, start, status)
     return status
 
 

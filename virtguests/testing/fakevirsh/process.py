@@ -30,6 +30,10 @@ class CallerProcess:
 
             os.kill(os.getppid(), getattr(signal, "SIG" + name))
 
+    def call_id(self) -> str:
+        """Names this call in the log and the journal: the process, or a session's line."""
+        return str(os.getpid())
+
     def spawned(self) -> float:
         """When this process was forked (wall clock), i.e. when its caller started the
         call."""
