@@ -470,15 +470,26 @@ class Watch:
             return False
 
     def close(self) -> None:
-        """Ask it to exit (SIGTERM), then kill its whole session if it lingers."""
+        """Ask it to exit (SIGTERM), then kill its whole session if it lingers.
+
+        Once it is gone, sh's wait only drains its terminal, which a child that escaped
+        the session (ssh's ``ControlPersist`` master) may hold open for good; sh gives
+        up on that after 2 s.  That drain is left to a daemon thread, given a moment.
+        """
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + 1.0
         while self.alive() and time.monotonic() < deadline:
             time.sleep(0.01)
         _kill_session(self.proc.pid)
-        with contextlib.suppress(Exception):
-            self.proc.wait()
+
+        def drain() -> None:
+            with contextlib.suppress(Exception):
+                self.proc.wait()
+
+        drainer = threading.Thread(target=drain, name="virsh-watch-drain", daemon=True)
+        drainer.start()
+        drainer.join(0.2)
 
 
 def _text(data: Any) -> str:
