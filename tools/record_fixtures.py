@@ -48,6 +48,7 @@ import argparse
 import contextlib
 import functools
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -623,7 +624,7 @@ def record_session(rec: Recorder, private: bool) -> None:
 def record_session_lost(rec: Recorder) -> None:
     """A session whose libvirtd is killed between two commands."""
     sys.path.insert(0, str(REPO))
-    from tools.realhost.libvirtd import PrivateLibvirtd
+    from tools.realhost.libvirtd import PrivateLibvirtd, kill_and_wait
 
     if os.geteuid() != 0:
         raise SystemExit("--private-libvirtd needs root (mount namespace, libvirtd)")
@@ -633,15 +634,8 @@ def record_session_lost(rec: Recorder) -> None:
         def kill_libvirtd() -> None:
             pid = daemon.pid
             assert pid is not None
-            os.kill(pid, 9)
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return
-                time.sleep(0.05)
-            raise SystemExit(f"libvirtd {pid} still there 30 s after SIGKILL")
+            if not kill_and_wait(pid, signal.SIGKILL, 30):
+                raise SystemExit(f"libvirtd {pid} still there 30 s after SIGKILL")
 
         lines = _marked("list --uuid")
         after = _marked("list --uuid", "uri", mark="vg-after")[2:]

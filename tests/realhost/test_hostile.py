@@ -13,9 +13,7 @@ Every check is made from libvirt's own view (``domstate --reason``, ``list
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +27,7 @@ import pytest
 from tools.realhost.guestimage import GuestImage, domain_xml
 from tools.realhost.libvirtd import Guest, PrivateLibvirtd, StalledSave, ThreadStop, thread_named
 
+from .calllog import CallLog, names_guest, verb
 from .cli import Run, VirtGuestsCli, installed_command
 from .conftest import DefineGuest, private_libvirtd, record_timing
 from .test_e2e import boot, list_entries, managed_saved, outcomes, uuid_of
@@ -43,93 +42,6 @@ RUN_TIMEOUT = 300.0
 @pytest.fixture
 def cli(libvirtd: PrivateLibvirtd, tmp_path: Path) -> VirtGuestsCli:
     return VirtGuestsCli(tmp_path / "vg", libvirtd)
-
-
-_WRAPPER = r'''#!{python} -I
-"""virsh for virtguests in a test: log each call, run the real virsh, maybe wedge."""
-import json, os, re, signal, subprocess, sys, time
-
-LOG, REAL, MARK = {log!r}, {real!r}, {mark!r}
-WEDGE_URI, WEDGE_PID = {wedge_uri!r}, {wedge_pid!r}
-args = sys.argv[1:]
-
-
-def note(**fields):
-    fields.update(t=time.monotonic(), pid=os.getpid())
-    with open(LOG, "a") as f:
-        f.write(json.dumps(fields) + "\n")
-
-
-note(event="start", argv=args)
-code = subprocess.call([REAL, *args])
-note(event="end", argv=args, exit=code)
-if (WEDGE_URI and args[:2] == ["-c", WEDGE_URI] and re.match(r"list\b", args[2])
-        and not os.path.exists(MARK)):
-    open(MARK, "x").close()
-    os.kill(WEDGE_PID, signal.SIGSTOP)  # before virtguests sees the listing's answer
-    note(event="wedged")
-sys.exit(code)
-'''
-
-
-class CallLog:
-    """A ``--virsh`` wrapper: every call virtguests makes, with when it started and ended.
-
-    With ``wedge=(URI, PID)`` it SIGSTOPs process PID (a libvirtd) once the first
-    listing on URI has answered, before virtguests reads that answer.
-    """
-
-    def __init__(self, root: Path, wedge: Optional[tuple[str, int]] = None) -> None:
-        root.mkdir(parents=True, exist_ok=True)
-        self.path = root / "virsh"
-        self.log = root / "virsh-calls.jsonl"
-        real = shutil.which("virsh")
-        assert real, "virsh not on PATH"
-        uri, pid = wedge if wedge else ("", 0)
-        self.path.write_text(_WRAPPER.format(python=sys.executable, log=str(self.log),
-                                             real=real, mark=str(root / "wedged"),
-                                             wedge_uri=uri, wedge_pid=pid))
-        self.path.chmod(0o755)
-
-    def events(self) -> list[dict[str, Any]]:
-        if not self.log.exists():
-            return []
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
-
-    def calls(self, uri: Optional[str] = None) -> list[dict[str, Any]]:
-        """One dict per call (its ``start`` event, plus ``end``/``exit`` once it ended)."""
-        calls: dict[int, dict[str, Any]] = {}
-        for event in self.events():
-            if event["event"] == "start":
-                calls[event["pid"]] = {"argv": event["argv"], "start": event["t"],
-                                       "end": None, "exit": None}
-            elif event["event"] == "end" and event["pid"] in calls:
-                calls[event["pid"]].update(end=event["t"], exit=event["exit"])
-        return [c for c in calls.values()
-                if uri is None or c["argv"][:2] == ["-c", uri]]
-
-    def wedged_at(self) -> Optional[float]:
-        times = [e["t"] for e in self.events() if e["event"] == "wedged"]
-        return times[0] if times else None
-
-    def describe(self, since: float = 0.0) -> str:
-        return "\n".join(
-            f"  +{c['start'] - since:7.2f}s "
-            + (f"exit {c['exit']} after {c['end'] - c['start']:.2f}s"
-               if c["end"] is not None else "no end (killed or running)")
-            + f": virsh {' '.join(c['argv'])}"
-            for c in self.calls()) or "  <no calls>"
-
-
-def verb(call: dict[str, Any]) -> str:
-    """The virsh command of a call (``list`` for a command string of listings)."""
-    argv = call["argv"][2:] if call["argv"][:1] == ["-c"] else call["argv"]
-    words = [a for a in argv if not a.startswith("-")]
-    return words[0].split()[0] if words else ""
-
-
-def names_guest(call: dict[str, Any], uuid: str, name: str) -> bool:
-    return any(uuid in a or a == name for a in call["argv"])
 
 
 def finish(proc: subprocess.Popen[str], began: float) -> Run:
@@ -396,15 +308,15 @@ def test_wedged_uri_is_given_up_after_one_timeout_other_uri_handled(
     """libvirtd stops answering right after virtguests listed it (SIGSTOP).
 
     Serial suspend with QUERY_TIMEOUT=2 and SAVE_TIMEOUT=4: the first call on the
-    wedged URI (a guest's save) times out, then the liveness check (``virsh list
-    --uuid``) times out too, and no further call is made there (the progress query
-    due at 5 s, during the check, waits for its verdict and is not run); its guests
-    are recorded and named; the healthy URI's guest is saved in the same run.
+    wedged URI (a guest's save, whose session is still connecting) times out, then the
+    liveness check (``virsh list --uuid``) times out too, and no further call is made
+    there (the progress query due at 5 s, during the check, waits for its verdict and
+    is not run); its guests are recorded and named; the healthy URI's guest is saved
+    in the same run.
     """
     wedged_uri, healthy_uri = spare_libvirtd.qemu_uri, libvirtd.qemu_uri
     stuck = boot_on(spare_libvirtd, guest_image, tmp_path, "wg-a", "wg-b", "wg-c")
     healthy = define_guest("wg-healthy")
-    stuck_uuids = [uuid_of(g) for g in stuck]
     daemon_pid = spare_libvirtd.pid
     assert daemon_pid is not None
     calls = CallLog(tmp_path / "calls", wedge=(wedged_uri, daemon_pid))
@@ -432,31 +344,75 @@ def test_wedged_uri_is_given_up_after_one_timeout_other_uri_handled(
     assert stopped, f"libvirtd was not stopped:\n{status}"
     assert not answered, answered
     listing = [c for c in calls.calls(wedged_uri) if c["end"] is not None
-               and c["end"] <= wedged]
+               and c["end"] <= wedged and verb(c) != "connect"]
     assert len(listing) == 1 and verb(listing[0]) == "list" and listing[0]["exit"] == 0, \
         context
 
     after = [c for c in calls.calls(wedged_uri) if c["start"] > wedged]
-    assert [verb(c) for c in after] == ["managedsave", "list"], (
-        f"{len(after)} virsh calls on the wedged URI after it wedged; the first (a save, "
-        "timing out) and one liveness check are all it may cost\n" + context)
+    # the save's session (saves have their own) opens after the listing: its connection
+    # times out, so the save never reached libvirtd; then one liveness check
+    assert [verb(c) for c in after] == ["connect", "list"], (
+        f"{len(after)} virsh calls on the wedged URI after it wedged; the first (the save's "
+        "session, timing out) and one liveness check are all it may cost\n" + context)
+    assert not [c for c in calls.calls() if verb(c) == "managedsave"
+                and c["argv"][:2] == after[0]["argv"]], context
     assert after[1]["argv"][2:] == ["list", "--uuid"], context
     assert all(c["end"] is None for c in after), context  # both killed at their timeout
+    assert_given_up_then_brought_back(cli, run, context, spare_libvirtd, wedged_uri, stuck,
+                                      healthy_uri, healthy)
+
+
+@contextlib.contextmanager
+def a_save_held(daemon: PrivateLibvirtd, guests: list[Guest], proc: subprocess.Popen[str],
+                began: float) -> Iterator[Guest]:
+    """The guest of *guests* whose save (by the virtguests run *proc*) is caught in
+    progress: its QEMU's migration thread stopped, so the save stays in flight until the
+    block ends.  The run is killed if the block fails (the test then reports it)."""
+    held: Optional[ThreadStop] = None
+    try:
+        saving: Optional[Guest] = None
+        while held is None and proc.poll() is None and time.monotonic() - began < 120:
+            for guest in guests:
+                if daemon.domain_status(guest.name) != ("paused", "save"):
+                    continue
+                tid = thread_named(daemon.qemu_pid(guest.name), "live_migration")
+                if tid is not None:
+                    with contextlib.suppress(OSError):  # OSError: that save just ended
+                        held, saving = ThreadStop(tid), guest
+                    break
+            time.sleep(0.001)
+        assert held is not None and saving is not None, \
+            f"no save was seen in progress\n{finish(proc, began)}"
+        yield saving
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        if held is not None:
+            held.cont()
+
+
+def assert_given_up_then_brought_back(
+    cli: VirtGuestsCli, run: Run, context: str, daemon: PrivateLibvirtd, wedged_uri: str,
+    stuck: list[Guest], healthy_uri: str, healthy: Guest
+) -> None:
+    """After a stop whose *wedged_uri* stopped answering (its libvirtd, *daemon*, since
+    resumed): the run failed, naming each of its guests and the URI, and recorded them;
+    the healthy URI's guest was saved in the same run; then start brings all back."""
     assert run.code == 1, context
     assert "Traceback" not in run.err, context
     errors = [ln for ln in run.err.splitlines() if "error" in ln.lower()]
     for guest in stuck:
         assert any(guest.name in ln for ln in errors), f"{guest.name} not named\n{context}"
+    assert any(wedged_uri in ln for ln in errors), f"the wedged URI not named\n{context}"
     entries = list_entries(cli)
-    assert sorted(entries.get(wedged_uri, [])) == sorted(stuck_uuids), context
+    assert sorted(entries.get(wedged_uri, [])) == sorted(uuid_of(g) for g in stuck), context
     assert entries.get(healthy_uri) == [uuid_of(healthy)], context
-    # the healthy URI was handled normally, in the same run
     assert f"Suspending {healthy.name}: done" in run.lines, context
     assert healthy.state() == "shut off (saved)", healthy.describe()
 
-    # libvirtd back: start brings everything back
     wait_until("the resumed libvirtd answers",
-               lambda: spare_libvirtd.virsh("uri", check=False, timeout=30).returncode == 0)
+               lambda: daemon.virsh("uri", check=False, timeout=30).returncode == 0)
     start = cli.run("start", timeout=RUN_TIMEOUT)
     assert start.code == 0 and "Traceback" not in start.err, start
     assert healthy.state() == "running (restored)", f"{start}\n{healthy.describe()}"
@@ -484,21 +440,7 @@ def test_sigterm_during_a_real_save_lets_it_complete(
 
     began = time.monotonic()
     proc = cli.spawn("stop")
-    saving: Optional[Guest] = None
-    held: Optional[ThreadStop] = None
-    try:
-        while held is None and proc.poll() is None and time.monotonic() - began < 120:
-            for guest in guests:
-                if libvirtd.domain_status(guest.name) != ("paused", "save"):
-                    continue
-                tid = thread_named(libvirtd.qemu_pid(guest.name), "live_migration")
-                if tid is not None:
-                    with contextlib.suppress(OSError):  # OSError: that save just ended
-                        held, saving = ThreadStop(tid), guest
-                    break
-            time.sleep(0.001)
-        assert held is not None and saving is not None, \
-            f"no save was seen in progress\n{finish(proc, began)}"
+    with a_save_held(libvirtd, guests, proc, began) as saving:
         # the setup: virtguests' save is in progress and stays so while the signal lands
         assert saving.state() == "paused (saving)", saving.describe()
         saved_before = {g.name for g in guests
@@ -507,12 +449,6 @@ def test_sigterm_during_a_real_save_lets_it_complete(
         time.sleep(2)
         assert proc.poll() is None, "virtguests exited while its save was in flight"
         assert saving.state() == "paused (saving)", saving.describe()
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        if held is not None:
-            held.cont()
     run = finish(proc, began)
     record_timing("stop interrupted mid-save", run.seconds)
     others = [g for g in guests if g is not saving and g.name not in saved_before]

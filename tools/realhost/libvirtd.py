@@ -418,19 +418,25 @@ def _kill(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, grace: float =
 
 def _kill_pid(pid: int, grace: float = 5) -> None:
     """Kill a non-child pid (a leftover QEMU) and wait for it to vanish."""
+    if not kill_and_wait(pid, signal.SIGTERM, grace):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def kill_and_wait(pid: int, sig: int, timeout: float) -> bool:
+    """Send *sig* to a non-child *pid*; whether it vanished within *timeout* seconds."""
     try:
-        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, sig)
     except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace
+        return True
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return
+            return True
         time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    return False
 
 
 class Guest:
