@@ -34,7 +34,6 @@ import contextlib
 import logging
 import os
 import re
-import secrets
 import selectors
 import signal
 import subprocess
@@ -128,7 +127,7 @@ class Session:
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.proc = proc
         self.prompt = ""
-        self._nonce = nonce or secrets.token_hex(8)
+        self._nonce = nonce or os.urandom(8).hex()
         self._count = -1
         self._out = proc.stdout.fileno()
         self._err = proc.stderr.fileno()

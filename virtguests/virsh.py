@@ -173,11 +173,8 @@ class Virsh:
         self._given_up: dict[str, str] = {}
         self._checks: dict[str, threading.Event] = {}
         self.liveness_checks = 0
-        self._sessions: Optional[Sessions] = None
-        if sessions:
-            from virtguests.session import Sessions
-
-            self._sessions = Sessions(self._start_session)
+        self._use_sessions = sessions
+        self._sessions: Optional[Sessions] = None  # made at the first call: status makes none
         self._started: dict[str, Started] = {}
 
     def _count_start(self, uri: str) -> None:
@@ -309,12 +306,16 @@ class Virsh:
 
     def _call(self, uri: str, args: Sequence[str], argv: list[str], limit: float) -> Result:
         """In the URI's session when there is one for *args*, else in a process of its own."""
-        if self._sessions is not None:
+        if self._use_sessions:
             from virtguests import session
 
+            with self._lock:
+                if self._sessions is None:
+                    self._sessions = session.Sessions(self._start_session)
+                sessions = self._sessions
             started = time.monotonic()
             try:
-                answer = self._sessions.ask(uri, args, limit)
+                answer = sessions.ask(uri, args, limit)
             except session.TimedOut:
                 raise VirshError(argv, f"timed out after {limit:g}s and was killed",
                                  timed_out=True) from None
@@ -343,8 +344,10 @@ class Virsh:
 
     def close(self) -> None:
         """End every session of this run, killing whatever lingers."""
-        if self._sessions is not None:
-            self._sessions.close()
+        with self._lock:
+            sessions = self._sessions
+        if sessions is not None:
+            sessions.close()
 
     def watch(self, uri: str, args: Sequence[str], on_line: Callable[[str], None]) -> Watch:
         """Start a virsh that keeps running; *on_line* gets each line it prints."""
