@@ -329,17 +329,14 @@ def test_a_timeout_kills_the_session_s_process_group(host: FakeHost, tmp_path: P
     times out: both are killed, the URI is not given up (a guest's call; the liveness check
     answers), and the next call opens a new session."""
     child = tmp_path / "child.pid"
-    wrapper = tmp_path / "virsh"
-    wrapper.write_text(f"#!/bin/sh\nsleep 600 &\necho $! > {child}\n"
-                       f"exec {host.bin / 'virsh'} \"$@\"\n")
-    wrapper.chmod(0o755)
+    wrapper = children_left(tmp_path, host, child)
     host.set_host({"uris": {"default": {"guests": [
         {"name": "web1", "uuid": uuid(0), "state": "running", "hang": ["shutdown"]}]}}})
     virsh = Counting(str(wrapper), environ=host.env(), sessions=True)
     try:
         assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
         first = pids(host)[0]
-        sleeper = int(child.read_text())
+        sleeper = int(child.read_text().split()[0])
         with pytest.raises(VirshError) as raised:
             virsh.run("default", ["shutdown", uuid(0)], timeout=1)
         assert raised.value.timed_out
@@ -348,8 +345,25 @@ def test_a_timeout_kills_the_session_s_process_group(host: FakeHost, tmp_path: P
         assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
     finally:
         virsh.close()
+        kill_children(child)
     listings = [c["pid"] for c in host.calls() if c["argv"][-1] == "--uuid"]
     assert len(virsh.sessions_started) == 2 and listings[0] != listings[-1]
+
+
+def children_left(tmp_path: Path, host: FakeHost, record: Path) -> Path:
+    """A virsh that leaves a child behind (as ssh's ControlPersist master), its pid
+    appended to *record* (``kill_children`` ends them: virtguests rightly does not)."""
+    wrapper = tmp_path / "virsh"
+    wrapper.write_text(f"#!/bin/sh\nsleep 600 &\necho $! >> {record}\n"
+                       f"exec {host.bin / 'virsh'} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def kill_children(record: Path) -> None:
+    for pid in record.read_text().split() if record.exists() else []:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
 
 
 def test_a_session_that_dies_is_reopened_once(host: FakeHost) -> None:
@@ -531,14 +545,14 @@ def test_a_child_holding_the_output_open_does_not_delay_a_failed_connection(
     if not pidfd:
         monkeypatch.delattr(os, "pidfd_open")
     host = fake_host({"uris": {"default": {"unreachable": True}}})
-    wrapper = tmp_path / "virsh"
-    wrapper.write_text(f"#!/bin/sh\nsleep 600 &\nexec {host.bin / 'virsh'} \"$@\"\n")
-    wrapper.chmod(0o755)
+    children = tmp_path / "children.pid"
+    wrapper = children_left(tmp_path, host, children)
     virsh = Counting(str(wrapper), environ=host.env(), sessions=True)
     try:
         result = virsh.run("default", ["list", "--uuid"], timeout=DEADLINE, check=False)
     finally:
         virsh.close()
+        kill_children(children)
     assert result.exit_code == 1 and result.stderr.startswith("error: failed to connect")
     assert virsh.sessions_started == ["default"] and virsh.given_up("default") is None
 
