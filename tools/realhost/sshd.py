@@ -81,6 +81,26 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
+def _wait_dead(pids: set[int], deadline: float) -> None:
+    """Until every pid has exited (gone, or a zombie whose cmdline is empty): a SIGKILL
+    is delivered, not waited for, so a killed netcat can still be listed just after."""
+    while True:
+        alive = set()
+        for pid in pids:
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2] not in "ZX":
+                alive.add(pid)
+        if not alive:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"sshd's processes {sorted(alive)} outlived SIGKILL")
+        pids = alive
+        time.sleep(0.01)
+
+
 class PrivateSshd:
     """sshd on 127.0.0.1:``port`` for the client key ``client_key``; a context manager.
 
@@ -248,14 +268,22 @@ class PrivateSshd:
         if proc is None:
             return
         if proc.poll() is None:
-            # stopped first, it accepts (forks) nothing while its children are found
+            # stopped first, it accepts (forks) nothing while its children are found;
+            # they are stopped too, so none forks (a netcat) between listing and killing
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGSTOP)
-            for pid in _descendants(proc.pid):
+            doomed: set[int] = set()
+            while fresh := set(_descendants(proc.pid)) - doomed:
+                for pid in fresh:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                doomed |= fresh
+            for pid in doomed:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGKILL)
+            _wait_dead(doomed, deadline=time.monotonic() + 30)
         proc.wait(timeout=30)
 
     def restart(self) -> PrivateSshd:
