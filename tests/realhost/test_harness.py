@@ -173,6 +173,17 @@ def test_private_sshd_carries_qemu_ssh_and_counts_logins(
     assert res.returncode == 0
     assert sshd.connections() == before + 1, sshd.log()[-2000:]
 
+    # a login's shell reads the private HOME's .bashrc, never root's (whose pyenv rehash
+    # lock, left by a killed login, once held every later login for 60 s)
+    (sshd.login_home / ".bashrc").write_text("echo vg-private-bashrc >&2\n")
+    res = subprocess.run([str(sshd.ssh_command), "-p", str(sshd.port), "-l", "root", "-i",
+                          str(sshd.client_key), "127.0.0.1", 'echo "$HOME"'],
+                         stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert res.stdout.strip() == str(sshd.login_home), res
+    assert "vg-private-bashrc" in res.stderr, res
+    (sshd.login_home / ".bashrc").unlink()
+    before = sshd.connections()
+
     # Debian's virt-ssh-helper (proxy=native) ignores socket=: hence proxy=netcat
     native = uri.replace("&proxy=netcat", "&proxy=native")
     res = libvirtd.virsh("uri", uri=native, timeout=60, check=False)

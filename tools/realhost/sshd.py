@@ -121,6 +121,10 @@ class PrivateSshd:
         self.client_config = self.workdir / "ssh_config"
         self.known_hosts = self.workdir / "known_hosts"
         self.ssh_command = self.workdir / "ssh"
+        self.login_home = self.workdir / "home"
+        """The logins' HOME: bash, run by sshd, reads ~/.bashrc, and root's may be slow
+        or block (pyenv's rehash lock, left behind by a connection killed mid-login,
+        held every later login for 60 s)."""
         self.port = 0
         self._proc: Optional[subprocess.Popen[bytes]] = None
         self._keys_made = False
@@ -210,6 +214,7 @@ class PrivateSshd:
             "PrintMotd no\n"
             "X11Forwarding no\n"
             "AllowAgentForwarding no\n"
+            f"SetEnv HOME={self.login_home}\n"
         )
 
     def start(self) -> PrivateSshd:
@@ -220,6 +225,7 @@ class PrivateSshd:
         if sshd is None:
             raise SshdError("sshd (openssh-server) not found; run .ci/install-realhost-deps")
         self._keys()
+        self.login_home.mkdir(exist_ok=True)
         # sshd's privilege-separation directory; Debian's service makes it at start
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         deadline = time.monotonic() + self.start_timeout
