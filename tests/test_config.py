@@ -75,7 +75,7 @@ def test_all_problems_listed_with_file_line_key_and_allowed_values() -> None:
         "/etc/default/libvirt-guests:3: SHUTDOWN_TIMEOUT: must be equal or greater than 0, "
         "got -1 (allowed: integers 0 to 31536000 (one year))",
         "/etc/default/libvirt-guests:4: ON_SHUTDOWN: invalid action 'hibernate' "
-        "(allowed: suspend, shutdown, poweroff, or a chain such as "
+        "(allowed: migrate, suspend, shutdown, poweroff, or a chain such as "
         "'suspend shutdown poweroff')",
         "/etc/default/libvirt-guests:5: PERSISTENT_ONLY: invalid value 'maybe' "
         "(allowed: default, true, false)",

@@ -379,7 +379,7 @@ def _shown_default(key: str) -> Optional[str]:
     if value is None:
         return None
     if isinstance(value, tuple):
-        return " ".join(value)
+        return " ".join(value) or None
     if isinstance(value, bool):
         return "1" if value else "0"
     if isinstance(value, float) and value.is_integer():

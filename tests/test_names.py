@@ -19,15 +19,16 @@ Make = Callable[..., FakeHost]
 OUTCOMES = {
     "saved", "shut off", "powered off", "failed", "timed out", "skipped", "interrupted",
     "given up", "save in progress", "internal error", "resumed", "already active",
-    "no longer exists", "skipped by policy",
+    "no longer exists", "skipped by policy", "migrated", "returned home", "left on peer",
 }
-ACTIONS = ("suspend", "shutdown", "poweroff")
+ACTIONS = ("migrate", "suspend", "shutdown", "poweroff")
 
 
 def test_outcome_words() -> None:
     assert {str(outcome) for outcome in model.Outcome} == {*OUTCOMES, "pending"}
-    assert {"saved", "shut off", "powered off"} == model.PROTECTED
-    assert {"resumed", "already active", "no longer exists", "skipped by policy"} == model.SETTLED
+    assert {"saved", "shut off", "powered off", "migrated"} == model.PROTECTED
+    assert {"resumed", "already active", "no longer exists", "skipped by policy",
+            "returned home", "left on peer"} == model.SETTLED
 
 
 def test_action_words() -> None:

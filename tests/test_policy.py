@@ -60,8 +60,8 @@ extra: 1
 """
     policy, problems = parse(text, "/etc/virtguests/guests.yaml")
     assert [str(p) for p in problems] == [
-        "/etc/virtguests/guests.yaml:3: actions: invalid chain 'hibernate' (allowed: suspend, "
-        "shutdown, poweroff in that order, or none)",
+        "/etc/virtguests/guests.yaml:3: actions: invalid chain 'hibernate' (allowed: migrate, "
+        "suspend, shutdown, poweroff in that order, or none)",
         "/etc/virtguests/guests.yaml:5: order: not an integer: 'high' (allowed: integers "
         "-1000000 to 1000000)",
         "/etc/virtguests/guests.yaml:6: colour: unknown key (allowed: match, uri, actions, "

@@ -68,6 +68,12 @@ class Config:
     resume_orphans: bool = False
     guest_policy: Optional[str] = None
     metrics_file: Optional[str] = None
+    migrate_uris: tuple[str, ...] = ()
+    migrate_options: tuple[str, ...] = ("--live", "--persistent", "--undefinesource")
+    migrate_timeout: int = 300
+    parallel_migrate: int = 1
+    migrate_return: bool = True
+    migrate_reserve_mib: int = 256
 
     @property
     def suspending(self) -> bool:
@@ -249,6 +255,16 @@ def _chain(raw: str) -> tuple[Action, ...]:
     return actions
 
 
+def _peer_uris(raw: str) -> tuple[str, ...]:
+    """MIGRATE_URIS: may be empty (no peers; ``migrate`` in a chain then never applies)."""
+    return tuple(dict.fromkeys(ifs_split(raw)))
+
+
+def _words(raw: str) -> tuple[str, ...]:
+    """Arguments split as bash splits an unquoted variable; never run by a shell."""
+    return tuple(ifs_split(raw))
+
+
 def _path(raw: str) -> Optional[str]:
     return raw or None
 
@@ -287,6 +303,12 @@ _CONVERTERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "RESUME_ORPHANS": ("resume_orphans", _flag),
     "GUEST_POLICY": ("guest_policy", _path),
     "METRICS_FILE": ("metrics_file", _metrics_path),
+    "MIGRATE_URIS": ("migrate_uris", _peer_uris),
+    "MIGRATE_OPTIONS": ("migrate_options", _words),
+    "MIGRATE_TIMEOUT": ("migrate_timeout", _int(1, YEAR)),
+    "PARALLEL_MIGRATE": ("parallel_migrate", _int(1, MAX_PARALLEL)),
+    "MIGRATE_RETURN": ("migrate_return", _flag),
+    "MIGRATE_RESERVE": ("migrate_reserve_mib", _int(0, 1 << 30)),
 }
 
 KNOWN_KEYS = frozenset(_CONVERTERS)

@@ -32,6 +32,7 @@ class Action(Word):
     """What is done to a guest: the stop chain's steps (ON_SHUTDOWN, policy ``actions``),
     ``start``, and ``none`` for a step that never began (the run report's ``action``)."""
 
+    MIGRATE = "migrate"
     SUSPEND = "suspend"
     SHUTDOWN = "shutdown"
     POWEROFF = "poweroff"
@@ -39,7 +40,7 @@ class Action(Word):
     NONE = "none"
 
 
-STOP_CHAIN = (Action.SUSPEND, Action.SHUTDOWN, Action.POWEROFF)
+STOP_CHAIN = (Action.MIGRATE, Action.SUSPEND, Action.SHUTDOWN, Action.POWEROFF)
 """The stop chain's actions, in the only order a chain may take them."""
 
 
@@ -67,13 +68,20 @@ class Outcome(Word):
     GONE = "no longer exists"
     """The recorded guest is not defined any more."""
     SKIPPED_BY_POLICY = "skipped by policy"
+    MIGRATED = "migrated"
+    """Stop: live-migrated to a peer, running there (the migrated record names it)."""
+    RETURNED = "returned home"
+    """Start: migrated back from its peer and running at home."""
+    AWAY = "left on peer"
+    """Start with MIGRATE_RETURN=0: still running on its peer, still recorded."""
 
 
-PROTECTED = frozenset({Outcome.SAVED, Outcome.SHUT_OFF, Outcome.POWERED_OFF})
+PROTECTED = frozenset({Outcome.SAVED, Outcome.SHUT_OFF, Outcome.POWERED_OFF,
+                       Outcome.MIGRATED})
 """Stop outcomes after which the guest cannot lose anything at power-off."""
 
 SETTLED = frozenset({Outcome.RESUMED, Outcome.ALREADY_ACTIVE, Outcome.GONE,
-                     Outcome.SKIPPED_BY_POLICY})
+                     Outcome.SKIPPED_BY_POLICY, Outcome.RETURNED, Outcome.AWAY})
 """Start outcomes that end a guest's record; every other outcome keeps it for the next start."""
 
 
@@ -102,6 +110,9 @@ class Guest:
     active: bool = True
     persistent: bool = True
     managed_save: bool = False
+    memory_kib: Optional[int] = None
+    """What it needs on a migration target (``dominfo``'s Max memory); asked only when
+    a chain has ``migrate``."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,34 @@ class UriView:
 
 
 @dataclass(frozen=True)
+class PeerView:
+    """One MIGRATE_URIS peer as seen before a migration, or why it could not be seen."""
+
+    uri: str
+    host_uuid: Optional[str] = None
+    """``capabilities``' host UUID: a peer that is this host is never a target."""
+    free_kib: Optional[int] = None
+    """``nodememstats``: free + buffers + cached."""
+    error: Optional[str] = None
+
+    @property
+    def reachable(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class Departure:
+    """A guest that was live-migrated away at stop: the migrated record's entry."""
+
+    uuid: str
+    name: str
+    home: str
+    """The URIS entry it left (``start`` brings it back there)."""
+    peer: str
+    """The MIGRATE_URIS entry it runs on now."""
+
+
+@dataclass(frozen=True)
 class GuestPolicy:
     """Per-guest overrides (from the policy file); None means "use the config"."""
 
@@ -137,6 +176,8 @@ class GuestPolicy:
     shutdown_timeout: Optional[int] = None
     start_delay: Optional[int] = None
     skip_start: bool = False
+    migrate_to: Optional[tuple[str, ...]] = None
+    """The peers this guest may go to (policy ``migrate_to``); None: MIGRATE_URIS."""
 
 
 PolicyLookup = Callable[[str, Guest], GuestPolicy]

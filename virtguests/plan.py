@@ -74,6 +74,7 @@ def plan_stop(
         for guest in running:
             rule = policy(view.uri, guest)
             actions = rule.actions if rule.actions is not None else config.on_shutdown
+            actions = tuple(a for a in actions if a != Action.MIGRATE)  # no target chosen yet
             if not actions:
                 continue
             if not guest.persistent:
