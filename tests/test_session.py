@@ -459,6 +459,60 @@ def test_close_ends_every_session(host: FakeHost) -> None:
     assert len(virsh.sessions_started) == 2
 
 
+def test_close_after_a_clean_exit_leaves_virsh_s_children_alone(
+        host: FakeHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session whose virsh exits at EOF is not killed with its process group: a child it
+    left (ssh's ControlPersist master) outlives it, as it does a one-shot call."""
+    children = tmp_path / "children.pid"
+    virsh = Counting(str(children_left(tmp_path, host, children)), environ=host.env(),
+                     sessions=True)
+    killed: list[int] = []
+    real_killpg = os.killpg
+
+    def killpg(pgid: int, sig: int) -> None:
+        killed.append(pgid)
+        real_killpg(pgid, sig)
+
+    monkeypatch.setattr(os, "killpg", killpg)
+    try:
+        assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
+        virsh.close()
+        assert killed == []  # a SIGKILL is delivered later: the child's state cannot say
+        assert all(gone(pid) for pid in pids(host))
+        sleepers = [int(pid) for pid in children.read_text().split()]
+        assert sleepers and not any(gone(pid) for pid in sleepers)
+    finally:
+        kill_children(children)
+
+
+def test_a_virsh_that_outlives_sigkill_does_not_hold_up_close(
+        host: FakeHost, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A virsh stuck in the kernel (D state) ignores SIGKILL until it leaves it: close waits
+    REAP_WAIT for it, says so, and returns."""
+    virsh = runner(host)
+    assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
+    stuck = {pid: True for pid in pids(host)}
+    real_wait = subprocess.Popen.wait
+    waited: list[float] = []
+
+    def wait(proc: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+        if stuck.get(proc.pid) and timeout is not None:
+            waited.append(timeout)
+            raise subprocess.TimeoutExpired(proc.args, timeout)
+        return real_wait(proc, timeout)
+
+    monkeypatch.setattr(session, "CLOSE_GRACE", 0.0)
+    monkeypatch.setattr(subprocess.Popen, "wait", wait)
+    with caplog.at_level("WARNING", logger="virtguests.session"):
+        virsh.close()
+    assert waited == [0.0, session.REAP_WAIT], waited
+    assert "did not exit" in caplog.text
+    monkeypatch.undo()
+    for pid in stuck:
+        wait_dead(pid)
+
+
 def test_a_stop_run_uses_one_session_for_its_quick_calls(
         fake_host: Callable[..., FakeHost]) -> None:
     guests = [{"name": f"g{n}", "uuid": uuid(n), "state": "running", "shutdown_seconds": 0.2}

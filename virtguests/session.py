@@ -63,6 +63,8 @@ the command; printed as errors, they are not the command's (logged, then dropped
 NO_HISTORY = "error: Failed to create '/dev/null/libvirt/virsh'"
 """What virsh says at exit about the history it cannot write (ENV): not a command's."""
 CLOSE_GRACE = 1.0
+REAP_WAIT = 5.0
+"""How long a killed virsh may take to exit before the run stops waiting for it."""
 QUICK_WAIT = 1.0
 """How long a quick call waits for its URI's session before it takes one from the pool:
 a slow answer there (a guest agent that does not reply) holds up no one for long."""
@@ -266,16 +268,27 @@ class Session:
             self.proc.stdin.close()
 
     def close(self, deadline: Optional[float] = None) -> None:
-        """EOF on its stdin ends virsh; whatever lingers at *deadline* (default: in
-        CLOSE_GRACE) is killed."""
+        """EOF on its stdin ends virsh; a virsh still there at *deadline* (default: in
+        CLOSE_GRACE) is killed with its process group.  After a clean exit the group is
+        left alone, as a one-shot call's is: a child virsh left (ssh's ControlPersist
+        master) is not ours to kill."""
         self.end_input()
         until = time.monotonic() + CLOSE_GRACE if deadline is None else deadline
-        with contextlib.suppress(subprocess.TimeoutExpired):
+        try:
             self.proc.wait(max(0.0, until - time.monotonic()))
-        self.kill()
+        except subprocess.TimeoutExpired:
+            self.kill()
+        else:
+            self._reap()
 
     def _reap(self) -> None:
-        self.proc.wait()
+        """Wait (bounded) for the killed or exited virsh, then close our ends: a virsh
+        stuck in the kernel (D state) must not hold up the end of the run."""
+        try:
+            self.proc.wait(REAP_WAIT)
+        except subprocess.TimeoutExpired:
+            log.warning("virsh (pid %d) did not exit %.0f s after SIGKILL; not waiting for it",
+                        self.proc.pid, REAP_WAIT)
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
