@@ -12,10 +12,19 @@ libvirtd, hold the answer) before virtguests has seen the answer.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    from tools.realhost.libvirtd import PrivateLibvirtd
+
+    from .cli import Run, VirtGuestsCli
 
 _WRAPPER = r'''#!{python} -I
 """virsh for virtguests in a test: log each call, run the real virsh, maybe act."""
@@ -217,3 +226,38 @@ def verb(call: dict[str, Any]) -> str:
 
 def names_guest(call: dict[str, Any], uuid: str, name: str) -> bool:
     return any(uuid in a or a == name or name in a.split() for a in call["argv"])
+
+
+def stop_on_a_frozen_daemon(cli: VirtGuestsCli, calls: CallLog, daemon: PrivateLibvirtd,
+                            uri: str, timeout: float) -> tuple[Run, float, str]:
+    """``stop`` through *calls*, whose wrapper SIGSTOPs *daemon* right after its listing;
+    SIGCONT whatever happens.  Asserts the setup (the wrapper froze it, it stayed frozen,
+    it did not answer) and what the frozen URI then cost: the save's session, timing out
+    while connecting, which never reached libvirtd, and one liveness check, both killed.
+    Returns the run, when it froze, and the context for failure messages."""
+    pid = daemon.pid
+    assert pid is not None
+    began = time.monotonic()
+    try:
+        run = cli.run("--virsh", str(calls.path), "stop", timeout=timeout)
+        wedged = calls.wedged_at()
+        status = Path(f"/proc/{pid}/status").read_text()
+        try:
+            answered = f"libvirtd answered: {daemon.virsh('uri', timeout=3, check=False)}"
+        except subprocess.TimeoutExpired:
+            answered = ""
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    context = f"{run}\nvirsh calls:\n{calls.describe(began)}"
+    assert wedged is not None, "the wrapper never wedged libvirtd\n" + context
+    assert "State:\tT" in status, f"libvirtd was not stopped:\n{status}"
+    assert not answered, answered
+    after = [c for c in calls.calls(uri) if c["start"] > wedged]
+    assert [verb(c) for c in after] == ["connect", "list"], (
+        f"{len(after)} virsh calls on the frozen URI after it froze; the first (the save's "
+        "session, timing out) and one liveness check are all it may cost\n" + context)
+    assert not [c for c in calls.calls() if verb(c) == "managedsave"
+                and c["argv"][:2] == after[0]["argv"]], context
+    assert after[1]["argv"][2:] == ["list", "--uuid"], context
+    assert all(c["end"] is None for c in after), context  # both killed at their timeout
+    return run, wedged, context

@@ -17,9 +17,6 @@ kill during a save is timed from libvirt's state alone.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +28,8 @@ from tools.realhost.guestimage import GuestImage, domain_xml
 from tools.realhost.libvirtd import Guest, PrivateLibvirtd
 from tools.realhost.sshd import PrivateSshd
 
-from .calllog import CallLog, verb
-from .cli import VirtGuestsCli
+from .calllog import CallLog, stop_on_a_frozen_daemon, verb
+from .cli import Run, VirtGuestsCli
 from .conftest import DefineGuest, private_libvirtd, record_count, record_timing
 from .test_e2e import list_entries, managed_saved, outcomes, start_all, uuid_of
 from .test_hostile import (
@@ -77,6 +74,18 @@ def states(*guests: Guest) -> dict[str, str]:
 # ---------------------------------------------------------------------------
 # a remote and a local URI in one run
 # ---------------------------------------------------------------------------
+def counted_run(cli: VirtGuestsCli, sshd: PrivateSshd, command: str, count: str,
+                timing: str) -> Run:
+    """Run *command*, recording its ssh logins (``ssh connections: COUNT``) and its time
+    for the summary; a traceback is never acceptable, whatever the exit status."""
+    before = sshd.connections()
+    run = cli.run(command, timeout=RUN_TIMEOUT)
+    record_count(f"ssh connections: {count}", sshd.connections() - before)
+    record_timing(timing, run.seconds)
+    assert "Traceback" not in run.err, run
+    return run
+
+
 def test_remote_and_local_uri_suspend_resume_and_parallel_shutdown(
     libvirtd: PrivateLibvirtd, remote: PrivateLibvirtd, sshd: PrivateSshd,
     define_guest: DefineGuest, guest_image: GuestImage, cli: VirtGuestsCli, tmp_path: Path
@@ -101,11 +110,9 @@ def test_remote_and_local_uri_suspend_resume_and_parallel_shutdown(
     assert sshd.connections() == before + 1, sshd.log()[-2000:]
 
     before = sshd.connections()
-    stop = cli.run("stop", timeout=RUN_TIMEOUT)
-    record_count("ssh connections: stop (suspend, 3 guests)", sshd.connections() - before)
-    record_timing("stop, remote + local URI (suspend)", stop.seconds)
+    stop = counted_run(cli, sshd, "stop", "stop (suspend, 3 guests)",
+                       "stop, remote + local URI (suspend)")
     assert stop.code == 0, stop
-    assert "Traceback" not in stop.err, stop
     assert f"Running guests on {remote_uri} URI: rm-a, rm-b, rm-stuck" in stop.lines, stop
     assert f"Running guests on {local_uri} URI: lc-a" in stop.lines, stop
     for name in ("rm-a", "rm-b", "rm-stuck", "lc-a"):
@@ -119,12 +126,8 @@ def test_remote_and_local_uri_suspend_resume_and_parallel_shutdown(
     assert entries.get(local_uri) == [uuid_of(near)], stop
     assert sshd.connections() > before, "no virsh call went through the sshd"
 
-    before = sshd.connections()
-    start = cli.run("start", timeout=RUN_TIMEOUT)
-    record_count("ssh connections: start (3 guests)", sshd.connections() - before)
-    record_timing("start, remote + local URI", start.seconds)
+    start = counted_run(cli, sshd, "start", "start (3 guests)", "start, remote + local URI")
     assert start.code == 0, start
-    assert "Traceback" not in start.err, start
     for name in ("rm-a", "rm-b", "rm-stuck", "lc-a"):
         assert f"Resuming guest {name}: done" in start.lines, start
     assert states(*far, near) == dict.fromkeys(
@@ -136,11 +139,8 @@ def test_remote_and_local_uri_suspend_resume_and_parallel_shutdown(
     power = VirtGuestsCli(tmp_path / "shutdown", libvirtd)
     power.config(uris=[remote_uri, local_uri], ON_SHUTDOWN="shutdown poweroff",
                  PARALLEL_SHUTDOWN=4, SHUTDOWN_TIMEOUT=5)
-    before = sshd.connections()
-    run = power.run("stop", timeout=RUN_TIMEOUT)
-    record_count("ssh connections: parallel shutdown (3 guests)", sshd.connections() - before)
-    record_timing("parallel shutdown, remote + local URI", run.seconds)
-    assert "Traceback" not in run.err, run
+    run = counted_run(power, sshd, "stop", "parallel shutdown (3 guests)",
+                      "parallel shutdown, remote + local URI")
     for name in ("rm-a", "rm-b", "lc-a"):
         assert f"Starting shutdown on guest: {name}" in run.lines, run
         assert f"Shutdown of guest {name} complete." in run.lines, run
@@ -243,36 +243,10 @@ def test_remote_libvirtd_frozen_behind_live_sshd_given_up_local_uri_handled(
     cli.config(uris=[remote_uri, local_uri], QUERY_TIMEOUT=query_timeout,
                SAVE_TIMEOUT=save_timeout, ON_SHUTDOWN="suspend")
 
-    began = time.monotonic()
-    try:
-        run = cli.run("--virsh", str(calls.path), "stop", timeout=RUN_TIMEOUT)
-        wedged = calls.wedged_at()
-        status = Path(f"/proc/{daemon_pid}/status").read_text()
-        sshd_alive = sshd.pid is not None
-        try:
-            probe = remote.virsh("uri", timeout=3, check=False)
-            answered = f"libvirtd answered: {probe}"
-        except subprocess.TimeoutExpired:
-            answered = ""
-    finally:
-        os.kill(daemon_pid, signal.SIGCONT)
+    run, _wedged, context = stop_on_a_frozen_daemon(cli, calls, remote, remote_uri,
+                                                    RUN_TIMEOUT)
     record_timing("stop, remote libvirtd frozen behind sshd", run.seconds)
-    context = f"{run}\nvirsh calls:\n{calls.describe(began)}"
-    # the setup: libvirtd really was stopped right after the listing, the sshd was not
-    assert wedged is not None, "the wrapper never wedged libvirtd\n" + context
-    assert "State:\tT" in status, f"libvirtd was not stopped:\n{status}"
-    assert not answered, answered
-    assert sshd_alive, "the sshd died\n" + sshd.log()[-2000:]
-
-    after = [c for c in calls.calls(remote_uri) if c["start"] > wedged]
-    # the save's session (saves have their own) opens after the listing: its connection
-    # times out, so the save never reached libvirtd; then one liveness check
-    assert [verb(c) for c in after] == ["connect", "list"], (
-        f"{len(after)} virsh calls on the frozen URI after it froze; the first (the save's "
-        "session, timing out) and one liveness check are all it may cost\n" + context)
-    assert not [c for c in calls.calls() if verb(c) == "managedsave"
-                and c["argv"][:2] == after[0]["argv"]], context
-    assert all(c["end"] is None for c in after), context  # both killed at their timeout
+    assert sshd.pid is not None, "the sshd died\n" + sshd.log()[-2000:]
     # within its timeouts: the two calls' timeouts plus the local save and listings
     assert run.seconds < save_timeout + query_timeout + 60, context
     assert_given_up_then_brought_back(cli, run, context, remote, remote_uri, far,
