@@ -744,3 +744,95 @@ class StalledSave:
 
     def __exit__(self, *exc: object) -> None:
         self.wait()
+
+
+class MigrationNotStalled(RuntimeError):
+    """The migration could not be caught in progress (it ended first, or failed)."""
+
+
+class StalledMigration:
+    """A ``virsh migrate`` of one running domain to a peer, held in progress.
+
+    Why: a small guest migrates in a second or two, too quick to act on (a
+    ``domjobinfo`` with progress, a ``domjobabort``, a peer killed mid-way); a big
+    guest over a slow link takes minutes.  ``start()`` runs ``virsh -c HOME
+    migrate OPTIONS DOMAIN PEER_URI`` in the background and, once QEMU's
+    ``live_migration`` thread has sent some memory (``domjobinfo`` shows ``Data
+    processed``), holds that thread still: QEMU still answers libvirt, so
+    ``domjobinfo`` reports the outgoing migration with its counters frozen and
+    ``domjobabort`` is accepted (the abort completes once the thread runs again).
+    ``resume()`` lets it go on; ``wait()`` returns the migrate call's result.
+    """
+
+    def __init__(self, daemon: PrivateLibvirtd, name: str, peer_uri: str,
+                 domain: Optional[str] = None,
+                 options: tuple[str, ...] = ("--live", "--persistent", "--undefinesource"),
+                 env: Optional[dict[str, str]] = None) -> None:
+        """``domain``: how to name the guest to virsh (default ``name``; e.g. its UUID)."""
+        self.daemon = daemon
+        self.name = name
+        self.domain = domain or name
+        self.argv = ["migrate", *options, self.domain, peer_uri]
+        self.env = env
+        self.proc: Optional[subprocess.Popen[str]] = None
+        self._held: Optional[ThreadStop] = None
+        self.jobinfo = ""
+        """``domjobinfo`` as it was when the migration was held."""
+        self.result: Optional[tuple[int, str, str]] = None
+
+    def start(self, timeout: float = 60) -> StalledMigration:
+        qemu_pid = self.daemon.qemu_pid(self.name)
+        self.proc = subprocess.Popen(
+            ["virsh", "-c", self.daemon.qemu_uri, *self.argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=self.env, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            tid = thread_named(qemu_pid, "live_migration")
+            if tid is None:
+                time.sleep(0.005)
+                continue
+            with contextlib.suppress(OSError):  # the thread ended: the migration is over
+                self._held = ThreadStop(tid)
+            if self._held is None:
+                break
+            try:
+                res = self.daemon.virsh("domjobinfo", self.domain, timeout=10, check=False)
+            except subprocess.TimeoutExpired:
+                res = None
+            if res is not None and "Data processed:" in res.stdout:
+                self.jobinfo = res.stdout
+                return self
+            self.resume()  # not sending memory yet: let it run a little
+            time.sleep(0.02)
+        self.resume()
+        result = self.wait()
+        raise MigrationNotStalled(
+            f"{' '.join(self.argv)} could not be held in progress: exit {result[0]}, "
+            f"{result[2].strip()!r}")
+
+    def resume(self) -> None:
+        """Let the migration go on (idempotent)."""
+        if self._held is not None:
+            self._held.cont()
+            self._held = None
+
+    def wait(self, timeout: float = 300) -> tuple[int, str, str]:
+        """Resume and wait for the migrate call: (exit, stdout, stderr)."""
+        self.resume()
+        if self.result is None:
+            assert self.proc is not None
+            try:
+                out, err = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill(self.proc)
+                out, err = self.proc.communicate(timeout=10)
+            self.result = (self.proc.returncode, out, err)
+        return self.result
+
+    def __enter__(self) -> StalledMigration:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.wait()
