@@ -91,6 +91,9 @@ FIXTURE_TRANSIENT = ("vg-fixture-tr", "0f1e7a5e-0000-4000-8000-000000000002")
 # migrate group: a guest that migrates, one whose disk only its home daemon has
 FIXTURE_MIGRATE = ("vg-fixture-mig", "0f1e7a5e-0000-4000-8000-000000000003")
 FIXTURE_LOCAL_DISK = ("vg-fixture-disk", "0f1e7a5e-0000-4000-8000-000000000004")
+FIXTURE_HOSTS = ("0f1e7a5e-0000-4000-8000-0000000000a1", "0f1e7a5e-0000-4000-8000-0000000000a2")
+"""Host UUIDs of the migrate group's home (and twin) and peer daemons: fixed, so
+re-recording gives small diffs."""
 LOCAL_DISK = "/var/lib/libvirt/images/vg-fixture-disk.img"
 """Inside the home daemon's mount namespace only (its own tmpfs): no peer can open it."""
 MIGRATE_OPTIONS = ("--live", "--persistent", "--undefinesource")
@@ -268,7 +271,7 @@ class Recorder:
             "description": description,
             "virsh_version": self.version,
             "uri": self.stable(uri) if uri is not None else None,
-            "argv": argv,
+            "argv": [self.stable(arg) for arg in argv],
             "exit": rc,
             "stdout": self.stable(out),
             "stderr": self.stable(err),
@@ -916,9 +919,9 @@ def record_migrate(rec: Recorder, memory_mib: int) -> None:
         raise SystemExit("the migrate group needs root (--private-libvirtd)")
     image = build_guest_image()
     caps = cache_dir() / "libvirt-caps"
-    home = PrivateLibvirtd(caps_cache=caps)
-    peer = PrivateLibvirtd(caps_cache=caps)
-    twin = PrivateLibvirtd(caps_cache=caps, host_uuid=home.host_uuid)
+    home = PrivateLibvirtd(caps_cache=caps, host_uuid=FIXTURE_HOSTS[0])
+    peer = PrivateLibvirtd(caps_cache=caps, host_uuid=FIXTURE_HOSTS[1])
+    twin = PrivateLibvirtd(caps_cache=caps, host_uuid=FIXTURE_HOSTS[0])
     with contextlib.ExitStack() as stack, \
             tempfile.TemporaryDirectory(prefix="vg-fixture-mig-") as tmp:
         for daemon, placeholder in ((home, "/LIBVIRTD"), (peer, "/PEERD"), (twin, "/TWIND")):

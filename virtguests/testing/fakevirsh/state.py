@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, NoReturn, Optional
 
-STATE_FORMAT = 5
+STATE_FORMAT = 6
 
 
 class HostClock:
@@ -46,6 +46,15 @@ class HostClock:
                 time.sleep(delay)
             return
         while self.now() < moment:
+            time.sleep(0.01)
+
+    def nap(self, moment: float) -> None:
+        """Wait until *moment*, or less: a waiter that must also notice what other calls
+        change (an abort of its job) looks again after this, and naps again.  A few real
+        milliseconds on a virtual clock, which may stand still meanwhile."""
+        if self.path is None:
+            self.wait_until(min(moment, time.time() + 0.05))
+        elif self.now() < moment:
             time.sleep(0.01)
 
     def hang(self) -> NoReturn:
@@ -129,6 +138,13 @@ def apply_due_transitions(uri_state: dict[str, Any], now: float) -> bool:
                 guest.update(state="running", id=uri_state["next_id"], managed_save=False)
                 guest["reason"] = job["reason"]
                 uri_state["next_id"] += 1
+            elif job["op"] == "migrate":  # left: undefined, or shut off (migrated)
+                if job["undefine"] or not guest["persistent"]:
+                    continue
+                guest.update(state="shutoff", reason="migrated", id=None, shutdown_at=None)
+            elif job["op"] == "incoming":
+                guest.update(state="running", reason="migrated",
+                             persistent=guest["persistent"] or job["persistent"])
         shutdown_at = guest["shutdown_at"]
         if (shutdown_at is not None and guest["state"] == "running" and guest["job"] is None
                 and now >= shutdown_at):
@@ -140,6 +156,12 @@ def apply_due_transitions(uri_state: dict[str, Any], now: float) -> bool:
         kept.append(guest)
     uri_state["guests"] = kept
     return changed
+
+
+def active_kib(uri_state: dict[str, Any]) -> int:
+    """The memory of the URI's active guests (an incoming migration's too), in KiB."""
+    return sum(int(float(guest["memory_mib"]) * 1024) for guest in uri_state["guests"]
+               if guest["state"] != "shutoff")
 
 
 def is_uuid(text: str) -> bool:
