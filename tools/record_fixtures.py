@@ -280,7 +280,7 @@ class Recorder:
         if env:
             doc["env"] = dict(env)
         if stdin is not None:
-            doc["stdin"] = stdin
+            doc["stdin"] = self.stable(stdin)
         path = self.out / f"{driver}-{slug}.yaml"
         with path.open("w", encoding="utf-8") as f:
             f.write("# recorded by tools/record_fixtures.py from real virsh; do not edit\n")
@@ -1028,6 +1028,19 @@ def record_migrate(rec: Recorder, memory_mib: int) -> None:
              [*migrate, home.qemu_uri], timeout=300)
         rec1(home.qemu_uri, "domstate-reason-migrated-back",
              "domstate --reason UUID at home after coming back", ["domstate", "--reason", uuid])
+        # the same calls in a session, as virtguests sends them (virtguests/session.py)
+        from virtguests.session import command_line
+
+        lines = [command_line(args) for args in (
+            ["domjobabort", uuid], [*migrate, UNREACHABLE_URI], [*migrate, peer.qemu_uri],
+            ["domstate", "--reason", uuid])]
+        result, fed = rec.session(home.qemu_uri, _marked(*(line for line in lines if line)),
+                                  timeout=300)
+        rec.write("qemu", "session-migrate", "a session at home: domjobabort with no job, "
+                  "migrate to an unreachable peer, migrate to the peer, domstate", home.qemu_uri,
+                  [], result, [g], SESSION_ENV, fed)
+        rec.run(peer.qemu_uri, [*migrate, home.qemu_uri], timeout=300)
+        wait_state(rec, home.qemu_uri, uuid, "running")
         rec.run(home.qemu_uri, ["destroy", uuid])
         rec1(home.qemu_uri, "migrate-not-running", "migrate UUID of a shut off guest",
              [*migrate, peer.qemu_uri])
