@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import signal
 import socket
 import subprocess
 import threading
@@ -15,7 +16,7 @@ from typing import cast
 import pytest
 
 from tools.realhost.guestimage import GuestImage, cache_dir, domain_xml
-from tools.realhost.libvirtd import Guest, PrivateLibvirtd
+from tools.realhost.libvirtd import Guest, PrivateLibvirtd, StalledMigration, kill_and_wait
 from tools.realhost.sshd import PrivateSshd
 
 from .cli import VirtGuestsCli
@@ -303,3 +304,46 @@ def test_same_host_uuid_is_refused(define_guest: DefineGuest, libvirtd: PrivateL
         assert "same host" in res.stderr, res
         assert guest.state() == "running (booted)"
         assert guest.name not in _names(twin)
+
+
+def test_a_held_migration_is_aborted_and_the_guest_stays_home(
+        define_guest: DefineGuest, libvirtd: PrivateLibvirtd,
+        peer_libvirtd: PrivateLibvirtd) -> None:
+    """StalledMigration holds a migration in progress: domjobinfo shows it at home (with
+    progress), the guest is ``paused (migrating)`` on the peer; domjobabort ends it and
+    the guest runs on at home, never stopped, gone from the peer."""
+    guest = define_guest("vg-mig-held")
+    with StalledMigration(libvirtd, guest.name, peer_libvirtd.qemu_uri) as held:
+        assert "Operation:        Outgoing migration" in held.jobinfo
+        assert "Data processed:" in held.jobinfo
+        assert guest.state() == "running (booted)"
+        away = Guest(peer_libvirtd, guest.name, guest.console_log, persistent=False)
+        assert away.state() == "paused (migrating)"
+        assert guest.virsh("domjobabort").returncode == 0
+    code, _out, err = held.wait()
+    assert (code, err) == (1, "error: operation aborted: job 'migration out' canceled by "
+                              "client\n")
+    assert guest.state() == "running (booted)"
+    assert guest.name not in _names(peer_libvirtd)
+    assert guest.console().count("vg: ready") == 1
+
+
+def test_a_peer_killed_mid_migration_leaves_the_guest_running_at_home(
+        define_guest: DefineGuest, libvirtd: PrivateLibvirtd,
+        peer_libvirtd: PrivateLibvirtd) -> None:
+    """The peer's libvirtd (and the QEMU it started for the arrival) die mid-migration:
+    the migrate call fails and the guest runs on at home."""
+    guest = define_guest("vg-mig-lost")
+    with StalledMigration(libvirtd, guest.name, peer_libvirtd.qemu_uri) as held:
+        incoming = peer_libvirtd.qemu_pid(guest.name)
+        daemon = peer_libvirtd.pid
+        assert daemon is not None
+        for pid in (daemon, incoming):
+            assert kill_and_wait(pid, signal.SIGKILL, 30)
+    code, _out, err = held.wait(timeout=300)
+    # libvirt 9.0: "error: operation failed: job 'migration out' failed: Unable to write
+    # to socket: Bad file descriptor"
+    assert code == 1 and err.startswith("error: operation failed: job 'migration out' "
+                                        "failed: "), err
+    assert guest.state() == "running (booted)", guest.describe()
+    assert guest.console().count("vg: ready") == 1
