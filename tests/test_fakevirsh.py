@@ -632,7 +632,8 @@ def test_hang_after_calls(virsh: Path, tmp_path: Path) -> None:
     events.wait(timeout=5)
 
 
-@pytest.mark.parametrize("stem", ["qemu-managedsave-busy", "qemu-shutdown-busy"])
+@pytest.mark.parametrize("stem", ["qemu-managedsave-busy", "qemu-shutdown-busy",
+                                  "qemu-migrate-busy"])
 def test_replay_busy_recordings(virsh: Path, tmp_path: Path, stem: str) -> None:
     """A second job on a guest whose save holds its job: what real virsh 9.0 printed
     after libvirt's 30 s lock wait, byte for byte."""

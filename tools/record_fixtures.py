@@ -913,7 +913,7 @@ def record_migrate(rec: Recorder, memory_mib: int) -> None:
     """The migrate group (module docstring): two daemons, a twin of the first, two guests."""
     from tools.realhost.guestimage import build_guest_image, cache_dir, domain_xml
     from tools.realhost.libvirtd import Guest as LiveGuest
-    from tools.realhost.libvirtd import PrivateLibvirtd, StalledMigration
+    from tools.realhost.libvirtd import PrivateLibvirtd, StalledMigration, StalledSave
 
     if os.geteuid() != 0:
         raise SystemExit("the migrate group needs root (--private-libvirtd)")
@@ -1040,6 +1040,14 @@ def record_migrate(rec: Recorder, memory_mib: int) -> None:
                   "migrate to an unreachable peer, migrate to the peer, domstate", home.qemu_uri,
                   [], result, [g], SESSION_ENV, fed)
         rec.run(peer.qemu_uri, [*migrate, home.qemu_uri], timeout=300)
+        wait_state(rec, home.qemu_uri, uuid, "running")
+        # a migrate while a managedsave of the guest holds its job (libvirt's lock wait)
+        with StalledSave(home, g.name, domain=uuid, env=rec.env()):
+            rec1(home.qemu_uri, "migrate-busy", "migrate UUID PEER while a managedsave of "
+                 "the guest is in progress and holds its job (after libvirt's lock wait)",
+                 [*migrate, peer.qemu_uri], timeout=BUSY_TIMEOUT)
+        wait_state(rec, home.qemu_uri, uuid, "shut off")
+        rec.run(home.qemu_uri, ["start", uuid])
         wait_state(rec, home.qemu_uri, uuid, "running")
         rec.run(home.qemu_uri, ["destroy", uuid])
         rec1(home.qemu_uri, "migrate-not-running", "migrate UUID of a shut off guest",

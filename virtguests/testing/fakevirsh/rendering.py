@@ -188,6 +188,7 @@ TEMPLATE_SOURCES: dict[str, tuple[list[str], str, str]] = {
         "error: Requested operation is not valid: no job is active on the domain\n",
     ),
     "migrate_ok": (["qemu-migrate-ok"], "stdout", ""),
+    "migrate_busy": (["qemu-migrate-busy"], "stderr", JOB_BUSY.split("\n", 1)[1]),
     "migrate_aborted": (
         ["qemu-migrate-aborted"],
         "stderr",
@@ -263,8 +264,6 @@ BUILTIN = {
     "error: internal error: qemu unexpectedly closed the monitor\n",
     "fail_shutdown": f"error: Failed to shutdown domain '{ARG}'\n"
     "error: operation failed: guest shutdown request failed\n",
-    "migrate_busy": "error: Timed out during operation: cannot acquire state change lock "
-    "(held by monitor=remoteDispatchDomainManagedSave)\n",
     "migrate_dest_active": f"error: Requested operation is not valid: domain '{NAME}' is "
     "already active\n",
     "domjobabort_unsupported": "error: Operation not supported: abort of this job is not "
