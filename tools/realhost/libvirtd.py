@@ -83,6 +83,29 @@ sys.exit(code if code >= 0 else 128 - code)
 """
 
 
+def migration_host() -> Optional[str]:
+    """What a daemon tells a migration's source to connect to, if not its host name.
+
+    libvirt sends the destination's host name (QEMU listens on every address); that
+    works when the name resolves here, as on most machines.  If it does not, a local
+    non-loopback address (``hostname -I``): libvirt refuses a loopback
+    ``migration_host``.  None: the host name will do (or nothing else would).
+    """
+    import socket
+
+    try:
+        socket.getaddrinfo(socket.gethostname(), None)
+        return None
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((addr for addr in out if "." in addr and not addr.startswith("127.")), None)
+
+
 class LibvirtdError(RuntimeError):
     """The private libvirtd could not be started (message includes its log tail)."""
 
@@ -283,6 +306,7 @@ class PrivateLibvirtd:
             # ports; libvirt refuses a loopback migration_host/migration_address
             f'migration_port_min = {port_min}\n'
             f'migration_port_max = {port_max}\n'
+            + (f'migration_host = "{host}"\n' if (host := migration_host()) else "")
         )
         # libvirt.conf for clients run inside the namespace (none expected).
         (self.confdir / "libvirt.conf").write_text("")
