@@ -857,6 +857,29 @@ def test_sigterm_of_the_migrate_call_cancels_the_migration(virsh: Path,
     assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "running (booted)\n"
 
 
+def test_sigkill_of_the_migrate_call_cancels_the_migration_at_the_next_call(
+        virsh: Path, tmp_path: Path) -> None:
+    """virtguests kills a timed-out call's session with SIGKILL: the fake cannot act
+    then, so the next call (any URI) finds its process gone and cancels its migration,
+    as libvirt does at once."""
+    h = Host(virsh, tmp_path, two_hosts(migrate_seconds=10))
+    proc = h.popen("-c", HOME, "migrate", "--live", "--undefinesource", "g", PEER)
+    h.dispatched(proc)
+    proc.kill()
+    proc.communicate(timeout=10)  # reaped (a zombie would count as gone too)
+    assert h("-c", PEER, "-q", "list", "--all", "--name").stdout == ""
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "running (booted)\n"
+    h.set_now(1100.0)
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "running (booted)\n"
+    zombie = h.popen("-c", HOME, "migrate", "--live", "g", PEER)
+    h.dispatched(zombie)
+    os.kill(zombie.pid, 9)
+    wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().split(")")[1].split()[0]
+             == "Z")
+    assert h("-c", PEER, "-q", "list", "--all", "--name").stdout == ""
+    zombie.communicate(timeout=10)
+
+
 def test_a_question_that_would_wait_for_the_migration_cancels_it(virsh: Path,
                                                                  tmp_path: Path) -> None:
     """``ask`` (in-process) cannot let virtual time pass: the call ends at once, as a

@@ -93,12 +93,12 @@ recorded answers (``fixtures/qemu-migrate-*``); refused when DESTURI is
 with ``hang`` hangs it.  Meanwhile ``domjobinfo`` shows the outgoing migration's
 progress at the source (and fails at the destination, as recorded) and
 ``domjobabort`` (or ``destroy``) ends it: the migrate call fails as recorded and the
-guest runs on at its source.  A migrate call killed at its timeout or by SIGTERM
-cancels its migration, as libvirt does when its client goes (SIGKILL of a fake
-process cannot: its migration completes).  ``dominfo``, ``nodememstats`` and
-``capabilities`` answer in the recorded formats.  Faults: ``fail_migrate``, a
-``hang: [migrate]`` guest, an ``unreachable`` or ``hang`` destination, or fault rules
-(``cmd: migrate``, e.g. ``error: qemu-migrate-unreachable``).
+guest runs on at its source.  A migrate call killed at its timeout (SIGKILL too: the
+next call finds its process gone) or by SIGTERM cancels its migration, as libvirt does
+at once when its client goes (tests/realhost: the guest runs on at home).
+``dominfo``, ``nodememstats`` and ``capabilities`` answer in the recorded formats.
+Faults: ``fail_migrate``, a ``hang: [migrate]`` guest, an ``unreachable`` or ``hang``
+destination, or fault rules (``cmd: migrate``, e.g. ``error: qemu-migrate-unreachable``).
 
 Fault injection (the ``faults:`` list of the host YAML)
     Kept apart from the host simulation: a rule picks virsh calls and makes

@@ -6,6 +6,7 @@ Everything a call changes happens under the state file's lock; hanging and waiti
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -29,6 +30,8 @@ from virtguests.testing.fakevirsh.state import (
     StateFile,
     active_kib,
     apply_due_transitions,
+    cancel_migration,
+    drop_orphaned_migrations,
     find_guest,
 )
 
@@ -278,7 +281,7 @@ def run_migrate(run: CommandRun, guest: dict[str, Any], now: float) -> bool:
     token = f"{run.uri_key}|{guest['uuid']}|{now!r}"
     end = now + float(seconds)
     guest["job"] = {"op": "migrate", "start": now, "end": end, "id": token,
-                    "undefine": "undefinesource" in call.options}
+                    "undefine": "undefinesource" in call.options, "owner": os.getpid()}
     arriving = dict(guest)
     arriving.update(
         id=dest["next_id"], state="paused", reason="migrating", managed_save=False,
@@ -293,26 +296,6 @@ def run_migrate(run: CommandRun, guest: dict[str, Any], now: float) -> bool:
     run.migration = guest["job"]
     run.extra += run.render("migrate_ok", guest)
     return True
-
-
-def cancel_migration(state: dict[str, Any], token: str, outcome: Optional[str]) -> None:
-    """End the migration *token* where it is: the guest stays at its source as it was, the
-    arriving copy goes (a definition it replaced comes back); *outcome*: the role of the
-    error its migrate call prints (None: no call waits for it)."""
-    for uri_state in state["uris"].values():
-        for index, guest in enumerate(uri_state["guests"]):
-            job = guest["job"]
-            if job is None or job.get("id") != token:
-                continue
-            if job["op"] == "migrate":
-                guest["job"] = None
-            elif job["replaced"] is not None:
-                uri_state["guests"][index] = job["replaced"]
-            else:
-                del uri_state["guests"][index]
-            break
-    if outcome is not None:
-        state.setdefault("migrations", {})[token] = outcome
 
 
 def wait_migration(call: VirshCall, state_file: StateFile, clock: HostClock,
@@ -357,7 +340,8 @@ def event_loop(call: VirshCall, state_file: StateFile, clock: HostClock) -> int:
             if uri_state is None:
                 call.unsupported(f"URI {call.uri_arg!r} is not in the host file")
             now = clock.now()
-            dirty = apply_due_transitions(uri_state, now)
+            dirty = drop_orphaned_migrations(state)
+            dirty = apply_due_transitions(uri_state, now) or dirty
             fresh = injected is None
             if injected is None:
                 injected = inject(state, call, call.uri_arg or "default", uri_state, now)
@@ -441,7 +425,8 @@ def execute(call: VirshCall, state_file: StateFile, clock: HostClock, *,
         if uri_state is None:
             call.unsupported(f"URI {uri_key!r} is not in the host file {state_file.host}")
         now = clock.now()
-        dirty = apply_due_transitions(uri_state, now)
+        dirty = drop_orphaned_migrations(state)
+        dirty = apply_due_transitions(uri_state, now) or dirty
         down = uri_state["unreachable"] or now < uri_state["unreachable_until"]
         counts_calls = (uri_state["unreachable_calls"] or uri_state["hang_after_calls"]
                         or uri_state["hang"])
