@@ -347,3 +347,27 @@ def test_a_peer_killed_mid_migration_leaves_the_guest_running_at_home(
                                         "failed: "), err
     assert guest.state() == "running (booted)", guest.describe()
     assert guest.console().count("vg: ready") == 1
+
+
+def test_a_killed_migrate_call_cancels_its_migration(
+        define_guest: DefineGuest, libvirtd: PrivateLibvirtd,
+        peer_libvirtd: PrivateLibvirtd) -> None:
+    """virtguests kills a timed-out call with SIGKILL: libvirt cancels the migration of
+    a client that went away, at once (what the fake virsh does too): the guest runs on
+    at home, the peer has nothing, even once the migration thread could go on."""
+    guest = define_guest("vg-mig-killed")
+    held = StalledMigration(libvirtd, guest.name, peer_libvirtd.qemu_uri).start()
+    try:
+        assert held.proc is not None
+        os.killpg(held.proc.pid, signal.SIGKILL)
+        held.proc.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while guest.name in _names(peer_libvirtd):
+            assert time.monotonic() < deadline, peer_libvirtd.virsh("list", "--all").stdout
+            time.sleep(0.05)
+    finally:
+        held.resume()
+    time.sleep(2)  # the migration thread runs again: nothing more happens
+    assert guest.state() == "running (booted)", guest.describe()
+    assert guest.name not in _names(peer_libvirtd)
+    assert "Job type:         None" in guest.virsh("domjobinfo").stdout
