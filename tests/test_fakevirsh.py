@@ -932,6 +932,13 @@ def test_capabilities_give_each_uri_its_host_uuid(virsh: Path, tmp_path: Path) -
     assert len(out) == len(recorded)  # the recorded XML, with this host's UUID
 
 
+def test_a_host_uuid_that_is_no_uuid_is_refused(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, {"uris": {HOME: {"host_uuid": "same-as-peer"}}})
+    r = h.process("-c", HOME, "capabilities")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert "host_uuid 'same-as-peer' is not a UUID" in r.stderr
+
+
 def test_a_hung_peer_hangs_the_migrate_and_a_fault_rule_refuses_it(virsh: Path,
                                                                    tmp_path: Path) -> None:
     spec = two_hosts()

@@ -7,7 +7,12 @@ import uuid
 from virtguests.testing.fakevirsh.errors import Unsupported, bad_host
 from virtguests.testing.fakevirsh.faults import build_faults
 from virtguests.testing.fakevirsh.rendering import compile_templates
-from virtguests.testing.fakevirsh.state import STATE_FORMAT, active_kib
+from virtguests.testing.fakevirsh.state import (
+    STATE_FORMAT,
+    active_kib,
+    is_uuid,
+    normalize_uuid,
+)
 from virtguests.testing.recordings import RecordingsMissing, fixtures_dir, load_yaml
 
 TYPE_CHECKING = False
@@ -55,6 +60,15 @@ URI_KEYS = {
 STATES = {"running", "paused", "shutoff"}
 
 
+def _host_uuid(key: str, given: Any) -> str:
+    """A URI's host UUID: as given (a UUID), else one of its own per URI key."""
+    if given is None:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"host:{key}"))
+    if not is_uuid(str(given)):
+        bad_host(f"uri {key!r}: host_uuid {given!r} is not a UUID")
+    return normalize_uuid(str(given))
+
+
 def build_state(host_path: str, signature: list[int], built: float) -> dict[str, Any]:
     """The state of a freshly built host at (the fake's) time *built*; *signature*
     identifies the YAML it came from."""
@@ -86,8 +100,7 @@ def build_state(host_path: str, signature: list[int], built: float) -> dict[str,
             "lock_wait": float(conf.get("lock_wait", LOCK_WAIT)),
             "calls": 0,
             "guests": [],
-            "host_uuid": str(conf.get("host_uuid")
-                             or uuid.uuid5(uuid.NAMESPACE_URL, f"host:{key}")).lower(),
+            "host_uuid": _host_uuid(key, conf.get("host_uuid")),
             "memory_kib": int(float(conf.get("memory_mib", HOST_MEMORY_MIB)) * 1024),
             "free_kib": int(float(conf.get("free_mib", HOST_FREE_MIB)) * 1024),
         }
