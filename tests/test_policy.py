@@ -65,7 +65,7 @@ extra: 1
         "/etc/virtguests/guests.yaml:5: order: not an integer: 'high' (allowed: integers "
         "-1000000 to 1000000)",
         "/etc/virtguests/guests.yaml:6: colour: unknown key (allowed: match, uri, actions, "
-        "order, shutdown_timeout, start_delay, skip_start)",
+        "order, shutdown_timeout, start_delay, skip_start, migrate_to)",
         "/etc/virtguests/guests.yaml:7: match: every rule needs 'match'",
         "/etc/virtguests/guests.yaml:9: skip_start: must be true or false, got 'maybe' "
         "(allowed: true, false; not yes/no, which YAML versions read differently)",
@@ -361,3 +361,31 @@ def test_virsh_uri_output_as_recorded_from_real_virsh() -> None:
     assert recorded["argv"] == ["uri"]
     assert observe.parse_uri(recorded["stdout"]) == "test:///default"
     assert observe.parse_uri("") is None and observe.parse_uri("a\nb\n") is None
+
+
+def test_migrate_to_one_uri_or_a_list_and_peers_not_in_migrate_uris_warn() -> None:
+    from virtguests.policy import unknown_peers
+
+    policy, problems = parse(
+        'guests:\n'
+        '  - match: web\n    actions: migrate suspend\n    migrate_to: qemu+ssh://b/system\n'
+        '  - match: db\n    migrate_to: [qemu+ssh://b/system, qemu+ssh://c/system]\n'
+        '  - match: "x*"\n    migrate_to: []\n'
+        '  - match: "y*"\n    migrate_to: "-p2p"\n', "p.yaml")
+    assert [str(p) for p in problems] == [
+        "p.yaml:8: migrate_to: an empty list (allowed: a URI from MIGRATE_URIS, or a list of "
+        "them)",
+        "p.yaml:10: migrate_to: not a URI: '-p2p' (allowed: a URI from MIGRATE_URIS, or a "
+        "list of them)"]
+    web, db = policy.rules[0].policy, policy.rules[1].policy
+    assert (web.actions, web.migrate_to) == ((Action.MIGRATE, Action.SUSPEND),
+                                             ("qemu+ssh://b/system",))
+    assert db.migrate_to == ("qemu+ssh://b/system", "qemu+ssh://c/system")
+    assert unknown_peers(policy, ["qemu+ssh://b/system"]) == [
+        "p.yaml:5: migrate_to: qemu+ssh://c/system is not in MIGRATE_URIS: never used"]
+    assert unknown_peers(policy, []) == [
+        "p.yaml:2: migrate_to: qemu+ssh://b/system is not in MIGRATE_URIS: never used",
+        "p.yaml:2: actions: migrate needs peers, but MIGRATE_URIS is empty: the chain's next "
+        "step is taken",
+        "p.yaml:5: migrate_to: qemu+ssh://b/system is not in MIGRATE_URIS: never used",
+        "p.yaml:5: migrate_to: qemu+ssh://c/system is not in MIGRATE_URIS: never used"]
