@@ -76,7 +76,8 @@ def test_status_report_and_plan_keys(fake_host: Make) -> None:
     assert plan_stop["format_version"] == 1
     assert set(plan_stop["uris"][0]) == {"uri", "error", "guests"}
     assert set(plan_stop["uris"][0]["guests"][0]) == {
-        "name", "uuid", "order", "actions", "timeout", "commands"}
+        "name", "uuid", "order", "actions", "timeout", "commands", "target",
+        "target_note"}
     assert plan_stop["uris"][0]["guests"][0]["actions"] == ["shutdown"]
     assert plan_stop["uris"][0]["guests"][0]["commands"] == [
         [str(host.bin / "virsh"), "shutdown", "5a1e0000-0000-4000-8000-000000000001"]]
