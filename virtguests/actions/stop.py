@@ -144,6 +144,9 @@ def _say_found(ctx: Context, config: Config, views: Sequence[UriView],
         item = next(i for i in the_plan.uris if i.uri == uri)
         names = ", ".join(g.name for g in item.running) or "no running guests."
         ctx.messages.say(f"Running guests on {uri} URI: {names}")
+        for planned in item.guests:
+            if planned.target_note:
+                ctx.messages.say(f"Not migrating {planned.guest.name}: {planned.target_note}")
         for guest in item.running:
             if guest.uuid in item.notes:
                 ctx.messages.warn(f"{guest.name} stays running: {item.notes[guest.uuid]}")
@@ -160,8 +163,6 @@ def _say_commands(ctx: Context, config: Config, the_plan: plan.StopPlan) -> None
         ctx.messages.say(format_argv(argv))
     for item in the_plan.uris:
         for planned in item.guests:
-            if planned.target_note:
-                ctx.messages.say(f"# {planned.guest.name}: {planned.target_note}")
             if len(planned.actions) > 1:
                 ctx.messages.say(f"# {planned.guest.name}: if {planned.actions[0]} fails: "
                                  + " -> ".join(planned.actions[1:]))
