@@ -389,3 +389,25 @@ def test_migrate_to_one_uri_or_a_list_and_peers_not_in_migrate_uris_warn() -> No
         "step is taken",
         "p.yaml:5: migrate_to: qemu+ssh://b/system is not in MIGRATE_URIS: never used",
         "p.yaml:5: migrate_to: qemu+ssh://c/system is not in MIGRATE_URIS: never used"]
+
+
+def test_check_reports_the_migration_settings(fake_host: Make, tmp_path: Path) -> None:
+    rules = ("guests:\n  - match: web\n    actions: migrate shutdown\n"
+             "    migrate_to: [qemu:///peer, qemu:///elsewhere]\n")
+    host = host_with_policy(fake_host, tmp_path, rules,
+                            'MIGRATE_URIS="qemu:///peer default"\nMIGRATE_OPTIONS="--live '
+                            '--timeout 60"\n')
+    run = here(host, "check")
+    assert run.code == 6
+    assert run.err.splitlines() == [
+        f"virtguests: warning: {host.config_file}:2: MIGRATE_URIS: default is also in URIS: "
+        "a peer on this host is never a migration target",
+        f"virtguests: warning: {tmp_path}/guests.yaml:2: migrate_to: qemu:///elsewhere is "
+        "not in MIGRATE_URIS: never used",
+        f"virtguests: error: {host.config_file}:3: MIGRATE_OPTIONS: --timeout is refused: "
+        "MIGRATE_TIMEOUT bounds a migration; virsh's timeout would suspend the guest or "
+        "switch to post-copy (allowed: virsh migrate options such as --live --persistent "
+        "--undefinesource --compressed --auto-converge --copy-storage-all --migrateuri URI; "
+        "not --timeout, --desturi, --suspend, --dname, --xml)",
+        f"virtguests: error: {host.config_file}: 1 problem(s)"]
+    assert host.verbs() == []  # check never runs virsh
