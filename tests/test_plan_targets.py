@@ -241,3 +241,43 @@ def test_peers_not_looked_at_are_unreachable() -> None:
     db = next(s for s in plan.uris[0].guests if s.guest.name == "db")
     assert db.target_note == ("no target: qemu+ssh://p1/system: unreachable (not contacted); "
                               "qemu+ssh://p2/system: unreachable (not contacted)")
+
+
+@given(st.lists(st.tuples(st.one_of(st.none(), st.integers(1, 8 * MIB)), st.booleans(),
+                          st.sampled_from([(), (Action.MIGRATE,),
+                                           (Action.MIGRATE, Action.SUSPEND),
+                                           (Action.MIGRATE, Action.SHUTDOWN), None])),
+                max_size=8),
+       peer_lists, st.sampled_from(list(PersistentOnly)))
+def test_plan_stop_properties(spec: list[tuple[Optional[int], bool, Optional[tuple[Action, ...]]]],
+                              peer_spec: list[tuple[Optional[int], str]],
+                              persistent_only: PersistentOnly) -> None:
+    """Every running guest is acted on, skipped as transient, left by policy or left with
+    a no-target note; a chain starts with migrate exactly when it has a target, and a
+    guest that lost its migrate keeps the reason."""
+    gs = [Guest(uuid(n), f"g{n}", persistent=persistent, memory_kib=None if m is None
+                else m * MIB) for n, (m, persistent, _) in enumerate(spec, 1)]
+    chains = {g.uuid: chain for g, (_, _, chain) in zip(gs, spec)}
+    peers = _peers(peer_spec)
+    config = Config(on_shutdown=(Action.MIGRATE, Action.SUSPEND, Action.SHUTDOWN),
+                    migrate_uris=tuple(p.uri for p in peers), persistent_only=persistent_only)
+    plan = plan_stop(config, [UriView("default", tuple(gs))],
+                     policy=lambda uri, g: GuestPolicy(actions=chains[g.uuid]),
+                     peers=peers, home_uuids={"default": HOME})
+    item = plan.uris[0]
+    acted = {s.guest.uuid for s in item.guests}
+    skipped = {g.uuid for g in item.transient_skipped}
+    for g in gs:
+        places = [g.uuid in acted, g.uuid in skipped, g.uuid in item.notes,
+                  chains[g.uuid] == ()]
+        assert places.count(True) == 1, (g, places)
+    for s in item.guests:
+        assert s.actions
+        assert (s.actions[0] == Action.MIGRATE) == (s.target is not None)
+        if s.target is not None:
+            assert s.target_note == ""
+        wanted = chains[s.guest.uuid] or config.on_shutdown
+        if wanted[0] == Action.MIGRATE and s.target is None:
+            assert s.target_note.startswith("no target: ")
+    for note in item.notes.values():
+        assert note.startswith("no target: ")
