@@ -383,3 +383,112 @@ def test_readme_and_man_page_state_the_same_ranges() -> None:
         assert f"{kind.capitalize()} {low} to {high}" in definition, (key, definition)
         problem = parse_text(f"{key}=x\n", "f", {}).problems[0]
         assert f"{low} to {high}" in problem.message
+
+
+# -- migration settings (issue 14) ------------------------------------------------------
+
+
+def test_migrate_without_peers_is_a_problem_at_on_shutdown() -> None:
+    loaded = parse_text('URIS=default\nON_SHUTDOWN="migrate suspend"\n', "f", {})
+    assert [str(p) for p in loaded.problems] == [
+        "f:2: ON_SHUTDOWN: migrate needs peers, but MIGRATE_URIS is empty (allowed: set "
+        "MIGRATE_URIS, or take migrate out of the chain)"]
+    peered = parse_text('ON_SHUTDOWN="migrate suspend"\nMIGRATE_URIS="qemu+ssh://b/system '
+                        'qemu+ssh://c/system qemu+ssh://b/system"\n', "f", {})
+    assert (peered.problems, peered.warnings) == ((), ())
+    assert peered.config.migrate_uris == ("qemu+ssh://b/system", "qemu+ssh://c/system")
+    assert peered.config.on_shutdown == ("migrate", "suspend")
+    assert peered.config.suspending  # the mode of the chain's step after migrate
+
+
+def test_a_peer_that_is_in_uris_is_a_warning_and_an_option_word_is_refused() -> None:
+    loaded = parse_text('URIS="default qemu:///system"\nMIGRATE_URIS="qemu:///system '
+                        'qemu+ssh://b/system"\n', "f", {})
+    assert loaded.warnings == ("f:2: MIGRATE_URIS: qemu:///system is also in URIS: a peer on "
+                               "this host is never a migration target",)
+    bad = parse_text('MIGRATE_URIS="qemu+ssh://b/system --p2p"\n', "f", {})
+    assert [(p.line, p.key) for p in bad.problems] == [(1, "MIGRATE_URIS")]
+    assert "'--p2p' is not a URI" in bad.problems[0].message
+    assert bad.config.migrate_uris == ()
+
+
+@pytest.mark.parametrize("options", [
+    "", "--live", "--live --persistent --undefinesource --compressed --auto-converge",
+    "--copy-storage-all --migrateuri tcp://10.0.0.2:49152 --bandwidth 100",
+    "--p2p --tunnelled --unsafe --verbose --postcopy --tls",
+    "--some-future-option=value --disks-port=5000",
+    "--migrate-disks vda,vdb --comp-methods mt,xbzrle",
+])
+def test_migrate_options_accepted(options: str) -> None:
+    loaded = parse_text(f'MIGRATE_OPTIONS="{options}"\n', "f", {})
+    assert loaded.problems == ()
+    assert loaded.config.migrate_options == tuple(options.split())
+
+
+@pytest.mark.parametrize(("options", "why"), [
+    ("--live guest2", "'guest2' is not an option"),
+    ("--live qemu+ssh://x/system", "is not an option"),
+    ("-v", "'-v' is not an option"),
+    ("--live --", "'--' is not an option"),
+    ("--domain web", "--domain is refused: virtguests names the guest"),
+    ("--desturi=qemu:///x", "--desturi is refused"),
+    ("--timeout 30", "--timeout is refused: MIGRATE_TIMEOUT"),
+    ("--timeout-suspend", "--timeout-suspend is refused"),
+    ("--timeout-postcopy", "--timeout-postcopy is refused"),
+    ("--postcopy-after-precopy", "post-copy cannot be aborted"),
+    ("--postcopy-resume", "--postcopy-resume is refused"),
+    ("--offline --persistent", "leaves the guest running here"),
+    ("--suspend", "left paused on the peer"),
+    ("--dname new", "one name for every guest"),
+    ("--xml /tmp/x.xml", "one file for every guest"),
+    ("--persistent-xml=/tmp/x.xml", "one file for every guest"),
+    ("--live --migrateuri", "--migrateuri needs a value"),
+])
+def test_migrate_options_refused(options: str, why: str) -> None:
+    loaded = parse_text(f'MIGRATE_OPTIONS="{options}"\n', "f", {})
+    assert [(p.line, p.key) for p in loaded.problems] == [(1, "MIGRATE_OPTIONS")]
+    assert why in loaded.problems[0].message
+    assert "(allowed: virsh migrate options" in loaded.problems[0].message
+    assert loaded.config.migrate_options == Config().migrate_options
+
+
+def test_an_option_naming_one_address_is_a_warning() -> None:
+    loaded = parse_text('MIGRATE_OPTIONS="--live --migrateuri=tcp://10.0.0.2"\n', "f", {})
+    assert loaded.problems == ()
+    assert loaded.warnings == (
+        "f:1: MIGRATE_OPTIONS: --migrateuri names one address, but every peer in "
+        "MIGRATE_URIS and start's migration home get the same options",)
+
+
+_WORDS = st.one_of(
+    st.sampled_from(sorted(config.MIGRATE_VALUE_OPTIONS | set(config.MIGRATE_REFUSED)
+                           | {"--live", "--p2p", "--", "-x", "--x=y"})),
+    st.text(st.characters(codec="ascii", exclude_characters=" \t\n"), min_size=1,
+            max_size=8))
+
+
+@given(st.lists(_WORDS, max_size=8))
+def test_accepted_options_never_name_a_guest_or_a_peer(words: list[str]) -> None:
+    """Whatever MIGRATE_OPTIONS holds, once accepted, virsh reads every word as an option
+    or an option's value: the guest and the peer virtguests appends are its only
+    positional arguments, and nothing virtguests controls is in it."""
+    try:
+        options = config._migrate_options(" ".join(words))
+    except config.Invalid:
+        return
+    value_next = False
+    for word in options:
+        if value_next:
+            value_next = False
+            continue
+        assert word.startswith("--") and word != "--"
+        name = word.split("=", 1)[0]
+        assert name not in config.MIGRATE_REFUSED
+        value_next = name in config.MIGRATE_VALUE_OPTIONS and "=" not in word
+    assert not value_next
+
+
+def test_start_uses_the_return_settings_not_the_stop_ones() -> None:
+    used = config.USED_BY["start"]
+    assert {"MIGRATE_OPTIONS", "MIGRATE_TIMEOUT", "PARALLEL_MIGRATE", "MIGRATE_RETURN"} <= used
+    assert not {"MIGRATE_URIS", "MIGRATE_RESERVE", "migrate_to", "ON_SHUTDOWN"} & used

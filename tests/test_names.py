@@ -50,6 +50,24 @@ def test_plan_notes() -> None:
         "transient: not suspended", "left running by policy", "recorded but no longer exists"}
 
 
+def test_no_target_words_are_pinned_and_documented() -> None:
+    """``no target: PEER: WHY; ...`` (plan stop, stop, the man page's MIGRATE_URIS)."""
+    assert {str(why) for why in model.PeerWhy} == {
+        "no target", "no peers (MIGRATE_URIS is empty)", "the guest's memory is unknown",
+        "not in its migrate_to", "unreachable ({error})", "its host UUID is unknown",
+        "the same host as the guest's", "its free memory is unknown",
+        "{free} MiB free, needs {need} MiB"}
+    page = " ".join((Path(__file__).parent.parent / "doc" / "virtguests.8.md").read_text()
+                    .split())
+    shown = {"{error}": "ERROR", "{free}": "N", "{need}": "M"}
+    for why in model.PeerWhy:
+        text = str(why)
+        for field, name in shown.items():
+            text = text.replace(field, name)
+        assert f"`{text}" in page, text
+    assert model.no_target([("qemu:///a", "x"), ("", "y")]) == "no target: qemu:///a: x; y"
+
+
 def test_file_names(tmp_path: Path) -> None:
     paths = Paths.in_dir(tmp_path)
     assert {name: Path(str(path)).name for name, path in vars(paths).items()} == {
@@ -76,7 +94,8 @@ def test_status_report_and_plan_keys(fake_host: Make) -> None:
     assert plan_stop["format_version"] == 1
     assert set(plan_stop["uris"][0]) == {"uri", "error", "guests"}
     assert set(plan_stop["uris"][0]["guests"][0]) == {
-        "name", "uuid", "order", "actions", "timeout", "commands"}
+        "name", "uuid", "order", "actions", "timeout", "commands", "target",
+        "target_note"}
     assert plan_stop["uris"][0]["guests"][0]["actions"] == ["shutdown"]
     assert plan_stop["uris"][0]["guests"][0]["commands"] == [
         [str(host.bin / "virsh"), "shutdown", "5a1e0000-0000-4000-8000-000000000001"]]

@@ -65,7 +65,7 @@ extra: 1
         "/etc/virtguests/guests.yaml:5: order: not an integer: 'high' (allowed: integers "
         "-1000000 to 1000000)",
         "/etc/virtguests/guests.yaml:6: colour: unknown key (allowed: match, uri, actions, "
-        "order, shutdown_timeout, start_delay, skip_start)",
+        "order, shutdown_timeout, start_delay, skip_start, migrate_to)",
         "/etc/virtguests/guests.yaml:7: match: every rule needs 'match'",
         "/etc/virtguests/guests.yaml:9: skip_start: must be true or false, got 'maybe' "
         "(allowed: true, false; not yes/no, which YAML versions read differently)",
@@ -361,3 +361,53 @@ def test_virsh_uri_output_as_recorded_from_real_virsh() -> None:
     assert recorded["argv"] == ["uri"]
     assert observe.parse_uri(recorded["stdout"]) == "test:///default"
     assert observe.parse_uri("") is None and observe.parse_uri("a\nb\n") is None
+
+
+def test_migrate_to_one_uri_or_a_list_and_peers_not_in_migrate_uris_warn() -> None:
+    from virtguests.policy import unknown_peers
+
+    policy, problems = parse(
+        'guests:\n'
+        '  - match: web\n    actions: migrate suspend\n    migrate_to: qemu+ssh://b/system\n'
+        '  - match: db\n    migrate_to: [qemu+ssh://b/system, qemu+ssh://c/system]\n'
+        '  - match: "x*"\n    migrate_to: []\n'
+        '  - match: "y*"\n    migrate_to: "-p2p"\n', "p.yaml")
+    assert [str(p) for p in problems] == [
+        "p.yaml:8: migrate_to: an empty list (allowed: a URI from MIGRATE_URIS, or a list of "
+        "them)",
+        "p.yaml:10: migrate_to: not a URI: '-p2p' (allowed: a URI from MIGRATE_URIS, or a "
+        "list of them)"]
+    web, db = policy.rules[0].policy, policy.rules[1].policy
+    assert (web.actions, web.migrate_to) == ((Action.MIGRATE, Action.SUSPEND),
+                                             ("qemu+ssh://b/system",))
+    assert db.migrate_to == ("qemu+ssh://b/system", "qemu+ssh://c/system")
+    assert unknown_peers(policy, ["qemu+ssh://b/system"]) == [
+        "p.yaml:5: migrate_to: qemu+ssh://c/system is not in MIGRATE_URIS: never used"]
+    assert unknown_peers(policy, []) == [
+        "p.yaml:2: migrate_to: qemu+ssh://b/system is not in MIGRATE_URIS: never used",
+        "p.yaml:2: actions: migrate needs peers, but MIGRATE_URIS is empty: the chain's next "
+        "step is taken",
+        "p.yaml:5: migrate_to: qemu+ssh://b/system is not in MIGRATE_URIS: never used",
+        "p.yaml:5: migrate_to: qemu+ssh://c/system is not in MIGRATE_URIS: never used"]
+
+
+def test_check_reports_the_migration_settings(fake_host: Make, tmp_path: Path) -> None:
+    rules = ("guests:\n  - match: web\n    actions: migrate shutdown\n"
+             "    migrate_to: [qemu:///peer, qemu:///elsewhere]\n")
+    host = host_with_policy(fake_host, tmp_path, rules,
+                            'MIGRATE_URIS="qemu:///peer default"\nMIGRATE_OPTIONS="--live '
+                            '--timeout 60"\n')
+    run = here(host, "check")
+    assert run.code == 6
+    assert run.err.splitlines() == [
+        f"virtguests: warning: {host.config_file}:2: MIGRATE_URIS: default is also in URIS: "
+        "a peer on this host is never a migration target",
+        f"virtguests: warning: {tmp_path}/guests.yaml:2: migrate_to: qemu:///elsewhere is "
+        "not in MIGRATE_URIS: never used",
+        f"virtguests: error: {host.config_file}:3: MIGRATE_OPTIONS: --timeout is refused: "
+        "MIGRATE_TIMEOUT bounds a migration; virsh's timeout would suspend the guest or "
+        "switch to post-copy (allowed: virsh migrate options such as --live --persistent "
+        "--undefinesource --compressed --auto-converge --copy-storage-all --migrateuri URI; "
+        "not --timeout, --desturi, --suspend, --dname, --xml)",
+        f"virtguests: error: {host.config_file}: 1 problem(s)"]
+    assert host.verbs() == []  # check never runs virsh

@@ -256,6 +256,17 @@ SCENARIOS: dict[str, Scenario] = {
         "plan, --json plan, then plan start after a stop",
         FOUR, 'ON_SHUTDOWN="suspend shutdown"\n',
         (("plan",), ("--json", "plan"), ("stop",), ("plan", "start"))),
+    "plan-migrate": Scenario(
+        "plan, --json plan and --dry-run stop with ON_SHUTDOWN=\"migrate suspend\" (one peer"
+        " down): largest first, db is too large for the other peer, idle goes there, then"
+        " web does not fit: db and web fall back to suspend",
+        {"uris": {"default": uri(guest("web", memory_mib=2048), guest("db", memory_mib=8192),
+                                 guest("idle", memory_mib=3072, state="paused"),
+                                 guest("off", state="shutoff")),
+                  "qemu:///peer1": uri(free_mib=4096),
+                  "qemu:///peer2": uri(unreachable=True)}},
+        'ON_SHUTDOWN="migrate suspend"\nMIGRATE_URIS="qemu:///peer1 qemu:///peer2"\n',
+        (("plan",), ("--json", "plan"), ("--dry-run", "stop"))),
     "report": Scenario(
         "report and --json report after a stop whose save failed and escalated to shutdown",
         one_uri(guest("web"), guest("db"),

@@ -222,7 +222,8 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
         from virtguests import policy
 
         guest_policy, problems = policy.load(loaded.config.guest_policy)
-        loaded = replace(loaded, problems=(*loaded.problems, *problems))
+        loaded = replace(loaded, problems=(*loaded.problems, *problems), warnings=(
+            *loaded.warnings, *policy.unknown_peers(guest_policy, loaded.config.migrate_uris)))
     state_dir = args.state_dir or env.get("VIRTGUESTS_STATE_DIR")
     paths = state.Paths.in_dir(Path(state_dir)) if state_dir else state.Paths.default()
     virsh = (make_virsh or Virsh)(resolve_path(args.virsh, env), environ=env,

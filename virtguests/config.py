@@ -77,8 +77,10 @@ class Config:
 
     @property
     def suspending(self) -> bool:
-        """True when the first action is a managed save (the reference's "suspend" mode)."""
-        return self.on_shutdown[0] == Action.SUSPEND
+        """True when the first action is a managed save (the reference's "suspend" mode);
+        a chain's ``migrate`` does not count (``migrate suspend`` is still that mode)."""
+        rest = [a for a in self.on_shutdown if a != Action.MIGRATE]
+        return bool(rest) and rest[0] == Action.SUSPEND
 
 
 @dataclass(frozen=True)
@@ -113,7 +115,7 @@ class Loaded:
 # -- which settings each command uses -------------------------------------------------
 
 POLICY_KEYS = ("match", "uri", "actions", "order", "shutdown_timeout", "start_delay",
-               "skip_start")
+               "skip_start", "migrate_to")
 """The keys of a guest policy rule (virtguests.policy reads them)."""
 
 USED_BY: Mapping[str, frozenset[str]] = {
@@ -121,7 +123,8 @@ USED_BY: Mapping[str, frozenset[str]] = {
     "start": frozenset({
         "URIS", "ON_BOOT", "START_DELAY", "BYPASS_CACHE", "SYNC_TIME", "PARALLEL_START",
         "QUERY_TIMEOUT", "SAVE_TIMEOUT", "CONNECT_RETRIES", "RETRIES_SLEEP", "RESUME_ORPHANS",
-        "GUEST_POLICY", "order", "start_delay", "skip_start", "match", "uri"}),
+        "GUEST_POLICY", "MIGRATE_OPTIONS", "MIGRATE_TIMEOUT", "PARALLEL_MIGRATE",
+        "MIGRATE_RETURN", "order", "start_delay", "skip_start", "match", "uri"}),
 }
 """The settings (config variables and policy keys) a command acts on.  A problem with a
 setting the command does not use is only a warning for it; commands not listed here use
@@ -256,13 +259,74 @@ def _chain(raw: str) -> tuple[Action, ...]:
 
 
 def _peer_uris(raw: str) -> tuple[str, ...]:
-    """MIGRATE_URIS: may be empty (no peers; ``migrate`` in a chain then never applies)."""
+    """MIGRATE_URIS: may be empty (no peers: ``migrate`` in ON_SHUTDOWN is then a
+    problem).  A word starting with ``-`` is refused: it would reach ``virsh migrate``
+    as an option, not as the destination."""
+    for word in ifs_split(raw):
+        if word.startswith("-"):
+            raise Invalid(f"{word[:80]!r} is not a URI (allowed: whitespace-separated "
+                          "libvirt URIs, or empty for none)")
     return tuple(dict.fromkeys(ifs_split(raw)))
 
 
-def _words(raw: str) -> tuple[str, ...]:
-    """Arguments split as bash splits an unquoted variable; never run by a shell."""
-    return tuple(ifs_split(raw))
+MIGRATE_VALUE_OPTIONS = frozenset({
+    "--migrateuri", "--graphicsuri", "--listen-address", "--migrate-disks", "--disks-port",
+    "--disks-uri", "--comp-methods", "--comp-mt-level", "--comp-mt-threads",
+    "--comp-mt-dthreads", "--comp-xbzrle-cache", "--auto-converge-initial",
+    "--auto-converge-increment", "--postcopy-bandwidth", "--parallel-connections",
+    "--bandwidth", "--tls-destination"})
+"""``virsh migrate`` options (libvirt 9.0) that take the next word as their value."""
+
+MIGRATE_REFUSED: Mapping[str, str] = {
+    "--domain": "virtguests names the guest",
+    "--desturi": "virtguests names the peer (MIGRATE_URIS)",
+    "--timeout": "MIGRATE_TIMEOUT bounds a migration; virsh's timeout would suspend the "
+                 "guest or switch to post-copy",
+    "--timeout-suspend": "MIGRATE_TIMEOUT bounds a migration; this would suspend the guest",
+    "--timeout-postcopy": "MIGRATE_TIMEOUT bounds a migration; post-copy cannot be aborted",
+    "--postcopy-after-precopy": "a guest in post-copy cannot be aborted and is lost if its "
+                                "peer fails",
+    "--postcopy-resume": "only for a failed post-copy migration",
+    "--offline": "an offline migration leaves the guest running here",
+    "--suspend": "the guest would be left paused on the peer",
+    "--dname": "one name for every guest",
+    "--xml": "one file for every guest",
+    "--persistent-xml": "one file for every guest",
+}
+"""Options that would take the call out of virtguests' hands, and why."""
+
+MIGRATE_ONE_ADDRESS = ("--migrateuri", "--listen-address", "--graphicsuri", "--disks-uri",
+                       "--tls-destination")
+"""Options that name one host's address: ``check`` warns that every peer and start's
+migration home get the same value."""
+
+
+def _migrate_options(raw: str) -> tuple[str, ...]:
+    """MIGRATE_OPTIONS: ``--option`` words (``--option value`` for those taking a value,
+    or ``--option=value``); never run by a shell.  Refused: what virtguests itself
+    controls (see MIGRATE_REFUSED) and any other word, which virsh would read as the
+    guest or the peer."""
+    allowed = ("(allowed: virsh migrate options such as --live --persistent "
+               "--undefinesource --compressed --auto-converge --copy-storage-all "
+               "--migrateuri URI; not --timeout, --desturi, --suspend, --dname, --xml)")
+    words = tuple(ifs_split(raw))
+    expect_value: Optional[str] = None
+    for word in words:
+        if expect_value is not None:
+            expect_value = None
+            continue
+        name = word.split("=", 1)[0]
+        if not word.startswith("--") or name == "--":
+            raise Invalid(f"{word[:80]!r} is not an option: virsh would read it as the guest "
+                          f"or the peer; write --option=value for an option virtguests does "
+                          f"not know to take a value {allowed}")
+        if name in MIGRATE_REFUSED:
+            raise Invalid(f"{name} is refused: {MIGRATE_REFUSED[name]} {allowed}")
+        if name in MIGRATE_VALUE_OPTIONS and "=" not in word:
+            expect_value = name
+    if expect_value is not None:
+        raise Invalid(f"{expect_value} needs a value {allowed}")
+    return words
 
 
 def _path(raw: str) -> Optional[str]:
@@ -304,7 +368,7 @@ _CONVERTERS: dict[str, tuple[str, Callable[[str], object]]] = {
     "GUEST_POLICY": ("guest_policy", _path),
     "METRICS_FILE": ("metrics_file", _metrics_path),
     "MIGRATE_URIS": ("migrate_uris", _peer_uris),
-    "MIGRATE_OPTIONS": ("migrate_options", _words),
+    "MIGRATE_OPTIONS": ("migrate_options", _migrate_options),
     "MIGRATE_TIMEOUT": ("migrate_timeout", _int(1, YEAR)),
     "PARALLEL_MIGRATE": ("parallel_migrate", _int(1, MAX_PARALLEL)),
     "MIGRATE_RETURN": ("migrate_return", _flag),
@@ -434,6 +498,9 @@ def parse_text(text: str, path: str, environ: Mapping[str, str]) -> Loaded:
                 broken_uris.extend(salvage_uris(_physical_line(text, item.line)))
         sources[item.key] = item.line
     config = Config(**values)  # type: ignore[arg-type]
+    more_problems, more_warnings = _migration_checks(config, sources, path)
+    problems.extend((p.line, p) for p in more_problems)
+    warnings.extend(more_warnings)
     salvaged = None
     if uris_broken:
         kept = list(config.uris) if "uris" in values else []
@@ -441,6 +508,33 @@ def parse_text(text: str, path: str, environ: Mapping[str, str]) -> Loaded:
     problems.sort(key=lambda item: item[0])
     return Loaded(config, None, tuple(p for _, p in problems), tuple(warnings), sources,
                   salvaged)
+
+
+def _migration_checks(config: Config, sources: Mapping[str, int],
+                      path: str) -> tuple[list[Problem], list[str]]:
+    """What only the migration settings together can tell: ``migrate`` without peers (a
+    problem at ON_SHUTDOWN's line), a peer that is one of this host's URIS, and options
+    naming one address for every peer (warnings)."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    if Action.MIGRATE in config.on_shutdown and not config.migrate_uris:
+        line = sources.get("ON_SHUTDOWN", 0)
+        problems.append(Problem(path, line, "ON_SHUTDOWN", "migrate needs peers, but "
+                                "MIGRATE_URIS is empty (allowed: set MIGRATE_URIS, or take "
+                                "migrate out of the chain)"))
+    line = sources.get("MIGRATE_URIS", 0)
+    for peer in config.migrate_uris:
+        if peer in config.uris:
+            warnings.append(str(Problem(path, line, "MIGRATE_URIS", f"{peer} is also in URIS: "
+                                        "a peer on this host is never a migration target")))
+    line = sources.get("MIGRATE_OPTIONS", 0)
+    for word in config.migrate_options:
+        name = word.split("=", 1)[0]
+        if name in MIGRATE_ONE_ADDRESS:
+            warnings.append(str(Problem(path, line, "MIGRATE_OPTIONS", f"{name} names one "
+                                        "address, but every peer in MIGRATE_URIS and start's "
+                                        "migration home get the same options")))
+    return problems, warnings
 
 
 def _physical_line(text: str, number: int) -> str:

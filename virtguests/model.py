@@ -93,6 +93,29 @@ class PlanNote(Word):
     LEFT_RUNNING = "left running by policy"
     GONE = "recorded but no longer exists"
 
+class PeerWhy(Word):
+    """Why a peer is not a guest's migration target: the words of a ``no target`` note
+    (``no target: PEER: WHY; PEER: WHY``), in ``plan stop``, stop's report and the man
+    page.  ``{...}`` fields are filled by ``plan.choose_targets``."""
+
+    NO_TARGET = "no target"
+    NO_PEERS = "no peers (MIGRATE_URIS is empty)"
+    MEMORY_UNKNOWN = "the guest's memory is unknown"
+    NOT_ALLOWED = "not in its migrate_to"
+    UNREACHABLE = "unreachable ({error})"
+    HOST_UNKNOWN = "its host UUID is unknown"
+    SAME_HOST = "the same host as the guest's"
+    FREE_UNKNOWN = "its free memory is unknown"
+    TOO_LITTLE = "{free} MiB free, needs {need} MiB"
+    """*free*: after what this run already sends there; *need*: memory + MIGRATE_RESERVE."""
+
+
+def no_target(parts: list[tuple[str, str]]) -> str:
+    """``no target: PEER: WHY; PEER: WHY`` (or ``no target: WHY`` for the guest itself)."""
+    reasons = "; ".join(f"{peer}: {why}" if peer else why for peer, why in parts)
+    return f"{PeerWhy.NO_TARGET}: {reasons}"
+
+
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 

@@ -10,14 +10,17 @@ wedged URI is given up quickly.  It asks virsh through ``commands`` and
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
-from typing import Optional
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from typing import Optional, Union
 
-from virtguests import commands, virshout
+from virtguests import commands, query, virshout
 from virtguests.clock import Clock
+from virtguests.concurrently import Job, run_all
 from virtguests.config import Config
-from virtguests.model import Guest, UriView
+from virtguests.model import Guest, PeerView, UriView
 from virtguests.query import run_with_retries
 from virtguests.virsh import Virsh, VirshError
 
@@ -112,3 +115,95 @@ def persistent_uuids(virsh: Virsh, uri: str, config: Config) -> set[str]:
     """Every persistent guest's UUID, active or not (a stop request ends it too)."""
     result = virsh.run(uri, commands.list_persistent_uuids(), timeout=config.query_timeout)
     return set(virshout.uuids(result.argv, result.stdout))
+
+
+# -- what a migration needs to know (asked only when a chain has migrate) -------------
+
+
+def peer_views(virsh: Virsh, config: Config, peers: Sequence[str]) -> list[PeerView]:
+    """Each peer's host UUID and free memory, all peers at once; a peer that cannot be
+    asked is a PeerView with its error (never a target)."""
+    jobs = [Job(functools.partial(_peer_view, virsh, config, peer),
+                functools.partial(_peer_bug, peer)) for peer in peers]
+    return run_all(jobs, max(1, len(jobs)))
+
+
+def _peer_bug(peer: str, err: Exception) -> PeerView:
+    log.error("internal error while asking the peer %s: %r", peer, err)
+    return PeerView(peer, error=f"internal error: {err!r}")
+
+
+def _peer_view(virsh: Virsh, config: Config, peer: str) -> PeerView:
+    try:
+        host = query.host_uuid(virsh, peer, config)
+        free = query.free_kib(virsh, peer, config)
+    except VirshError as err:
+        return PeerView(peer, error=err.detail)  # the peer is named with it
+    return PeerView(peer, host_uuid=host, free_kib=free)
+
+
+def home_uuid(virsh: Virsh, uri: str, config: Config) -> Optional[str]:
+    """*uri*'s host UUID, or None if it cannot be asked (then libvirt's own same-host
+    refusal is the only guard)."""
+    try:
+        return query.host_uuid(virsh, uri, config)
+    except VirshError as err:
+        log.warning("virsh -c %s capabilities: %s", uri, err)
+        return None
+
+
+def with_memory(virsh: Virsh, view: UriView, uuids: Sequence[str],
+                config: Config) -> UriView:
+    """*view* with the memory of the guests *uuids* (``dominfo``); a guest whose memory
+    cannot be asked keeps None (it gets no target)."""
+    wanted = set(uuids)
+    guests = []
+    for guest in view.guests:
+        if guest.uuid in wanted:
+            try:
+                guest = replace(guest, memory_kib=query.memory_kib(virsh, view.uri, guest.uuid,
+                                                                   config))
+            except VirshError as err:
+                log.warning("virsh -c %s dominfo %s: %s", view.uri, guest.uuid, err)
+        guests.append(guest)
+    return replace(view, guests=tuple(guests))
+
+
+def for_migration(virsh: Virsh, config: Config, views: Mapping[str, UriView],
+                  movers: Mapping[str, Sequence[str]],
+                  ) -> tuple[dict[str, UriView], list[PeerView], dict[str, Optional[str]]]:
+    """What ``plan.plan_stop`` needs to choose targets: the guests' memory, the peers'
+    views and each home URI's host UUID.  *movers* (``plan.movers``): URI -> the guests
+    whose chain starts with migrate; empty, nothing is asked (a stop without migrate
+    makes exactly the calls it always made)."""
+    if not movers:
+        return dict(views), [], {}
+    homes = list(movers)
+    Found = Union[PeerView, tuple[UriView, Optional[str]]]
+
+    def home(uri: str) -> Found:
+        return (with_memory(virsh, views[uri], movers[uri], config),
+                home_uuid(virsh, uri, config))
+
+    def peer(uri: str) -> Found:
+        return _peer_view(virsh, config, uri)
+
+    def peer_bug(uri: str, err: Exception) -> Found:
+        return _peer_bug(uri, err)
+
+    def home_bug(uri: str, err: Exception) -> Found:
+        log.error("internal error while asking %s about migration: %r", uri, err)
+        return views[uri], None
+
+    jobs: list[Job[Found]] = [
+        *(Job(functools.partial(peer, uri), functools.partial(peer_bug, uri))
+          for uri in config.migrate_uris),
+        *(Job(functools.partial(home, uri), functools.partial(home_bug, uri))
+          for uri in homes)]
+    results = run_all(jobs, len(jobs))
+    peers = [r for r in results if isinstance(r, PeerView)]
+    out = dict(views)
+    uuids: dict[str, Optional[str]] = {}
+    for uri, result in zip(homes, (r for r in results if not isinstance(r, PeerView))):
+        out[uri], uuids[uri] = result
+    return out, peers, uuids

@@ -9,12 +9,22 @@ build their calls with ``commands``).  It reads ``model`` values from
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 from virtguests import commands
 from virtguests.config import Config, PersistentOnly
-from virtguests.model import Action, Guest, Outcome, PolicyLookup, UriView, no_policy
+from virtguests.model import (
+    Action,
+    Guest,
+    Outcome,
+    PeerView,
+    PeerWhy,
+    PolicyLookup,
+    UriView,
+    no_policy,
+    no_target,
+)
 
 
 @dataclass(frozen=True)
@@ -24,6 +34,10 @@ class GuestStop:
     timeout: int
     order: int = 0
     record: bool = True
+    target: Optional[str] = None
+    """The peer its ``migrate`` step goes to (then ``actions`` starts with migrate)."""
+    target_note: str = ""
+    """Why its chain had migrate but no target (``no target: PEER: WHY; ...``)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +46,9 @@ class UriStop:
     running: tuple[Guest, ...]
     transient_skipped: tuple[Guest, ...]
     guests: tuple[GuestStop, ...]
+    notes: Mapping[str, str] = field(default_factory=dict)
+    """UUID -> why a running guest is left as it is when its chain was only ``migrate``
+    and no peer could take it (a ``no target`` note)."""
 
     def by_order(self) -> list[list[GuestStop]]:
         """Order groups for stopping: highest first."""
@@ -62,35 +79,180 @@ def plan_stop(
     views: Sequence[UriView],
     earlier: Optional[Mapping[str, Sequence[str]]] = None,
     policy: PolicyLookup = no_policy,
+    peers: Sequence[PeerView] = (),
+    home_uuids: Optional[Mapping[str, Optional[str]]] = None,
 ) -> StopPlan:
-    """Which running guests get which action chain, per reachable URI."""
-    uris: list[UriStop] = []
+    """Which running guests get which action chain, per reachable URI.
+
+    A chain that starts with ``migrate`` gets a target (``choose_targets`` over
+    *peers*, the MIGRATE_URIS views; *home_uuids*: each URI's host UUID); without
+    one, ``migrate`` is dropped and the reason kept in ``target_note``.
+    """
+    drafts: list[tuple[UriView, tuple[Guest, ...], list[Guest], list[GuestStop]]] = []
+    allowed: dict[str, tuple[str, ...]] = {}
+    moving: list[Guest] = []
+    homes: dict[str, Optional[str]] = {}
     for view in views:
         if not view.reachable:
             continue
-        running = tuple(g for g in view.guests if g.active)
-        stops: list[GuestStop] = []
-        skipped: list[Guest] = []
-        for guest in running:
-            rule = policy(view.uri, guest)
-            actions = rule.actions if rule.actions is not None else config.on_shutdown
-            actions = tuple(a for a in actions if a != Action.MIGRATE)  # no target chosen yet
-            if not actions:
+        running, skipped, stops, peers_of = _draft(config, view, policy)
+        for stop in stops:
+            if stop.actions[0] == Action.MIGRATE:
+                moving.append(stop.guest)
+                homes[stop.guest.uuid] = (home_uuids or {}).get(view.uri)
+                allowed[stop.guest.uuid] = peers_of[stop.guest.uuid]
+        drafts.append((view, running, skipped, stops))
+    choices = choose_targets(moving, _peer_list(config, peers), homes,
+                             config.migrate_reserve_mib * 1024, allowed)
+    uris: list[UriStop] = []
+    for view, running, skipped, stops in drafts:
+        placed: list[GuestStop] = []
+        notes: dict[str, str] = {}
+        for stop in stops:
+            if stop.actions[0] != Action.MIGRATE:
+                placed.append(stop)
                 continue
-            if not guest.persistent:
-                if not _acts_on_transient(config, actions):
-                    skipped.append(guest)
-                    continue
-                actions = tuple(a for a in actions if a != Action.SUSPEND)
-                if not actions:
-                    skipped.append(guest)
-                    continue
-            timeout = (rule.shutdown_timeout if rule.shutdown_timeout is not None
-                       else config.shutdown_timeout)
-            stops.append(GuestStop(guest, actions, timeout, rule.order, guest.persistent))
-        uris.append(UriStop(view.uri, running, tuple(skipped), tuple(stops)))
+            choice = choices[stop.guest.uuid]
+            if choice.peer is not None:
+                placed.append(replace(stop, target=choice.peer))
+            elif len(stop.actions) > 1:
+                placed.append(replace(stop, actions=stop.actions[1:], target_note=choice.reason))
+            else:
+                notes[stop.guest.uuid] = choice.reason
+        uris.append(UriStop(view.uri, running, tuple(skipped), tuple(placed), notes))
     unreachable = tuple(v for v in views if not v.reachable)
     return StopPlan(config.suspending, tuple(uris), unreachable, dict(earlier or {}))
+
+
+def _draft(config: Config, view: UriView, policy: PolicyLookup) -> tuple[
+        tuple[Guest, ...], list[Guest], list[GuestStop], dict[str, tuple[str, ...]]]:
+    """One URI's running guests, the transient ones skipped, each other's chain (migrate
+    still in it, no target yet), and the peers each guest may go to (its ``migrate_to``
+    within MIGRATE_URIS, in MIGRATE_URIS order)."""
+    running = tuple(g for g in view.guests if g.active)
+    stops: list[GuestStop] = []
+    skipped: list[Guest] = []
+    peers_of: dict[str, tuple[str, ...]] = {}
+    for guest in running:
+        rule = policy(view.uri, guest)
+        actions = rule.actions if rule.actions is not None else config.on_shutdown
+        if not actions:
+            continue
+        if not guest.persistent:
+            if not _acts_on_transient(config, actions):
+                skipped.append(guest)
+                continue
+            actions = tuple(a for a in actions if a != Action.SUSPEND)
+            if not actions:
+                skipped.append(guest)
+                continue
+        timeout = (rule.shutdown_timeout if rule.shutdown_timeout is not None
+                   else config.shutdown_timeout)
+        stops.append(GuestStop(guest, actions, timeout, rule.order, guest.persistent))
+        wanted = rule.migrate_to if rule.migrate_to is not None else config.migrate_uris
+        peers_of[guest.uuid] = tuple(p for p in config.migrate_uris if p in wanted)
+    return running, skipped, stops, peers_of
+
+
+def movers(config: Config, views: Sequence[UriView],
+           policy: PolicyLookup = no_policy) -> dict[str, list[str]]:
+    """URI -> the running guests whose chain starts with ``migrate``: whose memory, and
+    the peers', observe must know before ``plan_stop`` (empty: ask nothing more)."""
+    out: dict[str, list[str]] = {}
+    for view in views:
+        if view.reachable:
+            found = [s.guest.uuid for s in _draft(config, view, policy)[2]
+                     if s.actions[0] == Action.MIGRATE]
+            if found:
+                out[view.uri] = found
+    return out
+
+
+def _peer_list(config: Config, peers: Sequence[PeerView]) -> list[PeerView]:
+    """A view for every MIGRATE_URIS peer, in that order (one not looked at: unreachable)."""
+    seen = {p.uri: p for p in peers}
+    return [seen.get(uri) or PeerView(uri, error="not contacted")
+            for uri in config.migrate_uris]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A guest's migration target, or None and why (``no target: PEER: WHY; ...``)."""
+
+    peer: Optional[str]
+    reason: str = ""
+
+
+def choose_targets(
+    guests: Sequence[Guest],
+    peers: Sequence[PeerView],
+    home_host_uuid: Mapping[str, Optional[str]],
+    reserve_kib: int,
+    allowed: Optional[Mapping[str, Sequence[str]]] = None,
+) -> dict[str, Choice]:
+    """A peer for each guest, or why none (guest UUID -> Choice).
+
+    A peer qualifies when it is reachable, its host UUID is known and differs from
+    the guest's home's (*home_host_uuid*: guest UUID -> its home's host UUID; unknown
+    there, libvirt itself refuses a same-host migration), it is in the guest's
+    *allowed* list (default: every peer), and its free memory, less what this plan
+    already sends there, covers the guest's memory plus *reserve_kib*.  The one with
+    the most left wins; ties go to the first in *peers* (MIGRATE_URIS order).  Guests
+    are placed largest first (ties by UUID), so the result does not depend on the
+    order of *guests*.
+    """
+    sent = {p.uri: 0 for p in peers}
+    out: dict[str, Choice] = {}
+    order = sorted(guests, key=lambda g: (-(g.memory_kib or 0), g.uuid))
+    for guest in order:
+        if guest.uuid in out:
+            continue
+        if not peers:
+            out[guest.uuid] = Choice(None, no_target([("", PeerWhy.NO_PEERS)]))
+            continue
+        if guest.memory_kib is None:
+            out[guest.uuid] = Choice(None, no_target([("", PeerWhy.MEMORY_UNKNOWN)]))
+            continue
+        need = guest.memory_kib + reserve_kib
+        home = home_host_uuid.get(guest.uuid)
+        may = allowed.get(guest.uuid) if allowed is not None else None
+        best: Optional[PeerView] = None
+        best_left = 0
+        why: list[tuple[str, str]] = []
+        for peer in peers:
+            reason = _unfit(peer, may, home)
+            if reason is None:
+                assert peer.free_kib is not None
+                left = peer.free_kib - sent[peer.uri]
+                if left < need:
+                    reason = PeerWhy.TOO_LITTLE.format(free=max(left, 0) // 1024,
+                                                       need=-(-need // 1024))
+                elif best is None or left > best_left:
+                    best, best_left = peer, left
+            if reason is not None:
+                why.append((peer.uri, reason))
+        if best is None:
+            out[guest.uuid] = Choice(None, no_target(why))
+        else:
+            sent[best.uri] += guest.memory_kib
+            out[guest.uuid] = Choice(best.uri)
+    return out
+
+
+def _unfit(peer: PeerView, allowed: Optional[Sequence[str]],
+           home: Optional[str]) -> Optional[str]:
+    """Why *peer* cannot take any guest of that home, or None."""
+    if allowed is not None and peer.uri not in allowed:
+        return PeerWhy.NOT_ALLOWED
+    if not peer.reachable:
+        return PeerWhy.UNREACHABLE.format(error=peer.error)
+    if peer.host_uuid is None:
+        return PeerWhy.HOST_UNKNOWN
+    if home is not None and peer.host_uuid.lower() == home.lower():
+        return PeerWhy.SAME_HOST
+    if peer.free_kib is None:
+        return PeerWhy.FREE_UNKNOWN
+    return None
 
 
 def _acts_on_transient(config: Config, actions: Sequence[Action]) -> bool:
@@ -113,9 +275,17 @@ def stop_commands(plan: StopPlan, config: Config,
     for item in plan.uris:
         for group in item.by_order():
             for planned in group:
-                out.append(argv(item.uri, commands.stop_action(planned.actions[0],
-                                                               planned.guest.uuid, config)))
+                out.append(argv(item.uri, step_call(planned, planned.actions[0], config)))
     return out
+
+
+def step_call(planned: GuestStop, action: Action, config: Config) -> list[str]:
+    """The virsh call of one step of *planned*'s chain (``migrate`` to its target)."""
+    if action == Action.MIGRATE:
+        if planned.target is None:
+            raise ValueError(f"{planned.guest.uuid}: migrate without a target")
+        return commands.migrate(planned.guest.uuid, planned.target, config.migrate_options)
+    return commands.stop_action(action, planned.guest.uuid, config)
 
 
 @dataclass(frozen=True)

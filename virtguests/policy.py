@@ -40,11 +40,14 @@ EXAMPLE = """\
 guests:
   - match: "db-*"            # guest name glob, exact name, or UUID
     uri: qemu:///system      # optional: only on this URI
-    actions: shutdown poweroff   # or: suspend | shutdown | poweroff | none, or a list
+    actions: shutdown poweroff   # or: migrate | suspend | shutdown | poweroff | none, a list
     order: 10                # stop highest first, start lowest first (default 0)
     shutdown_timeout: 120
     start_delay: 30          # seconds to wait after starting this guest
     skip_start: false
+  - match: "web-*"
+    actions: migrate suspend     # live-migrate to a peer (MIGRATE_URIS); else save
+    migrate_to: qemu+ssh://peer1/system   # optional: only these peers, or a list
 """
 
 _KEYS = POLICY_KEYS
@@ -353,7 +356,49 @@ _CONVERT: dict[str, Any] = {
     "shutdown_timeout": lambda node: _integer(node, 0, YEAR),
     "start_delay": lambda node: _integer(node, 0, YEAR),
     "skip_start": _boolean,
+    "migrate_to": lambda node: _peers(node),
 }
+
+
+def _peers(node: _Node) -> tuple[str, ...]:
+    """``migrate_to``: one URI or a list of URIs (each also in MIGRATE_URIS, or never
+    used: see ``unknown_peers``)."""
+    allowed = "(allowed: a URI from MIGRATE_URIS, or a list of them)"
+    items = node.children if node.kind == "seq" else [node]
+    peers: list[str] = []
+    for item in items:
+        why = _plain_data(item)
+        if why is not None:
+            raise Invalid(why)
+        if item.kind != "scalar" or item.null or not item.text.strip():
+            raise Invalid(f"must be a URI or a list of URIs {allowed}")
+        if item.text.startswith("-") or len(ifs_split(item.text)) != 1:
+            raise Invalid(f"not a URI: {item.text[:80]!r} {allowed}")
+        peers.append(item.text.strip())
+    if not peers:
+        raise Invalid(f"an empty list {allowed}")
+    return tuple(dict.fromkeys(peers))
+
+
+def unknown_peers(policy: Policy, migrate_uris: Sequence[str]) -> list[str]:
+    """Warnings for rules that name peers MIGRATE_URIS does not list, or a ``migrate``
+    action with no peers at all: MIGRATE_URIS is the admin's list of hosts guests may
+    go to, so such a peer is never used (a guest with none left stays on its chain's
+    next step)."""
+    path = str(policy.path or DEFAULT_PATH)
+    warnings: list[str] = []
+    for rule in policy.rules:
+        if rule.policy.migrate_to:
+            for peer in rule.policy.migrate_to:
+                if peer not in migrate_uris:
+                    warnings.append(str(Problem(path, rule.line, "migrate_to",
+                                                f"{peer} is not in MIGRATE_URIS: never used")))
+        if rule.policy.actions and Action.MIGRATE in rule.policy.actions \
+                and not migrate_uris:
+            warnings.append(str(Problem(path, rule.line, "actions", "migrate needs peers, but "
+                                        "MIGRATE_URIS is empty: the chain's next step is "
+                                        "taken")))
+    return warnings
 
 
 def _rule(node: _Node, path: str, problems: list[Problem]) -> Optional[Rule]:
@@ -406,5 +451,6 @@ def _rule(node: _Node, path: str, problems: list[Problem]) -> Optional[Rule]:
         GuestPolicy(actions=fields.get("actions"), order=fields.get("order", 0),
                     shutdown_timeout=fields.get("shutdown_timeout"),
                     start_delay=fields.get("start_delay"),
-                    skip_start=fields.get("skip_start", False)),
+                    skip_start=fields.get("skip_start", False),
+                    migrate_to=fields.get("migrate_to")),
         node.line)

@@ -79,7 +79,15 @@ def _stop_group(run: Execution, uri: str, stops: Sequence[GuestStop]) -> None:
             for planned in todo:
                 run.held_back(uri, planned, stage)
             continue
-        for planned in _STAGE[stage](run, uri, todo):
+        for planned in _STAGE.get(stage, _no_stage)(run, uri, todo):
             following = next_action(planned, stage)
             if following is not None:
                 queues[following].append(planned)
+
+
+def _no_stage(run: Execution, uri: str, todo: list[GuestStop]) -> list[GuestStop]:
+    """A step this build cannot take (migrate, until its stage lands): the chain's next
+    step takes every guest, as after a failure."""
+    run.messages.warn(f"{uri}: cannot migrate yet in this build: "
+                      + ", ".join(s.guest.name for s in todo))
+    return list(todo)

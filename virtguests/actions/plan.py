@@ -28,8 +28,10 @@ def run_plan(ctx: Context, which: str = "stop") -> int:
     if which == "stop":
         views = for_each_uri(uris, lambda uri: observe.view_running(
             ctx.virsh, uri, config, ctx.clock, ask_uri=policy.wants_canonical(ctx.policy, uri)))
-        the_plan = plan.plan_stop(config, [views[u] for u in uris], {}, policy.resolving(
-            ctx.policy, {u: views[u].canonical for u in uris}))
+        lookup = policy.resolving(ctx.policy, {u: views[u].canonical for u in uris})
+        views, peers, homes = observe.for_migration(
+            ctx.virsh, config, views, plan.movers(config, [views[u] for u in uris], lookup))
+        the_plan = plan.plan_stop(config, [views[u] for u in uris], {}, lookup, peers, homes)
         for uri in uris:
             entries.append(_stop_entry(ctx, views[uri], the_plan))
     else:
@@ -60,16 +62,19 @@ def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[st
                 "name": planned.guest.name, "uuid": planned.guest.uuid, "order": planned.order,
                 "actions": list(planned.actions),
                 "timeout": planned.timeout if Action.SHUTDOWN in planned.actions else None,
-                "commands": [ctx.virsh.argv(view.uri, commands.stop_action(
-                    a, planned.guest.uuid, ctx.config)) for a in planned.actions],
+                "commands": [ctx.virsh.argv(view.uri, plan.step_call(planned, a, ctx.config))
+                             for a in planned.actions],
+                "target": planned.target, "target_note": planned.target_note or None,
             })
     for guest in item.running:
         if guest.uuid not in acted_on:
-            why = (PlanNote.TRANSIENT if guest in item.transient_skipped
-                   else PlanNote.LEFT_RUNNING)
+            why = item.notes.get(guest.uuid) or (
+                PlanNote.TRANSIENT if guest in item.transient_skipped
+                else PlanNote.LEFT_RUNNING)
             entry["guests"].append({"name": guest.name, "uuid": guest.uuid, "order": None,
                                     "actions": [], "timeout": None, "commands": [],
-                                    "note": why})
+                                    "note": why, "target": None,
+                                    "target_note": item.notes.get(guest.uuid)})
     return entry
 
 
@@ -103,16 +108,24 @@ def _print_plan(ctx: Context, document: dict[str, Any]) -> None:
         if entry.get("listed") is False:
             ctx.messages.say("  (not listed: names from the last stop; virsh start reports "
                              "guests already running)")
-        rows = [("GUEST", "ORDER", "ACTIONS", "TIMEOUT", "COMMAND")]
+        migrating = any(g.get("target") or g.get("target_note") for g in entry["guests"])
+        rows = [("GUEST", "ORDER", "ACTIONS", "TIMEOUT", *(("TARGET",) if migrating else ()),
+                 "COMMAND")]
+        notes: list[str] = []
         for guest in entry["guests"]:
-            actions = " -> ".join(guest["actions"]) or guest.get("note") or "none"
+            name = str(guest["name"] or guest["uuid"])
+            if guest.get("target_note"):
+                notes.append(f"  {name}: {guest['target_note']}")
+            actions = " -> ".join(guest["actions"]) or (
+                "none" if guest.get("target_note") else guest.get("note")) or "none"
             timeout = guest.get("timeout")
-            rows.append((str(guest["name"] or guest["uuid"]),
-                         "" if guest["order"] is None else str(guest["order"]),
+            target = (guest.get("target") or ("none" if guest.get("target_note") else ""),)
+            rows.append((name, "" if guest["order"] is None else str(guest["order"]),
                          actions, "" if timeout is None else f"{timeout}s",
+                         *(target if migrating else ()),
                          format_argv(guest["commands"][0]) if guest["commands"] else ""))
         if len(rows) == 1:
             ctx.messages.say("  no guests to act on")
             continue
-        for line in render.table(rows, indent="  "):
+        for line in [*render.table(rows, indent="  "), *notes]:
             ctx.messages.say(line)

@@ -76,7 +76,9 @@ def _stop(ctx: Context, config: Config) -> int:
             earlier = state.merge(earlier, {uri: list(seen[uri])})
 
     lookup = policy.resolving(ctx.policy, {u: views[u].canonical for u in uris})
-    the_plan = plan.plan_stop(config, [views[u] for u in uris], earlier, lookup)
+    views, peers, homes = observe.for_migration(
+        ctx.virsh, config, views, plan.movers(config, [views[u] for u in uris], lookup))
+    the_plan = plan.plan_stop(config, [views[u] for u in uris], earlier, lookup, peers, homes)
     status = _say_found(ctx, config, [views[u] for u in uris], seen, the_plan)
     if ctx.dry_run:
         _say_commands(ctx, config, the_plan)
@@ -142,6 +144,12 @@ def _say_found(ctx: Context, config: Config, views: Sequence[UriView],
         item = next(i for i in the_plan.uris if i.uri == uri)
         names = ", ".join(g.name for g in item.running) or "no running guests."
         ctx.messages.say(f"Running guests on {uri} URI: {names}")
+        for planned in item.guests:
+            if planned.target_note:
+                ctx.messages.say(f"Not migrating {planned.guest.name}: {planned.target_note}")
+        for guest in item.running:
+            if guest.uuid in item.notes:
+                ctx.messages.warn(f"{guest.name} stays running: {item.notes[guest.uuid]}")
         if item.transient_skipped:
             verb = "suspending" if config.suspending else "shutting down"
             ctx.messages.say(f"Not {verb} transient guests on URI: {uri}: "
