@@ -24,6 +24,10 @@ class GuestStop:
     timeout: int
     order: int = 0
     record: bool = True
+    target: Optional[str] = None
+    """The MIGRATE_URIS peer chosen for a chain that starts with migrate."""
+    target_note: str = ""
+    """Why no peer was chosen (the report's words), when migrate was dropped."""
 
 
 @dataclass(frozen=True)

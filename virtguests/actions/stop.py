@@ -27,7 +27,7 @@ from virtguests.actions.records import Checkpoint
 from virtguests.config import Config
 from virtguests.executor import Executor
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import Action, UriView
+from virtguests.model import Action, Departure, UriView
 from virtguests.output import WARNING
 from virtguests.virsh import format_argv
 
@@ -62,7 +62,7 @@ def run_shutdown(ctx: Context) -> int:
     return run_stop(ctx, force_shutdown=True)
 
 
-def _stop(ctx: Context, config: Config) -> int:
+def _stop(ctx: Context, config: Config, command: str = "stop") -> int:
     earlier, damaged = records.recorded_earlier(ctx, stale_warning=True)
     uris = _stop_uris(ctx, config, earlier)
     config = replace(config, uris=tuple(uris))
@@ -83,17 +83,22 @@ def _stop(ctx: Context, config: Config) -> int:
         return status
 
     status = max(status, _record(ctx, the_plan, damaged))
+    departed = Departures(ctx, the_plan)
+    departed.record.home_again({u: [g.uuid for g in views[u].guests if g.active]
+                                for u in uris if views[u].reachable})
 
     executor = Executor(ctx.virsh, config, ctx.messages, ctx.clock, run_report=ctx.run_report,
-                        checkpoint=Checkpoint(ctx, "stop"))
+                        checkpoint=Checkpoint(ctx, command), departed=departed)
     result = executor.stop(the_plan)  # its bugs are reported: the list file is written
+    if departed.record.failed or departed.failed:
+        status = max(status, EXIT_FAIL)
 
     records.disk(ctx, f"remove the started marker {ctx.paths.marker}",
                  lambda: state.remove(ctx.paths.marker))
     status = max(status, result.status)
     if ctx.clock.cancel.is_set():
-        status = interrupted_summary(ctx, "stop")
-    records.write_run_report(ctx, "stop", status)
+        status = interrupted_summary(ctx, command)
+    records.write_run_report(ctx, command, status)
     return status
 
 
@@ -174,3 +179,30 @@ def _record(ctx: Context, the_plan: plan.StopPlan, damaged: Sequence[state.BadLi
     else:
         status = EXIT_FAIL
     return status
+
+
+class Departures:
+    """Each guest that left for a peer: into the migrated record first, then out of the
+    list file (which names only guests that start resumes at home).  A power cut
+    between the two leaves it in both: start then finds it away, never lost."""
+
+    def __init__(self, ctx: Context, the_plan: plan.StopPlan) -> None:
+        self.ctx = ctx
+        self.record = records.MigratedRecord(ctx)
+        self.entries = the_plan.record()
+        self.failed = False
+
+    def __call__(self, departure: Departure) -> None:
+        self.record(departure)
+        with self.record.lock:
+            ids = self.entries.get(departure.home, [])
+            if departure.uuid not in ids:
+                return
+            ids.remove(departure.uuid)
+            if not ids:
+                del self.entries[departure.home]
+            entries = {uri: list(v) for uri, v in self.entries.items()}
+            if not records.disk(self.ctx, f"rewrite the list file {self.ctx.paths.list_file} "
+                                f"without {departure.name} (migrated)",
+                                lambda: state.write_list(self.ctx.paths.list_file, entries)):
+                self.failed = True
