@@ -38,7 +38,9 @@ def stop(run: Execution, plan: StopPlan) -> None:
 
 
 def _stop_uri(run: Execution, item: UriStop) -> None:
-    if run.config.suspending:
+    if run.config.on_shutdown == (Action.MIGRATE,):  # drain
+        run.messages.say(f"Migrating guests on {item.uri} URI...")
+    elif run.config.suspending:
         run.messages.say(f"Suspending guests on {item.uri} URI...")
     else:
         run.messages.say(f"Shutting down guests on {item.uri} URI...")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Callable, Optional
 
 from virtguests import observe, plan, policy, state
 from virtguests.actions import records
@@ -51,7 +52,7 @@ def _run_stop(ctx: Context, force_shutdown: bool) -> int:
     warn_config(ctx)
     warn_conflicts(ctx)
     with holding_lock(ctx) as held:
-        status = _stop(ctx, config) if held else EXIT_FAIL
+        status = stop_flow(ctx, config) if held else EXIT_FAIL
     if ctx.loaded.problems:
         return EXIT_CONFIG
     return status
@@ -62,7 +63,10 @@ def run_shutdown(ctx: Context) -> int:
     return run_stop(ctx, force_shutdown=True)
 
 
-def _stop(ctx: Context, config: Config, command: str = "stop") -> int:
+def stop_flow(ctx: Context, config: Config, command: str = "stop",
+              adjust: Optional[Callable[[plan.StopPlan], plan.StopPlan]] = None) -> int:
+    """The stop flow; ``drain`` runs it too (*command*), its plan changed by *adjust*
+    (run before anything is said or recorded), and keeps the started marker."""
     earlier, damaged = records.recorded_earlier(ctx, stale_warning=True)
     uris = _stop_uris(ctx, config, earlier)
     config = replace(config, uris=tuple(uris))
@@ -77,6 +81,8 @@ def _stop(ctx: Context, config: Config, command: str = "stop") -> int:
 
     lookup = policy.resolving(ctx.policy, {u: views[u].canonical for u in uris})
     the_plan = plan.plan_stop(config, [views[u] for u in uris], earlier, lookup)
+    if adjust is not None:
+        the_plan = adjust(the_plan)
     status = _say_found(ctx, config, [views[u] for u in uris], seen, the_plan)
     if ctx.dry_run:
         _say_commands(ctx, config, the_plan)
@@ -93,8 +99,9 @@ def _stop(ctx: Context, config: Config, command: str = "stop") -> int:
     if departed.record.failed or departed.failed:
         status = max(status, EXIT_FAIL)
 
-    records.disk(ctx, f"remove the started marker {ctx.paths.marker}",
-                 lambda: state.remove(ctx.paths.marker))
+    if command != "drain":  # drain stops nothing else: the host stays started
+        records.disk(ctx, f"remove the started marker {ctx.paths.marker}",
+                     lambda: state.remove(ctx.paths.marker))
     status = max(status, result.status)
     if ctx.clock.cancel.is_set():
         status = interrupted_summary(ctx, command)
