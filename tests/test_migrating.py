@@ -206,3 +206,18 @@ def test_a_chain_without_a_target_goes_on_to_the_next_step(fake_host: Make) -> N
     ran = execute(host_with(fake_host, {"name": "h"}), {"h": MIGRATE_SUSPEND}, target=None)
     assert ran.steps("h") == [("migrate", "skipped"), ("suspend", "saved")]
     assert not ran.departures and ran.run.status == 0
+
+
+def test_sigterm_mid_migration_then_the_shutdown_step_still_runs(fake_host: Make) -> None:
+    """The next step is a shutdown: its waits are not cut short by the stop request."""
+    host = host_with(fake_host, {"name": "moving", "migrate_seconds": 1000,
+                                 "shutdown_seconds": 20})
+    ran = execute(host, {"moving": (Action.MIGRATE, Action.SHUTDOWN, Action.POWEROFF)},
+                  cancel_at=10, shutdown_timeout=60)
+    assert ran.steps("moving") == [("migrate", "timed out"), ("shutdown", "shut off")]
+    assert ran.where("moving") == ("shutoff/shutdown", "")
+    assert "Shutdown of guest moving complete." in ran.lines
+    # polled as without a stop request (a 20 s shutdown: about 140 checks, fast at first),
+    # not spun: a wait cut short by the request would check without end
+    checks = [c for c in host.commands() if c[:1] == ["list"]]
+    assert len(checks) < 200, len(checks)
