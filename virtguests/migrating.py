@@ -133,7 +133,9 @@ def _migrate(run: Execution, uri: str, planned: GuestStop) -> bool:
         run.give_up(uri, planned, Action.MIGRATE)
         return False
     home, there = _where(run, uri, uuid, peer)
-    if home is False and there:
+    if there and home is not True:
+        # Running (not "paused (migrating)") on the peer: libvirt switched it over, even
+        # when home cannot be asked any more (its URI given up meanwhile).
         detail = "" if err is None else f"arrived although the call failed: {err.detail}"
         return _arrived(run, uri, planned, peer, outcome, seconds, detail)
     if err is None and home is False:
