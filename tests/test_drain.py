@@ -75,6 +75,8 @@ def listed(host: FakeHost) -> dict[str, list[str]]:
 
 def test_stop_migrates_records_and_lists_only_saved_guests(fake_host: Make) -> None:
     host = two_hosts(fake_host, {"name": "mover"}, {"name": "pinned", "fail_migrate": True})
+    host_metrics = host.root / "metrics.prom"
+    host.set_config(CONFIG + f"METRICS_FILE={host_metrics}\n")
     mover = host.uuid("mover", HOME)  # asked before: it is no longer there after
     run, _ = run_inprocess(host, "stop")
     assert run.code == 1, run.err  # a failed migration is a failed step, like a failed save
@@ -88,6 +90,10 @@ def test_stop_migrates_records_and_lists_only_saved_guests(fake_host: Make) -> N
     shown, _ = run_inprocess(host, "report")
     assert any(ln.split()[:1] == ["mover"] and "migrated" in ln for ln in shown.lines)
     assert f"away from home: mover on {PEER} (home {HOME})" in shown.lines
+    metrics = [ln for ln in host_metrics.read_text().splitlines()
+               if ln.startswith("virtguests_last_run_guests{") and 'outcome="migrated"' in ln]
+    assert {ln.split('uri="')[1].split('"')[0]: ln.rsplit(" ", 1)[1] for ln in metrics} \
+        == {HOME: "1", PEER: "0"}, metrics  # the peer: asked where the guest is
 
 
 def test_a_damaged_record_is_set_aside_and_its_guests_kept(fake_host: Make) -> None:
