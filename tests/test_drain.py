@@ -89,7 +89,7 @@ def test_stop_migrates_records_and_lists_only_saved_guests(fake_host: Make) -> N
     assert outcomes == {"mover": "migrated", "pinned": "saved"}
     shown, _ = run_inprocess(host, "report")
     assert any(ln.split()[:1] == ["mover"] and "migrated" in ln for ln in shown.lines)
-    assert f"away from home: mover on {PEER} (home {HOME})" in shown.lines
+    assert f"Away from home: mover ({mover}) runs on {PEER}, home {HOME}" in shown.lines
     metrics = [ln for ln in host_metrics.read_text().splitlines()
                if ln.startswith("virtguests_last_run_guests{") and 'outcome="migrated"' in ln]
     assert {ln.split('uri="')[1].split('"')[0]: ln.rsplit(" ", 1)[1] for ln in metrics} \

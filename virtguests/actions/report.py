@@ -45,9 +45,9 @@ def run_report(ctx: Context) -> int:
             ctx.messages.say(f"virsh on {entry['uri']}: {entry['processes']} processes, "
                              f"{entry['connections']} connections")
     if not ctx.json:
-        for departure in away:  # the migrated record: start brings them home
-            ctx.messages.say(f"away from home: {departure.name} on {departure.peer} "
-                             f"(home {departure.home})")
+        for departure in away:  # the migrated record, in status' words
+            ctx.messages.say(f"Away from home: {departure.name} ({departure.uuid}) runs on "
+                             f"{departure.peer}, home {departure.home}")
     if problems:
         return EXIT_CONFIG
     if not isinstance(document, dict):
