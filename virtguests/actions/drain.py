@@ -55,10 +55,13 @@ def _run_drain(ctx: Context, to: tuple[str, ...], fallback: bool) -> int:
         items = []
         for item in the_plan.uris:
             planned_ids = {g.guest.uuid for g in item.guests}
+            transient = {g.uuid for g in item.transient_skipped}
             notes = getattr(item, "notes", {})  # why a migrate-only chain has no target
             for guest in item.running:
                 if guest.uuid not in planned_ids:
-                    why = notes.get(guest.uuid, "its chain has no migrate (policy)")
+                    why = notes.get(guest.uuid, "transient (PERSISTENT_ONLY)"
+                                    if guest.uuid in transient
+                                    else "its chain has no migrate (policy)")
                     ctx.messages.say(f"Not migrating {guest.name} on {item.uri}: {why}")
                     if guest.uuid in notes:
                         left.append(guest.name)
