@@ -100,7 +100,7 @@ def execute(host: FakeHost, chains: dict[str, Sequence[Action]], *,
 
 def test_guests_migrate_with_progress_and_are_recorded(fake_host: Make) -> None:
     host = host_with(fake_host, {"name": "a", "migrate_seconds": 12},
-                     {"name": "b", "migrate_seconds": 3})
+                     {"name": "b", "migrate_seconds": 6})
     ran = execute(host, {"a": MIGRATE_SUSPEND, "b": MIGRATE_SUSPEND}, parallel_migrate=2)
     assert ran.run.status == 0, ran.errors
     assert ran.outcome("a") == ran.outcome("b") == Outcome.MIGRATED
@@ -109,11 +109,15 @@ def test_guests_migrate_with_progress_and_are_recorded(fake_host: Make) -> None:
         (Departure(ran.uuids[n], n, HOME, PEER) for n in ("a", "b")), key=str)
     progress = [ln for ln in ran.lines if ln.startswith("Migrating a to ")]
     assert progress[0] == f"Migrating a to {PEER}: ..."
-    assert 2 <= len(progress) - 1 <= 12 // 5
+    # one line per 5 virtual seconds of the migration, which a loaded machine may see end
+    # a little late, never early
+    [step] = ran.run.run_report.guest(HOME, ran.uuids["a"], "a").steps
+    assert step.seconds >= 12 and 2 <= len(progress) - 1 <= step.seconds // 5
     assert all(ln.endswith("%") or ln.endswith("...") for ln in progress)
     assert f"Migrated a to {PEER}" in ran.lines and f"Migrated b to {PEER}" in ran.lines
-    # in parallel: both were in flight at once, so the run took a's time, not a's + b's
-    assert ran.clock.now() - START < 12 + 3
+    # in parallel: both were in flight at once, so the run took about a's 12 virtual
+    # seconds (its end may be seen a little late), not a's + b's 18
+    assert ran.clock.now() - START < 15
     assert ran.steps("a") == [("migrate", "migrated")]
 
 
