@@ -73,7 +73,8 @@ def test_file_names(tmp_path: Path) -> None:
     assert {name: Path(str(path)).name for name, path in vars(paths).items()} == {
         "list_file": "libvirt-guests", "marker": "libvirt-guests.started",
         "pending": "virtguests-pending", "run_report": "virtguests-last-run.json",
-        "lock": "virtguests.lock", "seen": "virtguests-seen.json"}
+        "lock": "virtguests.lock", "seen": "virtguests-seen.json",
+        "migrated": "virtguests-migrated"}
 
 
 def test_config_words() -> None:
@@ -125,7 +126,7 @@ def test_status_report_and_plan_keys(fake_host: Make) -> None:
     assert run.code == 1
     report = json.loads(run_inprocess(host, "--json", "report")[0].out)
     assert set(report) == {"format_version", "recorded", "path", "problems", "command",
-                           "started", "finished", "exit_status", "guests", "virsh"}
+                           "started", "finished", "exit_status", "guests", "virsh", "away"}
     assert (report["format_version"], report["recorded"]) == (1, True)
     assert [(g["name"], g["outcome"]) for g in report["guests"]] == [
         ("web", "already active"), ("db", "no longer exists")]
@@ -172,7 +173,8 @@ def test_check_gueststatus_and_empty_report_keys(fake_host: Make) -> None:
     run, _ = run_inprocess(host, "--json", "report")
     assert run.code == 1
     assert json.loads(run.out) == {"format_version": 1, "recorded": False, "problems": [],
-                                   "path": str(host.root / "state" / "virtguests-last-run.json")}
+                                   "path": str(host.root / "state" / "virtguests-last-run.json"),
+                                   "away": []}
     run, _ = run_inprocess(host, "report")
     assert run.code == 1 and "no run recorded yet" in run.out
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 COMMANDS = ("start", "stop", "status", "restart", "condrestart", "try-restart", "reload",
             "force-reload", "gueststatus", "shutdown")
-EXTRA_COMMANDS = ("check", "plan", "report")
+EXTRA_COMMANDS = ("check", "plan", "report", "drain")
 NO_POLICY = ("status", "gueststatus", "report", "reload", "force-reload")
 NO_DEPENDENCY = ("status", "report", "reload", "force-reload")
 """Commands that run no virsh and read no YAML: they work, and stay quick (importing sh
@@ -52,6 +52,10 @@ commands:
                 show what stop (default) or start would do to each guest now, and the
                 virsh commands; changes nothing (--json: one JSON document)
   report        the last run's per-guest results (--json for monitoring)
+  drain [--to URI] [--fallback]
+                live-migrate the running guests to peers now (MIGRATE_URIS, or each
+                --to URI), stopping nothing else; --fallback: a guest that cannot
+                leave gets the rest of ON_SHUTDOWN's chain
 
 options:
   --config PATH     config file (env VIRTGUESTS_CONFIG; default: the first of
@@ -93,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true")
     parser.add_argument("-h", "--help", action="store_true")
     parser.add_argument("--version", action="store_true")
+    parser.add_argument("--to", action="append", default=[])
+    parser.add_argument("--fallback", action="store_true")
     parser.add_argument("command", nargs="*")
     return parser
 
@@ -112,6 +118,11 @@ def _command(args: argparse.Namespace) -> tuple[str, Optional[str]]:
     command, rest = words[0], words[1:]
     if command not in (*COMMANDS, *EXTRA_COMMANDS):
         raise _UsageError(f"unknown command {command!r}")
+    if (args.to or args.fallback) and command != "drain":
+        raise _UsageError("--to and --fallback are drain's options")
+    for uri in args.to:
+        if not uri or not uri.isprintable() or uri.startswith("-") or uri != "".join(uri.split()):
+            raise _UsageError(f"--to needs a libvirt URI, not {uri!r}")
     allowed = ARGUMENTS.get(command, ())
     if len(rest) > (1 if allowed else 0):
         raise _UsageError(f"too many arguments for {command}: {' '.join(rest)!r}")
@@ -236,7 +247,7 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     if guest_policy is not None:
         ctx.policy = guest_policy.lookup
     try:
-        return actions(argument)[command](ctx)
+        return actions(argument, drain=(tuple(args.to), args.fallback))[command](ctx)
     finally:
         virsh.close()
         for uri, counts in virsh.started().items():  # -v: what the run cost each URI
@@ -254,13 +265,16 @@ def _and_then(first: Callable[[int, bool], None],
     return both
 
 
-def actions(argument: Optional[str] = None) -> dict[str, Callable[[Context], int]]:
-    """Every command and the action it runs; *argument* is the word after it (``plan``'s).
+def actions(argument: Optional[str] = None, drain: tuple[tuple[str, ...], bool] = ((), False)
+            ) -> dict[str, Callable[[Context], int]]:
+    """Every command and the action it runs; *argument* is the word after it (``plan``'s),
+    *drain* drain's ``--to`` URIs and ``--fallback``.
 
     The actions are imported only when a command runs: usage errors and ``--help``
     stay quick.
     """
     from virtguests.actions import check, plan, report, restart, start, status, stop
+    from virtguests.actions import drain as draining
 
     return {
         "start": start.run_start,
@@ -276,6 +290,7 @@ def actions(argument: Optional[str] = None) -> dict[str, Callable[[Context], int
         "check": check.run_check,
         "plan": lambda ctx: plan.run_plan(ctx, argument or ARGUMENTS["plan"][0]),
         "report": report.run_report,
+        "drain": lambda ctx: draining.run_drain(ctx, drain[0], drain[1]),
     }
 
 

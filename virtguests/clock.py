@@ -40,3 +40,23 @@ class Clock:
     def wait(self, event: threading.Event, seconds: float) -> bool:
         """Wait for *event* up to *seconds*; True if it was set."""
         return event.wait(clamp(seconds))
+
+
+class Uncancelled(Clock):
+    """*clock*'s time, deaf to the stop request: the waits of a step that a stop request
+    lets finish (the shutdown of a guest whose migration it aborted).  Without it such a
+    wait would end at once, again and again."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.inner = clock
+
+    def now(self) -> float:
+        return self.inner.now()
+
+    def sleep(self, seconds: float) -> bool:
+        self.inner.wait(threading.Event(), seconds)
+        return True
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return self.inner.wait(event, seconds)

@@ -18,7 +18,7 @@ from virtguests.clock import Clock
 from virtguests.concurrently import Job
 from virtguests.config import Config
 from virtguests.messages import Messages
-from virtguests.model import Action, Outcome
+from virtguests.model import Action, Departure, Outcome
 from virtguests.plan import GuestStop
 from virtguests.runreport import GuestResult, RunReport
 from virtguests.virsh import Virsh, VirshError
@@ -47,7 +47,8 @@ class Execution:
 
     def __init__(self, virsh: Virsh, config: Config, messages: Messages, clock: Clock,
                  checkpoint: Callable[[], None], deadline: Optional[float] = None,
-                 run_report: Optional[RunReport] = None) -> None:
+                 run_report: Optional[RunReport] = None,
+                 departed: Callable[[Departure], None] = lambda departure: None) -> None:
         self.virsh = virsh
         self.config = config
         self.messages = messages
@@ -57,8 +58,12 @@ class Execution:
         """Called after each guest's step, to save the progress so far."""
         self.deadline = deadline
         """STOP_DEADLINE as a time on *clock*; None: no deadline."""
+        self.departed = departed
+        """Called when a guest has left for a peer, before anything else is said of it:
+        the migrated record's checkpoint."""
         self._status = 0
         self._lock = threading.Lock()
+        self._carried: set[tuple[str, str]] = set()
 
     @property
     def status(self) -> int:
@@ -67,6 +72,17 @@ class Execution:
     @property
     def cancelled(self) -> bool:
         return self.clock.cancel.is_set()
+
+    def carry_on(self, uri: str, planned: GuestStop) -> None:
+        """A guest whose migration a stop request aborted: in flight, so the rest of its
+        chain still runs after the request."""
+        with self._lock:
+            self._carried.add((uri, planned.guest.uuid))
+
+    def cancelled_for(self, uri: str, planned: GuestStop) -> bool:
+        """Whether a stop request holds this guest back (a carried-on guest goes on)."""
+        with self._lock:
+            return self.cancelled and (uri, planned.guest.uuid) not in self._carried
 
     def given_up(self, uri: str) -> Optional[str]:
         """Why *uri* was given up (a call there timed out), or None."""
@@ -145,7 +161,7 @@ class Execution:
     def held_back(self, uri: str, planned: GuestStop, action: Action) -> bool:
         """True when *action* may no longer be tried on the guest (a stop was requested,
         or its URI was given up); its run report then says why."""
-        if self.cancelled:
+        if self.cancelled_for(uri, planned):
             self.interrupted(uri, planned)
             return True
         if self.given_up(uri) is not None:
@@ -162,7 +178,7 @@ class Execution:
         following = next_action(planned, action)
         if following is None or self.given_up(uri) is not None:
             return "", False
-        return ("" if self.cancelled else f"; trying {following}"), True
+        return ("" if self.cancelled_for(uri, planned) else f"; trying {following}"), True
 
     def failed_step(self, uri: str, planned: GuestStop, action: Action, what: str,
                     err: VirshError, seconds: float) -> bool:

@@ -19,6 +19,7 @@ from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.execution import Execution
 from virtguests.messages import Messages
+from virtguests.model import Departure
 from virtguests.plan import StartPlan, StopPlan
 from virtguests.runreport import RunReport
 from virtguests.starting import Starting
@@ -46,18 +47,21 @@ class Executor:
         *,
         checkpoint: Callable[[], None] = lambda: None,
         run_report: Optional[RunReport] = None,
+        departed: Callable[[Departure], None] = lambda departure: None,
     ) -> None:
         self.virsh = virsh
         self.config = config
         self.messages = messages
         self.clock = clock
         self.checkpoint = checkpoint
+        self.departed = departed
+        """Each guest that left for a peer, as soon as it did (the migrated record)."""
         self.run_report = run_report if run_report is not None else RunReport()
         """Where each guest's steps go (the action's, to be written at the end)."""
 
     def _execution(self, deadline: Optional[float] = None) -> Execution:
         return Execution(self.virsh, self.config, self.messages, self.clock, self.checkpoint,
-                         deadline, self.run_report)
+                         deadline, self.run_report, self.departed)
 
     def stop(self, plan: StopPlan) -> Executed:
         deadline = None

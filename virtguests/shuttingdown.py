@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from virtguests import commands, query
+from virtguests.clock import Uncancelled
 from virtguests.concurrently import run_all
 from virtguests.doorbell import POLL, Doorbell
 from virtguests.execution import PROGRESS_EVERY, Execution, one_line
@@ -134,6 +135,13 @@ class _Shutdowns:
         self.bell = bell
         self.serial = run.config.parallel_shutdown <= 1
         self.width = 1 if self.serial else run.config.parallel_shutdown
+        self.carried = run.cancelled and not any(run.cancelled_for(uri, planned)
+                                                 for planned in flight.queue)
+        """Only guests whose migration a stop request aborted: their shutdowns go on
+        (``migrating``)."""
+
+    def _cancelled(self) -> bool:
+        return self.run.cancelled and not self.carried
 
     def wait(self) -> None:
         """Request shutdowns and wait for them: one loop for both modes.
@@ -146,7 +154,7 @@ class _Shutdowns:
         step takes it.
         """
         run, uri, flight, bell, serial = self.run, self.uri, self.flight, self.bell, self.serial
-        clock = run.clock
+        clock = Uncancelled(run.clock) if self.carried else run.clock
         started = clock.now()
         timeout = run.config.shutdown_timeout
         uri_deadline = started + run.remaining()
@@ -157,11 +165,11 @@ class _Shutdowns:
         failing_since: Optional[float] = None
         expired = False
         while flight.queue or flight.waiting:
-            if flight.queue and len(flight.waiting) < self.width and not run.cancelled \
+            if flight.queue and len(flight.waiting) < self.width and not self._cancelled() \
                     and run.given_up(uri) is None:
                 self._admit(self.width, uri_deadline)
                 last_request = clock.now()
-            if run.cancelled:
+            if self._cancelled():
                 for planned in flight.queue:
                     run.interrupted(uri, planned)
                 flight.queue.clear()
@@ -190,7 +198,7 @@ class _Shutdowns:
                     run.run_report.step(run.result(uri, waited.planned), Action.SHUTDOWN,
                                         Outcome.SHUT_OFF, now - waited.since)
                     run.checkpoint()
-            if run.cancelled and flight.waiting:
+            if self._cancelled() and flight.waiting:
                 for waited in flight.waiting.values():
                     run.run_report.step(run.result(uri, waited.planned), Action.SHUTDOWN,
                                         Outcome.INTERRUPTED, now - waited.since,

@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Union
 
 from virtguests import files, render
 from virtguests.config import Problem
-from virtguests.model import is_uuid
+from virtguests.model import Departure, is_uuid
 
 DEFAULT_LIST = Path("/var/lib/libvirt/libvirt-guests")
 
@@ -45,6 +45,8 @@ class Paths:
     run_report: Path
     lock: Path
     seen: Path
+    migrated: Path
+    """virtguests-migrated: the guests that left for a peer (``Departure``)."""
 
     @classmethod
     def default(cls) -> Paths:
@@ -62,7 +64,7 @@ class Paths:
         base = list_file.parent
         return cls(list_file, marker, base / "virtguests-pending",
                    base / "virtguests-last-run.json", base / "virtguests.lock",
-                   base / "virtguests-seen.json")
+                   base / "virtguests-seen.json", base / "virtguests-migrated")
 
 
 @dataclass(frozen=True)
@@ -505,6 +507,75 @@ def _virsh_counts(value: Any, where: _Where, problems: list[Problem]) -> list[di
         if len(problems) == before:
             kept.append(fields)
     return kept
+
+
+MIGRATED_FORMAT = 1
+"""The migrated record's ``format_version``; a reader refuses any other."""
+
+_DEPARTURE = (("uuid", _is_text, "a string", True), ("name", _is_text, "a string", True),
+              ("home", _is_text, "a string", True), ("peer", _is_text, "a string", True))
+
+
+def check_migrated(document: Any, where: _Where, problems: list[Problem]) -> list[Departure]:
+    """virtguests-migrated: ``{"format_version": 1, "guests": [{uuid, name, home, peer}]}``.
+
+    Strict: every entry that cannot be read is a problem (the caller sets the file
+    aside rather than drop a guest that is away); the readable ones are kept.
+    """
+    root = _object(document, where, problems)
+    if root is None:
+        return []
+    inner = where.inside(root)
+    version = root.get("format_version")
+    if not _is_int(version) or version != MIGRATED_FORMAT:
+        problems.append(inner.at("format_version").problem(
+            f"expected {MIGRATED_FORMAT}, got "
+            + ("nothing" if "format_version" not in root else repr(version)
+               if _is_int(version) else _type_name(version))))
+        return []
+    guests = root.get("guests")
+    if not isinstance(guests, list):
+        problems.append(inner.at("guests").problem(
+            "missing (expected a list)" if guests is None else
+            f"expected a list, got {_type_name(guests)}"))
+        return []
+    kept: list[Departure] = []
+    for index, entry in enumerate(guests):
+        at = inner.at("guests").at(index)
+        guest = _object(entry, at, problems)
+        if guest is None:
+            continue
+        before = len(problems)
+        fields = _fields(guest, at, problems, _DEPARTURE)
+        if len(problems) != before:
+            continue
+        if not is_uuid(fields["uuid"]):
+            problems.append(at.inside(guest).at("uuid").problem("not a UUID"))
+            continue
+        if not fields["home"] or not fields["peer"]:
+            problems.append(at.inside(guest).problem("home and peer must not be empty"))
+            continue
+        kept.append(Departure(fields["uuid"].lower(), str(fields["name"]), str(fields["home"]),
+                              str(fields["peer"])))
+    return kept
+
+
+def read_migrated(path: Path) -> tuple[list[Departure], list[Problem]]:
+    """The migrated record's readable entries, and a ``FILE:LINE: KEY: problem`` for each
+    part that could not be read.  Missing: ([], [])."""
+    document, problems = read_json_checked(path, check_migrated)
+    return list(document or []), problems
+
+
+def write_migrated(path: Path, departures: Iterable[Departure]) -> None:
+    """The migrated record, atomically (one entry per guest: the latest wins)."""
+    latest: dict[str, Departure] = {}
+    for departure in departures:
+        latest.pop(departure.uuid, None)
+        latest[departure.uuid] = departure
+    write_json(path, {"format_version": MIGRATED_FORMAT, "guests": [
+        {"uuid": d.uuid, "name": d.name, "home": d.home, "peer": d.peer}
+        for d in latest.values()]})
 
 
 def read_seen(path: Path) -> tuple[dict[str, dict[str, str]], list[Problem]]:

@@ -6,7 +6,8 @@ when a step fails or times out, but never while a save of the guest is still in
 progress.  A URI that stopped answering is given up at once (``Virsh.given_up``):
 its guests stay recorded and are named in one error; a timeout of one guest's
 call costs only that guest's step.  After a stop request (SIGTERM/SIGINT)
-nothing new is started; calls in flight finish or time out.
+nothing new is started; calls in flight finish or time out, and a guest whose
+migration was aborted goes on to the rest of its chain (it is in flight).
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ from collections.abc import Sequence
 
 from virtguests.concurrently import run_all
 from virtguests.execution import Execution, next_action
+from virtguests.migrating import migrate_all
 from virtguests.model import PROTECTED, STOP_CHAIN, Action
 from virtguests.plan import GuestStop, StopPlan, UriStop
 from virtguests.poweringoff import poweroff_all
 from virtguests.shuttingdown import shutdown_all
 from virtguests.suspending import suspend_all
 
-_STAGE = {Action.SUSPEND: suspend_all, Action.SHUTDOWN: shutdown_all, Action.POWEROFF: poweroff_all}
+_STAGE = {Action.MIGRATE: migrate_all, Action.SUSPEND: suspend_all,
+          Action.SHUTDOWN: shutdown_all, Action.POWEROFF: poweroff_all}
 """Each stage: its guests in, the ones the chain's next step takes out."""
 
 
@@ -35,7 +38,9 @@ def stop(run: Execution, plan: StopPlan) -> None:
 
 
 def _stop_uri(run: Execution, item: UriStop) -> None:
-    if run.config.suspending:
+    if run.config.on_shutdown == (Action.MIGRATE,):  # drain
+        run.messages.say(f"Migrating guests on {item.uri} URI...")
+    elif run.config.suspending:
         run.messages.say(f"Suspending guests on {item.uri} URI...")
     else:
         run.messages.say(f"Shutting down guests on {item.uri} URI...")
@@ -75,19 +80,19 @@ def _stop_group(run: Execution, uri: str, stops: Sequence[GuestStop]) -> None:
         todo = queues[stage]
         if not todo:
             continue
-        if run.cancelled or run.given_up(uri) is not None:
+        if run.given_up(uri) is not None:
             for planned in todo:
                 run.held_back(uri, planned, stage)
             continue
-        for planned in _STAGE.get(stage, _no_stage)(run, uri, todo):
+        held = {id(planned) for planned in todo if run.cancelled_for(uri, planned)}
+        for planned in todo:
+            if id(planned) in held:
+                run.held_back(uri, planned, stage)
+        todo = [planned for planned in todo if id(planned) not in held]
+        if not todo:
+            continue
+        for planned in _STAGE[stage](run, uri, todo):
             following = next_action(planned, stage)
             if following is not None:
                 queues[following].append(planned)
 
-
-def _no_stage(run: Execution, uri: str, todo: list[GuestStop]) -> list[GuestStop]:
-    """A step this build cannot take (migrate, until its stage lands): the chain's next
-    step takes every guest, as after a failure."""
-    run.messages.warn(f"{uri}: cannot migrate yet in this build: "
-                      + ", ".join(s.guest.name for s in todo))
-    return list(todo)

@@ -1,6 +1,6 @@
 """The files the actions keep true: the list file and the pending file (guests a start
-must still resume), the seen file (what each URI was running), the started marker and
-the run report.
+must still resume), the seen file (what each URI was running), the migrated record
+(guests away on a peer), the started marker and the run report.
 
 A failed write is reported, never fatal to the guests.
 """
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Callable, Optional
 
 from virtguests import state
 from virtguests.actions.context import Context
+from virtguests.model import Departure
 
 
 def disk(ctx: Context, what: str, action: Callable[[], None]) -> bool:
@@ -172,3 +173,69 @@ class Checkpoint:
             self.last = time.monotonic()
         finally:
             self.lock.release()
+
+
+class MigratedRecord:
+    """The migrated record (``virtguests-migrated``) during a stop or drain, under the
+    run's lock: what earlier runs recorded, plus each guest as soon as it left.
+
+    Entries are only ever added (a guest that leaves again replaces its own entry) or
+    dropped for a guest seen running at home: a guest that is away is never
+    forgotten.  A file that cannot be read whole is set aside (kept for the admin) and
+    its readable entries carried over.
+    """
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.lock = threading.Lock()
+        self.writable = not ctx.dry_run
+        self.failed = False
+        """A write failed, or the earlier record could not be read whole: exit 1."""
+        self.entries, problems = state.read_migrated(ctx.paths.migrated)
+        for problem in problems:
+            ctx.messages.error(str(problem))
+        if problems:
+            self.failed = True
+            path = ctx.paths.migrated
+            if path.exists() or path.is_symlink():
+                try:
+                    aside = state.set_aside(path)
+                except OSError as err:
+                    ctx.messages.error(f"cannot move the unreadable {path} aside: {err}")
+                    self.writable = False  # never overwrite what no one has read
+                    return
+                ctx.messages.error(f"{path} could not be read whole; kept as {aside}")
+            if self.entries:
+                self._write()
+
+    def home_again(self, running: Mapping[str, Iterable[str]]) -> None:
+        """Drop the entries of guests seen running at their home URI (*running*: URI ->
+        UUIDs): they are known home."""
+        home = {(uri, uuid) for uri, uuids in running.items() for uuid in uuids}
+        with self.lock:
+            kept = [d for d in self.entries if (d.home, d.uuid) not in home]
+            if len(kept) != len(self.entries):
+                self.entries = kept
+                self._write()
+
+    def __call__(self, departure: Departure) -> None:
+        """A guest left: written before the run goes on (a power cut then keeps it)."""
+        with self.lock:
+            self.entries = [d for d in self.entries if d.uuid != departure.uuid]
+            self.entries.append(departure)
+            self._write()
+
+    def _write(self) -> None:
+        if not self.writable:
+            if not self.ctx.dry_run:
+                self.failed = True
+                self.ctx.messages.error(f"not recorded in {self.ctx.paths.migrated} (it "
+                                        "could not be read or moved aside): "
+                                        + ", ".join(f"{d.name} on {d.peer}"
+                                                    for d in self.entries))
+            return
+        entries = list(self.entries)
+        if not disk(self.ctx, f"write the migrated record {self.ctx.paths.migrated} (the "
+                    "guests named there run on their peer; start will not bring them home)",
+                    lambda: state.write_migrated(self.ctx.paths.migrated, entries)):
+            self.failed = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from typing import Callable, Optional
 
 from virtguests import observe, plan, policy, state
 from virtguests.actions import records
@@ -27,7 +28,7 @@ from virtguests.actions.records import Checkpoint
 from virtguests.config import Config
 from virtguests.executor import Executor
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import Action, UriView
+from virtguests.model import Action, Departure, UriView
 from virtguests.output import WARNING
 from virtguests.virsh import format_argv
 
@@ -51,7 +52,7 @@ def _run_stop(ctx: Context, force_shutdown: bool) -> int:
     warn_config(ctx)
     warn_conflicts(ctx)
     with holding_lock(ctx) as held:
-        status = _stop(ctx, config) if held else EXIT_FAIL
+        status = stop_flow(ctx, config) if held else EXIT_FAIL
     if ctx.loaded.problems:
         return EXIT_CONFIG
     return status
@@ -62,7 +63,10 @@ def run_shutdown(ctx: Context) -> int:
     return run_stop(ctx, force_shutdown=True)
 
 
-def _stop(ctx: Context, config: Config) -> int:
+def stop_flow(ctx: Context, config: Config, command: str = "stop",
+              adjust: Optional[Callable[[plan.StopPlan], plan.StopPlan]] = None) -> int:
+    """The stop flow; ``drain`` runs it too (*command*), its plan changed by *adjust*
+    (run before anything is said or recorded), and keeps the started marker."""
     earlier, damaged = records.recorded_earlier(ctx, stale_warning=True)
     uris = _stop_uris(ctx, config, earlier)
     config = replace(config, uris=tuple(uris))
@@ -79,23 +83,31 @@ def _stop(ctx: Context, config: Config) -> int:
     views, peers, homes = observe.for_migration(
         ctx.virsh, config, views, plan.movers(config, [views[u] for u in uris], lookup))
     the_plan = plan.plan_stop(config, [views[u] for u in uris], earlier, lookup, peers, homes)
+    if adjust is not None:
+        the_plan = adjust(the_plan)
     status = _say_found(ctx, config, [views[u] for u in uris], seen, the_plan)
     if ctx.dry_run:
         _say_commands(ctx, config, the_plan)
         return status
 
     status = max(status, _record(ctx, the_plan, damaged))
+    departed = Departures(ctx, the_plan)
+    departed.record.home_again({u: [g.uuid for g in views[u].guests if g.active]
+                                for u in uris if views[u].reachable})
 
     executor = Executor(ctx.virsh, config, ctx.messages, ctx.clock, run_report=ctx.run_report,
-                        checkpoint=Checkpoint(ctx, "stop"))
+                        checkpoint=Checkpoint(ctx, command), departed=departed)
     result = executor.stop(the_plan)  # its bugs are reported: the list file is written
+    if departed.record.failed or departed.failed:
+        status = max(status, EXIT_FAIL)
 
-    records.disk(ctx, f"remove the started marker {ctx.paths.marker}",
-                 lambda: state.remove(ctx.paths.marker))
+    if command != "drain":  # drain stops nothing else: the host stays started
+        records.disk(ctx, f"remove the started marker {ctx.paths.marker}",
+                     lambda: state.remove(ctx.paths.marker))
     status = max(status, result.status)
     if ctx.clock.cancel.is_set():
-        status = interrupted_summary(ctx, "stop")
-    records.write_run_report(ctx, "stop", status)
+        status = interrupted_summary(ctx, command)
+    records.write_run_report(ctx, command, status)
     return status
 
 
@@ -182,3 +194,30 @@ def _record(ctx: Context, the_plan: plan.StopPlan, damaged: Sequence[state.BadLi
     else:
         status = EXIT_FAIL
     return status
+
+
+class Departures:
+    """Each guest that left for a peer: into the migrated record first, then out of the
+    list file (which names only guests that start resumes at home).  A power cut
+    between the two leaves it in both: start then finds it away, never lost."""
+
+    def __init__(self, ctx: Context, the_plan: plan.StopPlan) -> None:
+        self.ctx = ctx
+        self.record = records.MigratedRecord(ctx)
+        self.entries = the_plan.record()
+        self.failed = False
+
+    def __call__(self, departure: Departure) -> None:
+        self.record(departure)
+        with self.record.lock:
+            ids = self.entries.get(departure.home, [])
+            if departure.uuid not in ids:
+                return
+            ids.remove(departure.uuid)
+            if not ids:
+                del self.entries[departure.home]
+            entries = {uri: list(v) for uri, v in self.entries.items()}
+            if not records.disk(self.ctx, f"rewrite the list file {self.ctx.paths.list_file} "
+                                f"without {departure.name} (migrated)",
+                                lambda: state.write_list(self.ctx.paths.list_file, entries)):
+                self.failed = True
