@@ -8,6 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -164,6 +165,51 @@ def test_domjobinfo() -> None:
     assert commands.domjobinfo(U) == ["domjobinfo", U]
 
 
+def test_domjobabort() -> None:
+    assert commands.domjobabort(U) == ["domjobabort", U]
+
+
+def test_dominfo() -> None:
+    assert commands.dominfo(U) == ["dominfo", U]
+
+
+def test_nodememstats_and_capabilities_ask_the_host() -> None:
+    assert commands.nodememstats() == ["nodememstats"]
+    assert commands.capabilities() == ["capabilities"]
+
+
+PEER = "qemu+ssh://peer/system?keyfile=/k&no_verify=1"
+
+
+def test_migrate_puts_the_options_first_then_the_guest_then_the_peer() -> None:
+    options = ("--live", "--persistent", "--undefinesource")
+    assert commands.migrate(U, PEER, options) == ["migrate", *options, U, PEER]
+    assert commands.migrate(U, PEER, ()) == ["migrate", U, PEER]
+    extra = ["--live", "--migrateuri", "tcp://10.0.0.2", "--compressed"]
+    assert commands.migrate(U, PEER, extra)[-2:] == [U, PEER]
+
+
+def test_migrate_matches_its_recording() -> None:
+    """The argv recorded from real virsh, with the home and peer daemons' URIs."""
+    from virtguests.testing import fixtures_dir
+
+    doc = yaml.safe_load((Path(fixtures_dir()) / "qemu-migrate-ok.yaml").read_text())
+    *options, uuid, peer = doc["argv"][1:]
+    assert commands.migrate(uuid, peer, options) == doc["argv"]
+    assert doc["exit"] == 0
+
+
+def test_migrate_is_a_slow_guest_call() -> None:
+    """A migration takes minutes: a session of its own; its timeout is the guest's (or
+    its peer's) fault and wedges no URI."""
+    args = commands.migrate(U, PEER, ("--live",))
+    assert is_guest_call(args) and args[0] in commands.SLOW_SUBCOMMANDS
+    for args in (commands.domjobabort(U), commands.dominfo(U)):
+        assert is_guest_call(args) and args[0] not in commands.SLOW_SUBCOMMANDS
+    for args in (commands.nodememstats(), commands.capabilities()):
+        assert not is_guest_call(args)
+
+
 def test_lifecycle_events() -> None:
     assert commands.lifecycle_events() == ["event", "--loop", "--event", "lifecycle"]
 
@@ -176,6 +222,8 @@ GUEST_CALLS = [
     lambda uuid, cfg: commands.sync_time(uuid),
     lambda uuid, cfg: commands.domstate_reason(uuid),
     lambda uuid, cfg: commands.domjobinfo(uuid),
+    lambda uuid, cfg: commands.domjobabort(uuid),
+    lambda uuid, cfg: commands.dominfo(uuid),
 ]
 
 URI_CALLS: list[Callable[[], list[str]]] = [
@@ -183,7 +231,8 @@ URI_CALLS: list[Callable[[], list[str]]] = [
     commands.list_active_uuids, commands.list_managed_save,
     commands.list_managed_save_uuids, commands.list_persistent_uuids,
     commands.list_table, commands.uri, commands.liveness,
-    commands.lifecycle_events, lambda: commands.batch(commands.start_listings())]
+    commands.lifecycle_events, lambda: commands.batch(commands.start_listings()),
+    commands.nodememstats, commands.capabilities]
 
 
 @given(uuid=st.uuids().map(str), bypass=st.booleans(), which=st.integers(0, len(GUEST_CALLS) - 1))

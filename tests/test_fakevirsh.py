@@ -30,6 +30,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.sizes import examples
+from virtguests import virshout
 from virtguests.testing import fixtures_dir, write_shim
 from virtguests.testing.fakevirsh import jsonfile
 from virtguests.testing.harness import ask
@@ -42,8 +43,8 @@ TEST_NS = "{http://libvirt.org/schemas/domain/test/1.0}"
 NOT_REPLAYED = {
     "test-unknown-command": "unknown commands fail loudly with exit 2 in the fake",
     "test-unknown-option": "unknown options fail loudly with exit 2 in the fake",
-    "test-dominfo-running": "dominfo is not simulated (CPU time varies anyway)",
-    "test-dominfo-saved": "dominfo is not simulated",
+    "test-dominfo-running": "the fake's guests have no memory from the host XML",
+    "test-dominfo-saved": "the fake's guests have no memory from the host XML",
 }
 
 
@@ -631,7 +632,8 @@ def test_hang_after_calls(virsh: Path, tmp_path: Path) -> None:
     events.wait(timeout=5)
 
 
-@pytest.mark.parametrize("stem", ["qemu-managedsave-busy", "qemu-shutdown-busy"])
+@pytest.mark.parametrize("stem", ["qemu-managedsave-busy", "qemu-shutdown-busy",
+                                  "qemu-migrate-busy"])
 def test_replay_busy_recordings(virsh: Path, tmp_path: Path, stem: str) -> None:
     """A second job on a guest whose save holds its job: what real virsh 9.0 printed
     after libvirt's 30 s lock wait, byte for byte."""
@@ -644,6 +646,346 @@ def test_replay_busy_recordings(virsh: Path, tmp_path: Path, stem: str) -> None:
     h.set_now(1030.0)
     out, err = proc.communicate(timeout=10)
     assert (proc.returncode, out, err) == (doc["exit"], doc["stdout"], doc["stderr"])
+
+
+# ---------------------------------------------------------------------------
+# (b2) live migration between the URIs of one fake host
+# ---------------------------------------------------------------------------
+def migrate_setup() -> dict[str, Any]:
+    """The fake host the migrate recordings were made on (tools/record_fixtures.py
+    record_migrate): home, peer, a twin with home's host UUID, an unreachable URI; the
+    guest that migrates (512 MiB) and the one whose disk only home has."""
+    ok = load_fixture(FIXTURES / "qemu-migrate-ok.yaml")
+    home, peer = ok["uri"], ok["argv"][-1]
+    twin = load_fixture(FIXTURES / "qemu-migrate-same-host.yaml")["argv"][-1]
+    unreachable = load_fixture(FIXTURES / "qemu-migrate-unreachable.yaml")["argv"][-1]
+    caps = load_fixture(FIXTURES / "qemu-capabilities.yaml")["stdout"]
+    host_uuid = caps.split("<uuid>", 1)[1].split("</uuid>", 1)[0]
+    [mig] = ok["subjects"]
+    [disk] = load_fixture(FIXTURES / "qemu-migrate-local-disk.yaml")["subjects"]
+    return {
+        "home": home, "peer": peer, "twin": twin, "unreachable": unreachable,
+        "mig": mig, "disk": disk,
+        "host": {"uris": {
+            home: {"host_uuid": host_uuid, "guests": [
+                {**mig, "memory_mib": 512, "migrate_seconds": 10},
+                {**disk, "memory_mib": 96, "fail_migrate": True}]},
+            peer: {"guests": []},
+            twin: {"host_uuid": host_uuid, "guests": []},
+            unreachable: {"unreachable": True},
+        }},
+    }
+
+
+def same_as_recorded(r: subprocess.CompletedProcess[str], stem: str) -> None:
+    doc = recording(stem)
+    assert (r.returncode, r.stdout, r.stderr) == (doc["exit"], doc["stdout"], doc["stderr"]), stem
+
+
+def test_replay_the_migrate_recordings_in_their_order(virsh: Path, tmp_path: Path) -> None:
+    """The migrate group as recorded from two real daemons, call by call, on the fake:
+    byte for byte, except domjobinfo's figures (its labels and operation are)."""
+    setup = migrate_setup()
+    home, peer, uuid = setup["home"], setup["peer"], setup["mig"]["uuid"]
+    h = with_journal(Host(virsh, tmp_path, setup["host"]))
+    h.env["VIRTGUESTS_FAKE_JOURNAL"] = str(h.path.parent / "popen.jsonl")
+    for stem in ("qemu-capabilities", "qemu-dominfo-running", "qemu-domjobabort-none"):
+        same_as_recorded(h("-c", home, *recording(stem)["argv"]), stem)
+    migrate = recording("qemu-migrate-aborted")["argv"]
+    proc = h.popen("-c", home, *migrate)
+    h.dispatched(proc)
+    h.set_now(1002.5)
+    job = h("-c", home, "domjobinfo", uuid)
+    held = recording("qemu-domjobinfo-migrating")["stdout"]
+    assert job.stdout.startswith("Job type:         Unbounded   \nOperation:        Outgoing "
+                                 "migration\n")
+    assert domjobinfo_labels(job.stdout) == domjobinfo_labels(held)
+    assert "Data processed:   128.000 MiB\n" in job.stdout  # 2.5 s of 10 s
+    for stem, uri in (("qemu-domstate-reason-migrating", home),
+                      ("qemu-domstate-reason-incoming", peer),
+                      ("qemu-domjobinfo-incoming", peer),
+                      ("qemu-domjobabort-migrating", home)):
+        same_as_recorded(h("-c", uri, *recording(stem)["argv"]), stem)
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, out, err) == (1, *(recording("qemu-migrate-aborted")[k]
+                                                for k in ("stdout", "stderr")))
+    for stem, uri in (("qemu-domstate-reason-migration-aborted", home),
+                      ("qemu-domstate-migration-aborted-peer", peer),
+                      ("qemu-migrate-unreachable", home), ("qemu-migrate-same-host", home),
+                      ("qemu-migrate-local-disk", home), ("qemu-migrate-missing", home),
+                      ("qemu-domstate-reason-migrate-refused", home)):
+        same_as_recorded(h("-c", uri, *recording(stem)["argv"]), stem)
+    ok = recording("qemu-migrate-ok")
+    proc = h.popen("-c", home, *ok["argv"])
+    h.dispatched(proc)
+    h.set_now(1100.0)
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, out, err) == (ok["exit"], ok["stdout"], ok["stderr"])
+    for stem, uri in (("qemu-domstate-reason-migrated", peer),
+                      ("qemu-domjobinfo-migrated", peer),
+                      ("qemu-domjobinfo-migrated-away", home),
+                      ("qemu-list-uuid-name-all-migrated-away", home)):
+        same_as_recorded(h("-c", uri, *recording(stem)["argv"]), stem)
+    back = recording("qemu-migrate-back-ok")
+    proc = h.popen("-c", peer, *back["argv"])
+    h.dispatched(proc)
+    h.set_now(1200.0)
+    out, err = proc.communicate(timeout=10)
+    assert (proc.returncode, out, err) == (back["exit"], back["stdout"], back["stderr"])
+    same_as_recorded(h("-c", home, "domstate", "--reason", uuid),
+                     "qemu-domstate-reason-migrated-back")
+    assert h("-c", home, "destroy", uuid).returncode == 0
+    for stem in ("qemu-migrate-not-running", "qemu-dominfo-shutoff"):
+        same_as_recorded(h("-c", home, *recording(stem)["argv"]), stem)
+
+
+def test_dominfo_and_nodememstats_in_the_recorded_formats(virsh: Path, tmp_path: Path) -> None:
+    recorded = recording("qemu-nodememstats")["stdout"]
+    fields = {line.split(":")[0].strip(): int(line.split()[-2])
+              for line in recorded.splitlines() if line}
+    available = fields["free"] + fields["buffers"] + fields["cached"]
+    h = Host(virsh, tmp_path, {"uris": {"qemu:///system": {
+        "memory_mib": fields["total"] / 1024, "free_mib": available / 1024,
+        "guests": [{"name": "g", "memory_mib": 2048}]}}})
+    out = h("-c", "qemu:///system", "nodememstats").stdout
+    assert [line.split(":")[0] for line in out.splitlines()] == [
+        line.split(":")[0] for line in recorded.splitlines()]
+    assert [len(line) for line in out.splitlines()] == [len(line) for line in
+                                                       recorded.splitlines()]
+    assert virshout.free_kib(["nodememstats"], out) == available
+    assert f"total  : {fields['total']:>20} KiB\n" in out
+    info = h("-c", "qemu:///system", "dominfo", "g").stdout
+    assert virshout.max_memory_kib(["dominfo"], info) == 2048 * 1024
+    assert "Name:           g\nUUID:           " in info and "Persistent:     yes\n" in info
+
+
+def two_hosts(**guest: Any) -> dict[str, Any]:
+    return {"uris": {"qemu:///system": {"guests": [{"name": "g", "memory_mib": 1024,
+                                                      **guest}]},
+                     "qemu+ssh://peer/system": {"free_mib": 4096, "guests": []}}}
+
+
+HOME, PEER = "qemu:///system", "qemu+ssh://peer/system"
+
+
+@pytest.mark.parametrize(("options", "home_after", "peer_persistent"), [
+    (["--live", "--persistent", "--undefinesource"], None, "yes"),
+    (["--live", "--persistent"], "shut off (migrated)", "yes"),
+    (["--live"], "shut off (migrated)", "no"),
+])
+def test_migrate_takes_its_time_and_leaves_the_guest_where_the_options_say(
+        virsh: Path, tmp_path: Path, options: list[str], home_after: Optional[str],
+        peer_persistent: str) -> None:
+    h = Host(virsh, tmp_path, two_hosts())  # 1024 MiB at 512 MiB/s: 2 s
+    before = virshout.free_kib(["n"], h("-c", PEER, "nodememstats").stdout)
+    proc = h.popen("-c", HOME, "migrate", *options, "g", PEER)
+    h.dispatched(proc)
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "running (booted)\n"
+    assert h("-c", PEER, "-q", "list", "--all").stdout == " 1   g   paused\n"
+    percents = []
+    for moment in (1000.5, 1001.0, 1001.5):
+        h.set_now(moment)
+        percents.append(virshout.job_percent(h("-c", HOME, "domjobinfo", "g").stdout))
+    assert percents == [25, 50, 75]
+    time.sleep(0.1)
+    assert proc.poll() is None, "migrate returned before its virtual time"
+    h.set_now(1002.0)
+    assert proc.communicate(timeout=10) == ("\n", "") and proc.returncode == 0
+    assert h("-c", PEER, "-q", "domstate", "--reason", "g").stdout == "running (migrated)\n"
+    info = h("-c", PEER, "dominfo", "g").stdout
+    assert f"Persistent:     {peer_persistent}\n" in info
+    home = h("-c", HOME, "-q", "domstate", "--reason", "g")
+    assert (home.stdout.strip() or None) == home_after
+    after = virshout.free_kib(["n"], h("-c", PEER, "nodememstats").stdout)
+    assert before - after == 1024 * 1024
+    assert h("-c", HOME, "domjobinfo", "g").returncode == 1  # not running here
+
+
+def test_a_transient_guest_leaves_nothing_behind(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, two_hosts(persistent=False, migrate_seconds=0))
+    assert h("-c", HOME, "migrate", "--live", "g", PEER).returncode == 0
+    assert h("-c", HOME, "-q", "list", "--all", "--name").stdout == ""
+    assert "Persistent:     no\n" in h("-c", PEER, "dominfo", "g").stdout
+
+
+def test_a_definition_at_the_destination_is_replaced_and_given_back_on_abort(
+        virsh: Path, tmp_path: Path) -> None:
+    spec = two_hosts(migrate_seconds=10)
+    uuid = str(__import__("uuid").uuid5(__import__("uuid").NAMESPACE_URL, f"{HOME}/g"))
+    spec["uris"][PEER]["guests"] = [{"name": "g", "uuid": uuid, "state": "shutoff"}]
+    h = Host(virsh, tmp_path, spec)
+    proc = h.popen("-c", HOME, "migrate", "--live", "g", PEER)
+    h.dispatched(proc)
+    assert h("-c", PEER, "-q", "domstate", "--reason", "g").stdout == "paused (migrating)\n"
+    assert h("-c", HOME, "domjobabort", "g").returncode == 0
+    assert proc.communicate(timeout=10)[1] == recording("qemu-migrate-aborted")["stderr"]
+    assert h("-c", PEER, "-q", "domstate", "--reason", "g").stdout == "shut off (unknown)\n"
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "running (booted)\n"
+    # a second run arrives (the dest definition was persistent: so is the arrival)
+    proc = h.popen("-c", HOME, "migrate", "--live", "g", PEER)
+    h.dispatched(proc)
+    h.set_now(1010.0)
+    assert proc.communicate(timeout=10) == ("\n", "")
+    assert "Persistent:     yes\n" in h("-c", PEER, "dominfo", "g").stdout
+
+
+def test_destroy_at_home_ends_the_migration(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, two_hosts(migrate_seconds=10))
+    proc = h.popen("-c", HOME, "migrate", "--live", "g", PEER)
+    h.dispatched(proc)
+    assert h("-c", HOME, "destroy", "g").returncode == 0
+    assert proc.communicate(timeout=10)[1] == recording("qemu-migrate-aborted")["stderr"]
+    assert proc.returncode == 1
+    assert h("-c", PEER, "-q", "list", "--all").stdout == ""
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "shut off (destroyed)\n"
+
+
+def test_sigterm_of_the_migrate_call_cancels_the_migration(virsh: Path,
+                                                           tmp_path: Path) -> None:
+    """libvirt cancels a migration whose client went away: the guest runs on at home."""
+    h = Host(virsh, tmp_path, two_hosts(migrate_seconds=10))
+    proc = h.popen("-c", HOME, "migrate", "--live", "--undefinesource", "g", PEER)
+    h.dispatched(proc)
+    assert h("-c", PEER, "-q", "list", "--all", "--name").stdout == "g\n"
+    proc.terminate()
+    proc.communicate(timeout=10)
+    assert proc.returncode == 128 + 15
+    assert h("-c", PEER, "-q", "list", "--all", "--name").stdout == ""
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "running (booted)\n"
+    assert h("-c", HOME, "domjobabort", "g").returncode == 1  # nothing left to abort
+    h.set_now(1100.0)
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "running (booted)\n"
+
+
+def test_sigkill_of_the_migrate_call_cancels_the_migration_at_the_next_call(
+        virsh: Path, tmp_path: Path) -> None:
+    """virtguests kills a timed-out call's session with SIGKILL: the fake cannot act
+    then, so the next call (any URI) finds its process gone and cancels its migration,
+    as libvirt does at once."""
+    h = Host(virsh, tmp_path, two_hosts(migrate_seconds=10))
+    proc = h.popen("-c", HOME, "migrate", "--live", "--undefinesource", "g", PEER)
+    h.dispatched(proc)
+    proc.kill()
+    proc.communicate(timeout=10)  # reaped (a zombie would count as gone too)
+    assert h("-c", PEER, "-q", "list", "--all", "--name").stdout == ""
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "running (booted)\n"
+    h.set_now(1100.0)
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == "running (booted)\n"
+    zombie = h.popen("-c", HOME, "migrate", "--live", "g", PEER)
+    h.dispatched(zombie)
+    os.kill(zombie.pid, 9)
+    wait_for(lambda: Path(f"/proc/{zombie.pid}/stat").read_text().split(")")[1].split()[0]
+             == "Z")
+    assert h("-c", PEER, "-q", "list", "--all", "--name").stdout == ""
+    zombie.communicate(timeout=10)
+
+
+def test_a_question_that_would_wait_for_the_migration_cancels_it(virsh: Path,
+                                                                 tmp_path: Path) -> None:
+    """``ask`` (in-process) cannot let virtual time pass: the call ends at once, as a
+    killed process would, and the migration with it."""
+    h = Host(virsh, tmp_path, two_hosts(migrate_seconds=10))
+    with pytest.raises(subprocess.TimeoutExpired):
+        h("-c", HOME, "migrate", "--live", "g", PEER)
+    assert h("-c", PEER, "-q", "list", "--all", "--name").stdout == ""
+    assert h("-c", HOME, "domjobinfo", "g").stdout == "Job type:         None        \n\n"
+
+
+RECORDED_HOST = "0f1e7a5e-0000-4000-8000-0000000000a1"
+"""The host UUID of the daemon the migrate group was recorded at (record_fixtures)."""
+
+
+@pytest.mark.parametrize(("peer", "guest", "stem"), [
+    ({"unreachable": True}, {}, "qemu-migrate-unreachable"),
+    ({"host_uuid": RECORDED_HOST}, {}, "qemu-migrate-same-host"),
+    ({}, {"fail_migrate": True}, "qemu-migrate-local-disk"),
+    ({}, {"state": "shutoff"}, "qemu-migrate-not-running"),
+])
+def test_refusals_change_nothing(virsh: Path, tmp_path: Path, peer: dict[str, Any],
+                                 guest: dict[str, Any], stem: str) -> None:
+    spec = two_hosts(**guest)
+    spec["uris"][HOME]["host_uuid"] = RECORDED_HOST
+    spec["uris"][PEER].update(peer)
+    h = Host(virsh, tmp_path, spec)
+    before = h("-c", HOME, "-q", "domstate", "--reason", "g").stdout
+    r = h("-c", HOME, "migrate", "--live", "--persistent", "g", PEER)
+    doc = recording(stem)
+    expected = doc["stderr"]
+    if stem == "qemu-migrate-unreachable":
+        expected = expected.replace("/nonexistent/sock", "/var/run/libvirt/libvirt-sock")
+    assert (r.returncode, r.stdout, r.stderr) == (1, "\n", expected)
+    assert h("-c", HOME, "-q", "domstate", "--reason", "g").stdout == before
+    if not peer.get("unreachable"):
+        assert h("-c", PEER, "-q", "list", "--all", "--name").stdout == ""
+
+
+def test_capabilities_give_each_uri_its_host_uuid(virsh: Path, tmp_path: Path) -> None:
+    spec = two_hosts()
+    spec["uris"]["qemu:///session"] = {"host_uuid": "AAAAAAAA-0000-4000-8000-000000000001"}
+    h = Host(virsh, tmp_path, spec)
+    uuids = [virshout.host_uuid(["capabilities"], h("-c", uri, "capabilities").stdout)
+             for uri in (HOME, PEER, "qemu:///session")]
+    assert len(set(uuids)) == 3
+    assert uuids[2] == "aaaaaaaa-0000-4000-8000-000000000001"
+    recorded = recording("qemu-capabilities")["stdout"]
+    out = h("-c", HOME, "capabilities").stdout
+    assert len(out) == len(recorded)  # the recorded XML, with this host's UUID
+
+
+def test_a_host_uuid_that_is_no_uuid_is_refused(virsh: Path, tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, {"uris": {HOME: {"host_uuid": "same-as-peer"}}})
+    r = h.process("-c", HOME, "capabilities")
+    assert (r.returncode, r.stdout) == (2, "")
+    assert "host_uuid 'same-as-peer' is not a UUID" in r.stderr
+
+
+def test_a_hung_peer_hangs_the_migrate_and_a_fault_rule_refuses_it(virsh: Path,
+                                                                   tmp_path: Path) -> None:
+    spec = two_hosts()
+    spec["uris"][PEER]["hang"] = True
+    h = Host(virsh, tmp_path, spec)
+    with pytest.raises(subprocess.TimeoutExpired):
+        h.process("-c", HOME, "migrate", "--live", "g", PEER, timeout=1.0)
+    assert h("-c", HOME, "domjobinfo", "g").stdout == "Job type:         None        \n\n"
+    spec = two_hosts()
+    spec["faults"] = [{"cmd": "migrate", "nth": 1, "action": "fail",
+                       "error": "qemu-migrate-unreachable"},
+                      {"cmd": "migrate", "guest": "g", "action": "hang"}]
+    peer = "qemu+unix:///system?socket=/run/peer/sock"
+    spec["uris"][peer] = {"guests": []}
+    h.path.write_text(yaml.safe_dump(spec))
+    r = h("-c", HOME, "migrate", "--live", "g", peer)
+    assert (r.returncode, r.stderr) == (1, recording("qemu-migrate-unreachable")["stderr"]
+                                        .replace("/nonexistent/sock", "/run/peer/sock"))
+    with pytest.raises(subprocess.TimeoutExpired):
+        h("-c", HOME, "migrate", "--live", "g", PEER)
+
+
+@pytest.mark.parametrize("argv", [
+    ["migrate", "--live", "g"],                     # no destination
+    ["migrate", "--live", "g", "qemu+ssh://nowhere/system"],  # not in the host file
+    ["migrate", "--frobnicate", "g", PEER],
+    ["-c", "test:///default", "migrate", "g", PEER],
+    ["-c", "test:///default", "domjobabort", "g"],
+])
+def test_what_migration_does_not_simulate_fails_loudly(virsh: Path, tmp_path: Path,
+                                                        argv: list[str]) -> None:
+    spec = two_hosts()
+    spec["uris"]["test:///default"] = {"guests": [{"name": "g"}]}
+    h = Host(virsh, tmp_path, spec)
+    r = h(*(argv if argv[0] == "-c" else ["-c", HOME, *argv]))
+    assert r.returncode == 2 and r.stderr.startswith("fakevirsh: "), r
+
+
+def test_migrate_options_with_values_and_the_named_destination(virsh: Path,
+                                                               tmp_path: Path) -> None:
+    h = Host(virsh, tmp_path, two_hosts(migrate_seconds=0))
+    r = h("-c", HOME, "migrate", "--live", "--migrateuri", "tcp://10.0.0.2",
+          "--domain", "g", "--desturi", PEER)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert h("-c", PEER, "-q", "list", "--name").stdout == "g\n"
+    r = h("-c", PEER, "migrate", "--live", "--migrateuri=tcp://10.0.0.1", "g", HOME)
+    assert (r.returncode, r.stderr) == (0, "")
 
 
 # ---------------------------------------------------------------------------

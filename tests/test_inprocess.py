@@ -188,3 +188,87 @@ def test_a_second_run_goes_on_from_the_virtual_time_the_first_left(tmp_path: Pat
     assert left_at > VIRTUAL_EPOCH, first
     second, again = run_inprocess(host, "status")
     assert again.now() >= left_at, (left_at, again.now(), second)
+
+
+# -- a migration in virtual time -------------------------------------------------------
+
+HOME, PEER = "qemu:///system", "qemu+ssh://peer/system"
+
+
+def _migrating_host(fake_host: Make, seconds: float) -> FakeHost:
+    return fake_host({"uris": {HOME: {"guests": [{"name": "g", "migrate_seconds": seconds}]},
+                               PEER: {"guests": []}}})
+
+
+def _runner(host: FakeHost, clock: VirtualClock) -> Any:
+    from virtguests.testing.inprocess import InProcessVirsh, _World
+
+    return InProcessVirsh(str(host.bin / "virsh"), world=_World(clock, events=False),
+                          environ=host.env())
+
+
+def _where(host: FakeHost, clock: VirtualClock) -> tuple[str, str]:
+    from virtguests.testing.fakevirsh.state import apply_due_transitions_now
+
+    guests = apply_due_transitions_now(str(host.host_file), now=clock.now())
+    return tuple(",".join(f"{g['state']}/{g['reason']}" for g in guests[uri])  # type: ignore[return-value]
+                 for uri in (HOME, PEER))
+
+
+def test_a_migration_takes_its_virtual_time(fake_host: Make) -> None:
+    from virtguests import commands
+
+    host = _migrating_host(fake_host, 100)
+    clock = VirtualClock(START)
+    virsh = _runner(host, clock)
+    uuid = host.uuid("g", HOME)
+    result = virsh.run(HOME, commands.migrate(uuid, PEER, ("--live", "--undefinesource")),
+                       timeout=300)
+    assert (result.exit_code, result.stdout, result.stderr) == (0, "\n", "")
+    assert 100 <= clock.now() - START <= 101
+    assert _where(host, clock) == ("", "running/migrated")
+
+
+def test_a_migration_killed_at_its_timeout_is_cancelled(fake_host: Make) -> None:
+    """MIGRATE_TIMEOUT's kill: libvirt cancels a migration whose client went away."""
+    from virtguests import commands
+    from virtguests.virsh import VirshError
+
+    host = _migrating_host(fake_host, 100)
+    clock = VirtualClock(START)
+    virsh = _runner(host, clock)
+    uuid = host.uuid("g", HOME)
+    with pytest.raises(VirshError) as killed:
+        virsh.run(HOME, commands.migrate(uuid, PEER, ("--live",)), timeout=30)
+    assert killed.value.timed_out
+    assert clock.now() - START == pytest.approx(30)
+    clock_then = clock.now()
+    assert _where(host, clock) == ("running/booted", "")
+    assert clock.now() == clock_then
+
+
+def test_an_abort_from_another_thread_ends_the_migration_soon(fake_host: Make) -> None:
+    from virtguests import commands, query
+    from virtguests.config import Config
+
+    host = _migrating_host(fake_host, 1000)
+    clock = VirtualClock(START)
+    virsh = _runner(host, clock)
+    uuid = host.uuid("g", HOME)
+    results: list[Any] = []
+
+    def migrate() -> None:
+        results.append(virsh.run(HOME, commands.migrate(uuid, PEER, ("--live",)),
+                                 timeout=2000, check=False))
+
+    def abort() -> None:
+        clock.sleep(10)
+        results.append(query.job_percent(virsh, HOME, uuid, Config()))
+        results.append(query.abort_job(virsh, HOME, uuid, Config()))
+
+    assert joined(run_threads(migrate, abort))
+    percent, aborted, migrated = results
+    assert percent in (0, 1) and aborted is True  # 10 s of 1000 (sizes printed rounded)
+    assert migrated.exit_code == 1 and "canceled by client" in migrated.stderr
+    assert 10 <= clock.now() - START <= 11
+    assert _where(host, clock) == ("running/booted", "")

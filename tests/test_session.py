@@ -23,7 +23,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.test_fakevirsh import base_env, host_from_test_xml, load_fixture
+from tests.test_fakevirsh import base_env, host_from_test_xml, load_fixture, migrate_setup
 from virtguests import session
 from virtguests.testing import FakeHost, fixtures_dir
 from virtguests.testing.fakevirsh.commandline import split_commands
@@ -192,6 +192,37 @@ def shim(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from virtguests.testing import write_shim
 
     return write_shim(tmp_path_factory.mktemp("bin"))
+
+
+def test_a_recorded_migration_session_answers_as_the_one_shot_calls(
+        recorded: Callable[[dict[str, Any]], session.Session]) -> None:
+    """A migrate in a session (a slow call: a session of its own in production) answers
+    as its process would: exit status, stdout and stderr of the one-shot recordings."""
+    doc = recording("qemu-session-migrate")
+    s = recorded(doc)
+    answers = [s.ask(line, time.monotonic() + DEADLINE) for line in command_lines(doc)]
+    for answer, stem in zip(answers, ("qemu-domjobabort-none", "qemu-migrate-unreachable",
+                                      "qemu-migrate-ok")):
+        one = recording(stem)
+        assert answer == session.Answer(one["exit"], one["stdout"], one["stderr"]), stem
+    gone = answers[3]
+    assert (gone.exit_code, gone.stdout) == (1, "\n")
+    assert gone.stderr == recording("qemu-domjobinfo-migrated-away")["stderr"]
+
+
+def test_the_fake_replays_the_migration_session(shim: Path, tmp_path: Path) -> None:
+    doc = recording("qemu-session-migrate")
+    setup = migrate_setup()
+    for guest in setup["host"]["uris"][doc["uri"]]["guests"]:
+        guest["migrate_seconds"] = 0
+    host = tmp_path / "host.yaml"
+    host.write_text(yaml.safe_dump(setup["host"]))
+    env = base_env() | doc["env"] | {"VIRTGUESTS_FAKE_HOST": str(host)}
+    proc = subprocess.run([str(shim), "-c", doc["uri"]], input=doc["stdin"].encode(), env=env,
+                          capture_output=True, timeout=DEADLINE)
+    assert unscrolled(proc.stdout.decode()) == unscrolled(doc["stdout"])
+    assert proc.stderr.decode() == doc["stderr"]
+    assert proc.returncode == doc["exit"]
 
 
 def unscrolled(stdout: str) -> str:

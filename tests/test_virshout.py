@@ -151,3 +151,127 @@ def test_every_name_but_a_newline_survives_a_listing(guests: list[tuple[str, str
 def test_start_refusal_names_the_reasons_start_acts_on(
         stderr: str, refusal: virshout.StartRefusal | None) -> None:
     assert virshout.start_refusal(stderr) == refusal
+
+
+# -- migration ------------------------------------------------------------------------
+
+
+def test_host_uuid_from_recorded_capabilities() -> None:
+    doc = _recording("qemu-capabilities")
+    uuid = virshout.host_uuid(doc["argv"], str(doc["stdout"]))  # type: ignore[arg-type]
+    assert model.is_uuid(uuid) and uuid == uuid.lower()
+    assert f"<host>\n    <uuid>{uuid}</uuid>" in str(doc["stdout"])
+    # the same host UUID is what libvirt names when it refuses the twin daemon
+    assert uuid in str(_recording("qemu-migrate-same-host")["stderr"])
+
+
+@pytest.mark.parametrize("text", [
+    "", "not xml", "<capabilities><host></host></capabilities>",
+    "<capabilities><host><uuid>nope</uuid></host></capabilities>",
+    "<other><host><uuid>11111111-2222-3333-4444-555555555555</uuid></host></other>",
+    "<capabilities><host><uuid>11111111-2222-3333-4444-555555555555</uuid>"
+    "<uuid>11111111-2222-3333-4444-555555555556</uuid></host></capabilities>",
+    "<capabilities><guest><uuid>11111111-2222-3333-4444-555555555555</uuid></guest>"
+    "</capabilities>",
+])
+def test_host_uuid_refuses_what_capabilities_never_print(text: str) -> None:
+    with pytest.raises(OutputError, match=r"^virsh capabilities: "):
+        virshout.host_uuid(["virsh", "capabilities"], text)
+
+
+def test_free_kib_from_recorded_nodememstats() -> None:
+    doc = _recording("qemu-nodememstats")
+    stdout = str(doc["stdout"])
+    fields = {line.split(":")[0].strip(): int(line.split()[-2])
+              for line in stdout.splitlines() if line}
+    assert virshout.free_kib(["nodememstats"], stdout) == (
+        fields["free"] + fields["buffers"] + fields["cached"])
+    assert fields["total"] > virshout.free_kib(["nodememstats"], stdout) > 0
+
+
+@pytest.mark.parametrize("text", [
+    "", "total  :  100 KiB\nfree   :  50 KiB\n",
+    "free   :  50 KiB\nbuffers:  1 KiB\ncached :  2 MiB\n",
+    "free   :  50 KiB\nfree   :  50 KiB\nbuffers:  1 KiB\ncached :  2 KiB\n",
+    "free   :  -5 KiB\nbuffers:  1 KiB\ncached :  2 KiB\n",
+    "Id Name State\n",
+])
+def test_free_kib_refuses_partial_or_strange_statistics(text: str) -> None:
+    with pytest.raises(OutputError, match=r"^virsh nodememstats: "):
+        virshout.free_kib(["virsh", "nodememstats"], text)
+
+
+@pytest.mark.parametrize("stem", ["qemu-dominfo-running", "qemu-dominfo-migrated",
+                                  "qemu-dominfo-shutoff"])
+def test_max_memory_from_recorded_dominfo(stem: str) -> None:
+    doc = _recording(stem)
+    assert virshout.max_memory_kib(doc["argv"], str(doc["stdout"])) == 512 * 1024  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("text", ["", "Max memory:     no limit\n",
+                                  "Max memory:     512 MiB\n",
+                                  "Max memory:     1 KiB\nMax memory:     2 KiB\n"])
+def test_max_memory_refuses_anything_but_one_kib_line(text: str) -> None:
+    with pytest.raises(OutputError, match=r"^virsh dominfo U: "):
+        virshout.max_memory_kib(["virsh", "dominfo", "U"], text)
+
+
+def _recorded_fraction(text: str) -> float:
+    """Data processed / Data total of a recorded domjobinfo, read another way."""
+    scale = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    sizes = {}
+    for line in text.splitlines():
+        for label in ("Data processed", "Data total"):
+            if line.startswith(label + ":"):
+                number, unit = line.split()[-2:]
+                sizes[label] = float(number) * scale[unit]
+    return sizes["Data processed"] / sizes["Data total"]
+
+
+@pytest.mark.parametrize(("stem", "operation"), [
+    ("qemu-domjobinfo-migrating", "Outgoing migration"), ("qemu-domjobinfo-saving", "Save")])
+def test_job_percent_of_the_recorded_jobs(stem: str, operation: str) -> None:
+    text = str(_recording(stem)["stdout"])
+    assert f"Operation:        {operation}" in text
+    percent = virshout.job_percent(text)
+    assert percent is not None and abs(percent - 100 * _recorded_fraction(text)) < 1
+
+
+def test_job_percent_of_no_job() -> None:
+    for stem in ("qemu-domjobinfo-none", "qemu-domjobinfo-migrated"):
+        assert virshout.job_percent(str(_recording(stem)["stdout"])) is None
+
+
+@pytest.mark.parametrize(("lines", "percent"), [
+    (["Data processed:   256.000 MiB", "Data total:       512.000 MiB"], 50),
+    (["Data processed:   1.000 GiB", "Data total:       512.000 MiB"], 100),
+    (["Memory processed: 3.000 KiB", "Memory total:     4.000 KiB"], 75),
+    (["Data processed:   0.000 B", "Data total:       0.000 B"], None),
+    (["Time elapsed:     135          ms"], None),  # a migration still setting up
+])
+def test_job_percent_from_processed_and_total(lines: list[str], percent: int | None) -> None:
+    text = "Job type:         Unbounded   \nOperation:        Outgoing migration\n"
+    assert virshout.job_percent(text + "".join(f"{ln}\n" for ln in lines)) == percent
+
+
+def test_job_percent_refuses_a_size_virsh_never_prints() -> None:
+    text = "Job type:         Unbounded   \nData processed:   lots\nData total:       1 B\n"
+    with pytest.raises(OutputError, match="Data processed"):
+        virshout.job_percent(text)
+
+
+@given(st.text(max_size=400))
+def test_fuzz_migration_parsers_only_raise_output_errors(text: str) -> None:
+    for parse in (virshout.host_uuid, virshout.free_kib, virshout.max_memory_kib):
+        try:
+            value = parse(["virsh", "x"], text)
+        except OutputError as err:
+            assert str(err).startswith("virsh x: ")
+        else:
+            assert value is not None
+    try:
+        percent = virshout.job_percent(text)
+    except OutputError:
+        pass
+    else:
+        assert percent is None or 0 <= percent <= 100

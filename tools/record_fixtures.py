@@ -31,6 +31,15 @@ otherwise, stdin ``/dev/null``, a timeout per call) and is written verbatim to
   slow save and once with QEMU hung (``-hung``).
   ``make fixtures FIXTURE_ARGS="--test-uri test:///default --private-libvirtd"``
   records everything; ``--only qemu`` (repeatable) records one group.
+* ``migrate`` recordings (``qemu-migrate-*``, with ``--private-libvirtd``) start
+  two private libvirtds (another host UUID each: home ``/LIBVIRTD`` and peer
+  ``/PEERD``), a third with home's host UUID (``/TWIND``, the same host to
+  libvirt), and record ``virsh migrate`` with ``--live --persistent
+  --undefinesource`` (success, an unreachable peer, the same host, a guest whose
+  disk only home has, a shut off and an unknown guest), ``domjobinfo`` during
+  an outgoing migration held in progress (``tools/realhost/libvirtd.StalledMigration``)
+  and its ``domjobabort``, the guest's state on both sides meanwhile and after,
+  ``domjobabort`` with no job, ``nodememstats``, ``capabilities`` and ``dominfo``.
 * ``session`` recordings (``*-session-*.yaml``, with the ``stdin`` fed) run one
   ``virsh -c URI`` reading command lines on a pipe, each followed by the markers
   ``virtguests/session.py`` sends: the test driver, an unreachable URI and, with
@@ -74,11 +83,21 @@ TEST_TIMEOUT = 5.0  # test-driver calls are instant; a hung one is retried soone
 RETRIES = 3
 # libvirt waits 30 s for a domain's job (state-change lock) before it fails a call
 BUSY_TIMEOUT = 180.0
-GROUPS = ("test", "nohost", "qemu", "session")
+GROUPS = ("test", "nohost", "qemu", "session", "migrate")
 UNREACHABLE_URI = "qemu+unix:///system?socket=/nonexistent/sock"
 # --private-libvirtd guests: fixed names and UUIDs so re-recording gives small diffs
 FIXTURE_GUEST = ("vg-fixture", "0f1e7a5e-0000-4000-8000-000000000001")
 FIXTURE_TRANSIENT = ("vg-fixture-tr", "0f1e7a5e-0000-4000-8000-000000000002")
+# migrate group: a guest that migrates, one whose disk only its home daemon has
+FIXTURE_MIGRATE = ("vg-fixture-mig", "0f1e7a5e-0000-4000-8000-000000000003")
+FIXTURE_LOCAL_DISK = ("vg-fixture-disk", "0f1e7a5e-0000-4000-8000-000000000004")
+FIXTURE_HOSTS = ("0f1e7a5e-0000-4000-8000-0000000000a1", "0f1e7a5e-0000-4000-8000-0000000000a2")
+"""Host UUIDs of the migrate group's home (and twin) and peer daemons: fixed, so
+re-recording gives small diffs."""
+LOCAL_DISK = "/var/lib/libvirt/images/vg-fixture-disk.img"
+"""Inside the home daemon's mount namespace only (its own tmpfs): no peer can open it."""
+MIGRATE_OPTIONS = ("--live", "--persistent", "--undefinesource")
+"""What MIGRATE_OPTIONS defaults to (virtguests/config.py)."""
 
 
 @dataclass
@@ -252,7 +271,7 @@ class Recorder:
             "description": description,
             "virsh_version": self.version,
             "uri": self.stable(uri) if uri is not None else None,
-            "argv": argv,
+            "argv": [self.stable(arg) for arg in argv],
             "exit": rc,
             "stdout": self.stable(out),
             "stderr": self.stable(err),
@@ -261,7 +280,7 @@ class Recorder:
         if env:
             doc["env"] = dict(env)
         if stdin is not None:
-            doc["stdin"] = stdin
+            doc["stdin"] = self.stable(stdin)
         path = self.out / f"{driver}-{slug}.yaml"
         with path.open("w", encoding="utf-8") as f:
             f.write("# recorded by tools/record_fixtures.py from real virsh; do not edit\n")
@@ -890,6 +909,153 @@ def record_qemu_busy(rec: Recorder, daemon: Any, name: str, uuid: str) -> None:
     wait_state(rec, uri, uuid, "running")
 
 
+def record_migrate(rec: Recorder, memory_mib: int) -> None:
+    """The migrate group (module docstring): two daemons, a twin of the first, two guests."""
+    from tools.realhost.guestimage import build_guest_image, cache_dir, domain_xml
+    from tools.realhost.libvirtd import Guest as LiveGuest
+    from tools.realhost.libvirtd import PrivateLibvirtd, StalledMigration, StalledSave
+
+    if os.geteuid() != 0:
+        raise SystemExit("the migrate group needs root (--private-libvirtd)")
+    image = build_guest_image()
+    caps = cache_dir() / "libvirt-caps"
+    home = PrivateLibvirtd(caps_cache=caps, host_uuid=FIXTURE_HOSTS[0])
+    peer = PrivateLibvirtd(caps_cache=caps, host_uuid=FIXTURE_HOSTS[1])
+    twin = PrivateLibvirtd(caps_cache=caps, host_uuid=FIXTURE_HOSTS[0])
+    with contextlib.ExitStack() as stack, \
+            tempfile.TemporaryDirectory(prefix="vg-fixture-mig-") as tmp:
+        for daemon, placeholder in ((home, "/LIBVIRTD"), (peer, "/PEERD"), (twin, "/TWIND")):
+            stack.enter_context(daemon)
+            rec.replacements.append((str(daemon.workdir), placeholder))
+        print(f"migrate recordings: home {home.qemu_uri}, peer {peer.qemu_uri}, "
+              f"twin {twin.qemu_uri} (home's host UUID)", file=sys.stderr)
+        disk = home.ns_path(LOCAL_DISK)
+        disk.write_bytes(b"\0" * (1 << 20))
+        live = {}
+        for (name, uuid), mib, disks in ((FIXTURE_MIGRATE, memory_mib, ()),
+                                         (FIXTURE_LOCAL_DISK, 96, (LOCAL_DISK,))):
+            console = Path(tmp) / f"{name}.console.log"
+            xml = Path(tmp) / f"{name}.xml"
+            xml.write_text(domain_xml(name, image=image, console_log=console, uuid=uuid,
+                                      memory_mib=mib, disks=disks))
+            home.virsh("define", str(xml))
+            home.virsh("start", name, timeout=120)
+            live[name] = LiveGuest(home, name, console, persistent=True)
+        for guest in live.values():
+            guest.wait_console("vg: ready", timeout=120)
+        g = Guest(*FIXTURE_MIGRATE)
+        uuid = g.uuid
+        migrate = ["migrate", *MIGRATE_OPTIONS, uuid]
+
+        def rec1(uri: str, slug: str, desc: str, argv: list[str],
+                 subjects: Optional[list[Guest]] = None,
+                 timeout: float = TIMEOUT) -> tuple[int, str, str]:
+            result = rec.run(uri, argv, timeout=timeout)
+            rec.write("qemu", slug, desc, uri, argv, result, [g] if subjects is None
+                      else subjects)
+            return result
+
+        rec1(home.qemu_uri, "capabilities", "capabilities (host UUID: /capabilities/host/uuid; "
+             "this daemon's libvirtd.conf host_uuid)", ["capabilities"], subjects=[])
+        rec1(home.qemu_uri, "nodememstats", "nodememstats (KiB: total, free, buffers, cached)",
+             ["nodememstats"], subjects=[])
+        rec1(home.qemu_uri, "dominfo-running", "dominfo UUID (running qemu guest; Max memory)",
+             ["dominfo", uuid])
+        rec1(home.qemu_uri, "domjobabort-none", "domjobabort UUID with no job",
+             ["domjobabort", uuid])
+
+        # an outgoing migration held in progress, then aborted
+        print(f"holding a migration of {uuid} to the peer", file=sys.stderr)
+        with StalledMigration(home, g.name, peer.qemu_uri, domain=uuid, options=MIGRATE_OPTIONS,
+                              env=rec.env()) as held:
+            rec1(home.qemu_uri, "domjobinfo-migrating",
+                 "domjobinfo UUID during an outgoing migration (held in progress)",
+                 ["domjobinfo", uuid])
+            rec1(home.qemu_uri, "domstate-reason-migrating",
+                 "domstate --reason UUID at home during its outgoing migration",
+                 ["domstate", "--reason", uuid])
+            rec1(peer.qemu_uri, "domstate-reason-incoming",
+                 "domstate --reason UUID on the peer during the incoming migration",
+                 ["domstate", "--reason", uuid])
+            rec1(peer.qemu_uri, "list-uuid-name-all-incoming",
+                 "list --uuid --name --all on the peer during an incoming migration",
+                 ["list", "--uuid", "--name", "--all"])
+            rec1(peer.qemu_uri, "domjobinfo-incoming",
+                 "domjobinfo UUID on the peer during the incoming migration",
+                 ["domjobinfo", uuid])
+            rec1(home.qemu_uri, "domjobabort-migrating",
+                 "domjobabort UUID during its outgoing migration (held: the abort "
+                 "completes once the migration runs again)", ["domjobabort", uuid])
+        rec.write("qemu", "migrate-aborted", "migrate UUID PEER aborted by domjobabort",
+                  home.qemu_uri, [*migrate, peer.qemu_uri], held.wait(), [g])
+        rec1(home.qemu_uri, "domstate-reason-migration-aborted",
+             "domstate --reason UUID at home after its migration was aborted",
+             ["domstate", "--reason", uuid])
+        rec1(peer.qemu_uri, "domstate-migration-aborted-peer",
+             "domstate UUID on the peer after the migration was aborted",
+             ["domstate", uuid])
+
+        # refusals: the guest stays home, running
+        rec1(home.qemu_uri, "migrate-unreachable", "migrate UUID to a peer URI where no "
+             "daemon listens", [*migrate, UNREACHABLE_URI])
+        rec1(home.qemu_uri, "migrate-same-host", "migrate UUID to a daemon with the same host "
+             "UUID as home's", [*migrate, twin.qemu_uri])
+        disk_guest = Guest(*FIXTURE_LOCAL_DISK)
+        rec1(home.qemu_uri, "migrate-local-disk", "migrate UUID of a guest whose disk is "
+             "only on home (no shared storage)",
+             ["migrate", *MIGRATE_OPTIONS, disk_guest.uuid, peer.qemu_uri], [disk_guest])
+        rec1(home.qemu_uri, "migrate-missing", "migrate UUID of no guest",
+             ["migrate", *MIGRATE_OPTIONS, MISSING, peer.qemu_uri], [])
+        rec1(home.qemu_uri, "domstate-reason-migrate-refused",
+             "domstate --reason UUID after the refused migrations", ["domstate", "--reason", uuid])
+
+        # success, then back home
+        rec1(home.qemu_uri, "migrate-ok", "migrate --live --persistent --undefinesource UUID "
+             "PEER (running guest)", [*migrate, peer.qemu_uri], timeout=300)
+        rec1(peer.qemu_uri, "domstate-reason-migrated",
+             "domstate --reason UUID on the peer after the migration", ["domstate", "--reason",
+                                                                          uuid])
+        rec1(peer.qemu_uri, "dominfo-migrated", "dominfo UUID on the peer after the migration",
+             ["dominfo", uuid])
+        rec1(peer.qemu_uri, "domjobinfo-migrated", "domjobinfo UUID on the peer after the "
+             "migration", ["domjobinfo", uuid])
+        rec1(home.qemu_uri, "domjobinfo-migrated-away", "domjobinfo UUID at home after the "
+             "guest left (--undefinesource)", ["domjobinfo", uuid])
+        rec1(home.qemu_uri, "list-uuid-name-all-migrated-away", "list --uuid --name --all at "
+             "home after the guest left", ["list", "--uuid", "--name", "--all"],
+             subjects=[disk_guest])
+        rec1(peer.qemu_uri, "migrate-back-ok", "migrate UUID HOME from the peer (back home)",
+             [*migrate, home.qemu_uri], timeout=300)
+        rec1(home.qemu_uri, "domstate-reason-migrated-back",
+             "domstate --reason UUID at home after coming back", ["domstate", "--reason", uuid])
+        # the same calls in a session, as virtguests sends them (virtguests/session.py)
+        from virtguests.session import command_line
+
+        lines = [command_line(args) for args in (
+            ["domjobabort", uuid], [*migrate, UNREACHABLE_URI], [*migrate, peer.qemu_uri],
+            ["domstate", "--reason", uuid])]
+        result, fed = rec.session(home.qemu_uri, _marked(*(line for line in lines if line)),
+                                  timeout=300)
+        rec.write("qemu", "session-migrate", "a session at home: domjobabort with no job, "
+                  "migrate to an unreachable peer, migrate to the peer, domstate", home.qemu_uri,
+                  [], result, [g], SESSION_ENV, fed)
+        rec.run(peer.qemu_uri, [*migrate, home.qemu_uri], timeout=300)
+        wait_state(rec, home.qemu_uri, uuid, "running")
+        # a migrate while a managedsave of the guest holds its job (libvirt's lock wait)
+        with StalledSave(home, g.name, domain=uuid, env=rec.env()):
+            rec1(home.qemu_uri, "migrate-busy", "migrate UUID PEER while a managedsave of "
+                 "the guest is in progress and holds its job (after libvirt's lock wait)",
+                 [*migrate, peer.qemu_uri], timeout=BUSY_TIMEOUT)
+        wait_state(rec, home.qemu_uri, uuid, "shut off")
+        rec.run(home.qemu_uri, ["start", uuid])
+        wait_state(rec, home.qemu_uri, uuid, "running")
+        rec.run(home.qemu_uri, ["destroy", uuid])
+        rec1(home.qemu_uri, "migrate-not-running", "migrate UUID of a shut off guest",
+             [*migrate, peer.qemu_uri])
+        rec1(home.qemu_uri, "dominfo-shutoff", "dominfo UUID (shut off qemu guest)",
+             ["dominfo", uuid])
+
+
 @contextlib.contextmanager
 def private_libvirtd(rec: Recorder, memory_mib: int) -> Iterator[Any]:
     """A throwaway libvirtd with the fixture guests running; yields it (a PrivateLibvirtd)."""
@@ -986,6 +1152,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         with private_libvirtd(rec, ns.guest_memory_mib) as daemon:
             record_qemu(rec, daemon.qemu_uri, guest=FIXTURE_GUEST[0])
             record_qemu_busy(rec, daemon, *FIXTURE_GUEST)
+    if "migrate" in groups:
+        if ns.private_libvirtd:
+            record_migrate(rec, ns.guest_memory_mib)
+        else:
+            print("  migrate recordings skipped: they need --private-libvirtd", file=sys.stderr)
     print(f"wrote {len(rec.written)} fixtures to {ns.out}", file=sys.stderr)
     return 0
 

@@ -17,12 +17,16 @@ from virtguests.model import Action
 
 GUEST_SUBCOMMANDS = frozenset({
     "managedsave", "start", "shutdown", "destroy", "domjobinfo", "domstate", "domtime",
-    "dominfo", "domname", "domid", "domuuid", "managedsave-remove", "suspend", "resume"})
-"""Subcommands about one guest (see ``virsh.is_guest_call``)."""
+    "dominfo", "domname", "domid", "domuuid", "managedsave-remove", "suspend", "resume",
+    "migrate", "domjobabort"})
+"""Subcommands about one guest (see ``virsh.is_guest_call``): a migrate that times out
+may be that guest's (a busy guest that never converges) or its peer's fault, not the
+home URI's."""
 
-SLOW_SUBCOMMANDS = frozenset({"managedsave", "start"})
-"""Subcommands that can take minutes (a save or restore): run in a session of their own
-from a pool (``virtguests.session``), never holding up the quick calls of their URI."""
+SLOW_SUBCOMMANDS = frozenset({"managedsave", "start", "migrate"})
+"""Subcommands that can take minutes (a save, a restore, a migration): run in a session
+of their own from a pool (``virtguests.session``), never holding up the quick calls of
+their URI."""
 
 BATCH_MARK = "virtguests-next"
 """Printed between two listings of a batch; no guest line can be exactly this."""
@@ -152,8 +156,46 @@ def domstate_reason(uuid: str) -> list[str]:
 
 
 def domjobinfo(uuid: str) -> list[str]:
-    """The guest's current job: a save in progress and its ``Data processed``."""
+    """The guest's current job: a save or an outgoing migration in progress and its
+    ``Data processed`` (fixtures/qemu-domjobinfo-saving, qemu-domjobinfo-migrating)."""
     return ["domjobinfo", uuid]
+
+
+def domjobabort(uuid: str) -> list[str]:
+    """Abort the guest's job: a migration that took too long (fixtures/
+    qemu-domjobabort-migrating; the migrate call then fails, qemu-migrate-aborted)."""
+    return ["domjobabort", uuid]
+
+
+def dominfo(uuid: str) -> list[str]:
+    """``Max memory: N KiB``: what the guest needs free on a peer."""
+    return ["dominfo", uuid]
+
+
+def migrate(uuid: str, peer: str, options: Sequence[str]) -> list[str]:
+    """Live-migrate one guest to the URI *peer*, with MIGRATE_OPTIONS' words *options*.
+
+    Client-driven (unless the options say ``--p2p``): virsh on this host opens both
+    URIs, so a home URI such as ``qemu:///system`` is right in both directions.  The
+    peer is named after the guest, so the guest is not the last word.
+    """
+    return ["migrate", *options, uuid, peer]
+
+
+# -- a URI's host -------------------------------------------------------------------
+
+
+def nodememstats() -> list[str]:
+    """The host's memory in KiB (``free`` + ``buffers`` + ``cached``: what a peer has
+    for guests that migrate there)."""
+    return ["nodememstats"]
+
+
+def capabilities() -> list[str]:
+    """The host's capabilities XML: its host UUID (``/capabilities/host/uuid``, from
+    libvirtd.conf ``host_uuid`` or SMBIOS), which tells two URIs of one host apart.
+    Not ``sysinfo``: its SMBIOS UUID is the same for every daemon of one machine."""
+    return ["capabilities"]
 
 
 # -- a URI's events -------------------------------------------------------------------

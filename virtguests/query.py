@@ -111,3 +111,57 @@ def has_managed_save(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
     result = virsh.run(uri, commands.list_managed_save_uuids(), timeout=config.query_timeout,
                        ignore_interrupt=True)
     return uuid in virshout.uuids(result.argv, result.stdout)
+
+
+# -- migration ----------------------------------------------------------------------
+
+NO_JOB = ("error: Requested operation is not valid: no job is active on the domain",
+          "error: failed to get domain ")
+"""``virsh domjobabort``'s answers when there is nothing to abort (recorded:
+fixtures/qemu-domjobabort-none; qemu-domjobinfo-migrated-away for a guest gone)."""
+
+
+def host_uuid(virsh: Virsh, uri: str, config: Config) -> str:
+    """The host UUID of *uri* (``virsh capabilities``): URIs with the same one are one
+    host, which libvirt refuses to migrate to (fixtures/qemu-migrate-same-host)."""
+    result = virsh.run(uri, commands.capabilities(), timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    return virshout.host_uuid(result.argv, result.stdout)
+
+
+def free_kib(virsh: Virsh, uri: str, config: Config) -> int:
+    """What *uri*'s host has free for guests, in KiB (``virsh nodememstats``)."""
+    result = virsh.run(uri, commands.nodememstats(), timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    return virshout.free_kib(result.argv, result.stdout)
+
+
+def memory_kib(virsh: Virsh, uri: str, uuid: str, config: Config) -> int:
+    """The guest's memory in KiB (``Max memory`` of ``virsh dominfo``)."""
+    result = virsh.run(uri, commands.dominfo(uuid), timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    return virshout.max_memory_kib(result.argv, result.stdout)
+
+
+def job_percent(virsh: Virsh, uri: str, uuid: str, config: Config) -> Optional[int]:
+    """How far the guest's job (an outgoing migration, a save) is, 0-100; None while it
+    has no figures yet, or no job.  Only the migration's source has them: on the
+    peer ``domjobinfo`` fails (fixtures/qemu-domjobinfo-incoming)."""
+    result = virsh.run(uri, commands.domjobinfo(uuid), timeout=config.query_timeout,
+                       ignore_interrupt=True)
+    return virshout.job_percent(result.stdout, result.argv)
+
+
+def abort_job(virsh: Virsh, uri: str, uuid: str, config: Config) -> bool:
+    """``virsh domjobabort UUID``: True if libvirt took the abort (the job's own call,
+    e.g. the migrate, then fails: fixtures/qemu-migrate-aborted), False if there was
+    nothing to abort (no job, or the guest is no longer on *uri*: it may have arrived
+    on the peer after all).  Any other failure raises VirshError."""
+    result = virsh.run(uri, commands.domjobabort(uuid), timeout=config.query_timeout,
+                       ignore_interrupt=True, check=False)
+    if result.exit_code == 0:
+        return True
+    if any(line.startswith(NO_JOB) for line in virshout.lines(result.stderr)):
+        return False
+    raise VirshError(result.argv, f"exit status {result.exit_code}",
+                     exit_code=result.exit_code, stderr=result.stderr)

@@ -179,3 +179,103 @@ def table_without_domain0(text: str) -> str:
     return "".join(
         line for line in lines(text, keepends=True) if "Domain-0" not in line
     )
+
+
+# -- migration: a peer's host, a guest's memory, a job's progress --------------------
+
+_UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+          "PiB": 1 << 50, "EiB": 1 << 60}
+_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?) (?P<unit>[KMGTPE]?i?B)")
+_KIB = re.compile(r"(?P<label>[^:]+?)\s*:\s+(?P<kib>\d+) KiB")
+
+
+def host_uuid(argv: Sequence[str], xml_text: str) -> str:
+    """The host UUID in ``virsh capabilities`` (``/capabilities/host/uuid``, lower case).
+
+    Recorded: fixtures/qemu-capabilities.yaml.  It is libvirtd.conf's ``host_uuid``, else
+    the SMBIOS one: two URIs with the same host UUID are one host to libvirt, which
+    refuses to migrate between them (qemu-migrate-same-host).
+    """
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml_text)
+    except ET.ParseError as exc:
+        raise OutputError(argv, f"capabilities are not XML: {exc}") from None
+    found = root.findall("./host/uuid") if root.tag == "capabilities" else []
+    uuid = (found[0].text or "").strip() if len(found) == 1 else ""
+    if not is_uuid(uuid):
+        raise OutputError(argv, "no host UUID in the capabilities (expected one "
+                          "/capabilities/host/uuid)")
+    return uuid.lower()
+
+
+def _kib_fields(argv: Sequence[str], text: str, what: str) -> dict[str, int]:
+    fields: dict[str, int] = {}
+    for number, line in enumerate(lines(text), 1):
+        if not line.strip():
+            continue
+        match = _KIB.fullmatch(line.strip())
+        if match is None or match.group("label") in fields:
+            raise OutputError(argv, f"unexpected output line {number}: {line[:120]!r} "
+                              f"(expected {what})")
+        fields[match.group("label")] = int(match.group("kib"))
+    return fields
+
+
+def free_kib(argv: Sequence[str], text: str) -> int:
+    """What a host has free for guests, in KiB: ``free + buffers + cached`` of ``virsh
+    nodememstats`` (page cache is given back on demand).  Recorded:
+    fixtures/qemu-nodememstats.yaml (``free   :  22506476 KiB`` lines)."""
+    fields = _kib_fields(argv, text, "'NAME : N KiB'")
+    missing = [name for name in ("free", "buffers", "cached") if name not in fields]
+    if missing:
+        raise OutputError(argv, f"no {', '.join(missing)} in the node's memory statistics")
+    return fields["free"] + fields["buffers"] + fields["cached"]
+
+
+def max_memory_kib(argv: Sequence[str], text: str) -> int:
+    """A guest's ``Max memory: N KiB`` in ``virsh dominfo``: what it needs on a peer.
+    Recorded: fixtures/qemu-dominfo-running.yaml (``Max memory:     524288 KiB``)."""
+    found = [line for line in lines(text) if line.startswith("Max memory:")]
+    match = re.fullmatch(r"Max memory:\s+(\d+) KiB", found[0].strip()) \
+        if len(found) == 1 else None
+    if match is None:
+        raise OutputError(argv, "no 'Max memory: N KiB' line in the guest's info"
+                          + (f": {found[0][:120]!r}" if found else ""))
+    return int(match.group(1))
+
+
+def _bytes(argv: Sequence[str], label: str, value: str) -> int:
+    match = _SIZE.fullmatch(value)
+    if match is None or match.group("unit") not in _UNITS:
+        raise OutputError(argv, f"unexpected {label} {value[:60]!r} (expected "
+                          "a size such as '1.250 GiB')")
+    return int(float(match.group("number")) * _UNITS[match.group("unit")])
+
+
+def job_percent(text: str, argv: Sequence[str] = ()) -> Optional[int]:
+    """How far the job in ``virsh domjobinfo`` is (0-100), from ``Data processed`` and
+    ``Data total`` (else ``Memory processed``/``Memory total``); None while it has no
+    such figures: no job (``Job type: None``), or a migration still setting up.
+
+    Recorded: fixtures/qemu-domjobinfo-migrating.yaml, qemu-domjobinfo-saving.yaml;
+    a size virsh would not print raises OutputError naming *argv*.
+    """
+    fields: dict[str, str] = {}
+    for line in lines(text):
+        label, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(label.strip(), value.strip())
+    if fields.get("Job type", "None") in ("None", "Completed", "Failed", "Cancelled"):
+        return None
+    for kind in ("Data", "Memory"):
+        done, total = fields.get(f"{kind} processed"), fields.get(f"{kind} total")
+        if done is None or total is None:
+            continue
+        done_bytes = _bytes(argv, f"{kind} processed", done)
+        total_bytes = _bytes(argv, f"{kind} total", total)
+        if total_bytes <= 0:
+            return None
+        return max(0, min(100, done_bytes * 100 // total_bytes))
+    return None

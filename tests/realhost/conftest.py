@@ -210,6 +210,15 @@ def libvirtd(realhost_ready: None) -> Iterator[PrivateLibvirtd]:
 
 
 @pytest.fixture
+def peer_libvirtd(realhost_ready: None) -> Iterator[PrivateLibvirtd]:
+    """A second private libvirtd for this test only (a test may kill it): another host
+    to libvirt (its own host UUID) with its own incoming-migration ports, so guests of
+    ``libvirtd`` migrate to it and back (``PrivateLibvirtd.migrate``)."""
+    with private_libvirtd("peer libvirtd") as daemon:
+        yield daemon
+
+
+@pytest.fixture
 def define_guest(
     libvirtd: PrivateLibvirtd, guest_image: GuestImage, tmp_path: Path
 ) -> Iterator[DefineGuest]:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import cast
@@ -14,7 +16,7 @@ from typing import cast
 import pytest
 
 from tools.realhost.guestimage import GuestImage, cache_dir, domain_xml
-from tools.realhost.libvirtd import Guest, PrivateLibvirtd
+from tools.realhost.libvirtd import Guest, PrivateLibvirtd, StalledMigration, kill_and_wait
 from tools.realhost.sshd import PrivateSshd
 
 from .cli import VirtGuestsCli
@@ -227,3 +229,156 @@ def test_private_sshd_carries_qemu_ssh_and_counts_logins(
     known_after = known_hosts.read_bytes() if known_hosts.exists() else None
     assert known_after == known_before, f"{known_hosts} changed"
     assert sshd.known_hosts.read_text().count("ssh-ed25519") == 1
+
+
+def _host_uuid(daemon: PrivateLibvirtd) -> str:
+    caps = daemon.virsh("capabilities").stdout
+    return caps.split("<host>", 1)[1].split("<uuid>", 1)[1].split("</uuid>", 1)[0]
+
+
+def _names(daemon: PrivateLibvirtd) -> list[str]:
+    return daemon.virsh("list", "--all", "--name").stdout.split()
+
+
+def test_guest_migrates_to_the_peer_and_back(define_guest: DefineGuest,
+                                             libvirtd: PrivateLibvirtd,
+                                             peer_libvirtd: PrivateLibvirtd) -> None:
+    """Two private daemons are two hosts to libvirt (their own host UUIDs, as
+    configured) and a plain ``virsh -c HOME migrate --live --persistent
+    --undefinesource UUID PEER_URI`` moves a running guest either way: it arrives
+    ``running (migrated)``, persistent, and is gone from where it left."""
+    assert _host_uuid(libvirtd) == libvirtd.host_uuid
+    assert _host_uuid(peer_libvirtd) == peer_libvirtd.host_uuid != libvirtd.host_uuid
+    assert libvirtd.migration_ports != peer_libvirtd.migration_ports
+    home = define_guest("vg-mig")
+    uuid = home.virsh("domuuid").stdout.strip()
+    away = Guest(peer_libvirtd, home.name, home.console_log, persistent=True)
+    for source, dest, guest in ((libvirtd, peer_libvirtd, away),
+                                (peer_libvirtd, libvirtd, home)):
+        began = time.monotonic()
+        res = source.migrate(uuid, dest)
+        record_timing("migrate one guest", time.monotonic() - began)
+        assert (res.stdout, res.stderr) == ("", ""), res
+        assert guest.state() == "running (migrated)", guest.describe()
+        assert "Persistent:     yes" in guest.virsh("dominfo").stdout
+        assert home.name not in _names(source), source.virsh("list", "--all").stdout
+    assert home.console().count("vg: ready") == 1  # the same guest, never rebooted
+    away = Guest(peer_libvirtd, home.name, home.console_log, persistent=True)
+    libvirtd.migrate(uuid, peer_libvirtd)
+    away.virsh("shutdown")
+    away.wait_state("shut off", timeout=30)
+    assert away.state() == "shut off (shutdown)"
+    assert "vg: poweroff" in away.console()
+
+
+def test_four_guests_migrate_at_once_to_one_peer(define_guest: DefineGuest,
+                                                 libvirtd: PrivateLibvirtd,
+                                                 peer_libvirtd: PrivateLibvirtd) -> None:
+    """Four migrations to the same peer at the same time: each takes its own port
+    from the peer's block, all arrive running and still answer ACPI there."""
+    guests = [define_guest(f"vg-mig{i}") for i in range(4)]
+    results: dict[str, subprocess.CompletedProcess[str]] = {}
+
+    def migrate(name: str) -> None:
+        results[name] = libvirtd.migrate(name, peer_libvirtd, check=False)
+
+    began = time.monotonic()
+    threads = [threading.Thread(target=migrate, args=(g.name,)) for g in guests]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    record_timing("migrate 4 guests at once", time.monotonic() - began)
+    assert {name: res.returncode for name, res in results.items()} == {
+        g.name: 0 for g in guests}, results
+    assert not set(_names(libvirtd)) & {g.name for g in guests}
+    away = [Guest(peer_libvirtd, g.name, g.console_log, persistent=True) for g in guests]
+    for guest in away:
+        assert guest.state() == "running (migrated)", guest.describe()
+        guest.virsh("shutdown")
+    for guest in away:
+        guest.wait_state("shut off", timeout=60)
+        assert "vg: poweroff" in guest.console()
+
+
+def test_same_host_uuid_is_refused(define_guest: DefineGuest, libvirtd: PrivateLibvirtd,
+                                   tmp_path: Path) -> None:
+    """A daemon given the home daemon's host UUID is the same host to libvirt: the
+    migration is refused and the guest keeps running at home."""
+    twin = PrivateLibvirtd(workdir=tmp_path / "twin", host_uuid=libvirtd.host_uuid,
+                           caps_cache=cache_dir() / "libvirt-caps")
+    with twin:
+        assert _host_uuid(twin) == libvirtd.host_uuid
+        guest = define_guest("vg-mig-twin")
+        res = libvirtd.migrate(guest.name, twin, check=False)
+        assert res.returncode == 1, res
+        assert "same host" in res.stderr, res
+        assert guest.state() == "running (booted)"
+        assert guest.name not in _names(twin)
+
+
+def test_a_held_migration_is_aborted_and_the_guest_stays_home(
+        define_guest: DefineGuest, libvirtd: PrivateLibvirtd,
+        peer_libvirtd: PrivateLibvirtd) -> None:
+    """StalledMigration holds a migration in progress: domjobinfo shows it at home (with
+    progress), the guest is ``paused (migrating)`` on the peer; domjobabort ends it and
+    the guest runs on at home, never stopped, gone from the peer."""
+    guest = define_guest("vg-mig-held")
+    with StalledMigration(libvirtd, guest.name, peer_libvirtd.qemu_uri) as held:
+        assert "Operation:        Outgoing migration" in held.jobinfo
+        assert "Data processed:" in held.jobinfo
+        assert guest.state() == "running (booted)"
+        away = Guest(peer_libvirtd, guest.name, guest.console_log, persistent=False)
+        assert away.state() == "paused (migrating)"
+        assert guest.virsh("domjobabort").returncode == 0
+    code, _out, err = held.wait()
+    assert (code, err) == (1, "error: operation aborted: job 'migration out' canceled by "
+                              "client\n")
+    assert guest.state() == "running (booted)"
+    assert guest.name not in _names(peer_libvirtd)
+    assert guest.console().count("vg: ready") == 1
+
+
+def test_a_peer_killed_mid_migration_leaves_the_guest_running_at_home(
+        define_guest: DefineGuest, libvirtd: PrivateLibvirtd,
+        peer_libvirtd: PrivateLibvirtd) -> None:
+    """The peer's libvirtd (and the QEMU it started for the arrival) die mid-migration:
+    the migrate call fails and the guest runs on at home."""
+    guest = define_guest("vg-mig-lost")
+    with StalledMigration(libvirtd, guest.name, peer_libvirtd.qemu_uri) as held:
+        incoming = peer_libvirtd.qemu_pid(guest.name)
+        daemon = peer_libvirtd.pid
+        assert daemon is not None
+        for pid in (daemon, incoming):
+            assert kill_and_wait(pid, signal.SIGKILL, 30)
+    code, _out, err = held.wait(timeout=300)
+    # libvirt 9.0: "error: operation failed: job 'migration out' failed: Unable to write
+    # to socket: Bad file descriptor"
+    assert code == 1 and err.startswith("error: operation failed: job 'migration out' "
+                                        "failed: "), err
+    assert guest.state() == "running (booted)", guest.describe()
+    assert guest.console().count("vg: ready") == 1
+
+
+def test_a_killed_migrate_call_cancels_its_migration(
+        define_guest: DefineGuest, libvirtd: PrivateLibvirtd,
+        peer_libvirtd: PrivateLibvirtd) -> None:
+    """virtguests kills a timed-out call with SIGKILL: libvirt cancels the migration of
+    a client that went away, at once (what the fake virsh does too): the guest runs on
+    at home, the peer has nothing, even once the migration thread could go on."""
+    guest = define_guest("vg-mig-killed")
+    held = StalledMigration(libvirtd, guest.name, peer_libvirtd.qemu_uri).start()
+    try:
+        assert held.proc is not None
+        os.killpg(held.proc.pid, signal.SIGKILL)
+        held.proc.wait(timeout=60)
+        deadline = time.monotonic() + 60
+        while guest.name in _names(peer_libvirtd):
+            assert time.monotonic() < deadline, peer_libvirtd.virsh("list", "--all").stdout
+            time.sleep(0.05)
+    finally:
+        held.resume()
+    time.sleep(2)  # the migration thread runs again: nothing more happens
+    assert guest.state() == "running (booted)", guest.describe()
+    assert guest.name not in _names(peer_libvirtd)
+    assert "Job type:         None" in guest.virsh("domjobinfo").stdout

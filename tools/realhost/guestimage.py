@@ -454,11 +454,15 @@ def domain_xml(
     uuid: Optional[str] = None,
     memory_mib: int = 96,
     domain_type: Optional[str] = None,
+    disks: tuple[str, ...] = (),
 ) -> str:
     """Libvirt domain XML for a tiny guest.
 
     No disks, no network, no USB/balloon so managedsave works; the serial
     console appends to ``console_log`` (append so a restore does not truncate it).
+    ``disks``: raw image files attached as virtio disks (vda, vdb, ...), which the
+    guest never uses (it runs from its initramfs): e.g. a file only one daemon's
+    mount namespace has, which no peer can open (a guest that cannot migrate).
     """
     image = image or build_guest_image()
     dtype = domain_type or default_domain_type()
@@ -466,6 +470,13 @@ def domain_xml(
     if ignore:
         cmdline += " vg.ignore=1"
     uuid_s = uuid or str(uuidlib.uuid4())
+    disk_xml = "".join(
+        f"""    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file={quoteattr(path)}/>
+      <target dev='vd{chr(ord("a") + index)}' bus='virtio'/>
+    </disk>
+""" for index, path in enumerate(disks))
     return f"""<domain type={quoteattr(dtype)}>
   <name>{escape(name)}</name>
   <uuid>{escape(uuid_s)}</uuid>
@@ -486,7 +497,7 @@ def domain_xml(
   <on_crash>destroy</on_crash>
   <devices>
     <controller type='usb' model='none'/>
-    <serial type='file'>
+{disk_xml}    <serial type='file'>
       <source path={quoteattr(str(console_log))} append='on'/>
       <target port='0'/>
     </serial>

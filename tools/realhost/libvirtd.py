@@ -9,6 +9,7 @@ config dir bound over /etc/libvirt, and listens on a socket in a temp dir.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import pwd
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid as uuidlib
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Optional
@@ -42,6 +44,14 @@ _STATE_SUBDIRS = (
     "/var/log/libvirt/qemu",
 )
 QEMU_USER = "libvirt-qemu"
+
+# Incoming-migration ports: each daemon takes its own block of MIGRATION_BLOCK ports,
+# above Linux's default ephemeral range (32768-60999) so no outgoing connection sits
+# on one; a block is held by an flock on a file under MIGRATION_LOCKS for the daemon's
+# life, so daemons of concurrent test runs on one machine never share a port.
+MIGRATION_PORTS = (61000, 65535)
+MIGRATION_BLOCK = 16
+MIGRATION_LOCKS = Path("/tmp/vg-libvirtd-migration-ports")
 
 # Runs libvirtd as its child and reaps every orphan below it.  Why: QEMU
 # daemonizes, so it is reparented to the nearest subreaper or PID 1; libvirt
@@ -71,6 +81,29 @@ while True:
         break
 sys.exit(code if code >= 0 else 128 - code)
 """
+
+
+def migration_host() -> Optional[str]:
+    """What a daemon tells a migration's source to connect to, if not its host name.
+
+    libvirt sends the destination's host name (QEMU listens on every address); that
+    works when the name resolves here, as on most machines.  If it does not, a local
+    non-loopback address (``hostname -I``): libvirt refuses a loopback
+    ``migration_host``.  None: the host name will do (or nothing else would).
+    """
+    import socket
+
+    try:
+        socket.getaddrinfo(socket.gethostname(), None)
+        return None
+    except OSError:
+        pass
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10,
+                             check=False).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return next((addr for addr in out if "." in addr and not addr.startswith("127.")), None)
 
 
 class LibvirtdError(RuntimeError):
@@ -120,12 +153,19 @@ class PrivateLibvirtd:
         workdir: Optional[Path] = None,
         start_timeout: float = 30.0,
         caps_cache: Optional[Path] = None,
+        host_uuid: Optional[str] = None,
     ) -> None:
         """``caps_cache``: optional persistent host dir for libvirt's QEMU capabilities.
 
         Why: probing QEMU takes ~8 s on the first qemu-URI call of every fresh
         daemon; libvirt revalidates the cache itself (QEMU/libvirtd binary
         ctimes, kernel version, ...), so sharing it between runs is safe.
+
+        ``host_uuid``: the UUID the daemon reports as its host's (``virsh
+        capabilities``); a fresh random one by default, so two daemons on this
+        machine are two hosts to libvirt (it refuses to migrate a guest to the
+        same host), or the same string for two daemons to test that refusal.
+        Without it libvirt takes the SMBIOS UUID, the same for every daemon here.
         """
         # Short path: unix socket paths are limited to 107 bytes and libvirt
         # appends names such as libvirt-admin-sock.
@@ -142,6 +182,9 @@ class PrivateLibvirtd:
         self._event_proc: Optional[subprocess.Popen[bytes]] = None
         self._stderr_f: Optional[object] = None
         self.caps_cache = Path(caps_cache) if caps_cache else None
+        self.host_uuid = host_uuid or str(uuidlib.uuid4())
+        self._ports_lock: Optional[int] = None
+        self.migration_ports: Optional[tuple[int, int]] = None
 
     # -- URIs -------------------------------------------------------------
 
@@ -186,6 +229,16 @@ class PrivateLibvirtd:
             )
         return proc
 
+    def migrate(
+        self, domain: str, peer: PrivateLibvirtd, *options: str, timeout: float = 300,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """``virsh -c THIS migrate OPTIONS DOMAIN PEER_URI`` (default options: live,
+        persistent on the peer, undefined here: what MIGRATE_OPTIONS defaults to)."""
+        return self.virsh(
+            "migrate", *(options or ("--live", "--persistent", "--undefinesource")), domain,
+            peer.qemu_uri, timeout=timeout, check=check)
+
     def ns_path(self, path: str) -> Path:
         """Host path of a file inside the daemon's mount namespace (e.g. under /run/libvirt)."""
         if not self._proc:
@@ -198,9 +251,35 @@ class PrivateLibvirtd:
 
     # -- lifecycle ----------------------------------------------------------
 
+    def _reserve_migration_ports(self) -> tuple[int, int]:
+        """Hold a free block of incoming-migration ports (see MIGRATION_PORTS)."""
+        if self.migration_ports is not None:
+            return self.migration_ports
+        MIGRATION_LOCKS.mkdir(mode=0o700, exist_ok=True)
+        low, high = MIGRATION_PORTS
+        for first in range(low, high - MIGRATION_BLOCK + 2, MIGRATION_BLOCK):
+            fd = os.open(MIGRATION_LOCKS / f"{first}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                         0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._ports_lock = fd
+            self.migration_ports = (first, first + MIGRATION_BLOCK - 1)
+            return self.migration_ports
+        raise LibvirtdError(f"no free block of migration ports in {low}-{high}")
+
+    def _release_migration_ports(self) -> None:
+        if self._ports_lock is not None:
+            os.close(self._ports_lock)
+            self._ports_lock = None
+            self.migration_ports = None
+
     def _write_config(self) -> None:
         for d in (self.confdir, self.sockdir, self.logdir, self.confdir / "qemu"):
             d.mkdir(parents=True, exist_ok=True)
+        port_min, port_max = self._reserve_migration_ports()
         (self.confdir / "libvirtd.conf").write_text(
             f'unix_sock_dir = "{self.sockdir}"\n'
             'unix_sock_group = "root"\n'
@@ -212,6 +291,7 @@ class PrivateLibvirtd:
             'listen_tcp = 0\n'
             'log_level = 3\n'
             f'log_outputs = "3:file:{self.log_path}"\n'
+            f'host_uuid = "{self.host_uuid}"\n'
         )
         (self.confdir / "qemu.conf").write_text(
             'user = "root"\n'
@@ -222,6 +302,11 @@ class PrivateLibvirtd:
             'stdio_handler = "file"\n'
             'cgroup_controllers = [ ]\n'
             'namespaces = [ ]\n'
+            # incoming migrations (a peer daemon on this machine): this daemon's own
+            # ports; libvirt refuses a loopback migration_host/migration_address
+            f'migration_port_min = {port_min}\n'
+            f'migration_port_max = {port_max}\n'
+            + (f'migration_host = "{host}"\n' if (host := migration_host()) else "")
         )
         # libvirt.conf for clients run inside the namespace (none expected).
         (self.confdir / "libvirt.conf").write_text("")
@@ -385,6 +470,7 @@ class PrivateLibvirtd:
         if self._stderr_f is not None:
             self._stderr_f.close()  # type: ignore[attr-defined]
             self._stderr_f = None
+        self._release_migration_ports()
 
     def cleanup(self) -> None:
         """Remove the work dir (only if we created it)."""
@@ -678,6 +764,98 @@ class StalledSave:
         return self.result
 
     def __enter__(self) -> StalledSave:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.wait()
+
+
+class MigrationNotStalled(RuntimeError):
+    """The migration could not be caught in progress (it ended first, or failed)."""
+
+
+class StalledMigration:
+    """A ``virsh migrate`` of one running domain to a peer, held in progress.
+
+    Why: a small guest migrates in a second or two, too quick to act on (a
+    ``domjobinfo`` with progress, a ``domjobabort``, a peer killed mid-way); a big
+    guest over a slow link takes minutes.  ``start()`` runs ``virsh -c HOME
+    migrate OPTIONS DOMAIN PEER_URI`` in the background and, once QEMU's
+    ``live_migration`` thread has sent some memory (``domjobinfo`` shows ``Data
+    processed``), holds that thread still: QEMU still answers libvirt, so
+    ``domjobinfo`` reports the outgoing migration with its counters frozen and
+    ``domjobabort`` is accepted (the abort completes once the thread runs again).
+    ``resume()`` lets it go on; ``wait()`` returns the migrate call's result.
+    """
+
+    def __init__(self, daemon: PrivateLibvirtd, name: str, peer_uri: str,
+                 domain: Optional[str] = None,
+                 options: tuple[str, ...] = ("--live", "--persistent", "--undefinesource"),
+                 env: Optional[dict[str, str]] = None) -> None:
+        """``domain``: how to name the guest to virsh (default ``name``; e.g. its UUID)."""
+        self.daemon = daemon
+        self.name = name
+        self.domain = domain or name
+        self.argv = ["migrate", *options, self.domain, peer_uri]
+        self.env = env
+        self.proc: Optional[subprocess.Popen[str]] = None
+        self._held: Optional[ThreadStop] = None
+        self.jobinfo = ""
+        """``domjobinfo`` as it was when the migration was held."""
+        self.result: Optional[tuple[int, str, str]] = None
+
+    def start(self, timeout: float = 60) -> StalledMigration:
+        qemu_pid = self.daemon.qemu_pid(self.name)
+        self.proc = subprocess.Popen(
+            ["virsh", "-c", self.daemon.qemu_uri, *self.argv],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=self.env, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            tid = thread_named(qemu_pid, "live_migration")
+            if tid is None:
+                time.sleep(0.005)
+                continue
+            with contextlib.suppress(OSError):  # the thread ended: the migration is over
+                self._held = ThreadStop(tid)
+            if self._held is None:
+                break
+            try:
+                res = self.daemon.virsh("domjobinfo", self.domain, timeout=10, check=False)
+            except subprocess.TimeoutExpired:
+                res = None
+            if res is not None and "Data processed:" in res.stdout:
+                self.jobinfo = res.stdout
+                return self
+            self.resume()  # not sending memory yet: let it run a little
+            time.sleep(0.02)
+        self.resume()
+        result = self.wait()
+        raise MigrationNotStalled(
+            f"{' '.join(self.argv)} could not be held in progress: exit {result[0]}, "
+            f"{result[2].strip()!r}")
+
+    def resume(self) -> None:
+        """Let the migration go on (idempotent)."""
+        if self._held is not None:
+            self._held.cont()
+            self._held = None
+
+    def wait(self, timeout: float = 300) -> tuple[int, str, str]:
+        """Resume and wait for the migrate call: (exit, stdout, stderr)."""
+        self.resume()
+        if self.result is None:
+            assert self.proc is not None
+            try:
+                out, err = self.proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill(self.proc)
+                out, err = self.proc.communicate(timeout=10)
+            self.result = (self.proc.returncode, out, err)
+        return self.result
+
+    def __enter__(self) -> StalledMigration:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

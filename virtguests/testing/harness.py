@@ -57,6 +57,9 @@ class _AskingClock(HostClock):
             raise subprocess.TimeoutExpired(self.argv, self.timeout)
         super().wait_until(moment)
 
+    def nap(self, moment: float) -> None:
+        self.wait_until(moment)  # nothing else runs meanwhile: waiting is all there is
+
     def hang(self) -> NoReturn:
         raise subprocess.TimeoutExpired(self.argv, self.timeout)
 

@@ -56,6 +56,9 @@ was just woken gets this long to show it is running again."""
 STALL = 1.0
 """Real seconds without any activity and no fake call running after which the clock
 jumps anyway (a thread blocked where ``_parked`` cannot see): ``VirtualClock.stalls``."""
+NAP = 0.25
+"""Virtual seconds a waiting fake call (a migrate) sleeps before it looks at the host
+again (an abort of its job)."""
 STUCK = 120.0
 """Real seconds one virtual wait may take before the test fails instead of hanging."""
 SIGNALS_THREAD = "virtguests-signals"
@@ -273,6 +276,10 @@ class _CallClock(HostClock):
             self.clock.wait_until(self.deadline)
             raise _TimedOut()
         self.clock.wait_until(moment)
+
+    def nap(self, moment: float) -> None:
+        """Slices of the run's virtual time (it jumps when every thread waits)."""
+        self.wait_until(min(moment, self.now() + NAP))
 
     def hang(self) -> NoReturn:
         if self.deadline is None:

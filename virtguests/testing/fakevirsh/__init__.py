@@ -40,6 +40,12 @@ Host YAML (unknown keys are rejected)::
         hang_after_calls: 0     # every call after the first N (processes) hangs
                                 # (with these, the state's "calls" counts processes,
                                 # killed ones too)
+        host_uuid: ...          # `capabilities`' host UUID (default: uuid5 of the key);
+                                # the same on two URIs: one host, migrate between
+                                # them is refused as libvirt refuses it
+        memory_mib: 65536       # `nodememstats` total
+        free_mib: 32768         # `nodememstats` free (buffers and cached 0), less the
+                                # memory of guests active now beyond those at the start
         lock_wait: 30           # seconds a command waits for a guest's job lock (libvirt:
                                 # 30, fixed); shorter only to fit every order of "save
                                 # ends", "lock wait ends" and SAVE_TIMEOUT in a short test
@@ -68,11 +74,31 @@ Host YAML (unknown keys are rejected)::
             start_seconds: 0    # start blocks this long
             hang: []            # subcommands that hang for this guest
             agent: false        # domtime --sync works (qemu driver)
-            memory_mib: 1024    # sizes in domjobinfo during a save
+            memory_mib: 1024    # sizes in domjobinfo during a save or a migration,
+                                # dominfo's Max memory
+            migrate_seconds: null  # a migration takes this long (default: memory_mib
+                                # at 512 MiB/s); the guest runs here meanwhile, and
+                                # arrives "paused (migrating)" at the destination
+            fail_migrate: false # migrate is refused (recorded: a disk only here)
 
     faults: []                  # optional: fault rules ("Fault injection" below)
 
 Unsupported argv (commands, options) exit 2 with a "fakevirsh:" message.
+
+Migration (``migrate [--live] [--persistent] [--undefinesource] ... DOMAIN DESTURI``,
+DESTURI a key of ``uris`` or what one's ``virsh uri`` prints; qemu driver): the
+recorded answers (``fixtures/qemu-migrate-*``); refused when DESTURI is
+``unreachable`` (the recorded connect error, naming its socket), has the source's
+``host_uuid``, already runs the guest, or the guest has ``fail_migrate``; a DESTURI
+with ``hang`` hangs it.  Meanwhile ``domjobinfo`` shows the outgoing migration's
+progress at the source (and fails at the destination, as recorded) and
+``domjobabort`` (or ``destroy``) ends it: the migrate call fails as recorded and the
+guest runs on at its source.  A migrate call killed at its timeout (SIGKILL too: the
+next call finds its process gone) or by SIGTERM cancels its migration, as libvirt does
+at once when its client goes (tests/realhost: the guest runs on at home).
+``dominfo``, ``nodememstats`` and ``capabilities`` answer in the recorded formats.
+Faults: ``fail_migrate``, a ``hang: [migrate]`` guest, an ``unreachable`` or ``hang``
+destination, or fault rules (``cmd: migrate``, e.g. ``error: qemu-migrate-unreachable``).
 
 Fault injection (the ``faults:`` list of the host YAML)
     Kept apart from the host simulation: a rule picks virsh calls and makes

@@ -42,10 +42,26 @@ COMMANDS: dict[str, tuple[set[str], tuple[str, ...]]] = {
     "destroy": (set(), BY_ID_UUID_NAME),
     "start": ({"bypass-cache"}, ("uuid", "name")),
     "domtime": ({"sync"}, BY_ID_UUID_NAME),
+    "dominfo": (set(), BY_ID_UUID_NAME),
+    "domjobabort": (set(), BY_ID_UUID_NAME),
+    "nodememstats": (set(), ()),
+    "capabilities": (set(), ()),
+    "migrate": (
+        {
+            "live", "offline", "p2p", "direct", "tunnelled", "persistent", "undefinesource",
+            "suspend", "copy-storage-all", "copy-storage-inc", "change-protection", "unsafe",
+            "verbose", "compressed", "auto-converge", "abort-on-error", "postcopy", "tls",
+            "parallel",
+        },
+        BY_ID_UUID_NAME,
+    ),
 }
 """Each simulated command: its boolean options, and how its domain argument is looked up
 (by id if numeric, then by UUID, then by name; only the kinds listed, in that order).
 A command with no lookup takes no domain."""
+VALUE_OPTIONS = {"migrate": {"migrateuri", "listen-address", "bandwidth", "comp-methods",
+                             "parallel-connections", "desturi"}}
+"""Options that take a value, per command (``--desturi`` is migrate's second argument)."""
 
 
 def split_commands(text: str) -> list[list[str]]:
@@ -104,6 +120,8 @@ class VirshCall:
         self.command = ""
         self.options: set[str] = set()
         self.domain: Optional[str] = None
+        self.values: dict[str, str] = {}
+        """Options with a value (``VALUE_OPTIONS``), e.g. migrate's ``desturi``."""
         self.words: list[str] = []
         self.script: list[VirshCall] = []
         """Set when the command is a command string: each of its commands."""
@@ -159,6 +177,7 @@ class VirshCall:
         if self.command not in COMMANDS:
             self.unsupported(f"unsupported command {self.command!r}")
         allowed, lookup = COMMANDS[self.command]
+        valued = VALUE_OPTIONS.get(self.command, set())
         while args:
             arg = args.pop(0)
             if arg == "--event" and self.command == "event":
@@ -175,10 +194,21 @@ class VirshCall:
                 self.domain = arg
             elif arg.startswith("--") and arg[2:] in allowed:
                 self.options.add(arg[2:])
+            elif arg.startswith("--") and arg[2:].split("=", 1)[0] in valued:
+                name, sep, value = arg[2:].partition("=")
+                if not sep:
+                    if not args:
+                        self.unsupported(f"{arg} needs a value")
+                    value = args.pop(0)
+                if name in self.values:
+                    self.unsupported(f"{arg} given twice")
+                self.values[name] = value
             elif arg.startswith("-"):
                 self.unsupported(f"unsupported option {arg!r} for {self.command}")
             elif lookup and self.domain is None:
                 self.domain = arg
+            elif "desturi" in valued and "desturi" not in self.values:
+                self.values["desturi"] = arg
             else:
                 self.unsupported(f"unexpected argument {arg!r} for {self.command}")
         if self.command == "event" and self.options != {"loop", "lifecycle"}:
@@ -186,3 +216,5 @@ class VirshCall:
                              "(real virsh refuses --all with --event)")
         if self.command == "domtime" and "sync" not in self.options:
             self.unsupported("only 'domtime --sync' is simulated")
+        if self.command == "migrate" and "desturi" not in self.values:
+            self.unsupported("migrate needs a destination URI")

@@ -6,6 +6,7 @@ Everything a call changes happens under the state file's lock; hanging and waiti
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -15,16 +16,22 @@ from virtguests.testing.fakevirsh.faults import Injected, inject
 from virtguests.testing.fakevirsh.rendering import (
     CMD,
     STATE_TEXT,
+    dominfo,
     domjobinfo_saving,
     fill,
+    nodememstats,
     render_table,
+    socket_of,
     unreachable_error,
     write,
 )
 from virtguests.testing.fakevirsh.state import (
     HostClock,
     StateFile,
+    active_kib,
     apply_due_transitions,
+    cancel_migration,
+    drop_orphaned_migrations,
     find_guest,
 )
 
@@ -33,16 +40,21 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn, Optional
 
 CONNECT_FAILED = "error: failed to connect to the hypervisor"
+MIGRATE_MIB_PER_SECOND = 512.0
+"""How fast a guest migrates unless it says (``migrate_seconds``): its memory at this rate."""
 
 
 class CommandRun:
     """One command on one URI: what it prints (``out`` also with ``-q``, ``extra`` not)."""
 
     def __init__(self, call: VirshCall, state: dict[str, Any], uri_state: dict[str, Any],
-                 clock: HostClock) -> None:
+                 clock: HostClock, uri_key: str = "default") -> None:
         self.call = call
         self.state = state
         self.uri_state = uri_state
+        self.uri_key = uri_key
+        self.hang = False  # the command hangs once the state is saved (a hung peer)
+        self.migration: Optional[dict[str, Any]] = None  # the migrate job to wait for
         self.clock = clock
         self.templates: dict[str, str] = state["templates"]
         self.out = ""  # printed also with -q
@@ -140,10 +152,32 @@ def run_guest_command(run: CommandRun, guest: dict[str, Any], now: float) -> boo
             run.fail("domjobinfo", guest)
         if not active:
             run.fail("domjobinfo_not_running", guest)
-        if guest["job"] is not None and guest["job"]["op"] == "save":
+        op = guest["job"]["op"] if guest["job"] is not None else None
+        if op == "save":
             run.out += domjobinfo_saving(run.render("domjobinfo_saving", guest), guest, now)
+        elif op == "migrate":
+            run.out += domjobinfo_saving(run.render("domjobinfo_migrating", guest), guest, now)
+        elif op == "incoming":
+            run.fail("domjobinfo_incoming", guest)
         else:
             run.out += run.render("domjobinfo_none", guest)
+    elif command == "dominfo":
+        role = "dominfo_active" if active else "dominfo_inactive"
+        run.out += dominfo(run.render(role, guest), guest)
+    elif command == "domjobabort":
+        if driver == "test":
+            run.call.unsupported("domjobabort on the test driver is not simulated")
+        if not active:
+            run.fail("domjobinfo_not_running", guest)
+        if guest["job"] is None:
+            run.fail("domjobabort_none", guest)
+        if guest["job"]["op"] != "migrate":
+            run.call.unsupported(f"domjobabort of a {guest['job']['op']} job is not simulated")
+        cancel_migration(run.state, guest["job"]["id"], "migrate_aborted")
+        run.extra += run.render("domjobabort_ok", guest)
+        return True
+    elif command == "migrate":
+        return run_migrate(run, guest, now)
     elif command == "domtime":
         if not active:
             run.fail("domtime_not_running", guest)
@@ -158,6 +192,8 @@ def run_guest_command(run: CommandRun, guest: dict[str, Any], now: float) -> boo
     elif command == "destroy":
         if not active:
             run.fail("destroy_not_running", guest)
+        if guest["job"] is not None and guest["job"]["op"] in ("migrate", "incoming"):
+            cancel_migration(run.state, guest["job"]["id"], "migrate_aborted")
         guest.update(state="shutoff", reason="destroyed", id=None, job=None, shutdown_at=None)
         run.extra += run.render("destroy_ok", guest)
         return True
@@ -201,6 +237,95 @@ def run_guest_command(run: CommandRun, guest: dict[str, Any], now: float) -> boo
     return False
 
 
+def find_uri(state: dict[str, Any], uri: str) -> Optional[str]:
+    """The host file's key of *uri*: a key itself, or what a key's ``virsh uri`` prints."""
+    if uri in state["uris"]:
+        return uri
+    return next((key for key, conf in state["uris"].items() if conf["uri"] == uri), None)
+
+
+def run_migrate(run: CommandRun, guest: dict[str, Any], now: float) -> bool:
+    """``migrate [OPTIONS] DOMAIN DESTURI``: the guest goes on running here while a copy
+    arrives at DESTURI's host ``paused (migrating)`` (both recorded); after its time
+    (``migrate_seconds``, else its memory at MIGRATE_MIB_PER_SECOND) it runs there
+    ``running (migrated)``, persistent with ``--persistent`` (or if defined there), and
+    here it is undefined (``--undefinesource``, or transient) or ``shut off (migrated)``.
+    """
+    call = run.call
+    if run.uri_state["driver"] == "test":
+        call.unsupported("migrate on the test driver is not simulated")
+    if guest["state"] == "shutoff":
+        run.fail("migrate_not_running", guest)
+    if guest["job"] is not None:
+        run.lock_busy(guest, "migrate_busy", now)
+    dest_key = find_uri(run.state, call.values["desturi"])
+    if dest_key is None:
+        call.unsupported(f"destination URI {call.values['desturi']!r} is not in the host file")
+    dest = run.state["uris"][dest_key]
+    apply_due_transitions(dest, now)
+    if dest["unreachable"] or now < dest["unreachable_until"]:
+        run.fail("migrate_unreachable", guest, SOCK=socket_of(dest["uri"]))
+    if dest["hang"]:
+        run.hang = True
+        return False
+    if dest["host_uuid"] == run.uri_state["host_uuid"]:
+        run.fail("migrate_same_host", guest, HOST=dest["host_uuid"])
+    if guest["fail_migrate"]:
+        run.fail("migrate_refused", guest)
+    there = find_guest(dest, guest["uuid"], ("uuid",))
+    if there is not None and (there["state"] != "shutoff" or there["job"] is not None):
+        run.fail("migrate_dest_active", there)
+    seconds = guest["migrate_seconds"]
+    if seconds is None:
+        seconds = float(guest["memory_mib"]) / MIGRATE_MIB_PER_SECOND
+    token = f"{run.uri_key}|{guest['uuid']}|{now!r}"
+    end = now + float(seconds)
+    guest["job"] = {"op": "migrate", "start": now, "end": end, "id": token,
+                    "undefine": "undefinesource" in call.options, "owner": os.getpid()}
+    arriving = dict(guest)
+    arriving.update(
+        id=dest["next_id"], state="paused", reason="migrating", managed_save=False,
+        shutdown_at=None, persistent=there is not None and there["persistent"],
+        job={"op": "incoming", "start": now, "end": end, "id": token,
+             "persistent": "persistent" in call.options, "replaced": there})
+    dest["next_id"] += 1
+    if there is not None:
+        dest["guests"][dest["guests"].index(there)] = arriving
+    else:
+        dest["guests"].append(arriving)
+    run.migration = guest["job"]
+    run.extra += run.render("migrate_ok", guest)
+    return True
+
+
+def wait_migration(call: VirshCall, state_file: StateFile, clock: HostClock,
+                   job: dict[str, Any], templates: dict[str, str]) -> Optional[str]:
+    """Wait (outside the lock) for the migrate job *job* to end: None once the guest has
+    arrived, or the error an abort (``domjobabort``, ``destroy``) left for this call.
+
+    If the call itself ends first (killed at its timeout, SIGTERM), the migration is
+    cancelled, as libvirt cancels one whose client went away.
+    """
+    token, end = job["id"], float(job["end"])
+    try:
+        while True:
+            with state_file as state:
+                now = clock.now()
+                outcome = state.setdefault("migrations", {}).pop(token, None)
+                if outcome is not None or now >= end:
+                    for uri_state in state["uris"].values():
+                        apply_due_transitions(uri_state, now)
+                    state_file.save()
+                    return None if outcome is None else fill(
+                        templates, "qemu", outcome, call.domain, None, {})
+            clock.nap(end)
+    except BaseException:
+        with state_file as state:
+            cancel_migration(state, token, None)
+            state_file.save()
+        raise
+
+
 def event_loop(call: VirshCall, state_file: StateFile, clock: HostClock) -> int:
     """``virsh event --loop --event lifecycle``: one line per start or stop.
 
@@ -215,7 +340,8 @@ def event_loop(call: VirshCall, state_file: StateFile, clock: HostClock) -> int:
             if uri_state is None:
                 call.unsupported(f"URI {call.uri_arg!r} is not in the host file")
             now = clock.now()
-            dirty = apply_due_transitions(uri_state, now)
+            dirty = drop_orphaned_migrations(state)
+            dirty = apply_due_transitions(uri_state, now) or dirty
             fresh = injected is None
             if injected is None:
                 injected = inject(state, call, call.uri_arg or "default", uri_state, now)
@@ -299,7 +425,8 @@ def execute(call: VirshCall, state_file: StateFile, clock: HostClock, *,
         if uri_state is None:
             call.unsupported(f"URI {uri_key!r} is not in the host file {state_file.host}")
         now = clock.now()
-        dirty = apply_due_transitions(uri_state, now)
+        dirty = drop_orphaned_migrations(state)
+        dirty = apply_due_transitions(uri_state, now) or dirty
         down = uri_state["unreachable"] or now < uri_state["unreachable_until"]
         counts_calls = (uri_state["unreachable_calls"] or uri_state["hang_after_calls"]
                         or uri_state["hang"])
@@ -307,7 +434,7 @@ def execute(call: VirshCall, state_file: StateFile, clock: HostClock, *,
             uri_state["calls"] += 1
             dirty = True
             down = down or uri_state["calls"] <= uri_state["unreachable_calls"]
-        run = CommandRun(call, state, uri_state, clock)
+        run = CommandRun(call, state, uri_state, clock, uri_key)
         run.lock_waited = lock_waited
         injected = inject(state, call, uri_key, uri_state, now)  # the fault layer
         dirty = injected.counted or dirty
@@ -325,6 +452,13 @@ def execute(call: VirshCall, state_file: StateFile, clock: HostClock, *,
                 run.out += " ".join(call.words)
             elif call.command == "list":
                 run_list(run)
+            elif call.command == "nodememstats":
+                free = uri_state["free_kib"] - (active_kib(uri_state)
+                                                - uri_state["built_active_kib"])
+                run.out += nodememstats(run.render("nodememstats"), uri_state["memory_kib"],
+                                        max(0, free))
+            elif call.command == "capabilities":
+                run.out += run.render("capabilities", HOST=uri_state["host_uuid"])
             elif call.command != "connect":
                 if call.domain is None:
                     template = state["templates"]["requires_domain"].replace(CMD, call.command)
@@ -336,6 +470,7 @@ def execute(call: VirshCall, state_file: StateFile, clock: HostClock, *,
                     hang = True
                 else:
                     dirty = run_guest_command(run, guest, now) or dirty
+                    hang = run.hang
                     if guest["job"] is not None and call.command in ("managedsave", "start"):
                         wait_job = guest["job"]
         except Failure as failure:
@@ -351,6 +486,10 @@ def execute(call: VirshCall, state_file: StateFile, clock: HostClock, *,
     if lock_until is not None:
         clock.wait_until(lock_until)
         return execute(call, state_file, clock, count_call=False, lock_waited=True)
+    if run.migration is not None:
+        error = wait_migration(call, state_file, clock, run.migration, state["templates"])
+        if error is not None:
+            return 1, blank, error
     if wait_job is not None:
         clock.wait_until(wait_job["end"])
         with state_file as state:

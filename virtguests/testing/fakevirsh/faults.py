@@ -216,9 +216,11 @@ class Injected:
             return
         if self.action == "fail":
             error = self.rule["error"]
+            # a migrate's connection errors are its destination's
+            uri = call.values.get("desturi") or uri_state["uri"]
             text = (error["stderr"].replace(ARG, call.domain or error["arg"])
                     .replace(NAME, self.guest["name"] if self.guest else error["name"])
-                    .replace(SOCK, socket_of(uri_state["uri"])).replace(CMD, call.command))
+                    .replace(SOCK, socket_of(uri)).replace(CMD, call.command))
             raise Failure(text, extra_newline=error["newline"])
         if self.action == "signal":
             call.process.signal_parent(self.rule["signal"])

@@ -7,7 +7,12 @@ import uuid
 from virtguests.testing.fakevirsh.errors import Unsupported, bad_host
 from virtguests.testing.fakevirsh.faults import build_faults
 from virtguests.testing.fakevirsh.rendering import compile_templates
-from virtguests.testing.fakevirsh.state import STATE_FORMAT
+from virtguests.testing.fakevirsh.state import (
+    STATE_FORMAT,
+    active_kib,
+    is_uuid,
+    normalize_uuid,
+)
 from virtguests.testing.recordings import RecordingsMissing, fixtures_dir, load_yaml
 
 TYPE_CHECKING = False
@@ -32,9 +37,16 @@ GUEST_DEFAULTS: dict[str, Any] = {
     "hang": [],
     "agent": False,
     "memory_mib": 1024,
+    "migrate_seconds": None,
+    "fail_migrate": False,
 }
 GUEST_KEYS = set(GUEST_DEFAULTS) | {"name", "uuid", "reason", "id"}
+HOST_MEMORY_MIB = 65536
+HOST_FREE_MIB = 32768
 URI_KEYS = {
+    "host_uuid",
+    "memory_mib",
+    "free_mib",
     "lock_wait",
     "unreachable",
     "unreachable_until",
@@ -46,6 +58,15 @@ URI_KEYS = {
     "uri",
 }
 STATES = {"running", "paused", "shutoff"}
+
+
+def _host_uuid(key: str, given: Any) -> str:
+    """A URI's host UUID: as given (a UUID), else one of its own per URI key."""
+    if given is None:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"host:{key}"))
+    if not is_uuid(str(given)):
+        bad_host(f"uri {key!r}: host_uuid {given!r} is not a UUID")
+    return normalize_uuid(str(given))
 
 
 def build_state(host_path: str, signature: list[int], built: float) -> dict[str, Any]:
@@ -79,6 +100,9 @@ def build_state(host_path: str, signature: list[int], built: float) -> dict[str,
             "lock_wait": float(conf.get("lock_wait", LOCK_WAIT)),
             "calls": 0,
             "guests": [],
+            "host_uuid": _host_uuid(key, conf.get("host_uuid")),
+            "memory_kib": int(float(conf.get("memory_mib", HOST_MEMORY_MIB)) * 1024),
+            "free_kib": int(float(conf.get("free_mib", HOST_FREE_MIB)) * 1024),
         }
         next_id = 1
         for entry in conf.get("guests") or []:
@@ -121,6 +145,7 @@ def build_state(host_path: str, signature: list[int], built: float) -> dict[str,
                     guest.update(state="paused", reason="saving")
             uri_state["guests"].append(guest)
         uri_state["next_id"] = next_id
+        uri_state["built_active_kib"] = active_kib(uri_state)
         uris[str(key)] = uri_state
     try:
         fixtures = fixtures_dir()
@@ -134,4 +159,5 @@ def build_state(host_path: str, signature: list[int], built: float) -> dict[str,
         **compile_templates(fixtures),
         "uris": uris,
         "faults": build_faults(doc.get("faults"), fixtures, uris),
+        "migrations": {},
     }

@@ -27,6 +27,8 @@ UUID = "\x00UUID\x00"
 SOCK = "\x00SOCK\x00"
 CMD = "\x00CMD\x00"
 OPT = "\x00OPT\x00"
+HOST = "\x00HOST\x00"
+"""A URI's host UUID (``capabilities``, the same-host refusal of ``migrate``)."""
 
 STATE_TEXT = {"running": "running", "paused": "paused", "shutoff": "shut off"}
 
@@ -160,6 +162,97 @@ TEMPLATE_SOURCES: dict[str, tuple[list[str], str, str]] = {
         "stdout",
         f"Removed managedsave image for domain '{ARG}'",
     ),
+    "qemu:domjobinfo_migrating": (
+        ["qemu-domjobinfo-migrating"],
+        "stdout",
+        "Job type:         Unbounded   \n"
+        "Operation:        Outgoing migration\n"
+        "Time elapsed:     0            ms\n"
+        "Data processed:   0.000 B\n"
+        "Data remaining:   0.000 B\n"
+        "Data total:       0.000 B\n"
+        "Memory processed: 0.000 B\n"
+        "Memory remaining: 0.000 B\n"
+        "Memory total:     0.000 B\n",
+    ),
+    "qemu:domjobinfo_incoming": (
+        ["qemu-domjobinfo-incoming"],
+        "stderr",
+        "error: Operation not supported: migration statistics are available only on the "
+        "source host\n",
+    ),
+    "domjobabort_ok": (["qemu-domjobabort-migrating"], "stdout", ""),
+    "domjobabort_none": (
+        ["qemu-domjobabort-none"],
+        "stderr",
+        "error: Requested operation is not valid: no job is active on the domain\n",
+    ),
+    "migrate_ok": (["qemu-migrate-ok"], "stdout", ""),
+    "migrate_busy": (["qemu-migrate-busy"], "stderr", JOB_BUSY.split("\n", 1)[1]),
+    "migrate_aborted": (
+        ["qemu-migrate-aborted"],
+        "stderr",
+        "error: operation aborted: job 'migration out' canceled by client\n",
+    ),
+    "migrate_unreachable": (
+        ["qemu-migrate-unreachable"],
+        "stderr",
+        f"error: Failed to connect socket to '{SOCK}': No such file or directory\n",
+    ),
+    "migrate_same_host": (
+        ["qemu-migrate-same-host"],
+        "stderr",
+        f"error: internal error: Attempt to migrate guest to the same host {HOST}\n",
+    ),
+    "migrate_refused": (
+        ["qemu-migrate-local-disk"],
+        "stderr",
+        "error: Unsafe migration: Migration without shared storage is unsafe\n",
+    ),
+    "migrate_not_running": (
+        ["qemu-migrate-not-running"],
+        "stderr",
+        "error: Requested operation is not valid: domain is not running\n",
+    ),
+    "nodememstats": (
+        ["qemu-nodememstats"],
+        "stdout",
+        "total  :                    0 KiB\nfree   :                    0 KiB\n"
+        "buffers:                    0 KiB\ncached :                    0 KiB\n",
+    ),
+    "capabilities": (
+        ["qemu-capabilities"],
+        "stdout",
+        f"<capabilities>\n\n  <host>\n    <uuid>{HOST}</uuid>\n  </host>\n\n</capabilities>\n",
+    ),
+    "qemu:dominfo_active": (
+        ["qemu-dominfo-running"],
+        "stdout",
+        "Id:             1\nName:           x\nUUID:           x\nState:          running\n"
+        "Max memory:     0 KiB\nUsed memory:    0 KiB\nPersistent:     yes\n"
+        "Managed save:   no\n",
+    ),
+    "qemu:dominfo_inactive": (
+        ["qemu-dominfo-shutoff"],
+        "stdout",
+        "Id:             -\nName:           x\nUUID:           x\nState:          shut off\n"
+        "Max memory:     0 KiB\nUsed memory:    0 KiB\nPersistent:     yes\n"
+        "Managed save:   no\n",
+    ),
+    "test:dominfo_active": (
+        ["test-dominfo-running"],
+        "stdout",
+        "Id:             1\nName:           x\nUUID:           x\nState:          running\n"
+        "Max memory:     0 KiB\nUsed memory:    0 KiB\nPersistent:     yes\n"
+        "Managed save:   no\n",
+    ),
+    "test:dominfo_inactive": (
+        ["test-dominfo-saved"],
+        "stdout",
+        "Id:             -\nName:           x\nUUID:           x\nState:          shut off\n"
+        "Max memory:     0 KiB\nUsed memory:    0 KiB\nPersistent:     yes\n"
+        "Managed save:   no\n",
+    ),
 }
 """role ("driver:role" where the drivers differ) -> (candidate recordings by file stem,
 stream, builtin fallback)."""
@@ -171,6 +264,10 @@ BUILTIN = {
     "error: internal error: qemu unexpectedly closed the monitor\n",
     "fail_shutdown": f"error: Failed to shutdown domain '{ARG}'\n"
     "error: operation failed: guest shutdown request failed\n",
+    "migrate_dest_active": f"error: Requested operation is not valid: domain '{NAME}' is "
+    "already active\n",
+    "domjobabort_unsupported": "error: Operation not supported: abort of this job is not "
+    "simulated\n",
 }
 """Messages no recording can produce with the test driver."""
 
@@ -211,7 +308,22 @@ def compile_templates(fixtures: str) -> dict[str, Any]:
             sources[role] = stem
             break
     templates.update(BUILTIN)
+    recorded_host = _recorded_host_uuid(fixtures)
+    if recorded_host:
+        for role, text in templates.items():
+            templates[role] = text.replace(recorded_host, HOST)
     return {"templates": templates, "sources": sources}
+
+
+def _recorded_host_uuid(fixtures: str) -> str:
+    """The host UUID of the daemon the migrate recordings came from (its capabilities):
+    a marker wherever a recording prints it."""
+    path = os.path.join(fixtures, "qemu-capabilities.yaml")
+    if not os.path.exists(path):
+        return ""
+    text = str(load_yaml(path)["stdout"])
+    head = text.split("<host>", 1)[-1].split("</uuid>", 1)[0]
+    return head.split("<uuid>", 1)[-1].strip() if "<uuid>" in head else ""
 
 
 def fill(templates: dict[str, str], driver: str, role: str, domain: Optional[str],
@@ -323,6 +435,45 @@ def domjobinfo_saving(template: str, guest: dict[str, Any], now: float) -> str:
             line = f"{label:<17} {values[label]}\n"
         lines.append(line)
     return "".join(lines)
+
+
+def _relabel(template: str, width: int, values: dict[str, str]) -> str:
+    """*template*'s ``LABEL: value`` lines with the values of *values* (by label, in a
+    column *width* wide, as virsh prints them); other lines as recorded."""
+    out = []
+    for line in template.splitlines(keepends=True):
+        label = line.split(":", 1)[0] + ":" if ":" in line else ""
+        if label in values:
+            line = f"{label:<{width}} {values[label]}\n"
+        out.append(line)
+    return "".join(out)
+
+
+def dominfo(template: str, guest: dict[str, Any]) -> str:
+    """``dominfo`` of *guest*, from the recording of a guest as active (or not)."""
+    kib = str(int(float(guest["memory_mib"]) * 1024))
+    return _relabel(template, 15, {
+        "Id:": "-" if guest["id"] is None else str(guest["id"]),
+        "Name:": guest["name"],
+        "UUID:": guest["uuid"],
+        "State:": STATE_TEXT[guest["state"]],
+        "Max memory:": f"{kib} KiB",
+        "Used memory:": f"{kib} KiB",
+        "Persistent:": "yes" if guest["persistent"] else "no",
+        "Managed save:": "yes" if guest["managed_save"] else "no",
+    })
+
+
+def nodememstats(template: str, total_kib: int, free_kib: int) -> str:
+    """``nodememstats`` ("%-7s: %20llu KiB"): *free_kib* all free, no buffers or cache."""
+    values = {"total": total_kib, "free": free_kib, "buffers": 0, "cached": 0}
+    out = []
+    for line in template.splitlines(keepends=True):
+        label = line.split(":", 1)[0].strip()
+        if label in values:
+            line = f"{label:<7}: {values[label]:>20} KiB\n"
+        out.append(line)
+    return "".join(out)
 
 
 def write(stream: Any, text: str) -> None:

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, NoReturn, Optional
 
-STATE_FORMAT = 5
+STATE_FORMAT = 6
 
 
 class HostClock:
@@ -46,6 +46,15 @@ class HostClock:
                 time.sleep(delay)
             return
         while self.now() < moment:
+            time.sleep(0.01)
+
+    def nap(self, moment: float) -> None:
+        """Wait until *moment*, or less: a waiter that must also notice what other calls
+        change (an abort of its job) looks again after this, and naps again.  A few real
+        milliseconds on a virtual clock, which may stand still meanwhile."""
+        if self.path is None:
+            self.wait_until(min(moment, time.time() + 0.05))
+        elif self.now() < moment:
             time.sleep(0.01)
 
     def hang(self) -> NoReturn:
@@ -129,6 +138,13 @@ def apply_due_transitions(uri_state: dict[str, Any], now: float) -> bool:
                 guest.update(state="running", id=uri_state["next_id"], managed_save=False)
                 guest["reason"] = job["reason"]
                 uri_state["next_id"] += 1
+            elif job["op"] == "migrate":  # left: undefined, or shut off (migrated)
+                if job["undefine"] or not guest["persistent"]:
+                    continue
+                guest.update(state="shutoff", reason="migrated", id=None, shutdown_at=None)
+            elif job["op"] == "incoming":
+                guest.update(state="running", reason="migrated",
+                             persistent=guest["persistent"] or job["persistent"])
         shutdown_at = guest["shutdown_at"]
         if (shutdown_at is not None and guest["state"] == "running" and guest["job"] is None
                 and now >= shutdown_at):
@@ -140,6 +156,56 @@ def apply_due_transitions(uri_state: dict[str, Any], now: float) -> bool:
         kept.append(guest)
     uri_state["guests"] = kept
     return changed
+
+
+def cancel_migration(state: dict[str, Any], token: str, outcome: Optional[str]) -> None:
+    """End the migration *token* where it is: the guest stays at its source as it was, the
+    arriving copy goes (a definition it replaced comes back); *outcome*: the role of the
+    error its migrate call prints (None: no call waits for it)."""
+    for uri_state in state["uris"].values():
+        for index, guest in enumerate(uri_state["guests"]):
+            job = guest["job"]
+            if job is None or job.get("id") != token:
+                continue
+            if job["op"] == "migrate":
+                guest["job"] = None
+            elif job["replaced"] is not None:
+                uri_state["guests"][index] = job["replaced"]
+            else:
+                del uri_state["guests"][index]
+            break
+    if outcome is not None:
+        state.setdefault("migrations", {})[token] = outcome
+
+
+def _ended(pid: int) -> bool:
+    """Whether process *pid* has exited (a zombie has: it is only not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as file:
+            return file.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):
+        return False
+
+
+def drop_orphaned_migrations(state: dict[str, Any]) -> bool:
+    """Cancel each migration whose migrate call's process has ended before it (killed
+    at its timeout, even by SIGKILL): libvirt cancels a migration whose client went
+    away, at once (the guest runs on at its source).  True if any was."""
+    orphans = [guest["job"]["id"] for uri_state in state["uris"].values()
+               for guest in uri_state["guests"]
+               if guest["job"] is not None and guest["job"]["op"] == "migrate"
+               and _ended(guest["job"]["owner"])]
+    for token in orphans:
+        cancel_migration(state, token, None)
+    return bool(orphans)
+
+
+def active_kib(uri_state: dict[str, Any]) -> int:
+    """The memory of the URI's active guests (an incoming migration's too), in KiB."""
+    return sum(int(float(guest["memory_mib"]) * 1024) for guest in uri_state["guests"]
+               if guest["state"] != "shutoff")
 
 
 def is_uuid(text: str) -> bool:
@@ -181,7 +247,7 @@ def apply_due_transitions_now(host_file: str, state_file: Optional[str] = None,
     states = StateFile(host, state_file or host + ".state.json")
     with states as state:
         moment = time.time() if now is None else now
-        changed = False
+        changed = drop_orphaned_migrations(state)
         for uri_state in state["uris"].values():
             changed = apply_due_transitions(uri_state, moment) or changed
         if changed:
