@@ -115,12 +115,14 @@ def _bring_home(ctx: Context) -> Optional[int]:
     the_plan = plan.plan_return(ctx.config, departures, return_views(ctx, departures))
     if ctx.dry_run:
         for level, text in returning.decisions(the_plan):
-            (ctx.messages.error if level == returning.ERROR else ctx.messages.say)(text)
+            if level == returning.ERROR:
+                status = EXIT_FAIL
+                ctx.messages.error(text)
+            else:
+                ctx.messages.say(text)
         for argv in plan.return_commands(the_plan, ctx.config, ctx.virsh.argv):
             ctx.messages.say(format_argv(argv))
-        return max(status, EXIT_FAIL if any(
-            g.kept and g.decided not in (None, Outcome.AWAY) for g in the_plan.guests)
-            else EXIT_OK)
+        return status
     record = _Record(ctx, departures)
     executor = Executor(ctx.virsh, ctx.config, ctx.messages, ctx.clock,
                         run_report=ctx.run_report, checkpoint=Checkpoint(ctx, "start"))
