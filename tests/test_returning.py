@@ -193,3 +193,21 @@ def test_a_guest_also_in_the_list_file_comes_home_first_then_counts_as_active(
     assert _left(host) == [] and not (host.state_dir / "libvirt-guests").exists()
     assert _outcomes(host) == {"web": [("migrate", "returned home"),
                                        ("start", "already active")]}
+
+
+def test_plan_start_shows_the_returns_in_text_and_json(fake_host: Make) -> None:
+    host = _host(fake_host, [{"name": "web"}], home_guests=({"name": "home"},))
+    away = _record(host, "web", "home", "ghost")
+    run, _ = run_inprocess(host, "--json", "plan", "start")
+    assert run.code == 1  # start would report ghost gone
+    returns = json.loads(run.out)["returns"]
+    assert [(r["name"], r["note"], r["detail"]) for r in returns] == [
+        ("web", None, ""), ("home", "already active", "already running at home"),
+        ("ghost", "no longer exists", f"no longer on {PEER} nor at home")]
+    assert returns[0]["commands"] == [[str(host.bin / "virsh"), "-c", PEER, "migrate",
+                                       "--live", "--persistent", "--undefinesource",
+                                       away[0].uuid, HOME]]
+    text, _ = run_inprocess(host, "plan", "start")
+    assert "Bringing home (the migrated record):" in text.lines
+    assert _left(host) == ["web", "home", "ghost"]
+    assert not any("migrate" in c["argv"] for c in host.calls())

@@ -311,7 +311,8 @@ SCENARIOS: dict[str, Scenario] = {
                             guest("batch", reason="migrated", migrate_seconds=4),
                             guest("idle", reason="migrated", migrate_seconds=2))}},
         f"URIS={HOME}\nPARALLEL_MIGRATE=2\n",
-        (("status",), ("--json", "status"), ("--dry-run", "start"), ("start",), ("status",)),
+        (("status",), ("--json", "status"), ("plan", "start"), ("--dry-run", "start"),
+         ("start",), ("status",)),
         prepare=away_and_saved),
     "start-leaves-guests-away": Scenario(
         "MIGRATE_RETURN=0: start leaves the migrated guests on their peer, still recorded",
