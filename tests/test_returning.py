@@ -4,6 +4,8 @@ fake virsh in-process on a virtual clock (virtguests.testing.inprocess)."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -211,3 +213,26 @@ def test_plan_start_shows_the_returns_in_text_and_json(fake_host: Make) -> None:
     assert "Bringing home (the migrated record):" in text.lines
     assert _left(host) == ["web", "home", "ghost"]
     assert not any("migrate" in c["argv"] for c in host.calls())
+
+
+def test_sigterm_while_a_guest_comes_home_aborts_it_and_keeps_it_recorded(
+        fake_host: Make) -> None:
+    """A real process and real time: the abort must reach the peer's migration job."""
+    host = _host(fake_host, [{"name": "big", "migrate_seconds": 600}])
+    _record(host, "big")
+    proc = host.spawn("start")
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()  # said just before the migrate call: a race the
+        assert first == f"Bringing big home from {PEER}: ...\n"  # code must survive
+        proc.send_signal(signal.SIGTERM)
+        _out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert proc.returncode == 1, err
+    assert (f"bringing big home from {PEER} failed: aborted: stop requested; it stays "
+            "recorded for the next start") in err
+    assert any(c["argv"][-2:] == ["domjobabort", _uuid(host, "big")] for c in host.calls())
+    assert _where(host)[HOME] == {} and _where(host)[PEER]["big"].startswith("running/")
+    assert _left(host) == ["big"]

@@ -101,28 +101,35 @@ def _guest(run: Execution, item: GuestReturn, forget: Forget) -> None:
             return err
         return None
 
-    def abort(why: str) -> None:
-        aborted.append(why)
+    def abort() -> bool:
+        """True once libvirt took the abort; False: no job (not begun yet, or over)."""
         try:
-            query.abort_job(run.virsh, d.peer, d.uuid, run.config)
+            return query.abort_job(run.virsh, d.peer, d.uuid, run.config)
         except VirshError as err:
             run.messages.warn(f"could not abort the migration of {d.name}: {err.detail}")
+            return False
 
     def progress(done: threading.Event) -> None:
-        next_progress = started + PROGRESS_EVERY
-        while not run.clock.wait(done, max(min(next_progress, started + limit)
-                                           - run.clock.now(), 0.0)):
-            if aborted:  # the migrate call ends soon: libvirt fails it, or its timeout
+        next_tick, limit_at = started + PROGRESS_EVERY, started + limit
+        while True:
+            now = run.clock.now()
+            wake = next_tick if now >= limit_at else min(next_tick, limit_at)
+            if run.clock.wait(done, max(wake - now, 0.0)):
+                return
+            now = run.clock.now()
+            why = "stop requested" if run.cancelled else (
+                f"MIGRATE_TIMEOUT ({run.config.migrate_timeout} s) reached"
+                if now >= limit_at else None)
+            if why is not None and abort():
+                aborted.append(why)
+                # the migrate call ends soon: libvirt fails it, or its own timeout
                 while not run.clock.wait(done, PROGRESS_EVERY):
                     pass
                 return
-            if run.cancelled:
-                abort("stop requested")
-            elif run.clock.now() >= started + limit:
-                abort(f"MIGRATE_TIMEOUT ({run.config.migrate_timeout} s) reached")
-            elif run.clock.now() >= next_progress:
-                next_progress += PROGRESS_EVERY
-                run.messages.say(f"{label}{_percent(run, d)}")
+            if now >= next_tick:
+                next_tick += PROGRESS_EVERY
+                if why is None:
+                    run.messages.say(f"{label}{_percent(run, d)}")
 
     [err] = run_all([Job(migrate)], 1, waiting=progress)
     seconds = run.clock.now() - started
