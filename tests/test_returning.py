@@ -236,3 +236,4 @@ def test_sigterm_while_a_guest_comes_home_aborts_it_and_keeps_it_recorded(
     assert any(c["argv"][-2:] == ["domjobabort", _uuid(host, "big")] for c in host.calls())
     assert _where(host)[HOME] == {} and _where(host)[PEER]["big"].startswith("running/")
     assert _left(host) == ["big"]
+

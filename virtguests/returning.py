@@ -134,7 +134,9 @@ def _guest(run: Execution, item: GuestReturn, forget: Forget) -> None:
     [err] = run_all([Job(migrate)], 1, waiting=progress)
     seconds = run.clock.now() - started
     home = _running_at_home(run, d)
-    if home is True:
+    if home is True or (isinstance(home, query.DomState) and home.state in ACTIVE_NOT_RUNNING):
+        if home is not True:
+            run.messages.warn(f"guest {d.name} came home from {d.peer} but is {home}")
         run.messages.say(f"Brought {d.name} home from {d.peer}")
         run.run_report.step(outcome, Action.MIGRATE, Outcome.RETURNED, seconds)
         forget(d)
@@ -165,10 +167,16 @@ def _percent(run: Execution, d: Departure) -> str:
     return "..." if percent is None else f"{percent}%"
 
 
+ACTIVE_NOT_RUNNING = frozenset({"paused", "idle", "in shutdown", "pmsuspended"})
+"""``virsh domstate`` words for a guest that is at home, though not running: it is home
+(its record goes, with a warning); shut off or crashed it is not."""
+
+
 def _running_at_home(run: Execution, d: Departure) -> object:
-    """True if the guest runs at home, else what was seen there (a state or an error)."""
+    """True if the guest runs at home, else what was seen there (a DomState or an
+    error's detail)."""
     try:
         seen = query.domain_state(run.virsh, d.home, d.uuid, run.config)
     except VirshError as err:
         return err.detail
-    return True if seen.state == "running" else str(seen)
+    return True if seen.state == "running" else seen
