@@ -350,8 +350,8 @@ def test_init_script_is_posix_sh() -> None:
 # ---------------------------------------------------------------------------
 def test_man_page_has_every_section() -> None:
     assert list(man_sections()) == [
-        "NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "WORDS", "OPTIONS", "CONFIGURATION",
-        "FILES",
+        "NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "BRINGING GUESTS HOME", "WORDS",
+        "OPTIONS", "CONFIGURATION", "FILES",
         "ENVIRONMENT", "EXIT STATUS", "SIGNALS", "RELIABILITY", "SERVICE INTEGRATION",
         "JOURNAL", "JSON", "METRICS", "DIFFERENCES FROM LIBVIRT-GUESTS", "SEE ALSO"]
 

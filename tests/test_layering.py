@@ -27,7 +27,7 @@ ONLY = {"model": set(), "render": set(), "commands": {"config", "model"}}
 """The first modules of the flow, and all they may import from virtguests."""
 
 EXECUTING = {"execution", "othersave", "suspending", "doorbell", "shuttingdown",
-             "poweringoff", "stopping", "starting", "executor"}
+             "poweringoff", "stopping", "starting", "returning", "executor"}
 """The executor (a facade) and its stages: after the plan, before the actions."""
 
 NOT_IMPORTED = {
@@ -44,8 +44,8 @@ NOT_IMPORTED = {
     "othersave": {"observe", "state", "policy", *EXECUTING - {"execution"}},
     **{stage: {"observe", "state", "policy",
                *EXECUTING - {"execution", "othersave", "doorbell"}}
-       for stage in ("suspending", "shuttingdown", "poweringoff", "starting")},
-    "stopping": {"observe", "state", "policy", "starting", "executor"},
+       for stage in ("suspending", "shuttingdown", "poweringoff", "starting", "returning")},
+    "stopping": {"observe", "state", "policy", "starting", "returning", "executor"},
     "executor": {"observe", "state", "policy"},
 }
 """For each later module, the virtguests modules it must not import: the stages of the

@@ -104,9 +104,10 @@ def test_status_report_and_plan_keys(fake_host: Make) -> None:
     assert run_inprocess(host, "stop")[0].code == 0
     status = json.loads(run_inprocess(host, "--json", "status")[0].out)
     assert set(status) == {"format_version", "state", "exit_status", "list_file",
-                           "not_resumed", "last_run"}
+                           "not_resumed", "migrated", "last_run"}
     assert set(status["list_file"]) == set(status["not_resumed"]) == {
         "path", "entries", "bad_lines"}
+    assert set(status["migrated"]) == {"path", "guests", "problems"}
     report = status["last_run"]
     assert set(report) == {"command", "started", "finished", "exit_status", "guests", "virsh"}
     assert [set(entry) for entry in report["virsh"]] == [{"uri", "processes", "connections"}]

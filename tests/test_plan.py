@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from virtguests.config import Config, PersistentOnly
-from virtguests.model import Action, Guest, GuestPolicy, UriView
+from virtguests.config import Config, OnBoot, PersistentOnly
+from virtguests.model import Action, Departure, Guest, GuestPolicy, Outcome, UriView
 from virtguests.plan import (
     orphans,
+    plan_return,
     plan_start,
     plan_stop,
+    return_commands,
     start_commands,
     stop_commands,
 )
@@ -121,3 +123,34 @@ def test_orphans_are_saved_inactive_unrecorded_guests() -> None:
                                Guest(U2, "b", active=False, managed_save=True),
                                Guest(U3, "c", active=True, managed_save=False)))
     assert orphans(view, [U2]) == [U1]
+
+
+# -- bringing migrated guests home -----------------------------------------------------
+
+def test_plan_return_decides_from_where_each_guest_is() -> None:
+    home, peer, down = "qemu:///system", "qemu+ssh://p/system", "qemu+ssh://d/system"
+    ids = [f"00000000-0000-0000-0000-00000000000{i}" for i in range(6)]
+    d = [Departure(ids[0], "back", home, peer), Departure(ids[1], "home", home, peer),
+         Departure(ids[2], "ghost", home, peer), Departure(ids[3], "off", home, peer),
+         Departure(ids[4], "cut", home, down), Departure(ids[5], "stale", home, peer)]
+    views = {home: UriView(home, (Guest(ids[1], "home", active=True),
+                                  Guest(ids[5], "stale", active=False))),
+             peer: UriView(peer, (Guest(ids[0], "back", active=True),
+                                  Guest(ids[3], "off", active=False))),
+             down: UriView(down, error="no route")}
+    config = Config(uris=(home,), on_boot=OnBoot.START)
+    got = plan_return(config, d, views)
+    assert [(g.departure.name, g.decided, g.kept) for g in got.guests] == [
+        ("back", None, True), ("home", Outcome.ALREADY_ACTIVE, False),
+        ("ghost", Outcome.GONE, False), ("off", Outcome.FAILED, True),
+        ("cut", Outcome.FAILED, True), ("stale", Outcome.GONE, False)]
+    assert got.guests[4].detail == f"cannot reach {down}: no route"
+    assert got.guests[5].detail == f"no longer on {peer}; shut off at home"
+    assert return_commands(got, config, lambda uri, args: ["virsh", "-c", uri, *args]) == [
+        ["virsh", "-c", peer, "migrate", "--live", "--persistent", "--undefinesource",
+         ids[0], home]]
+    for off in (Config(uris=(home,), on_boot=OnBoot.START, migrate_return=False),
+                Config(uris=(home,), on_boot=OnBoot.IGNORE)):
+        left = plan_return(off, d, views)
+        assert {(g.decided, g.kept) for g in left.guests} == {(Outcome.AWAY, True)}
+        assert left.by_peer() == {}

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests import oddfiles
 from virtguests import files, state
+from virtguests.model import Departure
 
 U1 = "6695eb01-f6a4-8304-79aa-97f2502e193f"
 U2 = "11111111-2222-3333-4444-555555555555"
@@ -340,7 +341,55 @@ def test_fuzz_json_readers_never_raise(tmp_path_factory: pytest.TempPathFactory,
                                        content: str) -> None:
     path = tmp_path_factory.mktemp("j") / "f.json"
     path.write_text(content)
-    for reader in (state.read_run_report, state.read_seen):
+    for reader in (state.read_run_report, state.read_seen,
+                   state.read_migrated):
         _, problems = reader(path)
         for problem in problems:
             assert problem.line >= 1, problem
+
+
+def test_migrated_record_round_trip_and_empty_removes_it(tmp_path: Path) -> None:
+    path = state.Paths.in_dir(tmp_path).migrated
+    assert path == tmp_path / "virtguests-migrated"
+    assert state.read_migrated(path) == ([], [])
+    away = [Departure(U1, "web", "qemu:///system", "qemu+ssh://peer/system"),
+            Departure(U2, "db 'x'", "default", "qemu+tls://b/system")]
+    state.write_migrated(path, away)
+    assert json.loads(path.read_text())["format_version"] == 1
+    assert state.read_migrated(path) == (away, [])
+    state.write_migrated(path, [])
+    assert not path.exists()
+
+
+def test_migrated_record_keeps_valid_entries_and_locates_the_damage(tmp_path: Path) -> None:
+    path = tmp_path / "virtguests-migrated"
+    good = {"uuid": U1.upper(), "name": "web", "home": "default", "peer": "qemu://b/system"}
+    later = {**good, "peer": "qemu://c/system"}
+    path.write_text(json.dumps({"format_version": 1, "guests": [
+        good, {"uuid": "nope", "name": "x", "home": "default", "peer": "p"},
+        {"uuid": U2, "name": "y", "home": "", "peer": "p"},
+        {"uuid": U2, "name": 5, "home": "default", "peer": "p"}, [], later]}, indent=2))
+    departures, problems = state.read_migrated(path)
+    assert departures == [Departure(U1, "web", "default", "qemu://c/system")]
+    assert [p.key for p in problems] == ["guests[1].uuid", "guests[2].home",
+                                         "guests[3].name", "guests[4]"]
+    assert all(p.line >= 1 for p in problems)
+
+
+@pytest.mark.parametrize("content", ['{"guests": []}', '{"format_version": 2, "guests": []}',
+                                     '{"format_version": 1, "guests": {}}', "[]", "{",
+                                     '{"format_version": true, "guests": []}'])
+def test_a_migrated_record_of_another_shape_keeps_nothing_and_says_why(
+        tmp_path: Path, content: str) -> None:
+    path = tmp_path / "virtguests-migrated"
+    path.write_text(content)
+    departures, problems = state.read_migrated(path)
+    assert departures == [] and len(problems) == 1 and problems[0].line >= 1
+
+
+def test_a_migrated_record_that_is_not_a_regular_file_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "virtguests-migrated"
+    os.mkfifo(path)
+    from tests.test_files import within_deadline
+    departures, problems = within_deadline(lambda: state.read_migrated(path))
+    assert departures == [] and "cannot read: " in str(problems[0])

@@ -43,6 +43,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from virtguests import state
+from virtguests.model import Departure
 from virtguests.testing import FakeHost, run_inprocess
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts"
@@ -207,6 +209,20 @@ def libvirt_guests_list(host: FakeHost) -> None:
     host.list_file.write_text(f"default {UUIDS['web']} {UUIDS['db']}\n")
 
 
+HOME, PEER = "qemu:///system", "qemu+ssh://peer/system"
+
+
+def migrated_away(host: FakeHost, *names: str) -> None:
+    """The migrated record a stop that sent *names* to PEER leaves."""
+    state.write_migrated(host.state_dir / "virtguests-migrated",
+                         [Departure(UUIDS[n], n, HOME, PEER) for n in names])
+
+
+def away_and_saved(host: FakeHost) -> None:
+    migrated_away(host, "web", "batch", "idle", "stubborn")
+    host.list_file.write_text(f"{HOME} {UUIDS['db']}\n")
+
+
 CONTROL = "tab\tcr\rbell\x07\x1b[31mred\x1b[0m\u202e"
 """A tenant-chosen name: what a terminal or a log reader would misread."""
 NEWLINE = "two\nlines"
@@ -298,6 +314,22 @@ SCENARIOS: dict[str, Scenario] = {
         "a name with a newline (libvirt refuses one; the fake does not)",
         one_uri({"name": NEWLINE, "uuid": UUIDS["web"]}, guest("db")),
         "", (("gueststatus",), ("stop",), ("--json", "status"))),
+    "start-brings-guests-home": Scenario(
+        "start migrates the guests a stop sent to a peer home first (two at a time), then"
+        " resumes the list file's; one guest is gone from its peer; status before and after",
+        {"uris": {HOME: uri(guest("db", state="shutoff", managed_save=True)),
+                  PEER: uri(guest("web", reason="migrated", migrate_seconds=12),
+                            guest("batch", reason="migrated", migrate_seconds=4),
+                            guest("idle", reason="migrated", migrate_seconds=2))}},
+        f"URIS={HOME}\nPARALLEL_MIGRATE=2\n",
+        (("status",), ("--json", "status"), ("plan", "start"), ("--dry-run", "start"),
+         ("start",), ("status",)),
+        prepare=away_and_saved),
+    "start-leaves-guests-away": Scenario(
+        "MIGRATE_RETURN=0: start leaves the migrated guests on their peer, still recorded",
+        {"uris": {HOME: uri(), PEER: uri(guest("web", reason="migrated"))}},
+        f"URIS={HOME}\nMIGRATE_RETURN=0\n", (("start",), ("status",)),
+        prepare=lambda host: migrated_away(host, "web")),
 }
 
 

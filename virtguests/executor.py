@@ -2,8 +2,8 @@
 what happened as a value.
 
 ``stopping`` (per URI, per group: ``suspending``, ``shuttingdown``,
-``poweringoff``, with ``othersave`` before anything harsher than a save) and
-``starting`` do the work; every thread they start comes from
+``poweringoff``, with ``othersave`` before anything harsher than a save),
+``returning`` and ``starting`` do the work; every thread they start comes from
 ``concurrently``.  They build each call with ``commands`` and ask their
 questions through ``query``, never through ``observe``.
 """
@@ -14,13 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-from virtguests import stopping
+from virtguests import returning, stopping
 from virtguests.clock import Clock
 from virtguests.config import Config
 from virtguests.execution import Execution
 from virtguests.messages import Messages
 from virtguests.model import Departure
-from virtguests.plan import StartPlan, StopPlan
+from virtguests.plan import ReturnPlan, StartPlan, StopPlan
+from virtguests.returning import Forget
 from virtguests.runreport import RunReport
 from virtguests.starting import Starting
 from virtguests.virsh import Virsh
@@ -72,6 +73,16 @@ class Executor:
             stopping.stop(run, plan)
         except Exception as exc:  # a bug past the stages' own guards
             run.internal_error("stopping the guests", exc)
+        return Executed(run.status)
+
+    def bring_home(self, plan: ReturnPlan, forget: Forget) -> Executed:
+        """Migrate the recorded guests home (``returning``); *forget* drops one from the
+        migrated record once it runs at home (or is known gone or home already)."""
+        run = self._execution()
+        try:
+            returning.bring_home(run, plan, forget)
+        except Exception as exc:  # a bug past the stage's own guards
+            run.internal_error("bringing the guests home", exc)
         return Executed(run.status)
 
     def start(self, plan: StartPlan) -> Executed:

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
 from virtguests import commands
-from virtguests.config import Config, PersistentOnly
+from virtguests.config import Config, OnBoot, PersistentOnly
 from virtguests.model import (
     Action,
+    Departure,
     Guest,
     Outcome,
     PeerView,
@@ -379,3 +380,79 @@ def start_commands(plan: StartPlan, config: Config,
             if config.sync_time and guest.decided != Outcome.SKIPPED_BY_POLICY:
                 out.append(argv(item.uri, commands.sync_time(guest.uuid)))
     return out
+
+
+# -- bringing migrated guests home (start) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class GuestReturn:
+    """One guest of the migrated record, and what start does about it."""
+
+    departure: Departure
+    decided: Optional[Outcome] = None
+    """None: migrate it home.  ALREADY_ACTIVE (running at home) and GONE (on neither
+    host) end its record; AWAY (MIGRATE_RETURN=0, ON_BOOT=ignore) and FAILED (a host
+    that cannot be seen, a guest not running on its peer) keep it."""
+    detail: str = ""
+
+    @property
+    def kept(self) -> bool:
+        """Whether the record keeps it (AWAY is settled for the run, yet still away)."""
+        return self.decided not in (Outcome.ALREADY_ACTIVE, Outcome.GONE)
+
+
+@dataclass(frozen=True)
+class ReturnPlan:
+    guests: tuple[GuestReturn, ...] = ()
+
+    def by_peer(self) -> dict[str, list[GuestReturn]]:
+        """The guests to migrate home, per peer in record order."""
+        out: dict[str, list[GuestReturn]] = {}
+        for item in self.guests:
+            if item.decided is None:
+                out.setdefault(item.departure.peer, []).append(item)
+        return out
+
+
+def plan_return(config: Config, departures: Sequence[Departure],
+                views: Mapping[str, UriView]) -> ReturnPlan:
+    """Decide each recorded departure from what its home and peer URIs look like.
+
+    *views* holds listings of every home and peer (``observe.view_all``); a URI
+    missing from it counts as not seen.  Only a guest seen running on its peer and
+    not active at home is migrated; one running at home already is done; one seen
+    on neither reachable host is gone.  Nothing else ends a record.
+    """
+    if config.on_boot != OnBoot.START or not config.migrate_return:
+        why = ("MIGRATE_RETURN=0" if config.on_boot == OnBoot.START else "ON_BOOT=ignore")
+        return ReturnPlan(tuple(GuestReturn(d, Outcome.AWAY, why) for d in departures))
+
+    def decide(d: Departure) -> GuestReturn:
+        home, peer = views.get(d.home), views.get(d.peer)
+        if home is None or not home.reachable:
+            return GuestReturn(d, Outcome.FAILED, f"cannot reach its home {d.home}: "
+                               f"{home.error if home else 'not listed'}")
+        at_home = home.find(d.uuid)
+        if at_home is not None and at_home.active:
+            return GuestReturn(d, Outcome.ALREADY_ACTIVE, "already running at home")
+        if peer is None or not peer.reachable:
+            return GuestReturn(d, Outcome.FAILED, f"cannot reach {d.peer}: "
+                               f"{peer.error if peer else 'not listed'}")
+        there = peer.find(d.uuid)
+        if there is None:
+            return GuestReturn(d, Outcome.GONE, f"no longer on {d.peer}" + (
+                "; shut off at home" if at_home is not None else " nor at home"))
+        if not there.active:
+            return GuestReturn(d, Outcome.FAILED, f"not running on {d.peer}")
+        return GuestReturn(d)
+
+    return ReturnPlan(tuple(decide(d) for d in departures))
+
+
+def return_commands(plan: ReturnPlan, config: Config,
+                    argv: Callable[[str, Sequence[str]], list[str]]) -> list[list[str]]:
+    """``virsh -c PEER migrate OPTIONS UUID HOME`` for each guest to bring home."""
+    return [argv(peer, commands.migrate(item.departure.uuid, item.departure.home,
+                                        config.migrate_options))
+            for peer, items in plan.by_peer().items() for item in items]

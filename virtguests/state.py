@@ -509,78 +509,83 @@ def _virsh_counts(value: Any, where: _Where, problems: list[Problem]) -> list[di
     return kept
 
 
-MIGRATED_FORMAT = 1
-"""The migrated record's ``format_version``; a reader refuses any other."""
+def read_seen(path: Path) -> tuple[dict[str, dict[str, str]], list[Problem]]:
+    document, problems = read_json_checked(path, check_seen)
+    return document or {}, problems
 
-_DEPARTURE = (("uuid", _is_text, "a string", True), ("name", _is_text, "a string", True),
-              ("home", _is_text, "a string", True), ("peer", _is_text, "a string", True))
+
+MIGRATED_FORMAT = 1
 
 
 def check_migrated(document: Any, where: _Where, problems: list[Problem]) -> list[Departure]:
     """virtguests-migrated: ``{"format_version": 1, "guests": [{uuid, name, home, peer}]}``.
 
-    Strict: every entry that cannot be read is a problem (the caller sets the file
-    aside rather than drop a guest that is away); the readable ones are kept.
+    A later entry for the same guest and home replaces an earlier one (the latest
+    departure is where the guest is).  Another format version keeps nothing: its
+    entries may mean something else.
     """
     root = _object(document, where, problems)
     if root is None:
         return []
     inner = where.inside(root)
     version = root.get("format_version")
-    if not _is_int(version) or version != MIGRATED_FORMAT:
+    if not (_is_int(version) and version == MIGRATED_FORMAT):
         problems.append(inner.at("format_version").problem(
             f"expected {MIGRATED_FORMAT}, got "
-            + ("nothing" if "format_version" not in root else repr(version)
-               if _is_int(version) else _type_name(version))))
+            f"{'nothing' if 'format_version' not in root else repr(version)}"))
         return []
     guests = root.get("guests")
     if not isinstance(guests, list):
-        problems.append(inner.at("guests").problem(
-            "missing (expected a list)" if guests is None else
-            f"expected a list, got {_type_name(guests)}"))
+        problems.append(inner.at("guests").problem(f"expected a list, got "
+                                                   f"{_type_name(guests)}"))
         return []
-    kept: list[Departure] = []
+    kept: dict[tuple[str, str], Departure] = {}
     for index, entry in enumerate(guests):
-        at = inner.at("guests").at(index)
-        guest = _object(entry, at, problems)
-        if guest is None:
+        at = inner.at("guests", root).at(index, guests)
+        found = _object(entry, at, problems)
+        if found is None:
             continue
         before = len(problems)
-        fields = _fields(guest, at, problems, _DEPARTURE)
+        fields = _fields(found, at, problems, _DEPARTURE)
         if len(problems) != before:
             continue
         if not is_uuid(fields["uuid"]):
-            problems.append(at.inside(guest).at("uuid").problem("not a UUID"))
+            problems.append(at.inside(found).at("uuid").problem("not a UUID"))
             continue
-        if not fields["home"] or not fields["peer"]:
-            problems.append(at.inside(guest).problem("home and peer must not be empty"))
+        empty = [key for key in ("home", "peer") if not fields[key]]
+        if empty:
+            problems.append(at.inside(found).at(empty[0]).problem("empty"))
             continue
-        kept.append(Departure(fields["uuid"].lower(), str(fields["name"]), str(fields["home"]),
-                              str(fields["peer"])))
-    return kept
+        departure = Departure(fields["uuid"].lower(), fields["name"], fields["home"],
+                              fields["peer"])
+        kept.pop((departure.home, departure.uuid), None)
+        kept[(departure.home, departure.uuid)] = departure
+    return list(kept.values())
+
+
+_DEPARTURE = (("uuid", _is_text, "a string", True), ("name", _is_text, "a string", True),
+              ("home", _is_text, "a string", True), ("peer", _is_text, "a string", True))
 
 
 def read_migrated(path: Path) -> tuple[list[Departure], list[Problem]]:
-    """The migrated record's readable entries, and a ``FILE:LINE: KEY: problem`` for each
-    part that could not be read.  Missing: ([], [])."""
-    document, problems = read_json_checked(path, check_migrated)
-    return list(document or []), problems
+    """The guests the migrated record says are away, and what is wrong with the file.
+
+    Missing: nothing away.  With problems the valid entries are still returned; the
+    caller sets the file aside (``set_aside``) before writing a new one, so a damaged
+    entry is reported and kept on disk, never silently dropped.
+    """
+    departures, problems = read_json_checked(path, check_migrated)
+    return departures or [], problems
 
 
-def write_migrated(path: Path, departures: Iterable[Departure]) -> None:
-    """The migrated record, atomically (one entry per guest: the latest wins)."""
-    latest: dict[str, Departure] = {}
-    for departure in departures:
-        latest.pop(departure.uuid, None)
-        latest[departure.uuid] = departure
-    write_json(path, {"format_version": MIGRATED_FORMAT, "guests": [
-        {"uuid": d.uuid, "name": d.name, "home": d.home, "peer": d.peer}
-        for d in latest.values()]})
-
-
-def read_seen(path: Path) -> tuple[dict[str, dict[str, str]], list[Problem]]:
-    document, problems = read_json_checked(path, check_seen)
-    return document or {}, problems
+def write_migrated(path: Path, departures: Sequence[Departure]) -> None:
+    """Write the migrated record atomically; with nobody away the file goes."""
+    if not departures:
+        remove(path)
+        return
+    write_json(path, {"format_version": MIGRATED_FORMAT,
+                      "guests": [{"uuid": d.uuid, "name": d.name, "home": d.home,
+                                  "peer": d.peer} for d in departures]})
 
 
 def read_run_report(path: Path) -> tuple[Optional[dict[str, Any]], list[Problem]]:

@@ -12,9 +12,9 @@ from typing import Any
 from virtguests import commands, observe, plan, policy, render
 from virtguests.actions import records
 from virtguests.actions.context import Context, for_each_uri, refuse_bad_config, unique
-from virtguests.actions.start import start_views
+from virtguests.actions.start import read_migrated, return_views, start_views
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import Action, PlanNote, UriView
+from virtguests.model import Action, Outcome, PlanNote, UriView
 from virtguests.virsh import format_argv
 
 
@@ -42,12 +42,48 @@ def run_plan(ctx: Context, which: str = "stop") -> int:
             ctx.policy, {u: v.canonical for u, v in views.items()}))
         for uri in wanted:
             entries.append(_start_entry(ctx, views[uri], start_plan))
-    document = {"command": which, "uris": entries}
+    document: dict[str, Any] = {"command": which, "uris": entries}
+    failed = any(e["error"] for e in entries)
+    if which == "start":
+        document["returns"], bad = _returns(ctx)
+        failed = failed or bad
     if ctx.json:
         ctx.messages.out.write(render.json_document(document))
     else:
+        _print_returns(ctx, document.get("returns", []))
         _print_plan(ctx, document)
-    return EXIT_FAIL if any(e["error"] for e in entries) else EXIT_OK
+    return EXIT_FAIL if failed else EXIT_OK
+
+
+def _returns(ctx: Context) -> tuple[list[dict[str, Any]], bool]:
+    """The migrated record's guests as start would bring them home; True when start
+    would fail (a damaged record, a host not seen, a guest gone or not running)."""
+    departures, status = read_migrated(ctx, set_aside=False)
+    the_plan = plan.plan_return(ctx.config, departures, return_views(ctx, departures))
+    out = []
+    for item in the_plan.guests:
+        d = item.departure
+        out.append({"name": d.name, "uuid": d.uuid, "home": d.home, "peer": d.peer,
+                    "note": item.decided, "detail": item.detail,
+                    "commands": [] if item.decided is not None else [ctx.virsh.argv(
+                        d.peer, commands.migrate(d.uuid, d.home, ctx.config.migrate_options))]})
+    bad = status != EXIT_OK or any(g.decided not in (None, Outcome.AWAY, Outcome.ALREADY_ACTIVE)
+                                   for g in the_plan.guests)
+    return out, bad
+
+
+def _print_returns(ctx: Context, returns: list[dict[str, Any]]) -> None:
+    if not returns:
+        return
+    ctx.messages.say("Bringing home (the migrated record):")
+    rows = [("GUEST", "FROM", "ACTION", "COMMAND")]
+    for item in returns:
+        what = Action.MIGRATE.value if item["note"] is None else \
+            f"{item['note']}: {item['detail']}"
+        rows.append((item["name"], item["peer"], what,
+                     format_argv(item["commands"][0]) if item["commands"] else ""))
+    for line in render.table(rows, indent="  "):
+        ctx.messages.say(line)
 
 
 def _stop_entry(ctx: Context, view: UriView, the_plan: plan.StopPlan) -> dict[str, Any]:

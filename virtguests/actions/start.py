@@ -1,17 +1,25 @@
-"""``start``: resume or start the guests the last stop recorded.
+"""``start``: bring migrated guests home, then resume or start the guests the last stop
+recorded.
 
-observe (the list and pending files, the URIs that must be listed, saved guests nobody
-recorded with RESUME_ORPHANS) -> plan (``plan.plan_start``) -> say what cannot be done
-(a dry run also prints the commands and stops there) -> execute -> record (the guests
-still pending go to the pending file, the list file goes) -> report (the marker, the run report).
+Guests the migrated record names come first (``_bring_home``): each home and peer
+is listed, ``plan.plan_return`` decides, ``returning`` migrates them back and the
+record loses each guest known home or gone.  A guest both migrated and in the list
+file is thus home before the list file's starts, which find it already active.
+Then for the list file: observe (the list and pending files, the URIs that must be
+listed, saved guests nobody recorded with RESUME_ORPHANS) -> plan (``plan.plan_start``)
+-> say what cannot be done (a dry run also prints the commands and stops there) ->
+execute -> record (the guests still pending go to the pending file, the list file goes)
+-> report (the marker, the run report).
 The list file written by stop is the record while the guests start.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
+from typing import Optional
 
-from virtguests import observe, plan, policy, state
+from virtguests import observe, plan, policy, returning, state
 from virtguests.actions import records
 from virtguests.actions.context import (
     Context,
@@ -27,7 +35,7 @@ from virtguests.actions.records import Checkpoint
 from virtguests.config import Config, OnBoot
 from virtguests.executor import Executor
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK
-from virtguests.model import Guest, Outcome, UriView
+from virtguests.model import Departure, Guest, Outcome, UriView
 from virtguests.virsh import format_argv
 
 
@@ -52,15 +60,18 @@ def _run_start(ctx: Context) -> int:
 def _start(ctx: Context) -> int:
     config = ctx.config
     recorded, status = _read_records(ctx)
+    returned = _bring_home(ctx)
+    if returned is not None:
+        status = max(status, returned)
     orphans_wanted = config.resume_orphans and config.on_boot == OnBoot.START
     if not recorded and not orphans_wanted:
         records.mark_started(ctx)
-        return status
+        return _finish(ctx, status) if returned is not None else status
     if config.on_boot != OnBoot.START:
         ctx.messages.say("libvirt-guests is configured not to start any guests on boot")
         if not ctx.dry_run:
             _forget_records(ctx)
-        return status
+        return _finish(ctx, status) if returned is not None else status
     wanted = unique([u for u in recorded if u in config.uris]
                     + (list(config.uris) if orphans_wanted else []))
     views = start_views(ctx, recorded, wanted, managed_save=orphans_wanted)
@@ -83,11 +94,88 @@ def _start(ctx: Context) -> int:
     pending = still_pending(config, recorded, result.settled, the_plan.gone)
     status = max(status, _record_pending(ctx, the_plan, pending))
     records.mark_started(ctx)
-    status = max(status, result.status)
+    return _finish(ctx, max(status, result.status))
+
+
+def _finish(ctx: Context, status: int) -> int:
+    if ctx.dry_run:
+        return status
     if ctx.clock.cancel.is_set():
         status = interrupted_summary(ctx, "start")
     records.write_run_report(ctx, "start", status)
     return status
+
+
+def _bring_home(ctx: Context) -> Optional[int]:
+    """The migrated record's guests: brought home (or left away, or reported); None when
+    nobody is recorded away, else the exit status so far."""
+    departures, status = read_migrated(ctx, set_aside=not ctx.dry_run)
+    if not departures:
+        return None if status == EXIT_OK else status
+    the_plan = plan.plan_return(ctx.config, departures, return_views(ctx, departures))
+    if ctx.dry_run:
+        for level, text in returning.decisions(the_plan):
+            if level == returning.ERROR:
+                status = EXIT_FAIL
+                ctx.messages.error(text)
+            else:
+                ctx.messages.say(text)
+        for argv in plan.return_commands(the_plan, ctx.config, ctx.virsh.argv):
+            ctx.messages.say(format_argv(argv))
+        return status
+    record = _Record(ctx, departures)
+    executor = Executor(ctx.virsh, ctx.config, ctx.messages, ctx.clock,
+                        run_report=ctx.run_report, checkpoint=Checkpoint(ctx, "start"))
+    return max(status, executor.bring_home(the_plan, record.forget).status)
+
+
+def read_migrated(ctx: Context, *, set_aside: bool) -> tuple[list[Departure], int]:
+    """The migrated record's guests; exit 1 when it is damaged: each problem is reported,
+    and (*set_aside*) the file is kept aside whole and its valid entries written anew."""
+    path = ctx.paths.migrated
+    departures, problems = state.read_migrated(path)
+    for problem in problems:
+        ctx.messages.error(str(problem))
+    if not problems:
+        return departures, EXIT_OK
+    if set_aside and (path.exists() or path.is_symlink()):
+        try:
+            aside = state.set_aside(path)
+        except OSError as err:
+            ctx.messages.error(f"cannot move the damaged {path} aside: {err}")
+            return departures, EXIT_FAIL
+        ctx.messages.error(f"{path} was damaged; kept as {aside}")
+        records.disk(ctx, f"write {path}", lambda: state.write_migrated(path, departures))
+    return departures, EXIT_FAIL
+
+
+def return_views(ctx: Context, departures: Sequence[Departure]) -> dict[str, UriView]:
+    """Every home and peer of the record, listed (all guests, active or not)."""
+    if ctx.config.on_boot != OnBoot.START or not ctx.config.migrate_return:
+        return {}
+    uris = unique([u for d in departures for u in (d.home, d.peer)])
+    return for_each_uri(uris, lambda uri: look(ctx, uri, lambda: observe.view_all(
+        ctx.virsh, uri, ctx.config, ctx.clock)))
+
+
+class _Record:
+    """The migrated record while guests come home: an entry goes only when its guest is
+    known home or gone, and the file is rewritten at once (atomically, under the run's
+    lock), so a power cut loses no guest that is still away."""
+
+    def __init__(self, ctx: Context, departures: Sequence[Departure]) -> None:
+        self.ctx = ctx
+        self.left = list(departures)
+        self._lock = threading.Lock()
+
+    def forget(self, departure: Departure) -> None:
+        with self._lock:
+            if departure not in self.left:
+                return
+            self.left.remove(departure)
+            left = list(self.left)
+            path = self.ctx.paths.migrated
+            records.disk(self.ctx, f"write {path}", lambda: state.write_migrated(path, left))
 
 
 def _read_records(ctx: Context) -> tuple[dict[str, list[str]], int]:

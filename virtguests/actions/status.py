@@ -1,12 +1,13 @@
-"""``status`` (what the records say: started, or stopped with or without saved guests)
-and ``gueststatus`` (the guests on every URI).  Both only look: nothing is planned,
+"""``status`` (what the records say: started, or stopped with or without saved guests, and
+the guests away on a peer since a stop migrated them) and ``gueststatus`` (the guests on
+every URI, as the reference lists them: peers are not asked).  Both only look: nothing is planned,
 recorded or executed."""
 
 from __future__ import annotations
 
 from typing import Any, Optional
 
-from virtguests import observe, render, virshout
+from virtguests import observe, render, state, virshout
 from virtguests.actions import records
 from virtguests.actions.context import Context, for_each_uri, refuse_bad_config, unique
 from virtguests.exitstatus import EXIT_CONFIG, EXIT_FAIL, EXIT_OK, EXIT_STOPPED
@@ -29,6 +30,7 @@ def run_status(ctx: Context) -> int:
         word, code = "started", EXIT_OK
     else:
         word, code = "stopped, with no saved guests", EXIT_STOPPED
+    away, away_problems = state.read_migrated(ctx.paths.migrated)
     if ctx.json:
         document: dict[str, Any] = {
             "state": word,
@@ -38,6 +40,9 @@ def run_status(ctx: Context) -> int:
             STATUS_PENDING_KEY: {
                 "path": str(ctx.paths.pending), "entries": pending,
                 "bad_lines": [str(b) for b in bad if b.path == ctx.paths.pending]},
+            "migrated": {"path": str(ctx.paths.migrated), "guests": [
+                {"uuid": d.uuid, "name": d.name, "home": d.home, "peer": d.peer}
+                for d in away], "problems": [str(p) for p in away_problems]},
             "last_run": records.read_run_report(ctx, ctx.messages.warn),
         }
         ctx.messages.out.write(render.json_document(document))
@@ -46,8 +51,13 @@ def run_status(ctx: Context) -> int:
     for uri, ids in pending.items():
         ctx.messages.say(f"Not resumed at the last start, kept for the next one: {uri}: "
                          + " ".join(ids))
+    for d in away:
+        ctx.messages.say(f"Away from home: {d.name} ({d.uuid}) runs on {d.peer}, home "
+                         f"{d.home}")
     for line in bad:
         ctx.messages.error(str(line))
+    for problem in away_problems:
+        ctx.messages.error(str(problem))
     return code
 
 
