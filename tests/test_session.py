@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import pytest
@@ -516,6 +517,28 @@ def test_close_after_a_clean_exit_leaves_virsh_s_children_alone(
         kill_children(children)
 
 
+class Stuck:
+    """Virshes that ignore SIGKILL (stuck in the kernel): their ``wait`` times out and
+    moves a fake monotonic clock on by the time waited, so close's cost is counted."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, pids: list[int]) -> None:
+        self.pids = set(pids)
+        self.now = 1000.0
+        self.waited: list[float] = []
+        real_wait = subprocess.Popen.wait
+
+        def wait(proc: subprocess.Popen[bytes], timeout: float | None = None) -> int:
+            if proc.pid in self.pids and timeout is not None:
+                self.waited.append(timeout)
+                self.now += timeout
+                raise subprocess.TimeoutExpired(proc.args, timeout)
+            return real_wait(proc, timeout)
+
+        monkeypatch.setattr(session, "CLOSE_GRACE", 0.0)
+        monkeypatch.setattr(subprocess.Popen, "wait", wait)
+        monkeypatch.setattr("virtguests.session.time", SimpleNamespace(monotonic=lambda: self.now))
+
+
 def test_a_virsh_that_outlives_sigkill_does_not_hold_up_close(
         host: FakeHost, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -523,24 +546,34 @@ def test_a_virsh_that_outlives_sigkill_does_not_hold_up_close(
     REAP_WAIT for it, says so, and returns."""
     virsh = runner(host)
     assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
-    stuck = {pid: True for pid in pids(host)}
-    real_wait = subprocess.Popen.wait
-    waited: list[float] = []
-
-    def wait(proc: subprocess.Popen[bytes], timeout: float | None = None) -> int:
-        if stuck.get(proc.pid) and timeout is not None:
-            waited.append(timeout)
-            raise subprocess.TimeoutExpired(proc.args, timeout)
-        return real_wait(proc, timeout)
-
-    monkeypatch.setattr(session, "CLOSE_GRACE", 0.0)
-    monkeypatch.setattr(subprocess.Popen, "wait", wait)
+    stuck = Stuck(monkeypatch, pids(host))
     with caplog.at_level("WARNING", logger="virtguests.session"):
         virsh.close()
-    assert waited == [0.0, session.REAP_WAIT], waited
-    assert "did not exit" in caplog.text
+    assert stuck.waited == [0.0, session.REAP_WAIT], stuck.waited
+    assert "did not exit after SIGKILL" in caplog.text
     monkeypatch.undo()
-    for pid in stuck:
+    for pid in stuck.pids:
+        wait_dead(pid)
+
+
+def test_stuck_virshes_share_one_reap_deadline(
+        fake_host: Callable[..., FakeHost], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three URIs' sessions all stuck: the end of the run waits REAP_WAIT once, not once
+    per session."""
+    uris = ["qemu:///a", "qemu:///b", "qemu:///c"]
+    host = fake_host({"uris": {uri: {"guests": []} for uri in uris}})
+    virsh = runner(host)
+    for uri in uris:
+        assert virsh.run(uri, ["list", "--uuid"]).exit_code == 0
+    assert virsh.sessions_started == uris
+    stuck = Stuck(monkeypatch, pids(host))
+    assert len(stuck.pids) == 3
+    began = stuck.now
+    virsh.close()
+    assert stuck.now - began == pytest.approx(session.REAP_WAIT)
+    assert len(stuck.waited) == 6, stuck.waited
+    monkeypatch.undo()
+    for pid in stuck.pids:
         wait_dead(pid)
 
 

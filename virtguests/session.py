@@ -255,11 +255,11 @@ class Session:
         err = "".join(ln for ln in err.splitlines(keepends=True) if not ln.startswith(NO_HISTORY))
         return Ended(f"virsh ended (exit status {code})", code, out, err)
 
-    def kill(self) -> None:
+    def kill(self, reap_until: Optional[float] = None) -> None:
         """Kill virsh and everything in its process group (ssh for a remote URI)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        self._reap()
+        self._reap(reap_until)
 
     def end_input(self) -> None:
         """EOF on its stdin: virsh exits once its current command is done."""
@@ -267,28 +267,31 @@ class Session:
         with contextlib.suppress(OSError, ValueError):
             self.proc.stdin.close()
 
-    def close(self, deadline: Optional[float] = None) -> None:
+    def close(self, deadline: Optional[float] = None,
+              reap_until: Optional[float] = None) -> None:
         """EOF on its stdin ends virsh; a virsh still there at *deadline* (default: in
         CLOSE_GRACE) is killed with its process group.  After a clean exit the group is
         left alone, as a one-shot call's is: a child virsh left (ssh's ControlPersist
-        master) is not ours to kill."""
+        master) is not ours to kill.  *reap_until*: see ``_reap``."""
         self.end_input()
         until = time.monotonic() + CLOSE_GRACE if deadline is None else deadline
         try:
             self.proc.wait(max(0.0, until - time.monotonic()))
         except subprocess.TimeoutExpired:
-            self.kill()
+            self.kill(reap_until)
         else:
-            self._reap()
+            self._reap(reap_until)
 
-    def _reap(self) -> None:
-        """Wait (bounded) for the killed or exited virsh, then close our ends: a virsh
-        stuck in the kernel (D state) must not hold up the end of the run."""
+    def _reap(self, until: Optional[float] = None) -> None:
+        """Wait for the killed or exited virsh until *until* (default: REAP_WAIT from now),
+        then close our ends: a virsh stuck in the kernel (D state) must not hold up the
+        end of the run, and several share one deadline rather than adding theirs up."""
+        wait = REAP_WAIT if until is None else max(0.0, until - time.monotonic())
         try:
-            self.proc.wait(REAP_WAIT)
+            self.proc.wait(wait)
         except subprocess.TimeoutExpired:
-            log.warning("virsh (pid %d) did not exit %.0f s after SIGKILL; not waiting for it",
-                        self.proc.pid, REAP_WAIT)
+            log.warning("virsh (pid %d) did not exit after SIGKILL; not waiting for it",
+                        self.proc.pid)
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
@@ -428,4 +431,4 @@ class Sessions:
             session.end_input()  # all at once: they exit in parallel
         deadline = time.monotonic() + CLOSE_GRACE
         for session in sessions:
-            session.close(deadline)
+            session.close(deadline, deadline + REAP_WAIT)
