@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from virtguests import execution, observe
-from virtguests.testing import FakeClock, FakeHost, run_inprocess
+from virtguests.testing import FakeClock, FakeHost, exited, run_inprocess
 
 Make = Callable[..., FakeHost]
 
@@ -702,15 +702,6 @@ def warm_up(host: FakeHost) -> None:
                    stdin=subprocess.DEVNULL, capture_output=True)
 
 
-def running(pid: int) -> bool:
-    """Whether *pid* is alive (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def test_a_virsh_whose_child_holds_its_output_open_costs_no_timeout(fake_host: Make) -> None:
     """Every virsh leaves a child holding stdout and stderr in its own session, as ssh's
     ControlPersist master does: with QUERY_TIMEOUT=1 the listing still succeeds (sh's
@@ -728,7 +719,7 @@ def test_a_virsh_whose_child_holds_its_output_open_costs_no_timeout(fake_host: M
         assert host.managed_saved() == {"web", "db"}
         # a holder per virsh process: the listing's session and the saves' one
         assert len(holders) == len({call["pid"] for call in host.calls()}) >= 2
-        assert all(running(pid) for pid in holders)
+        assert not any(exited(pid) for pid in holders)
     finally:
         host.release_holders()
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from tests.test_fakevirsh import base_env, host_from_test_xml, load_fixture, migrate_setup
 from virtguests import session
-from virtguests.testing import FakeHost, fixtures_dir
+from virtguests.testing import FakeHost, exited, fixtures_dir, wait_exited
 from virtguests.testing.fakevirsh.commandline import split_commands
 from virtguests.virsh import Result, Virsh, VirshError
 
@@ -299,22 +299,6 @@ def triple(result: Result) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
-def gone(pid: int) -> bool:
-    """Whether *pid* has exited (reaped, or a zombie: init may not reap in a container)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-def wait_dead(pid: int) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not gone(pid):
-        assert time.monotonic() < deadline, f"{pid} still running"
-        time.sleep(0.01)
-
-
 CALLS = [["list", "--uuid", "--name"], ["domstate", "--reason", uuid(0)],
          ["domstate", MISSING], ["list --all --uuid; echo virtguests-next; uri"],
          ["shutdown", uuid(1)], ["destroy", uuid(2)], ["destroy", uuid(2)],
@@ -372,7 +356,7 @@ def test_a_timeout_kills_the_session_s_process_group(host: FakeHost, tmp_path: P
         with pytest.raises(VirshError) as raised:
             virsh.run("default", ["shutdown", uuid(0)], timeout=1)
         assert raised.value.timed_out
-        assert gone(first) and gone(sleeper)
+        assert exited(first) and exited(sleeper)
         assert virsh.given_up("default") is None
         assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
     finally:
@@ -408,7 +392,7 @@ def test_a_session_that_dies_is_reopened_once(host: FakeHost) -> None:
                 assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
             with contextlib.suppress(ProcessLookupError):  # a process of its own: gone
                 os.killpg(pids(host)[-1], signal.SIGKILL)
-            wait_dead(pids(host)[-1])
+            wait_exited([pids(host)[-1]], time.monotonic() + DEADLINE)
     finally:
         virsh.close()
     first, second, third, fourth, fifth, sixth = pids(host)
@@ -486,7 +470,7 @@ def test_close_ends_every_session(host: FakeHost) -> None:
     virsh.run("default", ["start", uuid(0)], check=False)
     virsh.close()
     assert len(set(pids(host))) == 2
-    assert all(gone(pid) for pid in pids(host))
+    assert all(exited(pid) for pid in pids(host))
     assert virsh.run("default", ["list", "--uuid"]).exit_code == 0  # a process of its own
     assert len(virsh.sessions_started) == 2
 
@@ -510,9 +494,9 @@ def test_close_after_a_clean_exit_leaves_virsh_s_children_alone(
         assert virsh.run("default", ["list", "--uuid"]).exit_code == 0
         virsh.close()
         assert killed == []  # a SIGKILL is delivered later: the child's state cannot say
-        assert all(gone(pid) for pid in pids(host))
+        assert all(exited(pid) for pid in pids(host))
         sleepers = [int(pid) for pid in children.read_text().split()]
-        assert sleepers and not any(gone(pid) for pid in sleepers)
+        assert sleepers and not any(exited(pid) for pid in sleepers)
     finally:
         kill_children(children)
 
@@ -552,8 +536,7 @@ def test_a_virsh_that_outlives_sigkill_does_not_hold_up_close(
     assert stuck.waited == [0.0, session.REAP_WAIT], stuck.waited
     assert "did not exit after SIGKILL" in caplog.text
     monkeypatch.undo()
-    for pid in stuck.pids:
-        wait_dead(pid)
+    wait_exited(stuck.pids, time.monotonic() + DEADLINE)
 
 
 def test_stuck_virshes_share_one_reap_deadline(
@@ -573,8 +556,7 @@ def test_stuck_virshes_share_one_reap_deadline(
     assert stuck.now - began == pytest.approx(session.REAP_WAIT)
     assert len(stuck.waited) == 6, stuck.waited
     monkeypatch.undo()
-    for pid in stuck.pids:
-        wait_dead(pid)
+    wait_exited(stuck.pids, time.monotonic() + DEADLINE)
 
 
 def test_a_stop_run_uses_one_session_for_its_quick_calls(
@@ -587,7 +569,7 @@ def test_a_stop_run_uses_one_session_for_its_quick_calls(
     assert run.code == 0, run
     quick = [c for c in host.calls() if c["argv"][0] != "event"]
     assert len(quick) >= 6 and len({c["pid"] for c in quick}) == 1
-    assert all(gone(c["pid"]) for c in host.calls())
+    assert all(exited(c["pid"]) for c in host.calls())
 
 
 # -- real virsh -------------------------------------------------------------------------
@@ -631,8 +613,7 @@ def test_a_killed_virtguests_leaves_no_session_behind(host: FakeHost, tmp_path: 
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     sessions = set(pids(host))
     assert len(sessions) == 2
-    for pid in sessions:
-        wait_dead(pid)
+    wait_exited(sessions, time.monotonic() + DEADLINE)
 
 
 def test_libvirtd_gone_mid_session_answers_as_a_process_does(host: FakeHost) -> None:
@@ -689,7 +670,7 @@ def test_sigterm_mid_run_leaves_no_session_behind(fake_host: Callable[..., FakeH
     assert proc.returncode in (0, 1) and "Traceback" not in err, err
     sessions = {c["pid"] for c in host.calls()}
     assert 2 <= len(sessions) <= 3  # the quick session and at most two for the saves
-    assert all(gone(pid) for pid in sessions)  # closed by the run, not left to read EOF
+    assert all(exited(pid) for pid in sessions)  # closed by the run, not left to read EOF
 
 
 def test_a_quick_call_behind_a_slow_answer_takes_a_pooled_session(

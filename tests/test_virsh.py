@@ -21,6 +21,7 @@ from typing import Callable, Optional
 
 import pytest
 
+from virtguests.testing import exited, wait_exited
 from virtguests.virsh import (
     CONNECT_FAILED,
     Result,
@@ -235,15 +236,6 @@ def test_output_that_is_not_utf8_is_replaced_not_fatal(tmp_path: Path) -> None:
     assert (result.stdout, result.stderr) == ("guest-\ufffd\n", "\ufffd\n")
 
 
-def gone(pid: int) -> bool:
-    """Whether *pid* has exited (a zombie nobody reaps counts as exited)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
 def test_a_timeout_kills_the_program_and_everything_it_started(tmp_path: Path) -> None:
     """Like virsh and the ssh it started for a remote URI: the whole session goes."""
     pids = tmp_path / "pids"
@@ -258,10 +250,7 @@ def test_a_timeout_kills_the_program_and_everything_it_started(tmp_path: Path) -
         virsh.run("default", ["managedsave", "guest"])
     assert caught.value.timed_out
     ours = [int(pid) for pid in pids.read_text().split()]
-    deadline = time.monotonic() + WAIT
-    while not all(gone(pid) for pid in ours) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert all(gone(pid) for pid in ours), ours
+    wait_exited(ours, time.monotonic() + WAIT)
 
 
 def test_a_program_that_cannot_start_is_a_virsh_error(tmp_path: Path) -> None:
@@ -330,7 +319,7 @@ def test_a_child_that_keeps_the_output_open_neither_delays_the_call_nor_is_kille
         assert (result.exit_code, result.stdout, result.stderr) == (
             3, " Id   Name   State\n", "error: a warning\n")
         assert virsh.given_up("default") is None
-        assert not gone(int(pids.read_text()))
+        assert not exited(int(pids.read_text()))
     finally:
         kill_recorded(pids)
 
@@ -375,6 +364,6 @@ def test_without_memfd_the_output_goes_to_unlinked_temporary_files(
     try:
         result = virsh.run("default", ["list"])
         assert (result.stdout, result.stderr) == ("out\n", "err\n")
-        assert not gone(int(pids.read_text()))
+        assert not exited(int(pids.read_text()))
     finally:
         kill_recorded(pids)

@@ -36,6 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Optional
 
+from virtguests.testing import wait_exited
+
 if TYPE_CHECKING:
     from tools.realhost.libvirtd import PrivateLibvirtd
 
@@ -79,26 +81,6 @@ def _descendants(pid: int) -> list[int]:
             found.append(child)
             todo.append(child)
     return found
-
-
-def _wait_dead(pids: set[int], deadline: float) -> None:
-    """Until every pid has exited (gone, or a zombie whose cmdline is empty): a SIGKILL
-    is delivered, not waited for, so a killed netcat can still be listed just after."""
-    while True:
-        alive = set()
-        for pid in pids:
-            try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
-            except OSError:
-                continue
-            if stat[stat.rindex(")") + 2] not in "ZX":
-                alive.add(pid)
-        if not alive:
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"sshd's processes {sorted(alive)} outlived SIGKILL")
-        pids = alive
-        time.sleep(0.01)
 
 
 class PrivateSshd:
@@ -289,7 +271,7 @@ class PrivateSshd:
                     os.kill(pid, signal.SIGKILL)
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGKILL)
-            _wait_dead(doomed, deadline=time.monotonic() + 30)
+            wait_exited(doomed, time.monotonic() + 30, "sshd's processes")
         proc.wait(timeout=30)
 
     def restart(self) -> PrivateSshd:

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from virtguests.testing.fakevirsh.state import apply_due_transitions_now
     from virtguests.testing.harness import CliHarness, FakeHost, Run
     from virtguests.testing.inprocess import VirtualClock, run_inprocess
+    from virtguests.testing.procs import exited, wait_exited
     from virtguests.testing.recordings import fixtures_dir
 
 __all__ = [
@@ -31,9 +32,11 @@ __all__ = [
     "Run",
     "VirtualClock",
     "apply_due_transitions_now",
+    "exited",
     "fixtures_dir",
     "run_inprocess",
     "split_commands",
+    "wait_exited",
     "write_shim",
 ]
 
@@ -45,9 +48,11 @@ _HOME = {
     "Run": "virtguests.testing.harness",
     "VirtualClock": "virtguests.testing.inprocess",
     "apply_due_transitions_now": "virtguests.testing.fakevirsh.state",
+    "exited": "virtguests.testing.procs",
     "fixtures_dir": "virtguests.testing.recordings",
     "run_inprocess": "virtguests.testing.inprocess",
     "split_commands": "virtguests.testing.fakevirsh.commandline",
+    "wait_exited": "virtguests.testing.procs",
     "write_shim": "virtguests.testing.fakevirsh.main",
 }
 

@@ -8,6 +8,7 @@ import time
 
 from virtguests.testing.fakevirsh.errors import Unsupported
 from virtguests.testing.fakevirsh.jsonfile import dumps, loads
+from virtguests.testing.procs import exited
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
 if TYPE_CHECKING:
@@ -178,17 +179,6 @@ def cancel_migration(state: dict[str, Any], token: str, outcome: Optional[str]) 
         state.setdefault("migrations", {})[token] = outcome
 
 
-def _ended(pid: int) -> bool:
-    """Whether process *pid* has exited (a zombie has: it is only not reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat") as file:
-            return file.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except FileNotFoundError:
-        return True
-    except (OSError, IndexError):
-        return False
-
-
 def drop_orphaned_migrations(state: dict[str, Any]) -> bool:
     """Cancel each migration whose migrate call's process has ended before it (killed
     at its timeout, even by SIGKILL): libvirt cancels a migration whose client went
@@ -196,7 +186,7 @@ def drop_orphaned_migrations(state: dict[str, Any]) -> bool:
     orphans = [guest["job"]["id"] for uri_state in state["uris"].values()
                for guest in uri_state["guests"]
                if guest["job"] is not None and guest["job"]["op"] == "migrate"
-               and _ended(guest["job"]["owner"])]
+               and exited(guest["job"]["owner"])]
     for token in orphans:
         cancel_migration(state, token, None)
     return bool(orphans)
