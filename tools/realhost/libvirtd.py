@@ -502,6 +502,16 @@ def _kill(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM, grace: float =
             pass
 
 
+def _outcome(proc: subprocess.Popen[str], timeout: float) -> tuple[int, str, str]:
+    """(exit, stdout, stderr) of a held virsh call let go, killed if not done in time."""
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        out, err = proc.communicate(timeout=10)
+    return proc.returncode, out, err
+
+
 def _kill_pid(pid: int, grace: float = 5) -> None:
     """Kill a non-child pid (a leftover QEMU) and wait for it to vanish."""
     if not kill_and_wait(pid, signal.SIGTERM, grace):
@@ -754,13 +764,8 @@ class StalledSave:
         self.resume()
         if self.result is None:
             assert self.proc is not None
-            try:
-                out, err = self.proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill(self.proc)
-                out, err = self.proc.communicate(timeout=10)
+            self.result = _outcome(self.proc, timeout)
             self.seconds = time.monotonic() - self.began
-            self.result = (self.proc.returncode, out, err)
         return self.result
 
     def __enter__(self) -> StalledSave:
@@ -847,12 +852,7 @@ class StalledMigration:
         self.resume()
         if self.result is None:
             assert self.proc is not None
-            try:
-                out, err = self.proc.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _kill(self.proc)
-                out, err = self.proc.communicate(timeout=10)
-            self.result = (self.proc.returncode, out, err)
+            self.result = _outcome(self.proc, timeout)
         return self.result
 
     def __enter__(self) -> StalledMigration:
