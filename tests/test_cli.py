@@ -75,7 +75,21 @@ def test_version_is_in_the_help_and_the_man_page() -> None:
 def test_every_command_has_an_action() -> None:
     from virtguests import cli
 
-    assert sorted(cli.actions()) == sorted([*cli.COMMANDS, *cli.EXTRA_COMMANDS])
+    assert sorted(cli.ACTIONS) == sorted([*cli.COMMANDS, *cli.EXTRA_COMMANDS])
+    for command in cli.ACTIONS:
+        assert callable(cli.action(command))
+
+
+def test_status_imports_only_its_own_action() -> None:
+    """``status`` runs at every boot and from monitoring: it must not load the planner,
+    the executor or the other commands."""
+    code = ("import sys, virtguests.cli as c; c.action('status'); "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('virtguests'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                            text=True, timeout=60).stdout.split()
+    assert "virtguests.actions.status" in loaded
+    assert not {"virtguests.actions.plan", "virtguests.actions.start", "virtguests.plan",
+                "virtguests.executor", "virtguests.actions.drain"} & set(loaded), loaded
 
 
 def man_page_exit_statuses() -> dict[int, str]:

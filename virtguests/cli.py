@@ -247,7 +247,7 @@ def _main(args_in: list[str], env: Mapping[str, str], messages: Messages,
     if guest_policy is not None:
         ctx.policy = guest_policy.lookup
     try:
-        return actions(argument, drain=(tuple(args.to), args.fallback))[command](ctx)
+        return action(command, argument, drain=(tuple(args.to), args.fallback))(ctx)
     finally:
         virsh.close()
         for uri, counts in virsh.started().items():  # -v: what the run cost each URI
@@ -265,33 +265,45 @@ def _and_then(first: Callable[[int, bool], None],
     return both
 
 
-def actions(argument: Optional[str] = None, drain: tuple[tuple[str, ...], bool] = ((), False)
-            ) -> dict[str, Callable[[Context], int]]:
-    """Every command and the action it runs; *argument* is the word after it (``plan``'s),
-    *drain* drain's ``--to`` URIs and ``--fallback``.
+ACTIONS: dict[str, tuple[str, str]] = {
+    "start": ("start", "run_start"),
+    "stop": ("stop", "run_stop"),
+    "shutdown": ("stop", "run_shutdown"),
+    "status": ("status", "run_status"),
+    "gueststatus": ("status", "run_gueststatus"),
+    "restart": ("restart", "run_restart"),
+    "condrestart": ("restart", "run_condrestart"),
+    "try-restart": ("restart", "run_condrestart"),
+    "reload": ("restart", "run_reload"),
+    "force-reload": ("restart", "run_reload"),
+    "check": ("check", "run_check"),
+    "plan": ("plan", "run_plan"),
+    "report": ("report", "run_report"),
+    "drain": ("drain", "run_drain"),
+}
+"""Every command: the module of virtguests.actions and the function that runs it."""
 
-    The actions are imported only when a command runs: usage errors and ``--help``
-    stay quick.
+
+def action(command: str, argument: Optional[str] = None,
+           drain: tuple[tuple[str, ...], bool] = ((), False)) -> Callable[[Context], int]:
+    """The action *command* runs; *argument* is the word after it (``plan``'s), *drain*
+    drain's ``--to`` URIs and ``--fallback``.
+
+    Only that command's module is imported: ``status`` must not pay for the planner and
+    the executor, and usage errors and ``--help`` import none.
     """
-    from virtguests.actions import check, plan, report, restart, start, status, stop
-    from virtguests.actions import drain as draining
+    import importlib
 
-    return {
-        "start": start.run_start,
-        "stop": stop.run_stop,
-        "shutdown": stop.run_shutdown,
-        "status": status.run_status,
-        "gueststatus": status.run_gueststatus,
-        "restart": restart.run_restart,
-        "condrestart": restart.run_condrestart,
-        "try-restart": restart.run_condrestart,
-        "reload": restart.run_reload,
-        "force-reload": restart.run_reload,
-        "check": check.run_check,
-        "plan": lambda ctx: plan.run_plan(ctx, argument or ARGUMENTS["plan"][0]),
-        "report": report.run_report,
-        "drain": lambda ctx: draining.run_drain(ctx, drain[0], drain[1]),
-    }
+    import virtguests.actions
+
+    module, function = ACTIONS[command]
+    run: Callable[..., int] = getattr(
+        importlib.import_module(f"{virtguests.actions.__name__}.{module}"), function)
+    if command == "plan":
+        return lambda ctx: run(ctx, argument or ARGUMENTS["plan"][0])
+    if command == "drain":
+        return lambda ctx: run(ctx, drain[0], drain[1])
+    return run
 
 
 def _raise_usage(message: str) -> NoReturn:
