@@ -225,3 +225,17 @@ def test_sigterm_mid_migration_then_the_shutdown_step_still_runs(fake_host: Make
     # not spun: a wait cut short by the request would check without end
     checks = [c for c in host.commands() if c[:1] == ["list"]]
     assert len(checks) < 200, len(checks)
+
+
+def test_a_paused_guest_arrives_paused_and_counts_as_migrated(fake_host: Make) -> None:
+    """libvirt keeps a paused guest paused where it arrives, its reason kept
+    (fixtures/qemu-domstate-reason-migrated-paused): it left home and is on its peer as it
+    was, so it is migrated, not "not seen running there"; the chain stops there."""
+    host = host_with(fake_host, {"name": "p", "state": "paused", "migrate_seconds": 4})
+    ran = execute(host, {"p": (Action.MIGRATE, Action.SHUTDOWN)})
+    assert ran.run.status == 0, ran.errors
+    assert ran.outcome("p") == Outcome.MIGRATED
+    assert ran.where("p") == ("", "paused/user")
+    assert ran.departures == [Departure(ran.uuids["p"], "p", HOME, PEER)]
+    assert f"Migrated p to {PEER}" in ran.lines and ran.errors == []
+    assert ran.steps("p") == [("migrate", "migrated")]
