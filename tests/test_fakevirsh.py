@@ -739,6 +739,86 @@ def test_replay_the_migrate_recordings_in_their_order(virsh: Path, tmp_path: Pat
         same_as_recorded(h("-c", home, *recording(stem)["argv"]), stem)
 
 
+def recorded_events(stem: str) -> str:
+    """The event lines of a recorded ``virsh event --loop``, without what virsh printed
+    when the recording's SIGINT ended it."""
+    return "".join(line for line in recording(stem)["stdout"].splitlines(True)
+                   if line.startswith("event 'lifecycle'"))
+
+
+class EventWatch:
+    """``virsh -c URI event --loop --event lifecycle`` on the fake, as a process."""
+
+    def __init__(self, h: Host, uri: str) -> None:
+        self.proc = h.popen("-c", uri, "event", "--loop", "--event", "lifecycle")
+        h.dispatched(self.proc)  # its first look (the baseline) is taken
+        self.out = b""
+
+    def until(self, want: str, timeout: float = 60) -> str:
+        """Everything it printed once it printed at least as many lines as *want* has, or
+        exited (then the test fails on the comparison, not here)."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while self.out.count(b"\n") < want.count("\n"):
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            assert ready, f"no more events; so far {self.out!r}, want {want!r}"
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            self.out += chunk
+        return self.out.decode()
+
+    def stop(self) -> str:
+        self.proc.terminate()
+        rest, _ = self.proc.communicate(timeout=10)
+        return self.out.decode() + rest
+
+
+@pytest.mark.parametrize("paused", [False, True], ids=["running", "paused"])
+def test_migration_events_and_states_as_recorded(virsh: Path, tmp_path: Path,
+                                                 paused: bool) -> None:
+    """Both daemons' event streams during a migration and one back home, the guest's
+    state where it arrived, as recorded (a paused guest arrives paused, its reason kept,
+    ``Suspended Paused`` instead of ``Resumed Migrated``); the old fake printed
+    ``Stopped Shutdown`` at home and ``Started Booted`` at the peer."""
+    setup = migrate_setup()
+    home, peer, uuid = setup["home"], setup["peer"], setup["mig"]["uuid"]
+    if paused:
+        setup["host"]["uris"][home]["guests"][0]["state"] = "paused"
+    h = Host(virsh, tmp_path, setup["host"])
+    h.env["VIRTGUESTS_FAKE_JOURNAL"] = str(h.path.parent / "popen.jsonl")
+    kind = "-paused" if paused else ""
+    if paused:
+        same_as_recorded(h("-c", home, "domstate", "--reason", uuid),
+                         "qemu-domstate-reason-paused-before-migrate")
+    for way, source, dest, now in (("", home, peer, 1100.0), ("-back", peer, home, 1200.0)):
+        watches = {"home": EventWatch(h, home), "peer": EventWatch(h, peer)}
+        stem = f"qemu-migrate{kind}{way}-ok"
+        ok = recording(stem)
+        assert ok["uri"] == source and ok["argv"][-1] == dest
+        proc = h.popen("-c", source, *ok["argv"])
+        h.dispatched(proc)
+        h.set_now(now)
+        out, err = proc.communicate(timeout=10)
+        assert (proc.returncode, out, err) == (ok["exit"], ok["stdout"], ok["stderr"]), stem
+        for side, watch in watches.items():
+            want = recorded_events(f"qemu-event-migrate{kind}{way}-{side}")
+            assert watch.until(want) == want, (way, side)
+            assert watch.stop() == want, (way, side)
+        if not way:
+            arrived = "paused" if paused else ""
+            same_as_recorded(h("-c", peer, "domstate", "--reason", uuid),
+                             f"qemu-domstate-reason-migrated{'-' + arrived if arrived else ''}")
+            info = h("-c", peer, "dominfo", uuid).stdout
+            recorded = recording(f"qemu-dominfo-migrated{kind}")["stdout"]
+            for label in ("State:", "Persistent:", "Max memory:"):
+                assert [line for line in info.splitlines() if line.startswith(label)] == [
+                    line for line in recorded.splitlines() if line.startswith(label)], label
+    back = f"qemu-domstate-reason-migrated{kind}-back"
+    same_as_recorded(h("-c", home, "domstate", "--reason", uuid), back)
+
+
 def test_dominfo_and_nodememstats_in_the_recorded_formats(virsh: Path, tmp_path: Path) -> None:
     recorded = recording("qemu-nodememstats")["stdout"]
     fields = {line.split(":")[0].strip(): int(line.split()[-2])

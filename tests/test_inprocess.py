@@ -3,6 +3,7 @@ thread waits."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -276,3 +277,36 @@ def test_an_abort_from_another_thread_ends_the_migration_soon(fake_host: Make) -
     assert migrated.exit_code == 1 and "canceled by client" in migrated.stderr
     assert clock.now() - results["at"] <= 1  # not at the migration's own end, 1000 s on
     assert _where(host, clock) == ("running/booted", "")
+
+
+def test_the_in_process_watch_prints_a_migration_as_recorded(fake_host: Make) -> None:
+    """The in-process event watch prints what the fake's own event loop prints: the
+    recorded lines of a migration on both URIs (fixtures/qemu-event-migrate-home and
+    -peer), not Stopped Shutdown / Started Booted."""
+    from virtguests import commands
+    from virtguests.testing import fixtures_dir
+    from virtguests.testing.inprocess import InProcessVirsh, _World
+    from virtguests.testing.recordings import load_yaml
+
+    host = _migrating_host(fake_host, 10)
+    clock = VirtualClock(START)
+    virsh = InProcessVirsh(str(host.bin / "virsh"), world=_World(clock, events=True),
+                           environ=host.env())
+    lines: dict[str, list[str]] = {HOME: [], PEER: []}
+    watches = [virsh.watch(uri, commands.lifecycle_events(), lines[uri].append)
+               for uri in (HOME, PEER)]
+    uuid = host.uuid("g", HOME)
+    result = virsh.run(HOME, commands.migrate(uuid, PEER, ("--live", "--persistent",
+                                                           "--undefinesource")), timeout=300)
+    assert result.exit_code == 0, result.stderr
+    for watch in watches:
+        watch.look()
+        watch.close()
+
+    def recorded(side: str) -> list[str]:
+        doc = load_yaml(os.path.join(fixtures_dir(), f"qemu-event-migrate-{side}.yaml"))
+        name = doc["subjects"][0]["name"]
+        return [line.replace(f"'{name}'", "'g'") for line in doc["stdout"].splitlines(True)
+                if line.startswith("event 'lifecycle'")]
+
+    assert lines == {HOME: recorded("home"), PEER: recorded("peer")}

@@ -225,3 +225,72 @@ def test_sigterm_mid_migration_then_the_shutdown_step_still_runs(fake_host: Make
     # not spun: a wait cut short by the request would check without end
     checks = [c for c in host.commands() if c[:1] == ["list"]]
     assert len(checks) < 200, len(checks)
+
+
+def test_a_paused_guest_arrives_paused_and_counts_as_migrated(fake_host: Make) -> None:
+    """libvirt keeps a paused guest paused where it arrives, its reason kept
+    (fixtures/qemu-domstate-reason-migrated-paused): it left home and is on its peer as it
+    was, so it is migrated, not "not seen running there"; the chain stops there."""
+    host = host_with(fake_host, {"name": "p", "state": "paused", "migrate_seconds": 4})
+    ran = execute(host, {"p": (Action.MIGRATE, Action.SHUTDOWN)})
+    assert ran.run.status == 0, ran.errors
+    assert ran.outcome("p") == Outcome.MIGRATED
+    assert ran.where("p") == ("", "paused/user")
+    assert ran.departures == [Departure(ran.uuids["p"], "p", HOME, PEER)]
+    assert f"Migrated p to {PEER}" in ran.lines and ran.errors == []
+    assert ran.steps("p") == [("migrate", "migrated")]
+
+
+def test_migrations_ring_the_watches_but_only_stopped_guests_count_as_shut_down(
+        fake_host: Make) -> None:
+    """The shutdown waits of both hosts with their event watches on while a guest leaves
+    home for the peer (someone else's migration, the recorded event lines on both: see
+    test_inprocess): the lines only ring the bell, so the guest that left is not counted
+    as shut down at home, the one arriving is not taken for a guest of the peer's wait,
+    and each waited guest counts as shut off only once it has stopped."""
+    from virtguests import commands
+    from virtguests.testing.inprocess import InProcessVirsh, _World
+
+    host = fake_host({"uris": {
+        HOME: {"guests": [{"name": "stays", "shutdown_seconds": 30},
+                          {"name": "leaves", "migrate_seconds": 10}]},
+        PEER: {"guests": [{"name": "there", "shutdown_seconds": 20}]}}})
+    clock = VirtualClock(START)
+    virsh = InProcessVirsh(str(host.bin / "virsh"), world=_World(clock, events=True),
+                           environ=host.env())
+    out, err = io.StringIO(), io.StringIO()
+    messages = Messages(out, err)
+    run = Execution(virsh, Config(uris=(HOME, PEER)), messages, clock, lambda: None)
+    stops = {uri: GuestStop(Guest(host.uuid(name, uri), name), (Action.SHUTDOWN,), 0)
+             for uri, name in ((HOME, "stays"), (PEER, "there"))}
+    plan = StopPlan(True, tuple(UriStop(uri, (s.guest,), (), (s,))
+                                for uri, s in stops.items()), ())
+    migrated: dict[str, Any] = {}
+    leaves = host.uuid("leaves", HOME)  # asked now: the harness asks at real time
+
+    def migrate() -> None:
+        clock.sleep(2)  # the shutdown requests are sent, the waits watching
+        migrated["result"] = virsh.run(HOME, commands.migrate(
+            leaves, PEER, ("--live", "--persistent", "--undefinesource")), timeout=300)
+
+    mover = threading.Thread(target=migrate, daemon=True)
+    mover.start()
+    stopping.stop(run, plan)
+    mover.join(60)
+    assert not mover.is_alive()
+    messages.close()
+    assert migrated["result"].exit_code == 0
+    lines = out.getvalue().splitlines()
+    assert run.status == 0, err.getvalue()
+    assert sorted(ln for ln in lines if ln.startswith("Shutdown of guest")) == [
+        "Shutdown of guest stays complete.", "Shutdown of guest there complete."], lines
+    for uri, name, seconds in ((HOME, "stays", 30), (PEER, "there", 20)):
+        guest = run.run_report.guest(uri, stops[uri].guest.uuid, name)
+        assert guest.outcome == Outcome.SHUT_OFF
+        [step] = guest.steps
+        assert step.seconds >= seconds, (name, step, lines)
+    assert "leaves" not in out.getvalue() + err.getvalue()
+    guests = host.guests_now()
+    assert [(g["name"], g["state"], g["reason"]) for g in guests[PEER]] == [
+        ("there", "shutoff", "shutdown"), ("leaves", "running", "migrated")]
+    assert [g["name"] for g in guests[HOME]] == ["stays"]

@@ -237,3 +237,40 @@ def test_sigterm_while_a_guest_comes_home_aborts_it_and_keeps_it_recorded(
     assert _where(host)[HOME] == {} and _where(host)[PEER]["big"].startswith("running/")
     assert _left(host) == ["big"]
 
+
+
+def test_a_guest_paused_on_its_peer_comes_home_paused_with_a_warning(fake_host: Make) -> None:
+    """libvirt keeps a paused guest paused (its reason too) where it arrives
+    (fixtures/qemu-domstate-reason-migrated-paused-back): it is home, so its record goes,
+    with a warning naming its state."""
+    host = _host(fake_host, [{"name": "p", "state": "paused", "reason": "user",
+                              "migrate_seconds": 4}])
+    _record(host, "p")
+    run, _ = run_inprocess(host, "start")
+    assert run.code == 0, run.err
+    assert _where(host) == {HOME: {"p": "paused/user"}, PEER: {}}
+    assert f"virtguests: warning: guest p came home from {PEER} but is paused (user)" in \
+        run.err.splitlines(), run.err
+    assert f"Brought p home from {PEER}" in run.lines
+    assert _left(host) == []
+    assert _outcomes(host) == {"p": [("migrate", "returned home")]}
+
+
+def test_stop_migrates_a_paused_guest_and_start_brings_it_home_paused(fake_host: Make) -> None:
+    """The round trip of a guest paused at home, migrate first in its chain: stop sends it
+    to its peer where it stays paused (migrated, exit 0, nothing shut down), start brings
+    it home paused (a warning, then its record goes)."""
+    host = _host(fake_host, [], f"ON_SHUTDOWN=\"migrate shutdown\"\nMIGRATE_URIS={PEER}\n",
+                 home_guests=({"name": "p", "state": "paused", "migrate_seconds": 4},))
+    run, _ = run_inprocess(host, "stop")
+    assert run.code == 0, run.err
+    assert _where(host) == {HOME: {}, PEER: {"p": "paused/user"}}
+    assert f"Migrated p to {PEER}" in run.lines
+    assert _outcomes(host) == {"p": [("migrate", "migrated")]}
+    assert _left(host) == ["p"]
+    assert not [c for c in host.calls() if "shutdown" in c["argv"]]
+    run, _ = run_inprocess(host, "start")
+    assert run.code == 0, run.err
+    assert _where(host) == {HOME: {"p": "paused/user"}, PEER: {}}
+    assert f"guest p came home from {PEER} but is paused (user)" in run.err, run.err
+    assert _left(host) == []

@@ -39,7 +39,10 @@ otherwise, stdin ``/dev/null``, a timeout per call) and is written verbatim to
   disk only home has, a shut off and an unknown guest), ``domjobinfo`` during
   an outgoing migration held in progress (``tools/realhost/libvirtd.StalledMigration``)
   and its ``domjobabort``, the guest's state on both sides meanwhile and after,
-  ``domjobabort`` with no job, ``nodememstats``, ``capabilities`` and ``dominfo``.
+  ``domjobabort`` with no job, ``nodememstats``, ``capabilities`` and ``dominfo``;
+  ``virsh event --loop --event lifecycle`` (virtguests' watch) on both daemons
+  during a migration and one back home (``qemu-event-migrate*``); a suspended guest
+  migrated there and back with the default options (``*-paused*``).
 * ``session`` recordings (``*-session-*.yaml``, with the ``stdin`` fed) run one
   ``virsh -c URI`` reading command lines on a pipe, each followed by the markers
   ``virtguests/session.py`` sends: the test driver, an unreachable URI and, with
@@ -691,6 +694,50 @@ def wait_state(rec: Recorder, uri: str, uuid: str, want: str, timeout: float = 1
     raise RuntimeError(f"guest {uuid} did not reach {want!r} (last: {state.strip()!r})")
 
 
+EVENT_SETTLE = 2.0
+"""Seconds an event watch is given to connect and register before the recorded call, and
+events to arrive after it.  The recording checks it saw the guest's events (it raises
+otherwise): a watch that missed them is never written."""
+
+
+class EventWatch:
+    """``virsh -c URI event --loop --event lifecycle`` (virtguests' own watch,
+    ``commands.lifecycle_events``) in the background while something happens; ``stop()``
+    ends it as a user would (SIGINT) and returns its exit status, stdout and stderr."""
+
+    def __init__(self, rec: Recorder, uri: str) -> None:
+        from virtguests import commands
+
+        self.uri = uri
+        self.argv = commands.lifecycle_events()
+        self.proc = subprocess.Popen([rec.virsh, "-c", uri, *self.argv],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=rec.env(),
+                                     start_new_session=True)
+
+    def stop(self, guest: Guest) -> tuple[int, str, str]:
+        time.sleep(EVENT_SETTLE)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            out, err = self.proc.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, err = self.proc.communicate()
+        text = out.decode("utf-8", "surrogateescape")
+        if f"'{guest.name}'" not in text and f" {guest.name}:" not in text:
+            raise SystemExit(f"event watch on {self.uri}: no event of {guest.name} "
+                             f"(stdout {text!r}, stderr {err!r})")
+        return self.proc.returncode, text, err.decode("utf-8", "surrogateescape")
+
+
+def watched(rec: Recorder, uris: dict[str, str]) -> dict[str, EventWatch]:
+    """An EventWatch per URI (key: the fixture slug's side), connected before returning."""
+    watches = {side: EventWatch(rec, uri) for side, uri in uris.items()}
+    time.sleep(EVENT_SETTLE)
+    return watches
+
+
 def _listed(out: str) -> list[Guest]:
     """Guests from ``-q list --uuid --name`` output (``UUID NAME`` lines)."""
     guests = []
@@ -1009,9 +1056,13 @@ def record_migrate(rec: Recorder, memory_mib: int) -> None:
         rec1(home.qemu_uri, "domstate-reason-migrate-refused",
              "domstate --reason UUID after the refused migrations", ["domstate", "--reason", uuid])
 
-        # success, then back home
+        # success, then back home; lifecycle events on both daemons meanwhile
+        sides = {"home": home.qemu_uri, "peer": peer.qemu_uri}
+        watches = watched(rec, sides)
         rec1(home.qemu_uri, "migrate-ok", "migrate --live --persistent --undefinesource UUID "
              "PEER (running guest)", [*migrate, peer.qemu_uri], timeout=300)
+        record_events(rec, watches, "migrate", "the migration of a running guest to the peer",
+                      g)
         rec1(peer.qemu_uri, "domstate-reason-migrated",
              "domstate --reason UUID on the peer after the migration", ["domstate", "--reason",
                                                                           uuid])
@@ -1024,8 +1075,11 @@ def record_migrate(rec: Recorder, memory_mib: int) -> None:
         rec1(home.qemu_uri, "list-uuid-name-all-migrated-away", "list --uuid --name --all at "
              "home after the guest left", ["list", "--uuid", "--name", "--all"],
              subjects=[disk_guest])
+        watches = watched(rec, sides)
         rec1(peer.qemu_uri, "migrate-back-ok", "migrate UUID HOME from the peer (back home)",
              [*migrate, home.qemu_uri], timeout=300)
+        record_events(rec, watches, "migrate-back", "the migration of the running guest back "
+                      "home from the peer", g)
         rec1(home.qemu_uri, "domstate-reason-migrated-back",
              "domstate --reason UUID at home after coming back", ["domstate", "--reason", uuid])
         # the same calls in a session, as virtguests sends them (virtguests/session.py)
@@ -1041,6 +1095,7 @@ def record_migrate(rec: Recorder, memory_mib: int) -> None:
                   [], result, [g], SESSION_ENV, fed)
         rec.run(peer.qemu_uri, [*migrate, home.qemu_uri], timeout=300)
         wait_state(rec, home.qemu_uri, uuid, "running")
+        record_migrate_paused(rec, home.qemu_uri, peer.qemu_uri, g)
         # a migrate while a managedsave of the guest holds its job (libvirt's lock wait)
         with StalledSave(home, g.name, domain=uuid, env=rec.env()):
             rec1(home.qemu_uri, "migrate-busy", "migrate UUID PEER while a managedsave of "
@@ -1054,6 +1109,49 @@ def record_migrate(rec: Recorder, memory_mib: int) -> None:
              [*migrate, peer.qemu_uri])
         rec1(home.qemu_uri, "dominfo-shutoff", "dominfo UUID (shut off qemu guest)",
              ["dominfo", uuid])
+
+
+def record_events(rec: Recorder, watches: dict[str, EventWatch], slug: str, what: str,
+                  g: Guest) -> None:
+    """Stop *watches* (from ``watched``) and write each as ``event-SLUG-SIDE``."""
+    for side, watch in watches.items():
+        rec.write("qemu", f"event-{slug}-{side}", f"{' '.join(watch.argv)} on the {side} "
+                  f"daemon during {what} (ended by SIGINT)", watch.uri, watch.argv,
+                  watch.stop(g), [g])
+
+
+def record_migrate_paused(rec: Recorder, home: str, peer: str, g: Guest) -> None:
+    """A paused guest migrated with the default options, and back; left running at home."""
+    migrate = ["migrate", *MIGRATE_OPTIONS, g.uuid]
+    rec.run(home, ["suspend", g.uuid])
+    wait_state(rec, home, g.uuid, "paused")
+    rec.write("qemu", "domstate-reason-paused-before-migrate", "domstate --reason UUID at "
+              "home, suspended, before its migration", home, ["domstate", "--reason", g.uuid],
+              rec.run(home, ["domstate", "--reason", g.uuid]), [g])
+    sides = {"home": home, "peer": peer}
+    watches = watched(rec, sides)
+    argv = [*migrate, peer]
+    rec.write("qemu", "migrate-paused-ok", "migrate --live --persistent --undefinesource UUID "
+              "PEER (paused guest)", home, argv, rec.run(home, argv, timeout=300), [g])
+    record_events(rec, watches, "migrate-paused", "the migration of a paused guest to the "
+                  "peer", g)
+    for slug, desc, args in (
+            ("domstate-reason-migrated-paused", "domstate --reason UUID on the peer after "
+             "a paused guest's migration", ["domstate", "--reason", g.uuid]),
+            ("dominfo-migrated-paused", "dominfo UUID on the peer after a paused guest's "
+             "migration", ["dominfo", g.uuid])):
+        rec.write("qemu", slug, desc, peer, args, rec.run(peer, args), [g])
+    watches = watched(rec, sides)
+    argv = [*migrate, home]
+    rec.write("qemu", "migrate-paused-back-ok", "migrate UUID HOME from the peer (the "
+              "paused guest back home)", peer, argv, rec.run(peer, argv, timeout=300), [g])
+    record_events(rec, watches, "migrate-paused-back", "the migration of the paused guest "
+                  "back home from the peer", g)
+    rec.write("qemu", "domstate-reason-migrated-paused-back", "domstate --reason UUID at "
+              "home after the paused guest came back", home, ["domstate", "--reason", g.uuid],
+              rec.run(home, ["domstate", "--reason", g.uuid]), [g])
+    rec.run(home, ["resume", g.uuid])
+    wait_state(rec, home, g.uuid, "running")
 
 
 @contextlib.contextmanager

@@ -134,8 +134,9 @@ def _migrate(run: Execution, uri: str, planned: GuestStop) -> bool:
         return False
     home, there = _where(run, uri, uuid, peer)
     if there and home is not True:
-        # Running (not "paused (migrating)") on the peer: libvirt switched it over, even
-        # when home cannot be asked any more (its URI given up meanwhile).
+        # Arrived on the peer (running, or paused as it was: not "paused (migrating)"):
+        # libvirt switched it over, even when home cannot be asked any more (its URI
+        # given up meanwhile).
         detail = "" if err is None else f"arrived although the call failed: {err.detail}"
         return _arrived(run, uri, planned, peer, outcome, seconds, detail)
     if err is None and home is False:
@@ -231,14 +232,21 @@ def _percent(run: Execution, uri: str, uuid: str) -> Optional[str]:
 
 
 def _where(run: Execution, uri: str, uuid: str, peer: str) -> tuple[Optional[bool], bool]:
-    """(active at home: True/False/None for unknown, running on *peer*)."""
-    return _active(run, uri, uuid), _active(run, peer, uuid, running_only=True) is True
+    """(active at home: True/False/None for unknown, arrived on *peer*)."""
+    return _active(run, uri, uuid), _active(run, peer, uuid, arrived_only=True) is True
 
 
-def _active(run: Execution, uri: str, uuid: str, *, running_only: bool = False
+INCOMING = "migrating"
+"""The reason of a guest's copy on its peer while the migration is still under way
+(``paused (migrating)``, fixtures/qemu-domstate-reason-incoming)."""
+
+
+def _active(run: Execution, uri: str, uuid: str, *, arrived_only: bool = False
             ) -> Optional[bool]:
     """Whether the guest is active (running or paused) on *uri*; False when it is not
-    defined there; None when *uri* cannot tell."""
+    defined there; None when *uri* cannot tell.  *arrived_only*: running, or paused but
+    not an incoming migration's copy (a guest paused at home arrives paused, its reason
+    kept: fixtures/qemu-domstate-reason-migrated-paused)."""
     if run.given_up(uri) is not None:
         return None
     try:
@@ -248,6 +256,6 @@ def _active(run: Execution, uri: str, uuid: str, *, running_only: bool = False
             return False  # "failed to get domain": not defined there
         log.debug("%s", err)  # nonsense output (OutputError) too: cannot tell
         return None
-    if running_only:
-        return state.state == "running"
+    if arrived_only:
+        return state.state == "running" or (state.paused and state.reason != INCOMING)
     return state.state in ("running", "paused", "in shutdown", "pmsuspended", "blocked")

@@ -40,7 +40,13 @@ from virtguests.testing.fakevirsh.errors import Unsupported
 from virtguests.testing.fakevirsh.faults import inject
 from virtguests.testing.fakevirsh.main import answer, state_file
 from virtguests.testing.fakevirsh.process import CallerProcess
-from virtguests.testing.fakevirsh.state import HostClock, StateFile, apply_due_transitions
+from virtguests.testing.fakevirsh.rendering import lifecycle_events
+from virtguests.testing.fakevirsh.state import (
+    HostClock,
+    StateFile,
+    apply_due_transitions,
+    lifecycle_view,
+)
 from virtguests.testing.harness import FakeHost, Run
 from virtguests.virsh import Result, Virsh, VirshError
 
@@ -405,9 +411,9 @@ class InProcessVirsh(Virsh):
 
 
 class InProcessWatch:
-    """``virsh event --loop --event lifecycle``: a line per guest started or stopped,
-    looked for after every call and every jump of the clock (the fake's own loop
-    looks every 20 ms of real time)."""
+    """``virsh event --loop --event lifecycle``: the lines of guests started, stopped or
+    migrated (``rendering.lifecycle_events``), looked for after every call and every
+    jump of the clock (the fake's own loop looks every 20 ms of real time)."""
 
     def __init__(self, runner: InProcessVirsh, argv: Sequence[str],
                  on_line: Callable[[str], None]) -> None:
@@ -418,7 +424,7 @@ class InProcessWatch:
         self.made = runner.made()
         self.running = False
         self.silent = False
-        self.seen: Optional[dict[str, tuple[str, bool]]] = None
+        self.seen: Optional[dict[str, Any]] = None
         self.lock = threading.Lock()
         self.call = VirshCall(list(argv[1:]), runner.process(self.started))
         self.key = self.call.uri_arg or "default"
@@ -446,7 +452,7 @@ class InProcessWatch:
                 dirty = True
             if dirty:
                 state.save()
-            self.seen = self._current(uri_state)
+            self.seen = lifecycle_view(uri_state)
         if (uri_state["unreachable"] or now < uri_state["unreachable_until"]
                 or injected.action == "fail"):
             self.running = False
@@ -460,10 +466,6 @@ class InProcessWatch:
         elif injected.action == "garbage":
             self.on_line(injected.output("", uri_state))
 
-    @staticmethod
-    def _current(uri_state: dict[str, Any]) -> dict[str, tuple[str, bool]]:
-        return {guest["uuid"]: (guest["name"], guest["state"] != "shutoff")
-                for guest in uri_state["guests"]}
 
     def look(self) -> None:
         if not self.running or self.silent:
@@ -473,15 +475,11 @@ class InProcessWatch:
             uri_state = host["uris"][self.key]
             if apply_due_transitions(uri_state, self.runner.world.clock.now()):
                 state.save()
-            current = self._current(uri_state)
+            current = lifecycle_view(uri_state)
             seen, self.seen = self.seen or {}, current
-        for uuid, (name, was_active) in seen.items():
-            if was_active != current.get(uuid, (name, False))[1]:
-                what = "Stopped Shutdown" if was_active else "Started Booted"
-                self.on_line(f"event 'lifecycle' for domain '{name}': {what}\n")
-        for uuid, (name, is_active) in current.items():
-            if uuid not in seen and is_active:
-                self.on_line(f"event 'lifecycle' for domain '{name}': Started Booted\n")
+            lines = lifecycle_events(host["templates"], seen, current)
+        for line in lines.splitlines(True):
+            self.on_line(line)
 
     def next_change(self) -> Optional[float]:
         """When the next save or start ends or a guest shuts off by itself."""

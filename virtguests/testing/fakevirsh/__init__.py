@@ -78,7 +78,9 @@ Host YAML (unknown keys are rejected)::
                                 # dominfo's Max memory
             migrate_seconds: null  # a migration takes this long (default: memory_mib
                                 # at 512 MiB/s); the guest runs here meanwhile, and
-                                # arrives "paused (migrating)" at the destination
+                                # arrives "paused (migrating)" at the destination,
+                                # then runs there "running (migrated)", or, paused
+                                # here, stays paused with its reason ("paused (user)")
             fail_migrate: false # migrate is refused (recorded: a disk only here)
 
     faults: []                  # optional: fault rules ("Fault injection" below)
@@ -97,6 +99,12 @@ guest runs on at its source.  A migrate call killed at its timeout (SIGKILL too:
 next call finds its process gone) or by SIGTERM cancels its migration, as libvirt does
 at once when its client goes (tests/realhost: the guest runs on at home).
 ``dominfo``, ``nodememstats`` and ``capabilities`` answer in the recorded formats.
+``event --loop --event lifecycle`` prints the recorded lines of a migration
+(``fixtures/qemu-event-migrate*``): at the source ``Suspended Migrated``, ``Stopped
+Migrated`` (a paused guest: only the latter); at the destination ``Started Migrated``
+when the copy appears, then ``Defined Added`` (persistent there) and ``Resumed
+Migrated`` (a paused guest: ``Suspended Paused``) when it has arrived.  Other starts
+and stops print ``Started Booted`` / ``Stopped Shutdown`` (not recorded).
 Faults: ``fail_migrate``, a ``hang: [migrate]`` guest, an ``unreachable`` or ``hang``
 destination, or fault rules (``cmd: migrate``, e.g. ``error: qemu-migrate-unreachable``).
 

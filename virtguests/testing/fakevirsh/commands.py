@@ -19,6 +19,7 @@ from virtguests.testing.fakevirsh.rendering import (
     dominfo,
     domjobinfo_saving,
     fill,
+    lifecycle_events,
     nodememstats,
     render_table,
     socket_of,
@@ -33,6 +34,7 @@ from virtguests.testing.fakevirsh.state import (
     cancel_migration,
     drop_orphaned_migrations,
     find_guest,
+    lifecycle_view,
 )
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~3 ms per call
@@ -287,7 +289,8 @@ def run_migrate(run: CommandRun, guest: dict[str, Any], now: float) -> bool:
         id=dest["next_id"], state="paused", reason="migrating", managed_save=False,
         shutdown_at=None, persistent=there is not None and there["persistent"],
         job={"op": "incoming", "start": now, "end": end, "id": token,
-             "persistent": "persistent" in call.options, "replaced": there})
+             "persistent": "persistent" in call.options, "replaced": there,
+             "state": guest["state"], "reason": guest["reason"]})
     dest["next_id"] += 1
     if there is not None:
         dest["guests"][dest["guests"].index(there)] = arriving
@@ -327,12 +330,13 @@ def wait_migration(call: VirshCall, state_file: StateFile, clock: HostClock,
 
 
 def event_loop(call: VirshCall, state_file: StateFile, clock: HostClock) -> int:
-    """``virsh event --loop --event lifecycle``: one line per start or stop.
+    """``virsh event --loop --event lifecycle``: lines per start, stop or migration
+    (``rendering.lifecycle_events``).
 
     Like real virsh it runs until killed; it looks at the host every 20 ms and
     applies due transitions itself, so stops are reported as they happen.
     """
-    seen: Optional[dict[str, tuple[str, bool]]] = None
+    seen: Optional[dict[str, Any]] = None
     injected: Optional[Injected] = None
     while True:
         with state_file as state:
@@ -356,8 +360,8 @@ def event_loop(call: VirshCall, state_file: StateFile, clock: HostClock) -> int:
                 return 1
             hang = (uri_state["hang"] or injected.hang
                     or 0 < uri_state["hang_after_calls"] < uri_state["calls"])
-            current = {guest["uuid"]: (guest["name"], guest["state"] != "shutoff")
-                       for guest in uri_state["guests"]}
+            current = lifecycle_view(uri_state)
+            templates = state["templates"]
         if hang:
             clock.hang()  # outside the lock: other calls go on
         if fresh:
@@ -370,14 +374,9 @@ def event_loop(call: VirshCall, state_file: StateFile, clock: HostClock) -> int:
             if injected.action == "garbage":
                 write(sys.stdout, injected.output("", uri_state))
         if seen is not None:
-            for uuid, (name, was_active) in seen.items():
-                is_active = current.get(uuid, (name, False))[1]
-                if was_active != is_active:
-                    what = "Started Booted" if is_active else "Stopped Shutdown"
-                    write(sys.stdout, f"event 'lifecycle' for domain '{name}': {what}\n")
-            for uuid, (name, is_active) in current.items():
-                if uuid not in seen and is_active:
-                    write(sys.stdout, f"event 'lifecycle' for domain '{name}': Started Booted\n")
+            lines = lifecycle_events(templates, seen, current)
+            if lines:
+                write(sys.stdout, lines)
         seen = current
         time.sleep(0.02)
 

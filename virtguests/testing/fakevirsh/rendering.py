@@ -253,6 +253,30 @@ TEMPLATE_SOURCES: dict[str, tuple[list[str], str, str]] = {
         "Max memory:     0 KiB\nUsed memory:    0 KiB\nPersistent:     yes\n"
         "Managed save:   no\n",
     ),
+    # lifecycle events (virsh event --loop --event lifecycle): a guest that left by
+    # migration (running, paused), one that arrived (running, paused); only the event
+    # lines, not what virsh prints when the recording's SIGINT ended it
+    "event_migrated_out": (
+        ["qemu-event-migrate-home"],
+        "stdout",
+        f"event 'lifecycle' for domain '{NAME}': Stopped Migrated\n",
+    ),
+    "event_migrated_out_paused": (
+        ["qemu-event-migrate-paused-home"],
+        "stdout",
+        f"event 'lifecycle' for domain '{NAME}': Stopped Migrated\n",
+    ),
+    "event_migrated_in": (
+        ["qemu-event-migrate-peer"],
+        "stdout",
+        f"event 'lifecycle' for domain '{NAME}': Started Migrated\n"
+        f"event 'lifecycle' for domain '{NAME}': Resumed Migrated\n",
+    ),
+    "event_migrated_in_paused": (
+        ["qemu-event-migrate-paused-peer"],
+        "stdout",
+        f"event 'lifecycle' for domain '{NAME}': Started Migrated\n",
+    ),
 }
 """role ("driver:role" where the drivers differ) -> (candidate recordings by file stem,
 stream, builtin fallback)."""
@@ -268,6 +292,9 @@ BUILTIN = {
     "already active\n",
     "domjobabort_unsupported": "error: Operation not supported: abort of this job is not "
     "simulated\n",
+    # not recorded yet: boots, shutdowns, saves and destroys all print these two
+    "event_started": f"event 'lifecycle' for domain '{NAME}': Started Booted\n",
+    "event_stopped": f"event 'lifecycle' for domain '{NAME}': Stopped Shutdown\n",
 }
 """Messages no recording can produce with the test driver."""
 
@@ -290,6 +317,15 @@ def template_from_recording(recording: dict[str, Any], stream: str) -> str:
     return text
 
 
+def events_from_recording(recording: dict[str, Any]) -> str:
+    """A recorded ``virsh event --loop``'s event lines (not what virsh printed when the
+    recording's SIGINT ended it), its subject's name a marker."""
+    [subject] = recording["subjects"]
+    lines = [line for line in str(recording["stdout"]).splitlines(True)
+             if line.startswith(EVENT_LINE)]
+    return "".join(lines).replace(f"'{subject['name']}'", f"'{NAME}'")
+
+
 def compile_templates(fixtures: str) -> dict[str, Any]:
     """Every role's template and the recording it came from ("builtin" if none)."""
     templates: dict[str, str] = {}
@@ -304,7 +340,10 @@ def compile_templates(fixtures: str) -> dict[str, Any]:
             recording = load_yaml(path)
             if stream == "stderr" and recording["exit"] == 0:
                 continue  # e.g. qemu domtime --sync succeeded: the guest has an agent
-            templates[role] = template_from_recording(recording, stream)
+            if role.startswith("event_"):
+                templates[role] = events_from_recording(recording)
+            else:
+                templates[role] = template_from_recording(recording, stream)
             sources[role] = stem
             break
     templates.update(BUILTIN)
@@ -338,6 +377,43 @@ def fill(templates: dict[str, str], driver: str, role: str, domain: Optional[str
     for key, value in markers.items():
         text = text.replace(f"\x00{key.upper()}\x00", value)
     return text
+
+
+EVENT_LINE = "event 'lifecycle' for domain '"
+DEFINED = "': Defined "
+
+
+def lifecycle_events(templates: dict[str, str], seen: dict[str, Any],
+                     current: dict[str, Any]) -> str:
+    """The event lines between two looks at a URI (``state.lifecycle_view``), in the
+    recorded forms.  A guest that left by migration prints what the source daemon
+    printed (running: ``Suspended Migrated``, ``Stopped Migrated``); one that arrives
+    prints the destination's first line (``Started Migrated``) when its copy appears
+    (``list`` shows it then, ``paused``) and the rest when it has arrived (``Defined
+    Added`` only if it is persistent there, then ``Resumed Migrated``, or ``Suspended
+    Paused`` for a guest that was paused).  Anything else is a start or a stop."""
+    out = []
+    for uuid in [*seen, *(uuid for uuid in current if uuid not in seen)]:
+        name, before, was_incoming, old_move = seen.get(uuid, ("", "gone", False, None))
+        name, after, incoming, move = current.get(uuid, (name, "gone", False, old_move))
+        was_active = before not in ("shutoff", "gone")
+        is_active = after not in ("shutoff", "gone")
+        lines: list[str] = []
+        if move is not None and move != old_move:
+            paused = "_paused" if move["state"] == "paused" else ""
+            lines = templates[f"event_migrated_{move['way']}{paused}"].splitlines(True)
+            if move["way"] == "in":
+                if was_active and was_incoming:
+                    lines = lines[1:]  # its Started line came when the copy appeared
+                if not move["persistent"]:
+                    lines = [line for line in lines if DEFINED not in line]
+        elif is_active and not was_active:
+            role = "event_migrated_in" if incoming else "event_started"
+            lines = templates[role].splitlines(True)[:1]
+        elif was_active and not is_active:
+            lines = templates["event_stopped"].splitlines(True)
+        out += [line.replace(NAME, name) for line in lines]
+    return "".join(out)
 
 
 def socket_of(uri: str) -> str:

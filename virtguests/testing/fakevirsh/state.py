@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, NoReturn, Optional
 
-STATE_FORMAT = 6
+STATE_FORMAT = 7
 
 
 class HostClock:
@@ -140,12 +140,19 @@ def apply_due_transitions(uri_state: dict[str, Any], now: float) -> bool:
                 guest["reason"] = job["reason"]
                 uri_state["next_id"] += 1
             elif job["op"] == "migrate":  # left: undefined, or shut off (migrated)
+                _moved(uri_state, guest, "out")
                 if job["undefine"] or not guest["persistent"]:
                     continue
                 guest.update(state="shutoff", reason="migrated", id=None, shutdown_at=None)
             elif job["op"] == "incoming":
-                guest.update(state="running", reason="migrated",
-                             persistent=guest["persistent"] or job["persistent"])
+                # a paused guest arrives paused, its reason kept (qemu-domstate-reason-
+                # migrated-paused: "paused (user)" as it was at home)
+                if job.get("state") == "paused":
+                    guest.update(state="paused", reason=job["reason"])
+                else:
+                    guest.update(state="running", reason="migrated")
+                guest["persistent"] = guest["persistent"] or job["persistent"]
+                _moved(uri_state, guest, "in")
         shutdown_at = guest["shutdown_at"]
         if (shutdown_at is not None and guest["state"] == "running" and guest["job"] is None
                 and now >= shutdown_at):
@@ -157,6 +164,31 @@ def apply_due_transitions(uri_state: dict[str, Any], now: float) -> bool:
         kept.append(guest)
     uri_state["guests"] = kept
     return changed
+
+
+def _moved(uri_state: dict[str, Any], guest: dict[str, Any], way: str) -> None:
+    """Note that *guest* ended a migration *way* ("in", "out") on this URI: the event
+    stream tells a guest that left or arrived from one that stopped or started, even
+    when both ends of a migration fall between two of its looks."""
+    uri_state["move_seq"] = int(uri_state.get("move_seq", 0)) + 1
+    uri_state["moves"][guest["uuid"]] = {
+        "seq": uri_state["move_seq"], "way": way, "name": guest["name"],
+        "state": guest["state"], "persistent": guest["persistent"]}
+
+
+def lifecycle_view(uri_state: dict[str, Any]) -> dict[str, tuple[str, str, bool, Any]]:
+    """What the event stream compares between two looks: per UUID the guest's name,
+    state (``gone`` for one that left by migration and is not defined here), whether it
+    is an incoming migration's copy, and its last move here (None: none)."""
+    moves = uri_state["moves"]
+    view = {guest["uuid"]: (guest["name"], guest["state"],
+                            guest["job"] is not None and guest["job"]["op"] == "incoming",
+                            moves.get(guest["uuid"]))
+            for guest in uri_state["guests"]}
+    for uuid, move in moves.items():
+        if uuid not in view:
+            view[uuid] = (move["name"], "gone", False, move)
+    return view
 
 
 def cancel_migration(state: dict[str, Any], token: str, outcome: Optional[str]) -> None:
