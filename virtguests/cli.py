@@ -265,23 +265,23 @@ def _and_then(first: Callable[[int, bool], None],
     return both
 
 
-ACTIONS: dict[str, tuple[str, str]] = {
-    "start": ("start", "run_start"),
-    "stop": ("stop", "run_stop"),
-    "shutdown": ("stop", "run_shutdown"),
-    "status": ("status", "run_status"),
-    "gueststatus": ("status", "run_gueststatus"),
-    "restart": ("restart", "run_restart"),
-    "condrestart": ("restart", "run_condrestart"),
-    "try-restart": ("restart", "run_condrestart"),
-    "reload": ("restart", "run_reload"),
-    "force-reload": ("restart", "run_reload"),
-    "check": ("check", "run_check"),
-    "plan": ("plan", "run_plan"),
-    "report": ("report", "run_report"),
-    "drain": ("drain", "run_drain"),
+ACTIONS: dict[str, str] = {
+    "start": "start.run_start",
+    "stop": "stop.run_stop",
+    "shutdown": "stop.run_shutdown",
+    "status": "status.run_status",
+    "gueststatus": "status.run_gueststatus",
+    "restart": "restart.run_restart",
+    "condrestart": "restart.run_condrestart",
+    "try-restart": "restart.run_condrestart",
+    "reload": "restart.run_reload",
+    "force-reload": "restart.run_reload",
+    "check": "check.run_check",
+    "plan": "plan.run_plan",
+    "report": "report.run_report",
+    "drain": "drain.run_drain",
 }
-"""Every command: the module of virtguests.actions and the function that runs it."""
+"""Every command: ``MODULE.FUNCTION`` in virtguests.actions that runs it."""
 
 
 def action(command: str, argument: Optional[str] = None,
@@ -296,7 +296,7 @@ def action(command: str, argument: Optional[str] = None,
 
     import virtguests.actions
 
-    module, function = ACTIONS[command]
+    module, function = ACTIONS[command].split(".")
     run: Callable[..., int] = getattr(
         importlib.import_module(f"{virtguests.actions.__name__}.{module}"), function)
     if command == "plan":
