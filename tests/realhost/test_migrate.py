@@ -449,17 +449,38 @@ def test_sigterm_mid_migration_aborts_it_and_the_guest_is_saved_at_home(
         proc.send_signal(signal.SIGTERM)
         wait_until("virtguests aborts the migration", lambda: any(
             verb(c) == "domjobabort" and c["exit"] == 0 for c in calls.calls(home)), 60)
-        assert on(peer_libvirtd, moving).state() == "paused (migrating)"
+        assert moving.state() == "running (booted)", moving.describe()
     finally:
         held.release()
     run = finish(proc, began)
-    print(run)
-    assert run.code == 1, run
+    record_timing("stop: SIGTERM mid-migration", run.seconds)
+    assert run.code == 1, run  # interrupted by a signal
+    assert without_progress(run.lines) == [
+        f"Running guests on {home} URI: term-mig, term-next",
+        f"Suspending guests on {home} URI...", f"Migrating term-mig to {peer}: ...",
+        "Suspending term-mig: ...", "Suspending term-mig: done"], run
+    assert run.err.splitlines() == [
+        "virtguests: error: got SIGTERM: finishing what is in flight, starting nothing new",
+        f"virtguests: error: Migration of term-mig to {peer} failed: stop requested during "
+        "the migration; aborted: error: operation aborted: job 'migration out' canceled by "
+        "client; trying suspend",
+        "virtguests: error: stop interrupted by a signal: 1 interrupted, 1 saved",
+    ], run
+    # the guest in flight was handled by the rest of its chain; the next never began
     assert moving.state() == "shut off (saved)", f"{run}\n{moving.describe()}"
     assert queued.state() == "running (booted)", f"{run}\n{queued.describe()}"
+    assert outcomes(cli) == {"term-mig": "saved", "term-next": "interrupted"}
     assert defined(peer_libvirtd) == set()
     assert migrated_record(cli) is None
-    print(list_entries(cli), outcomes(cli))
+    assert list_entries(cli) == {home: [uuids["term-mig"], uuids["term-next"]]}
+
+    start = cli.run("start")
+    assert start.code == 0, start
+    assert start.lines == [f"Resuming guests on {home} URI...", "Resuming guest term-mig: done",
+                           "Resuming guest term-next: already active"], start
+    assert moving.state() == "running (restored)", f"{start}\n{moving.describe()}"
+    assert queued.state() == "running (booted)", f"{start}\n{queued.describe()}"
+    assert moving.console().count("vg: ready") == 1
 
 
 # ---------------------------------------------------------------------------
