@@ -501,9 +501,14 @@ def test_four_guests_migrate_at_once_and_none_is_ever_shut_off(
     finally:
         watch_home.stop()
         watch_peer.stop()
-    print(stop)
     record_timing("stop: 4 migrated at once", stop.seconds)
-    assert stop.code == 0, stop
+    assert stop.code == 0 and stop.err == "", stop
+    lines = without_progress(stop.lines)
+    assert lines[:2] == [f"Running guests on {home} URI: four-0, four-1, four-2, four-3",
+                         f"Suspending guests on {home} URI..."], stop
+    # all four in flight at once: every migration began before the first ended
+    assert sorted(lines[2:6]) == [f"Migrating {g.name} to {peer}: ..." for g in guests], stop
+    assert sorted(lines[6:]) == [f"Migrated {g.name} to {peer}" for g in guests], stop
     for guest in guests:
         assert on(peer_libvirtd, guest).state() == "running (migrated)", stop
         assert_never_shut_off(guest.name, watch_home, watch_peer)
