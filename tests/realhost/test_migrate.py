@@ -29,10 +29,10 @@ import pytest
 from tools.realhost.guestimage import GuestImage, domain_xml
 from tools.realhost.libvirtd import Guest, PrivateLibvirtd, ThreadStop, kill_and_wait, thread_named
 
-from .cli import Run, VirtGuestsCli
-from .conftest import DefineGuest, record_timing
-from .test_e2e import active, assert_acpi_alive, list_entries, managed_saved, outcomes, uuid_of
 from .calllog import CallLog, verb
+from .cli import VirtGuestsCli
+from .conftest import DefineGuest, record_timing
+from .test_e2e import assert_acpi_alive, list_entries, managed_saved, outcomes, uuid_of
 from .test_hostile import finish, wait_until
 
 LOCAL_DISK = "/var/lib/libvirt/images/{name}.img"
@@ -53,8 +53,9 @@ def cli(libvirtd: PrivateLibvirtd, tmp_path: Path) -> VirtGuestsCli:
 
 def configure(cli: VirtGuestsCli, peer: PrivateLibvirtd, **values: object) -> None:
     """``ON_SHUTDOWN="migrate suspend"`` to *peer* unless *values* say otherwise."""
-    values.setdefault("ON_SHUTDOWN", "migrate suspend")
-    cli.config(MIGRATE_URIS=peer.qemu_uri, **values)
+    values = {"ON_SHUTDOWN": "migrate suspend", **values, "MIGRATE_URIS": peer.qemu_uri}
+    cli.set_config("".join(f'{key}="{value}"\n' for key, value in
+                           {"URIS": cli.daemon.qemu_uri, **values}.items()))
 
 
 def boot_guests(libvirtd: PrivateLibvirtd, define_guest: DefineGuest, *names: str,
