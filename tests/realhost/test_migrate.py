@@ -21,6 +21,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Optional
 
@@ -58,21 +59,40 @@ def configure(cli: VirtGuestsCli, peer: PrivateLibvirtd, **values: object) -> No
                            {"URIS": cli.daemon.qemu_uri, **values}.items()))
 
 
-def boot_guests(libvirtd: PrivateLibvirtd, define_guest: DefineGuest, *names: str,
-                pinned: str = "", image: Optional[GuestImage] = None,
-                tmp_path: Optional[Path] = None) -> list[Guest]:
-    """Start the guests *names* all at once (and *pinned*, with a disk only home has,
-    defined here from its own XML) and wait until each is ready."""
-    guests = [define_guest(name, start=False) for name in names]
-    if pinned:
-        assert image is not None and tmp_path is not None
-        disk = LOCAL_DISK.format(name=pinned)
+DefinePinned = Callable[[str], Guest]
+
+
+@pytest.fixture
+def define_pinned(libvirtd: PrivateLibvirtd, guest_image: GuestImage,
+                  tmp_path: Path) -> Iterator[DefinePinned]:
+    """Factory: a persistent guest (not started) with a disk only home has, so libvirt
+    refuses to migrate it (``Unsafe migration``); removed with its disk after the test."""
+    made: list[tuple[Guest, Path]] = []
+
+    def make(name: str) -> Guest:
+        disk = LOCAL_DISK.format(name=name)
         libvirtd.ns_path(disk).write_bytes(b"\0" * (1 << 20))
-        console = tmp_path / f"{pinned}.console.log"
-        xml = tmp_path / f"{pinned}.xml"
-        xml.write_text(domain_xml(pinned, image=image, console_log=console, disks=(disk,)))
+        console, xml = tmp_path / f"{name}.console.log", tmp_path / f"{name}.xml"
+        xml.write_text(domain_xml(name, image=guest_image, console_log=console,
+                                  disks=(disk,)))
+        guest = Guest(libvirtd, name, console, persistent=True)
+        made.append((guest, libvirtd.ns_path(disk)))
         libvirtd.virsh("define", str(xml))
-        guests.append(Guest(libvirtd, pinned, console, persistent=True))
+        return guest
+
+    yield make
+    for guest, disk in made:
+        guest.remove()
+        disk.unlink(missing_ok=True)
+
+
+def boot_guests(define_guest: DefineGuest, *names: str,
+                pinned: Optional[Guest] = None) -> list[Guest]:
+    """Start the guests *names* (and *pinned*, already defined) all at once and wait
+    until each is ready."""
+    guests = [define_guest(name, start=False) for name in names]
+    if pinned is not None:
+        guests.append(pinned)
     for guest in guests:
         guest.virsh("start", timeout=120)
     for guest in guests:
@@ -180,15 +200,17 @@ class EventWatch:
         assert not self.expired, f"event watch ran out of time ({WATCH_SECONDS:.0f}s)"
 
 
-def assert_never_shut_off(name: str, home: EventWatch, peer: EventWatch) -> None:
-    """A guest that left home live: at home it only stopped because it migrated (the
-    source QEMU ends after the switch-over), on the peer it never stopped at all."""
-    at_home = [e for e in home.lifecycle(name) if e.startswith("Stopped")]
-    assert at_home == ["Stopped Migrated"], (name, home.lifecycle(name))
-    assert not [e for e in peer.lifecycle(name) if e.startswith(("Stopped", "Shutdown",
-                                                                  "Crashed"))], (
-        name, peer.lifecycle(name))
-    assert "Started Migrated" in peer.lifecycle(name), (name, peer.lifecycle(name))
+def assert_never_shut_off(name: str, source: EventWatch, dest: EventWatch) -> None:
+    """A guest that moved live from *source* to *dest*: where it left it only stopped
+    because it migrated (that QEMU ends after the switch-over; ``Suspended Migrated``
+    before it is the switch-over's pause), where it arrived it never stopped at all."""
+    left = [e for e in source.lifecycle(name) if e.startswith(("Stopped", "Shutdown",
+                                                               "Crashed"))]
+    assert left == ["Stopped Migrated"], (name, source.lifecycle(name))
+    assert not [e for e in dest.lifecycle(name) if e.startswith(("Stopped", "Shutdown",
+                                                                 "Crashed"))], (
+        name, dest.lifecycle(name))
+    assert "Started Migrated" in dest.lifecycle(name), (name, dest.lifecycle(name))
 
 
 class HeldMigration:
@@ -230,11 +252,10 @@ class HeldMigration:
 # ---------------------------------------------------------------------------
 def test_stop_migrates_live_and_saves_the_pinned_guest_then_start_brings_them_home(
     libvirtd: PrivateLibvirtd, peer_libvirtd: PrivateLibvirtd, define_guest: DefineGuest,
-    guest_image: GuestImage, cli: VirtGuestsCli, tmp_path: Path
+    define_pinned: DefinePinned, cli: VirtGuestsCli, tmp_path: Path
 ) -> None:
     home, peer = libvirtd.qemu_uri, peer_libvirtd.qemu_uri
-    a, b, pinned = boot_guests(libvirtd, define_guest, "mig-a", "mig-b", pinned="mig-pin",
-                               image=guest_image, tmp_path=tmp_path)
+    a, b, pinned = boot_guests(define_guest, "mig-a", "mig-b", pinned=define_pinned("mig-pin"))
     uuids = {g.name: uuid_of(g) for g in (a, b, pinned)}
     configure(cli, peer_libvirtd)
 
@@ -271,7 +292,22 @@ def test_stop_migrates_live_and_saves_the_pinned_guest_then_start_brings_them_ho
                                              ("mig-b", uuids["mig-b"]))
     assert outcomes(cli) == {"mig-a": "migrated", "mig-b": "migrated", "mig-pin": "saved"}
 
-    start = cli.run("start", timeout=300)
+    status = cli.run("status")
+    assert status.code == 3, status  # stopped, with saved guests (mig-pin)
+    assert status.lines == [
+        "stopped, with saved guests",
+        f"Away from home: mig-a ({uuids['mig-a']}) runs on {peer}, home {home}",
+        f"Away from home: mig-b ({uuids['mig-b']}) runs on {peer}, home {home}",
+    ], status
+
+    # home again live: now the peer is where they leave from
+    watch_home = EventWatch(libvirtd, tmp_path, "home-start")
+    watch_peer = EventWatch(peer_libvirtd, tmp_path, "peer-start")
+    try:
+        start = cli.run("start", timeout=300)
+    finally:
+        watch_home.stop()
+        watch_peer.stop()
     record_timing("start: 2 brought home, 1 resumed", start.seconds)
     assert start.code == 0, start
     assert without_progress(start.lines) == [
@@ -280,6 +316,8 @@ def test_stop_migrates_live_and_saves_the_pinned_guest_then_start_brings_them_ho
         f"Resuming guests on {home} URI...", "Resuming guest mig-pin: done",
     ], start
     assert start.err == "", start
+    for guest in (a, b):
+        assert_never_shut_off(guest.name, watch_peer, watch_home)
     for guest in (a, b):
         assert guest.state() == "running (migrated)", f"{start}\n{guest.describe()}"
     assert pinned.state() == "running (restored)", f"{start}\n{pinned.describe()}"
@@ -295,11 +333,10 @@ def test_stop_migrates_live_and_saves_the_pinned_guest_then_start_brings_them_ho
 # ---------------------------------------------------------------------------
 def test_plan_stop_shows_targets_and_drain_evacuates_what_can_leave(
     libvirtd: PrivateLibvirtd, peer_libvirtd: PrivateLibvirtd, define_guest: DefineGuest,
-    guest_image: GuestImage, cli: VirtGuestsCli, tmp_path: Path
+    define_pinned: DefinePinned, cli: VirtGuestsCli, tmp_path: Path
 ) -> None:
     home, peer = libvirtd.qemu_uri, peer_libvirtd.qemu_uri
-    a, b, pinned = boot_guests(libvirtd, define_guest, "dr-a", "dr-b", pinned="dr-pin",
-                               image=guest_image, tmp_path=tmp_path)
+    a, b, pinned = boot_guests(define_guest, "dr-a", "dr-b", pinned=define_pinned("dr-pin"))
     uuids = {g.name: uuid_of(g) for g in (a, b, pinned)}
     configure(cli, peer_libvirtd)
 
@@ -492,7 +529,7 @@ def test_four_guests_migrate_at_once_and_none_is_ever_shut_off(
     cli: VirtGuestsCli, tmp_path: Path
 ) -> None:
     home, peer = libvirtd.qemu_uri, peer_libvirtd.qemu_uri
-    guests = boot_guests(libvirtd, define_guest, *(f"four-{i}" for i in range(4)))
+    guests = boot_guests(define_guest, *(f"four-{i}" for i in range(4)))
     uuids = {g.name: uuid_of(g) for g in guests}
     configure(cli, peer_libvirtd, PARALLEL_MIGRATE=4)
     watch_home = EventWatch(libvirtd, tmp_path, "home")
