@@ -231,10 +231,17 @@ class HeldMigration:
                 continue
             try:
                 held = ThreadStop(tid)
-            except OSError:
+            except OSError:  # the thread ended meanwhile
                 continue
-            res = guest.virsh("domjobinfo", timeout=10, check=False)
-            if "Data processed:" in res.stdout:
+            try:
+                res: Optional[subprocess.CompletedProcess[str]] = guest.virsh(
+                    "domjobinfo", timeout=5, check=False)
+            except subprocess.TimeoutExpired:  # held inside QEMU's big lock: try again
+                res = None
+            except BaseException:
+                held.cont()
+                raise
+            if res is not None and "Data processed:" in res.stdout:
                 self._held = held
                 self.jobinfo = res.stdout
             else:
@@ -422,6 +429,22 @@ def test_plan_stop_shows_targets_and_drain_evacuates_what_can_leave(
 # ---------------------------------------------------------------------------
 # 3. the peer's libvirtd dies mid-migration
 # ---------------------------------------------------------------------------
+def kill_peer_mid_migration(guest: Guest, peer: PrivateLibvirtd,
+                            proc: subprocess.Popen[str]) -> None:
+    """Once virtguests' migration of *guest* is in flight, SIGKILL the peer's libvirtd
+    and the QEMU it started for the arrival; then let the migration go on."""
+    held = HeldMigration(guest, proc)
+    try:
+        assert on(peer, guest).state() == "paused (migrating)"
+        incoming = peer.qemu_pid(guest.name)
+        daemon = peer.pid
+        assert daemon is not None
+        for pid in (daemon, incoming):
+            assert kill_and_wait(pid, signal.SIGKILL, 30)
+    finally:
+        held.release()
+
+
 def test_a_peer_killed_mid_migration_leaves_the_guest_home_and_saved(
     libvirtd: PrivateLibvirtd, peer_libvirtd: PrivateLibvirtd, define_guest: DefineGuest,
     cli: VirtGuestsCli
@@ -432,16 +455,7 @@ def test_a_peer_killed_mid_migration_leaves_the_guest_home_and_saved(
     configure(cli, peer_libvirtd)
     began = time.monotonic()
     proc = cli.spawn("stop")
-    held = HeldMigration(guest, proc)
-    try:
-        assert on(peer_libvirtd, guest).state() == "paused (migrating)"
-        incoming = peer_libvirtd.qemu_pid(guest.name)
-        daemon = peer_libvirtd.pid
-        assert daemon is not None
-        for pid in (daemon, incoming):
-            assert kill_and_wait(pid, signal.SIGKILL, 30)
-    finally:
-        held.release()
+    kill_peer_mid_migration(guest, peer_libvirtd, proc)
     run = finish(proc, began)
     record_timing("stop: peer killed mid-migration", run.seconds)
     assert run.code == 1, run  # a failed step, as a failed save
@@ -462,6 +476,72 @@ def test_a_peer_killed_mid_migration_leaves_the_guest_home_and_saved(
     assert start.code == 0, start
     assert guest.state() == "running (restored)", f"{start}\n{guest.describe()}"
     assert guest.console().count("vg: ready") == 1
+
+
+def test_a_peer_killed_mid_drain_leaves_the_guest_running_at_home(
+    libvirtd: PrivateLibvirtd, peer_libvirtd: PrivateLibvirtd, define_guest: DefineGuest,
+    cli: VirtGuestsCli
+) -> None:
+    """drain without --fallback: nothing else is tried; the guest runs on at home."""
+    home, peer = libvirtd.qemu_uri, peer_libvirtd.qemu_uri
+    guest = define_guest("lost-drain")
+    configure(cli, peer_libvirtd)
+    began = time.monotonic()
+    proc = cli.spawn("drain")
+    kill_peer_mid_migration(guest, peer_libvirtd, proc)
+    run = finish(proc, began)
+    assert run.code == 1, run
+    assert without_progress(run.lines) == [
+        f"Running guests on {home} URI: lost-drain", f"Migrating guests on {home} URI...",
+        f"Migrating lost-drain to {peer}: ..."], run
+    failed, named = run.err.splitlines()
+    assert failed.startswith(f"virtguests: error: Migration of lost-drain to {peer} failed: "
+                             "error: operation failed: job 'migration out' failed: "), run
+    assert named == "virtguests: error: drain: not evacuated: lost-drain", run
+    assert guest.state() == "running (booted)", f"{run}\n{guest.describe()}"
+    assert guest.console().count("vg: ready") == 1
+    assert outcomes(cli) == {"lost-drain": "failed"}
+    assert migrated_record(cli) is None and not cli.list_file.exists()
+
+
+# ---------------------------------------------------------------------------
+# 3b. a migration that hangs: aborted at MIGRATE_TIMEOUT, then the next step
+# ---------------------------------------------------------------------------
+def test_a_hung_migration_is_aborted_at_migrate_timeout_and_the_guest_saved(
+    libvirtd: PrivateLibvirtd, peer_libvirtd: PrivateLibvirtd, define_guest: DefineGuest,
+    cli: VirtGuestsCli, tmp_path: Path
+) -> None:
+    """The migration is held (no progress) until virtguests' domjobabort was answered."""
+    home, peer = libvirtd.qemu_uri, peer_libvirtd.qemu_uri
+    guest = define_guest("hung-mig")
+    uuid = uuid_of(guest)
+    configure(cli, peer_libvirtd, MIGRATE_TIMEOUT=3)
+    calls = CallLog(tmp_path / "calls")
+    began = time.monotonic()
+    proc = cli.spawn("--virsh", str(calls.path), "stop")
+    held = HeldMigration(guest, proc)
+    try:
+        wait_until("virtguests aborts the migration", lambda: any(
+            verb(c) == "domjobabort" and c["exit"] == 0 for c in calls.calls(home)), 60)
+        assert guest.state() == "running (booted)", guest.describe()
+    finally:
+        held.release()
+    run = finish(proc, began)
+    record_timing("stop: migration aborted at MIGRATE_TIMEOUT", run.seconds)
+    assert run.code == 1, run  # a failed step, as a failed save
+    assert without_progress(run.lines) == [
+        f"Running guests on {home} URI: hung-mig", f"Suspending guests on {home} URI...",
+        f"Migrating hung-mig to {peer}: ...",
+        "Suspending hung-mig: ...", "Suspending hung-mig: done"], run
+    assert run.err.splitlines() == [
+        f"virtguests: error: Migration of hung-mig to {peer} failed: not done after 3s "
+        "(MIGRATE_TIMEOUT); aborted: error: operation aborted: job 'migration out' canceled "
+        "by client; trying suspend"], run
+    assert guest.state() == "shut off (saved)", f"{run}\n{guest.describe()}"
+    assert outcomes(cli) == {"hung-mig": "saved"}
+    assert list_entries(cli) == {home: [uuid]}
+    assert migrated_record(cli) is None
+    assert not defined(peer_libvirtd)
 
 
 # ---------------------------------------------------------------------------
