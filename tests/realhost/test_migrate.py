@@ -31,7 +31,7 @@ from tools.realhost.guestimage import GuestImage, domain_xml
 from tools.realhost.libvirtd import Guest, PrivateLibvirtd, ThreadStop, kill_and_wait, thread_named
 
 from .calllog import CallLog, verb
-from .cli import VirtGuestsCli
+from .cli import UNREACHABLE_URI, VirtGuestsCli
 from .conftest import DefineGuest, record_timing
 from .test_e2e import assert_acpi_alive, list_entries, managed_saved, outcomes, uuid_of
 from .test_hostile import finish, wait_until
@@ -52,9 +52,12 @@ def cli(libvirtd: PrivateLibvirtd, tmp_path: Path) -> VirtGuestsCli:
     return VirtGuestsCli(tmp_path / "vg", libvirtd)
 
 
-def configure(cli: VirtGuestsCli, peer: PrivateLibvirtd, **values: object) -> None:
-    """``ON_SHUTDOWN="migrate suspend"`` to *peer* unless *values* say otherwise."""
-    values = {"ON_SHUTDOWN": "migrate suspend", **values, "MIGRATE_URIS": peer.qemu_uri}
+def configure(cli: VirtGuestsCli, peer: PrivateLibvirtd, *others: str,
+              **values: object) -> None:
+    """``ON_SHUTDOWN="migrate suspend"`` to *peer* (after the URIs *others*) unless
+    *values* say otherwise."""
+    values = {"ON_SHUTDOWN": "migrate suspend", **values,
+              "MIGRATE_URIS": " ".join([*others, peer.qemu_uri])}
     cli.set_config("".join(f'{key}="{value}"\n' for key, value in
                            {"URIS": cli.daemon.qemu_uri, **values}.items()))
 
@@ -385,6 +388,20 @@ def test_plan_stop_shows_targets_and_drain_evacuates_what_can_leave(
     for guest in json.loads(short_json.out)["uris"][0]["guests"]:
         assert (guest["actions"], guest["target"]) == (["suspend"], None), short_json
         assert re.fullmatch(why, guest["target_note"]), short_json
+    # a peer that cannot be reached is passed over for the next, or is the note's reason
+    configure(cli, peer_libvirtd, UNREACHABLE_URI)
+    both = cli.run("--json", "plan", "stop")
+    assert both.code == 0, both
+    assert {g["target"] for g in json.loads(both.out)["uris"][0]["guests"]} == {peer}, both
+    cli.set_config(cli.config_file.read_text().replace(f"{UNREACHABLE_URI} {peer}",
+                                                       UNREACHABLE_URI))
+    gone = cli.run("plan", "stop")
+    assert gone.code == 0, gone
+    notes = sorted(line for line in gone.lines if ": no target: " in line)
+    unreachable = (f"no target: {UNREACHABLE_URI}: unreachable (error: failed to connect to "
+                   "the hypervisor; error: Failed to connect socket to '/nonexistent/sock': "
+                   "No such file or directory)")
+    assert notes == [f"  {name}: {unreachable}" for name in sorted(uuids)], gone
     configure(cli, peer_libvirtd)
 
     watch_home = EventWatch(libvirtd, tmp_path, "home")
