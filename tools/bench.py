@@ -22,6 +22,8 @@ Scenarios (each on fresh hosts unless said otherwise):
 7. scenario 1 again (virtguests, the smallest size) through a virsh that leaves a
    child holding its stdout and stderr open (``FakeHost.holding_virsh``: as ssh's
    ``ControlPersist`` master does); the cost per call above scenario 1's run.
+8. issue 14's live-migration targets on real libvirt (root only, else noted as not
+   run): ``tools/migrate_bench.py``, ``--migrate-rounds`` rounds (0 skips it).
 
 Measured per run: wall time of the tool's process (for the reference this
 includes the namespace harness: unshare, bind mounts), virsh calls (lines of
@@ -557,6 +559,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--out", default=str(REPO / "bench" / "results.md"),
                    help="write the report here too (default: bench/results.md; '' = no file)")
     p.add_argument("--keep", action="store_true", help="keep the temporary hosts")
+    p.add_argument("--migrate-rounds", type=int, default=3,
+                   help="rounds of the real-libvirt live-migration bench (root only; "
+                        "tools/migrate_bench.py); 0 = skip it")
     args = p.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -586,6 +591,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         hosts = Hosts(root)
         *rows, status = bench(args, hosts, with_ref)
         text, targets = report(args, tuple(rows), status, time.monotonic() - started)
+        if args.migrate_rounds > 0:
+            from tools import migrate_bench
+
+            extra, more = migrate_bench.section(args.migrate_rounds, log)
+            text, targets = text + "\n" + extra, targets + more
     finally:
         if args.keep:
             log(f"hosts kept in {root}")
